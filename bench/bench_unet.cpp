@@ -1,0 +1,88 @@
+// UNet throughput on the CPU: a training step (forward + L_simple + backward + Adam + EMA) and a
+// sampling network evaluation (no grad), for a model config and batch size given by
+// S2DM_BENCH_CONFIG (default: the CIFAR10 config) and S2DM_BENCH_BATCH (default 16).
+// Compare with bench/reference_unet.py (PyTorch eager, the same architecture): bench/compare.sh.
+#include <benchmark/benchmark.h>
+#include <torch/torch.h>
+
+#include <cstdlib>
+
+#include "s2dm/config.h"
+#include "s2dm/device.h"
+#include "s2dm/losses.h"
+#include "s2dm/optim.h"
+#include "s2dm/unet.h"
+
+namespace {
+
+struct Setup {
+  s2dm::Config config;
+  int64_t batch;
+  torch::Device device{torch::kCPU};
+  Setup() {
+    const char* path = std::getenv("S2DM_BENCH_CONFIG");
+    config = path ? s2dm::load_config(path) : s2dm::parse_config("data: {dataset: cifar10, channels: 3}", "cifar10");
+    const char* b = std::getenv("S2DM_BENCH_BATCH");
+    batch = b ? std::atoll(b) : 16;
+    s2dm::set_cpu_threads(config.threads);
+    device = s2dm::resolve_device(std::getenv("S2DM_BENCH_DEVICE") ? std::getenv("S2DM_BENCH_DEVICE") : "cpu");
+  }
+  std::vector<int64_t> shape() const {
+    return {batch, config.data.channels, config.data.image_size, config.data.image_size};
+  }
+};
+
+void sync(const torch::Device& d) {
+  if (d.is_cuda()) torch::cuda::synchronize();
+}
+
+void BM_TrainStep(benchmark::State& state) {
+  Setup s;
+  torch::manual_seed(0);
+  s2dm::model::UNet net(s.config.model, s.config.data.channels, s.config.data.image_size);
+  s2dm::model::UNet ema(s.config.model, s.config.data.channels, s.config.data.image_size);
+  net->to(s.device);
+  ema->to(s.device);
+  s2dm::NamedTensors params;
+  for (const auto& p : net->named_parameters()) params.emplace_back(p.key(), p.value());
+  s2dm::train::Adam adam(params, {});
+  s2dm::NoiseSchedule schedule(s.config.diffusion);
+  s2dm::diffusion::DiffusionLoss loss(s.config.loss, schedule, s.device);
+  auto x0 = torch::randn(s.shape(), torch::TensorOptions().device(s.device));
+  auto all = net->parameters();
+  for (auto _ : state) {
+    adam.zero_grad();
+    auto t = s2dm::diffusion::sample_timesteps(s.batch, schedule.num_timesteps(), true, s.device);
+    auto terms = loss([&](const torch::Tensor& x, const torch::Tensor& tt) { return net->forward(x, tt); }, x0, t);
+    terms.loss.backward();
+    s2dm::train::clip_grad_norm(all, 1.0);
+    adam.step(2e-4);
+    s2dm::train::ema_update(*ema, *net, 0.9999);
+    sync(s.device);
+  }
+  state.SetItemsProcessed(state.iterations() * s.batch);
+  state.counters["batch"] = static_cast<double>(s.batch);
+}
+
+void BM_SampleEval(benchmark::State& state) {
+  Setup s;
+  torch::manual_seed(0);
+  s2dm::model::UNet net(s.config.model, s.config.data.channels, s.config.data.image_size);
+  net->to(s.device);
+  net->eval();
+  torch::NoGradGuard no_grad;
+  auto x = torch::randn(s.shape(), torch::TensorOptions().device(s.device));
+  auto t = torch::full({s.batch}, 500.0f, torch::TensorOptions().device(s.device));
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(net->forward(x, t));
+    sync(s.device);
+  }
+  state.SetItemsProcessed(state.iterations() * s.batch);
+  state.counters["batch"] = static_cast<double>(s.batch);
+}
+
+}  // namespace
+
+BENCHMARK(BM_TrainStep)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(10.0);
+BENCHMARK(BM_SampleEval)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(10.0);
+BENCHMARK_MAIN();

@@ -1,0 +1,67 @@
+#pragma once
+// Every difference between the LibTorch versions s2dm builds against (Debian's 1.13 on CPU,
+// 2.x with CUDA) lives here, so the rest of the code reads as one version.
+#include <ATen/autocast_mode.h>
+#include <torch/torch.h>
+#include <torch/version.h>
+
+#include <cmath>
+
+namespace s2dm::compat {
+
+#if TORCH_VERSION_MAJOR >= 2 && (TORCH_VERSION_MAJOR > 2 || TORCH_VERSION_MINOR >= 4)
+#define S2DM_TORCH_DEVICE_TYPED_AUTOCAST 1
+#else
+#define S2DM_TORCH_DEVICE_TYPED_AUTOCAST 0
+#endif
+
+// Turns CUDA autocast on (with the given lower-precision dtype) or off for this thread.
+inline void set_cuda_autocast(bool enabled, at::ScalarType dtype) {
+#if S2DM_TORCH_DEVICE_TYPED_AUTOCAST
+  at::autocast::set_autocast_enabled(at::kCUDA, enabled);
+  at::autocast::set_autocast_dtype(at::kCUDA, dtype);
+#else
+  at::autocast::set_enabled(enabled);
+  at::autocast::set_autocast_gpu_dtype(dtype);
+#endif
+  if (!enabled) at::autocast::clear_cache();
+}
+
+// RAII: autocast on for the scope when `enabled`.
+class CudaAutocast {
+ public:
+  CudaAutocast(bool enabled, at::ScalarType dtype) : enabled_(enabled) {
+    if (enabled_) set_cuda_autocast(true, dtype);
+  }
+  ~CudaAutocast() {
+    if (enabled_) set_cuda_autocast(false, at::kBFloat16);
+  }
+  CudaAutocast(const CudaAutocast&) = delete;
+  CudaAutocast& operator=(const CudaAutocast&) = delete;
+
+ private:
+  bool enabled_;
+};
+
+// The default random generator of a device (CPU or a CUDA device).
+inline at::Generator default_generator(const torch::Device& device) {
+  return at::globalContext().defaultGenerator(device);
+}
+
+// Single-head softmax attention over [B, N, C] tensors: softmax(q kᵀ / √C) v.
+// LibTorch 2.x has a fused kernel (flash / memory-efficient on CUDA).
+inline torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+#if TORCH_VERSION_MAJOR >= 2
+  return at::scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1);
+#else
+  auto w = torch::bmm(q, k.transpose(1, 2)) * (1.0 / std::sqrt(static_cast<double>(q.size(2))));
+  return torch::bmm(torch::softmax(w, -1), v);
+#endif
+}
+
+inline std::string torch_version() {
+  return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
+         std::to_string(TORCH_VERSION_PATCH);
+}
+
+}  // namespace s2dm::compat

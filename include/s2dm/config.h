@@ -1,0 +1,102 @@
+#pragma once
+// Typed configuration. One YAML file holds the sections below; every key has a default, every
+// value is validated, unknown keys are rejected with file, line and a "did you mean".
+// `--set section.key=value` overrides go through the same validation.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace s2dm {
+
+struct DataConfig {
+  std::string dataset = "fmnist";  // fmnist | cifar10 | celeba | folder
+  std::string path;                // where the files are; empty = the dataset's default place
+  int image_size = 32;
+  int channels = 1;
+  bool random_flip = true;
+  int64_t limit = 0;  // use only the first N images (0 = all)
+  std::string cache;  // decoded-image cache for celeba/folder; empty = <path>/s2dm_cache_<size>.bin
+};
+
+struct ModelConfig {
+  int ch = 128;
+  std::vector<int> ch_mult{1, 2, 2, 2};
+  int num_res_blocks = 2;
+  std::vector<int> attn_resolutions{16};
+  double dropout = 0.1;
+  bool resamp_with_conv = true;
+};
+
+struct DiffusionConfig {
+  std::string beta_schedule = "linear";  // linear | cosine
+  double beta_start = 1e-4;
+  double beta_end = 0.02;
+  int num_timesteps = 1000;
+};
+
+struct LossConfig {
+  std::string type = "simple";         // simple | s2dm (L_simple + L_skip)
+  int skip_k = 9;                      // the skip size k of L_skip
+  double tau = 0.99;                   // weight of L_simple for t >= k
+  std::string noise = "independent";   // independent | shared (ε₂ = ε₁)
+};
+
+struct TrainConfig {
+  int64_t steps = 800000;
+  int batch_size = 128;
+  std::string optimizer = "adam";  // adam | adamw
+  double lr = 2e-4;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  int64_t warmup = 0;       // linear learning-rate warm-up steps
+  double grad_clip = 1.0;   // max global grad norm (0 = off)
+  int grad_accum = 1;       // micro-batches per optimiser step
+  double ema_decay = 0.9999;
+  int64_t ckpt_every = 5000;
+  int keep_last = 3;        // step_<N>.ckpt files kept (latest.ckpt always)
+  int64_t log_every = 100;
+  int64_t sample_every = 0; // sample grid PNG with EMA weights (0 = only at the end)
+  int sample_num = 64;
+  std::string precision = "bf16";  // bf16 | fp32 (autocast on CUDA; CPU is always fp32)
+  bool antithetic = true;
+};
+
+struct SampleConfig {
+  std::string sampler = "ddim";
+  int steps = 50;
+  double eta = 0.0;
+  std::string timesteps = "uniform";  // uniform | quad | linspace | trailing | leading
+  int64_t num = 64;
+  int batch = 64;
+  bool clip_denoised = false;
+  std::string final_alpha = "one";  // one | first
+};
+
+struct Config {
+  std::string name = "run";
+  uint64_t seed = 0;
+  std::string device = "auto";  // auto | cpu | cuda | cuda:N
+  int threads = 0;              // CPU intra-op threads (0 = all cores)
+  DataConfig data;
+  ModelConfig model;
+  DiffusionConfig diffusion;
+  LossConfig loss;
+  TrainConfig train;
+  SampleConfig sample;
+};
+
+// Loads `path`, applies `overrides` ("section.key=value" or "key=value"), validates.
+// Throws ConfigError naming the file (or the --set), the line, the key and the value.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// The same from YAML text; `origin` names it in errors.
+Config parse_config(const std::string& yaml_text, const std::string& origin,
+                    const std::vector<std::string>& overrides = {});
+// The resolved config as YAML (every key, defaults included); parse_config reads it back.
+std::string to_yaml(const Config& config);
+
+// "did you mean" helper, shared by the CLI: the closest candidate within a small edit distance.
+std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
+
+}  // namespace s2dm

@@ -1,0 +1,40 @@
+#pragma once
+// Producing samples from a model: initial noise, batching, the sampler, and the output files
+// (numbered PNGs, samples.npz with arr_0 uint8 NHWC, grid.png, optionally float32 NCHW .npy).
+#include <torch/types.h>
+
+#include <string>
+
+#include "s2dm/config.h"
+#include "s2dm/eps_model.h"
+#include "s2dm/noise_schedule.h"
+#include "s2dm/unet.h"
+
+namespace s2dm::sample {
+
+// The UNet as an ε-model on its device (eval mode, no grad), under bf16 autocast on CUDA
+// when `bf16` is set; returns float32.
+EpsModel unet_eps_model(model::UNet unet, bool bf16);
+
+// x_T for images [first, first+count): image i's noise comes from its own generator seeded by
+// (seed, i), so an image does not depend on the batch size or on how many are drawn.
+torch::Tensor initial_noise(int64_t first, int64_t count, const std::vector<int64_t>& image_shape, uint64_t seed);
+
+struct Generated {
+  torch::Tensor samples;  // float32 [N,C,H,W] on the CPU, not clipped
+  int64_t nfe = 0;        // network evaluations per image
+  double seconds = 0.0;
+};
+
+// Samples `num` images with the sampler settings of `config`. `noise` (float32 NCHW, CPU), when
+// defined, replaces the seeded initial noise and sets the number of images.
+Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& config,
+                   const std::vector<int64_t>& image_shape, const torch::Device& device, uint64_t seed,
+                   int64_t num, const torch::Tensor& noise = {}, bool show_progress = true);
+
+// Writes numbered PNGs (when `pngs`), samples.npz and grid.png (first 64) into `dir`.
+void write_samples(const std::string& dir, const torch::Tensor& samples, bool pngs = true);
+// A grid PNG of up to 64 samples.
+void write_grid(const std::string& path, const torch::Tensor& samples);
+
+}  // namespace s2dm::sample

@@ -1,0 +1,32 @@
+#pragma once
+// A progress line with rate and ETA for long loops (training, sampling, feature extraction).
+// On a terminal it redraws one line; otherwise it logs a line every few seconds.
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace s2dm {
+
+class Progress {
+ public:
+  // `unit` names what is counted ("step", "img"); `total` may be 0 when unknown.
+  Progress(std::string label, int64_t total, std::string unit = "it");
+  // Marks `done` units complete; `extra` is appended to the line (e.g. the loss).
+  void update(int64_t done, const std::string& extra = "");
+  // Prints the final line (with the overall rate).
+  void finish(const std::string& extra = "");
+  // Units per second since construction.
+  double rate() const;
+
+ private:
+  std::string line(const std::string& extra) const;
+  std::string label_, unit_;
+  int64_t total_, done_ = 0;
+  std::chrono::steady_clock::time_point start_, last_print_;
+  bool tty_;
+};
+
+// "1h02m03s" / "4m05s" / "7s"
+std::string format_duration(double seconds);
+
+}  // namespace s2dm

@@ -1,0 +1,98 @@
+#pragma once
+// The ε-prediction UNet of DDPM/DDIM (ermongroup/ddim models/diffusion.py). Parameter names
+// equal that PyTorch Model's state_dict keys, so its checkpoints load unchanged.
+//
+// The decoder concatenates a stored encoder feature before every up-block; these long skips
+// are numbered i = 0 (deepest) ... num_skips()-1 (next to the input/output), and each passes
+// through one place that scales it (Skip-Tuning). Scales of 1 leave the model untouched.
+#include <torch/torch.h>
+
+#include <vector>
+
+#include "s2dm/config.h"
+
+namespace s2dm::model {
+
+// Sinusoidal timestep embedding of DDPM (float t allowed): [B] -> [B, dim].
+torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim);
+
+class ResnetBlockImpl : public torch::nn::Module {
+ public:
+  ResnetBlockImpl(int64_t in_ch, int64_t out_ch, int64_t temb_ch, double dropout);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& temb);
+
+ private:
+  torch::nn::GroupNorm norm1{nullptr}, norm2{nullptr};
+  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, nin_shortcut{nullptr};
+  torch::nn::Linear temb_proj{nullptr};
+  torch::nn::Dropout dropout{nullptr};
+};
+TORCH_MODULE(ResnetBlock);
+
+class AttnBlockImpl : public torch::nn::Module {
+ public:
+  explicit AttnBlockImpl(int64_t ch);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  torch::nn::GroupNorm norm{nullptr};
+  torch::nn::Conv2d q{nullptr}, k{nullptr}, v{nullptr}, proj_out{nullptr};
+};
+TORCH_MODULE(AttnBlock);
+
+// Downsample (pad (0,1,0,1) + 3x3 stride-2 conv, or 2x2 average pooling) and Upsample
+// (nearest x2, then a 3x3 conv when with_conv).
+class ResampleImpl : public torch::nn::Module {
+ public:
+  ResampleImpl(int64_t ch, bool with_conv, bool up);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  bool up_;
+  torch::nn::Conv2d conv{nullptr};
+};
+TORCH_MODULE(Resample);
+
+class UNetImpl : public torch::nn::Module {
+ public:
+  UNetImpl(const ModelConfig& config, int64_t channels, int64_t resolution);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t);
+
+  const ModelConfig& config() const { return config_; }
+  int64_t channels() const { return channels_; }
+  int64_t resolution() const { return resolution_; }
+
+  // Long skip connections, deepest first.
+  int num_skips() const { return static_cast<int>(skip_channels_.size()); }
+  const std::vector<int64_t>& skip_channels() const { return skip_channels_; }
+  // One factor per skip (deepest first); empty restores 1 everywhere.
+  void set_skip_scales(std::vector<double> scales);
+  const std::vector<double>& skip_scales() const { return skip_scales_; }
+
+ private:
+  torch::Tensor take_skip(std::vector<torch::Tensor>& stack, int index) const;
+
+  ModelConfig config_;
+  int64_t channels_, resolution_;
+  std::vector<int64_t> skip_channels_;
+  std::vector<double> skip_scales_;
+
+  torch::nn::Linear temb_dense_0{nullptr}, temb_dense_1{nullptr};
+  torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
+  ResnetBlock mid_block_1{nullptr}, mid_block_2{nullptr};
+  AttnBlock mid_attn_1{nullptr};
+  torch::nn::GroupNorm norm_out{nullptr};
+  // Per level: the res blocks, attention blocks and resampler (absent at the last/first level).
+  struct Level {
+    std::vector<ResnetBlock> blocks;
+    std::vector<AttnBlock> attns;
+    Resample resample{nullptr};
+  };
+  std::vector<Level> down_levels_, up_levels_;
+};
+TORCH_MODULE(UNet);
+
+// Parameter count of a module.
+int64_t count_parameters(const torch::nn::Module& module);
+
+}  // namespace s2dm::model

@@ -1,0 +1,229 @@
+#include "commands.h"
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <cxxopts.hpp>
+#include <filesystem>
+#include <iostream>
+
+#include "s2dm/checkpoint.h"
+#include "s2dm/config.h"
+#include "s2dm/device.h"
+#include "s2dm/errors.h"
+#include "s2dm/file_io.h"
+#include "s2dm/generate.h"
+#include "s2dm/npy.h"
+#include "s2dm/samplers.h"
+#include "s2dm/train.h"
+#include "s2dm/unet.h"
+
+namespace s2dm::cli {
+namespace fs = std::filesystem;
+
+namespace {
+
+// Parses argv; prints help and returns nullopt for --help. Rejects stray positional arguments.
+std::optional<cxxopts::ParseResult> parse(cxxopts::Options& options, int argc, char** argv) {
+  options.add_options()("h,help", "show this help");
+  auto result = options.parse(argc, argv);
+  if (result.count("help")) {
+    std::cout << options.help() << "\n";
+    return std::nullopt;
+  }
+  if (!result.unmatched().empty()) throw UsageError("unexpected argument '" + result.unmatched().front() + "'");
+  return result;
+}
+
+std::vector<std::string> sets(const cxxopts::ParseResult& r) {
+  return r.count("set") ? r["set"].as<std::vector<std::string>>() : std::vector<std::string>{};
+}
+
+torch::Tensor read_noise(const std::string& path) {
+  NpyArray a = load_npy(path);
+  if (a.dtype != "<f4" || a.shape.size() != 4)
+    throw DataError(path + ": initial noise must be float32 NCHW (dtype <f4, 4 dimensions), got " + a.dtype +
+                    " with " + std::to_string(a.shape.size()) + " dimensions");
+  auto t = torch::empty(a.shape, torch::kFloat32);
+  std::memcpy(t.data_ptr(), a.data.data(), a.data.size());
+  return t;
+}
+
+void write_float_npy(const std::string& path, const torch::Tensor& x) {
+  auto c = x.to(torch::kFloat32).contiguous();
+  save_npy(path, NpyArray{"<f4", c.sizes().vec(),
+                          std::string(static_cast<const char*>(c.data_ptr()), c.numel() * sizeof(float))});
+}
+
+}  // namespace
+
+int info(int argc, char** argv) {
+  cxxopts::Options options("s2dm info", "Versions, CUDA availability, the chosen device and threads.");
+  options.add_options()("device", "device to report (auto|cpu|cuda)", cxxopts::value<std::string>()->default_value("auto"))(
+      "threads", "CPU threads (0 = all cores)", cxxopts::value<int>()->default_value("0"));
+  auto r = parse(options, argc, argv);
+  if (!r) return 0;
+  set_cpu_threads((*r)["threads"].as<int>());
+  std::cout << runtime_info(resolve_device((*r)["device"].as<std::string>()));
+  return 0;
+}
+
+int train(int argc, char** argv) {
+  cxxopts::Options options("s2dm train", "Train an ε-prediction UNet (L_simple, optionally + L_skip).");
+  options.add_options()("config", "training config (YAML)", cxxopts::value<std::string>())(
+      "steps", "total optimisation steps (overrides train.steps)", cxxopts::value<int64_t>())(
+      "run-dir", "run directory (default runs/<name>)", cxxopts::value<std::string>())(
+      "device", "auto | cpu | cuda | cuda:N", cxxopts::value<std::string>())(
+      "set", "override a config value: section.key=value (repeatable)", cxxopts::value<std::vector<std::string>>())(
+      "resume", "continue the run in --run-dir from its latest checkpoint")(
+      "overwrite", "replace an existing run directory");
+  auto r = parse(options, argc, argv);
+  if (!r) return 0;
+  train::TrainOptions opts;
+  opts.resume = r->count("resume") > 0;
+  opts.overwrite = r->count("overwrite") > 0;
+  if (opts.resume && opts.overwrite) throw UsageError("train: --resume and --overwrite exclude each other");
+  opts.overrides = sets(*r);
+  if (r->count("device")) opts.overrides.push_back("device=" + (*r)["device"].as<std::string>());
+  if (r->count("steps")) opts.steps = (*r)["steps"].as<int64_t>();
+  if (opts.steps < -1) throw UsageError("train: --steps must not be negative");
+  Config config;
+  if (r->count("config")) {
+    config = load_config((*r)["config"].as<std::string>(), opts.overrides);
+  } else if (!opts.resume) {
+    throw UsageError("train: --config is required (or --resume with --run-dir)");
+  }
+  if (r->count("run-dir")) opts.run_dir = (*r)["run-dir"].as<std::string>();
+  else if (opts.resume && !r->count("config")) throw UsageError("train: --resume needs --run-dir or --config");
+  auto result = train::run_training(config, opts);
+  std::cout << "run directory: " << result.run_dir << "\ncheckpoint:    " << train::latest_checkpoint(result.run_dir)
+            << "\nstep:          " << result.step << "\n";
+  return result.interrupted ? 130 : 0;
+}
+
+namespace {
+
+struct LoadedModel {
+  Config config;
+  model::UNet unet{nullptr};
+};
+
+LoadedModel load_model(const cxxopts::ParseResult& r, const std::vector<std::string>& overrides) {
+  LoadedModel m;
+  NamedTensors weights;
+  std::string origin;
+  if (r.count("checkpoint")) {
+    if (r.count("weights")) throw UsageError("sample: give --checkpoint or --weights, not both");
+    origin = r["checkpoint"].as<std::string>();
+    auto ckpt = load_checkpoint(origin);
+    m.config = parse_config(ckpt.config_yaml, origin + " (config)", overrides);
+    weights = checkpoint_weights(ckpt, !r.count("raw"));
+  } else if (r.count("weights")) {
+    if (!r.count("config")) throw UsageError("sample: --weights needs --config (the model's architecture)");
+    origin = r["weights"].as<std::string>();
+    m.config = load_config(r["config"].as<std::string>(), overrides);
+    try {
+      weights = load_safetensors(origin).tensors;
+    } catch (const IoError& e) {
+      throw CheckpointError(e.what());
+    }
+  } else {
+    throw UsageError("sample: give --checkpoint C or --weights F.safetensors --config F.yaml");
+  }
+  m.unet = model::UNet(m.config.model, m.config.data.channels, m.config.data.image_size);
+  load_weights(*m.unet, weights, origin);
+  return m;
+}
+
+}  // namespace
+
+int sample(int argc, char** argv) {
+  cxxopts::Options options("s2dm sample", "Sample images with a chosen sampler and time grid.");
+  options.add_options()("checkpoint", "s2dm checkpoint (EMA weights unless --raw)", cxxopts::value<std::string>())(
+      "raw", "use the raw (non-EMA) weights of the checkpoint")(
+      "weights", "safetensors weights of the reference architecture", cxxopts::value<std::string>())(
+      "config", "config giving the architecture (with --weights) ", cxxopts::value<std::string>())(
+      "sampler", "sampler name (s2dm sample --list-samplers)", cxxopts::value<std::string>())(
+      "steps", "sampling steps S", cxxopts::value<int>())("eta", "DDIM eta", cxxopts::value<double>())(
+      "timesteps", "time grid: uniform|quad|linspace|trailing|leading", cxxopts::value<std::string>())(
+      "num", "number of images", cxxopts::value<int64_t>())("batch", "batch size", cxxopts::value<int>())(
+      "seed", "random seed", cxxopts::value<uint64_t>())(
+      "noise", "initial noise x_T as float32 NCHW .npy (sets the number of images)", cxxopts::value<std::string>())(
+      "out", "output directory", cxxopts::value<std::string>())(
+      "save-float", "also save the final samples as float32 NCHW .npy", cxxopts::value<std::string>())(
+      "no-png", "skip the numbered PNG files (samples.npz and grid.png only)")(
+      "device", "auto | cpu | cuda | cuda:N", cxxopts::value<std::string>())(
+      "set", "override a config value: section.key=value (repeatable)", cxxopts::value<std::vector<std::string>>())(
+      "list-samplers", "list the samplers and exit");
+  auto r = parse(options, argc, argv);
+  if (!r) return 0;
+  if (r->count("list-samplers")) {
+    for (const auto& s : sample::samplers()) std::cout << s.name << "\t" << s.description << "\n";
+    return 0;
+  }
+  auto overrides = sets(*r);
+  auto add = [&](const char* flag, const std::string& key) {
+    if (!r->count(flag)) return;
+    std::ostringstream v;
+    const auto& value = (*r)[flag];
+    if (key == "sample.steps" || key == "sample.batch") v << value.as<int>();
+    else if (key == "sample.num") v << value.as<int64_t>();
+    else if (key == "sample.eta") v << value.as<double>();
+    else if (key == "seed") v << value.as<uint64_t>();
+    else v << value.as<std::string>();
+    overrides.push_back(key + "=" + v.str());
+  };
+  add("sampler", "sample.sampler");
+  add("steps", "sample.steps");
+  add("eta", "sample.eta");
+  add("timesteps", "sample.timesteps");
+  add("num", "sample.num");
+  add("batch", "sample.batch");
+  add("seed", "seed");
+  add("device", "device");
+  if (!r->count("out")) throw UsageError("sample: --out DIR is required");
+  const std::string out = (*r)["out"].as<std::string>();
+
+  auto loaded = load_model(*r, overrides);
+  const Config& config = loaded.config;
+  sample::find_sampler(config.sample.sampler);  // fail before any work
+  torch::Tensor noise;
+  if (r->count("noise")) noise = read_noise((*r)["noise"].as<std::string>());
+  set_cpu_threads(config.threads);
+  const torch::Device device = resolve_device(config.device);
+  loaded.unet->to(device);
+  NoiseSchedule schedule(config.diffusion);
+  const bool bf16 = device.is_cuda() && config.train.precision == "bf16";
+  auto generated = sample::generate(sample::unet_eps_model(loaded.unet, bf16), schedule, config.sample,
+                                    {config.data.channels, config.data.image_size, config.data.image_size}, device,
+                                    config.seed, config.sample.num, noise);
+  sample::write_samples(out, generated.samples, !r->count("no-png"));
+  if (r->count("save-float")) write_float_npy((*r)["save-float"].as<std::string>(), generated.samples);
+  // Record what produced these samples.
+  std::ostringstream record;
+  record << to_yaml(config) << "result:\n  images: " << generated.samples.size(0) << "\n  nfe: " << generated.nfe
+         << "\n  seconds: " << generated.seconds << "\n  device: \"" << device.str() << "\"\n";
+  write_file_atomic(out + "/sample.yaml", record.str());
+  std::cout << "samples: " << out << "/samples.npz (" << generated.samples.size(0) << " images, " << generated.nfe
+            << " network evaluations each)\ngrid:    " << out << "/grid.png\n";
+  return 0;
+}
+
+int export_weights(int argc, char** argv) {
+  cxxopts::Options options("s2dm export", "Write a checkpoint's model weights as safetensors (reference names).");
+  options.add_options()("checkpoint", "s2dm checkpoint", cxxopts::value<std::string>())(
+      "ema", "export the EMA weights (default: the raw weights)")(
+      "out", "output .safetensors file", cxxopts::value<std::string>());
+  auto r = parse(options, argc, argv);
+  if (!r) return 0;
+  if (!r->count("checkpoint") || !r->count("out")) throw UsageError("export: --checkpoint and --out are required");
+  auto ckpt = load_checkpoint((*r)["checkpoint"].as<std::string>());
+  auto weights = checkpoint_weights(ckpt, r->count("ema") > 0);
+  save_safetensors((*r)["out"].as<std::string>(), weights,
+                   {{"format", "pt"}, {"s2dm_config", ckpt.config_yaml}, {"step", std::to_string(ckpt.step)}});
+  std::cout << "wrote " << (*r)["out"].as<std::string>() << " (" << weights.size() << " tensors, "
+            << (r->count("ema") ? "EMA" : "raw") << " weights, step " << ckpt.step << ")\n";
+  return 0;
+}
+
+}  // namespace s2dm::cli

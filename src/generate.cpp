@@ -1,0 +1,107 @@
+#include "s2dm/generate.h"
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+
+#include "s2dm/compat.h"
+#include "s2dm/data.h"
+#include "s2dm/errors.h"
+#include "s2dm/image_io.h"
+#include "s2dm/npy.h"
+#include "s2dm/progress.h"
+#include "s2dm/samplers.h"
+
+namespace s2dm::sample {
+
+EpsModel unet_eps_model(model::UNet unet, bool bf16) {
+  unet->eval();
+  auto net = unet.ptr();
+  return [net, bf16](const torch::Tensor& x, const torch::Tensor& t) {
+    torch::NoGradGuard no_grad;
+    const auto device = net->parameters().front().device();
+    compat::CudaAutocast autocast(bf16 && device.is_cuda(), torch::kBFloat16);
+    return net->forward(x.to(device, torch::kFloat32), t.to(device, torch::kFloat32)).to(torch::kFloat32);
+  };
+}
+
+torch::Tensor initial_noise(int64_t first, int64_t count, const std::vector<int64_t>& shape, uint64_t seed) {
+  std::vector<int64_t> one{1};
+  one.insert(one.end(), shape.begin(), shape.end());
+  std::vector<torch::Tensor> xs;
+  for (int64_t i = first; i < first + count; ++i) {
+    auto gen = at::detail::createCPUGenerator(seed * 1000003ull + static_cast<uint64_t>(i));
+    xs.push_back(torch::randn(one, gen, torch::kFloat32));
+  }
+  return torch::cat(xs);
+}
+
+Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& config,
+                   const std::vector<int64_t>& shape, const torch::Device& device, uint64_t seed, int64_t num,
+                   const torch::Tensor& noise, bool show_progress) {
+  const auto& sampler = find_sampler(config.sampler);
+  auto grid = make_grid(make_timesteps(config.timesteps, config.steps, schedule.num_timesteps()), schedule,
+                        config.final_alpha);
+  if (noise.defined()) {
+    if (noise.dim() != 4 || noise.sizes().slice(1).vec() != shape)
+      throw DataError("initial noise has shape " + c10::str(noise.sizes()) + ", the model expects [N, " +
+                      c10::str(c10::IntArrayRef(shape)) + "]");
+    num = noise.size(0);
+  }
+  Generated out;
+  std::vector<torch::Tensor> parts;
+  Progress progress("sampling " + sampler.name + " (" + std::to_string(grid.steps()) + " steps)", num, "img");
+  auto start = std::chrono::steady_clock::now();
+  for (int64_t first = 0; first < num; first += config.batch) {
+    int64_t count = std::min<int64_t>(config.batch, num - first);
+    auto x = noise.defined() ? noise.slice(0, first, first + count) : initial_noise(first, count, shape, seed);
+    SamplerOptions options{config.eta, config.clip_denoised, seed * 7919ull + static_cast<uint64_t>(first)};
+    auto run = run_sampler(sampler, model, x.to(device, torch::kFloat32), grid, options);
+    out.nfe = run.nfe;
+    parts.push_back(run.x.to(torch::kCPU));
+    if (show_progress) progress.update(first + count);
+  }
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (show_progress) progress.finish("(" + std::to_string(out.nfe) + " network evaluations per image)");
+  out.samples = torch::cat(parts);
+  return out;
+}
+
+namespace {
+
+torch::Tensor nhwc_uint8(const torch::Tensor& samples) {
+  return data::to_uint8(samples).permute({0, 2, 3, 1}).contiguous();
+}
+
+}  // namespace
+
+void write_grid(const std::string& path, const torch::Tensor& samples) {
+  auto images = nhwc_uint8(samples.slice(0, 0, 64));
+  write_png(path, tile_images(images.data_ptr<uint8_t>(), static_cast<int>(images.size(0)),
+                            static_cast<int>(images.size(1)), static_cast<int>(images.size(2)),
+                            static_cast<int>(images.size(3))));
+}
+
+void write_samples(const std::string& dir, const torch::Tensor& samples, bool pngs) {
+  std::filesystem::create_directories(dir);
+  auto images = nhwc_uint8(samples);
+  const int64_t n = images.size(0), h = images.size(1), w = images.size(2), c = images.size(3);
+  if (pngs) {
+    for (int64_t i = 0; i < n; ++i) {
+      auto img = images[i];
+      char name[32];
+      std::snprintf(name, sizeof name, "%06ld.png", static_cast<long>(i));
+      write_png(dir + "/" + name,
+                Image{static_cast<int>(w), static_cast<int>(h), static_cast<int>(c),
+                      std::vector<uint8_t>(img.data_ptr<uint8_t>(), img.data_ptr<uint8_t>() + h * w * c)});
+    }
+  }
+  NpyArray arr{"|u1", {n, h, w, c}, std::string(reinterpret_cast<const char*>(images.data_ptr<uint8_t>()), n * h * w * c)};
+  save_npz(dir + "/samples.npz", {{"arr_0", arr}});
+  write_grid(dir + "/grid.png", samples);
+}
+
+}  // namespace s2dm::sample

@@ -1,0 +1,284 @@
+#include "s2dm/train.h"
+
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <csignal>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+
+#include "s2dm/checkpoint.h"
+#include "s2dm/compat.h"
+#include "s2dm/data.h"
+#include "s2dm/device.h"
+#include "s2dm/errors.h"
+#include "s2dm/file_io.h"
+#include "s2dm/generate.h"
+#include "s2dm/losses.h"
+#include "s2dm/optim.h"
+#include "s2dm/progress.h"
+#include "s2dm/unet.h"
+
+namespace s2dm::train {
+namespace fs = std::filesystem;
+
+namespace {
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+// Installs the SIGINT/SIGTERM handlers for the scope, restoring the previous ones after.
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal = 0;
+    old_int_ = std::signal(SIGINT, on_stop_signal);
+    old_term_ = std::signal(SIGTERM, on_stop_signal);
+  }
+  ~StopSignals() {
+    std::signal(SIGINT, old_int_);
+    std::signal(SIGTERM, old_term_);
+  }
+  bool requested() const { return g_stop_signal != 0; }
+
+ private:
+  void (*old_int_)(int);
+  void (*old_term_)(int);
+};
+
+// Adds log.txt to the default logger for the scope.
+class LogFile {
+ public:
+  explicit LogFile(const std::string& path)
+      : sink_(std::make_shared<spdlog::sinks::basic_file_sink_mt>(path)) {
+    spdlog::default_logger()->sinks().push_back(sink_);
+  }
+  ~LogFile() {
+    auto& sinks = spdlog::default_logger()->sinks();
+    sinks.erase(std::remove(sinks.begin(), sinks.end(), sink_), sinks.end());
+  }
+
+ private:
+  std::shared_ptr<spdlog::sinks::sink> sink_;
+};
+
+NamedTensors rng_states(const torch::Device& device) {
+  NamedTensors out{{"cpu", compat::default_generator(torch::kCPU).get_state()}};
+  if (device.is_cuda()) out.emplace_back("cuda", compat::default_generator(device).get_state());
+  return out;
+}
+
+void restore_rng(const NamedTensors& states, const torch::Device& device) {
+  for (const auto& [name, state] : states) {
+    if (name == "cpu") compat::default_generator(torch::kCPU).set_state(state);
+    else if (name == "cuda" && device.is_cuda()) compat::default_generator(device).set_state(state);
+  }
+}
+
+int64_t step_of(const fs::path& p) {
+  static const std::regex pattern("step_(\\d+)\\.ckpt");
+  std::smatch m;
+  std::string name = p.filename().string();
+  return std::regex_match(name, m, pattern) ? std::stoll(m[1]) : -1;
+}
+
+// Keeps metrics.jsonl consistent with a resumed step: drops lines written after it.
+void truncate_metrics(const std::string& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::ifstream in(path);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    try {
+      if (nlohmann::json::parse(line).value("step", int64_t{0}) <= step) kept += line + "\n";
+    } catch (const nlohmann::json::exception&) {
+      // a torn last line from a crash: drop it
+    }
+  }
+  write_file_atomic(path, kept);
+}
+
+}  // namespace
+
+std::string checkpoint_dir(const std::string& run_dir) { return run_dir + "/checkpoints"; }
+std::string latest_checkpoint(const std::string& run_dir) { return checkpoint_dir(run_dir) + "/latest.ckpt"; }
+
+TrainResult run_training(const Config& given, const TrainOptions& opts) {
+  const std::string run_dir = opts.run_dir.empty() ? "runs/" + given.name : opts.run_dir;
+  Config config = given;
+  Checkpoint resumed;
+  if (opts.resume) {
+    const std::string path = latest_checkpoint(run_dir);
+    if (!fs::exists(path)) throw CheckpointError(path + ": no checkpoint to resume from");
+    resumed = load_checkpoint(path);
+    config = parse_config(resumed.config_yaml, path + " (config)", opts.overrides);
+  } else if (fs::exists(run_dir) && !fs::is_empty(run_dir)) {
+    if (!opts.overwrite)
+      throw ConfigError(run_dir + ": run directory exists (use --resume to continue it or --overwrite to replace it)");
+    fs::remove_all(run_dir);
+  }
+  if (opts.steps >= 0) config.train.steps = opts.steps;
+  const auto& tc = config.train;
+
+  fs::create_directories(checkpoint_dir(run_dir));
+  fs::create_directories(run_dir + "/samples");
+  write_file_atomic(run_dir + "/config.yaml", to_yaml(config));
+  LogFile log_file(run_dir + "/log.txt");
+  const std::string metrics_path = run_dir + "/metrics.jsonl";
+  if (opts.resume) truncate_metrics(metrics_path, resumed.step);
+
+  set_cpu_threads(config.threads);
+  const torch::Device device = resolve_device(config.device);
+  const bool autocast = device.is_cuda() && tc.precision == "bf16";
+  torch::manual_seed(config.seed);
+  spdlog::info("run {}: {} on {} ({} threads{})", run_dir, opts.resume ? "resuming" : "training", device.str(),
+               torch::get_num_threads(), autocast ? ", bf16 autocast" : "");
+
+  auto dataset = data::load_dataset(config.data);
+  spdlog::info("data: {} images of {}x{}x{} from {}", dataset.images.size(0), dataset.images.size(1),
+               dataset.images.size(2), dataset.images.size(3), dataset.source);
+  data::Batcher batcher(dataset, device, tc.batch_size, config.seed, config.data.random_flip);
+
+  model::UNet unet(config.model, config.data.channels, config.data.image_size);
+  model::UNet ema(config.model, config.data.channels, config.data.image_size);
+  unet->to(device);
+  ema->to(device);
+  copy_weights(*ema, *unet);
+  ema->eval();
+  spdlog::info("model: {:.2f} M parameters, {} long skips", model::count_parameters(*unet) / 1e6, unet->num_skips());
+
+  NamedTensors params;
+  for (const auto& item : unet->named_parameters()) params.emplace_back(item.key(), item.value());
+  Adam adam(params, {tc.beta1, tc.beta2, tc.eps, tc.weight_decay, tc.optimizer == "adamw"});
+
+  NoiseSchedule schedule(config.diffusion);
+  diffusion::DiffusionLoss loss_fn(config.loss, schedule, device);
+
+  int64_t step = 0;
+  if (opts.resume) {
+    load_weights(*unet, resumed.model, "checkpoint model");
+    load_weights(*ema, resumed.ema, "checkpoint ema");
+    adam.load_state(resumed.optimizer);
+    restore_rng(resumed.rng, device);
+    batcher.seek(std::stoll(resumed.extra.at("data_epoch")), std::stoll(resumed.extra.at("data_cursor")));
+    step = resumed.step;
+    resumed = Checkpoint{};
+    spdlog::info("resumed at step {}", step);
+  }
+
+  auto save = [&](int64_t at_step) {
+    Checkpoint ckpt;
+    ckpt.step = at_step;
+    ckpt.config_yaml = to_yaml(config);
+    ckpt.model = named_weights(*unet);
+    ckpt.ema = named_weights(*ema);
+    ckpt.optimizer = adam.state();
+    ckpt.rng = rng_states(device);
+    ckpt.extra = {{"data_epoch", std::to_string(batcher.epoch())}, {"data_cursor", std::to_string(batcher.cursor())}};
+    const std::string dir = checkpoint_dir(run_dir);
+    const std::string path = dir + "/step_" + std::to_string(at_step) + ".ckpt";
+    save_checkpoint(path, ckpt);
+    // latest.ckpt: a hard link to the newest, swapped in atomically.
+    const std::string tmp = dir + "/latest.ckpt.tmp";
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    fs::create_hard_link(path, tmp, ec);
+    if (ec) fs::copy_file(path, tmp, fs::copy_options::overwrite_existing);
+    fs::rename(tmp, latest_checkpoint(run_dir));
+    std::vector<std::pair<int64_t, fs::path>> steps;
+    for (const auto& e : fs::directory_iterator(dir))
+      if (step_of(e.path()) >= 0) steps.emplace_back(step_of(e.path()), e.path());
+    std::sort(steps.begin(), steps.end());
+    for (size_t i = 0; i + static_cast<size_t>(tc.keep_last) < steps.size(); ++i) fs::remove(steps[i].second);
+    spdlog::info("checkpoint {}", path);
+  };
+
+  auto sample_grid = [&](int64_t at_step) {
+    if (tc.sample_num <= 0) return;
+    auto generated = sample::generate(sample::unet_eps_model(ema, autocast), schedule, config.sample,
+                                      {config.data.channels, config.data.image_size, config.data.image_size},
+                                      device, config.seed, tc.sample_num, {}, false);
+    const std::string path = run_dir + "/samples/step_" + std::to_string(at_step) + ".png";
+    sample::write_grid(path, generated.samples);
+    spdlog::info("samples {}", path);
+  };
+
+  StopSignals signals;
+  std::ofstream metrics(metrics_path, std::ios::app);
+  const int64_t start_step = step;
+  Progress progress("train", tc.steps - start_step, "step");
+  double sum_loss = 0, sum_simple = 0, sum_skip = 0, sum_norm = 0;
+  int64_t skip_count = 0, interval_steps = 0;
+  auto interval_start = std::chrono::steady_clock::now();
+  auto params_only = unet->parameters();
+  unet->train();
+
+  while (step < tc.steps) {
+    if (signals.requested()) {
+      spdlog::warn("signal {} received: writing a checkpoint at step {} and stopping", int(g_stop_signal), step);
+      save(step);
+      return {run_dir, step, true};
+    }
+    adam.zero_grad();
+    double loss_value = 0;
+    for (int micro = 0; micro < tc.grad_accum; ++micro) {
+      auto x0 = batcher.next();
+      auto t = diffusion::sample_timesteps(tc.batch_size, schedule.num_timesteps(), tc.antithetic, device);
+      diffusion::LossTerms terms;
+      {
+        compat::CudaAutocast guard(autocast, torch::kBFloat16);
+        terms = loss_fn([&](const torch::Tensor& x, const torch::Tensor& tt) { return unet->forward(x, tt); }, x0, t);
+      }
+      (terms.loss / tc.grad_accum).backward();
+      loss_value += terms.loss.item<double>() / tc.grad_accum;
+      sum_simple += terms.simple / tc.grad_accum;
+      sum_skip += terms.skip * static_cast<double>(terms.skip_count);
+      skip_count += terms.skip_count;
+    }
+    if (!std::isfinite(loss_value))
+      throw std::runtime_error("loss is " + std::to_string(loss_value) + " at step " + std::to_string(step + 1) +
+                               " (diverged; lower train.lr?); the last good checkpoint is kept in " +
+                               checkpoint_dir(run_dir));
+    const double grad_norm = clip_grad_norm(params_only, tc.grad_clip);
+    const double lr = tc.warmup > 0 ? tc.lr * std::min(1.0, static_cast<double>(step + 1) / tc.warmup) : tc.lr;
+    adam.step(lr);
+    ema_update(*ema, *unet, tc.ema_decay);
+    ++step;
+    sum_loss += loss_value;
+    sum_norm += grad_norm;
+    ++interval_steps;
+    char loss_text[48];
+    std::snprintf(loss_text, sizeof loss_text, "loss %.4f", loss_value);
+    progress.update(step - start_step, loss_text);
+
+    if (step % tc.log_every == 0 || step == tc.steps) {
+      double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - interval_start).count();
+      nlohmann::ordered_json line{{"step", step},
+                                  {"loss", sum_loss / interval_steps},
+                                  {"loss_simple", sum_simple / interval_steps},
+                                  {"loss_skip", skip_count ? sum_skip / skip_count : 0.0},
+                                  {"lr", lr},
+                                  {"grad_norm", sum_norm / interval_steps},
+                                  {"images_per_sec", interval_steps * tc.batch_size * tc.grad_accum / secs}};
+      metrics << line.dump() << "\n" << std::flush;
+      sum_loss = sum_simple = sum_skip = sum_norm = 0;
+      skip_count = interval_steps = 0;
+      interval_start = std::chrono::steady_clock::now();
+    }
+    if (step % tc.ckpt_every == 0 && step != tc.steps) save(step);
+    if (tc.sample_every > 0 && step % tc.sample_every == 0 && step != tc.steps) {
+      sample_grid(step);
+      unet->train();
+    }
+  }
+  progress.finish();
+  if (step > start_step || !fs::exists(latest_checkpoint(run_dir))) save(step);
+  sample_grid(step);
+  return {run_dir, step, false};
+}
+
+}  // namespace s2dm::train

@@ -1,0 +1,206 @@
+// The s2dm tool end to end on a tiny config: train, checkpoint, resume bit-identically, sample,
+// export, and exit code 2 with a clear message for each kind of bad input.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "../test_util.h"
+#include "s2dm/checkpoint.h"
+#include "s2dm/npy.h"
+#include "s2dm/safetensors.h"
+
+using namespace s2dm;
+using s2dm::testing::TempDir;
+
+namespace {
+
+struct Result {
+  int code;
+  std::string output;
+};
+
+Result run(const std::string& args) {
+  std::string cmd = std::string(S2DM_BINARY) + " " + args + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
+  int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
+}
+
+const std::string kTiny = std::string(S2DM_SOURCE_DIR) + "/tests/configs/tiny.yaml";
+
+// A scratch directory with fake Fashion-MNIST files and the tiny config pointing at them.
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::filesystem::create_directories(dir / "fmnist");
+    s2dm::testing::write_fake_fmnist(dir / "fmnist", 16);
+    data = "--set data.path=" + (dir / "fmnist");
+  }
+  std::string train(const std::string& run_dir, const std::string& extra = "") {
+    auto r = run("train --config " + kTiny + " " + data + " --run-dir " + run_dir + " " + extra);
+    EXPECT_EQ(r.code, 0) << r.output;
+    return r.output;
+  }
+  TempDir dir;
+  std::string data;
+};
+
+void expect_user_error(const Result& r, const std::string& needle) {
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("error: "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(needle), std::string::npos) << "expected '" << needle << "' in: " << r.output;
+}
+
+bool same_tensors(const NamedTensors& a, const NamedTensors& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i].first != b[i].first || !torch::equal(a[i].second, b[i].second)) return false;
+  return true;
+}
+
+}  // namespace
+
+TEST_F(Cli, HelpAndInfo) {
+  auto r = run("--help");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.output.find("train"), std::string::npos);
+  for (const char* cmd : {"train", "sample", "export", "info"}) EXPECT_EQ(run(std::string(cmd) + " --help").code, 0) << cmd;
+  r = run("info --device cpu");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.output.find("libtorch:"), std::string::npos);
+  EXPECT_NE(r.output.find("cpu threads:"), std::string::npos);
+}
+
+TEST_F(Cli, TrainWritesTheRunDirectory) {
+  const std::string run_dir = dir / "run";
+  train(run_dir);
+  for (const char* f : {"config.yaml", "log.txt", "metrics.jsonl", "checkpoints/latest.ckpt", "checkpoints/step_6.ckpt",
+                        "checkpoints/step_3.ckpt", "samples/step_6.png"})
+    EXPECT_TRUE(std::filesystem::exists(run_dir + "/" + f)) << f;
+  auto metrics = s2dm::testing::read_bytes(run_dir + "/metrics.jsonl");
+  EXPECT_EQ(std::count(metrics.begin(), metrics.end(), '\n'), 6);
+  for (const char* key : {"\"loss\"", "\"loss_simple\"", "\"loss_skip\"", "\"lr\"", "\"grad_norm\"", "\"images_per_sec\""})
+    EXPECT_NE(metrics.find(key), std::string::npos) << key;
+  auto ckpt = load_checkpoint(run_dir + "/checkpoints/latest.ckpt");
+  EXPECT_EQ(ckpt.step, 6);
+  EXPECT_FALSE(ckpt.ema.empty());
+  // The run directory is not silently overwritten.
+  expect_user_error(run("train --config " + kTiny + " " + data + " --run-dir " + run_dir), "run directory exists");
+}
+
+TEST_F(Cli, ResumeIsBitIdentical) {
+  const std::string straight = dir / "straight", split = dir / "split";
+  train(straight);
+  train(split, "--steps 3");
+  auto r = run("train --resume --run-dir " + split + " --steps 6");
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto a = load_checkpoint(straight + "/checkpoints/latest.ckpt");
+  auto b = load_checkpoint(split + "/checkpoints/latest.ckpt");
+  EXPECT_EQ(a.step, 6);
+  EXPECT_EQ(b.step, 6);
+  EXPECT_TRUE(same_tensors(a.model, b.model));
+  EXPECT_TRUE(same_tensors(a.ema, b.ema));
+  EXPECT_TRUE(same_tensors(a.optimizer, b.optimizer));
+  auto metrics = s2dm::testing::read_bytes(split + "/metrics.jsonl");
+  EXPECT_EQ(std::count(metrics.begin(), metrics.end(), '\n'), 6);
+}
+
+TEST_F(Cli, SampleExportAndReload) {
+  const std::string run_dir = dir / "run";
+  train(run_dir);
+  const std::string ckpt = run_dir + "/checkpoints/latest.ckpt";
+  auto r = run("sample --checkpoint " + ckpt + " --num 3 --batch 2 --steps 4 --seed 5 --out " + (dir / "s1") +
+               " --save-float " + (dir / "s1.npy"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* f : {"000000.png", "000002.png", "samples.npz", "grid.png", "sample.yaml"})
+    EXPECT_TRUE(std::filesystem::exists(dir / ("s1/" + std::string(f)))) << f;
+  auto npz = load_npz(dir / "s1/samples.npz");
+  EXPECT_EQ(npz.at("arr_0").dtype, "|u1");
+  EXPECT_EQ(npz.at("arr_0").shape, (std::vector<int64_t>{3, 32, 32, 1}));
+  auto floats = load_npy(dir / "s1.npy");
+  EXPECT_EQ(floats.dtype, "<f4");
+  EXPECT_EQ(floats.shape, (std::vector<int64_t>{3, 1, 32, 32}));
+  // Same seed, other batch size: the same images.
+  r = run("sample --checkpoint " + ckpt + " --num 3 --batch 3 --steps 4 --seed 5 --no-png --out " + (dir / "s2"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(load_npz(dir / "s2/samples.npz").at("arr_0").data, npz.at("arr_0").data);
+
+  // Exported raw weights sampled through --weights equal the checkpoint's raw weights.
+  r = run("export --checkpoint " + ckpt + " --out " + (dir / "w.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto exported = load_safetensors(dir / "w.safetensors");
+  EXPECT_NE(exported.find("conv_in.weight"), nullptr);
+  EXPECT_NE(exported.find("temb.dense.0.weight"), nullptr);
+  r = run("sample --weights " + (dir / "w.safetensors") + " --config " + kTiny + " --num 2 --steps 3 --no-png --out " +
+          (dir / "w"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run("sample --checkpoint " + ckpt + " --raw --num 2 --steps 3 --no-png --out " + (dir / "raw"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(load_npz(dir / "w/samples.npz").at("arr_0").data, load_npz(dir / "raw/samples.npz").at("arr_0").data);
+
+  // Exact initial noise from a file.
+  auto noise = torch::randn({2, 1, 32, 32});
+  save_npy(dir / "xT.npy", NpyArray{"<f4", {2, 1, 32, 32}, std::string(static_cast<char*>(noise.data_ptr()), noise.numel() * 4)});
+  r = run("sample --checkpoint " + ckpt + " --noise " + (dir / "xT.npy") + " --steps 3 --no-png --out " + (dir / "n"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(load_npz(dir / "n/samples.npz").at("arr_0").shape[0], 2);
+}
+
+TEST_F(Cli, BadInputGivesExitCode2AndNamesTheCulprit) {
+  expect_user_error(run("frobnicate"), "unknown command 'frobnicate'");
+  expect_user_error(run("train --config /nonexistent.yaml"), "/nonexistent.yaml");
+  s2dm::testing::write_bytes(dir / "bad.yaml", "train:\n  lr: 0.1\n  bacth_size: 3\n");
+  expect_user_error(run("train --config " + (dir / "bad.yaml")), "bad.yaml:3: unknown key 'train.bacth_size' (did you mean 'train.batch_size'?)");
+  expect_user_error(run("train --config " + kTiny + " --set train.lr=fast"), "--set train.lr=fast");
+  expect_user_error(run("train --config " + kTiny + " --set data.path=" + (dir / "none") + " --run-dir " + (dir / "r0")),
+                    "file not found");
+  expect_user_error(run("train --config " + kTiny + " --bogus-flag"), "bogus");
+  expect_user_error(run("train --resume --run-dir " + (dir / "never")), "no checkpoint to resume from");
+  expect_user_error(run("train --config " + kTiny + " --device cuda:7 " + data + " --run-dir " + (dir / "r1")), "cuda");
+  expect_user_error(run("sample --checkpoint " + (dir / "missing.ckpt") + " --out " + (dir / "o")), "missing.ckpt");
+  s2dm::testing::write_bytes(dir / "junk.ckpt", std::string(100, 'x'));
+  expect_user_error(run("sample --checkpoint " + (dir / "junk.ckpt") + " --out " + (dir / "o")), "junk.ckpt");
+
+  const std::string run_dir = dir / "run";
+  train(run_dir);
+  const std::string ckpt = run_dir + "/checkpoints/latest.ckpt";
+  auto bytes = s2dm::testing::read_bytes(ckpt);
+  s2dm::testing::write_bytes(dir / "trunc.ckpt", bytes.substr(0, bytes.size() - 100));
+  expect_user_error(run("sample --checkpoint " + (dir / "trunc.ckpt") + " --out " + (dir / "o")), "trunc.ckpt");
+  expect_user_error(run("sample --checkpoint " + ckpt + " --sampler ddmi --out " + (dir / "o")), "did you mean 'ddim'");
+  expect_user_error(run("sample --checkpoint " + ckpt + " --steps 5000 --out " + (dir / "o")), "sample.steps");
+  expect_user_error(run("sample --checkpoint " + ckpt + " --timesteps quadratic --out " + (dir / "o")), "did you mean 'quad'");
+  expect_user_error(run("sample --checkpoint " + ckpt), "--out");
+  save_npy(dir / "bad.npy", NpyArray{"<f8", {1, 1, 32, 32}, std::string(8 * 1024, '\0')});
+  expect_user_error(run("sample --checkpoint " + ckpt + " --noise " + (dir / "bad.npy") + " --out " + (dir / "o")), "float32");
+  save_npy(dir / "shape.npy", NpyArray{"<f4", {1, 3, 8, 8}, std::string(4 * 192, '\0')});
+  expect_user_error(run("sample --checkpoint " + ckpt + " --noise " + (dir / "shape.npy") + " --out " + (dir / "o")), "shape");
+  // Weights of another architecture.
+  expect_user_error(run("sample --weights " + ckpt + " --config " + std::string(S2DM_SOURCE_DIR) +
+                        "/configs/train/fmnist.yaml --out " + (dir / "o")),
+                    "different model config");
+  EXPECT_FALSE(std::filesystem::exists(dir / "o/samples.npz"));
+}
+
+TEST_F(Cli, SigtermWritesACheckpoint) {
+  const std::string run_dir = dir / "sig";
+  std::string cmd = "timeout --preserve-status -s TERM 6 " + std::string(S2DM_BINARY) + " train --config " + kTiny +
+                    " " + data + " --set train.steps=1000000 --set train.ckpt_every=1000000 --run-dir " + run_dir + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
+  int status = pclose(pipe);
+  ASSERT_TRUE(WIFEXITED(status)) << out;
+  EXPECT_EQ(WEXITSTATUS(status), 130) << out;
+  auto ckpt = load_checkpoint(run_dir + "/checkpoints/latest.ckpt");
+  EXPECT_GT(ckpt.step, 0);
+}

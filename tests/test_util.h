@@ -1,0 +1,68 @@
+#pragma once
+// Helpers shared by the tests: scratch directories and synthetic data files in real formats.
+#include <gtest/gtest.h>
+#include <zlib.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace s2dm::testing {
+
+// A fresh directory under the system temp dir, removed at the end of the test.
+class TempDir {
+ public:
+  TempDir() {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    std::string name = std::string("s2dm_") + (info ? std::string(info->test_suite_name()) + "_" + info->name() : "t");
+    path_ = std::filesystem::temp_directory_path() / (name + "_" + std::to_string(std::random_device{}()));
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  std::string path() const { return path_.string(); }
+  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+inline void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+inline std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+inline void write_gzip(const std::string& path, const std::string& bytes) {
+  gzFile f = gzopen(path.c_str(), "wb");
+  gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size()));
+  gzclose(f);
+}
+
+inline std::string big_endian(uint32_t v) {
+  return {char(v >> 24), char((v >> 16) & 0xff), char((v >> 8) & 0xff), char(v & 0xff)};
+}
+
+// Fashion-MNIST-format idx files (images 28x28 with a bright square per image) in `dir`.
+inline void write_fake_fmnist(const std::string& dir, int n, const std::string& split = "train") {
+  std::string images = big_endian(0x803) + big_endian(n) + big_endian(28) + big_endian(28);
+  std::string labels = big_endian(0x801) + big_endian(n);
+  for (int i = 0; i < n; ++i) {
+    for (int y = 0; y < 28; ++y)
+      for (int x = 0; x < 28; ++x) images += char((x > 8 && x < 20 && y > 4 + i % 5 && y < 22) ? 200 + i % 50 : 0);
+    labels += char(i % 10);
+  }
+  write_gzip(dir + "/" + split + "-images-idx3-ubyte.gz", images);
+  write_gzip(dir + "/" + split + "-labels-idx1-ubyte.gz", labels);
+}
+
+}  // namespace s2dm::testing

@@ -1,0 +1,126 @@
+#include <gtest/gtest.h>
+
+#include "s2dm/config.h"
+#include "s2dm/errors.h"
+#include "../test_util.h"
+
+using s2dm::ConfigError;
+using s2dm::parse_config;
+
+namespace {
+
+// The message of the ConfigError that parsing `yaml` throws.
+std::string error_of(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
+  try {
+    parse_config(yaml, "cfg.yaml", overrides);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+TEST(Config, DefaultsAreTheCifar10Recipe) {
+  auto c = parse_config("", "empty.yaml");
+  EXPECT_EQ(c.model.ch, 128);
+  EXPECT_EQ(c.model.ch_mult, (std::vector<int>{1, 2, 2, 2}));
+  EXPECT_DOUBLE_EQ(c.train.lr, 2e-4);
+  EXPECT_DOUBLE_EQ(c.train.ema_decay, 0.9999);
+  EXPECT_EQ(c.loss.type, "simple");
+  EXPECT_EQ(c.loss.noise, "independent");
+}
+
+TEST(Config, ReadsValues) {
+  auto c = parse_config("seed: 3\ntrain:\n  lr: 1.0e-3\n  batch_size: 32\nmodel:\n  ch_mult: [1, 2]\n"
+                        "loss:\n  type: s2dm\n  skip_k: 49\n",
+                        "x.yaml");
+  EXPECT_EQ(c.seed, 3u);
+  EXPECT_DOUBLE_EQ(c.train.lr, 1e-3);
+  EXPECT_EQ(c.train.batch_size, 32);
+  EXPECT_EQ(c.model.ch_mult, (std::vector<int>{1, 2}));
+  EXPECT_EQ(c.loss.skip_k, 49);
+}
+
+TEST(Config, UnknownKeyNamesFileLineAndSuggestion) {
+  auto msg = error_of("train:\n  lr: 0.1\n  warmpu: 10\n");
+  EXPECT_NE(msg.find("cfg.yaml:3"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("unknown key 'train.warmpu'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("did you mean 'train.warmup'"), std::string::npos) << msg;
+}
+
+TEST(Config, UnknownSectionRejected) {
+  auto msg = error_of("trian:\n  lr: 0.1\n");
+  EXPECT_NE(msg.find("unknown key 'trian'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("did you mean 'train'"), std::string::npos) << msg;
+}
+
+TEST(Config, WrongTypesRejected) {
+  EXPECT_NE(error_of("train:\n  lr: fast\n").find("train.lr: expected a number, got 'fast'"), std::string::npos);
+  EXPECT_NE(error_of("train:\n  batch_size: 1.5\n").find("expected an integer"), std::string::npos);
+  EXPECT_NE(error_of("data:\n  random_flip: maybe\n").find("true or false"), std::string::npos);
+  EXPECT_NE(error_of("model:\n  ch_mult: 2\n").find("expected a list of integers"), std::string::npos);
+  EXPECT_NE(error_of("train: 5\n").find("expected a mapping"), std::string::npos);
+}
+
+TEST(Config, RangesAndEnumsChecked) {
+  auto msg = error_of("train:\n  ema_decay: 1.5\n");
+  EXPECT_NE(msg.find("cfg.yaml:2"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("train.ema_decay = 1.5 is out of range"), std::string::npos) << msg;
+  msg = error_of("data:\n  dataset: cifar\n");
+  EXPECT_NE(msg.find("data.dataset = 'cifar' is not one of"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("did you mean 'cifar10'"), std::string::npos) << msg;
+  EXPECT_NE(error_of("loss:\n  noise: same\n").find("loss.noise"), std::string::npos);
+  EXPECT_NE(error_of("data:\n  channels: 2\n").find("data.channels"), std::string::npos);
+}
+
+TEST(Config, CrossFieldChecks) {
+  EXPECT_NE(error_of("data:\n  image_size: 36\n").find("not divisible"), std::string::npos);
+  EXPECT_NE(error_of("model:\n  ch: 48\n").find("multiple of 32"), std::string::npos);
+  EXPECT_NE(error_of("model:\n  attn_resolutions: [7]\n").find("attn_resolutions"), std::string::npos);
+  EXPECT_NE(error_of("loss:\n  type: s2dm\n  skip_k: 1000\n").find("skip_k"), std::string::npos);
+  EXPECT_NE(error_of("device: tpu\n").find("device = 'tpu'"), std::string::npos);
+  EXPECT_NE(error_of("sample:\n  steps: 2000\n").find("exceeds"), std::string::npos);
+}
+
+TEST(Config, InvalidYamlNamesLine) {
+  auto msg = error_of("train:\n  lr: [1, 2\n");
+  EXPECT_NE(msg.find("invalid YAML"), std::string::npos) << msg;
+}
+
+TEST(Config, SetOverridesAndTheirErrors) {
+  auto c = parse_config("train:\n  lr: 0.1\n", "x.yaml", {"train.lr=0.5", "seed=9", "model.ch_mult=[1,2]"});
+  EXPECT_DOUBLE_EQ(c.train.lr, 0.5);
+  EXPECT_EQ(c.seed, 9u);
+  EXPECT_EQ(c.model.ch_mult, (std::vector<int>{1, 2}));
+  auto msg = error_of("", {"train.lr=abc"});
+  EXPECT_NE(msg.find("--set train.lr=abc"), std::string::npos) << msg;
+  msg = error_of("", {"train.lrr=1"});
+  EXPECT_NE(msg.find("--set train.lrr=1"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("did you mean 'train.lr'"), std::string::npos) << msg;
+  EXPECT_NE(error_of("", {"nonsense"}).find("expected section.key=value"), std::string::npos);
+}
+
+TEST(Config, YamlRoundTrip) {
+  auto c = parse_config("name: \"a \\\"q\\\" b\"\ntrain:\n  lr: 0.0002\n  eps: 1.0e-8\nmodel:\n  dropout: 0.1\n", "x.yaml");
+  auto back = parse_config(s2dm::to_yaml(c), "resolved.yaml");
+  EXPECT_EQ(s2dm::to_yaml(back), s2dm::to_yaml(c));
+  EXPECT_EQ(back.name, c.name);
+  EXPECT_EQ(back.train.eps, c.train.eps);
+  EXPECT_EQ(back.train.lr, c.train.lr);
+}
+
+TEST(Config, ShippedConfigsLoad) {
+  for (const char* name : {"cifar10_ddpm", "cifar10_s2dm", "celeba64_ddpm", "celeba64_s2dm", "fmnist"}) {
+    std::string path = std::string(S2DM_SOURCE_DIR) + "/configs/train/" + name + ".yaml";
+    EXPECT_NO_THROW(s2dm::load_config(path)) << path;
+  }
+  auto s2dm_cfg = s2dm::load_config(std::string(S2DM_SOURCE_DIR) + "/configs/train/cifar10_s2dm.yaml");
+  EXPECT_EQ(s2dm_cfg.loss.type, "s2dm");
+  EXPECT_EQ(s2dm_cfg.loss.skip_k, 9);
+  EXPECT_DOUBLE_EQ(s2dm_cfg.loss.tau, 0.99);
+}
+
+TEST(Config, MissingFileIsAConfigError) {
+  EXPECT_THROW(s2dm::load_config("/nonexistent/x.yaml"), ConfigError);
+}

@@ -1,0 +1,210 @@
+// safetensors, checkpoints, npy/npz, images.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "../test_util.h"
+#include "s2dm/checkpoint.h"
+#include "s2dm/errors.h"
+#include "s2dm/image_io.h"
+#include "s2dm/npy.h"
+#include "s2dm/safetensors.h"
+
+using namespace s2dm;
+using s2dm::testing::TempDir;
+
+TEST(Safetensors, RoundTripKeepsNamesDtypesAndOrder) {
+  TempDir dir;
+  NamedTensors in{{"b.weight", torch::randn({3, 4})},
+                  {"a", torch::arange(6, torch::kLong).reshape({2, 3})},
+                  {"z.u8", torch::tensor({1, 2, 255}, torch::kUInt8)},
+                  {"d", torch::randn({2}, torch::kFloat64)},
+                  {"h", torch::randn({2}).to(torch::kBFloat16)},
+                  {"scalar", torch::tensor(3.5f)}};
+  save_safetensors(dir / "w.safetensors", in, {{"k", "v"}});
+  auto out = load_safetensors(dir / "w.safetensors");
+  ASSERT_EQ(out.tensors.size(), in.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    EXPECT_EQ(out.tensors[i].first, in[i].first);
+    EXPECT_EQ(out.tensors[i].second.scalar_type(), in[i].second.scalar_type());
+    EXPECT_TRUE(torch::equal(out.tensors[i].second, in[i].second)) << in[i].first;
+  }
+  EXPECT_EQ(out.metadata.at("k"), "v");
+  // Header length is a multiple of 8 (data aligned).
+  auto bytes = s2dm::testing::read_bytes(dir / "w.safetensors");
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  EXPECT_EQ(n % 8, 0u);
+}
+
+TEST(Safetensors, CorruptFilesRejected) {
+  TempDir dir;
+  save_safetensors(dir / "w.safetensors", {{"x", torch::randn({100})}});
+  auto bytes = s2dm::testing::read_bytes(dir / "w.safetensors");
+  s2dm::testing::write_bytes(dir / "trunc", bytes.substr(0, bytes.size() - 10));
+  EXPECT_THROW(load_safetensors(dir / "trunc"), IoError);
+  s2dm::testing::write_bytes(dir / "tiny", "abc");
+  EXPECT_THROW(load_safetensors(dir / "tiny"), IoError);
+  std::string bad = bytes;
+  bad[9] = '!';  // break the JSON
+  s2dm::testing::write_bytes(dir / "bad", bad);
+  EXPECT_THROW(load_safetensors(dir / "bad"), IoError);
+  EXPECT_THROW(load_safetensors(dir / "missing"), IoError);
+  EXPECT_THROW(to_safetensors_bytes({{"x", torch::ones(1)}, {"x", torch::ones(1)}}), IoError);
+}
+
+namespace {
+
+Checkpoint sample_checkpoint() {
+  Checkpoint c;
+  c.step = 42;
+  c.config_yaml = "name: \"x\"\n";
+  c.model = {{"w", torch::randn({4, 4})}};
+  c.ema = {{"w", torch::randn({4, 4})}};
+  c.optimizer = {{"exp_avg.w", torch::randn({4, 4})}, {"step", torch::tensor(42L)}};
+  c.rng = {{"cpu", at::detail::getDefaultCPUGenerator().get_state()}};
+  c.extra = {{"data_epoch", "1"}};
+  return c;
+}
+
+}  // namespace
+
+TEST(Checkpoint, RoundTrip) {
+  TempDir dir;
+  auto c = sample_checkpoint();
+  save_checkpoint(dir / "c.ckpt", c);
+  auto back = load_checkpoint(dir / "c.ckpt");
+  EXPECT_EQ(back.step, 42);
+  EXPECT_EQ(back.config_yaml, c.config_yaml);
+  EXPECT_EQ(back.extra.at("data_epoch"), "1");
+  ASSERT_EQ(back.model.size(), 1u);
+  EXPECT_TRUE(torch::equal(back.model[0].second, c.model[0].second));
+  EXPECT_TRUE(torch::equal(back.ema[0].second, c.ema[0].second));
+  EXPECT_TRUE(torch::equal(back.rng[0].second, c.rng[0].second));
+  EXPECT_EQ(back.optimizer.size(), 2u);
+  // Written atomically: no temporary file left behind.
+  int files = 0;
+  for (auto& e : std::filesystem::directory_iterator(dir.path())) files += e.is_regular_file();
+  EXPECT_EQ(files, 1);
+}
+
+TEST(Checkpoint, CorruptionDetected) {
+  TempDir dir;
+  save_checkpoint(dir / "c.ckpt", sample_checkpoint());
+  auto bytes = s2dm::testing::read_bytes(dir / "c.ckpt");
+  std::string flipped = bytes;
+  flipped[bytes.size() - 5] ^= 0x40;  // one bit in the tensor data
+  s2dm::testing::write_bytes(dir / "flipped.ckpt", flipped);
+  try {
+    load_checkpoint(dir / "flipped.ckpt");
+    FAIL() << "corruption not detected";
+  } catch (const CheckpointError& e) {
+    EXPECT_NE(std::string(e.what()).find("checksum"), std::string::npos) << e.what();
+  }
+  s2dm::testing::write_bytes(dir / "trunc.ckpt", bytes.substr(0, bytes.size() / 2));
+  EXPECT_THROW(load_checkpoint(dir / "trunc.ckpt"), CheckpointError);
+  // A valid safetensors file that is not a checkpoint.
+  save_safetensors(dir / "foreign.safetensors", {{"w", torch::ones(2)}});
+  try {
+    load_checkpoint(dir / "foreign.safetensors");
+    FAIL();
+  } catch (const CheckpointError& e) {
+    EXPECT_NE(std::string(e.what()).find("not an s2dm checkpoint"), std::string::npos) << e.what();
+  }
+  s2dm::testing::write_bytes(dir / "text.ckpt", "hello world, this is not a checkpoint");
+  EXPECT_THROW(load_checkpoint(dir / "text.ckpt"), CheckpointError);
+}
+
+TEST(Checkpoint, LoadWeightsChecksNamesAndShapes) {
+  auto a = torch::nn::Linear(3, 2), b = torch::nn::Linear(3, 2), c = torch::nn::Linear(4, 2);
+  load_weights(*b, named_weights(*a), "a");
+  EXPECT_TRUE(torch::equal(a->weight, b->weight));
+  EXPECT_THROW(load_weights(*c, named_weights(*a), "a"), CheckpointError);
+  auto w = named_weights(*a);
+  w.pop_back();
+  EXPECT_THROW(load_weights(*b, w, "a"), CheckpointError);
+  w = named_weights(*a);
+  w.emplace_back("extra", torch::ones(1));
+  EXPECT_THROW(load_weights(*b, w, "a"), CheckpointError);
+}
+
+TEST(Npy, RoundTripAndHeaderFormat) {
+  TempDir dir;
+  std::vector<float> values{1.5f, -2.0f, 3.25f, 0.0f, 7.0f, 8.0f};
+  NpyArray a{"<f4", {2, 3}, std::string(reinterpret_cast<char*>(values.data()), 24)};
+  save_npy(dir / "a.npy", a);
+  auto bytes = s2dm::testing::read_bytes(dir / "a.npy");
+  EXPECT_NE(bytes.find("'shape': (2, 3)"), std::string::npos);
+  EXPECT_EQ((bytes.size() - a.data.size()) % 64, 0u);
+  auto b = load_npy(dir / "a.npy");
+  EXPECT_EQ(b.dtype, "<f4");
+  EXPECT_EQ(b.shape, a.shape);
+  EXPECT_EQ(b.data, a.data);
+  NpyArray v{"<i8", {3}, std::string(24, '\1')};
+  EXPECT_NE(to_npy_bytes(v).find("(3,)"), std::string::npos);
+  s2dm::testing::write_bytes(dir / "t.npy", bytes.substr(0, bytes.size() - 4));
+  EXPECT_THROW(load_npy(dir / "t.npy"), IoError);
+  s2dm::testing::write_bytes(dir / "x.npy", "not numpy at all");
+  EXPECT_THROW(load_npy(dir / "x.npy"), IoError);
+}
+
+TEST(Npy, NpzStoredRoundTripAndCrcCheck) {
+  TempDir dir;
+  NpyArray u8{"|u1", {2, 2, 2, 1}, std::string("\x01\x02\x03\x04\x05\x06\x07\x08", 8)};
+  NpyArray f8{"<f8", {1}, std::string(8, '\0')};
+  save_npz(dir / "s.npz", {{"arr_0", u8}, {"mu", f8}});
+  auto back = load_npz(dir / "s.npz");
+  ASSERT_EQ(back.size(), 2u);
+  EXPECT_EQ(back.at("arr_0").data, u8.data);
+  EXPECT_EQ(back.at("arr_0").shape, u8.shape);
+  EXPECT_EQ(back.at("mu").dtype, "<f8");
+  auto bytes = s2dm::testing::read_bytes(dir / "s.npz");
+  auto pos = bytes.find(std::string("\x01\x02\x03\x04", 4));
+  ASSERT_NE(pos, std::string::npos);
+  bytes[pos] = 9;
+  s2dm::testing::write_bytes(dir / "bad.npz", bytes);
+  EXPECT_THROW(load_npz(dir / "bad.npz"), IoError);
+}
+
+TEST(Images, PngRoundTrip) {
+  TempDir dir;
+  Image img{3, 2, 3, {}};
+  for (int i = 0; i < 18; ++i) img.pixels.push_back(static_cast<uint8_t>(i * 14));
+  write_png(dir / "a.png", img);
+  auto back = read_image(dir / "a.png", 3);
+  EXPECT_EQ(back.width, 3);
+  EXPECT_EQ(back.height, 2);
+  EXPECT_EQ(back.pixels, img.pixels);
+  EXPECT_THROW(read_image(dir / "missing.png", 3), DataError);
+  s2dm::testing::write_bytes(dir / "junk.png", "junk");
+  EXPECT_THROW(read_image(dir / "junk.png", 3), DataError);
+}
+
+TEST(Images, ResizeByTwoUsesPilTriangleWeights) {
+  // Shrinking 4 -> 2 with PIL's bilinear: output 0 = (3/8 a0 + 3/8 a1 + 1/8 a2)/(7/8) at the edge,
+  // interior taps 1/8, 3/8, 3/8, 1/8.
+  Image row{8, 1, 1, {0, 80, 160, 240, 0, 80, 160, 240}};
+  auto out = resize(row, 4, 1);
+  ASSERT_EQ(out.pixels.size(), 4u);
+  // output 1: centre 3.0, taps j=1..4 weights 1/8,3/8,3/8,1/8: (80+3*160+3*240+0)/8 = 160
+  EXPECT_EQ(out.pixels[1], 160);
+  // output 0: taps j=0..2 weights 3/8,3/8,1/8 normalised by 7/8: (0+240+160)/7 = 57.1
+  EXPECT_EQ(out.pixels[0], 57);
+  Image flat{5, 5, 3, std::vector<uint8_t>(75, 77)};
+  auto r = resize(flat, 3, 2);
+  for (auto p : r.pixels) EXPECT_EQ(p, 77);
+}
+
+TEST(Images, TileAndCrop) {
+  std::vector<uint8_t> two{10, 20, 30, 40, 50, 60, 70, 80};  // two 2x2 grey images
+  auto grid = tile_images(two.data(), 2, 2, 2, 1, 2, 1);
+  EXPECT_EQ(grid.width, 7);
+  EXPECT_EQ(grid.height, 4);
+  EXPECT_EQ(grid.row(1)[1], 10);
+  EXPECT_EQ(grid.row(2)[5], 80);
+  EXPECT_EQ(grid.row(0)[0], 255);
+  Image img{4, 3, 1, {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}};
+  auto c = crop(img, 1, 1, 2, 2);
+  EXPECT_EQ(c.pixels, (std::vector<uint8_t>{5, 6, 9, 10}));
+  EXPECT_THROW(crop(img, 3, 0, 2, 2), DataError);
+  EXPECT_EQ(center_crop_square(img).width, 3);
+}

@@ -1,0 +1,278 @@
+// UNet, noise schedule, losses, optimiser and EMA.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "s2dm/checkpoint.h"
+#include "s2dm/config.h"
+#include "s2dm/errors.h"
+#include "s2dm/losses.h"
+#include "s2dm/noise_schedule.h"
+#include "s2dm/optim.h"
+#include "s2dm/unet.h"
+
+using namespace s2dm;
+
+namespace {
+
+ModelConfig tiny_model() {
+  ModelConfig m;
+  m.ch = 32;
+  m.ch_mult = {1, 2};
+  m.num_res_blocks = 1;
+  m.attn_resolutions = {8};
+  m.dropout = 0.0;
+  return m;
+}
+
+}  // namespace
+
+TEST(NoiseSchedule, LinearMatchesReferenceValues) {
+  auto s = NoiseSchedule::linear(1000);
+  const auto& ab = s.alphas_cumprod();
+  EXPECT_DOUBLE_EQ(ab[0], 0.9999);
+  EXPECT_NEAR(ab[499], 0.0785872429, 1e-10);
+  EXPECT_NEAR(ab[999] / 4.0358297654e-05, 1.0, 1e-9);
+  EXPECT_DOUBLE_EQ(s.betas()[999], 0.02);
+}
+
+TEST(NoiseSchedule, FractionalTimeInterpolatesLogAlpha) {
+  auto s = NoiseSchedule::linear(1000);
+  EXPECT_DOUBLE_EQ(s.alpha_bar(499.0), s.alphas_cumprod()[499]);
+  EXPECT_DOUBLE_EQ(s.alpha_bar(-1.0), 1.0);
+  double mid = s.alpha_bar(499.5);
+  EXPECT_NEAR(mid, std::sqrt(s.alphas_cumprod()[499] * s.alphas_cumprod()[500]), 1e-15);
+  EXPECT_THROW(s.alpha_bar(1000.0), ConfigError);
+}
+
+TEST(NoiseSchedule, CosineIsMonotoneAndClipped) {
+  auto s = NoiseSchedule::cosine(1000);
+  for (int t = 1; t < 1000; ++t) EXPECT_LT(s.alphas_cumprod()[t], s.alphas_cumprod()[t - 1]);
+  for (double b : s.betas()) EXPECT_LE(b, 0.999);
+  EXPECT_GT(s.alphas_cumprod()[0], 0.9999);
+}
+
+TEST(UNet, Cifar10ParameterCountNamesAndShapes) {
+  ModelConfig m;  // defaults: the CIFAR10 config
+  model::UNet net(m, 3, 32);
+  EXPECT_EQ(model::count_parameters(*net), 35746307);
+  auto named = named_weights(*net);
+  EXPECT_EQ(named.size(), 328u);
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (auto& [n, t] : named) shapes[n] = t.sizes().vec();
+  // A sample of the reference Model's state_dict keys with their shapes.
+  const std::map<std::string, std::vector<int64_t>> expected{
+      {"temb.dense.0.weight", {512, 128}},
+      {"temb.dense.1.bias", {512}},
+      {"conv_in.weight", {128, 3, 3, 3}},
+      {"down.0.block.0.norm1.weight", {128}},
+      {"down.0.block.0.temb_proj.weight", {128, 512}},
+      {"down.0.downsample.conv.weight", {128, 128, 3, 3}},
+      {"down.1.block.0.nin_shortcut.weight", {256, 128, 1, 1}},
+      {"down.1.attn.0.q.weight", {256, 256, 1, 1}},
+      {"down.1.attn.1.proj_out.bias", {256}},
+      {"mid.block_1.conv1.weight", {256, 256, 3, 3}},
+      {"mid.attn_1.k.weight", {256, 256, 1, 1}},
+      {"mid.block_2.norm2.bias", {256}},
+      {"up.3.block.2.nin_shortcut.weight", {256, 512, 1, 1}},
+      {"up.1.upsample.conv.weight", {256, 256, 3, 3}},
+      {"up.1.attn.2.v.weight", {256, 256, 1, 1}},
+      {"up.0.block.2.conv1.weight", {128, 256, 3, 3}},
+      {"norm_out.weight", {128}},
+      {"conv_out.weight", {3, 128, 3, 3}},
+  };
+  for (const auto& [name, shape] : expected) {
+    ASSERT_TRUE(shapes.count(name)) << name;
+    EXPECT_EQ(shapes[name], shape) << name;
+  }
+  EXPECT_FALSE(shapes.count("down.3.downsample.conv.weight"));
+  EXPECT_FALSE(shapes.count("up.0.upsample.conv.weight"));
+  EXPECT_EQ(net->num_skips(), 12);
+}
+
+TEST(UNet, Celeba64ParameterCount) {
+  ModelConfig m;
+  m.ch_mult = {1, 2, 2, 2, 4};
+  model::UNet net(m, 3, 64);
+  EXPECT_EQ(model::count_parameters(*net), 78700803);
+  EXPECT_EQ(named_weights(*net).size(), 390u);
+  EXPECT_EQ(net->num_skips(), 15);
+}
+
+TEST(UNet, OutputShapeAndSkipChannels) {
+  torch::manual_seed(0);
+  model::UNet net(tiny_model(), 3, 16);
+  auto y = net->forward(torch::randn({2, 3, 16, 16}), torch::tensor({3.0f, 500.5f}));
+  EXPECT_EQ(y.sizes(), (std::vector<int64_t>{2, 3, 16, 16}));
+  // pushed: conv_in 32, level0 block 32, downsample 32, level1 block 64 -> deepest first.
+  EXPECT_EQ(net->skip_channels(), (std::vector<int64_t>{64, 32, 32, 32}));
+}
+
+TEST(UNet, UnitSkipScalesChangeNothingOthersDo) {
+  torch::manual_seed(1);
+  model::UNet net(tiny_model(), 1, 16);
+  net->eval();
+  torch::NoGradGuard g;
+  auto x = torch::randn({2, 1, 16, 16});
+  auto t = torch::tensor({10.0f, 900.0f});
+  // Give the decoder non-trivial weights (zero-initialised nothing, but make sure).
+  auto base = net->forward(x, t);
+  net->set_skip_scales(std::vector<double>(net->num_skips(), 1.0));
+  EXPECT_TRUE(torch::equal(net->forward(x, t), base));
+  auto scales = std::vector<double>(net->num_skips(), 1.0);
+  scales[0] = 0.5;
+  net->set_skip_scales(scales);
+  EXPECT_FALSE(torch::allclose(net->forward(x, t), base));
+  EXPECT_THROW(net->set_skip_scales({1.0, 1.0}), ConfigError);
+  net->set_skip_scales({});
+  EXPECT_TRUE(torch::equal(net->forward(x, t), base));
+}
+
+TEST(UNet, TimestepEmbeddingMatchesFormula) {
+  auto e = model::timestep_embedding(torch::tensor({0.0f, 10.0f}), 8);
+  ASSERT_EQ(e.sizes(), (std::vector<int64_t>{2, 8}));
+  const double scale = std::log(10000.0) / 3;
+  for (int i = 0; i < 4; ++i) {
+    double f = std::exp(-scale * i);
+    EXPECT_NEAR(e[1][i].item<double>(), std::sin(10 * f), 1e-5);
+    EXPECT_NEAR(e[1][i + 4].item<double>(), std::cos(10 * f), 1e-5);
+  }
+}
+
+TEST(Losses, AntitheticTimesteps) {
+  torch::manual_seed(0);
+  auto t = diffusion::sample_timesteps(8, 1000, true, torch::kCPU);
+  ASSERT_EQ(t.size(0), 8);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(t[i].item<int64_t>() + t[i + 4].item<int64_t>(), 999);
+  EXPECT_EQ(diffusion::sample_timesteps(7, 1000, true, torch::kCPU).size(0), 7);
+  auto u = diffusion::sample_timesteps(10000, 1000, false, torch::kCPU);
+  EXPECT_GE(u.min().item<int64_t>(), 0);
+  EXPECT_LE(u.max().item<int64_t>(), 999);
+}
+
+TEST(Losses, SimpleLossIsMeanSquaredError) {
+  LossConfig lc;
+  auto sched = NoiseSchedule::linear(1000);
+  diffusion::DiffusionLoss loss(lc, sched, torch::kCPU);
+  auto e1 = torch::randn({3, 2, 4, 4}), pred = torch::randn({3, 2, 4, 4});
+  auto t = torch::tensor({0L, 500L, 999L});
+  auto out = loss.combine(e1, {}, pred, t);
+  EXPECT_NEAR(out.loss.item<double>(), (e1 - pred).pow(2).mean().item<double>(), 1e-6);
+}
+
+TEST(Losses, SkipLossMatchesDirectComputationIncludingSmallT) {
+  LossConfig lc;
+  lc.type = "s2dm";
+  lc.skip_k = 9;
+  lc.tau = 0.99;
+  auto sched = NoiseSchedule::linear(1000);
+  diffusion::DiffusionLoss loss(lc, sched, torch::kCPU);
+  torch::manual_seed(3);
+  auto e1 = torch::randn({4, 1, 3, 3}), e2 = torch::randn({4, 1, 3, 3}), pred = torch::randn({4, 1, 3, 3});
+  auto t = torch::tensor({0L, 8L, 9L, 700L});
+  const auto& ab = sched.alphas_cumprod();
+  double expected = 0;
+  for (int i = 0; i < 4; ++i) {
+    int64_t ti = t[i].item<int64_t>();
+    double simple = (e1[i] - pred[i]).pow(2).mean().item<double>();
+    if (ti < 9) {
+      expected += simple;
+      continue;
+    }
+    double a_skip = ab[ti] / ab[ti - 9];
+    double c = std::sqrt((1 - a_skip) / a_skip);
+    double skip = (e2[i] - c * pred[i]).pow(2).mean().item<double>();
+    expected += 0.99 * simple + 0.01 * skip;
+  }
+  auto out = loss.combine(e1, e2, pred, t);
+  EXPECT_NEAR(out.loss.item<double>(), expected / 4, 1e-6);
+  EXPECT_EQ(out.skip_count, 2);
+  EXPECT_DOUBLE_EQ(loss.skip_coefficients()[8].item<double>(), 0.0);
+}
+
+TEST(Losses, SkipTermSendsGradientThroughPrediction) {
+  LossConfig lc;
+  lc.type = "s2dm";
+  lc.tau = 0.0;  // only ℓ_skip for t >= k
+  auto sched = NoiseSchedule::linear(1000);
+  diffusion::DiffusionLoss loss(lc, sched, torch::kCPU);
+  auto pred = torch::randn({1, 1, 2, 2}, torch::requires_grad());
+  auto e1 = torch::randn({1, 1, 2, 2}), e2 = torch::randn({1, 1, 2, 2});
+  auto t = torch::tensor({500L});
+  loss.combine(e1, e2, pred, t).loss.backward();
+  double c = loss.skip_coefficients()[500].item<double>();
+  // d/dpred mean (e2 - c pred)^2 = -2 c (e2 - c pred) / n
+  auto expected = -2.0 * c * (e2 - c * pred.detach()) / 4.0;
+  EXPECT_TRUE(torch::allclose(pred.grad(), expected, 1e-5, 1e-6));
+}
+
+TEST(Losses, SharedNoiseUsesEpsilonTwice) {
+  LossConfig lc;
+  lc.type = "s2dm";
+  lc.noise = "shared";
+  auto sched = NoiseSchedule::linear(1000);
+  diffusion::DiffusionLoss loss(lc, sched, torch::kCPU);
+  auto x0 = torch::zeros({2, 1, 4, 4});
+  auto t = torch::tensor({100L, 900L});
+  torch::Tensor seen;
+  auto model = [&](const torch::Tensor& x, const torch::Tensor&) {
+    seen = x;
+    return torch::zeros_like(x);
+  };
+  auto out = loss(model, x0, t);
+  // With ε̂ = 0 both terms equal mean ε² for the same ε.
+  auto eps = seen / torch::tensor({std::sqrt(1 - sched.alphas_cumprod()[100]), std::sqrt(1 - sched.alphas_cumprod()[900])}).view({2, 1, 1, 1}).to(torch::kFloat32);
+  EXPECT_NEAR(out.loss.item<double>(), eps.pow(2).mean().item<double>(), 1e-5);
+  EXPECT_NEAR(out.skip, eps.pow(2).flatten(1).mean(1).mean().item<double>(), 1e-5);
+}
+
+TEST(Optim, AdamMatchesTorchAdam) {
+  torch::manual_seed(0);
+  auto p1 = torch::randn({5}, torch::requires_grad());
+  auto p2 = p1.detach().clone().requires_grad_(true);
+  train::Adam ours({{"p", p1}}, {0.9, 0.999, 1e-8, 0.01, false});
+  torch::optim::Adam theirs({p2}, torch::optim::AdamOptions(0.01).weight_decay(0.01));
+  for (int step = 0; step < 5; ++step) {
+    auto target = torch::randn({5});
+    ours.zero_grad();
+    theirs.zero_grad();
+    (p1 - target).pow(2).sum().backward();
+    (p2 - target).pow(2).sum().backward();
+    ours.step(0.01);
+    theirs.step();
+  }
+  EXPECT_TRUE(torch::allclose(p1, p2, 1e-6, 1e-7));
+  EXPECT_EQ(ours.steps(), 5);
+}
+
+TEST(Optim, AdamStateRoundTrip) {
+  auto p = torch::randn({3}, torch::requires_grad());
+  train::Adam a({{"w", p}}, {});
+  p.sum().backward();
+  a.step(0.1);
+  auto state = a.state();
+  auto q = p.detach().clone().requires_grad_(true);
+  train::Adam b({{"w", q}}, {});
+  b.load_state(state);
+  EXPECT_EQ(b.steps(), 1);
+  EXPECT_THROW(b.load_state({}), CheckpointError);
+}
+
+TEST(Optim, ClipGradNorm) {
+  auto p = torch::zeros({2}, torch::requires_grad());
+  (p * torch::tensor({3.0f, 4.0f})).sum().backward();
+  EXPECT_NEAR(train::clip_grad_norm({p}, 1.0), 5.0, 1e-6);
+  EXPECT_NEAR(p.grad().norm().item<double>(), 1.0, 1e-5);
+}
+
+TEST(Optim, EmaUpdate) {
+  auto a = torch::nn::Linear(2, 2), b = torch::nn::Linear(2, 2);
+  torch::NoGradGuard g;
+  a->weight.fill_(1.0);
+  b->weight.fill_(3.0);
+  train::ema_update(*a, *b, 0.75);
+  EXPECT_TRUE(torch::allclose(a->weight, torch::full({2, 2}, 1.5)));
+  train::copy_weights(*a, *b);
+  EXPECT_TRUE(torch::equal(a->weight, b->weight));
+}
