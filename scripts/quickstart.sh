@@ -15,7 +15,8 @@ if [ -f "$run_dir/checkpoints/latest.ckpt" ]; then
 else
   "$s2dm" train --config configs/train/fmnist.yaml --run-dir "$run_dir" "$@"
 fi
-"$s2dm" sample --checkpoint "$run_dir/checkpoints/latest.ckpt" --sampler ddim --steps 50 --timesteps quad \
-  --num 64 --seed 1 --out "$run_dir/samples/ddim50"
+# DDIM, 50 quadratic steps, x̂₀ clipped (the sample section of configs/train/fmnist.yaml).
+"$s2dm" sample --checkpoint "$run_dir/checkpoints/latest.ckpt" --sampler ddim --steps 50 --num 64 --seed 1 \
+  --out "$run_dir/samples/ddim50"
 echo
 echo "quickstart done: samples in $run_dir/samples/ddim50/ (grid: $run_dir/samples/ddim50/grid.png)"

@@ -90,10 +90,15 @@ void visit(V& v, TrainConfig& c) {
 
 template <class V>
 void visit(V& v, SampleConfig& c) {
-  v("sampler", c.sampler, OneOf{{"ddim", "ddpm"}});
+  v("sampler", c.sampler, Any{});  // checked against the sampler registry where it is used
   v("steps", c.steps, Range<int>{1, 100000});
   v("eta", c.eta, Range<double>{0.0, 10.0});
-  v("timesteps", c.timesteps, OneOf{{"uniform", "quad", "linspace", "trailing", "leading"}});
+  v("order", c.order, Range<int>{-1, 8});
+  v("lambda", c.lambda, Range<double>{-1e6, 1e6});
+  v("lower_order_final", c.lower_order_final, Any{});
+  v("variance", c.variance, OneOf{{"small", "large"}});
+  v("timesteps", c.timesteps, Any{});  // checked by make_timesteps
+  v("karras_rho", c.karras_rho, Range<double>{1e-3, 1e3});
   v("num", c.num, Range<int64_t>{1, std::numeric_limits<int64_t>::max()});
   v("batch", c.batch, Range<int>{1, 1 << 20});
   v("clip_denoised", c.clip_denoised, Any{});

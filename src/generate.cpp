@@ -13,7 +13,6 @@
 #include "s2dm/image_io.h"
 #include "s2dm/npy.h"
 #include "s2dm/progress.h"
-#include "s2dm/samplers.h"
 
 namespace s2dm::sample {
 
@@ -39,12 +38,24 @@ torch::Tensor initial_noise(int64_t first, int64_t count, const std::vector<int6
   return torch::cat(xs);
 }
 
+SamplingPlan plan_sampling(const SampleConfig& c, const NoiseSchedule& schedule) {
+  SamplingPlan plan;
+  plan.sampler = &find_sampler(c.sampler);
+  plan.options.eta = c.eta;
+  plan.options.clip_denoised = c.clip_denoised;
+  plan.options.order = c.order;
+  plan.options.lambda = c.lambda;
+  plan.options.lower_order_final = c.lower_order_final;
+  plan.options.variance = c.variance;
+  check_options(*plan.sampler, plan.options);
+  plan.grid = make_grid(make_timesteps(c.timesteps, c.steps, schedule, c.karras_rho), schedule, c.final_alpha);
+  return plan;
+}
+
 Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& config,
                    const std::vector<int64_t>& shape, const torch::Device& device, uint64_t seed, int64_t num,
                    const torch::Tensor& noise, bool show_progress) {
-  const auto& sampler = find_sampler(config.sampler);
-  auto grid = make_grid(make_timesteps(config.timesteps, config.steps, schedule.num_timesteps()), schedule,
-                        config.final_alpha);
+  const SamplingPlan plan = plan_sampling(config, schedule);
   if (noise.defined()) {
     if (noise.dim() != 4 || noise.sizes().slice(1).vec() != shape)
       throw DataError("initial noise has shape " + c10::str(noise.sizes()) + ", the model expects [N, " +
@@ -53,13 +64,14 @@ Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const S
   }
   Generated out;
   std::vector<torch::Tensor> parts;
-  Progress progress("sampling " + sampler.name + " (" + std::to_string(grid.steps()) + " steps)", num, "img");
+  Progress progress("sampling " + plan.sampler->name + " (" + std::to_string(plan.grid.steps()) + " steps)", num, "img");
   auto start = std::chrono::steady_clock::now();
   for (int64_t first = 0; first < num; first += config.batch) {
     int64_t count = std::min<int64_t>(config.batch, num - first);
     auto x = noise.defined() ? noise.slice(0, first, first + count) : initial_noise(first, count, shape, seed);
-    SamplerOptions options{config.eta, config.clip_denoised, seed * 7919ull + static_cast<uint64_t>(first)};
-    auto run = run_sampler(sampler, model, x.to(device, torch::kFloat32), grid, options);
+    SamplerOptions options = plan.options;
+    options.noise_seed = seed * 7919ull + static_cast<uint64_t>(first);
+    auto run = run_sampler(*plan.sampler, model, x.to(device, torch::kFloat32), plan.grid, options);
     out.nfe = run.nfe;
     parts.push_back(run.x.to(torch::kCPU));
     if (show_progress) progress.update(first + count);

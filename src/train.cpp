@@ -156,6 +156,7 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
   Adam adam(params, {tc.beta1, tc.beta2, tc.eps, tc.weight_decay, tc.optimizer == "adamw"});
 
   NoiseSchedule schedule(config.diffusion);
+  sample::plan_sampling(config.sample, schedule);  // a bad sample section fails now, not after training
   diffusion::DiffusionLoss loss_fn(config.loss, schedule, device);
 
   int64_t step = 0;

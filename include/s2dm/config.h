@@ -64,10 +64,16 @@ struct TrainConfig {
 };
 
 struct SampleConfig {
-  std::string sampler = "ddim";
+  std::string sampler = "ddim";       // s2dm samplers lists them
   int steps = 50;
-  double eta = 0.0;
-  std::string timesteps = "uniform";  // uniform | quad | linspace | trailing | leading
+  double eta = 0.0;                   // ddim
+  int order = -1;                     // deis*: multistep order (-1 = the sampler's default)
+  double lambda = 0.0;                // lambda-ddim
+  bool lower_order_final = true;      // deis-logrho, dpmpp-2m
+  std::string variance = "small";     // ddpm: small (β̃) | large (σ̂)
+  // uniform | quad | linspace | trailing | leading | logsnr | karras | a list "999,500,0" | file:PATH
+  std::string timesteps = "uniform";
+  double karras_rho = 7.0;
   int64_t num = 64;
   int batch = 64;
   bool clip_denoised = false;

@@ -8,9 +8,19 @@
 #include "s2dm/config.h"
 #include "s2dm/eps_model.h"
 #include "s2dm/noise_schedule.h"
+#include "s2dm/samplers.h"
 #include "s2dm/unet.h"
 
 namespace s2dm::sample {
+
+// The sampling settings of a config, resolved and checked (sampler name, its options, the time
+// grid), so that a bad setting fails before any work.
+struct SamplingPlan {
+  const SamplerInfo* sampler = nullptr;
+  SamplerOptions options;
+  Grid grid;
+};
+SamplingPlan plan_sampling(const SampleConfig& config, const NoiseSchedule& schedule);
 
 // The UNet as an ε-model on its device (eval mode, no grad), under bf16 autocast on CUDA
 // when `bf16` is set; returns float32.

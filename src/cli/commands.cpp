@@ -15,6 +15,7 @@
 #include "s2dm/generate.h"
 #include "s2dm/npy.h"
 #include "s2dm/samplers.h"
+#include "s2dm/torchscript_model.h"
 #include "s2dm/train.h"
 #include "s2dm/unet.h"
 
@@ -103,49 +104,94 @@ int train(int argc, char** argv) {
 
 namespace {
 
-struct LoadedModel {
+// Where the ε-model comes from: an s2dm checkpoint, safetensors weights + a config, or a
+// TorchScript module + a config. The config is resolved first so that settings are checked
+// before the network is built.
+struct ModelSource {
   Config config;
-  model::UNet unet{nullptr};
+  NamedTensors weights;  // UNet weights (empty for TorchScript)
+  std::string origin;
+  std::string script;    // TorchScript path
 };
 
-LoadedModel load_model(const cxxopts::ParseResult& r, const std::vector<std::string>& overrides) {
-  LoadedModel m;
-  NamedTensors weights;
-  std::string origin;
+ModelSource resolve_model_source(const cxxopts::ParseResult& r, const std::vector<std::string>& overrides) {
+  const int given = static_cast<int>(r.count("checkpoint") + r.count("weights") + r.count("model-script"));
+  if (given != 1)
+    throw UsageError("sample: give exactly one of --checkpoint C, --weights F.safetensors --config F.yaml, "
+                     "--model-script M.pt --config F.yaml");
+  ModelSource m;
   if (r.count("checkpoint")) {
-    if (r.count("weights")) throw UsageError("sample: give --checkpoint or --weights, not both");
-    origin = r["checkpoint"].as<std::string>();
-    auto ckpt = load_checkpoint(origin);
-    m.config = parse_config(ckpt.config_yaml, origin + " (config)", overrides);
-    weights = checkpoint_weights(ckpt, !r.count("raw"));
-  } else if (r.count("weights")) {
-    if (!r.count("config")) throw UsageError("sample: --weights needs --config (the model's architecture)");
-    origin = r["weights"].as<std::string>();
-    m.config = load_config(r["config"].as<std::string>(), overrides);
-    try {
-      weights = load_safetensors(origin).tensors;
-    } catch (const IoError& e) {
-      throw CheckpointError(e.what());
-    }
-  } else {
-    throw UsageError("sample: give --checkpoint C or --weights F.safetensors --config F.yaml");
+    m.origin = r["checkpoint"].as<std::string>();
+    auto ckpt = load_checkpoint(m.origin);
+    m.config = parse_config(ckpt.config_yaml, m.origin + " (config)", overrides);
+    m.weights = checkpoint_weights(ckpt, !r.count("raw"));
+    return m;
   }
-  m.unet = model::UNet(m.config.model, m.config.data.channels, m.config.data.image_size);
-  load_weights(*m.unet, weights, origin);
+  if (!r.count("config")) throw UsageError("sample: --weights and --model-script need --config (shape and schedule)");
+  m.config = load_config(r["config"].as<std::string>(), overrides);
+  if (r.count("model-script")) {
+    m.script = m.origin = r["model-script"].as<std::string>();
+    return m;
+  }
+  m.origin = r["weights"].as<std::string>();
+  try {
+    m.weights = load_safetensors(m.origin).tensors;
+  } catch (const IoError& e) {
+    throw CheckpointError(e.what());
+  }
   return m;
 }
 
+EpsModel build_model(const ModelSource& source, const torch::Device& device) {
+  const auto& c = source.config;
+  if (!source.script.empty())
+    return load_torchscript_eps_model(source.script, device, {c.data.channels, c.data.image_size, c.data.image_size});
+  model::UNet unet(c.model, c.data.channels, c.data.image_size);
+  load_weights(*unet, source.weights, source.origin);
+  unet->to(device);
+  return sample::unet_eps_model(unet, device.is_cuda() && c.train.precision == "bf16");
+}
+
 }  // namespace
+
+int samplers(int argc, char** argv) {
+  cxxopts::Options options("s2dm samplers", "List the samplers, their options and NFE for S steps.");
+  options.add_options()("steps", "step counts to show NFE for",
+                        cxxopts::value<std::vector<int>>()->default_value("10,20,50,100"));
+  auto r = parse(options, argc, argv);
+  if (!r) return 0;
+  auto steps = (*r)["steps"].as<std::vector<int>>();
+  std::printf("%-12s %-34s", "sampler", "options");
+  for (int s : steps) std::printf(" %6s", ("S=" + std::to_string(s)).c_str());
+  std::printf("  description\n");
+  for (const auto& s : sample::samplers()) {
+    std::string opts = s.options;
+    if (s.max_order >= 0)
+      opts += " [" + std::to_string(s.min_order) + "-" + std::to_string(s.max_order) + ", default " +
+              std::to_string(s.default_order) + "]";
+    std::printf("%-12s %-34s", s.name.c_str(), opts.empty() ? "-" : opts.c_str());
+    for (int n : steps) std::printf(" %6d", s.nfe(n));
+    std::printf("  %s\n", s.description.c_str());
+  }
+  std::printf("\nNFE: network evaluations per image for S steps. Time grids (--timesteps): uniform, quad, linspace,\n"
+              "trailing, leading, logsnr, karras (sample.karras_rho), a list 999,500,0 or file:PATH;\n"
+              "sample.final_alpha one|first.\n");
+  return 0;
+}
 
 int sample(int argc, char** argv) {
   cxxopts::Options options("s2dm sample", "Sample images with a chosen sampler and time grid.");
   options.add_options()("checkpoint", "s2dm checkpoint (EMA weights unless --raw)", cxxopts::value<std::string>())(
       "raw", "use the raw (non-EMA) weights of the checkpoint")(
       "weights", "safetensors weights of the reference architecture", cxxopts::value<std::string>())(
-      "config", "config giving the architecture (with --weights) ", cxxopts::value<std::string>())(
-      "sampler", "sampler name (s2dm sample --list-samplers)", cxxopts::value<std::string>())(
+      "model-script", "TorchScript ε-model with forward(x, t)", cxxopts::value<std::string>())(
+      "config", "config giving shape and schedule (and the architecture for --weights)", cxxopts::value<std::string>())(
+      "sampler", "sampler name (s2dm samplers lists them)", cxxopts::value<std::string>())(
       "steps", "sampling steps S", cxxopts::value<int>())("eta", "DDIM eta", cxxopts::value<double>())(
-      "timesteps", "time grid: uniform|quad|linspace|trailing|leading", cxxopts::value<std::string>())(
+      "order", "multistep order (deis, deis-rho, deis-logrho)", cxxopts::value<int>())(
+      "lambda", "lambda of lambda-ddim", cxxopts::value<double>())(
+      "timesteps", "time grid: uniform|quad|linspace|trailing|leading|logsnr|karras|999,500,0|file:PATH",
+      cxxopts::value<std::string>())(
       "num", "number of images", cxxopts::value<int64_t>())("batch", "batch size", cxxopts::value<int>())(
       "seed", "random seed", cxxopts::value<uint64_t>())(
       "noise", "initial noise x_T as float32 NCHW .npy (sets the number of images)", cxxopts::value<std::string>())(
@@ -153,29 +199,27 @@ int sample(int argc, char** argv) {
       "save-float", "also save the final samples as float32 NCHW .npy", cxxopts::value<std::string>())(
       "no-png", "skip the numbered PNG files (samples.npz and grid.png only)")(
       "device", "auto | cpu | cuda | cuda:N", cxxopts::value<std::string>())(
-      "set", "override a config value: section.key=value (repeatable)", cxxopts::value<std::vector<std::string>>())(
-      "list-samplers", "list the samplers and exit");
+      "set", "override a config value: section.key=value (repeatable)", cxxopts::value<std::vector<std::string>>());
   auto r = parse(options, argc, argv);
   if (!r) return 0;
-  if (r->count("list-samplers")) {
-    for (const auto& s : sample::samplers()) std::cout << s.name << "\t" << s.description << "\n";
-    return 0;
-  }
   auto overrides = sets(*r);
   auto add = [&](const char* flag, const std::string& key) {
     if (!r->count(flag)) return;
     std::ostringstream v;
+    v.precision(17);
     const auto& value = (*r)[flag];
-    if (key == "sample.steps" || key == "sample.batch") v << value.as<int>();
+    if (key == "sample.steps" || key == "sample.batch" || key == "sample.order") v << value.as<int>();
     else if (key == "sample.num") v << value.as<int64_t>();
-    else if (key == "sample.eta") v << value.as<double>();
+    else if (key == "sample.eta" || key == "sample.lambda") v << value.as<double>();
     else if (key == "seed") v << value.as<uint64_t>();
-    else v << value.as<std::string>();
+    else v << "\"" << value.as<std::string>() << "\"";
     overrides.push_back(key + "=" + v.str());
   };
   add("sampler", "sample.sampler");
   add("steps", "sample.steps");
   add("eta", "sample.eta");
+  add("order", "sample.order");
+  add("lambda", "sample.lambda");
   add("timesteps", "sample.timesteps");
   add("num", "sample.num");
   add("batch", "sample.batch");
@@ -184,25 +228,28 @@ int sample(int argc, char** argv) {
   if (!r->count("out")) throw UsageError("sample: --out DIR is required");
   const std::string out = (*r)["out"].as<std::string>();
 
-  auto loaded = load_model(*r, overrides);
-  const Config& config = loaded.config;
-  sample::find_sampler(config.sample.sampler);  // fail before any work
+  auto source = resolve_model_source(*r, overrides);
+  const Config& config = source.config;
+  NoiseSchedule schedule(config.diffusion);
+  const auto plan = sample::plan_sampling(config.sample, schedule);  // fail before any work
   torch::Tensor noise;
   if (r->count("noise")) noise = read_noise((*r)["noise"].as<std::string>());
   set_cpu_threads(config.threads);
   const torch::Device device = resolve_device(config.device);
-  loaded.unet->to(device);
-  NoiseSchedule schedule(config.diffusion);
-  const bool bf16 = device.is_cuda() && config.train.precision == "bf16";
-  auto generated = sample::generate(sample::unet_eps_model(loaded.unet, bf16), schedule, config.sample,
+  auto model = build_model(source, device);
+  auto generated = sample::generate(model, schedule, config.sample,
                                     {config.data.channels, config.data.image_size, config.data.image_size}, device,
                                     config.seed, config.sample.num, noise);
   sample::write_samples(out, generated.samples, !r->count("no-png"));
   if (r->count("save-float")) write_float_npy((*r)["save-float"].as<std::string>(), generated.samples);
   // Record what produced these samples.
   std::ostringstream record;
-  record << to_yaml(config) << "result:\n  images: " << generated.samples.size(0) << "\n  nfe: " << generated.nfe
-         << "\n  seconds: " << generated.seconds << "\n  device: \"" << device.str() << "\"\n";
+  record.precision(17);
+  record << to_yaml(config) << "result:\n  model: \"" << source.origin << "\"\n  images: " << generated.samples.size(0)
+         << "\n  steps: " << plan.grid.steps() << "\n  nfe: " << generated.nfe << "\n  seconds: " << generated.seconds
+         << "\n  device: \"" << device.str() << "\"\n  timesteps: [";
+  for (size_t i = 0; i < plan.grid.t.size(); ++i) record << (i ? ", " : "") << plan.grid.t[i];
+  record << "]\n";
   write_file_atomic(out + "/sample.yaml", record.str());
   std::cout << "samples: " << out << "/samples.npz (" << generated.samples.size(0) << " images, " << generated.nfe
             << " network evaluations each)\ngrid:    " << out << "/grid.png\n";

@@ -5,6 +5,7 @@ namespace s2dm::cli {
 int info(int argc, char** argv);
 int train(int argc, char** argv);
 int sample(int argc, char** argv);
+int samplers(int argc, char** argv);
 int export_weights(int argc, char** argv);
 
 }  // namespace s2dm::cli

@@ -25,6 +25,7 @@ const std::map<std::string, Command>& commands() {
       {"info", {s2dm::cli::info, "versions, device and threads"}},
       {"train", {s2dm::cli::train, "train a model from a config into a run directory"}},
       {"sample", {s2dm::cli::sample, "sample images from a checkpoint or safetensors weights"}},
+      {"samplers", {s2dm::cli::samplers, "list the samplers, their options and NFE"}},
       {"export", {s2dm::cli::export_weights, "write a checkpoint's weights as safetensors"}},
   };
   return table;

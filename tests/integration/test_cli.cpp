@@ -22,9 +22,9 @@ struct Result {
   std::string output;
 };
 
-Result run(const std::string& args) {
-  std::string cmd = std::string(S2DM_BINARY) + " " + args + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
+// Runs a shell command line, capturing stdout and stderr.
+Result run_shell(const std::string& cmd) {
+  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
   std::string out;
   char buf[4096];
   size_t n;
@@ -32,6 +32,8 @@ Result run(const std::string& args) {
   int status = pclose(pipe);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
 }
+
+Result run(const std::string& args) { return run_shell(std::string(S2DM_BINARY) + " " + args); }
 
 const std::string kTiny = std::string(S2DM_SOURCE_DIR) + "/tests/configs/tiny.yaml";
 
@@ -71,7 +73,7 @@ TEST_F(Cli, HelpAndInfo) {
   auto r = run("--help");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("train"), std::string::npos);
-  for (const char* cmd : {"train", "sample", "export", "info"}) EXPECT_EQ(run(std::string(cmd) + " --help").code, 0) << cmd;
+  for (const char* cmd : {"train", "sample", "samplers", "export", "info"}) EXPECT_EQ(run(std::string(cmd) + " --help").code, 0) << cmd;
   r = run("info --device cpu");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("libtorch:"), std::string::npos);
@@ -189,18 +191,43 @@ TEST_F(Cli, BadInputGivesExitCode2AndNamesTheCulprit) {
   EXPECT_FALSE(std::filesystem::exists(dir / "o/samples.npz"));
 }
 
+TEST_F(Cli, SamplersListAndTorchScriptModels) {
+  auto r = run("samplers --steps 10");
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const char* name : {"ddim", "ddpm", "pndm", "spndm", "plms", "deis", "deis-rho", "deis-logrho", "dpmpp-2m", "lambda-ddim"})
+    EXPECT_NE(r.output.find(std::string("\n") + name + " "), std::string::npos) << name;
+  const std::string fixtures = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/";
+  const std::string script = "sample --model-script " + fixtures + "gaussian_eps.pt --config " + kTiny + " --num 3 --no-png ";
+  r = run(script + "--sampler pndm --steps 5 --timesteps logsnr --out " + (dir / "ts"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("14 network evaluations"), std::string::npos) << r.output;
+  auto record = s2dm::testing::read_bytes(dir / "ts/sample.yaml");
+  EXPECT_NE(record.find("sampler: \"pndm\""), std::string::npos) << record;
+  EXPECT_NE(record.find("nfe: 14"), std::string::npos) << record;
+  r = run(script + "--sampler deis --order 2 --timesteps 999,600,200 --out " + (dir / "ts2"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("3 network evaluations"), std::string::npos) << r.output;
+
+  expect_user_error(run("sample --model-script " + fixtures + "bad_signature.pt --config " + kTiny + " --out " + (dir / "o")),
+                    "forward must take (x, t)");
+  expect_user_error(run("sample --model-script " + fixtures + "bad_shape.pt --config " + kTiny + " --out " + (dir / "o")),
+                    "returned shape");
+  expect_user_error(run("sample --model-script " + fixtures + "gaussian_eps.pt --out " + (dir / "o")), "--config");
+  expect_user_error(run(script + "--sampler deis --order 7 --out " + (dir / "o")), "order = 7");
+  expect_user_error(run(script + "--sampler dpmpp-2m --order 2 --out " + (dir / "o")), "no order option");
+  expect_user_error(run(script + "--sampler heun --out " + (dir / "o")), "unknown sampler 'heun'");
+  s2dm::testing::write_bytes(dir / "up.txt", "10 500 900\n");
+  expect_user_error(run(script + "--timesteps file:" + (dir / "up.txt") + " --out " + (dir / "o")), "strictly decreasing");
+  expect_user_error(run(script + "--timesteps 2000,10 --out " + (dir / "o")), "outside");
+  EXPECT_FALSE(std::filesystem::exists(dir / "o"));
+}
+
 TEST_F(Cli, SigtermWritesACheckpoint) {
   const std::string run_dir = dir / "sig";
-  std::string cmd = "timeout --preserve-status -s TERM 6 " + std::string(S2DM_BINARY) + " train --config " + kTiny +
-                    " " + data + " --set train.steps=1000000 --set train.ckpt_every=1000000 --run-dir " + run_dir + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
-  int status = pclose(pipe);
-  ASSERT_TRUE(WIFEXITED(status)) << out;
-  EXPECT_EQ(WEXITSTATUS(status), 130) << out;
+  // timeout sends SIGTERM after 6 s and, with --preserve-status, passes on s2dm's exit code.
+  auto r = run_shell("timeout --preserve-status -s TERM 6 " + std::string(S2DM_BINARY) + " train --config " + kTiny +
+                     " " + data + " --set train.steps=1000000 --set train.ckpt_every=1000000 --run-dir " + run_dir);
+  EXPECT_EQ(r.code, 130) << r.output;
   auto ckpt = load_checkpoint(run_dir + "/checkpoints/latest.ckpt");
   EXPECT_GT(ckpt.step, 0);
 }

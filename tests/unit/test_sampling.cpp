@@ -1,138 +1,283 @@
-// Time grids and DDIM, checked against numpy's grids and the exact probability-flow endpoint
-// for Gaussian data (papers.md §7).
+// Time grids and samplers, checked against numpy's grids, closed-form Gaussian and mixture
+// ε-models (papers.md §7), the identities between methods, and the documented NFE.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <cmath>
+#include <set>
 
+#include "../analytic_models.h"
+#include "../test_util.h"
 #include "s2dm/errors.h"
 #include "s2dm/generate.h"
 #include "s2dm/noise_schedule.h"
 #include "s2dm/samplers.h"
 #include "s2dm/timesteps.h"
+#include "s2dm/torchscript_model.h"
 
 using namespace s2dm;
 using namespace s2dm::sample;
 
 namespace {
 
+const NoiseSchedule& linear() {
+  static const NoiseSchedule s = NoiseSchedule::linear(1000);
+  return s;
+}
+
 std::vector<double> asc(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v;
 }
 
-// The exact ε-model for x₀ ~ N(μ, s² I): ε*(x, t) = √(1-a)(x - √a μ)/(a s² + 1 - a).
-struct GaussianData {
-  double mu, s;
-  const NoiseSchedule& schedule;
-  torch::Tensor eps(const torch::Tensor& x, const torch::Tensor& t) const {
-    double a = schedule.alpha_bar(t[0].item<double>());
-    return std::sqrt(1 - a) * (x - std::sqrt(a) * mu) / (a * s * s + 1 - a);
-  }
-  // Where the probability-flow ODE from ᾱ = a_T maps x_T at ᾱ = 1.
-  torch::Tensor endpoint(const torch::Tensor& xT, double aT) const {
-    return mu + s * (xT - std::sqrt(aT) * mu) / std::sqrt(aT * s * s + 1 - aT);
-  }
-};
+std::vector<double> grid_of(const std::string& spec, int S) { return make_timesteps(spec, S, linear()); }
+
+// A uniform continuous grid from t = 999 down to the end point (ᾱ = 1 for "one", ᾱ_0 at t = 0
+// for "first").
+Grid uniform_grid(int S, const std::string& final_alpha = "one") {
+  std::vector<double> ts;
+  for (int i = 0; i < S; ++i) ts.push_back(999.0 * (S - i) / S);
+  return make_grid(ts, linear(), final_alpha);
+}
+
+// S steps from t = 999 to t = 0 (ᾱ_0), uniform in log-SNR: t, ρ and log ρ are all smooth
+// functions of the step index, so every method can show its order.
+Grid logsnr_grid(int S) {
+  auto ts = make_timesteps("logsnr", S + 1, linear());
+  ts.pop_back();  // 0 is appended as the end point
+  return make_grid(ts, linear(), "first");
+}
+
+SamplerOptions with_order(int order) {
+  SamplerOptions o;
+  o.order = order;
+  return o;
+}
 
 }  // namespace
 
 TEST(Timesteps, GridsMatchTheReferenceFormulas) {
-  EXPECT_EQ(asc(make_timesteps("uniform", 10, 1000)), (std::vector<double>{0, 100, 200, 300, 400, 500, 600, 700, 800, 900}));
+  EXPECT_EQ(asc(grid_of("uniform", 10)), (std::vector<double>{0, 100, 200, 300, 400, 500, 600, 700, 800, 900}));
   // numpy: (np.linspace(0, np.sqrt(800), 10) ** 2).astype(int)
-  EXPECT_EQ(asc(make_timesteps("quad", 10, 1000)), (std::vector<double>{0, 9, 39, 88, 158, 246, 355, 483, 632, 800}));
+  EXPECT_EQ(asc(grid_of("quad", 10)), (std::vector<double>{0, 9, 39, 88, 158, 246, 355, 483, 632, 800}));
   // numpy: np.round(np.linspace(0, 999, 7))
-  EXPECT_EQ(asc(make_timesteps("linspace", 7, 1000)), (std::vector<double>{0, 166, 333, 500, 666, 832, 999}));
+  EXPECT_EQ(asc(grid_of("linspace", 7)), (std::vector<double>{0, 166, 333, 500, 666, 832, 999}));
   // numpy: np.round(np.arange(1000, 0, -1000/7)) - 1
-  EXPECT_EQ(make_timesteps("trailing", 7, 1000), (std::vector<double>{999, 856, 713, 570, 428, 285, 142}));
-  EXPECT_EQ(asc(make_timesteps("leading", 4, 1000)), (std::vector<double>{0, 250, 500, 750}));
-  auto ts = make_timesteps("linspace", 50, 1000);
-  for (size_t i = 1; i < ts.size(); ++i) EXPECT_LT(ts[i], ts[i - 1]);
+  EXPECT_EQ(grid_of("trailing", 7), (std::vector<double>{999, 856, 713, 570, 428, 285, 142}));
+  EXPECT_EQ(asc(grid_of("leading", 4)), (std::vector<double>{0, 250, 500, 750}));
+  for (const auto& name : timestep_grids()) {
+    auto ts = grid_of(name, 50);
+    for (size_t i = 1; i < ts.size(); ++i) EXPECT_LT(ts[i], ts[i - 1]) << name;
+  }
 }
 
-TEST(Timesteps, DuplicatesRemovedAndBadInputRejected) {
-  auto q = make_timesteps("quad", 100, 1000);  // the quadratic grid repeats small steps
+TEST(Timesteps, LogSnrAndKarrasFollowTheirSpacing) {
+  auto sigma = [](double t) { double a = linear().alpha_bar(t); return std::sqrt((1 - a) / a); };
+  auto ls = grid_of("logsnr", 8);
+  ASSERT_EQ(ls.size(), 8u);
+  EXPECT_DOUBLE_EQ(ls.front(), 999);
+  EXPECT_DOUBLE_EQ(ls.back(), 0);
+  for (size_t i = 2; i < ls.size(); ++i)  // equal steps in log σ (= -log-SNR / 2)
+    EXPECT_NEAR(std::log(sigma(ls[i])) - std::log(sigma(ls[i - 1])), std::log(sigma(ls[1])) - std::log(sigma(ls[0])), 1e-6);
+  auto k = make_timesteps("karras", 6, linear(), 7.0);
+  for (size_t i = 2; i < k.size(); ++i)  // equal steps in σ^(1/ρ)
+    EXPECT_NEAR(std::pow(sigma(k[i]), 1 / 7.0) - std::pow(sigma(k[i - 1]), 1 / 7.0),
+                std::pow(sigma(k[1]), 1 / 7.0) - std::pow(sigma(k[0]), 1 / 7.0), 1e-6);
+  EXPECT_NEAR(time_of_alpha_bar(linear(), linear().alphas_cumprod()[321]), 321.0, 1e-9);
+}
+
+TEST(Timesteps, ListsFilesDuplicatesAndBadInput) {
+  EXPECT_EQ(grid_of("999,500.5,0", 0), (std::vector<double>{999, 500.5, 0}));
+  s2dm::testing::TempDir dir;
+  s2dm::testing::write_bytes(dir / "g.txt", "# my grid\n[900, 600, 300]\n");
+  EXPECT_EQ(grid_of("file:" + (dir / "g.txt"), 0), (std::vector<double>{900, 600, 300}));
+  s2dm::testing::write_bytes(dir / "up.txt", "100 200");
+  EXPECT_THROW(grid_of("file:" + (dir / "up.txt"), 0), ConfigError);
+  s2dm::testing::write_bytes(dir / "far.txt", "1500 200");
+  EXPECT_THROW(grid_of("file:" + (dir / "far.txt"), 0), ConfigError);
+  EXPECT_THROW(grid_of("file:" + (dir / "none.txt"), 0), ConfigError);
+  EXPECT_THROW(grid_of("900,abc", 0), ConfigError);
+  auto q = grid_of("quad", 100);  // the quadratic grid repeats small steps
   EXPECT_LT(q.size(), 100u);
   EXPECT_EQ(std::set<double>(q.begin(), q.end()).size(), q.size());
-  EXPECT_THROW(make_timesteps("linspace", 1001, 1000), ConfigError);
-  EXPECT_THROW(make_timesteps("linspace", 0, 1000), ConfigError);
+  EXPECT_THROW(grid_of("linspace", 1001), ConfigError);
+  EXPECT_THROW(grid_of("linspace", 0), ConfigError);
   try {
-    make_timesteps("quadratic", 10, 1000);
+    grid_of("quadratic", 10);
     FAIL();
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("did you mean 'quad'"), std::string::npos) << e.what();
   }
-  auto s = NoiseSchedule::linear(1000);
-  EXPECT_THROW(make_grid({5, 10}, s, "one"), ConfigError);
-  EXPECT_THROW(make_grid({1000}, s, "one"), ConfigError);
-  auto g = make_grid({999, 0}, s, "first");
+  EXPECT_THROW(make_grid({5, 10}, linear(), "one"), ConfigError);
+  auto g = make_grid({999, 10}, linear(), "first");
+  EXPECT_EQ(g.steps(), 2);
   EXPECT_DOUBLE_EQ(g.alpha_bar.back(), 0.9999);
-  EXPECT_DOUBLE_EQ(make_grid({999, 0}, s, "one").alpha_bar.back(), 1.0);
+  EXPECT_DOUBLE_EQ(make_grid({999, 10}, linear(), "one").alpha_bar.back(), 1.0);
 }
 
-TEST(Ddim, DeterministicAtEtaZeroAndCountsNfe) {
-  auto s = NoiseSchedule::linear(1000);
-  GaussianData g{0.3, 0.5, s};
-  EpsModel model = [&](const torch::Tensor& x, const torch::Tensor& t) { return g.eps(x, t); };
-  auto grid = make_grid(make_timesteps("uniform", 20, 1000), s, "one");
-  auto x = torch::randn({4, 1, 2, 2}, torch::kFloat64);
-  auto& ddim = find_sampler("ddim");
-  auto a = run_sampler(ddim, model, x, grid, {});
-  auto b = run_sampler(ddim, model, x, grid, {});
-  EXPECT_TRUE(torch::equal(a.x, b.x));
-  EXPECT_EQ(a.nfe, 20);
-  EXPECT_EQ(ddim.nfe(20), 20);
-  // η = 1 draws noise: different from η = 0, reproducible from its seed.
-  SamplerOptions stochastic{1.0, false, 5};
-  auto c = run_sampler(ddim, model, x, grid, stochastic), d = run_sampler(ddim, model, x, grid, stochastic);
-  EXPECT_TRUE(torch::equal(c.x, d.x));
-  EXPECT_FALSE(torch::allclose(c.x, a.x));
+TEST(Samplers, NfeMatchesTheDocumentedCount) {
+  s2dm::testing::Gaussian g{0.3, 0.5, &linear()};
+  auto model = g.model();
+  auto x = torch::randn({2, 1, 1, 1}, torch::kFloat64);
+  for (const auto& s : samplers())
+    for (int S : {1, 2, 3, 4, 7, 12}) {
+      auto run = run_sampler(s, model, x, uniform_grid(S), {});
+      EXPECT_EQ(run.nfe, s.nfe(S)) << s.name << " S=" << S;
+      EXPECT_TRUE(torch::isfinite(run.x).all().item<bool>()) << s.name;
+    }
+  EXPECT_EQ(find_sampler("pndm").nfe(10), 19);
+  EXPECT_EQ(find_sampler("spndm").nfe(10), 11);
+  EXPECT_EQ(find_sampler("plms").nfe(10), 11);
 }
 
-TEST(Ddim, ConvergesToExactEndpointAtFirstOrder) {
-  auto s = NoiseSchedule::linear(1000);
-  GaussianData g{0.3, 0.5, s};
-  EpsModel model = [&](const torch::Tensor& x, const torch::Tensor& t) { return g.eps(x, t); };
+TEST(Samplers, DeterministicSamplersConvergeAtTheirOrder) {
+  // Error against the exact PF-ODE solution at S = 10, 20, 40, 80 on a log-SNR grid; observed
+  // order log2(e_S / e_2S): for first-order methods at every refinement, for the others at the
+  // last one (40 -> 80), once the warm-up steps no longer dominate. Theory: DDIM, λ-DDIM and DEIS of
+  // order 0 are first order; a multistep method whose ε extrapolation is exact for polynomials
+  // of degree r is of order r + 1 (DEIS of order r); the PNDM family, S-PNDM, PLMS and
+  // DPM-Solver++(2M) are second order here (PNDM's multistep weights assume steps uniform in ρ,
+  // which costs the higher orders on any other grid).
+  struct Case {
+    std::string sampler;
+    SamplerOptions options;
+    double order;  // the theoretical order
+  };
+  SamplerOptions lam;
+  lam.lambda = 0.5;
+  const std::vector<Case> cases{
+      {"ddim", {}, 1},           {"lambda-ddim", lam, 1},           {"deis", with_order(0), 1},
+      {"deis", with_order(1), 2}, {"deis", with_order(2), 3},        {"deis", with_order(3), 4},
+      {"deis-rho", with_order(1), 2}, {"deis-rho", with_order(3), 4}, {"deis-logrho", with_order(2), 3},
+      {"deis-logrho", with_order(3), 4}, {"dpmpp-2m", {}, 2},        {"pndm", {}, 2},
+      {"spndm", {}, 2},          {"plms", {}, 2},
+  };
+  s2dm::testing::Gaussian g{0.3, 0.5, &linear()};
+  auto model = g.model();
   torch::manual_seed(0);
-  auto xT = torch::randn({64, 1, 1, 1}, torch::kFloat64);
-  auto exact = g.endpoint(xT, s.alpha_bar(999));
-  std::vector<double> errors;
-  for (int S : {10, 20, 40, 80}) {
-    // A uniform continuous grid from 999 to 0 (fractional t allowed), then to ᾱ = 1.
-    std::vector<double> ts;
-    for (int i = 0; i < S; ++i) ts.push_back(999.0 * (S - i) / S);
-    auto out = run_sampler(find_sampler("ddim"), model, xT, make_grid(ts, s, "one"), {});
-    errors.push_back((out.x - exact).abs().max().item<double>());
+  auto xT = torch::randn({32, 1, 1, 1}, torch::kFloat64);
+  auto exact = g.solution(xT, linear().alpha_bar(999), linear().alpha_bar(0));
+  std::map<std::string, double> final_error;
+  for (const auto& c : cases) {
+    std::vector<double> errors;
+    for (int S : {10, 20, 40, 80})
+      errors.push_back((run_sampler(find_sampler(c.sampler), model, xT, logsnr_grid(S), c.options).x - exact)
+                           .abs().max().item<double>());
+    const std::string label = c.sampler + " order " + std::to_string(c.options.order);
+    for (size_t i = c.order == 1 ? 1 : 3; i < errors.size(); ++i) {
+      const double observed = std::log2(errors[i - 1] / errors[i]);
+      const std::string where = label + " S=" + std::to_string(10 << i) + ": " + std::to_string(errors[i - 1]) +
+                                " -> " + std::to_string(errors[i]);
+      if (c.order == 1) {
+        EXPECT_GT(observed, 0.8) << where;
+        EXPECT_LT(observed, 1.3) << where;
+      } else {
+        EXPECT_GT(observed, c.order - 0.7) << where;  // clearly above first order, near the theory
+      }
+    }
+    final_error[label] = errors.back();
   }
-  for (size_t i = 1; i < errors.size(); ++i) {
-    double order = std::log2(errors[i - 1] / errors[i]);
-    EXPECT_GT(order, 0.8) << "S=" << (10 << i) << " errors " << errors[i - 1] << " -> " << errors[i];
-    EXPECT_LT(order, 1.3) << "S=" << (10 << i);
+  // Higher order pays: at 80 steps every multistep method beats DDIM by a wide margin.
+  for (const auto& c : cases) {
+    const std::string label = c.sampler + " order " + std::to_string(c.options.order);
+    if (c.order > 1) {
+      EXPECT_LT(final_error[label], final_error["ddim order -1"] / 5) << label;
+    }
   }
 }
 
-TEST(Ddim, EtaOneHasThePosteriorVariance) {
-  // With ε̂ = 0 and x = 0, one DDIM step with η = 1 yields pure noise of variance β̃ =
-  // (1-a')/(1-a)·(1 - a/a'), DDPM's posterior variance.
-  auto s = NoiseSchedule::linear(1000);
+TEST(Samplers, EndingAtAlphaOneConverges) {
+  // The default end point ᾱ = 1 (t = -1): every deterministic sampler approaches the exact
+  // end point as S grows.
+  s2dm::testing::Gaussian g{0.3, 0.5, &linear()};
+  auto model = g.model();
+  auto xT = torch::randn({32, 1, 1, 1}, torch::kFloat64);
+  auto exact = g.endpoint(xT, linear().alpha_bar(999));
+  for (const auto& s : samplers()) {
+    if (s.stochastic) continue;
+    double e20 = (run_sampler(s, model, xT, uniform_grid(20), {}).x - exact).abs().max().item<double>();
+    double e160 = (run_sampler(s, model, xT, uniform_grid(160), {}).x - exact).abs().max().item<double>();
+    // (The PNDM family converges slowly here: its last step extrapolates ε ∝ ρ ∝ √(t+1).)
+    EXPECT_LT(e160, e20 / 2) << s.name;
+  }
+}
+
+TEST(Samplers, MixtureSamplesMatchMeansAndWeights) {
+  // Two well separated modes; at 100 steps every deterministic sampler (and DDPM) must put
+  // each mode's share and mean within Monte-Carlo error.
+  s2dm::testing::GaussianMixture mix{{0.3, 0.7}, {-1.5, 1.0}, {0.2, 0.3}, &linear()};
+  auto model = mix.model();
+  const int n = 2000;
+  torch::manual_seed(1);
+  auto xT = torch::randn({n, 1, 1, 1}, torch::kFloat64);
+  const double share_tol = 4 * std::sqrt(0.3 * 0.7 / n);
+  for (const auto& s : samplers()) {
+    auto x = run_sampler(s, model, xT, uniform_grid(100), {}).x.flatten();
+    auto left = x < -0.25;
+    double share = left.to(torch::kFloat64).mean().item<double>();
+    EXPECT_NEAR(share, 0.3, share_tol) << s.name;
+    double mean_left = x.masked_select(left).mean().item<double>();
+    double mean_right = x.masked_select(~left).mean().item<double>();
+    EXPECT_NEAR(mean_left, -1.5, 4 * 0.2 / std::sqrt(0.3 * n) + 0.02) << s.name;
+    EXPECT_NEAR(mean_right, 1.0, 4 * 0.3 / std::sqrt(0.7 * n) + 0.02) << s.name;
+  }
+}
+
+TEST(Samplers, IdentitiesHoldToRounding) {
+  s2dm::testing::GaussianMixture mix{{0.5, 0.5}, {-1.0, 1.0}, {0.3, 0.3}, &linear()};
+  auto model = mix.model();
+  auto xT = torch::randn({16, 1, 2, 2}, torch::kFloat64);
+  auto grid = make_grid(grid_of("quad", 17), linear(), "one");
+  auto ddim = run_sampler(find_sampler("ddim"), model, xT, grid, {}).x;
+  // DEIS of order 0 is DDIM; λ-DDIM with λ = 0 is DDIM.
+  EXPECT_TRUE(torch::allclose(run_sampler(find_sampler("deis"), model, xT, grid, with_order(0)).x, ddim, 1e-10, 1e-10));
+  EXPECT_TRUE(torch::allclose(run_sampler(find_sampler("lambda-ddim"), model, xT, grid, {}).x, ddim, 1e-10, 1e-10));
+  // PNDM's transfer is the DDIM η = 0 step.
+  auto e = torch::randn({16, 1, 2, 2}, torch::kFloat64);
+  const double a = linear().alpha_bar(700), an = linear().alpha_bar(350);
+  auto ddim_step = std::sqrt(an) * predict_x0(xT, e, a) + std::sqrt(1 - an) * e;
+  EXPECT_TRUE(torch::allclose(transfer(xT, e, a, an), ddim_step, 1e-12, 1e-12));
+  // DDIM η = 1 draws its noise with DDPM's posterior variance β̃.
   EpsModel zero = [](const torch::Tensor& x, const torch::Tensor&) { return torch::zeros_like(x); };
-  auto grid = make_grid({600, 500}, s, "one");
-  grid.t.resize(1);
-  grid.alpha_bar.resize(2);
-  auto x = torch::zeros({200000}, torch::kFloat64).view({-1, 1, 1, 1});
-  auto out = run_sampler(find_sampler("ddpm"), zero, x, grid, {0.0, false, 11});
-  double a = s.alpha_bar(600), an = s.alpha_bar(500);
-  double var = (1 - an) / (1 - a) * (1 - a / an);
-  EXPECT_NEAR(out.x.var().item<double>() / var, 1.0, 0.02);
+  auto one_step = make_grid({600, 500}, linear(), "one");
+  one_step.t.resize(2);
+  one_step.alpha_bar.resize(2);
+  auto noise = run_sampler(find_sampler("ddpm"), zero, torch::zeros({200000, 1, 1, 1}, torch::kFloat64), one_step,
+                           {0.0, false, 11}).x;
+  const double a600 = linear().alpha_bar(600), a500 = linear().alpha_bar(500);
+  const double var = (1 - a500) / (1 - a600) * (1 - a600 / a500);
+  EXPECT_NEAR(noise.var().item<double>() / var, 1.0, 0.02);
 }
 
-TEST(Samplers, UnknownNameSuggests) {
+TEST(Samplers, StochasticSamplersAreSeeded) {
+  s2dm::testing::Gaussian g{0.3, 0.5, &linear()};
+  auto model = g.model();
+  auto x = torch::randn({4, 1, 2, 2}, torch::kFloat64);
+  auto grid = uniform_grid(20);
+  SamplerOptions o{1.0, false, 5};
+  auto c = run_sampler(find_sampler("ddim"), model, x, grid, o), d = run_sampler(find_sampler("ddim"), model, x, grid, o);
+  EXPECT_TRUE(torch::equal(c.x, d.x));
+  EXPECT_FALSE(torch::allclose(c.x, run_sampler(find_sampler("ddim"), model, x, grid, {}).x));
+  SamplerOptions large = o;
+  large.variance = "large";
+  EXPECT_FALSE(torch::allclose(run_sampler(find_sampler("ddpm"), model, x, grid, large).x,
+                               run_sampler(find_sampler("ddpm"), model, x, grid, o).x));
+}
+
+TEST(Samplers, BadOptionsRejected) {
   try {
     find_sampler("ddmi");
     FAIL();
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("did you mean 'ddim'"), std::string::npos) << e.what();
   }
+  EXPECT_THROW(check_options(find_sampler("deis"), with_order(4)), ConfigError);
+  EXPECT_THROW(check_options(find_sampler("deis-rho"), with_order(0)), ConfigError);
+  EXPECT_THROW(check_options(find_sampler("dpmpp-2m"), with_order(2)), ConfigError);
+  EXPECT_NO_THROW(check_options(find_sampler("deis"), with_order(0)));
+  SamplerOptions v;
+  v.variance = "huge";
+  EXPECT_THROW(check_options(find_sampler("ddpm"), v), ConfigError);
 }
 
 TEST(Generate, SeededNoiseIndependentOfBatching) {
@@ -140,16 +285,33 @@ TEST(Generate, SeededNoiseIndependentOfBatching) {
   auto tail = initial_noise(4, 2, {1, 4, 4}, 3);
   EXPECT_TRUE(torch::equal(all.slice(0, 4), tail));
   EXPECT_FALSE(torch::equal(initial_noise(0, 1, {1, 4, 4}, 4), all.slice(0, 0, 1)));
-  auto sched = NoiseSchedule::linear(1000);
-  GaussianData g{0.0, 1.0, sched};
-  EpsModel model = [&](const torch::Tensor& x, const torch::Tensor& t) { return g.eps(x, t); };
+  s2dm::testing::Gaussian g{0.0, 1.0, &linear()};
+  auto model = g.model();
   SampleConfig sc;
   sc.steps = 5;
   sc.batch = 2;
-  auto a = generate(model, sched, sc, {1, 4, 4}, torch::kCPU, 3, 5, {}, false);
+  auto a = generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, 3, 5, {}, false);
   sc.batch = 5;
-  auto b = generate(model, sched, sc, {1, 4, 4}, torch::kCPU, 3, 5, {}, false);
+  auto b = generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, 3, 5, {}, false);
   EXPECT_TRUE(torch::allclose(a.samples, b.samples));
   EXPECT_EQ(a.samples.size(0), 5);
   EXPECT_EQ(a.nfe, 5);
+  sc.sampler = "plms";
+  EXPECT_EQ(generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, 3, 2, {}, false).nfe, 6);
+}
+
+TEST(TorchScript, GaussianFixtureMatchesTheExactModel) {
+  const std::string dir = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/";
+  auto script = load_torchscript_eps_model(dir + "gaussian_eps.pt", torch::kCPU, {1, 2, 2});
+  s2dm::testing::Gaussian g{0.3, 0.5, &linear()};
+  auto exact = g.model();
+  auto x = torch::randn({3, 1, 2, 2}, torch::kFloat64);
+  for (double t : {0.0, 10.5, 500.0, 999.0}) {
+    auto tt = torch::full({3}, t, torch::kFloat64);
+    EXPECT_TRUE(torch::allclose(script(x, tt), exact(x, tt), 1e-5, 1e-5)) << t;
+  }
+  EXPECT_THROW(load_torchscript_eps_model(dir + "bad_signature.pt", torch::kCPU, {1, 2, 2}), CheckpointError);
+  EXPECT_THROW(load_torchscript_eps_model(dir + "bad_shape.pt", torch::kCPU, {1, 2, 2}), CheckpointError);
+  EXPECT_THROW(load_torchscript_eps_model(dir + "make_torchscript_fixtures.py", torch::kCPU, {1, 2, 2}), CheckpointError);
+  EXPECT_THROW(load_torchscript_eps_model(dir + "missing.pt", torch::kCPU, {1, 2, 2}), CheckpointError);
 }

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# On a CUDA machine without internet (../shared/gpu.md): unpack the bundled .debs from
+# scripts/gpu_bundle.sh into a private prefix, build s2dm against the pip-installed PyTorch's
+# LibTorch with CUDA, run the tests, then the benchmarks against PyTorch eager, and a short real
+# training run on Fashion-MNIST. Prints a table of figures last and writes everything to
+# RESULTS_DIR (first argument, default gpu_results/).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+results=$(realpath -m "${1:-gpu_results}")
+mkdir -p "$results"
+python=${PYTHON:-python3}
+prefix=$PWD/gpu_bundle/prefix
+jobs=$(nproc)
+
+step() { echo; echo "=== $* ==="; }
+
+step "unpack dependencies into $prefix"
+mkdir -p "$prefix"
+for deb in gpu_bundle/debs/*.deb; do dpkg -x "$deb" "$prefix"; done
+multiarch=$prefix/usr/lib/x86_64-linux-gnu
+export LD_LIBRARY_PATH="$multiarch:${LD_LIBRARY_PATH:-}"
+torch_prefix=$("$python" -c 'import torch; print(torch.utils.cmake_prefix_path)')
+"$python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))' \
+  | tee "$results/device.txt"
+
+step "configure and build"
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_PREFIX_PATH="$torch_prefix;$prefix/usr;$multiarch/cmake" \
+  -DCMAKE_INCLUDE_PATH="$prefix/usr/include" -DCMAKE_LIBRARY_PATH="$multiarch" \
+  -DCMAKE_CUDA_ARCHITECTURES=native 2>&1 | tee "$results/configure.txt" | tail -5
+cmake --build build-gpu -j "$jobs" 2>&1 | tee "$results/build.txt" | tail -5
+[ -x build-gpu/s2dm ] || { echo "build failed: see $results/build.txt"; exit 1; }
+build-gpu/s2dm info | tee "$results/info.txt"
+
+step "tests"
+(cd build-gpu && ctest --output-on-failure -j 4 2>&1) | tee "$results/tests.txt" | tail -15
+
+step "benchmarks (s2dm vs PyTorch eager, same machine, same run)"
+bench() {  # name config batch precision
+  local name=$1 cfg=$2 batch=$3 precision=$4 flag=""
+  [ "$precision" = bf16 ] && flag=--bf16
+  S2DM_BENCH_DEVICE=cuda S2DM_BENCH_CONFIG=$cfg S2DM_BENCH_BATCH=$batch S2DM_BENCH_PRECISION=$precision \
+    build-gpu/s2dm_bench --benchmark_format=json --benchmark_min_time=3 > "$results/s2dm_$name.json" 2>/dev/null
+  local ref=cifar10
+  [[ "$cfg" == *celeba* ]] && ref=celeba64
+  "$python" bench/reference_unet.py --device cuda --batch "$batch" --config "$ref" $flag --min-time 3 \
+    > "$results/torch_$name.json"
+}
+for precision in bf16 fp32; do
+  bench "cifar10_b128_$precision" configs/train/cifar10_ddpm.yaml 128 $precision
+  bench "celeba64_b128_$precision" configs/train/celeba64_ddpm.yaml 128 $precision
+done
+for batch in 1 64 1024; do bench "cifar10_eval_b$batch" configs/train/cifar10_ddpm.yaml $batch bf16; done
+
+step "a short real training run on Fashion-MNIST"
+build-gpu/s2dm train --config configs/train/fmnist.yaml --set data.path=gpu_bundle/fashion-mnist \
+  --set train.steps=3000 --run-dir "$results/fmnist_run" --overwrite 2>&1 | tail -5 | tee "$results/fmnist_train.txt"
+build-gpu/s2dm sample --checkpoint "$results/fmnist_run/checkpoints/latest.ckpt" --steps 50 --timesteps quad \
+  --num 64 --out "$results/fmnist_run/samples/ddim50" 2>&1 | tail -3
+
+step "figures"
+"$python" - "$results" <<'PY' | tee "$results/figures.txt"
+import glob, json, os, sys
+r = sys.argv[1]
+def s2dm(name):
+    try:
+        return {b["name"].split("/")[0]: b["items_per_second"] for b in json.load(open(f"{r}/s2dm_{name}.json"))["benchmarks"]}
+    except Exception:
+        return {}
+def ref(name):
+    try:
+        return json.load(open(f"{r}/torch_{name}.json"))
+    except Exception:
+        return {}
+print(f"{'benchmark':28s} {'s2dm img/s':>11s} {'torch img/s':>12s} {'ratio':>6s} {'torch peak GiB':>15s}")
+for name in sorted(os.path.basename(p)[5:-5] for p in glob.glob(f"{r}/s2dm_*.json")):
+    s, t = s2dm(name), ref(name)
+    key, tkey = ("BM_SampleEval", "eval_images_per_sec") if "eval" in name else ("BM_TrainStep", "train_images_per_sec")
+    ours, theirs = s.get(key, float("nan")), t.get(tkey, float("nan"))
+    print(f"{name:28s} {ours:11.1f} {theirs:12.1f} {ours / theirs if theirs else float('nan'):6.2f} {t.get('peak_gib', 0):15.2f}")
+PY
+tail -3 "$results/tests.txt"
