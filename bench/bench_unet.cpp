@@ -1,6 +1,8 @@
 // UNet throughput on the CPU: a training step (forward + L_simple + backward + Adam + EMA) and a
 // sampling network evaluation (no grad), for a model config and batch size given by
-// S2DM_BENCH_CONFIG (default: the CIFAR10 config) and S2DM_BENCH_BATCH (default 16).
+// S2DM_BENCH_CONFIG (default: the CIFAR10 config) and S2DM_BENCH_BATCH (default 16); and each
+// sampler's own cost per step apart from the network (BM_SamplerStep, CIFAR10 shape, batch 64,
+// 10 steps, a model that returns a fixed ε), to compare with BM_SampleEval at batch 64.
 // S2DM_BENCH_DEVICE=cuda runs on the GPU, with bf16 autocast unless S2DM_BENCH_PRECISION=fp32.
 // Compare with bench/reference_unet.py (PyTorch eager, the same architecture): bench/compare.sh.
 #include <benchmark/benchmark.h>
@@ -13,6 +15,7 @@
 #include "s2dm/device.h"
 #include "s2dm/losses.h"
 #include "s2dm/optim.h"
+#include "s2dm/samplers.h"
 #include "s2dm/unet.h"
 
 namespace {
@@ -91,8 +94,21 @@ void BM_SampleEval(benchmark::State& state) {
   state.counters["batch"] = static_cast<double>(s.batch);
 }
 
+void BM_SamplerStep(benchmark::State& state) {
+  const auto& info = s2dm::sample::samplers().at(static_cast<size_t>(state.range(0)));
+  state.SetLabel(info.name);
+  const auto schedule = s2dm::NoiseSchedule::linear(1000);
+  auto grid = s2dm::sample::make_grid(s2dm::sample::make_timesteps("quad", 10, schedule), schedule, "one");
+  auto x = torch::randn({64, 3, 32, 32});
+  auto eps = torch::randn({64, 3, 32, 32}) * 0.1;
+  s2dm::EpsModel model = [&](const torch::Tensor&, const torch::Tensor&) { return eps; };
+  for (auto _ : state) benchmark::DoNotOptimize(s2dm::sample::run_sampler(info, model, x, grid, {}).x);
+  state.SetItemsProcessed(state.iterations() * grid.steps());  // items/s = sampler steps per second
+}
+
 }  // namespace
 
-BENCHMARK(BM_TrainStep)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5.0);
-BENCHMARK(BM_SampleEval)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5.0);
+BENCHMARK(BM_SamplerStep)->DenseRange(0, 9)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
+BENCHMARK(BM_TrainStep)->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(2.0)->MinTime(10.0);
+BENCHMARK(BM_SampleEval)->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(2.0)->MinTime(10.0);
 BENCHMARK_MAIN();

@@ -6,6 +6,7 @@ timed for a training step (forward + MSE + backward + Adam + EMA) and a no-grad 
 Prints one JSON object: {"train_images_per_sec": ..., "eval_images_per_sec": ..., "params": ...}.
 """
 import argparse
+import contextlib
 import json
 import math
 import time
@@ -161,7 +162,7 @@ def main():
     opt = torch.optim.Adam(net.parameters(), lr=2e-4)
     size = arch.get("res", 32)
     x0 = torch.randn(a.batch, 3, size, size, device=dev)
-    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=a.bf16)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if a.bf16 else contextlib.nullcontext
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def train_step():

@@ -17,6 +17,8 @@ nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t stride = 1, int
   return nn::Conv2d(nn::Conv2dOptions(in, out, kernel).stride(stride).padding(padding));
 }
 
+// swish(x) = x·sigmoid(x). (torch::silu is one kernel, but its CPU backward in LibTorch 1.13 made
+// the training step ~25 % slower in bench/compare.sh.)
 torch::Tensor swish(const torch::Tensor& x) { return x * torch::sigmoid(x); }
 
 // A named container with no forward, to reproduce the reference's module tree (`temb`, `mid`,
