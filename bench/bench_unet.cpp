@@ -13,6 +13,7 @@
 #include "s2dm/compat.h"
 #include "s2dm/config.h"
 #include "s2dm/device.h"
+#include "s2dm/fid.h"
 #include "s2dm/losses.h"
 #include "s2dm/optim.h"
 #include "s2dm/samplers.h"
@@ -106,8 +107,28 @@ void BM_SamplerStep(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * grid.steps());  // items/s = sampler steps per second
 }
 
+// FID feature extraction: 32x32 images (resized to 299x299 inside), batch 50, random weights.
+void BM_InceptionFeatures(benchmark::State& state) {
+  Setup s;
+  s2dm::eval::FidInception net;
+  net->eval();
+  auto images = torch::randint(0, 256, {50, 3, 32, 32}, torch::kUInt8);
+  for (auto _ : state) benchmark::DoNotOptimize(s2dm::eval::extract_features(net, images, 50, torch::kCPU, false));
+  state.SetItemsProcessed(state.iterations() * 50);
+}
+
+// The Fréchet distance of two 2048-d statistics (Cholesky + one symmetric eigendecomposition).
+void BM_Frechet2048(benchmark::State& state) {
+  Setup s;
+  auto a = s2dm::eval::feature_stats(torch::randn({4096, 2048}, torch::kFloat64));
+  auto b = s2dm::eval::feature_stats(torch::randn({4096, 2048}, torch::kFloat64) * 1.1 + 0.1);
+  for (auto _ : state) benchmark::DoNotOptimize(s2dm::eval::frechet_distance(a, b));
+}
+
 }  // namespace
 
+BENCHMARK(BM_InceptionFeatures)->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(1.0)->MinTime(5.0);
+BENCHMARK(BM_Frechet2048)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
 BENCHMARK(BM_SamplerStep)->DenseRange(0, 9)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_TrainStep)->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(2.0)->MinTime(10.0);
 BENCHMARK(BM_SampleEval)->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(2.0)->MinTime(10.0);

@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config
   libtorch-dev            # LibTorch (CPU)
+  libopenblas0-pthread    # fast BLAS/LAPACK behind LibTorch (the reference BLAS makes FID 10x slower)
   libyaml-cpp-dev libspdlog-dev libfmt-dev libcxxopts-dev nlohmann-json3-dev
   libgtest-dev libbenchmark-dev
   zlib1g-dev libstb-dev   # gzip/zip, PNG/JPEG decoding and PNG writing

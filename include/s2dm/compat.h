@@ -59,6 +59,26 @@ inline torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, c
 #endif
 }
 
+// RAII: no TF32 in cuBLAS / cuDNN for the scope (feature extraction for FID must not depend
+// on the GPU generation).
+class NoTf32 {
+ public:
+  NoTf32()
+      : cublas_(at::globalContext().allowTF32CuBLAS()), cudnn_(at::globalContext().allowTF32CuDNN()) {
+    at::globalContext().setAllowTF32CuBLAS(false);
+    at::globalContext().setAllowTF32CuDNN(false);
+  }
+  ~NoTf32() {
+    at::globalContext().setAllowTF32CuBLAS(cublas_);
+    at::globalContext().setAllowTF32CuDNN(cudnn_);
+  }
+  NoTf32(const NoTf32&) = delete;
+  NoTf32& operator=(const NoTf32&) = delete;
+
+ private:
+  bool cublas_, cudnn_;
+};
+
 inline std::string torch_version() {
   return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
          std::to_string(TORCH_VERSION_PATCH);

@@ -22,10 +22,7 @@
 namespace s2dm::cli {
 namespace fs = std::filesystem;
 
-namespace {
-
-// Parses argv; prints help and returns nullopt for --help. Rejects stray positional arguments.
-std::optional<cxxopts::ParseResult> parse(cxxopts::Options& options, int argc, char** argv) {
+std::optional<cxxopts::ParseResult> parse_options(cxxopts::Options& options, int argc, char** argv) {
   options.add_options()("h,help", "show this help");
   auto result = options.parse(argc, argv);
   if (result.count("help")) {
@@ -35,6 +32,8 @@ std::optional<cxxopts::ParseResult> parse(cxxopts::Options& options, int argc, c
   if (!result.unmatched().empty()) throw UsageError("unexpected argument '" + result.unmatched().front() + "'");
   return result;
 }
+
+namespace {
 
 std::vector<std::string> sets(const cxxopts::ParseResult& r) {
   return r.count("set") ? r["set"].as<std::vector<std::string>>() : std::vector<std::string>{};
@@ -62,7 +61,7 @@ int info(int argc, char** argv) {
   cxxopts::Options options("s2dm info", "Versions, CUDA availability, the chosen device and threads.");
   options.add_options()("device", "device to report (auto|cpu|cuda)", cxxopts::value<std::string>()->default_value("auto"))(
       "threads", "CPU threads (0 = all cores)", cxxopts::value<int>()->default_value("0"));
-  auto r = parse(options, argc, argv);
+  auto r = parse_options(options, argc, argv);
   if (!r) return 0;
   set_cpu_threads((*r)["threads"].as<int>());
   std::cout << runtime_info(resolve_device((*r)["device"].as<std::string>()));
@@ -78,7 +77,7 @@ int train(int argc, char** argv) {
       "set", "override a config value: section.key=value (repeatable)", cxxopts::value<std::vector<std::string>>())(
       "resume", "continue the run in --run-dir from its latest checkpoint")(
       "overwrite", "replace an existing run directory");
-  auto r = parse(options, argc, argv);
+  auto r = parse_options(options, argc, argv);
   if (!r) return 0;
   train::TrainOptions opts;
   opts.resume = r->count("resume") > 0;
@@ -158,7 +157,7 @@ int samplers(int argc, char** argv) {
   cxxopts::Options options("s2dm samplers", "List the samplers, their options and NFE for S steps.");
   options.add_options()("steps", "step counts to show NFE for",
                         cxxopts::value<std::vector<int>>()->default_value("10,20,50,100"));
-  auto r = parse(options, argc, argv);
+  auto r = parse_options(options, argc, argv);
   if (!r) return 0;
   auto steps = (*r)["steps"].as<std::vector<int>>();
   std::printf("%-12s %-34s", "sampler", "options");
@@ -200,7 +199,7 @@ int sample(int argc, char** argv) {
       "no-png", "skip the numbered PNG files (samples.npz and grid.png only)")(
       "device", "auto | cpu | cuda | cuda:N", cxxopts::value<std::string>())(
       "set", "override a config value: section.key=value (repeatable)", cxxopts::value<std::vector<std::string>>());
-  auto r = parse(options, argc, argv);
+  auto r = parse_options(options, argc, argv);
   if (!r) return 0;
   auto overrides = sets(*r);
   auto add = [&](const char* flag, const std::string& key) {
@@ -261,7 +260,7 @@ int export_weights(int argc, char** argv) {
   options.add_options()("checkpoint", "s2dm checkpoint", cxxopts::value<std::string>())(
       "ema", "export the EMA weights (default: the raw weights)")(
       "out", "output .safetensors file", cxxopts::value<std::string>());
-  auto r = parse(options, argc, argv);
+  auto r = parse_options(options, argc, argv);
   if (!r) return 0;
   if (!r->count("checkpoint") || !r->count("out")) throw UsageError("export: --checkpoint and --out are required");
   auto ckpt = load_checkpoint((*r)["checkpoint"].as<std::string>());

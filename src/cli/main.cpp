@@ -26,6 +26,8 @@ const std::map<std::string, Command>& commands() {
       {"train", {s2dm::cli::train, "train a model from a config into a run directory"}},
       {"sample", {s2dm::cli::sample, "sample images from a checkpoint or safetensors weights"}},
       {"samplers", {s2dm::cli::samplers, "list the samplers, their options and NFE"}},
+      {"fid", {s2dm::cli::fid, "FID (and KID) between two image sets or statistics files"}},
+      {"fid-stats", {s2dm::cli::fid_stats, "write FID statistics (mu, sigma) of an image set"}},
       {"export", {s2dm::cli::export_weights, "write a checkpoint's weights as safetensors"}},
   };
   return table;

@@ -9,6 +9,7 @@
 
 #include "../test_util.h"
 #include "s2dm/checkpoint.h"
+#include "s2dm/inception.h"
 #include "s2dm/npy.h"
 #include "s2dm/safetensors.h"
 
@@ -73,7 +74,7 @@ TEST_F(Cli, HelpAndInfo) {
   auto r = run("--help");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("train"), std::string::npos);
-  for (const char* cmd : {"train", "sample", "samplers", "export", "info"}) EXPECT_EQ(run(std::string(cmd) + " --help").code, 0) << cmd;
+  for (const char* cmd : {"train", "sample", "samplers", "export", "info", "fid", "fid-stats"}) EXPECT_EQ(run(std::string(cmd) + " --help").code, 0) << cmd;
   r = run("info --device cpu");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("libtorch:"), std::string::npos);
@@ -220,6 +221,50 @@ TEST_F(Cli, SamplersListAndTorchScriptModels) {
   expect_user_error(run(script + "--timesteps file:" + (dir / "up.txt") + " --out " + (dir / "o")), "strictly decreasing");
   expect_user_error(run(script + "--timesteps 2000,10 --out " + (dir / "o")), "outside");
   EXPECT_FALSE(std::filesystem::exists(dir / "o"));
+}
+
+TEST_F(Cli, FidStatsAndFid) {
+  // Random-weight Inception (real weights cannot be downloaded here) and two small image sets.
+  eval::FidInception net;
+  NamedTensors weights;
+  for (auto& [name, t] : named_weights(*net))
+    if (name.find("num_batches_tracked") == std::string::npos) weights.emplace_back(name, t);
+  save_safetensors(dir / "inception.safetensors", weights);
+  const std::string features = " --features inception:" + (dir / "inception.safetensors");
+  auto images = [](int seed) {
+    torch::manual_seed(seed);
+    auto x = torch::randint(0, 256, {6, 16, 16, 3}, torch::kUInt8);
+    return NpyArray{"|u1", {6, 16, 16, 3}, std::string(static_cast<char*>(x.data_ptr()), x.numel())};
+  };
+  save_npz(dir / "a.npz", {{"arr_0", images(1)}});
+  save_npz(dir / "b.npz", {{"arr_0", images(2)}});
+
+  auto r = run("fid-stats " + (dir / "a.npz") + " --out " + (dir / "a_stats.npz") + features);
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto stats = load_npz(dir / "a_stats.npz");
+  EXPECT_EQ(stats.at("mu").shape, (std::vector<int64_t>{2048}));
+  EXPECT_EQ(stats.at("sigma").shape, (std::vector<int64_t>{2048, 2048}));
+  EXPECT_EQ(stats.at("sigma").dtype, "<f8");
+
+  r = run("fid " + (dir / "a.npz") + " " + (dir / "b.npz") + features + " --json");
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto line = r.output.substr(r.output.find('{'));
+  for (const char* key : {"\"fid\"", "\"kid_mean\"", "\"kid_std\"", "\"num_a\":6", "\"num_b\":6", "\"features\":\"inception\""})
+    EXPECT_NE(line.find(key), std::string::npos) << key << " in " << line;
+  // Statistics against the images they came from: distance 0, and no KID without features.
+  r = run("fid " + (dir / "a_stats.npz") + " " + (dir / "a.npz") + features + " --json");
+  ASSERT_EQ(r.code, 0) << r.output;
+  line = r.output.substr(r.output.find('{'));
+  EXPECT_EQ(line.find("kid_mean"), std::string::npos) << line;
+  const double fid = std::stod(line.substr(line.find(':') + 1));
+  EXPECT_NEAR(fid, 0.0, 1e-3) << line;
+
+  expect_user_error(run("fid " + (dir / "a.npz") + features), "two sources");
+  expect_user_error(run("fid " + (dir / "a.npz") + " " + (dir / "b.npz") + " --features classifier:x"), "classifier");
+  expect_user_error(run("fid " + (dir / "a.npz") + " " + (dir / "b.npz") + " --features inception:" + (dir / "none.st")),
+                    "none.st");
+  save_npz(dir / "other.npz", {{"x", images(3)}});
+  expect_user_error(run("fid " + (dir / "other.npz") + " " + (dir / "b.npz") + features), "neither statistics");
 }
 
 TEST_F(Cli, SigtermWritesACheckpoint) {

@@ -1,0 +1,43 @@
+#pragma once
+// Fréchet distance and KID between feature sets (papers.md §6), their statistics files, and
+// feature extraction with the FID Inception.
+#include <torch/types.h>
+
+#include <string>
+
+#include "s2dm/inception.h"
+
+namespace s2dm::eval {
+
+// μ [D] and Σ [D,D] in float64 (Σ with N-1), as pytorch-fid and EDM store them.
+struct FeatureStats {
+  torch::Tensor mu, sigma;
+  int64_t count = 0;  // samples behind the statistics (0 when read from a file)
+};
+
+// Statistics of features [N, D]; warns when N is below D (Σ is then singular).
+FeatureStats feature_stats(const torch::Tensor& features);
+
+// ‖μ₁-μ₂‖² + tr Σ₁ + tr Σ₂ - 2 tr √(Σ₁Σ₂), in float64 through a symmetric eigendecomposition
+// (never a general sqrtm).
+// Throws DataError for mismatched shapes or non-finite statistics.
+double frechet_distance(const FeatureStats& a, const FeatureStats& b);
+
+// KID: the unbiased MMD² with the cubic kernel (x·y/d + 1)³, over `subsets` random subsets of
+// `subset_size` (capped at the smaller set), mean and standard deviation.
+struct Kid {
+  double mean = 0, std = 0;
+};
+Kid kernel_inception_distance(const torch::Tensor& a, const torch::Tensor& b, int subsets = 100,
+                              int64_t subset_size = 1000, uint64_t seed = 0);
+
+// .npz with mu and sigma (float64). load_stats reads plain and compressed files (np.savez,
+// np.savez_compressed); float32 statistics are widened. Throws IoError / DataError.
+void save_stats(const std::string& path, const FeatureStats& stats);
+FeatureStats load_stats(const std::string& path);
+
+// Features of uint8 images [N, C, H, W] (C = 1 or 3), in batches on `device`, with progress.
+torch::Tensor extract_features(FidInception& net, const torch::Tensor& images, int64_t batch,
+                               const torch::Device& device, bool show_progress = true);
+
+}  // namespace s2dm::eval

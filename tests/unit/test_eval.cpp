@@ -1,0 +1,192 @@
+// The FID evaluator: Inception-v3 against torchvision (names, shapes, features under fixed
+// weights), preprocessing, the Fréchet distance against closed forms and scipy, KID against a
+// direct computation, statistics files.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "../test_util.h"
+#include "s2dm/checkpoint.h"
+#include "s2dm/errors.h"
+#include "s2dm/fid.h"
+#include "s2dm/inception.h"
+#include "s2dm/npy.h"
+
+using namespace s2dm;
+using namespace s2dm::eval;
+
+namespace {
+
+const std::string kFixtures = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/";
+
+// (name, shape) of torchvision's Inception-v3 state_dict, in order.
+std::vector<std::pair<std::string, std::vector<int64_t>>> torchvision_params() {
+  std::ifstream in(kFixtures + "fid_inception_params.txt");
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    auto space = line.find(' ');
+    std::vector<int64_t> shape;
+    std::stringstream dims(line.substr(space + 1));
+    std::string d;
+    while (std::getline(dims, d, ','))
+      if (!d.empty()) shape.push_back(std::stoll(d));
+    out.emplace_back(line.substr(0, space), shape);
+  }
+  return out;
+}
+
+torch::Tensor npy_tensor(const NpyArray& a) {
+  auto t = torch::empty(a.shape, a.dtype == "<f8" ? torch::kFloat64 : torch::kFloat32);
+  std::memcpy(t.data_ptr(), a.data.data(), a.data.size());
+  return t;
+}
+
+// The fixture's deterministic weights (see tests/fixtures/make_inception_fixture.py).
+torch::Tensor fixture_weight(const std::string& name, int64_t index, const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (auto s : shape) n *= s;
+  auto v = torch::sin(0.37 * torch::arange(n, torch::kFloat64) + 1.3 * static_cast<double>(index)).reshape(shape);
+  auto ends = [&](const std::string& suffix) {
+    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  if (ends("running_var")) return 1.0 + 0.25 * v;
+  if (ends("running_mean")) return 0.1 * v;
+  if (ends("bn.weight")) return 1.0 + 0.1 * v;
+  if (ends("bn.bias")) return 0.1 * v;
+  if (ends("conv.weight")) return v * std::sqrt(2.0 / static_cast<double>(n / shape[0]));
+  return 0.01 * v;
+}
+
+}  // namespace
+
+TEST(Inception, ParameterNamesAndShapesMatchTorchvision) {
+  FidInception net;
+  auto ours = named_weights(*net);
+  auto theirs = torchvision_params();
+  ASSERT_EQ(ours.size(), theirs.size());
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (auto& [n, t] : ours) shapes[n] = t.sizes().vec();
+  for (const auto& [name, shape] : theirs) {
+    ASSERT_TRUE(shapes.count(name)) << name;
+    EXPECT_EQ(shapes[name], shape) << name;
+  }
+}
+
+TEST(Inception, FeaturesMatchTorchvisionWithFidPatches) {
+  FidInception net;
+  auto params = torchvision_params();
+  NamedTensors weights;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto& [name, shape] = params[i];
+    if (name.find("num_batches_tracked") != std::string::npos) continue;
+    weights.emplace_back(name, fixture_weight(name, static_cast<int64_t>(i), shape).to(torch::kFloat32));
+  }
+  s2dm::testing::TempDir dir;
+  save_safetensors(dir / "w.safetensors", weights);
+  load_inception_weights(net, dir / "w.safetensors");
+  net->eval();
+  torch::NoGradGuard no_grad;
+  auto images = ((torch::sin(0.1 * torch::arange(2 * 3 * 32 * 32, torch::kFloat64)) + 1) / 2).reshape({2, 3, 32, 32});
+  auto ours = net->forward(images.to(torch::kFloat32)).to(torch::kFloat64);
+  auto expected = npy_tensor(load_npy(kFixtures + "fid_inception_features.npy"));
+  ASSERT_EQ(ours.sizes(), expected.sizes());
+  const double scale = expected.abs().max().item<double>();
+  EXPECT_LT((ours - expected).abs().max().item<double>(), 1e-4 * scale) << "scale " << scale;
+}
+
+TEST(Inception, PreprocessingAsPytorchFid) {
+  auto grey = torch::rand({2, 1, 8, 8});
+  auto x = fid_preprocess(grey);
+  ASSERT_EQ(x.sizes(), (std::vector<int64_t>{2, 3, 299, 299}));
+  EXPECT_TRUE(torch::equal(x.select(1, 0), x.select(1, 2)));  // grey repeated
+  // Bilinear, align_corners false: output pixel i samples input at (i + 0.5)·8/299 - 0.5.
+  auto direct = torch::nn::functional::interpolate(
+                    grey.expand({-1, 3, -1, -1}),
+                    torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{299, 299}).mode(torch::kBilinear).align_corners(false)) *
+                    2 - 1;
+  EXPECT_TRUE(torch::allclose(x, direct));
+  const double pos = (150 + 0.5) * 8.0 / 299 - 0.5;  // row and column
+  const int lo = static_cast<int>(std::floor(pos));
+  const double f = pos - lo;
+  auto g = grey[0][0].to(torch::kFloat64);
+  auto row = (1 - f) * g[lo] + f * g[lo + 1];
+  double value = ((1 - f) * row[lo] + f * row[lo + 1]).item<double>();
+  EXPECT_NEAR(x[0][0][150][150].item<double>(), 2 * value - 1, 1e-5);
+  EXPECT_GE(x.min().item<double>(), -1.0);
+  FidInception net;
+  EXPECT_EQ(net->forward(torch::rand({1, 3, 16, 16})).sizes(), (std::vector<int64_t>{1, 2048}));
+}
+
+TEST(Frechet, ClosedForms) {
+  // Diagonal covariances: FD = ‖μ₁-μ₂‖² + Σ(√a_i - √b_i)².
+  auto a = torch::tensor({1.0, 4.0, 9.0}, torch::kFloat64), b = torch::tensor({4.0, 1.0, 9.0}, torch::kFloat64);
+  FeatureStats x{torch::tensor({0.0, 1.0, 2.0}, torch::kFloat64), torch::diag(a)};
+  FeatureStats y{torch::tensor({1.0, 1.0, 0.0}, torch::kFloat64), torch::diag(b)};
+  const double expected = 1 + 4 + 1 + 1 + 0;  // ‖Δμ‖² = 5; (1-2)² + (2-1)² + 0 = 2 -> 7
+  EXPECT_NEAR(frechet_distance(x, y), 7.0, 1e-10) << expected;
+  // The same under a common rotation.
+  auto q = std::get<0>(torch::linalg::qr(torch::randn({3, 3}, torch::kFloat64)));
+  FeatureStats xr{q.matmul(x.mu), q.matmul(x.sigma).matmul(q.t())}, yr{q.matmul(y.mu), q.matmul(y.sigma).matmul(q.t())};
+  EXPECT_NEAR(frechet_distance(xr, yr), 7.0, 1e-9);
+  // Equal sets give 0 (to rounding relative to tr Σ, as √ of near-zero eigenvalues amplifies it),
+  // also when Σ is singular (10 samples of 20-d features).
+  auto f = torch::randn({10, 20}, torch::kFloat64);
+  auto s = feature_stats(f);
+  EXPECT_NEAR(frechet_distance(s, s), 0.0, 1e-6 * s.sigma.trace().item<double>());
+  auto full = feature_stats(torch::randn({200, 20}, torch::kFloat64));
+  EXPECT_NEAR(frechet_distance(full, full), 0.0, 1e-10);
+  EXPECT_EQ(s.count, 10);
+}
+
+TEST(Frechet, MatchesScipyReference) {
+  auto ref = load_npz(kFixtures + "fid_reference.npz");  // written compressed
+  FeatureStats a{npy_tensor(ref.at("mu1")), npy_tensor(ref.at("sigma1"))};
+  FeatureStats b{npy_tensor(ref.at("mu2")), npy_tensor(ref.at("sigma2"))};
+  const double expected = npy_tensor(ref.at("fid"))[0].item<double>();
+  EXPECT_LT(std::abs(frechet_distance(a, b) - expected) / expected, 1e-6);
+}
+
+TEST(Frechet, BadStatisticsRejected) {
+  FeatureStats a{torch::zeros({3}, torch::kFloat64), torch::eye(3, torch::kFloat64)};
+  FeatureStats b{torch::zeros({4}, torch::kFloat64), torch::eye(4, torch::kFloat64)};
+  EXPECT_THROW(frechet_distance(a, b), DataError);
+  FeatureStats nan{torch::full({3}, NAN, torch::kFloat64), torch::eye(3, torch::kFloat64)};
+  EXPECT_THROW(frechet_distance(a, nan), DataError);
+  EXPECT_THROW(feature_stats(torch::zeros({1, 3})), DataError);
+}
+
+TEST(Kid, MatchesDirectComputation) {
+  auto x = torch::randn({12, 5}, torch::kFloat64), y = torch::randn({12, 5}, torch::kFloat64) + 0.5;
+  auto k = [](const torch::Tensor& a, const torch::Tensor& b) { return std::pow(a.dot(b).item<double>() / 5 + 1, 3); };
+  double xx = 0, yy = 0, xy = 0;
+  for (int i = 0; i < 12; ++i)
+    for (int j = 0; j < 12; ++j) {
+      if (i != j) xx += k(x[i], x[j]), yy += k(y[i], y[j]);
+      xy += k(x[i], y[j]);
+    }
+  const double expected = xx / 132 + yy / 132 - 2 * xy / 144;
+  auto kid = kernel_inception_distance(x, y, 3, 12);  // subsets of everything: no randomness
+  EXPECT_NEAR(kid.mean, expected, 1e-9);
+  EXPECT_NEAR(kid.std, 0.0, 1e-9);
+  EXPECT_THROW(kernel_inception_distance(x, torch::randn({4, 3}, torch::kFloat64)), DataError);
+}
+
+TEST(Stats, FilesRoundTripAndForeignFilesRejected) {
+  s2dm::testing::TempDir dir;
+  auto s = feature_stats(torch::randn({30, 6}, torch::kFloat64));
+  save_stats(dir / "s.npz", s);
+  auto back = load_stats(dir / "s.npz");
+  EXPECT_TRUE(torch::equal(back.mu, s.mu));
+  EXPECT_TRUE(torch::equal(back.sigma, s.sigma));
+  auto plain = load_stats(kFixtures + "stats_plain.npz");  // np.savez
+  EXPECT_EQ(plain.mu.size(0), 64);
+  EXPECT_EQ(plain.sigma.size(1), 64);
+  EXPECT_THROW(load_stats(kFixtures + "fid_reference.npz"), DataError);  // no mu/sigma arrays
+  s2dm::testing::write_bytes(dir / "junk.npz", "PK\x03\x04 not really a zip");
+  EXPECT_THROW(load_stats(dir / "junk.npz"), IoError);
+  EXPECT_THROW(load_stats(dir / "missing.npz"), IoError);
+}
