@@ -112,8 +112,11 @@ void BM_InceptionFeatures(benchmark::State& state) {
   Setup s;
   s2dm::eval::FidInception net;
   net->eval();
+  s2dm::eval::FeatureExtractor inception{"inception", [net](const torch::Tensor& x) mutable {
+                                           return net->forward(x.to(torch::kFloat32) / 255.0);
+                                         }};
   auto images = torch::randint(0, 256, {50, 3, 32, 32}, torch::kUInt8);
-  for (auto _ : state) benchmark::DoNotOptimize(s2dm::eval::extract_features(net, images, 50, torch::kCPU, false));
+  for (auto _ : state) benchmark::DoNotOptimize(s2dm::eval::extract_features(inception, images, 50, torch::kCPU, false));
   state.SetItemsProcessed(state.iterations() * 50);
 }
 

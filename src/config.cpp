@@ -86,6 +86,9 @@ void visit(V& v, TrainConfig& c) {
   v("sample_num", c.sample_num, Range<int>{0, 4096});
   v("precision", c.precision, OneOf{{"bf16", "fp32"}});
   v("antithetic", c.antithetic, Any{});
+  v("eval_every", c.eval_every, Range<int64_t>{0, kMax});
+  v("eval_num", c.eval_num, Range<int>{2, 1000000});
+  v("eval_features", c.eval_features, Any{});
 }
 
 template <class V>
@@ -339,6 +342,8 @@ void validate_whole(const Config& c, const std::string& origin) {
     fail("diffusion.beta_end must not be smaller than diffusion.beta_start");
   if (c.loss.type == "s2dm" && c.loss.skip_k >= c.diffusion.num_timesteps)
     fail("loss.skip_k = " + std::to_string(c.loss.skip_k) + " must be below diffusion.num_timesteps");
+  if (c.train.eval_every > 0 && c.train.eval_features.empty())
+    fail("train.eval_every needs train.eval_features (inception[:WEIGHTS] or classifier:PATH)");
   if (c.sample.steps > c.diffusion.num_timesteps)
     fail("sample.steps = " + std::to_string(c.sample.steps) + " exceeds diffusion.num_timesteps = " +
          std::to_string(c.diffusion.num_timesteps));

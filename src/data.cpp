@@ -239,13 +239,15 @@ ImageSet read_image_folder(const std::string& dir, int size, int channels, const
   return {cached_decode(files, size, channels, cache_path, decode), {}, dir};
 }
 
-ImageSet load_dataset(const DataConfig& c) {
+ImageSet load_dataset(const DataConfig& c, bool train) {
   std::string path = c.path.empty() ? default_path(c.dataset) : c.path;
+  if (!train && c.dataset != "fmnist" && c.dataset != "cifar10")
+    throw DataError("data.dataset = " + c.dataset + " has no test split (fmnist and cifar10 have)");
   ImageSet set;
   if (c.dataset == "fmnist") {
-    set = read_fashion_mnist(path, true, c.image_size);
+    set = read_fashion_mnist(path, train, c.image_size);
   } else if (c.dataset == "cifar10") {
-    set = read_cifar10(path, true);
+    set = read_cifar10(path, train);
     if (c.image_size != 32) throw DataError("data.image_size = " + std::to_string(c.image_size) + ": CIFAR10 is 32x32");
   } else if (c.dataset == "celeba") {
     set = read_celeba(path, c.image_size, c.cache);

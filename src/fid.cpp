@@ -4,8 +4,10 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
+#include "s2dm/classifier.h"
 #include "s2dm/compat.h"
 #include "s2dm/errors.h"
 #include "s2dm/npy.h"
@@ -121,20 +123,47 @@ FeatureStats load_stats(const std::string& path) {
   return s;
 }
 
-torch::Tensor extract_features(FidInception& net, const torch::Tensor& images, int64_t batch,
+std::string default_inception_weights() {
+  const char* env = std::getenv("S2DM_INCEPTION_WEIGHTS");
+  return env ? env : "data/inception/pt_inception-2015-12-05-6726825d.safetensors";
+}
+
+FeatureExtractor make_feature_extractor(const std::string& spec, const torch::Device& device) {
+  if (spec == "inception" || spec.rfind("inception:", 0) == 0) {
+    FidInception net;
+    load_inception_weights(net, spec == "inception" ? default_inception_weights() : spec.substr(10));
+    net->to(device);
+    net->eval();
+    return {"inception", [net](const torch::Tensor& images) mutable {
+              return net->forward(images.to(torch::kFloat32) / 255.0);  // pytorch-fid takes [0, 1]
+            }};
+  }
+  if (spec.rfind("classifier:", 0) == 0) {
+    auto net = load_classifier(spec.substr(11));
+    net->to(device);
+    const int channels = net->spec().channels, size = net->spec().image_size;
+    return {net->spec().name, [net, channels, size](const torch::Tensor& images) mutable {
+              if (images.size(1) != channels || images.size(2) != size || images.size(3) != size)
+                throw DataError("the classifier '" + net->spec().name + "' takes " + std::to_string(channels) + "x" +
+                                std::to_string(size) + "x" + std::to_string(size) + " images, got " +
+                                c10::str(images.sizes().slice(1)));
+              return net->features(data::to_model_range(images));
+            }};
+  }
+  throw ConfigError("features '" + spec + "': expected inception, inception:WEIGHTS.safetensors or classifier:PATH");
+}
+
+torch::Tensor extract_features(const FeatureExtractor& extractor, const torch::Tensor& images, int64_t batch,
                                const torch::Device& device, bool show_progress) {
   if (images.dim() != 4 || (images.size(1) != 1 && images.size(1) != 3))
     throw DataError("images must be [N, 1|3, H, W], got " + c10::str(images.sizes()));
   torch::NoGradGuard no_grad;
   compat::NoTf32 fp32;  // (no autocast either: nothing here enables it)
-  net->eval();
-  net->to(device);
   const int64_t n = images.size(0);
-  Progress progress("inception features", n, "img");
+  Progress progress(extractor.name + " features", n, "img");
   std::vector<torch::Tensor> out;
   for (int64_t i = 0; i < n; i += batch) {
-    auto x = images.slice(0, i, std::min(n, i + batch)).to(device).to(torch::kFloat32) / 255.0;
-    out.push_back(net->forward(x).to(torch::kCPU, torch::kFloat64));
+    out.push_back(extractor.fn(images.slice(0, i, std::min(n, i + batch)).to(device)).to(torch::kCPU, torch::kFloat64));
     if (show_progress) progress.update(std::min(n, i + batch));
   }
   if (show_progress) progress.finish();

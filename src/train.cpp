@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <regex>
 
 #include "s2dm/checkpoint.h"
@@ -17,6 +18,7 @@
 #include "s2dm/data.h"
 #include "s2dm/device.h"
 #include "s2dm/errors.h"
+#include "s2dm/fid.h"
 #include "s2dm/file_io.h"
 #include "s2dm/generate.h"
 #include "s2dm/losses.h"
@@ -198,6 +200,30 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
     spdlog::info("checkpoint {}", path);
   };
 
+  std::ofstream metrics(metrics_path, std::ios::app);
+  // FID/FD of EMA samples against the training data, in the configured feature space.
+  std::optional<eval::FeatureExtractor> eval_features;
+  eval::FeatureStats eval_reference;
+  if (tc.eval_every > 0) {
+    eval_features = eval::make_feature_extractor(tc.eval_features, device);
+    auto reference = dataset.images.slice(0, 0, std::min<int64_t>(dataset.images.size(0), 10 * tc.eval_num));
+    eval_reference = eval::feature_stats(eval::extract_features(*eval_features, reference, 250, device, false));
+    spdlog::info("{} every {} steps: {} samples against {} training images", eval_features->distance_label(),
+                 tc.eval_every, tc.eval_num, reference.size(0));
+  }
+  auto evaluate = [&](int64_t at_step) {
+    auto generated = sample::generate(sample::unet_eps_model(ema, autocast), schedule, config.sample,
+                                      {config.data.channels, config.data.image_size, config.data.image_size},
+                                      device, config.seed + 1, tc.eval_num, {}, false);
+    auto images = data::to_uint8(generated.samples);
+    auto stats = eval::feature_stats(eval::extract_features(*eval_features, images, 250, device, false));
+    const double fd = eval::frechet_distance(stats, eval_reference);
+    nlohmann::ordered_json line{{"step", at_step}, {"fd", fd}, {"features", eval_features->name},
+                                {"eval_num", tc.eval_num}, {"nfe", generated.nfe}};
+    metrics << line.dump() << "\n" << std::flush;
+    spdlog::info("step {}: {} {:.4f}", at_step, eval_features->distance_label(), fd);
+  };
+
   auto sample_grid = [&](int64_t at_step) {
     if (tc.sample_num <= 0) return;
     auto generated = sample::generate(sample::unet_eps_model(ema, autocast), schedule, config.sample,
@@ -209,7 +235,6 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
   };
 
   StopSignals signals;
-  std::ofstream metrics(metrics_path, std::ios::app);
   const int64_t start_step = step;
   Progress progress("train", tc.steps - start_step, "step");
   double sum_loss = 0, sum_simple = 0, sum_skip = 0, sum_norm = 0;
@@ -275,10 +300,15 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
       sample_grid(step);
       unet->train();
     }
+    if (eval_features && step % tc.eval_every == 0 && step != tc.steps) {
+      evaluate(step);
+      unet->train();
+    }
   }
   progress.finish();
   if (step > start_step || !fs::exists(latest_checkpoint(run_dir))) save(step);
   sample_grid(step);
+  if (eval_features && step > start_step) evaluate(step);
   return {run_dir, step, false};
 }
 

@@ -61,6 +61,9 @@ struct TrainConfig {
   int sample_num = 64;
   std::string precision = "bf16";  // bf16 | fp32 (autocast on CUDA; CPU is always fp32)
   bool antithetic = true;
+  int64_t eval_every = 0;          // FID/FD of EMA samples every N steps (0 = never)
+  int eval_num = 1000;             // samples per evaluation (and at most 10x that many data images)
+  std::string eval_features;       // inception[:WEIGHTS] | classifier:PATH (required with eval_every)
 };
 
 struct SampleConfig {

@@ -16,9 +16,10 @@ struct ImageSet {
   std::string source;    // where it came from, for logs
 };
 
-// The data set `config` names (training split), cropped/resized/padded to its image size and
-// channel count, limited to `config.limit` images. Throws DataError naming the file.
-ImageSet load_dataset(const DataConfig& config);
+// The data set `config` names, cropped/resized/padded to its image size and channel count,
+// limited to `config.limit` images. `train` = false reads the test split (fmnist and cifar10
+// only). Throws DataError naming the file.
+ImageSet load_dataset(const DataConfig& config, bool train = true);
 // Where a data set is looked for when `data.path` is empty.
 std::string default_path(const std::string& dataset);
 

@@ -3,6 +3,7 @@
 // feature extraction with the FID Inception.
 #include <torch/types.h>
 
+#include <functional>
 #include <string>
 
 #include "s2dm/inception.h"
@@ -36,8 +37,25 @@ Kid kernel_inception_distance(const torch::Tensor& a, const torch::Tensor& b, in
 void save_stats(const std::string& path, const FeatureStats& stats);
 FeatureStats load_stats(const std::string& path);
 
-// Features of uint8 images [N, C, H, W] (C = 1 or 3), in batches on `device`, with progress.
-torch::Tensor extract_features(FidInception& net, const torch::Tensor& images, int64_t batch,
+// A feature space: maps a batch of uint8 images [N, C, H, W] (on the network's device) to
+// features [N, D].
+struct FeatureExtractor {
+  std::string name;  // "inception", or the classifier's name ("fmnist-cnn")
+  std::function<torch::Tensor(const torch::Tensor& images)> fn;
+  bool is_inception() const { return name == "inception"; }
+  // "FID[inception]" or "FD[fmnist-cnn]": what a distance in this space is called.
+  std::string distance_label() const { return (is_inception() ? "FID[" : "FD[") + name + "]"; }
+};
+
+// Where the Inception weights are looked for by default: $S2DM_INCEPTION_WEIGHTS, else
+// data/inception/pt_inception-2015-12-05-6726825d.safetensors.
+std::string default_inception_weights();
+// "inception", "inception:WEIGHTS.safetensors" or "classifier:PATH", loaded onto `device`.
+// Throws ConfigError for an unknown spec, CheckpointError for unreadable weights.
+FeatureExtractor make_feature_extractor(const std::string& spec, const torch::Device& device);
+
+// Features of uint8 images [N, C, H, W] (CPU), in batches on `device`, with progress; float64.
+torch::Tensor extract_features(const FeatureExtractor& extractor, const torch::Tensor& images, int64_t batch,
                                const torch::Device& device, bool show_progress = true);
 
 }  // namespace s2dm::eval

@@ -15,5 +15,6 @@ int samplers(int argc, char** argv);
 int export_weights(int argc, char** argv);
 int fid(int argc, char** argv);
 int fid_stats(int argc, char** argv);
+int train_classifier(int argc, char** argv);
 
 }  // namespace s2dm::cli

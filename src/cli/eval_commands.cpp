@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "s2dm/classifier.h"
 #include "s2dm/config.h"
 #include "s2dm/data.h"
 #include "s2dm/device.h"
@@ -23,32 +24,28 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Where the Inception weights are looked for when --features names none.
-std::string default_inception_weights() {
-  const char* env = std::getenv("S2DM_INCEPTION_WEIGHTS");
-  return env ? env : "data/inception/pt_inception-2015-12-05-6726825d.safetensors";
-}
-
-// The feature space named by --features: "inception" or "inception:PATH".
-struct FeatureSpace {
-  std::string name, weights;
-  eval::FidInception net{nullptr};
-  eval::FidInception& network() {
-    if (!net) {
-      net = eval::FidInception();
-      eval::load_inception_weights(net, weights);
-    }
-    return net;
+// The feature space named by --features, loaded on first use (statistics files need none).
+class FeatureSpace {
+ public:
+  FeatureSpace(std::string spec, torch::Device device) : spec_(std::move(spec)), device_(device) {
+    if (spec_ != "inception" && spec_.rfind("inception:", 0) != 0 && spec_.rfind("classifier:", 0) != 0)
+      throw UsageError("--features " + spec_ + ": expected inception, inception:WEIGHTS.safetensors or classifier:PATH");
   }
-};
+  const eval::FeatureExtractor& extractor() {
+    if (!extractor_.fn) extractor_ = eval::make_feature_extractor(spec_, device_);
+    return extractor_;
+  }
+  // The name before loading: "inception" or what the classifier file says.
+  std::string label() {
+    return spec_.rfind("classifier:", 0) == 0 ? extractor().distance_label() : "FID[inception]";
+  }
+  std::string name() { return spec_.rfind("classifier:", 0) == 0 ? extractor().name : "inception"; }
 
-FeatureSpace feature_space(const std::string& spec) {
-  if (spec == "inception") return {"inception", default_inception_weights()};
-  if (spec.rfind("inception:", 0) == 0) return {"inception", spec.substr(10)};
-  if (spec.rfind("classifier:", 0) == 0)
-    throw UsageError("--features " + spec + ": classifier features are not available yet (use inception)");
-  throw UsageError("--features " + spec + ": expected inception[:WEIGHTS.safetensors]");
-}
+ private:
+  std::string spec_;
+  torch::Device device_;
+  eval::FeatureExtractor extractor_;
+};
 
 // uint8 NCHW images of a folder of equally sized PNG/JPEG files.
 torch::Tensor folder_images(const std::string& dir) {
@@ -81,6 +78,7 @@ struct Source {
 
 Source resolve_source(const std::string& arg, FeatureSpace& space, int64_t num, int64_t batch,
                       const torch::Device& device) {
+  if (!fs::exists(arg)) throw DataError(arg + ": not found");
   Source src;
   torch::Tensor images;
   const std::string ext = fs::path(arg).extension().string();
@@ -107,14 +105,14 @@ Source resolve_source(const std::string& arg, FeatureSpace& space, int64_t num, 
   }
   if (num > 0 && num < images.size(0)) images = images.slice(0, 0, num);
   src.description = arg + " (" + std::to_string(images.size(0)) + " images)";
-  src.features = eval::extract_features(space.network(), images, batch, device);
+  src.features = eval::extract_features(space.extractor(), images, batch, device);
   src.stats = eval::feature_stats(src.features);
   return src;
 }
 
 void common_options(cxxopts::Options& options) {
-  options.add_options()("features", "inception[:WEIGHTS.safetensors] (default weights: $S2DM_INCEPTION_WEIGHTS or "
-                                    "data/inception/pt_inception-2015-12-05-6726825d.safetensors)",
+  options.add_options()("features", "inception[:WEIGHTS.safetensors] or classifier:PATH (default Inception weights: "
+                                    "$S2DM_INCEPTION_WEIGHTS or data/inception/pt_inception-2015-12-05-6726825d.safetensors)",
                         cxxopts::value<std::string>()->default_value("inception"))(
       "num", "use the first N images of each source (0 = all)", cxxopts::value<int64_t>()->default_value("0"))(
       "batch", "feature-extraction batch size", cxxopts::value<int64_t>()->default_value("100"))(
@@ -134,9 +132,10 @@ int fid_stats(int argc, char** argv) {
   if (!r) return 0;
   if (!r->count("source") || !r->count("out")) throw UsageError("fid-stats: SOURCE and --out are required");
   set_cpu_threads((*r)["threads"].as<int>());
-  auto space = feature_space((*r)["features"].as<std::string>());
+  const auto device = resolve_device((*r)["device"].as<std::string>());
+  FeatureSpace space((*r)["features"].as<std::string>(), device);
   auto src = resolve_source((*r)["source"].as<std::string>(), space, (*r)["num"].as<int64_t>(),
-                            (*r)["batch"].as<int64_t>(), resolve_device((*r)["device"].as<std::string>()));
+                            (*r)["batch"].as<int64_t>(), device);
   eval::save_stats((*r)["out"].as<std::string>(), src.stats);
   std::cout << "wrote " << (*r)["out"].as<std::string>() << " from " << src.description << "\n";
   return 0;
@@ -152,8 +151,8 @@ int fid(int argc, char** argv) {
   if (!r) return 0;
   if (!r->count("a") || !r->count("b")) throw UsageError("fid: two sources A and B are required");
   set_cpu_threads((*r)["threads"].as<int>());
-  auto space = feature_space((*r)["features"].as<std::string>());
   const auto device = resolve_device((*r)["device"].as<std::string>());
+  FeatureSpace space((*r)["features"].as<std::string>(), device);
   const auto num = (*r)["num"].as<int64_t>();
   const auto batch = (*r)["batch"].as<int64_t>();
   auto a = resolve_source((*r)["a"].as<std::string>(), space, num, batch, device);
@@ -167,15 +166,52 @@ int fid(int argc, char** argv) {
   }
   out["num_a"] = a.stats.count;
   out["num_b"] = b.stats.count;
-  out["features"] = space.name;
+  out["features"] = space.name();
   if (r->count("json")) {
     std::cout << out.dump() << "\n";
   } else {
-    std::printf("FID[%s] %.4f\n", space.name.c_str(), value);
+    std::printf("%s %.4f\n", space.label().c_str(), value);
     if (out.contains("kid_mean"))
-      std::printf("KID[%s] %.6f ± %.6f\n", space.name.c_str(), out["kid_mean"].get<double>(), out["kid_std"].get<double>());
+      std::printf("KID[%s] %.6f ± %.6f\n", space.name().c_str(), out["kid_mean"].get<double>(), out["kid_std"].get<double>());
     std::printf("A: %s\nB: %s\n", a.description.c_str(), b.description.c_str());
   }
+  return 0;
+}
+
+int train_classifier(int argc, char** argv) {
+  cxxopts::Options options("s2dm train-classifier",
+                           "Train the small CNN whose features measure FD[<data>-cnn] on labelled data.");
+  options.add_options()("data", "data config (fmnist or cifar10: train split to train, test split to test)",
+                        cxxopts::value<std::string>())("out", "classifier file to write", cxxopts::value<std::string>())(
+      "epochs", "epochs", cxxopts::value<int>()->default_value("2"))(
+      "batch", "batch size", cxxopts::value<int64_t>()->default_value("128"))(
+      "limit", "use the first N training images (0 = all)", cxxopts::value<int64_t>()->default_value("0"))(
+      "seed", "random seed", cxxopts::value<uint64_t>()->default_value("0"))(
+      "device", "auto | cpu | cuda", cxxopts::value<std::string>()->default_value("auto"))(
+      "threads", "CPU threads (0 = all cores)", cxxopts::value<int>()->default_value("0"));
+  auto r = parse_options(options, argc, argv);
+  if (!r) return 0;
+  if (!r->count("data") || !r->count("out")) throw UsageError("train-classifier: --data and --out are required");
+  set_cpu_threads((*r)["threads"].as<int>());
+  const auto device = resolve_device((*r)["device"].as<std::string>());
+  auto config = load_config((*r)["data"].as<std::string>());
+  auto test = data::load_dataset(config.data, false);
+  config.data.limit = (*r)["limit"].as<int64_t>();
+  auto train = data::load_dataset(config.data, true);
+  eval::ClassifierSpec spec;
+  spec.channels = config.data.channels;
+  spec.image_size = config.data.image_size;
+  spec.num_classes = static_cast<int>(train.labels.max().item<int64_t>()) + 1;
+  spec.name = config.data.dataset + "-cnn";
+  eval::Classifier net(spec);
+  eval::ClassifierTraining training;
+  training.epochs = (*r)["epochs"].as<int>();
+  training.batch = (*r)["batch"].as<int64_t>();
+  training.seed = (*r)["seed"].as<uint64_t>();
+  const double accuracy = eval::train_classifier(net, train, test, training, device);
+  eval::save_classifier((*r)["out"].as<std::string>(), net, accuracy);
+  std::printf("classifier %s: test accuracy %.2f %% on %ld images; wrote %s\n", spec.name.c_str(), 100 * accuracy,
+              static_cast<long>(test.images.size(0)), (*r)["out"].as<std::string>().c_str());
   return 0;
 }
 

@@ -28,6 +28,7 @@ const std::map<std::string, Command>& commands() {
       {"samplers", {s2dm::cli::samplers, "list the samplers, their options and NFE"}},
       {"fid", {s2dm::cli::fid, "FID (and KID) between two image sets or statistics files"}},
       {"fid-stats", {s2dm::cli::fid_stats, "write FID statistics (mu, sigma) of an image set"}},
+      {"train-classifier", {s2dm::cli::train_classifier, "train the CNN behind --features classifier:PATH"}},
       {"export", {s2dm::cli::export_weights, "write a checkpoint's weights as safetensors"}},
   };
   return table;
@@ -36,7 +37,7 @@ const std::map<std::string, Command>& commands() {
 void usage(std::ostream& out) {
   out << "s2dm: diffusion models with skip-step training (S²-DMs) and fast samplers\n\n"
          "usage: s2dm <command> [options]   (s2dm <command> --help for its options)\n\ncommands:\n";
-  for (const auto& [name, cmd] : commands()) out << "  " << name << std::string(10 - name.size(), ' ') << cmd.summary << "\n";
+  for (const auto& [name, cmd] : commands()) out << "  " << name << std::string(name.size() < 18 ? 18 - name.size() : 1, ' ') << cmd.summary << "\n";
 }
 
 }  // namespace

@@ -74,7 +74,7 @@ TEST_F(Cli, HelpAndInfo) {
   auto r = run("--help");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("train"), std::string::npos);
-  for (const char* cmd : {"train", "sample", "samplers", "export", "info", "fid", "fid-stats"}) EXPECT_EQ(run(std::string(cmd) + " --help").code, 0) << cmd;
+  for (const char* cmd : {"train", "sample", "samplers", "export", "info", "fid", "fid-stats", "train-classifier"}) EXPECT_EQ(run(std::string(cmd) + " --help").code, 0) << cmd;
   r = run("info --device cpu");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("libtorch:"), std::string::npos);
@@ -265,6 +265,26 @@ TEST_F(Cli, FidStatsAndFid) {
                     "none.st");
   save_npz(dir / "other.npz", {{"x", images(3)}});
   expect_user_error(run("fid " + (dir / "other.npz") + " " + (dir / "b.npz") + features), "neither statistics");
+}
+
+TEST_F(Cli, TrainingEvaluatesFdAndClassifierCommand) {
+  // A classifier trained briefly on the fake data (with a fake test split), then FD of EMA
+  // samples during training.
+  s2dm::testing::write_fake_fmnist(dir / "fmnist", 16, "t10k");
+  s2dm::testing::write_bytes(dir / "data.yaml", "data:\n  dataset: fmnist\n  path: " + (dir / "fmnist") + "\n");
+  auto r = run("train-classifier --data " + (dir / "data.yaml") + " --out " + (dir / "c.safetensors") + " --epochs 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("test accuracy"), std::string::npos) << r.output;
+  train(dir / "run", "--set train.eval_every=3 --set train.eval_num=4 --set train.eval_features=classifier:" +
+                         (dir / "c.safetensors"));
+  auto metrics = s2dm::testing::read_bytes(dir / "run/metrics.jsonl");
+  EXPECT_EQ(std::count(metrics.begin(), metrics.end(), '\n'), 8);  // 6 loss lines, 2 evaluations
+  EXPECT_NE(metrics.find("\"fd\""), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("\"features\":\"fmnist-cnn\""), std::string::npos) << metrics;
+  r = run("fid " + (dir / "run/samples") + " " + (dir / "data.yaml") + " --features classifier:" + (dir / "c.safetensors"));
+  EXPECT_NE(r.code, 0);  // a folder of grids has the wrong image size for the classifier
+  expect_user_error(run("train --config " + kTiny + " " + data + " --run-dir " + (dir / "r2") + " --set train.eval_every=2"),
+                    "eval_features");
 }
 
 TEST_F(Cli, SigtermWritesACheckpoint) {

@@ -10,6 +10,8 @@
 
 #include "../test_util.h"
 #include "s2dm/checkpoint.h"
+#include "s2dm/classifier.h"
+#include "s2dm/data.h"
 #include "s2dm/errors.h"
 #include "s2dm/fid.h"
 #include "s2dm/inception.h"
@@ -189,4 +191,41 @@ TEST(Stats, FilesRoundTripAndForeignFilesRejected) {
   s2dm::testing::write_bytes(dir / "junk.npz", "PK\x03\x04 not really a zip");
   EXPECT_THROW(load_stats(dir / "junk.npz"), IoError);
   EXPECT_THROW(load_stats(dir / "missing.npz"), IoError);
+}
+
+TEST(Classifier, TrainsOnRealFashionMnistAndSeparatesDistributions) {
+  const std::string dir = "/usr/share/datasets/fashion-mnist";
+  if (!std::filesystem::exists(dir + "/t10k-images-idx3-ubyte.gz"))
+    GTEST_SKIP() << "dataset-fashion-mnist is not installed (scripts/setup.sh installs it)";
+  torch::set_num_threads(1);
+  auto train = data::read_fashion_mnist(dir, true, 32);
+  train.images = train.images.slice(0, 0, 6000);
+  train.labels = train.labels.slice(0, 0, 6000);
+  auto test = data::read_fashion_mnist(dir, false, 32);
+  test.images = test.images.slice(0, 0, 2000);
+  test.labels = test.labels.slice(0, 0, 2000);
+  ClassifierSpec spec;
+  spec.name = "fmnist-cnn";
+  Classifier net(spec);
+  ClassifierTraining training;
+  training.epochs = 2;
+  const double accuracy = train_classifier(net, train, test, training, torch::kCPU);
+  EXPECT_GT(accuracy, 0.70);  // 10 classes: chance is 0.10
+
+  s2dm::testing::TempDir tmp;
+  save_classifier(tmp / "c.safetensors", net, accuracy);
+  auto features = make_feature_extractor("classifier:" + (tmp / "c.safetensors"), torch::kCPU);
+  EXPECT_EQ(features.name, "fmnist-cnn");
+  EXPECT_EQ(features.distance_label(), "FD[fmnist-cnn]");
+  auto half = [&](int64_t from) {
+    return feature_stats(extract_features(features, test.images.slice(0, from, from + 1000), 500, torch::kCPU, false));
+  };
+  auto noise = torch::randint(0, 256, {1000, 1, 32, 32}, torch::kUInt8);
+  auto noise_stats = feature_stats(extract_features(features, noise, 500, torch::kCPU, false));
+  const double same = frechet_distance(half(0), half(1000)), different = frechet_distance(half(0), noise_stats);
+  EXPECT_LT(same * 20, different) << same << " vs " << different;
+  // Images of another shape are refused.
+  EXPECT_THROW(features.fn(torch::zeros({1, 3, 32, 32}, torch::kUInt8)), DataError);
+  EXPECT_THROW(make_feature_extractor("classifier:" + (tmp / "none"), torch::kCPU), CheckpointError);
+  EXPECT_THROW(make_feature_extractor("vgg", torch::kCPU), ConfigError);
 }
