@@ -106,8 +106,8 @@ torch::Tensor from_npy(const NpyArray& a, const std::string& origin) {
 
 }  // namespace
 
-void save_stats(const std::string& path, const FeatureStats& s) {
-  save_npz(path, {{"mu", to_npy(s.mu)}, {"sigma", to_npy(s.sigma)}});
+void save_stats(const std::string& path, const FeatureStats& s, bool compress) {
+  save_npz(path, {{"mu", to_npy(s.mu)}, {"sigma", to_npy(s.sigma)}}, compress);
 }
 
 FeatureStats load_stats(const std::string& path) {

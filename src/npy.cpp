@@ -89,6 +89,22 @@ uint32_t get16(const std::string& s, size_t at) {
 }
 uint32_t get32(const std::string& s, size_t at) { return get16(s, at) | get16(s, at + 2) << 16; }
 
+std::string deflate_raw(const std::string& in) {
+  z_stream z{};
+  if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -MAX_WBITS, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+    throw IoError("zlib init failed");
+  std::string out(deflateBound(&z, static_cast<uLong>(in.size())), '\0');
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+  z.avail_in = static_cast<uInt>(in.size());
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = static_cast<uInt>(out.size());
+  int rc = deflate(&z, Z_FINISH);
+  out.resize(z.total_out);
+  deflateEnd(&z);
+  if (rc != Z_STREAM_END) throw IoError("deflate failed");
+  return out;
+}
+
 std::string inflate_raw(const std::string& in, size_t out_size, const std::string& origin) {
   std::string out(out_size, '\0');
   z_stream z{};
@@ -105,7 +121,7 @@ std::string inflate_raw(const std::string& in, size_t out_size, const std::strin
 
 }  // namespace
 
-void save_npz(const std::string& path, const std::map<std::string, NpyArray>& arrays) {
+void save_npz(const std::string& path, const std::map<std::string, NpyArray>& arrays, bool compress) {
   std::string out, central;
   uint16_t count = 0;
   for (const auto& [name, array] : arrays) {
@@ -113,14 +129,15 @@ void save_npz(const std::string& path, const std::map<std::string, NpyArray>& ar
     if (data.size() >= 0xffffffffu || out.size() >= 0xffffffffu)
       throw IoError(path + ": member '" + name + "' too large for a zip without zip64");
     uint32_t crc = crc32_of(data.data(), data.size()), offset = static_cast<uint32_t>(out.size());
+    const std::string stored = compress ? deflate_raw(data) : data;
     auto common = [&](std::string& s) {
-      put16(s, 20), put16(s, 0), put16(s, 0), put16(s, 0), put16(s, 0x21);  // version, flags, stored, time, date
-      put32(s, crc), put32(s, static_cast<uint32_t>(data.size())), put32(s, static_cast<uint32_t>(data.size()));
+      put16(s, 20), put16(s, 0), put16(s, compress ? 8 : 0), put16(s, 0), put16(s, 0x21);  // version, flags, method, time, date
+      put32(s, crc), put32(s, static_cast<uint32_t>(stored.size())), put32(s, static_cast<uint32_t>(data.size()));
       put16(s, static_cast<uint32_t>(member.size())), put16(s, 0);
     };
     put32(out, 0x04034b50);
     common(out);
-    out += member + data;
+    out += member + stored;
     put32(central, 0x02014b50);
     put16(central, 20);
     common(central);

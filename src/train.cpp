@@ -204,10 +204,12 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
   // FID/FD of EMA samples against the training data, in the configured feature space.
   std::optional<eval::FeatureExtractor> eval_features;
   eval::FeatureStats eval_reference;
+  torch::Tensor eval_reference_features;
   if (tc.eval_every > 0) {
     eval_features = eval::make_feature_extractor(tc.eval_features, device);
     auto reference = dataset.images.slice(0, 0, std::min<int64_t>(dataset.images.size(0), 10 * tc.eval_num));
-    eval_reference = eval::feature_stats(eval::extract_features(*eval_features, reference, 250, device, false));
+    eval_reference_features = eval::extract_features(*eval_features, reference, 250, device, false);
+    eval_reference = eval::feature_stats(eval_reference_features);
     spdlog::info("{} every {} steps: {} samples against {} training images", eval_features->distance_label(),
                  tc.eval_every, tc.eval_num, reference.size(0));
   }
@@ -216,10 +218,11 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
                                       {config.data.channels, config.data.image_size, config.data.image_size},
                                       device, config.seed + 1, tc.eval_num, {}, false);
     auto images = data::to_uint8(generated.samples);
-    auto stats = eval::feature_stats(eval::extract_features(*eval_features, images, 250, device, false));
-    const double fd = eval::frechet_distance(stats, eval_reference);
-    nlohmann::ordered_json line{{"step", at_step}, {"fd", fd}, {"features", eval_features->name},
-                                {"eval_num", tc.eval_num}, {"nfe", generated.nfe}};
+    auto features = eval::extract_features(*eval_features, images, 250, device, false);
+    const double fd = eval::frechet_distance(eval::feature_stats(features), eval_reference);
+    const auto kid = eval::kernel_inception_distance(features, eval_reference_features);
+    nlohmann::ordered_json line{{"step", at_step}, {"fd", fd}, {"kid_mean", kid.mean}, {"kid_std", kid.std},
+                                {"features", eval_features->name}, {"eval_num", tc.eval_num}, {"nfe", generated.nfe}};
     metrics << line.dump() << "\n" << std::flush;
     spdlog::info("step {}: {} {:.4f}", at_step, eval_features->distance_label(), fd);
   };

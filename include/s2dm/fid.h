@@ -34,7 +34,7 @@ Kid kernel_inception_distance(const torch::Tensor& a, const torch::Tensor& b, in
 
 // .npz with mu and sigma (float64). load_stats reads plain and compressed files (np.savez,
 // np.savez_compressed); float32 statistics are widened. Throws IoError / DataError.
-void save_stats(const std::string& path, const FeatureStats& stats);
+void save_stats(const std::string& path, const FeatureStats& stats, bool compress = false);
 FeatureStats load_stats(const std::string& path);
 
 // A feature space: maps a batch of uint8 images [N, C, H, W] (on the network's device) to

@@ -22,8 +22,9 @@ NpyArray from_npy_bytes(const std::string& bytes, const std::string& origin);
 NpyArray load_npy(const std::string& path);
 void save_npy(const std::string& path, const NpyArray& array);
 
-// npz: member names without the ".npy" suffix.
-void save_npz(const std::string& path, const std::map<std::string, NpyArray>& arrays);
+// npz: member names without the ".npy" suffix; `compress` deflates the members
+// (np.savez_compressed) instead of storing them (np.savez).
+void save_npz(const std::string& path, const std::map<std::string, NpyArray>& arrays, bool compress = false);
 std::map<std::string, NpyArray> load_npz(const std::string& path);
 
 }  // namespace s2dm

@@ -126,6 +126,7 @@ int fid_stats(int argc, char** argv) {
   cxxopts::Options options("s2dm fid-stats", "Write FID statistics (mu, sigma) of SOURCE.");
   common_options(options);
   options.add_options()("out", "statistics .npz to write", cxxopts::value<std::string>())(
+      "compress", "write a compressed .npz (as np.savez_compressed)")(
       "source", "a samples .npz, a folder of images, or a data config", cxxopts::value<std::string>());
   options.parse_positional({"source"});
   auto r = parse_options(options, argc, argv);
@@ -136,7 +137,7 @@ int fid_stats(int argc, char** argv) {
   FeatureSpace space((*r)["features"].as<std::string>(), device);
   auto src = resolve_source((*r)["source"].as<std::string>(), space, (*r)["num"].as<int64_t>(),
                             (*r)["batch"].as<int64_t>(), device);
-  eval::save_stats((*r)["out"].as<std::string>(), src.stats);
+  eval::save_stats((*r)["out"].as<std::string>(), src.stats, r->count("compress") > 0);
   std::cout << "wrote " << (*r)["out"].as<std::string>() << " from " << src.description << "\n";
   return 0;
 }

@@ -36,15 +36,18 @@ torch::Tensor adams_bashforth(const History& e, int order) {
 
 double alpha_at(const Grid& grid, double t) { return grid.schedule->alpha_bar(t); }
 
-}  // namespace
+// The pseudo linear multistep loop shared by the family: `warmup_steps` starting steps of the
+// given kind (each storing the ε at its start), then Adams–Bashforth of the highest order the
+// history allows, up to `max_order`.
+enum class Warmup { kImprovedEuler, kRungeKutta };
 
-torch::Tensor sample_pndm(const EpsModel& model, torch::Tensor x, const Grid& grid, const SamplerOptions&,
-                          const Callback& callback) {
+torch::Tensor pseudo_multistep(const EpsModel& model, torch::Tensor x, const Grid& grid, const Callback& callback,
+                               Warmup warmup, int warmup_steps, int max_order) {
   History history;
   for (int i = 0; i < grid.steps(); ++i) {
     const double t = grid.t[i], t_next = grid.t[i + 1], a = grid.alpha_bar[i], a_next = grid.alpha_bar[i + 1];
     torch::Tensor e;
-    if (i < 3) {
+    if (i < warmup_steps && warmup == Warmup::kRungeKutta) {
       // Pseudo Runge–Kutta (4 evaluations), midpoint t_m = (t + t')/2.
       const double t_mid = 0.5 * (t + t_next), a_mid = alpha_at(grid, t_mid);
       auto e1 = eval_eps(model, x, t);
@@ -53,31 +56,15 @@ torch::Tensor sample_pndm(const EpsModel& model, torch::Tensor x, const Grid& gr
       auto e4 = eval_eps(model, transfer(x, e3, a, a_next), t_next);
       e = (e1 + 2 * e2 + 2 * e3 + e4) / 6;
       history.push(e1);
-    } else {
-      history.push(eval_eps(model, x, t));
-      e = adams_bashforth(history, 4);
-    }
-    x = transfer(x, e, a, a_next);
-    if (callback) callback({i, grid.steps(), t, x});
-  }
-  return x;
-}
-
-torch::Tensor sample_spndm(const EpsModel& model, torch::Tensor x, const Grid& grid, const SamplerOptions&,
-                           const Callback& callback) {
-  History history;
-  for (int i = 0; i < grid.steps(); ++i) {
-    const double t = grid.t[i], t_next = grid.t[i + 1], a = grid.alpha_bar[i], a_next = grid.alpha_bar[i + 1];
-    torch::Tensor e;
-    if (i == 0) {
-      // Pseudo improved Euler.
+    } else if (i < warmup_steps) {
+      // Pseudo improved Euler (= diffusers' PLMS restart with the averaged ε): 2 evaluations.
       auto e1 = eval_eps(model, x, t);
       auto e2 = eval_eps(model, transfer(x, e1, a, a_next), t_next);
       e = (e1 + e2) / 2;
       history.push(e1);
     } else {
       history.push(eval_eps(model, x, t));
-      e = adams_bashforth(history, 2);
+      e = adams_bashforth(history, std::min(static_cast<int>(history.size()), max_order));
     }
     x = transfer(x, e, a, a_next);
     if (callback) callback({i, grid.steps(), t, x});
@@ -85,27 +72,23 @@ torch::Tensor sample_spndm(const EpsModel& model, torch::Tensor x, const Grid& g
   return x;
 }
 
+}  // namespace
+
+torch::Tensor sample_pndm(const EpsModel& model, torch::Tensor x, const Grid& grid, const SamplerOptions&,
+                          const Callback& callback) {
+  return pseudo_multistep(model, std::move(x), grid, callback, Warmup::kRungeKutta, 3, 4);
+}
+
+torch::Tensor sample_spndm(const EpsModel& model, torch::Tensor x, const Grid& grid, const SamplerOptions&,
+                           const Callback& callback) {
+  return pseudo_multistep(model, std::move(x), grid, callback, Warmup::kImprovedEuler, 1, 2);
+}
+
 torch::Tensor sample_plms(const EpsModel& model, torch::Tensor x, const Grid& grid, const SamplerOptions&,
                           const Callback& callback) {
-  // diffusers' PNDM with skip_prk_steps: an Euler step, restarted from the same point with the
-  // average of both ε (2 evaluations), then Adams–Bashforth of order 2, 3, 4.
-  History history;
-  for (int i = 0; i < grid.steps(); ++i) {
-    const double t = grid.t[i], t_next = grid.t[i + 1], a = grid.alpha_bar[i], a_next = grid.alpha_bar[i + 1];
-    torch::Tensor e;
-    if (i == 0) {
-      auto e0 = eval_eps(model, x, t);
-      auto e1 = eval_eps(model, transfer(x, e0, a, a_next), t_next);
-      e = (e0 + e1) / 2;
-      history.push(e0);
-    } else {
-      history.push(eval_eps(model, x, t));
-      e = adams_bashforth(history, std::min<int>(static_cast<int>(history.size()), 4));
-    }
-    x = transfer(x, e, a, a_next);
-    if (callback) callback({i, grid.steps(), t, x});
-  }
-  return x;
+  // diffusers' PNDM with skip_prk_steps: the Euler step restarted with the averaged ε, then
+  // Adams–Bashforth of order 2, 3, 4.
+  return pseudo_multistep(model, std::move(x), grid, callback, Warmup::kImprovedEuler, 1, 4);
 }
 
 }  // namespace s2dm::sample

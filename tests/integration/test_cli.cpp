@@ -239,7 +239,7 @@ TEST_F(Cli, FidStatsAndFid) {
   save_npz(dir / "a.npz", {{"arr_0", images(1)}});
   save_npz(dir / "b.npz", {{"arr_0", images(2)}});
 
-  auto r = run("fid-stats " + (dir / "a.npz") + " --out " + (dir / "a_stats.npz") + features);
+  auto r = run("fid-stats " + (dir / "a.npz") + " --compress --out " + (dir / "a_stats.npz") + features);
   ASSERT_EQ(r.code, 0) << r.output;
   auto stats = load_npz(dir / "a_stats.npz");
   EXPECT_EQ(stats.at("mu").shape, (std::vector<int64_t>{2048}));
@@ -280,6 +280,7 @@ TEST_F(Cli, TrainingEvaluatesFdAndClassifierCommand) {
   auto metrics = s2dm::testing::read_bytes(dir / "run/metrics.jsonl");
   EXPECT_EQ(std::count(metrics.begin(), metrics.end(), '\n'), 8);  // 6 loss lines, 2 evaluations
   EXPECT_NE(metrics.find("\"fd\""), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("\"kid_mean\""), std::string::npos) << metrics;
   EXPECT_NE(metrics.find("\"features\":\"fmnist-cnn\""), std::string::npos) << metrics;
   r = run("fid " + (dir / "run/samples") + " " + (dir / "data.yaml") + " --features classifier:" + (dir / "c.safetensors"));
   EXPECT_NE(r.code, 0);  // a folder of grids has the wrong image size for the classifier

@@ -165,6 +165,14 @@ TEST(Npy, NpzStoredRoundTripAndCrcCheck) {
   EXPECT_THROW(load_npz(dir / "bad.npz"), IoError);
 }
 
+TEST(Npy, NpzCompressedRoundTrip) {
+  TempDir dir;
+  NpyArray big{"<f8", {1000}, std::string(8000, '\0')};  // compresses well
+  save_npz(dir / "c.npz", {{"mu", big}}, true);
+  EXPECT_LT(std::filesystem::file_size(dir / "c.npz"), 2000u);
+  EXPECT_EQ(load_npz(dir / "c.npz").at("mu").data, big.data);
+}
+
 TEST(Images, PngRoundTrip) {
   TempDir dir;
   Image img{3, 2, 3, {}};
