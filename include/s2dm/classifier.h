@@ -34,7 +34,7 @@ TORCH_MODULE(Classifier);
 struct ClassifierTraining {
   int epochs = 2;
   int64_t batch = 128;
-  double lr = 2e-3;
+  double lr = 5e-3;
   uint64_t seed = 0;
 };
 

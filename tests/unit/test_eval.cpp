@@ -199,18 +199,19 @@ TEST(Classifier, TrainsOnRealFashionMnistAndSeparatesDistributions) {
     GTEST_SKIP() << "dataset-fashion-mnist is not installed (scripts/setup.sh installs it)";
   torch::set_num_threads(1);
   auto train = data::read_fashion_mnist(dir, true, 32);
-  train.images = train.images.slice(0, 0, 6000);
-  train.labels = train.labels.slice(0, 0, 6000);
+  train.images = train.images.slice(0, 0, 12000);
+  train.labels = train.labels.slice(0, 0, 12000);
   auto test = data::read_fashion_mnist(dir, false, 32);
   test.images = test.images.slice(0, 0, 2000);
   test.labels = test.labels.slice(0, 0, 2000);
   ClassifierSpec spec;
   spec.name = "fmnist-cnn";
+  torch::manual_seed(0);
   Classifier net(spec);
   ClassifierTraining training;
   training.epochs = 2;
   const double accuracy = train_classifier(net, train, test, training, torch::kCPU);
-  EXPECT_GT(accuracy, 0.70);  // 10 classes: chance is 0.10
+  EXPECT_GT(accuracy, 0.75) << "12 000 images, 2 epochs";  // 10 classes: chance is 0.10
 
   s2dm::testing::TempDir tmp;
   save_classifier(tmp / "c.safetensors", net, accuracy);
