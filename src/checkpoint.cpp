@@ -15,7 +15,8 @@ const std::vector<std::pair<std::string, NamedTensors Checkpoint::*>>& groups() 
       {"model.", &Checkpoint::model},
       {"ema.", &Checkpoint::ema},
       {"optim.", &Checkpoint::optimizer},
-      {"rng.", &Checkpoint::rng}};
+      {"rng.", &Checkpoint::rng},
+      {"schedule.", &Checkpoint::schedule}};
   return g;
 }
 

@@ -65,6 +65,17 @@ void visit(V& v, LossConfig& c) {
 }
 
 template <class V>
+void visit(V& v, LearnedScheduleConfig& c) {
+  constexpr auto kMax = std::numeric_limits<int64_t>::max();
+  v("every", c.every, Range<int64_t>{0, kMax});
+  v("levels", c.levels, Range<int>{3, 100000});
+  v("min_estimates", c.min_estimates, Range<int>{1, 1000000});
+  v("gamma", c.gamma, Range<double>{0.0, 1.0});
+  v("batch", c.batch, Range<int>{1, 1 << 20});
+  v("pairs", c.pairs, Range<int>{1, 100000});
+}
+
+template <class V>
 void visit(V& v, TrainConfig& c) {
   constexpr auto kMax = std::numeric_limits<int64_t>::max();
   v("steps", c.steps, Range<int64_t>{0, kMax});
@@ -89,6 +100,16 @@ void visit(V& v, TrainConfig& c) {
   v("eval_every", c.eval_every, Range<int64_t>{0, kMax});
   v("eval_num", c.eval_num, Range<int>{2, 1000000});
   v("eval_features", c.eval_features, Any{});
+  v.section("learned_schedule", c.learned_schedule);
+}
+
+template <class V>
+void visit(V& v, SkipTuningConfig& c) {
+  v("rho_top", c.rho_top, Range<double>{-10.0, 10.0});
+  v("rho_bottom", c.rho_bottom, Range<double>{-10.0, 10.0});
+  v("rho", c.rho, Range<double>{-10.0, 10.0});
+  v("t_min", c.t_min, Range<double>{-1.0, 1e9});
+  v("t_max", c.t_max, Range<double>{-1.0, 1e9});
 }
 
 template <class V>
@@ -106,6 +127,7 @@ void visit(V& v, SampleConfig& c) {
   v("batch", c.batch, Range<int>{1, 1 << 20});
   v("clip_denoised", c.clip_denoised, Any{});
   v("final_alpha", c.final_alpha, OneOf{{"one", "first"}});
+  v.section("skip_tuning", c.skip_tuning);
 }
 
 template <class V>
@@ -139,6 +161,11 @@ std::string show(const T& value) {
 std::string show(const std::vector<int>& value) {
   std::vector<std::string> items;
   for (int x : value) items.push_back(std::to_string(x));
+  return "[" + join(items) + "]";
+}
+std::string show(const std::vector<double>& value) {
+  std::vector<std::string> items;
+  for (double x : value) items.push_back(show(x));
   return "[" + join(items) + "]";
 }
 
@@ -227,12 +254,14 @@ class Binder {
     scalar(n, name, v, "a number");
     if (!std::isfinite(v)) fail(n, prefix_ + name + ": expected a finite number", prefix_ + name);
   }
-  void read(const YAML::Node& n, const char* name, std::vector<int>& v) {
-    if (!n.IsSequence()) fail(n, prefix_ + name + ": expected a list of integers, got " + text(n), prefix_ + name);
+  template <class T>
+  void read(const YAML::Node& n, const char* name, std::vector<T>& v) {
+    const char* what = std::is_same_v<T, int> ? "a list of integers" : "a list of numbers";
+    if (!n.IsSequence()) fail(n, prefix_ + name + ": expected " + what + ", got " + text(n), prefix_ + name);
     v.clear();
     for (const auto& item : n) {
-      int x = 0;
-      scalar(item, name, x, "a list of integers");
+      T x{};
+      scalar(item, name, x, what);
       v.push_back(x);
     }
   }
@@ -248,8 +277,8 @@ class Binder {
                     show(r.hi) + "]",
              prefix_ + name);
     };
-    if constexpr (std::is_same_v<T, std::vector<int>>) {
-      for (int x : value) check_one(x);
+    if constexpr (std::is_same_v<T, std::vector<int>> || std::is_same_v<T, std::vector<double>>) {
+      for (auto x : value) check_one(x);
     } else {
       check_one(value);
     }
@@ -282,10 +311,11 @@ class Writer {
   }
   template <class S>
   void section(const char* name, S& s) {
-    out_ << name << ":\n";
-    indent_ = "  ";
+    out_ << indent_ << name << ":\n";
+    const std::string outer = indent_;
+    indent_ += "  ";
     visit(*this, s);
-    indent_ = "";
+    indent_ = outer;
   }
 
  private:
@@ -313,6 +343,11 @@ class Writer {
     return std::to_string(d);
   }
   static std::string format(const std::vector<int>& v) { return show(v); }
+  static std::string format(const std::vector<double>& v) {
+    std::vector<std::string> items;
+    for (double x : v) items.push_back(format(x));
+    return "[" + join(items) + "]";
+  }
   template <class T>
   static std::string format(const T& v) { return show(v); }
 
@@ -344,6 +379,9 @@ void validate_whole(const Config& c, const std::string& origin) {
     fail("loss.skip_k = " + std::to_string(c.loss.skip_k) + " must be below diffusion.num_timesteps");
   if (c.train.eval_every > 0 && c.train.eval_features.empty())
     fail("train.eval_every needs train.eval_features (inception[:WEIGHTS] or classifier:PATH)");
+  if (c.train.learned_schedule.every > 0 && c.sample.steps >= c.train.learned_schedule.levels)
+    fail("train.learned_schedule.levels = " + std::to_string(c.train.learned_schedule.levels) +
+         " must exceed sample.steps = " + std::to_string(c.sample.steps));
   if (c.sample.steps > c.diffusion.num_timesteps)
     fail("sample.steps = " + std::to_string(c.sample.steps) + " exceeds diffusion.num_timesteps = " +
          std::to_string(c.diffusion.num_timesteps));
@@ -373,16 +411,22 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 
 }  // namespace
 
+bool SkipTuningConfig::active() const {
+  if (!rho.empty()) return std::any_of(rho.begin(), rho.end(), [](double r) { return r != 1.0; });
+  return rho_top != 1.0 || rho_bottom != 1.0;
+}
+
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {
   std::string best;
   size_t best_distance = std::max<size_t>(2, word.size() / 3) + 1;
-  // A candidate the word starts with (or that starts with the word) counts as near.
-  for (const auto& c : candidates)
-    if (c.size() >= 3 && word.size() >= 3 && (word.rfind(c, 0) == 0 || c.rfind(word, 0) == 0)) return c;
   for (const auto& c : candidates) {
     size_t d = edit_distance(word, c);
     if (d < best_distance) best_distance = d, best = c;
   }
+  if (!best.empty()) return best;
+  // Else a candidate the word starts with (or that starts with the word) counts as near.
+  for (const auto& c : candidates)
+    if (c.size() >= 3 && word.size() >= 3 && (word.rfind(c, 0) == 0 || c.rfind(word, 0) == 0)) return c;
   return best;
 }
 
@@ -409,16 +453,22 @@ Config parse_config(const std::string& yaml_text, const std::string& origin,
     } catch (const YAML::Exception& e) {
       throw ConfigError("--set " + item + ": invalid value: " + e.msg);
     }
-    auto dot = key.find('.');
-    if (dot == std::string::npos) {
-      root[key] = parsed;
-    } else {
-      std::string section = key.substr(0, dot), leaf = key.substr(dot + 1);
-      if (root[section] && !root[section].IsMap() && !root[section].IsNull())
-        throw ConfigError("--set " + item + ": '" + section + "' is not a section");
-      if (!root[section] || root[section].IsNull()) root[section] = YAML::Node(YAML::NodeType::Map);
-      root[section][leaf] = parsed;
+    // Walk (and create) the nested mappings named by the dotted key.
+    std::vector<std::string> parts;
+    for (size_t start = 0, dot;; start = dot + 1) {
+      dot = key.find('.', start);
+      parts.push_back(key.substr(start, dot - start));
+      if (dot == std::string::npos) break;
     }
+    std::vector<YAML::Node> path{root};
+    for (size_t i = 0; i + 1 < parts.size(); ++i) {
+      YAML::Node next = path.back()[parts[i]];
+      if (next && !next.IsMap() && !next.IsNull())
+        throw ConfigError("--set " + item + ": '" + parts[i] + "' is not a section");
+      if (!next || next.IsNull()) path.back()[parts[i]] = YAML::Node(YAML::NodeType::Map);
+      path.push_back(path.back()[parts[i]]);
+    }
+    path.back()[parts.back()] = parsed;
     overridden[key] = item;
   }
 

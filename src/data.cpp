@@ -152,6 +152,7 @@ template <class Decode>
 torch::Tensor cached_decode(const std::vector<std::string>& files, int size, int channels,
                             const std::string& cache, Decode decode) {
   auto n = static_cast<int64_t>(files.size());
+  if (cache == "none") return decode_all(files, size, channels, decode);
   auto images = read_cache(cache, n, channels, size, size);
   if (images.defined()) {
     spdlog::info("read {} decoded images from {}", n, cache);

@@ -13,14 +13,24 @@
 #include "s2dm/image_io.h"
 #include "s2dm/npy.h"
 #include "s2dm/progress.h"
+#include "s2dm/schedule_opt.h"
 
 namespace s2dm::sample {
 
-EpsModel unet_eps_model(model::UNet unet, bool bf16) {
+EpsModel unet_eps_model(model::UNet unet, bool bf16, const SkipTuningConfig& skip_tuning) {
   unet->eval();
   auto net = unet.ptr();
-  return [net, bf16](const torch::Tensor& x, const torch::Tensor& t) {
+  std::vector<double> scales;
+  if (skip_tuning.active()) scales = model::skip_tuning_scales(skip_tuning, net->num_skips());
+  const double t_min = skip_tuning.t_min, t_max = skip_tuning.t_max;
+  return [net, bf16, scales, t_min, t_max](const torch::Tensor& x, const torch::Tensor& t) {
     torch::NoGradGuard no_grad;
+    if (scales.empty()) {
+      net->set_skip_scales({});  // (another ε-model of the same network may have set some)
+    } else {                     // samplers evaluate one time per batch
+      const double time = t[0].item<double>();
+      net->set_skip_scales(time >= t_min && time <= t_max ? scales : std::vector<double>{});
+    }
     const auto device = net->parameters().front().device();
     compat::CudaAutocast autocast(bf16 && device.is_cuda(), torch::kBFloat16);
     return net->forward(x.to(device, torch::kFloat32), t.to(device, torch::kFloat32)).to(torch::kFloat32);
@@ -38,7 +48,7 @@ torch::Tensor initial_noise(int64_t first, int64_t count, const std::vector<int6
   return torch::cat(xs);
 }
 
-SamplingPlan plan_sampling(const SampleConfig& c, const NoiseSchedule& schedule) {
+SamplingPlan plan_sampling(const SampleConfig& c, const NoiseSchedule& schedule, const NamedTensors& learned) {
   SamplingPlan plan;
   plan.sampler = &find_sampler(c.sampler);
   plan.options.eta = c.eta;
@@ -48,14 +58,16 @@ SamplingPlan plan_sampling(const SampleConfig& c, const NoiseSchedule& schedule)
   plan.options.lower_order_final = c.lower_order_final;
   plan.options.variance = c.variance;
   check_options(*plan.sampler, plan.options);
-  plan.grid = make_grid(make_timesteps(c.timesteps, c.steps, schedule, c.karras_rho), schedule, c.final_alpha);
+  auto timesteps = c.timesteps == "learned" ? timesteps_from_state(learned, c.steps)
+                                            : make_timesteps(c.timesteps, c.steps, schedule, c.karras_rho);
+  plan.grid = make_grid(timesteps, schedule, c.final_alpha);
   return plan;
 }
 
 Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& config,
                    const std::vector<int64_t>& shape, const torch::Device& device, uint64_t seed, int64_t num,
-                   const torch::Tensor& noise, bool show_progress) {
-  const SamplingPlan plan = plan_sampling(config, schedule);
+                   const torch::Tensor& noise, bool show_progress, const NamedTensors& learned) {
+  const SamplingPlan plan = plan_sampling(config, schedule, learned);
   if (noise.defined()) {
     if (noise.dim() != 4 || noise.sizes().slice(1).vec() != shape)
       throw DataError("initial noise has shape " + c10::str(noise.sizes()) + ", the model expects [N, " +

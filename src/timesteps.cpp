@@ -9,6 +9,7 @@
 
 #include "s2dm/config.h"
 #include "s2dm/errors.h"
+#include "s2dm/schedule_opt.h"
 
 namespace s2dm::sample {
 namespace {
@@ -75,6 +76,7 @@ double time_of_alpha_bar(const NoiseSchedule& schedule, double alpha_bar) {
 
 std::vector<double> make_timesteps(const std::string& spec, int S, const NoiseSchedule& schedule, double karras_rho) {
   const int T = schedule.num_timesteps();
+  if (spec.rfind("learned:", 0) == 0) return read_schedule_file(spec.substr(8), S, T);
   if (spec.rfind("file:", 0) == 0) {
     std::string path = spec.substr(5);
     std::ifstream in(path);
@@ -118,7 +120,8 @@ std::vector<double> make_timesteps(const std::string& spec, int S, const NoiseSc
     }
   } else {
     std::string msg = "unknown time grid '" + spec +
-                      "' (uniform, quad, linspace, trailing, leading, logsnr, karras, a list like 999,500,0, or file:PATH)";
+                      "' (uniform, quad, linspace, trailing, leading, logsnr, karras, a list like 999,500,0, file:PATH "
+                      "or learned:SCHEDULE.yaml)";
     auto near = closest_match(spec, timestep_grids());
     if (!near.empty()) msg += "; did you mean '" + near + "'?";
     throw ConfigError(msg);

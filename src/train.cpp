@@ -24,6 +24,7 @@
 #include "s2dm/losses.h"
 #include "s2dm/optim.h"
 #include "s2dm/progress.h"
+#include "s2dm/schedule_opt.h"
 #include "s2dm/unet.h"
 
 namespace s2dm::train {
@@ -158,7 +159,21 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
   Adam adam(params, {tc.beta1, tc.beta2, tc.eps, tc.weight_decay, tc.optimizer == "adamw"});
 
   NoiseSchedule schedule(config.diffusion);
-  sample::plan_sampling(config.sample, schedule);  // a bad sample section fails now, not after training
+  if (config.sample.timesteps != "learned")
+    sample::plan_sampling(config.sample, schedule);  // a bad sample section fails now, not after training
+  else if (tc.learned_schedule.every == 0)
+    throw ConfigError("sample.timesteps = learned during training needs train.learned_schedule.every > 0");
+  std::unique_ptr<sample::OnlineScheduleEstimator> online;
+  if (tc.learned_schedule.every > 0) {
+    const auto& ls = tc.learned_schedule;
+    online = std::make_unique<sample::OnlineScheduleEstimator>(schedule, ls.levels, config.sample.steps,
+                                                               ls.min_estimates, ls.gamma);
+    // Overhead: 2·pairs·batch network evaluations every `every` steps, against 3 passes (forward
+    // and backward) of batch_size·grad_accum images per step.
+    spdlog::info("learned schedule: {} pairs x {} images every {} steps (~{:.1f} % of the training compute)",
+                 ls.pairs, ls.batch, ls.every,
+                 100.0 * 2 * ls.pairs * ls.batch / (3.0 * ls.every * tc.batch_size * tc.grad_accum));
+  }
   diffusion::DiffusionLoss loss_fn(config.loss, schedule, device);
 
   int64_t step = 0;
@@ -168,6 +183,7 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
     adam.load_state(resumed.optimizer);
     restore_rng(resumed.rng, device);
     batcher.seek(std::stoll(resumed.extra.at("data_epoch")), std::stoll(resumed.extra.at("data_cursor")));
+    if (online && !resumed.schedule.empty()) online->load_state(resumed.schedule);
     step = resumed.step;
     resumed = Checkpoint{};
     spdlog::info("resumed at step {}", step);
@@ -182,6 +198,7 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
     ckpt.optimizer = adam.state();
     ckpt.rng = rng_states(device);
     ckpt.extra = {{"data_epoch", std::to_string(batcher.epoch())}, {"data_cursor", std::to_string(batcher.cursor())}};
+    if (online) ckpt.schedule = online->state();
     const std::string dir = checkpoint_dir(run_dir);
     const std::string path = dir + "/step_" + std::to_string(at_step) + ".ckpt";
     save_checkpoint(path, ckpt);
@@ -201,6 +218,14 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
   };
 
   std::ofstream metrics(metrics_path, std::ios::app);
+  // The sampling settings for grids and evaluations; a learned grid that is not ready yet falls
+  // back to the uniform one.
+  auto sampling = [&]() {
+    SampleConfig c = config.sample;
+    if (c.timesteps == "learned" && !(online && online->ready())) c.timesteps = "uniform";
+    return c;
+  };
+  auto learned_state = [&]() { return online && online->ready() ? online->state() : NamedTensors{}; };
   // FID/FD of EMA samples against the training data, in the configured feature space.
   std::optional<eval::FeatureExtractor> eval_features;
   eval::FeatureStats eval_reference;
@@ -214,9 +239,9 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
                  tc.eval_every, tc.eval_num, reference.size(0));
   }
   auto evaluate = [&](int64_t at_step) {
-    auto generated = sample::generate(sample::unet_eps_model(ema, autocast), schedule, config.sample,
+    auto generated = sample::generate(sample::unet_eps_model(ema, autocast, config.sample.skip_tuning), schedule, sampling(),
                                       {config.data.channels, config.data.image_size, config.data.image_size},
-                                      device, config.seed + 1, tc.eval_num, {}, false);
+                                      device, config.seed + 1, tc.eval_num, {}, false, learned_state());
     auto images = data::to_uint8(generated.samples);
     auto features = eval::extract_features(*eval_features, images, 250, device, false);
     const double fd = eval::frechet_distance(eval::feature_stats(features), eval_reference);
@@ -229,9 +254,9 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
 
   auto sample_grid = [&](int64_t at_step) {
     if (tc.sample_num <= 0) return;
-    auto generated = sample::generate(sample::unet_eps_model(ema, autocast), schedule, config.sample,
+    auto generated = sample::generate(sample::unet_eps_model(ema, autocast, config.sample.skip_tuning), schedule, sampling(),
                                       {config.data.channels, config.data.image_size, config.data.image_size},
-                                      device, config.seed, tc.sample_num, {}, false);
+                                      device, config.seed, tc.sample_num, {}, false, learned_state());
     const std::string path = run_dir + "/samples/step_" + std::to_string(at_step) + ".png";
     sample::write_grid(path, generated.samples);
     spdlog::info("samples {}", path);
@@ -244,6 +269,7 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
   int64_t skip_count = 0, interval_steps = 0;
   auto interval_start = std::chrono::steady_clock::now();
   auto params_only = unet->parameters();
+  torch::Tensor last_x0;
   unet->train();
 
   while (step < tc.steps) {
@@ -256,6 +282,7 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
     double loss_value = 0;
     for (int micro = 0; micro < tc.grad_accum; ++micro) {
       auto x0 = batcher.next();
+      last_x0 = x0;
       auto t = diffusion::sample_timesteps(tc.batch_size, schedule.num_timesteps(), tc.antithetic, device);
       diffusion::LossTerms terms;
       {
@@ -277,6 +304,17 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
     adam.step(lr);
     ema_update(*ema, *unet, tc.ema_decay);
     ++step;
+    if (online && step % tc.learned_schedule.every == 0) {
+      // On the EMA model and the last micro-batch, with its own generator (the training RNG
+      // stream is untouched).
+      auto gen = at::detail::createCPUGenerator(config.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step));
+      auto ema_model = sample::unet_eps_model(ema, autocast);
+      if (online->update(ema_model, last_x0.slice(0, 0, tc.learned_schedule.batch), tc.learned_schedule.pairs, gen)) {
+        nlohmann::ordered_json line{{"step", step}, {"schedule_timesteps", online->timesteps()},
+                                    {"schedule_cost", online->mean_cost()}, {"schedule_nfe", online->nfe()}};
+        metrics << line.dump() << "\n" << std::flush;
+      }
+    }
     sum_loss += loss_value;
     sum_norm += grad_norm;
     ++interval_steps;

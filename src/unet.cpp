@@ -196,8 +196,22 @@ void UNetImpl::set_skip_scales(std::vector<double> scales) {
 torch::Tensor UNetImpl::take_skip(std::vector<torch::Tensor>& stack, int index) const {
   auto h = std::move(stack.back());
   stack.pop_back();
-  if (skip_scales_.empty() || skip_scales_[index] == 1.0) return h;
-  return h * skip_scales_[index];
+  auto used = skip_scales_.empty() || skip_scales_[index] == 1.0 ? h : h * skip_scales_[index];
+  if (skip_observer_) skip_observer_(index, h, used);
+  return used;
+}
+
+std::vector<double> skip_tuning_scales(const SkipTuningConfig& c, int num_skips) {
+  if (!c.rho.empty()) {
+    if (static_cast<int>(c.rho.size()) != num_skips)
+      throw ConfigError("sample.skip_tuning.rho has " + std::to_string(c.rho.size()) + " factors, the model has " +
+                        std::to_string(num_skips) + " long skips (s2dm info --checkpoint lists them)");
+    return c.rho;
+  }
+  std::vector<double> scales(num_skips);
+  for (int i = 0; i < num_skips; ++i)
+    scales[i] = c.rho_bottom + (c.rho_top - c.rho_bottom) * (num_skips > 1 ? static_cast<double>(i) / (num_skips - 1) : 1.0);
+  return scales;
 }
 
 torch::Tensor UNetImpl::forward(const torch::Tensor& x, const torch::Tensor& t) {

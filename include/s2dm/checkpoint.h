@@ -1,6 +1,7 @@
 #pragma once
 // Training checkpoints: one safetensors file holding the model ("model.*"), its EMA ("ema.*"),
-// the optimizer state ("optim.*") and the RNG state ("rng.*"), with the step, the resolved
+// the optimizer state ("optim.*"), the RNG state ("rng.*") and a learned schedule
+// ("schedule.*", optional), with the step, the resolved
 // config and the data position in its metadata, and a CRC-32 of the tensor bytes that is
 // verified on load. Written atomically (temporary name, fsync, rename).
 #include <torch/types.h>
@@ -16,6 +17,7 @@ struct Checkpoint {
   std::string config_yaml;  // the resolved config
   NamedTensors model, ema, optimizer;
   NamedTensors rng;         // generator states by device name ("cpu", "cuda:0")
+  NamedTensors schedule;    // the online learned-schedule state, when training estimates one
   Metadata extra;           // anything else (data position, ...)
 };
 

@@ -41,6 +41,16 @@ struct LossConfig {
   std::string noise = "independent";   // independent | shared (ε₂ = ε₁)
 };
 
+// The online schedule estimate of Williams et al. (their Algorithm 2) during training.
+struct LearnedScheduleConfig {
+  int64_t every = 0;        // estimate every N steps (0 = off)
+  int levels = 100;         // fine grid of noise levels
+  int min_estimates = 24;   // per level pair before the schedule moves
+  double gamma = 0.05;      // t ← γ t* + (1-γ) t
+  int batch = 16;           // images per estimate (from the current training batch)
+  int pairs = 4;            // level pairs per estimate (2 network evaluations each per image)
+};
+
 struct TrainConfig {
   int64_t steps = 800000;
   int batch_size = 128;
@@ -64,6 +74,19 @@ struct TrainConfig {
   int64_t eval_every = 0;          // FID/FD of EMA samples every N steps (0 = never)
   int eval_num = 1000;             // samples per evaluation (and at most 10x that many data images)
   std::string eval_features;       // inception[:WEIGHTS] | classifier:PATH (required with eval_every)
+  LearnedScheduleConfig learned_schedule;
+};
+
+// Skip-Tuning (Ma et al. 2024): the UNet's long skips, numbered i = 0 (deepest) ... k (top),
+// are scaled by ρ_i = rho_bottom + (rho_top - rho_bottom)·i/k, or by an explicit list `rho`
+// (one factor per skip, deepest first), while the timestep lies in [t_min, t_max].
+struct SkipTuningConfig {
+  double rho_top = 1.0;
+  double rho_bottom = 1.0;
+  std::vector<double> rho;  // overrides rho_top/rho_bottom when given
+  double t_min = 0.0;
+  double t_max = 1e9;       // (clamped to T-1)
+  bool active() const;
 };
 
 struct SampleConfig {
@@ -81,6 +104,7 @@ struct SampleConfig {
   int batch = 64;
   bool clip_denoised = false;
   std::string final_alpha = "one";  // one | first
+  SkipTuningConfig skip_tuning;
 };
 
 struct Config {

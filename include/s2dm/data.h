@@ -30,7 +30,8 @@ ImageSet read_cifar10(const std::string& dir, bool train);
 // CelebA `img_align_celeba/` JPEGs: crop rows 57:185, columns 25:153, resize to `size`.
 // Decoded once into `cache` (empty = next to the images).
 ImageSet read_celeba(const std::string& dir, int size, const std::string& cache);
-// Every PNG/JPEG in `dir` (sorted by name), centre-cropped to a square and resized.
+// Every PNG/JPEG in `dir` (sorted by name), centre-cropped to a square and resized. `cache`
+// "none" decodes without a cache file.
 ImageSet read_image_folder(const std::string& dir, int size, int channels, const std::string& cache);
 
 // uint8 [N,C,H,W] -> float in [-1, 1], and back (rounded, clamped).

@@ -8,6 +8,7 @@
 #include "s2dm/config.h"
 #include "s2dm/eps_model.h"
 #include "s2dm/noise_schedule.h"
+#include "s2dm/safetensors.h"
 #include "s2dm/samplers.h"
 #include "s2dm/unet.h"
 
@@ -20,11 +21,14 @@ struct SamplingPlan {
   SamplerOptions options;
   Grid grid;
 };
-SamplingPlan plan_sampling(const SampleConfig& config, const NoiseSchedule& schedule);
+// `learned` is a checkpoint's learned-schedule state, used by timesteps "learned".
+SamplingPlan plan_sampling(const SampleConfig& config, const NoiseSchedule& schedule,
+                           const NamedTensors& learned = {});
 
 // The UNet as an ε-model on its device (eval mode, no grad), under bf16 autocast on CUDA
-// when `bf16` is set; returns float32.
-EpsModel unet_eps_model(model::UNet unet, bool bf16);
+// when `bf16` is set; returns float32. With active `skip_tuning`, the skips are scaled for
+// timesteps in [t_min, t_max] (throws ConfigError for a factor list of the wrong length).
+EpsModel unet_eps_model(model::UNet unet, bool bf16, const SkipTuningConfig& skip_tuning = {});
 
 // x_T for images [first, first+count): image i's noise comes from its own generator seeded by
 // (seed, i), so an image does not depend on the batch size or on how many are drawn.
@@ -40,7 +44,8 @@ struct Generated {
 // defined, replaces the seeded initial noise and sets the number of images.
 Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& config,
                    const std::vector<int64_t>& image_shape, const torch::Device& device, uint64_t seed,
-                   int64_t num, const torch::Tensor& noise = {}, bool show_progress = true);
+                   int64_t num, const torch::Tensor& noise = {}, bool show_progress = true,
+                   const NamedTensors& learned = {});
 
 // Writes numbered PNGs (when `pngs`), samples.npz and grid.png (first 64) into `dir`.
 void write_samples(const std::string& dir, const torch::Tensor& samples, bool pngs = true);

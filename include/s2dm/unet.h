@@ -7,6 +7,7 @@
 // through one place that scales it (Skip-Tuning). Scales of 1 leave the model untouched.
 #include <torch/torch.h>
 
+#include <functional>
 #include <vector>
 
 #include "s2dm/config.h"
@@ -68,6 +69,10 @@ class UNetImpl : public torch::nn::Module {
   // One factor per skip (deepest first); empty restores 1 everywhere.
   void set_skip_scales(std::vector<double> scales);
   const std::vector<double>& skip_scales() const { return skip_scales_; }
+  // Sees every skip as the decoder takes it: its index, the stored feature, and what is
+  // concatenated (the feature times its factor). For inspection and tests.
+  using SkipObserver = std::function<void(int index, const torch::Tensor& stored, const torch::Tensor& used)>;
+  void set_skip_observer(SkipObserver observer) { skip_observer_ = std::move(observer); }
 
  private:
   torch::Tensor take_skip(std::vector<torch::Tensor>& stack, int index) const;
@@ -76,6 +81,7 @@ class UNetImpl : public torch::nn::Module {
   int64_t channels_, resolution_;
   std::vector<int64_t> skip_channels_;
   std::vector<double> skip_scales_;
+  SkipObserver skip_observer_;
 
   torch::nn::Linear temb_dense_0{nullptr}, temb_dense_1{nullptr};
   torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
@@ -91,6 +97,11 @@ class UNetImpl : public torch::nn::Module {
   std::vector<Level> down_levels_, up_levels_;
 };
 TORCH_MODULE(UNet);
+
+// Skip-Tuning factors for a model with `num_skips` long skips (deepest first): the explicit
+// list, or rho_bottom + (rho_top - rho_bottom)·i/(num_skips-1). Throws ConfigError for a list of
+// the wrong length.
+std::vector<double> skip_tuning_scales(const SkipTuningConfig& config, int num_skips);
 
 // Parameter count of a module.
 int64_t count_parameters(const torch::nn::Module& module);

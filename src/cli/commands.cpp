@@ -36,7 +36,17 @@ std::optional<cxxopts::ParseResult> parse_options(cxxopts::Options& options, int
 namespace {
 
 std::vector<std::string> sets(const cxxopts::ParseResult& r) {
-  return r.count("set") ? r["set"].as<std::vector<std::string>>() : std::vector<std::string>{};
+  if (!r.count("set")) return {};
+  // cxxopts splits list values at commas; a piece without '=' continues the previous value
+  // (--set sample.skip_tuning.rho=[1,0.9]).
+  std::vector<std::string> out;
+  for (const auto& piece : r["set"].as<std::vector<std::string>>()) {
+    if (piece.find('=') == std::string::npos && !out.empty())
+      out.back() += "," + piece;
+    else
+      out.push_back(piece);
+  }
+  return out;
 }
 
 torch::Tensor read_noise(const std::string& path) {
@@ -58,13 +68,26 @@ void write_float_npy(const std::string& path, const torch::Tensor& x) {
 }  // namespace
 
 int info(int argc, char** argv) {
-  cxxopts::Options options("s2dm info", "Versions, CUDA availability, the chosen device and threads.");
+  cxxopts::Options options("s2dm info", "Versions, CUDA availability, the chosen device and threads; with "
+                                        "--checkpoint, the model and its long skips.");
   options.add_options()("device", "device to report (auto|cpu|cuda)", cxxopts::value<std::string>()->default_value("auto"))(
-      "threads", "CPU threads (0 = all cores)", cxxopts::value<int>()->default_value("0"));
+      "threads", "CPU threads (0 = all cores)", cxxopts::value<int>()->default_value("0"))(
+      "checkpoint", "describe this checkpoint's model", cxxopts::value<std::string>());
   auto r = parse_options(options, argc, argv);
   if (!r) return 0;
   set_cpu_threads((*r)["threads"].as<int>());
   std::cout << runtime_info(resolve_device((*r)["device"].as<std::string>()));
+  if (r->count("checkpoint")) {
+    const auto path = (*r)["checkpoint"].as<std::string>();
+    auto ckpt = load_checkpoint(path);
+    auto config = parse_config(ckpt.config_yaml, path + " (config)");
+    model::UNet unet(config.model, config.data.channels, config.data.image_size);
+    std::printf("checkpoint:     %s (step %ld)\nparameters:     %ld\nlong skips:     %d (Skip-Tuning index: 0 = deepest)\n",
+                path.c_str(), static_cast<long>(ckpt.step), static_cast<long>(model::count_parameters(*unet)),
+                unet->num_skips());
+    for (int i = 0; i < unet->num_skips(); ++i)
+      std::printf("  skip %2d: %4ld channels\n", i, static_cast<long>(unet->skip_channels()[i]));
+  }
   return 0;
 }
 
@@ -109,6 +132,7 @@ namespace {
 struct ModelSource {
   Config config;
   NamedTensors weights;  // UNet weights (empty for TorchScript)
+  NamedTensors learned;  // the checkpoint's learned schedule, for --timesteps learned
   std::string origin;
   std::string script;    // TorchScript path
 };
@@ -124,6 +148,7 @@ ModelSource resolve_model_source(const cxxopts::ParseResult& r, const std::vecto
     auto ckpt = load_checkpoint(m.origin);
     m.config = parse_config(ckpt.config_yaml, m.origin + " (config)", overrides);
     m.weights = checkpoint_weights(ckpt, !r.count("raw"));
+    m.learned = ckpt.schedule;
     return m;
   }
   if (!r.count("config")) throw UsageError("sample: --weights and --model-script need --config (shape and schedule)");
@@ -143,12 +168,15 @@ ModelSource resolve_model_source(const cxxopts::ParseResult& r, const std::vecto
 
 EpsModel build_model(const ModelSource& source, const torch::Device& device) {
   const auto& c = source.config;
-  if (!source.script.empty())
+  if (!source.script.empty()) {
+    if (c.sample.skip_tuning.active())
+      throw UsageError("Skip-Tuning needs the UNet's skips: it works with --checkpoint and --weights, not --model-script");
     return load_torchscript_eps_model(source.script, device, {c.data.channels, c.data.image_size, c.data.image_size});
+  }
   model::UNet unet(c.model, c.data.channels, c.data.image_size);
   load_weights(*unet, source.weights, source.origin);
   unet->to(device);
-  return sample::unet_eps_model(unet, device.is_cuda() && c.train.precision == "bf16");
+  return sample::unet_eps_model(unet, device.is_cuda() && c.train.precision == "bf16", c.sample.skip_tuning);
 }
 
 }  // namespace
@@ -189,6 +217,8 @@ int sample(int argc, char** argv) {
       "steps", "sampling steps S", cxxopts::value<int>())("eta", "DDIM eta", cxxopts::value<double>())(
       "order", "multistep order (deis, deis-rho, deis-logrho)", cxxopts::value<int>())(
       "lambda", "lambda of lambda-ddim", cxxopts::value<double>())(
+      "skip-tuning", "Skip-Tuning: RHO_BOTTOM[,RHO_TOP] (deepest and top skip factors; RHO_TOP defaults to 1)",
+      cxxopts::value<std::string>())(
       "timesteps", "time grid: uniform|quad|linspace|trailing|leading|logsnr|karras|999,500,0|file:PATH",
       cxxopts::value<std::string>())(
       "num", "number of images", cxxopts::value<int64_t>())("batch", "batch size", cxxopts::value<int>())(
@@ -224,13 +254,22 @@ int sample(int argc, char** argv) {
   add("batch", "sample.batch");
   add("seed", "seed");
   add("device", "device");
+  if (r->count("skip-tuning")) {
+    const auto text = (*r)["skip-tuning"].as<std::string>();
+    const auto comma = text.find(',');
+    overrides.push_back("sample.skip_tuning.rho_bottom=" + text.substr(0, comma));
+    overrides.push_back("sample.skip_tuning.rho_top=" + (comma == std::string::npos ? "1.0" : text.substr(comma + 1)));
+  }
   if (!r->count("out")) throw UsageError("sample: --out DIR is required");
   const std::string out = (*r)["out"].as<std::string>();
 
   auto source = resolve_model_source(*r, overrides);
   const Config& config = source.config;
   NoiseSchedule schedule(config.diffusion);
-  const auto plan = sample::plan_sampling(config.sample, schedule);  // fail before any work
+  const auto plan = sample::plan_sampling(config.sample, schedule, source.learned);  // fail before any work
+  if (source.script.empty() && config.sample.skip_tuning.active())
+    model::skip_tuning_scales(config.sample.skip_tuning,
+                              model::UNet(config.model, config.data.channels, config.data.image_size)->num_skips());
   torch::Tensor noise;
   if (r->count("noise")) noise = read_noise((*r)["noise"].as<std::string>());
   set_cpu_threads(config.threads);
@@ -238,7 +277,7 @@ int sample(int argc, char** argv) {
   auto model = build_model(source, device);
   auto generated = sample::generate(model, schedule, config.sample,
                                     {config.data.channels, config.data.image_size, config.data.image_size}, device,
-                                    config.seed, config.sample.num, noise);
+                                    config.seed, config.sample.num, noise, true, source.learned);
   sample::write_samples(out, generated.samples, !r->count("no-png"));
   if (r->count("save-float")) write_float_npy((*r)["save-float"].as<std::string>(), generated.samples);
   // Record what produced these samples.

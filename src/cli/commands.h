@@ -16,5 +16,6 @@ int export_weights(int argc, char** argv);
 int fid(int argc, char** argv);
 int fid_stats(int argc, char** argv);
 int train_classifier(int argc, char** argv);
+int schedule(int argc, char** argv);
 
 }  // namespace s2dm::cli

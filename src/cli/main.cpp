@@ -28,6 +28,7 @@ const std::map<std::string, Command>& commands() {
       {"samplers", {s2dm::cli::samplers, "list the samplers, their options and NFE"}},
       {"fid", {s2dm::cli::fid, "FID (and KID) between two image sets or statistics files"}},
       {"fid-stats", {s2dm::cli::fid_stats, "write FID statistics (mu, sigma) of an image set"}},
+      {"schedule", {s2dm::cli::schedule, "learn the score-optimal time schedule of a model"}},
       {"train-classifier", {s2dm::cli::train_classifier, "train the CNN behind --features classifier:PATH"}},
       {"export", {s2dm::cli::export_weights, "write a checkpoint's weights as safetensors"}},
   };

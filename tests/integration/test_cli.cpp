@@ -9,6 +9,7 @@
 
 #include "../test_util.h"
 #include "s2dm/checkpoint.h"
+#include "s2dm/image_io.h"
 #include "s2dm/inception.h"
 #include "s2dm/npy.h"
 #include "s2dm/safetensors.h"
@@ -74,7 +75,7 @@ TEST_F(Cli, HelpAndInfo) {
   auto r = run("--help");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("train"), std::string::npos);
-  for (const char* cmd : {"train", "sample", "samplers", "export", "info", "fid", "fid-stats", "train-classifier"}) EXPECT_EQ(run(std::string(cmd) + " --help").code, 0) << cmd;
+  for (const char* cmd : {"train", "sample", "samplers", "export", "info", "fid", "fid-stats", "train-classifier", "schedule"}) EXPECT_EQ(run(std::string(cmd) + " --help").code, 0) << cmd;
   r = run("info --device cpu");
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("libtorch:"), std::string::npos);
@@ -148,6 +149,20 @@ TEST_F(Cli, SampleExportAndReload) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(load_npz(dir / "w/samples.npz").at("arr_0").data, load_npz(dir / "raw/samples.npz").at("arr_0").data);
 
+  // Skip-Tuning changes the samples; a factor list of the wrong length is refused before work.
+  r = run("sample --checkpoint " + ckpt + " --raw --num 2 --steps 3 --no-png --skip-tuning 0.5 --out " + (dir / "st"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(load_npz(dir / "st/samples.npz").at("arr_0").data, load_npz(dir / "raw/samples.npz").at("arr_0").data);
+  r = run("sample --checkpoint " + ckpt + " --raw --num 2 --steps 3 --no-png --skip-tuning 1,1 --out " + (dir / "st1"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(load_npz(dir / "st1/samples.npz").at("arr_0").data, load_npz(dir / "raw/samples.npz").at("arr_0").data);
+  expect_user_error(run("sample --checkpoint " + ckpt + " --set sample.skip_tuning.rho=[1,2] --out " + (dir / "o2")),
+                    "4 long skips");
+  r = run("info --checkpoint " + ckpt);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("long skips:     4"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("skip  0:   64 channels"), std::string::npos) << r.output;
+
   // Exact initial noise from a file.
   auto noise = torch::randn({2, 1, 32, 32});
   save_npy(dir / "xT.npy", NpyArray{"<f4", {2, 1, 32, 32}, std::string(static_cast<char*>(noise.data_ptr()), noise.numel() * 4)});
@@ -214,6 +229,7 @@ TEST_F(Cli, SamplersListAndTorchScriptModels) {
   expect_user_error(run("sample --model-script " + fixtures + "bad_shape.pt --config " + kTiny + " --out " + (dir / "o")),
                     "returned shape");
   expect_user_error(run("sample --model-script " + fixtures + "gaussian_eps.pt --out " + (dir / "o")), "--config");
+  expect_user_error(run(script + "--skip-tuning 0.8 --out " + (dir / "o")), "Skip-Tuning");
   expect_user_error(run(script + "--sampler deis --order 7 --out " + (dir / "o")), "order = 7");
   expect_user_error(run(script + "--sampler dpmpp-2m --order 2 --out " + (dir / "o")), "no order option");
   expect_user_error(run(script + "--sampler heun --out " + (dir / "o")), "unknown sampler 'heun'");
@@ -286,6 +302,63 @@ TEST_F(Cli, TrainingEvaluatesFdAndClassifierCommand) {
   EXPECT_NE(r.code, 0);  // a folder of grids has the wrong image size for the classifier
   expect_user_error(run("train --config " + kTiny + " " + data + " --run-dir " + (dir / "r2") + " --set train.eval_every=2"),
                     "eval_features");
+}
+
+TEST_F(Cli, LearnedScheduleEndToEnd) {
+  const std::string fixtures = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/";
+  s2dm::testing::write_bytes(dir / "data.yaml", "data:\n  dataset: fmnist\n  path: " + (dir / "fmnist") + "\n");
+  const std::string base = "schedule --model-script " + fixtures + "gaussian_eps.pt --config " + kTiny +
+                           " --levels 40 --samples 8 --device cpu ";
+  auto r = run(base + "--data " + (dir / "data.yaml") + " --steps 5,10 --out " + (dir / "sched/s.yaml"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("624 network evaluations"), std::string::npos) << r.output;  // 2 x 39 pairs x 8
+  EXPECT_TRUE(std::filesystem::exists(dir / "sched/s.png"));
+  auto text = s2dm::testing::read_bytes(dir / "sched/s.yaml");
+  for (const char* key : {"timesteps:", "  5: [999", "  10: [999", "levels: [0", "cost: [", "num_timesteps: 1000"})
+    EXPECT_NE(text.find(key), std::string::npos) << key << " in " << text;
+  r = run("sample --model-script " + fixtures + "gaussian_eps.pt --config " + kTiny + " --num 2 --no-png --steps 5 "
+          "--timesteps learned:" + (dir / "sched/s.yaml") + " --out " + (dir / "ls"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("5 network evaluations"), std::string::npos) << r.output;
+  expect_user_error(run("sample --model-script " + fixtures + "gaussian_eps.pt --config " + kTiny +
+                        " --steps 7 --timesteps learned:" + (dir / "sched/s.yaml") + " --out " + (dir / "o")),
+                    "no schedule for 7 steps");
+  expect_user_error(run(base + "--data " + (dir / "data.yaml") + " --steps 50 --out " + (dir / "x.yaml")), "levels");
+  // Data of another shape than the model.
+  std::filesystem::create_directories(dir / "rgb");
+  write_png(dir / "rgb/a.png", Image{8, 8, 3, std::vector<uint8_t>(192, 90)});
+  s2dm::testing::write_bytes(dir / "rgb.yaml", "data:\n  dataset: folder\n  path: " + (dir / "rgb") +
+                                                   "\n  image_size: 16\n  channels: 3\nmodel:\n  attn_resolutions: []\n");
+  expect_user_error(run(base + "--data " + (dir / "rgb.yaml") + " --steps 5 --out " + (dir / "x.yaml")), "model");
+  EXPECT_FALSE(std::filesystem::exists(dir / "x.yaml"));
+}
+
+TEST_F(Cli, OnlineScheduleDuringTrainingResumesAndSamples) {
+  const std::string online = "--set train.learned_schedule.every=1 --set train.learned_schedule.levels=8 "
+                             "--set train.learned_schedule.min_estimates=1 --set train.learned_schedule.pairs=7 "
+                             "--set train.learned_schedule.batch=2";
+  train(dir / "straight", online);
+  train(dir / "split", online + " --steps 3");
+  auto r = run("train --resume --run-dir " + (dir / "split") + " --steps 6");
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto a = load_checkpoint(dir / "straight/checkpoints/latest.ckpt");
+  auto b = load_checkpoint(dir / "split/checkpoints/latest.ckpt");
+  ASSERT_FALSE(a.schedule.empty());
+  EXPECT_TRUE(same_tensors(a.schedule, b.schedule));
+  EXPECT_TRUE(same_tensors(a.model, b.model));
+  auto metrics = s2dm::testing::read_bytes(dir / "straight/metrics.jsonl");
+  EXPECT_NE(metrics.find("\"schedule_timesteps\""), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("\"schedule_cost\""), std::string::npos) << metrics;
+  r = run("sample --checkpoint " + (dir / "straight/checkpoints/latest.ckpt") +
+          " --timesteps learned --steps 3 --num 2 --no-png --out " + (dir / "ls"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto record = s2dm::testing::read_bytes(dir / "ls/sample.yaml");
+  EXPECT_NE(record.find("timesteps: [999"), std::string::npos) << record;
+  // A checkpoint without a learned schedule says so.
+  train(dir / "plain");
+  expect_user_error(run("sample --checkpoint " + (dir / "plain/checkpoints/latest.ckpt") +
+                        " --timesteps learned --out " + (dir / "o")),
+                    "carries no learned schedule");
 }
 
 TEST_F(Cli, SigtermWritesACheckpoint) {

@@ -101,6 +101,22 @@ TEST(Config, SetOverridesAndTheirErrors) {
   EXPECT_NE(error_of("", {"nonsense"}).find("expected section.key=value"), std::string::npos);
 }
 
+TEST(Config, NestedSkipTuningSection) {
+  auto c = parse_config("sample:\n  skip_tuning:\n    rho_bottom: 0.8\n    rho: [1.0, 0.9]\n", "x.yaml",
+                        {"sample.skip_tuning.t_max=500"});
+  EXPECT_DOUBLE_EQ(c.sample.skip_tuning.rho_bottom, 0.8);
+  EXPECT_EQ(c.sample.skip_tuning.rho, (std::vector<double>{1.0, 0.9}));
+  EXPECT_DOUBLE_EQ(c.sample.skip_tuning.t_max, 500);
+  EXPECT_TRUE(c.sample.skip_tuning.active());
+  EXPECT_FALSE(parse_config("", "x").sample.skip_tuning.active());
+  auto back = parse_config(s2dm::to_yaml(c), "resolved.yaml");
+  EXPECT_EQ(back.sample.skip_tuning.rho, c.sample.skip_tuning.rho);
+  auto msg = error_of("sample:\n  skip_tuning:\n    rho_botom: 0.8\n");
+  EXPECT_NE(msg.find("unknown key 'sample.skip_tuning.rho_botom'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("did you mean 'sample.skip_tuning.rho_bottom'"), std::string::npos) << msg;
+  EXPECT_NE(error_of("sample:\n  skip_tuning:\n    rho: [a]\n").find("a list of numbers"), std::string::npos);
+}
+
 TEST(Config, YamlRoundTrip) {
   auto c = parse_config("name: \"a \\\"q\\\" b\"\ntrain:\n  lr: 0.0002\n  eps: 1.0e-8\nmodel:\n  dropout: 0.1\n", "x.yaml");
   auto back = parse_config(s2dm::to_yaml(c), "resolved.yaml");

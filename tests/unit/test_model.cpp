@@ -276,3 +276,43 @@ TEST(Optim, EmaUpdate) {
   train::copy_weights(*a, *b);
   EXPECT_TRUE(torch::equal(a->weight, b->weight));
 }
+
+TEST(SkipTuning, FactorsInterpolateFromTheDeepestSkip) {
+  SkipTuningConfig c;
+  c.rho_bottom = 0.5;
+  c.rho_top = 1.0;
+  auto s = model::skip_tuning_scales(c, 12);
+  ASSERT_EQ(s.size(), 12u);
+  EXPECT_DOUBLE_EQ(s[0], 0.5);
+  EXPECT_DOUBLE_EQ(s[11], 1.0);
+  EXPECT_NEAR(s[5], 0.5 + 0.5 * 5 / 11.0, 1e-15);
+  c.rho = {1.0, 0.9};
+  EXPECT_THROW(model::skip_tuning_scales(c, 12), ConfigError);
+  EXPECT_EQ(model::skip_tuning_scales(c, 2), (std::vector<double>{1.0, 0.9}));
+}
+
+TEST(SkipTuning, EachFactorScalesExactlyTheFeatureItNames) {
+  torch::manual_seed(2);
+  model::UNet net(tiny_model(), 1, 16);
+  net->eval();
+  torch::NoGradGuard g;
+  auto x = torch::randn({2, 1, 16, 16});
+  auto t = torch::tensor({100.0f, 100.0f});
+  std::map<int, std::pair<torch::Tensor, torch::Tensor>> plain, tuned;
+  auto record = [](std::map<int, std::pair<torch::Tensor, torch::Tensor>>& into) {
+    return [&into](int i, const torch::Tensor& stored, const torch::Tensor& used) { into[i] = {stored, used}; };
+  };
+  net->set_skip_observer(record(plain));
+  net->forward(x, t);
+  const std::vector<double> scales{0.25, 0.5, 2.0, 0.75};
+  net->set_skip_scales(scales);
+  net->set_skip_observer(record(tuned));
+  net->forward(x, t);
+  ASSERT_EQ(tuned.size(), 4u);
+  for (int i = 0; i < 4; ++i) {
+    // The encoder is untouched, so skip i is the same feature; the decoder receives it times ρ_i.
+    EXPECT_TRUE(torch::equal(tuned[i].first, plain[i].first)) << i;
+    EXPECT_TRUE(torch::equal(tuned[i].second, plain[i].first * scales[i])) << i;
+    EXPECT_EQ(tuned[i].first.size(1), net->skip_channels()[i]) << i;
+  }
+}

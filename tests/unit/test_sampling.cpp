@@ -14,6 +14,7 @@
 #include "s2dm/samplers.h"
 #include "s2dm/timesteps.h"
 #include "s2dm/torchscript_model.h"
+#include "s2dm/unet.h"
 
 using namespace s2dm;
 using namespace s2dm::sample;
@@ -298,6 +299,30 @@ TEST(Generate, SeededNoiseIndependentOfBatching) {
   EXPECT_EQ(a.nfe, 5);
   sc.sampler = "plms";
   EXPECT_EQ(generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, 3, 2, {}, false).nfe, 6);
+}
+
+TEST(SkipTuning, AppliesOnlyInsideItsTimeRange) {
+  ModelConfig m;
+  m.ch = 32;
+  m.ch_mult = {1, 2};
+  m.num_res_blocks = 1;
+  m.attn_resolutions = {};
+  m.dropout = 0.0;
+  torch::manual_seed(4);
+  model::UNet net(m, 1, 8);
+  auto plain = unet_eps_model(net, false);
+  SkipTuningConfig st;
+  st.rho_bottom = 0.6;
+  st.t_min = 500;
+  st.t_max = 999;
+  auto tuned = unet_eps_model(net, false, st);
+  auto x = torch::randn({2, 1, 8, 8});
+  auto at = [](double t) { return torch::full({2}, t); };
+  EXPECT_TRUE(torch::equal(tuned(x, at(100)), plain(x, at(100))));
+  EXPECT_FALSE(torch::allclose(tuned(x, at(700)), plain(x, at(700))));
+  EXPECT_TRUE(torch::equal(plain(x, at(700)), plain(x, at(700))));  // the untuned model stays untuned
+  st.rho = {1.0, 2.0};
+  EXPECT_THROW(unet_eps_model(net, false, st), ConfigError);
 }
 
 TEST(TorchScript, GaussianFixtureMatchesTheExactModel) {

@@ -1,0 +1,19 @@
+#pragma once
+// Minimal line plots rendered to an image (no text): enough for curves in reports.
+#include <array>
+#include <vector>
+
+#include "s2dm/image_io.h"
+
+namespace s2dm {
+
+struct Series {
+  std::vector<double> x, y;
+  std::array<uint8_t, 3> color{0, 0, 0};
+  bool markers = false;  // draw each point as a small square instead of joining them
+};
+
+// Draws the series in a white frame; axes span the data (y on a log scale when log_y).
+Image line_plot(const std::vector<Series>& series, int width = 640, int height = 360, bool log_y = false);
+
+}  // namespace s2dm

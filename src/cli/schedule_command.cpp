@@ -1,0 +1,134 @@
+// s2dm schedule: the score-optimal time schedule of a model, estimated on its data.
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cxxopts.hpp>
+#include <filesystem>
+#include <iostream>
+
+#include "commands.h"
+#include "s2dm/checkpoint.h"
+#include "s2dm/config.h"
+#include "s2dm/data.h"
+#include "s2dm/device.h"
+#include "s2dm/errors.h"
+#include "s2dm/generate.h"
+#include "s2dm/plot.h"
+#include "s2dm/schedule_opt.h"
+#include "s2dm/timesteps.h"
+#include "s2dm/torchscript_model.h"
+#include "s2dm/unet.h"
+
+namespace s2dm::cli {
+namespace fs = std::filesystem;
+
+namespace {
+
+// The cost curve (log scale, top) and, below it, the learned grid for the first S (black)
+// against the uniform (grey) and quadratic (blue) grids, one row of markers each.
+void write_schedule_plot(const std::string& path, const sample::ScheduleCost& cost, const std::vector<double>& learned,
+                         int steps, const NoiseSchedule& schedule) {
+  std::vector<double> mid;
+  for (size_t i = 0; i + 1 < cost.levels.size(); ++i) mid.push_back(0.5 * (cost.levels[i] + cost.levels[i + 1]));
+  auto curve = line_plot({{mid, cost.cost, {200, 30, 30}, false}}, 640, 300, true);
+  auto row = [&](const std::vector<double>& ts, std::array<uint8_t, 3> color) {
+    // A fixed x range [0, T-1] via two invisible anchors.
+    Series s{ts, std::vector<double>(ts.size(), 0.0), color, true};
+    Series anchors{{0.0, schedule.num_timesteps() - 1.0}, {-1.0, 1.0}, {255, 255, 255}, true};
+    return line_plot({anchors, s}, 640, 40, false);
+  };
+  auto uniform = sample::make_timesteps("uniform", steps, schedule), quad = sample::make_timesteps("quad", steps, schedule);
+  std::vector<Image> parts{curve, row(learned, {0, 0, 0}), row(uniform, {140, 140, 140}), row(quad, {40, 80, 200})};
+  Image out{640, 0, 3, {}};
+  for (const auto& p : parts) {
+    out.pixels.insert(out.pixels.end(), p.pixels.begin(), p.pixels.end());
+    out.height += p.height;
+  }
+  write_png(path, out);
+}
+
+}  // namespace
+
+int schedule(int argc, char** argv) {
+  cxxopts::Options options("s2dm schedule",
+                           "Estimate the score-optimal time schedule (Williams et al. 2024) of a model on its data.");
+  options.add_options()("checkpoint", "s2dm checkpoint (EMA weights)", cxxopts::value<std::string>())(
+      "model-script", "TorchScript ε-model forward(x, t) (with --config)", cxxopts::value<std::string>())(
+      "config", "config for --model-script (shape, schedule)", cxxopts::value<std::string>())(
+      "data", "data config (its training set) or a folder of images", cxxopts::value<std::string>())(
+      "steps", "step counts S to produce grids for", cxxopts::value<std::vector<int>>()->default_value("10,20,50"))(
+      "levels", "fine grid of noise levels the cost is estimated on", cxxopts::value<int>()->default_value("1000"))(
+      "samples", "data images averaged over", cxxopts::value<int64_t>()->default_value("256"))(
+      "batch", "batch size", cxxopts::value<int64_t>()->default_value("64"))(
+      "seed", "random seed (data subset and the common noise)", cxxopts::value<uint64_t>()->default_value("0"))(
+      "device", "auto | cpu | cuda", cxxopts::value<std::string>()->default_value("auto"))(
+      "out", "schedule.yaml to write (schedule.png beside it)", cxxopts::value<std::string>());
+  auto r = parse_options(options, argc, argv);
+  if (!r) return 0;
+  if (!r->count("out") || !r->count("data")) throw UsageError("schedule: --data and --out are required");
+  if (r->count("checkpoint") == r->count("model-script"))
+    throw UsageError("schedule: give --checkpoint C or --model-script M.pt --config F.yaml");
+
+  Config config;
+  NamedTensors weights;
+  std::string origin;
+  if (r->count("checkpoint")) {
+    origin = (*r)["checkpoint"].as<std::string>();
+    auto ckpt = load_checkpoint(origin);
+    config = parse_config(ckpt.config_yaml, origin + " (config)");
+    weights = checkpoint_weights(ckpt, true);
+  } else {
+    if (!r->count("config")) throw UsageError("schedule: --model-script needs --config");
+    origin = (*r)["model-script"].as<std::string>();
+    config = load_config((*r)["config"].as<std::string>());
+  }
+  NoiseSchedule noise_schedule(config.diffusion);
+  const int levels = (*r)["levels"].as<int>();
+  auto steps = (*r)["steps"].as<std::vector<int>>();
+  for (int s : steps)
+    if (s < 1 || s > levels - 1)
+      throw ConfigError("--steps " + std::to_string(s) + " needs at least " + std::to_string(s + 1) + " levels (--levels " +
+                        std::to_string(levels) + ")");
+  // The data, checked against the model's input shape.
+  const std::string data_arg = (*r)["data"].as<std::string>();
+  data::ImageSet data;
+  if (fs::is_directory(data_arg)) {
+    data = data::read_image_folder(data_arg, config.data.image_size, config.data.channels, "none");
+  } else {
+    data = data::load_dataset(load_config(data_arg).data);
+  }
+  const std::vector<int64_t> shape{config.data.channels, config.data.image_size, config.data.image_size};
+  if (data.images.sizes().slice(1).vec() != shape)
+    throw DataError(data_arg + ": images of " + c10::str(data.images.sizes().slice(1)) + " but the model (" + origin +
+                    ") takes " + c10::str(c10::IntArrayRef(shape)));
+  auto gen = at::detail::createCPUGenerator((*r)["seed"].as<uint64_t>());
+  const int64_t n = std::min<int64_t>((*r)["samples"].as<int64_t>(), data.images.size(0));
+  auto x0 = data::to_model_range(data.images.index_select(0, torch::randperm(data.images.size(0), gen, torch::kLong).slice(0, 0, n)));
+
+  const auto device = resolve_device((*r)["device"].as<std::string>());
+  set_cpu_threads(config.threads);
+  EpsModel model;
+  if (!weights.empty()) {
+    model::UNet unet(config.model, config.data.channels, config.data.image_size);
+    load_weights(*unet, weights, origin);
+    unet->to(device);
+    model = sample::unet_eps_model(unet, device.is_cuda() && config.train.precision == "bf16");
+  } else {
+    model = load_torchscript_eps_model(origin, device, shape);
+  }
+  auto cost = sample::estimate_schedule_cost(model, noise_schedule, x0.to(device), levels, (*r)["seed"].as<uint64_t>(),
+                                             (*r)["batch"].as<int64_t>());
+  std::map<int, std::vector<double>> grids;
+  for (int s : steps) grids[s] = sample::optimal_timesteps(cost.levels, cost.cost, s);
+  const std::string out = (*r)["out"].as<std::string>();
+  sample::write_schedule_file(out, cost, grids, noise_schedule.num_timesteps());
+  const std::string plot = (fs::path(out).parent_path() / (fs::path(out).stem().string() + ".png")).string();
+  write_schedule_plot(plot, cost, grids.begin()->second, grids.begin()->first, noise_schedule);
+  std::cout << "wrote " << out << " (" << steps.size() << " grids, " << levels << " levels, " << n << " images, "
+            << cost.nfe << " network evaluations) and " << plot << "\nuse: s2dm sample --timesteps learned:" << out
+            << " --steps S\n";
+  return 0;
+}
+
+}  // namespace s2dm::cli
