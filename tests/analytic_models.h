@@ -10,6 +10,12 @@
 
 namespace s2dm::testing {
 
+// The linear β schedule of the papers (T = 1000), shared by the tests.
+inline const NoiseSchedule& linear_schedule() {
+  static const NoiseSchedule s = NoiseSchedule::linear(1000);
+  return s;
+}
+
 // x₀ ~ Σ_k w_k N(μ_k, s_k² I): ε*(x, t) = √(1-a) Σ_k r_k(x) (x - √a μ_k)/(a s_k² + 1 - a), with
 // r_k the responsibilities under the noised components N(√a μ_k, (a s_k² + 1 - a) I).
 struct GaussianMixture {

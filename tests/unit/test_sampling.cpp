@@ -21,10 +21,7 @@ using namespace s2dm::sample;
 
 namespace {
 
-const NoiseSchedule& linear() {
-  static const NoiseSchedule s = NoiseSchedule::linear(1000);
-  return s;
-}
+const NoiseSchedule& linear() { return s2dm::testing::linear_schedule(); }
 
 std::vector<double> asc(std::vector<double> v) {
   std::sort(v.begin(), v.end());

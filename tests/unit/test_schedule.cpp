@@ -16,10 +16,7 @@ using namespace s2dm::sample;
 
 namespace {
 
-const NoiseSchedule& linear() {
-  static const NoiseSchedule s = NoiseSchedule::linear(1000);
-  return s;
-}
+const NoiseSchedule& linear() { return s2dm::testing::linear_schedule(); }
 
 // For x₀ ~ N(μ, s² I) in d dimensions: L_i = d σ̃_i² (s² + σ̃_{i+1}²) [1/(s² + σ̃_i²) - 1/(s² + σ̃_{i+1}²)]².
 std::vector<double> gaussian_cost(const std::vector<double>& levels, double s, int d) {
