@@ -134,19 +134,6 @@ torch::Tensor decode_all(const std::vector<std::string>& files, int size, int ch
   return images;
 }
 
-std::vector<std::string> image_files(const std::string& dir) {
-  if (!fs::is_directory(dir)) throw DataError(dir + ": not a directory");
-  std::vector<std::string> files;
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    if (!entry.is_regular_file()) continue;
-    auto ext = entry.path().extension().string();
-    std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
-    if (ext == ".png" || ext == ".jpg" || ext == ".jpeg") files.push_back(entry.path().string());
-  }
-  std::sort(files.begin(), files.end());
-  if (files.empty()) throw DataError(dir + ": no PNG or JPEG images found");
-  return files;
-}
 
 template <class Decode>
 torch::Tensor cached_decode(const std::vector<std::string>& files, int size, int channels,
@@ -169,6 +156,20 @@ torch::Tensor cached_decode(const std::vector<std::string>& files, int size, int
 }
 
 }  // namespace
+
+std::vector<std::string> image_files(const std::string& dir) {
+  if (!fs::is_directory(dir)) throw DataError(dir + ": not a directory");
+  std::vector<std::string> files;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (!entry.is_regular_file()) continue;
+    auto ext = entry.path().extension().string();
+    std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
+    if (ext == ".png" || ext == ".jpg" || ext == ".jpeg") files.push_back(entry.path().string());
+  }
+  std::sort(files.begin(), files.end());
+  if (files.empty()) throw DataError(dir + ": no PNG or JPEG images found");
+  return files;
+}
 
 std::string default_path(const std::string& dataset) {
   if (dataset == "fmnist") return "/usr/share/datasets/fashion-mnist";

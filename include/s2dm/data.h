@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "s2dm/config.h"
 
@@ -33,6 +34,10 @@ ImageSet read_celeba(const std::string& dir, int size, const std::string& cache)
 // Every PNG/JPEG in `dir` (sorted by name), centre-cropped to a square and resized. `cache`
 // "none" decodes without a cache file.
 ImageSet read_image_folder(const std::string& dir, int size, int channels, const std::string& cache);
+
+// The PNG/JPEG files of a folder (not recursive), sorted by name. Throws DataError when the
+// folder is missing or holds none.
+std::vector<std::string> image_files(const std::string& dir);
 
 // uint8 [N,C,H,W] -> float in [-1, 1], and back (rounded, clamped).
 torch::Tensor to_model_range(const torch::Tensor& images);

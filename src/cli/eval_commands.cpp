@@ -49,18 +49,11 @@ class FeatureSpace {
 
 // uint8 NCHW images of a folder of equally sized PNG/JPEG files.
 torch::Tensor folder_images(const std::string& dir) {
-  std::vector<std::string> files;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    auto ext = e.path().extension().string();
-    std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
-    if (e.is_regular_file() && (ext == ".png" || ext == ".jpg" || ext == ".jpeg")) files.push_back(e.path().string());
-  }
-  std::sort(files.begin(), files.end());
-  if (files.empty()) throw DataError(dir + ": no PNG or JPEG images");
+  const auto files = data::image_files(dir);
   std::vector<torch::Tensor> images;
   for (const auto& f : files) {
     Image img = read_image(f, 3);
-    if (!images.empty() && (img.width != images[0].size(2) || img.height != images[0].size(1)))
+    if (!images.empty() && (img.height != images[0].size(0) || img.width != images[0].size(1)))  // HWC
       throw DataError(f + ": " + std::to_string(img.width) + "x" + std::to_string(img.height) +
                       " differs from the folder's first image");
     images.push_back(torch::from_blob(img.pixels.data(), {img.height, img.width, 3}, torch::kUInt8).clone());

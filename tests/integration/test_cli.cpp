@@ -275,6 +275,15 @@ TEST_F(Cli, FidStatsAndFid) {
   const double fid = std::stod(line.substr(line.find(':') + 1));
   EXPECT_NEAR(fid, 0.0, 1e-3) << line;
 
+  // A folder of images is a source too; differently sized images in it are refused.
+  std::filesystem::create_directories(dir / "imgs");
+  for (int i = 0; i < 3; ++i) write_png(dir / ("imgs/" + std::to_string(i) + ".png"), Image{12, 10, 3, std::vector<uint8_t>(360, 40 * i)});
+  r = run("fid-stats " + (dir / "imgs") + " --out " + (dir / "f_stats.npz") + features);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("(3 images)"), std::string::npos) << r.output;
+  write_png(dir / "imgs/odd.png", Image{8, 8, 3, std::vector<uint8_t>(192, 7)});
+  expect_user_error(run("fid-stats " + (dir / "imgs") + " --out " + (dir / "g.npz") + features), "differs");
+
   expect_user_error(run("fid " + (dir / "a.npz") + features), "two sources");
   expect_user_error(run("fid " + (dir / "a.npz") + " " + (dir / "b.npz") + " --features classifier:x"), "classifier");
   expect_user_error(run("fid " + (dir / "a.npz") + " " + (dir / "b.npz") + " --features inception:" + (dir / "none.st")),
