@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages s2dm needs to build, test and run (idempotent).
-# Runs as root, or through sudo when it is available.
+# Runs as root, or through sudo when it is available. `--tests` adds what only the tests use:
+# Chromium, which renders the experiment report headless (its test skips where it is absent).
 set -euo pipefail
 
 packages=(
@@ -12,6 +13,9 @@ packages=(
   zlib1g-dev libstb-dev   # gzip/zip, PNG/JPEG decoding and PNG writing
   dataset-fashion-mnist   # the embedded default data set
 )
+if [ "${1:-}" = "--tests" ]; then
+  packages+=(chromium)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

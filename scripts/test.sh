@@ -2,7 +2,7 @@
 # Set-up, build, and every test (unit and integration), through CTest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --tests
 bash scripts/build.sh -DS2DM_BUILD_TESTS=ON -DS2DM_BUILD_BENCH=ON
 cd "${S2DM_BUILD_DIR:-build}"
 ctest --output-on-failure -j "$(nproc)"

@@ -114,4 +114,22 @@ Classifier load_classifier(const std::string& path) {
   return net;
 }
 
+double train_data_classifier(DataConfig data, int64_t limit, const ClassifierTraining& options,
+                             const torch::Device& device, const std::string& out) {
+  auto test = data::load_dataset(data, false);
+  data.limit = limit;
+  auto train = data::load_dataset(data, true);
+  ClassifierSpec spec;
+  spec.channels = data.channels;
+  spec.image_size = data.image_size;
+  spec.num_classes = static_cast<int>(train.labels.max().item<int64_t>()) + 1;
+  spec.name = data.dataset + "-cnn";
+  Classifier net(spec);
+  const double accuracy = train_classifier(net, train, test, options, device);
+  save_classifier(out, net, accuracy);
+  spdlog::info("classifier {}: test accuracy {:.2f} % on {} images; wrote {}", spec.name, 100 * accuracy,
+               test.images.size(0), out);
+  return accuracy;
+}
+
 }  // namespace s2dm::eval

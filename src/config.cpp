@@ -482,6 +482,13 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   return parse_config(read_file(path), path, overrides);
 }
 
+std::vector<std::string> sample_config_keys() {
+  NameCollector names;
+  SampleConfig sample;
+  visit(names, sample);
+  return names.names;
+}
+
 std::string to_yaml(const Config& config) {
   Writer writer;
   Config copy = config;

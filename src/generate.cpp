@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 
 #include "s2dm/compat.h"
@@ -66,7 +67,8 @@ SamplingPlan plan_sampling(const SampleConfig& c, const NoiseSchedule& schedule,
 
 Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& config,
                    const std::vector<int64_t>& shape, const torch::Device& device, uint64_t seed, int64_t num,
-                   const torch::Tensor& noise, bool show_progress, const NamedTensors& learned) {
+                   const torch::Tensor& noise, bool show_progress, const NamedTensors& learned,
+                   const std::function<bool()>& stop) {
   const SamplingPlan plan = plan_sampling(config, schedule, learned);
   if (noise.defined()) {
     if (noise.dim() != 4 || noise.sizes().slice(1).vec() != shape)
@@ -79,6 +81,10 @@ Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const S
   Progress progress("sampling " + plan.sampler->name + " (" + std::to_string(plan.grid.steps()) + " steps)", num, "img");
   auto start = std::chrono::steady_clock::now();
   for (int64_t first = 0; first < num; first += config.batch) {
+    if (stop && stop()) {
+      out.complete = false;
+      break;
+    }
     int64_t count = std::min<int64_t>(config.batch, num - first);
     auto x = noise.defined() ? noise.slice(0, first, first + count) : initial_noise(first, count, shape, seed);
     SamplerOptions options = plan.options;
@@ -90,7 +96,7 @@ Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const S
   }
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (show_progress) progress.finish("(" + std::to_string(out.nfe) + " network evaluations per image)");
-  out.samples = torch::cat(parts);
+  out.samples = parts.empty() ? torch::empty({0}) : torch::cat(parts);
   return out;
 }
 
@@ -107,6 +113,18 @@ void write_grid(const std::string& path, const torch::Tensor& samples) {
   write_png(path, tile_images(images.data_ptr<uint8_t>(), static_cast<int>(images.size(0)),
                             static_cast<int>(images.size(1)), static_cast<int>(images.size(2)),
                             static_cast<int>(images.size(3))));
+}
+
+torch::Tensor read_samples_npz(const std::string& path) {
+  auto arrays = load_npz(path);
+  auto it = arrays.find("arr_0");
+  if (it == arrays.end()) throw DataError(path + ": no arr_0 (samples) in this .npz");
+  const auto& a = it->second;
+  if (a.dtype != "|u1" || a.shape.size() != 4 || (a.shape[3] != 1 && a.shape[3] != 3))
+    throw DataError(path + ": arr_0 must be uint8 NHWC with 1 or 3 channels");
+  auto images = torch::empty(a.shape, torch::kUInt8);
+  std::memcpy(images.data_ptr(), a.data.data(), a.data.size());
+  return images.permute({0, 3, 1, 2}).contiguous();
 }
 
 void write_samples(const std::string& dir, const torch::Tensor& samples, bool pngs) {

@@ -1,8 +1,10 @@
 #include "s2dm/progress.h"
 
+#include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 
 namespace s2dm {
@@ -60,6 +62,15 @@ void Progress::update(int64_t done, const std::string& extra) {
 void Progress::finish(const std::string& extra) {
   if (tty_) std::fprintf(stderr, "\r\033[K");
   spdlog::info("{}", line(extra));
+}
+
+LogFile::LogFile(const std::string& path) : sink_(std::make_shared<spdlog::sinks::basic_file_sink_mt>(path)) {
+  spdlog::default_logger()->sinks().push_back(sink_);
+}
+
+LogFile::~LogFile() {
+  auto& sinks = spdlog::default_logger()->sinks();
+  sinks.erase(std::remove(sinks.begin(), sinks.end(), sink_), sinks.end());
 }
 
 }  // namespace s2dm

@@ -4,13 +4,19 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
+#include <filesystem>
 #include <sstream>
 
+#include "s2dm/data.h"
 #include "s2dm/errors.h"
 #include "s2dm/file_io.h"
+#include "s2dm/image_io.h"
+#include "s2dm/plot.h"
 #include "s2dm/progress.h"
+#include "s2dm/timesteps.h"
 
 namespace s2dm::sample {
+namespace fs = std::filesystem;
 
 Pchip::Pchip(std::vector<double> x, std::vector<double> y) : x_(std::move(x)), y_(std::move(y)), d_(x_.size(), 0.0) {
   const size_t n = x_.size();
@@ -262,6 +268,53 @@ std::vector<double> read_schedule_file(const std::string& path, int steps, int n
   if (static_cast<int>(ts.size()) != steps + 1) throw ConfigError(path + ": the " + std::to_string(steps) + "-step schedule is malformed");
   ts.pop_back();  // the end point is the sampler's
   return ts;
+}
+
+namespace {
+
+// The cost curve (log scale, top) and, below it, the learned grid for the first S (black)
+// against the uniform (grey) and quadratic (blue) grids, one row of markers each.
+void write_schedule_plot(const std::string& path, const sample::ScheduleCost& cost, const std::vector<double>& learned,
+                         int steps, const NoiseSchedule& schedule) {
+  std::vector<double> mid;
+  for (size_t i = 0; i + 1 < cost.levels.size(); ++i) mid.push_back(0.5 * (cost.levels[i] + cost.levels[i + 1]));
+  auto curve = line_plot({{mid, cost.cost, {200, 30, 30}, false}}, 640, 300, true);
+  auto row = [&](const std::vector<double>& ts, std::array<uint8_t, 3> color) {
+    // A fixed x range [0, T-1] via two invisible anchors.
+    Series s{ts, std::vector<double>(ts.size(), 0.0), color, true};
+    Series anchors{{0.0, schedule.num_timesteps() - 1.0}, {-1.0, 1.0}, {255, 255, 255}, true};
+    return line_plot({anchors, s}, 640, 40, false);
+  };
+  auto uniform = sample::make_timesteps("uniform", steps, schedule), quad = sample::make_timesteps("quad", steps, schedule);
+  std::vector<Image> parts{curve, row(learned, {0, 0, 0}), row(uniform, {140, 140, 140}), row(quad, {40, 80, 200})};
+  Image out{640, 0, 3, {}};
+  for (const auto& p : parts) {
+    out.pixels.insert(out.pixels.end(), p.pixels.begin(), p.pixels.end());
+    out.height += p.height;
+  }
+  write_png(path, out);
+}
+
+}  // namespace
+
+std::string schedule_plot_path(const std::string& schedule_file) {
+  const fs::path p(schedule_file);
+  return (p.parent_path() / (p.stem().string() + ".png")).string();
+}
+
+ScheduleCost learn_schedule(const EpsModel& model, const NoiseSchedule& schedule, const torch::Tensor& images,
+                            int num_levels, int64_t num, uint64_t seed, int64_t batch, const std::vector<int>& steps,
+                            const torch::Device& device, const std::string& out) {
+  if (steps.empty()) throw ConfigError("learn_schedule: no step counts");
+  auto gen = at::detail::createCPUGenerator(seed);
+  num = std::min<int64_t>(num, images.size(0));
+  auto x0 = data::to_model_range(images.index_select(0, torch::randperm(images.size(0), gen, torch::kLong).slice(0, 0, num)));
+  auto cost = estimate_schedule_cost(model, schedule, x0.to(device), num_levels, seed, batch);
+  std::map<int, std::vector<double>> grids;
+  for (int s : steps) grids[s] = optimal_timesteps(cost.levels, cost.cost, s);
+  write_schedule_file(out, cost, grids, schedule.num_timesteps());
+  write_schedule_plot(schedule_plot_path(out), cost, grids.begin()->second, grids.begin()->first, schedule);
+  return cost;
 }
 
 }  // namespace s2dm::sample

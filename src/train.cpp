@@ -1,11 +1,9 @@
 #include "s2dm/train.h"
 
-#include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
 #include <chrono>
-#include <csignal>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -25,50 +23,13 @@
 #include "s2dm/optim.h"
 #include "s2dm/progress.h"
 #include "s2dm/schedule_opt.h"
+#include "s2dm/stop_signals.h"
 #include "s2dm/unet.h"
 
 namespace s2dm::train {
 namespace fs = std::filesystem;
 
 namespace {
-
-volatile std::sig_atomic_t g_stop_signal = 0;
-extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
-
-// Installs the SIGINT/SIGTERM handlers for the scope, restoring the previous ones after.
-class StopSignals {
- public:
-  StopSignals() {
-    g_stop_signal = 0;
-    old_int_ = std::signal(SIGINT, on_stop_signal);
-    old_term_ = std::signal(SIGTERM, on_stop_signal);
-  }
-  ~StopSignals() {
-    std::signal(SIGINT, old_int_);
-    std::signal(SIGTERM, old_term_);
-  }
-  bool requested() const { return g_stop_signal != 0; }
-
- private:
-  void (*old_int_)(int);
-  void (*old_term_)(int);
-};
-
-// Adds log.txt to the default logger for the scope.
-class LogFile {
- public:
-  explicit LogFile(const std::string& path)
-      : sink_(std::make_shared<spdlog::sinks::basic_file_sink_mt>(path)) {
-    spdlog::default_logger()->sinks().push_back(sink_);
-  }
-  ~LogFile() {
-    auto& sinks = spdlog::default_logger()->sinks();
-    sinks.erase(std::remove(sinks.begin(), sinks.end(), sink_), sinks.end());
-  }
-
- private:
-  std::shared_ptr<spdlog::sinks::sink> sink_;
-};
 
 NamedTensors rng_states(const torch::Device& device) {
   NamedTensors out{{"cpu", compat::default_generator(torch::kCPU).get_state()}};
@@ -274,7 +235,7 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
 
   while (step < tc.steps) {
     if (signals.requested()) {
-      spdlog::warn("signal {} received: writing a checkpoint at step {} and stopping", int(g_stop_signal), step);
+      spdlog::warn("signal {} received: writing a checkpoint at step {} and stopping", signals.signal(), step);
       save(step);
       return {run_dir, step, true};
     }

@@ -1,7 +1,10 @@
 #pragma once
 // Helpers shared by the tests: scratch directories and synthetic data files in real formats.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <zlib.h>
+
+#include <cstdio>
 
 #include <cstdint>
 #include <filesystem>
@@ -63,6 +66,34 @@ inline void write_fake_fmnist(const std::string& dir, int n, const std::string& 
   }
   write_gzip(dir + "/" + split + "-images-idx3-ubyte.gz", images);
   write_gzip(dir + "/" + split + "-labels-idx1-ubyte.gz", labels);
+}
+
+struct Result {
+  int code;
+  std::string output;
+};
+
+// Runs a shell command line, capturing stdout and stderr.
+inline Result run_shell(const std::string& cmd) {
+  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
+  int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
+}
+
+#ifdef S2DM_BINARY
+// Runs the s2dm tool with `args`.
+inline Result run(const std::string& args) { return run_shell(std::string(S2DM_BINARY) + " " + args); }
+#endif
+
+// A user error: exit code 2 and a one-line message containing `needle`.
+inline void expect_user_error(const Result& r, const std::string& needle) {
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("error: "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(needle), std::string::npos) << "expected '" << needle << "' in: " << r.output;
 }
 
 }  // namespace s2dm::testing

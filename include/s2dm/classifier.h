@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "s2dm/config.h"
 #include "s2dm/data.h"
 
 namespace s2dm::eval {
@@ -43,6 +44,11 @@ double train_classifier(Classifier& net, const data::ImageSet& train, const data
                         const ClassifierTraining& options, const torch::Device& device);
 double classifier_accuracy(Classifier& net, const data::ImageSet& set, const torch::Device& device);
 
+// The classifier of a labelled data set (fmnist, cifar10): trained on the first `limit` training
+// images (0 = all), tested on the test split, written to `out` (named "<dataset>-cnn").
+// Returns the test accuracy.
+double train_data_classifier(DataConfig data, int64_t limit, const ClassifierTraining& options,
+                             const torch::Device& device, const std::string& out);
 // A classifier file: safetensors weights with the spec (and test accuracy) in its metadata.
 void save_classifier(const std::string& path, Classifier& net, double accuracy);
 Classifier load_classifier(const std::string& path);

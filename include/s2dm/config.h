@@ -129,6 +129,9 @@ Config parse_config(const std::string& yaml_text, const std::string& origin,
 // The resolved config as YAML (every key, defaults included); parse_config reads it back.
 std::string to_yaml(const Config& config);
 
+// The keys of the sample section (for the experiment driver's sweeps).
+std::vector<std::string> sample_config_keys();
+
 // "did you mean" helper, shared by the CLI: the closest candidate within a small edit distance.
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
 

@@ -3,6 +3,7 @@
 // (numbered PNGs, samples.npz with arr_0 uint8 NHWC, grid.png, optionally float32 NCHW .npy).
 #include <torch/types.h>
 
+#include <functional>
 #include <string>
 
 #include "s2dm/config.h"
@@ -38,17 +39,22 @@ struct Generated {
   torch::Tensor samples;  // float32 [N,C,H,W] on the CPU, not clipped
   int64_t nfe = 0;        // network evaluations per image
   double seconds = 0.0;
+  bool complete = true;   // false when `stop` ended it early (samples then holds fewer images)
 };
 
 // Samples `num` images with the sampler settings of `config`. `noise` (float32 NCHW, CPU), when
-// defined, replaces the seeded initial noise and sets the number of images.
+// defined, replaces the seeded initial noise and sets the number of images. `stop`, when given,
+// is asked between batches whether to end early.
 Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& config,
                    const std::vector<int64_t>& image_shape, const torch::Device& device, uint64_t seed,
                    int64_t num, const torch::Tensor& noise = {}, bool show_progress = true,
-                   const NamedTensors& learned = {});
+                   const NamedTensors& learned = {}, const std::function<bool()>& stop = {});
 
 // Writes numbered PNGs (when `pngs`), samples.npz and grid.png (first 64) into `dir`.
 void write_samples(const std::string& dir, const torch::Tensor& samples, bool pngs = true);
+// The images of a samples.npz (arr_0, uint8 NHWC with 1 or 3 channels) as uint8 NCHW.
+// Throws DataError naming the file.
+torch::Tensor read_samples_npz(const std::string& path);
 // A grid PNG of up to 64 samples.
 void write_grid(const std::string& path, const torch::Tensor& samples);
 

@@ -3,7 +3,12 @@
 // On a terminal it redraws one line; otherwise it logs a line every few seconds.
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <string>
+
+namespace spdlog::sinks {
+class sink;
+}
 
 namespace s2dm {
 
@@ -28,5 +33,17 @@ class Progress {
 
 // "1h02m03s" / "4m05s" / "7s"
 std::string format_duration(double seconds);
+
+// Copies everything logged (spdlog's default logger) into `path` for the scope, appending.
+class LogFile {
+ public:
+  explicit LogFile(const std::string& path);
+  ~LogFile();
+  LogFile(const LogFile&) = delete;
+  LogFile& operator=(const LogFile&) = delete;
+
+ private:
+  std::shared_ptr<spdlog::sinks::sink> sink_;
+};
 
 }  // namespace s2dm

@@ -81,4 +81,14 @@ void write_schedule_file(const std::string& path, const ScheduleCost& cost,
 // ConfigError when the file lacks S or was made for another T.
 std::vector<double> read_schedule_file(const std::string& path, int steps, int num_timesteps);
 
+// What `s2dm schedule` does: the cost on `num_levels` levels, averaged over `num` images drawn
+// (by `seed`) from `images` (uint8 NCHW), the grids for each S in `steps`, written as `out`
+// (schedule.yaml) with a plot beside it (<stem>.png: the cost curve, then the learned grid of the
+// first S against the uniform and quadratic grids). Returns the cost.
+ScheduleCost learn_schedule(const EpsModel& model, const NoiseSchedule& schedule, const torch::Tensor& images,
+                            int num_levels, int64_t num, uint64_t seed, int64_t batch, const std::vector<int>& steps,
+                            const torch::Device& device, const std::string& out);
+// The plot path beside a schedule file.
+std::string schedule_plot_path(const std::string& schedule_file);
+
 }  // namespace s2dm::sample

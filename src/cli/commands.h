@@ -17,5 +17,6 @@ int fid(int argc, char** argv);
 int fid_stats(int argc, char** argv);
 int train_classifier(int argc, char** argv);
 int schedule(int argc, char** argv);
+int run(int argc, char** argv);
 
 }  // namespace s2dm::cli

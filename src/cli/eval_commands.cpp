@@ -16,6 +16,7 @@
 #include "s2dm/device.h"
 #include "s2dm/errors.h"
 #include "s2dm/fid.h"
+#include "s2dm/generate.h"
 #include "s2dm/image_io.h"
 #include "s2dm/npy.h"
 
@@ -84,13 +85,7 @@ Source resolve_source(const std::string& arg, FeatureSpace& space, int64_t num, 
       src.description = arg + " (statistics)";
       return src;
     }
-    if (!arrays.count("arr_0")) throw DataError(arg + ": neither statistics (mu, sigma) nor samples (arr_0)");
-    const auto& a = arrays.at("arr_0");
-    if (a.dtype != "|u1" || a.shape.size() != 4 || (a.shape[3] != 1 && a.shape[3] != 3))
-      throw DataError(arg + ": arr_0 must be uint8 NHWC with 1 or 3 channels");
-    images = torch::empty(a.shape, torch::kUInt8);
-    std::memcpy(images.data_ptr(), a.data.data(), a.data.size());
-    images = images.permute({0, 3, 1, 2}).contiguous();
+    images = sample::read_samples_npz(arg);
   } else if (ext == ".yaml" || ext == ".yml") {
     images = data::load_dataset(load_config(arg).data).images;
   } else {
@@ -188,24 +183,12 @@ int train_classifier(int argc, char** argv) {
   if (!r->count("data") || !r->count("out")) throw UsageError("train-classifier: --data and --out are required");
   set_cpu_threads((*r)["threads"].as<int>());
   const auto device = resolve_device((*r)["device"].as<std::string>());
-  auto config = load_config((*r)["data"].as<std::string>());
-  auto test = data::load_dataset(config.data, false);
-  config.data.limit = (*r)["limit"].as<int64_t>();
-  auto train = data::load_dataset(config.data, true);
-  eval::ClassifierSpec spec;
-  spec.channels = config.data.channels;
-  spec.image_size = config.data.image_size;
-  spec.num_classes = static_cast<int>(train.labels.max().item<int64_t>()) + 1;
-  spec.name = config.data.dataset + "-cnn";
-  eval::Classifier net(spec);
   eval::ClassifierTraining training;
   training.epochs = (*r)["epochs"].as<int>();
   training.batch = (*r)["batch"].as<int64_t>();
   training.seed = (*r)["seed"].as<uint64_t>();
-  const double accuracy = eval::train_classifier(net, train, test, training, device);
-  eval::save_classifier((*r)["out"].as<std::string>(), net, accuracy);
-  std::printf("classifier %s: test accuracy %.2f %% on %ld images; wrote %s\n", spec.name.c_str(), 100 * accuracy,
-              static_cast<long>(test.images.size(0)), (*r)["out"].as<std::string>().c_str());
+  eval::train_data_classifier(load_config((*r)["data"].as<std::string>()).data, (*r)["limit"].as<int64_t>(), training,
+                              device, (*r)["out"].as<std::string>());
   return 0;
 }
 

@@ -30,6 +30,7 @@ const std::map<std::string, Command>& commands() {
       {"fid-stats", {s2dm::cli::fid_stats, "write FID statistics (mu, sigma) of an image set"}},
       {"schedule", {s2dm::cli::schedule, "learn the score-optimal time schedule of a model"}},
       {"train-classifier", {s2dm::cli::train_classifier, "train the CNN behind --features classifier:PATH"}},
+      {"run", {s2dm::cli::run, "run an experiment: train, sample sweeps, metrics, tables, plots, report"}},
       {"export", {s2dm::cli::export_weights, "write a checkpoint's weights as safetensors"}},
   };
   return table;

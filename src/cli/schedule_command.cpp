@@ -14,7 +14,6 @@
 #include "s2dm/device.h"
 #include "s2dm/errors.h"
 #include "s2dm/generate.h"
-#include "s2dm/plot.h"
 #include "s2dm/schedule_opt.h"
 #include "s2dm/timesteps.h"
 #include "s2dm/torchscript_model.h"
@@ -22,33 +21,6 @@
 
 namespace s2dm::cli {
 namespace fs = std::filesystem;
-
-namespace {
-
-// The cost curve (log scale, top) and, below it, the learned grid for the first S (black)
-// against the uniform (grey) and quadratic (blue) grids, one row of markers each.
-void write_schedule_plot(const std::string& path, const sample::ScheduleCost& cost, const std::vector<double>& learned,
-                         int steps, const NoiseSchedule& schedule) {
-  std::vector<double> mid;
-  for (size_t i = 0; i + 1 < cost.levels.size(); ++i) mid.push_back(0.5 * (cost.levels[i] + cost.levels[i + 1]));
-  auto curve = line_plot({{mid, cost.cost, {200, 30, 30}, false}}, 640, 300, true);
-  auto row = [&](const std::vector<double>& ts, std::array<uint8_t, 3> color) {
-    // A fixed x range [0, T-1] via two invisible anchors.
-    Series s{ts, std::vector<double>(ts.size(), 0.0), color, true};
-    Series anchors{{0.0, schedule.num_timesteps() - 1.0}, {-1.0, 1.0}, {255, 255, 255}, true};
-    return line_plot({anchors, s}, 640, 40, false);
-  };
-  auto uniform = sample::make_timesteps("uniform", steps, schedule), quad = sample::make_timesteps("quad", steps, schedule);
-  std::vector<Image> parts{curve, row(learned, {0, 0, 0}), row(uniform, {140, 140, 140}), row(quad, {40, 80, 200})};
-  Image out{640, 0, 3, {}};
-  for (const auto& p : parts) {
-    out.pixels.insert(out.pixels.end(), p.pixels.begin(), p.pixels.end());
-    out.height += p.height;
-  }
-  write_png(path, out);
-}
-
-}  // namespace
 
 int schedule(int argc, char** argv) {
   cxxopts::Options options("s2dm schedule",
@@ -102,10 +74,6 @@ int schedule(int argc, char** argv) {
   if (data.images.sizes().slice(1).vec() != shape)
     throw DataError(data_arg + ": images of " + c10::str(data.images.sizes().slice(1)) + " but the model (" + origin +
                     ") takes " + c10::str(c10::IntArrayRef(shape)));
-  auto gen = at::detail::createCPUGenerator((*r)["seed"].as<uint64_t>());
-  const int64_t n = std::min<int64_t>((*r)["samples"].as<int64_t>(), data.images.size(0));
-  auto x0 = data::to_model_range(data.images.index_select(0, torch::randperm(data.images.size(0), gen, torch::kLong).slice(0, 0, n)));
-
   const auto device = resolve_device((*r)["device"].as<std::string>());
   set_cpu_threads(config.threads);
   EpsModel model;
@@ -117,14 +85,11 @@ int schedule(int argc, char** argv) {
   } else {
     model = load_torchscript_eps_model(origin, device, shape);
   }
-  auto cost = sample::estimate_schedule_cost(model, noise_schedule, x0.to(device), levels, (*r)["seed"].as<uint64_t>(),
-                                             (*r)["batch"].as<int64_t>());
-  std::map<int, std::vector<double>> grids;
-  for (int s : steps) grids[s] = sample::optimal_timesteps(cost.levels, cost.cost, s);
   const std::string out = (*r)["out"].as<std::string>();
-  sample::write_schedule_file(out, cost, grids, noise_schedule.num_timesteps());
-  const std::string plot = (fs::path(out).parent_path() / (fs::path(out).stem().string() + ".png")).string();
-  write_schedule_plot(plot, cost, grids.begin()->second, grids.begin()->first, noise_schedule);
+  const int64_t n = std::min<int64_t>((*r)["samples"].as<int64_t>(), data.images.size(0));
+  auto cost = sample::learn_schedule(model, noise_schedule, data.images, levels, n, (*r)["seed"].as<uint64_t>(),
+                                     (*r)["batch"].as<int64_t>(), steps, device, out);
+  const std::string plot = sample::schedule_plot_path(out);
   std::cout << "wrote " << out << " (" << steps.size() << " grids, " << levels << " levels, " << n << " images, "
             << cost.nfe << " network evaluations) and " << plot << "\nuse: s2dm sample --timesteps learned:" << out
             << " --steps S\n";

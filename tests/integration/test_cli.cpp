@@ -19,23 +19,9 @@ using s2dm::testing::TempDir;
 
 namespace {
 
-struct Result {
-  int code;
-  std::string output;
-};
-
-// Runs a shell command line, capturing stdout and stderr.
-Result run_shell(const std::string& cmd) {
-  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
-  int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
-}
-
-Result run(const std::string& args) { return run_shell(std::string(S2DM_BINARY) + " " + args); }
+using s2dm::testing::Result;
+using s2dm::testing::run;
+using s2dm::testing::run_shell;
 
 const std::string kTiny = std::string(S2DM_SOURCE_DIR) + "/tests/configs/tiny.yaml";
 
@@ -56,11 +42,7 @@ class Cli : public ::testing::Test {
   std::string data;
 };
 
-void expect_user_error(const Result& r, const std::string& needle) {
-  EXPECT_EQ(r.code, 2) << r.output;
-  EXPECT_NE(r.output.find("error: "), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find(needle), std::string::npos) << "expected '" << needle << "' in: " << r.output;
-}
+using s2dm::testing::expect_user_error;
 
 bool same_tensors(const NamedTensors& a, const NamedTensors& b) {
   if (a.size() != b.size()) return false;

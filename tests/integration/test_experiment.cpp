@@ -1,0 +1,324 @@
+// The experiment driver end to end on a tiny experiment (two tiny models trained for a few
+// steps, two samplers, two step counts, classifier features): every output file, reuse of
+// finished work, re-running only what a changed setting affects, resuming after SIGINT, the
+// HTML report in headless Chromium, and bad experiment files failing before any work.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <set>
+#include <thread>
+
+#include "../test_util.h"
+#include "s2dm/errors.h"
+#include "s2dm/experiment.h"
+#include "s2dm/image_io.h"
+
+namespace fs = std::filesystem;
+using s2dm::testing::read_bytes;
+using s2dm::testing::run;
+using s2dm::testing::run_shell;
+using s2dm::testing::TempDir;
+using s2dm::testing::write_bytes;
+
+namespace {
+
+const std::string kTiny = std::string(S2DM_SOURCE_DIR) + "/tests/configs/tiny.yaml";
+
+struct Knobs {
+  std::string seeds = "[0, 1]";
+  std::string steps = "[2, 4]";
+  std::string skip_set;  // extra overrides of the second model
+  int num_samples = 16;
+};
+
+class Experiment : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    fs::create_directories(dir / "data");
+    s2dm::testing::write_fake_fmnist(dir / "data", 64, "train");
+    s2dm::testing::write_fake_fmnist(dir / "data", 32, "t10k");
+  }
+
+  std::string write(const Knobs& k) {
+    const std::string path = dir / "exp.yaml";
+    write_bytes(path, "name: tiny_exp\nout: " + out() + "\ndevice: cpu\nthreads: 1\nseeds: " + k.seeds +
+                          "\nmodels:\n"
+                          "  - name: base\n    train: " + kTiny + "\n    set: {loss.type: simple, data.path: " + (dir / "data") +
+                          "}\n"
+                          "  - name: skip\n    train: " + kTiny + "\n    set: {data.path: " + (dir / "data") + k.skip_set +
+                          "}\n"
+                          "baseline: base\nsample:\n  batch: 8\nsweep:\n  sampler: [ddim, deis]\n  steps: " + k.steps +
+                          "\nmetric:\n  features: classifier\n  num_samples: " + std::to_string(k.num_samples) +
+                          "\n  reference: train\n  reference_num: 64\n  kid: true\n  classifier_epochs: 1\n");
+    return path;
+  }
+  std::string out() const { return dir / "out"; }
+
+  // Result files by unit: path -> modification time.
+  std::map<std::string, fs::file_time_type> results() const {
+    std::map<std::string, fs::file_time_type> files;
+    if (!fs::exists(out() + "/units")) return files;
+    for (const auto& entry : fs::recursive_directory_iterator(out() + "/units"))
+      if (entry.path().filename().string().rfind("metric-", 0) == 0) files[entry.path().string()] = entry.last_write_time();
+    return files;
+  }
+
+  static int csv_rows(const std::string& path) {
+    std::ifstream in(path);
+    int n = -1;  // the header
+    for (std::string line; std::getline(in, line);) n += !line.empty();
+    return n;
+  }
+
+  TempDir dir;
+};
+
+int units_run(const std::string& output) {
+  std::smatch m;
+  if (!std::regex_search(output, m, std::regex(R"((\d+) units run now)"))) return -1;
+  return std::stoi(m[1]);
+}
+
+TEST_F(Experiment, RunsEndToEndReusesWorkAndRerunsOnlyWhatChanged) {
+  Knobs knobs;
+  auto r = run("run " + write(knobs));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("2 models × 4 settings × 2 seeds = 16 units"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("estimated time"), std::string::npos) << r.output;
+  EXPECT_EQ(units_run(r.output), 16) << r.output;
+
+  // Every output.
+  EXPECT_EQ(csv_rows(out() + "/results.csv"), 16);
+  const std::string csv = read_bytes(out() + "/results.csv");
+  EXPECT_EQ(csv.rfind("model,sampler,steps,seed,nfe,metric,value,kid_mean,kid_std,num_samples,sample_seconds", 0), 0u) << csv;
+  EXPECT_NE(csv.find("skip,deis,4,1,4,FD[fmnist-cnn],"), std::string::npos) << csv;
+  const std::string md = read_bytes(out() + "/results.md");
+  EXPECT_NE(md.find("### base"), std::string::npos) << md;
+  EXPECT_NE(md.find("| FD[fmnist-cnn] ↓ | 2 steps | 4 steps |"), std::string::npos) << md;
+  EXPECT_NE(md.find("### skip vs base: relative improvement"), std::string::npos) << md;
+  EXPECT_NE(md.find("± "), std::string::npos) << md;
+  for (const char* png : {"plots/tiny_exp_base_metric_vs_nfe.png", "plots/tiny_exp_skip_metric_vs_nfe.png",
+                          "plots/tiny_exp_training_loss.png"}) {
+    auto image = s2dm::read_image(out() + "/" + png, 3);
+    EXPECT_GT(image.width, 100) << png;
+  }
+  const std::string html = read_bytes(out() + "/report/index.html");
+  EXPECT_NE(html.find("<table>"), std::string::npos);
+  EXPECT_NE(html.find("data:image/png;base64,"), std::string::npos);
+  EXPECT_EQ(html.find("src=\"/"), std::string::npos) << "the report must not link files";
+  EXPECT_TRUE(fs::exists(out() + "/models/base/checkpoints/latest.ckpt"));
+  const auto first = results();
+  ASSERT_EQ(first.size(), 16u);
+
+  // Again: nothing to do, nothing rewritten.
+  r = run("run " + write(knobs));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(units_run(r.output), 0) << r.output;
+  EXPECT_NE(r.output.find("trained (6 steps)"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("train 6/6"), std::string::npos) << "retrained: " << r.output;
+  EXPECT_EQ(results(), first);
+
+  // One step count changed: only its 2 models × 2 samplers × 2 seeds run; the table drops 4 steps.
+  knobs.steps = "[2, 3]";
+  r = run("run " + write(knobs));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(units_run(r.output), 8) << r.output;
+  EXPECT_EQ(csv_rows(out() + "/results.csv"), 16);
+  EXPECT_FALSE(std::regex_search(read_bytes(out() + "/results.csv"), std::regex("\n[a-z]+,[a-z]+,4,")));
+  EXPECT_NE(read_bytes(out() + "/results.md").find("| 2 steps | 3 steps |"), std::string::npos);
+
+  // A training setting of one model: that model trains again and its 8 units run, the other's stay.
+  knobs.skip_set = ", loss.tau: 0.9";
+  const auto before = results();
+  r = run("run " + write(knobs));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(units_run(r.output), 8) << r.output;
+  EXPECT_NE(r.output.find("train 6 steps"), std::string::npos) << r.output;
+  int base_kept = 0, base_total = 0;
+  for (const auto& [path, time] : results())
+    if (path.find("/units/base/") != std::string::npos) {
+      ++base_total;
+      base_kept += before.count(path) && before.at(path) == time;
+    }
+  EXPECT_EQ(base_total, 12) << "base: steps 2, 3 and the earlier 4, two samplers, two seeds";
+  EXPECT_EQ(base_kept, 12);
+}
+
+TEST_F(Experiment, InterruptedRunResumes) {
+  Knobs knobs;
+  knobs.seeds = "[0, 1, 2, 3, 4, 5]";
+  knobs.num_samples = 32;  // 4 batches per unit: SIGINT lands between batches
+  const std::string exp = write(knobs);
+  const std::string log = dir / "log.txt";
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    FILE* f = std::freopen(log.c_str(), "w", stdout);
+    (void)f;
+    dup2(fileno(stdout), 2);
+    execl(S2DM_BINARY, S2DM_BINARY, "run", exp.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Wait for the first few results, then interrupt.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(5);
+  while (results().size() < 3 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  kill(pid, SIGINT);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  const std::string output = read_bytes(log);
+  ASSERT_TRUE(WIFEXITED(status)) << output;
+  EXPECT_EQ(WEXITSTATUS(status), 130) << output;
+  EXPECT_NE(output.find("interrupted"), std::string::npos) << output;
+  const size_t done = results().size();
+  EXPECT_GE(done, 3u);
+  EXPECT_LT(done, 48u) << "the run should have stopped early";
+  EXPECT_EQ(csv_rows(out() + "/results.csv"), static_cast<int>(done)) << "partial results are written";
+
+  // The rerun finishes exactly the rest.
+  auto r = run("run " + exp);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(units_run(r.output), static_cast<int>(48 - done)) << r.output;
+  EXPECT_EQ(results().size(), 48u);
+  EXPECT_EQ(csv_rows(out() + "/results.csv"), 48);
+}
+
+TEST_F(Experiment, DryRunDoesNothing) {
+  auto r = run("run --dry-run " + write(Knobs{}));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("base           train 6 steps"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(out()));
+}
+
+TEST_F(Experiment, OnlyRunsTheNamedModel) {
+  auto r = run("run --only skip " + write(Knobs{}));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(units_run(r.output), 8) << r.output;
+  EXPECT_FALSE(fs::exists(out() + "/models/base"));
+  EXPECT_EQ(csv_rows(out() + "/results.csv"), 8);
+  s2dm::testing::expect_user_error(run("run --only nobody " + write(Knobs{})), "--only nobody");
+}
+
+// Each bad file names the file, the line where it can, and the culprit, before any work.
+TEST_F(Experiment, BadFilesFailBeforeAnyWork) {
+  const std::string good = read_bytes(write(Knobs{}));
+  auto expect_bad = [&](const std::string& from, const std::string& to, const std::string& needle) {
+    std::string text = good;
+    const auto at = text.find(from);
+    ASSERT_NE(at, std::string::npos) << from;
+    text.replace(at, from.size(), to);
+    const std::string path = dir / "bad.yaml";
+    write_bytes(path, text);
+    auto r = run("run " + path);
+    s2dm::testing::expect_user_error(r, needle);
+    EXPECT_NE(r.output.find("bad.yaml"), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(out())) << "work started for: " << to;
+  };
+  expect_bad("seeds:", "sedes:", "unknown key 'sedes' (did you mean 'seeds'?)");
+  expect_bad("  features: classifier", "  featurs: classifier", "bad.yaml:20: unknown key 'metric.featurs'");
+  expect_bad("sampler: [ddim, deis]", "sampler: [ddim, dies]", "unknown sampler 'dies'");
+  expect_bad("steps: [2, 4]", "steps: [2, 4000]", "sample.steps = 4000 exceeds diffusion.num_timesteps = 1000");
+  expect_bad("baseline: base", "baseline: nobody", "baseline = 'nobody' is not one of the models");
+  expect_bad("train: " + kTiny + "\n    set: {loss", "checkpoint: missing.ckpt\n    set: {loss",
+             "overrides apply to train configs");
+  expect_bad("train: " + kTiny + "\n    set: {loss.type: simple, data.path: " + (dir / "data") + "}",
+             "checkpoint: missing.ckpt", "missing.ckpt not found");
+  expect_bad("train: " + kTiny + "\n    set: {loss", "train: nowhere.yaml\n    set: {loss", "nowhere.yaml not found");
+  expect_bad("loss.type: simple", "loss.type: simpel", "loss.type = 'simpel' is not one of simple, s2dm");
+  expect_bad("  - name: skip", "  - name: base", "'base' is used twice");
+  expect_bad("sample:\n  batch: 8", "sample:\n  steps: 8", "sample.steps is also swept");
+  expect_bad("  reference: train", "  reference: stats.npz", "stats.npz not found");
+  expect_bad("sampler: [ddim, deis]", "sampler: [ddim, deis]\n  skip_tuning: [{rho: [0.5, 1.0]}]", "long skips");
+  expect_bad("sampler: [ddim, deis]", "sampler: [ddim, deis]\n  timesteps: [learned]\n  steps_: 1",
+             "unknown key 'sweep.steps_'");
+}
+
+// Skip-Tuning and the learned schedule as sweep axes: the schedule is estimated once, drawn, and
+// used; scaled skips change the samples.
+TEST_F(Experiment, SweepsSkipTuningAndLearnedSchedules) {
+  const std::string path = dir / "exp.yaml";
+  write_bytes(path, "name: axes\nout: " + out() + "\ndevice: cpu\nthreads: 1\nmodels:\n  - name: m\n    train: " + kTiny +
+                        "\n    set: {data.path: " + (dir / "data") +
+                        "}\nsample: {sampler: ddim, steps: 3, batch: 8}\n"
+                        "sweep:\n  timesteps: [uniform, learned]\n  skip_tuning: [none, {rho_bottom: 0.5, rho_top: 1.0}]\n"
+                        "schedule: {levels: 20, samples: 16, batch: 8}\n"
+                        "metric: {features: classifier, num_samples: 16, reference_num: 64, classifier_epochs: 1}\n");
+  auto r = run("run " + path);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(units_run(r.output), 4) << r.output;
+  EXPECT_EQ(csv_rows(out() + "/results.csv"), 4);
+  EXPECT_TRUE(fs::exists(out() + "/plots/axes_m_learned_schedule.png"));
+  const std::string html = read_bytes(out() + "/report/index.html");
+  EXPECT_NE(html.find("Learned schedules"), std::string::npos);
+  // One table per (timesteps, skip_tuning) group; the four sets of samples all differ.
+  const std::string md = read_bytes(out() + "/results.md");
+  EXPECT_NE(md.find("### m — skip_tuning={rho_bottom: 0.5, rho_top: 1.0}, timesteps=learned"), std::string::npos) << md;
+  std::set<std::string> samples;
+  for (const auto& entry : fs::recursive_directory_iterator(out() + "/units"))
+    if (entry.path().filename() == "samples.npz") samples.insert(read_bytes(entry.path().string()));
+  EXPECT_EQ(samples.size(), 4u);
+}
+
+// The same checks through the library: a ConfigError, nothing else.
+TEST_F(Experiment, LoadExperimentResolvesEverySetting) {
+  auto e = s2dm::experiment::load_experiment(write(Knobs{}));
+  ASSERT_EQ(e.models.size(), 2u);
+  EXPECT_EQ(e.settings.size(), 4u);
+  EXPECT_EQ(e.models[0].config.loss.type, "simple");
+  EXPECT_EQ(e.models[1].config.loss.type, "s2dm");
+  EXPECT_NE(e.models[0].key, e.models[1].key);
+  const auto c = s2dm::experiment::sample_config(e, e.models[1], e.settings[3]);
+  EXPECT_EQ(c.sampler, "deis");
+  EXPECT_EQ(c.steps, 4);
+  EXPECT_EQ(c.batch, 8);
+  EXPECT_EQ(c.num, 16);
+  EXPECT_NE(s2dm::experiment::hash_key("a"), s2dm::experiment::hash_key("b"));
+  write_bytes(dir / "empty.yaml", "name: x\n");
+  EXPECT_THROW(s2dm::experiment::load_experiment(dir / "empty.yaml"), s2dm::ConfigError);
+}
+
+// The report opens in headless Chromium without errors and shows its tables and plots: the
+// screenshot holds the plot colours and the table borders. Skipped where Chromium is absent.
+TEST_F(Experiment, ReportRendersInHeadlessChromium) {
+  std::string chromium;
+  for (const char* name : {"chromium", "chromium-browser", "google-chrome"})
+    if (run_shell(std::string("command -v ") + name).code == 0) chromium = name;
+  if (chromium.empty()) GTEST_SKIP() << "no Chromium here (apt-get install chromium)";
+  Knobs knobs;
+  knobs.seeds = "[0]";
+  auto r = run("run " + write(knobs));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string page = "file://" + out() + "/report/index.html";
+  const std::string flags = " --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run "
+                            "--disable-background-networking --disable-extensions --disable-sync --hide-scrollbars "
+                            "--force-color-profile=srgb --force-device-scale-factor=1 --user-data-dir=" + (dir / "profile");
+  const std::string shot = dir / "shot.png";
+  auto c = run_shell(chromium + flags + " --window-size=1280,4000 --screenshot=" + shot + " " + page);
+  ASSERT_TRUE(fs::exists(shot)) << c.output;
+  EXPECT_EQ(c.output.find("Uncaught"), std::string::npos) << c.output;
+  auto dom = run_shell(chromium + flags + " --dump-dom " + page);
+  EXPECT_NE(dom.output.find("relative improvement"), std::string::npos) << dom.output.substr(0, 2000);
+  EXPECT_GE(std::count(dom.output.begin(), dom.output.end(), '\n'), 10);
+
+  const auto image = s2dm::read_image(shot, 3);
+  ASSERT_EQ(image.width, 1280);
+  auto count = [&](std::array<int, 3> rgb) {
+    int n = 0;
+    for (size_t i = 0; i + 2 < image.pixels.size(); i += 3)
+      n += std::abs(image.pixels[i] - rgb[0]) <= 3 && std::abs(image.pixels[i + 1] - rgb[1]) <= 3 &&
+           std::abs(image.pixels[i + 2] - rgb[2]) <= 3;
+    return n;
+  };
+  EXPECT_GT(count({31, 119, 180}), 50) << "the first plot colour (ddim, base) is not on screen";
+  EXPECT_GT(count({214, 39, 40}), 50) << "the second plot colour is not on screen";
+  EXPECT_GT(count({0xbb, 0xbb, 0xbb}), 500) << "no table borders on screen";
+}
+
+}  // namespace
