@@ -113,12 +113,21 @@ struct Table {
   std::string note;
 };
 
-// A metric with about four significant digits (two decimals at least), its spread alike.
-std::string cell_text(const std::vector<double>& values) {
+// Decimals for a table: about four significant digits for its smallest value, two at least.
+int table_decimals(const Grid& g) {
+  double smallest = 0;
+  for (const auto& [cell, values] : g.values) {
+    const double m = std::abs(spread(values).mean);
+    if (m > 0 && (smallest == 0 || m < smallest)) smallest = m;
+  }
+  const double magnitude = smallest > 0 ? std::floor(std::log10(smallest)) : 0.0;
+  return static_cast<int>(std::clamp(3.0 - magnitude, 2.0, 8.0));
+}
+
+// Mean ± sample standard deviation over seeds (the mean alone for one seed).
+std::string cell_text(const std::vector<double>& values, int decimals) {
   if (values.empty()) return "–";
   const auto s = spread(values);
-  const double magnitude = std::abs(s.mean) > 0 ? std::floor(std::log10(std::abs(s.mean))) : 0.0;
-  const int decimals = static_cast<int>(std::clamp(3.0 - magnitude, 2.0, 8.0));
   return s.n > 1 ? format_number(s.mean, decimals) + " ± " + format_number(s.std, decimals) : format_number(s.mean, decimals);
 }
 
@@ -138,11 +147,12 @@ std::vector<Table> build_tables(const Experiment& e, const std::vector<ResultRow
       t.title = model + in_group;
       t.header.push_back(a.metric + " ↓");
       for (int s : g.steps) t.header.push_back(std::to_string(s) + " steps");
+      const int decimals = table_decimals(g);
       for (const auto& sampler : g.samplers) {
         std::vector<std::string> row{sampler};
         for (int s : g.steps) {
           auto v = g.values.find({sampler, s});
-          row.push_back(v == g.values.end() ? "–" : cell_text(v->second));
+          row.push_back(v == g.values.end() ? "–" : cell_text(v->second, decimals));
         }
         t.rows.push_back(row);
       }

@@ -19,6 +19,7 @@
 #include "s2dm/errors.h"
 #include "s2dm/experiment.h"
 #include "s2dm/image_io.h"
+#include "s2dm/report.h"
 
 namespace fs = std::filesystem;
 using s2dm::testing::read_bytes;
@@ -264,6 +265,34 @@ TEST_F(Experiment, SweepsSkipTuningAndLearnedSchedules) {
   for (const auto& entry : fs::recursive_directory_iterator(out() + "/units"))
     if (entry.path().filename() == "samples.npz") samples.insert(read_bytes(entry.path().string()));
   EXPECT_EQ(samples.size(), 4u);
+}
+
+// The tables' numbers: mean ± sample standard deviation over seeds, and the relative
+// improvement over the baseline, marked † where it is within the seeds' spread.
+TEST(ExperimentReport, TablesAverageSeedsAndCompareWithTheBaseline) {
+  s2dm::experiment::Experiment e;
+  e.name = "t";
+  e.baseline = "base";
+  e.seeds = {0, 1};
+  std::vector<s2dm::experiment::ResultRow> rows;
+  auto add = [&](const std::string& model, const std::string& sampler, int steps, uint64_t seed, double value) {
+    s2dm::experiment::ResultRow r;
+    r.model = model, r.sampler = sampler, r.steps = steps, r.seed = seed, r.value = value, r.nfe = steps + 1;
+    r.metric = "FD[x]";
+    r.setting = {{"sampler", sampler}, {"steps", std::to_string(steps)}};
+    rows.push_back(r);
+  };
+  add("base", "ddim", 10, 0, 10.0), add("base", "ddim", 10, 1, 12.0);  // 11 ± 1.414
+  add("new", "ddim", 10, 0, 8.0), add("new", "ddim", 10, 1, 8.4);      // 8.2 ± 0.283: +25.5 %
+  add("base", "ddim", 20, 0, 5.0), add("base", "ddim", 20, 1, 7.0);    // 6 ± 1.414
+  add("new", "ddim", 20, 0, 5.5), add("new", "ddim", 20, 1, 6.1);      // 5.8: +3.3 %, within the spread
+  const std::string md = s2dm::experiment::results_markdown(e, rows);
+  EXPECT_NE(md.find("| ddim | 11.000 ± 1.414 | 6.000 ± 1.414 |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| ddim | 8.200 ± 0.283 | 5.800 ± 0.424 |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| ddim | +25.5 % | +3.3 % † |"), std::string::npos) << md;
+  EXPECT_NE(md.find("NFE: ddim 11/21."), std::string::npos) << md;
+  const std::string csv = s2dm::experiment::results_csv(rows);
+  EXPECT_NE(csv.find("\nnew,ddim,20,1,21,FD[x],6.1,,,"), std::string::npos) << csv;
 }
 
 // The same checks through the library: a ConfigError, nothing else.
