@@ -427,7 +427,9 @@ struct TrainState {
   std::string run_dir;
   int64_t step = -1;      // -1: nothing usable
   bool matches = false;   // the checkpoint was trained with this config
-  bool done() const { return matches && step >= 0; }
+  int64_t target = 0;      // the steps wanted
+  bool trained() const { return matches && step == target; }
+  bool resumable() const { return matches && step >= 0 && step < target; }
 };
 
 std::string model_dir(const Experiment& e, const ModelSpec& m) { return e.out + "/models/" + m.name; }
@@ -435,15 +437,17 @@ std::string model_dir(const Experiment& e, const ModelSpec& m) { return e.out + 
 TrainState train_state(const Experiment& e, const ModelSpec& m) {
   TrainState s;
   s.run_dir = model_dir(e, m);
+  s.target = m.config.train.steps;
   const auto latest = train::latest_checkpoint(s.run_dir);
   if (!fs::exists(latest)) return s;
   try {
     const auto ckpt = load_checkpoint(latest);
     auto config = parse_config(ckpt.config_yaml, latest + " (config)");
-    // Trained far enough, with the same settings (the steps may be fewer: it then resumes).
-    auto wanted = m.config;
+    // The same settings, trained as far or less far (it then resumes); a run that went further
+    // trains again, since its weights are not those of the shorter run.
+    const auto& wanted = m.config;
     config.train.steps = wanted.train.steps;
-    s.matches = training_identity(config) == training_identity(wanted);
+    s.matches = training_identity(config) == training_identity(wanted) && ckpt.step <= wanted.train.steps;
     s.step = ckpt.step;
   } catch (const Error& err) {
     spdlog::warn("{}: {} (it will be trained again)", latest, err.what());
@@ -635,7 +639,8 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
         u.config = sample_config(e, m, s);
         Config c;
         c.sample = u.config;
-        c.sample.batch = 0;  // the batch does not change the samples
+        // The batch changes only the per-batch noise of the stochastic samplers (DDPM, DDIM η > 0).
+        if (u.config.sampler != "ddpm" && !(u.config.sampler == "ddim" && u.config.eta > 0)) c.sample.batch = 0;
         std::string text = m.key + "\n" + to_yaml(c) + "seed " + std::to_string(seed);
         u.key = hash_key(text);
         u.dir = e.out + "/units/" + m.name + "/" + u.key;
@@ -681,11 +686,11 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
     int64_t train_steps = 0;
     if (!m.train_config.empty()) {
       const auto& state = states[m.name] = train_state(e, m);
-      if (state.done() && state.step >= m.config.train.steps) {
+      if (state.trained()) {
         training = "trained (" + std::to_string(state.step) + " steps)";
       } else if (todo == 0) {
         training = "not needed (every unit done)";
-      } else if (state.matches && state.step >= 0) {
+      } else if (state.resumable()) {
         train_steps = m.config.train.steps - state.step;
         training = "resume at step " + std::to_string(state.step) + " of " + std::to_string(m.config.train.steps);
       } else {
@@ -734,8 +739,8 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
       const auto& state = states[m.name];
       train::TrainOptions topts;
       topts.run_dir = state.run_dir;
-      if (!(state.done() && state.step >= m.config.train.steps)) {
-        if (state.matches && state.step >= 0) {
+      if (!state.trained()) {
+        if (state.resumable()) {
           topts.resume = true;
           topts.steps = m.config.train.steps;
         } else {
