@@ -37,6 +37,7 @@ struct Knobs {
   std::string steps = "[2, 4]";
   std::string skip_set;  // extra overrides of the second model
   int num_samples = 16;
+  bool kid = true;
 };
 
 class Experiment : public ::testing::Test {
@@ -57,7 +58,8 @@ class Experiment : public ::testing::Test {
                           "}\n"
                           "baseline: base\nsample:\n  batch: 8\nsweep:\n  sampler: [ddim, deis]\n  steps: " + k.steps +
                           "\nmetric:\n  features: classifier\n  num_samples: " + std::to_string(k.num_samples) +
-                          "\n  reference: train\n  reference_num: 64\n  kid: true\n  classifier_epochs: 1\n");
+                          "\n  reference: train\n  reference_num: 64\n  kid: " + (k.kid ? "true" : "false") +
+                          "\n  classifier_epochs: 1\n");
     return path;
   }
   std::string out() const { return dir / "out"; }
@@ -150,6 +152,16 @@ TEST_F(Experiment, RunsEndToEndReusesWorkAndRerunsOnlyWhatChanged) {
     }
   EXPECT_EQ(base_total, 12) << "base: steps 2, 3 and the earlier 4, two samplers, two seeds";
   EXPECT_EQ(base_kept, 12);
+
+  // A metric setting: every unit is measured again from its stored samples, none sampled again.
+  knobs.kid = false;
+  r = run("run " + write(knobs));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(units_run(r.output), 16) << r.output;
+  EXPECT_EQ(r.output.find("sampling ddim"), std::string::npos) << r.output;
+  const std::string csv2 = read_bytes(out() + "/results.csv");
+  const std::regex no_kid(R"(,FD\[fmnist-cnn\],[^,]+,,,)");
+  EXPECT_EQ(std::distance(std::sregex_iterator(csv2.begin(), csv2.end(), no_kid), std::sregex_iterator()), 16) << csv2;
 }
 
 TEST_F(Experiment, InterruptedRunResumes) {
