@@ -356,7 +356,8 @@ Experiment load_experiment(const std::string& path) {
     throw ConfigError(path + ":" + std::to_string(err.mark.line + 1) + ": invalid YAML: " + err.msg);
   }
   Reader r(path);
-  r.check_keys(root, "", {"name", "out", "device", "threads", "seeds", "models", "baseline", "sample", "sweep", "metric", "schedule"});
+  r.check_keys(root, "", {"name", "out", "device", "threads", "seeds", "models", "baseline", "sample", "sweep", "metric", "schedule",
+                      "table"});
   Experiment e;
   e.path = path;
   e.name = root["name"] ? r.scalar<std::string>(root["name"], "name", "a string") : fs::path(path).stem().string();
@@ -391,6 +392,13 @@ Experiment load_experiment(const std::string& path) {
   read_sweep(r, root["sweep"], e, sweep_line);
   for (const auto& k : e.sweep_keys)
     if (e.sample.count(k)) r.fail(root["sample"], "sample." + k + " is also swept (sweep." + k + "): keep one");
+  if (const auto table = root["table"]) {
+    r.check_keys(table, "table", {"rows"});
+    if (table["rows"]) e.table_rows = r.scalar<std::string>(table["rows"], "table.rows", "a swept key");
+    if (e.table_rows != "sampler" &&
+        (e.table_rows == "steps" || std::find(e.sweep_keys.begin(), e.sweep_keys.end(), e.table_rows) == e.sweep_keys.end()))
+      r.fail(table["rows"], "table.rows = '" + e.table_rows + "': expected sampler or a swept key other than steps");
+  }
   read_metric(r, root["metric"], e);
   read_schedule(r, root["schedule"], e);
   if (e.metric.features == "classifier") {

@@ -61,19 +61,26 @@ Spread spread(const std::vector<double>& v) {
   return s;
 }
 
-// The swept values other than sampler and steps: what tells one table of a model from another.
-std::string group_of(const ResultRow& row) {
+// What a table's rows are (the sampler, or the swept key in experiment.table_rows).
+std::string row_label(const ResultRow& row, const std::string& rows_key) {
+  if (rows_key == "sampler") return row.sampler;
+  auto it = row.setting.find(rows_key);
+  return it == row.setting.end() ? "" : it->second;
+}
+
+// The swept values other than the rows' key and steps: what tells one table of a model from another.
+std::string group_of(const ResultRow& row, const std::string& rows_key) {
   std::string label;
   for (const auto& [k, v] : row.setting) {
-    if (k == "sampler" || k == "steps") continue;
+    if (k == rows_key || k == "steps") continue;
     label += (label.empty() ? "" : ", ") + k + "=" + v;
   }
   return label;
 }
 
-// The results arranged as the papers' tables: per model and group, sampler × steps → values.
+// The results arranged as the papers' tables: per model and group, row (sampler) × steps → values.
 struct Grid {
-  std::vector<std::string> samplers;  // in order of first appearance
+  std::vector<std::string> labels;    // the rows, in order of first appearance
   std::vector<int> steps;             // increasing
   std::map<std::pair<std::string, int>, std::vector<double>> values;
   std::map<std::pair<std::string, int>, int64_t> nfe;
@@ -89,17 +96,18 @@ void add_unique(std::vector<T>& list, const T& item) {
   if (std::find(list.begin(), list.end(), item) == list.end()) list.push_back(item);
 }
 
-Arranged arrange(const std::vector<ResultRow>& rows) {
+Arranged arrange(const std::vector<ResultRow>& rows, const std::string& rows_key) {
   Arranged a;
   for (const auto& r : rows) {
     add_unique(a.models, r.model);
-    const std::string group = group_of(r);
+    const std::string group = group_of(r, rows_key);
     add_unique(a.groups, group);
     auto& g = a.grids[{r.model, group}];
-    add_unique(g.samplers, r.sampler);
+    const std::string label = row_label(r, rows_key);
+    add_unique(g.labels, label);
     add_unique(g.steps, r.steps);
-    g.values[{r.sampler, r.steps}].push_back(r.value);
-    g.nfe[{r.sampler, r.steps}] = r.nfe;
+    g.values[{label, r.steps}].push_back(r.value);
+    g.nfe[{label, r.steps}] = r.nfe;
     if (a.metric.empty()) a.metric = r.metric;
   }
   for (auto& [k, g] : a.grids) std::sort(g.steps.begin(), g.steps.end());
@@ -132,7 +140,7 @@ std::string cell_text(const std::vector<double>& values, int decimals) {
 }
 
 std::vector<Table> build_tables(const Experiment& e, const std::vector<ResultRow>& rows) {
-  const Arranged a = arrange(rows);
+  const Arranged a = arrange(rows, e.table_rows);
   std::vector<Table> tables;
   const std::string seeds = e.seeds.size() > 1 ? " (mean ± standard deviation over " + std::to_string(e.seeds.size()) +
                                                      " seeds)"
@@ -148,22 +156,22 @@ std::vector<Table> build_tables(const Experiment& e, const std::vector<ResultRow
       t.header.push_back(a.metric + " ↓");
       for (int s : g.steps) t.header.push_back(std::to_string(s) + " steps");
       const int decimals = table_decimals(g);
-      for (const auto& sampler : g.samplers) {
-        std::vector<std::string> row{sampler};
+      for (const auto& label : g.labels) {
+        std::vector<std::string> row{label};
         for (int s : g.steps) {
-          auto v = g.values.find({sampler, s});
+          auto v = g.values.find({label, s});
           row.push_back(v == g.values.end() ? "–" : cell_text(v->second, decimals));
         }
         t.rows.push_back(row);
       }
       std::string nfe;
-      for (const auto& sampler : g.samplers) {
+      for (const auto& label : g.labels) {
         std::string list;
         for (int s : g.steps) {
-          auto n = g.nfe.find({sampler, s});
+          auto n = g.nfe.find({label, s});
           if (n != g.nfe.end()) list += (list.empty() ? "" : "/") + std::to_string(n->second);
         }
-        nfe += (nfe.empty() ? "" : "; ") + sampler + " " + list;
+        nfe += (nfe.empty() ? "" : "; ") + label + " " + list;
       }
       t.note = "NFE: " + nfe + "." + seeds;
       tables.push_back(t);
@@ -177,14 +185,14 @@ std::vector<Table> build_tables(const Experiment& e, const std::vector<ResultRow
       const Grid& g = it->second;
       Table t;
       t.title = model + " vs " + e.baseline + in_group + ": relative improvement";
-      t.header.push_back("sampler");
+      t.header.push_back(e.table_rows);
       for (int s : g.steps) t.header.push_back(std::to_string(s) + " steps");
       bool any_within = false;
-      for (const auto& sampler : g.samplers) {
-        std::vector<std::string> row{sampler};
+      for (const auto& label : g.labels) {
+        std::vector<std::string> row{label};
         for (int s : g.steps) {
-          auto m = g.values.find({sampler, s});
-          auto b = base->second.values.find({sampler, s});
+          auto m = g.values.find({label, s});
+          auto b = base->second.values.find({label, s});
           if (m == g.values.end() || b == base->second.values.end()) {
             row.push_back("–");
             continue;
@@ -294,9 +302,9 @@ struct Figure {
   std::vector<std::pair<std::string, Color>> legend;
 };
 
-// Metric against NFE, one plot per model and group, one line per sampler (means over seeds).
+// Metric against NFE, one plot per model and group, one line per table row (means over seeds).
 std::vector<Figure> metric_plots(const Experiment& e, const std::vector<ResultRow>& rows, const std::string& dir) {
-  const Arranged a = arrange(rows);
+  const Arranged a = arrange(rows, e.table_rows);
   std::vector<Figure> figures;
   for (const auto& group : a.groups)
     for (const auto& model : a.models) {
@@ -305,18 +313,18 @@ std::vector<Figure> metric_plots(const Experiment& e, const std::vector<ResultRo
       const Grid& g = it->second;
       std::vector<Series> series;
       Figure f;
-      for (size_t i = 0; i < g.samplers.size(); ++i) {
+      for (size_t i = 0; i < g.labels.size(); ++i) {
         const Color color = palette()[i % palette().size()];
         Series line{{}, {}, color, false}, dots{{}, {}, color, true};
         for (int s : g.steps) {
-          auto v = g.values.find({g.samplers[i], s});
+          auto v = g.values.find({g.labels[i], s});
           if (v == g.values.end()) continue;
-          line.x.push_back(static_cast<double>(g.nfe.at({g.samplers[i], s})));
+          line.x.push_back(static_cast<double>(g.nfe.at({g.labels[i], s})));
           line.y.push_back(spread(v->second).mean);
         }
         dots.x = line.x, dots.y = line.y;
         series.push_back(line), series.push_back(dots);
-        f.legend.push_back({g.samplers[i], color});
+        f.legend.push_back({g.labels[i], color});
       }
       f.title = model + (group.empty() ? "" : " — " + group);
       f.png = dir + "/" + slug(e.name + "_" + model + (group.empty() ? "" : "_" + group)) + "_metric_vs_nfe.png";
@@ -456,8 +464,8 @@ void write_report(const Experiment& e, const ReportInputs& in) {
   for (const auto& r : in.rows) {
     if (r.seed != in.rows.front().seed || r.grid_png.empty() || !fs::exists(r.grid_png)) continue;
     std::string label = "sampler=" + r.sampler + ", steps=" + std::to_string(r.steps);
-    const std::string group = group_of(r);
-    if (!group.empty()) label += ", " + group;
+    for (const auto& [k, v] : r.setting)
+      if (k != "sampler" && k != "steps") label += ", " + k + "=" + v;
     add_unique(models, r.model);
     add_unique(settings, label);
     grid_of[{label, r.model}] = r.grid_png;

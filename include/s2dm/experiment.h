@@ -62,6 +62,7 @@ struct Experiment {
   std::vector<std::string> sweep_keys;        // the swept keys, in file order
   MetricSpec metric;
   ScheduleSpec schedule;
+  std::string table_rows = "sampler";         // what the tables' rows are: sampler or a swept key
 };
 
 // Reads and checks an experiment file: unknown keys, missing train configs or checkpoints,

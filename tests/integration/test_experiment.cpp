@@ -251,6 +251,7 @@ TEST_F(Experiment, BadFilesFailBeforeAnyWork) {
   expect_bad("sampler: [ddim, deis]", "sampler: [ddim, deis]\n  skip_tuning: [{rho: [0.5, 1.0]}]", "long skips");
   expect_bad("sampler: [ddim, deis]", "sampler: [ddim, deis]\n  timesteps: [learned]\n  steps_: 1",
              "unknown key 'sweep.steps_'");
+  expect_bad("baseline: base", "baseline: base\ntable: {rows: eta}", "table.rows = 'eta': expected sampler or a swept key");
 }
 
 // Skip-Tuning and the learned schedule as sweep axes: the schedule is estimated once, drawn, and
@@ -261,7 +262,7 @@ TEST_F(Experiment, SweepsSkipTuningAndLearnedSchedules) {
                         "\n    set: {data.path: " + (dir / "data") +
                         "}\nsample: {sampler: ddim, steps: 3, batch: 8}\n"
                         "sweep:\n  timesteps: [uniform, learned]\n  skip_tuning: [none, {rho_bottom: 0.5, rho_top: 1.0}]\n"
-                        "schedule: {levels: 20, samples: 16, batch: 8}\n"
+                        "schedule: {levels: 20, samples: 16, batch: 8}\ntable: {rows: timesteps}\n"
                         "metric: {features: classifier, num_samples: 16, reference_num: 64, classifier_epochs: 1}\n");
   auto r = run("run " + path);
   ASSERT_EQ(r.code, 0) << r.output;
@@ -270,9 +271,12 @@ TEST_F(Experiment, SweepsSkipTuningAndLearnedSchedules) {
   EXPECT_TRUE(fs::exists(out() + "/plots/axes_m_learned_schedule.png"));
   const std::string html = read_bytes(out() + "/report/index.html");
   EXPECT_NE(html.find("Learned schedules"), std::string::npos);
-  // One table per (timesteps, skip_tuning) group; the four sets of samples all differ.
+  // One table per Skip-Tuning setting, the grids as rows; the four sets of samples all differ.
   const std::string md = read_bytes(out() + "/results.md");
-  EXPECT_NE(md.find("### m — skip_tuning={rho_bottom: 0.5, rho_top: 1.0}, timesteps=learned"), std::string::npos) << md;
+  EXPECT_NE(md.find("### m — skip_tuning={rho_bottom: 0.5, rho_top: 1.0}\n"), std::string::npos) << md;
+  EXPECT_NE(md.find("\n| learned | "), std::string::npos) << md;
+  // (DDIM's uniform grid, range(0, T, T // S), has 4 points for S = 3.)
+  EXPECT_NE(md.find("NFE: uniform 4; learned 3."), std::string::npos) << md;
   std::set<std::string> samples;
   for (const auto& entry : fs::recursive_directory_iterator(out() + "/units"))
     if (entry.path().filename() == "samples.npz") samples.insert(read_bytes(entry.path().string()));
