@@ -83,6 +83,7 @@ struct Grid {
   std::vector<std::string> labels;    // the rows, in order of first appearance
   std::vector<int> steps;             // increasing
   std::map<std::pair<std::string, int>, std::vector<double>> values;
+  std::map<std::pair<std::string, int>, std::map<uint64_t, double>> by_seed;
   std::map<std::pair<std::string, int>, int64_t> nfe;
 };
 struct Arranged {
@@ -107,6 +108,7 @@ Arranged arrange(const std::vector<ResultRow>& rows, const std::string& rows_key
     add_unique(g.labels, label);
     add_unique(g.steps, r.steps);
     g.values[{label, r.steps}].push_back(r.value);
+    g.by_seed[{label, r.steps}][r.seed] = r.value;
     g.nfe[{label, r.steps}] = r.nfe;
     if (a.metric.empty()) a.metric = r.metric;
   }
@@ -212,6 +214,36 @@ std::vector<Table> build_tables(const Experiment& e, const std::vector<ResultRow
                (any_within ? " † the difference is within the spread across seeds (|Δ| ≤ the larger standard deviation)."
                            : "");
       tables.push_back(t);
+
+      // Seeds fix the initial noise of every image, so both models start from the same x_T: the
+      // per-seed differences are paired, and their spread is the sharper test.
+      if (e.seeds.size() < 2) continue;
+      Table p;
+      p.title = model + " vs " + e.baseline + in_group + ": paired difference";
+      p.header = t.header;
+      const int decimals = table_decimals(g);
+      for (const auto& label : g.labels) {
+        std::vector<std::string> row{label};
+        for (int s : g.steps) {
+          auto m = g.by_seed.find({label, s});
+          auto b = base->second.by_seed.find({label, s});
+          std::vector<double> diffs;
+          if (m != g.by_seed.end() && b != base->second.by_seed.end())
+            for (const auto& [seed, value] : m->second)
+              if (b->second.count(seed)) diffs.push_back(b->second.at(seed) - value);
+          if (diffs.size() < 2) {
+            row.push_back("–");
+            continue;
+          }
+          const auto d = spread(diffs);
+          const int better = static_cast<int>(std::count_if(diffs.begin(), diffs.end(), [](double x) { return x > 0; }));
+          row.push_back(cell_text(diffs, decimals) + " (" + std::to_string(better) + "/" + std::to_string(d.n) + ")");
+        }
+        p.rows.push_back(row);
+      }
+      p.note = "Δ = " + e.baseline + " − " + model + " per seed (the same initial noise for both), mean ± standard "
+               "deviation over seeds; in brackets the seeds where " + model + " is better.";
+      tables.push_back(p);
     }
   }
   return tables;

@@ -307,6 +307,8 @@ TEST(ExperimentReport, TablesAverageSeedsAndCompareWithTheBaseline) {
   EXPECT_NE(md.find("| ddim | 8.200 ± 0.283 | 5.800 ± 0.424 |"), std::string::npos) << md;
   EXPECT_NE(md.find("| ddim | +25.5 % | +3.3 % † |"), std::string::npos) << md;
   EXPECT_NE(md.find("NFE: ddim 11/21."), std::string::npos) << md;
+  // Paired by seed: Δ = 2, 3.6 (both seeds better) and -0.5, 0.9.
+  EXPECT_NE(md.find("| ddim | 2.800 ± 1.131 (2/2) | 0.200 ± 0.990 (1/2) |"), std::string::npos) << md;
   const std::string csv = s2dm::experiment::results_csv(rows);
   EXPECT_NE(csv.find("\nnew,ddim,20,1,21,FD[x],6.1,,,"), std::string::npos) << csv;
 }
