@@ -85,6 +85,7 @@ Source resolve_source(const std::string& arg, FeatureSpace& space, int64_t num, 
       src.description = arg + " (statistics)";
       return src;
     }
+    if (!arrays.count("arr_0")) throw DataError(arg + ": neither statistics (mu, sigma) nor samples (arr_0)");
     images = sample::read_samples_npz(arg);
   } else if (ext == ".yaml" || ext == ".yml") {
     images = data::load_dataset(load_config(arg).data).images;
