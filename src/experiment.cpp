@@ -597,6 +597,31 @@ std::vector<int> learned_steps(const std::vector<Unit>& units, const ModelSpec& 
   return {steps.begin(), steps.end()};
 }
 
+// The sample settings that can change a unit's samples. Options the sampler does not read are
+// reset (changing clip_denoised, which only DDIM and DDPM read, re-runs no DEIS unit), and so is
+// the batch, except for samplers whose noise is drawn per batch (DDPM, DDIM with η > 0).
+SampleConfig effective_settings(SampleConfig c) {
+  const auto& info = sample::find_sampler(c.sampler);
+  std::set<std::string> reads;
+  for (size_t start = 0; start < info.options.size();) {
+    const size_t comma = info.options.find(',', start);
+    const std::string name = info.options.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    reads.insert(name.substr(name.find_first_not_of(' ')));
+    start = comma == std::string::npos ? info.options.size() : comma + 1;
+  }
+  const SampleConfig defaults;
+  if (!reads.count("eta")) c.eta = defaults.eta;
+  if (!reads.count("clip_denoised")) c.clip_denoised = defaults.clip_denoised;
+  if (!reads.count("order")) c.order = defaults.order;
+  if (!reads.count("lambda")) c.lambda = defaults.lambda;
+  if (!reads.count("lower_order_final")) c.lower_order_final = defaults.lower_order_final;
+  if (!reads.count("variance")) c.variance = defaults.variance;
+  if (c.timesteps != "karras") c.karras_rho = defaults.karras_rho;
+  if (!c.skip_tuning.active()) c.skip_tuning = defaults.skip_tuning;
+  if (!info.stochastic && c.eta == 0) c.batch = 0;
+  return c;
+}
+
 ResultRow result_row(const Unit& u, const json& metric) {
   ResultRow row;
   row.model = u.model->name;
@@ -646,9 +671,7 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
         u.seed = seed;
         u.config = sample_config(e, m, s);
         Config c;
-        c.sample = u.config;
-        // The batch changes only the per-batch noise of the stochastic samplers (DDPM, DDIM η > 0).
-        if (u.config.sampler != "ddpm" && !(u.config.sampler == "ddim" && u.config.eta > 0)) c.sample.batch = 0;
+        c.sample = effective_settings(u.config);
         std::string text = m.key + "\n" + to_yaml(c) + "seed " + std::to_string(seed);
         u.key = hash_key(text);
         u.dir = e.out + "/units/" + m.name + "/" + u.key;
@@ -790,6 +813,10 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
 
     for (Unit* u : pending) {
       if (stop.requested()) break;
+      if (fs::exists(u->metric_file())) {  // a setting that differs only in what this sampler ignores
+        u->has_metric = true;
+        continue;
+      }
       spdlog::info("{} | {} | seed {}", m.name, u->setting->label(), u->seed);
       SampleConfig config = u->config;
       if (config.timesteps == "learned") config.timesteps = "learned:" + schedule_file;

@@ -313,6 +313,20 @@ TEST(ExperimentReport, TablesAverageSeedsAndCompareWithTheBaseline) {
   EXPECT_NE(csv.find("\nnew,ddim,20,1,21,FD[x],6.1,,,"), std::string::npos) << csv;
 }
 
+// Settings that differ only in options a sampler ignores are one unit: DEIS reads no clip_denoised.
+TEST_F(Experiment, OptionsASamplerIgnoresShareItsUnit) {
+  const std::string path = dir / "exp.yaml";
+  write_bytes(path, "name: opts\nout: " + out() + "\ndevice: cpu\nthreads: 1\nmodels:\n  - name: m\n    train: " + kTiny +
+                        "\n    set: {data.path: " + (dir / "data") + "}\nsample: {steps: 2, batch: 8}\n"
+                        "sweep:\n  sampler: [ddim, deis]\n  clip_denoised: [true, false]\n"
+                        "metric: {features: classifier, num_samples: 8, reference_num: 64, classifier_epochs: 1}\n");
+  auto r = run("run " + path);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(units_run(r.output), 3) << r.output;
+  EXPECT_EQ(csv_rows(out() + "/results.csv"), 4);
+  EXPECT_EQ(results().size(), 3u);
+}
+
 // The same checks through the library: a ConfigError, nothing else.
 TEST_F(Experiment, LoadExperimentResolvesEverySetting) {
   auto e = s2dm::experiment::load_experiment(write(Knobs{}));
