@@ -327,6 +327,25 @@ TEST_F(Experiment, OptionsASamplerIgnoresShareItsUnit) {
   EXPECT_EQ(results().size(), 3u);
 }
 
+// The shipped experiments load (those on Fashion-MNIST fully; CIFAR10/CelebA need data and the
+// Inception weights, and must say which is missing).
+TEST(ShippedExperiments, LoadOrNameWhatIsMissing) {
+  const std::string dir = std::string(S2DM_SOURCE_DIR) + "/configs/experiments/";
+  if (!fs::exists("/usr/share/datasets/fashion-mnist")) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  for (const char* name : {"fmnist_s2dm.yaml", "skip_tuning_sweep.yaml", "learned_schedule.yaml"}) {
+    const auto e = s2dm::experiment::load_experiment(dir + name);
+    EXPECT_FALSE(e.settings.empty()) << name;
+  }
+  for (const char* name : {"cifar10_s2dm.yaml", "celeba64_s2dm.yaml"}) {
+    try {
+      s2dm::experiment::load_experiment(dir + name);
+    } catch (const s2dm::ConfigError& err) {
+      const std::string what = err.what();
+      EXPECT_TRUE(what.find("is not at") != std::string::npos || what.find("no weights at") != std::string::npos) << what;
+    }
+  }
+}
+
 // The same checks through the library: a ConfigError, nothing else.
 TEST_F(Experiment, LoadExperimentResolvesEverySetting) {
   auto e = s2dm::experiment::load_experiment(write(Knobs{}));
