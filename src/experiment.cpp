@@ -218,7 +218,7 @@ void read_sweep(const Reader& r, const YAML::Node& node, Experiment& e, int& swe
     for (const auto& kv : block) {
       const auto key = kv.first.as<std::string>();
       std::vector<std::string> values;
-      // A list is the axis' values, except a list of numbers for skip_tuning.rho-like keys is one value.
+      // A list holds the axis' values; anything else is its one value (a ρ list is a mapping's member).
       if (kv.second.IsSequence()) {
         for (const auto& v : kv.second) values.push_back(Reader::flow(v));
       } else {
@@ -663,16 +663,18 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
   Measurer measurer(e, device);
   std::vector<Unit> units;
   for (const auto& m : e.models)
-    for (const auto& s : e.settings)
+    for (const auto& s : e.settings) {
+      const SampleConfig config = sample_config(e, m, s);
+      Config c;
+      c.sample = effective_settings(config);
+      const std::string settings_text = m.key + "\n" + to_yaml(c);
       for (uint64_t seed : e.seeds) {
         Unit u;
         u.model = &m;
         u.setting = &s;
         u.seed = seed;
-        u.config = sample_config(e, m, s);
-        Config c;
-        c.sample = effective_settings(u.config);
-        std::string text = m.key + "\n" + to_yaml(c) + "seed " + std::to_string(seed);
+        u.config = config;
+        std::string text = settings_text + "seed " + std::to_string(seed);
         u.key = hash_key(text);
         u.dir = e.out + "/units/" + m.name + "/" + u.key;
         u.metric_key = hash_key(u.key + "\n" + measurer.identity() + "\n" + measurer.reference_identity(m));
@@ -681,6 +683,7 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
         u.has_metric = fs::exists(u.metric_file());
         units.push_back(std::move(u));
       }
+    }
   for (auto& u : units)
     if (u.config.timesteps == "learned") {
       // The schedule file (and so the key) depends on every learned step count of the model.
@@ -881,15 +884,16 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
                          std::to_string(e.models.size()) + " models, " + std::to_string(e.settings.size()) + " settings, " +
                          std::to_string(e.seeds.size()) + " seeds); " + std::to_string(e.metric.num_samples) +
                          " samples per unit; features " + e.metric.features + ", reference " + e.metric.reference + ".");
-  for (const auto& m : e.models)
-    inputs.notes.push_back(m.name + ": " +
-                           (m.train_config.empty() ? "checkpoint " + m.checkpoint
-                                                   : m.train_config + (m.set.empty() ? "" : " with " + [&] {
-                                                       std::string s;
-                                                       for (const auto& o : m.set) s += (s.empty() ? "" : ", ") + o;
-                                                       return s;
-                                                     }()) + " (loss " + m.config.loss.type + ", " +
-                                                         std::to_string(m.config.train.steps) + " steps)"));
+  for (const auto& m : e.models) {
+    if (!m.train_config.empty()) {
+      std::string with;
+      for (const auto& o : m.set) with += (with.empty() ? " with " : ", ") + o;
+      inputs.notes.push_back(m.name + ": " + m.train_config + with + " (loss " + m.config.loss.type + ", " +
+                             std::to_string(m.config.train.steps) + " steps)");
+    } else {
+      inputs.notes.push_back(m.name + ": checkpoint " + m.checkpoint + (m.ema ? " (EMA weights)" : " (raw weights)"));
+    }
+  }
   write_report(e, inputs);
   if (summary.interrupted) spdlog::warn("interrupted: {} units finished this time; run again to continue", summary.units_run);
   std::printf("%d units run now, %d reused, %d of %zu done; wrote %s/results.csv, results.md, report/index.html\n",

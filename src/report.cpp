@@ -448,14 +448,22 @@ std::string results_csv(const std::vector<ResultRow>& rows) {
   return out.str();
 }
 
-std::string results_markdown(const Experiment& e, const std::vector<ResultRow>& rows) {
+namespace {
+
+std::string markdown_document(const Experiment& e, const std::vector<ResultRow>& rows, const std::vector<Table>& tables) {
   std::ostringstream s;
   s << "# " << e.name << "\n\n";
   if (rows.empty()) return s.str() + "No results yet.\n";
   s << rows.size() << " results, " << rows.front().num_samples << " samples each, " << rows.front().metric
     << " against the reference '" << e.metric.reference << "'.\n\n";
-  for (const auto& t : build_tables(e, rows)) s << markdown(t) << "\n";
+  for (const auto& t : tables) s << markdown(t) << "\n";
   return s.str();
+}
+
+}  // namespace
+
+std::string results_markdown(const Experiment& e, const std::vector<ResultRow>& rows) {
+  return markdown_document(e, rows, build_tables(e, rows));
 }
 
 void write_report(const Experiment& e, const ReportInputs& in) {
@@ -463,7 +471,8 @@ void write_report(const Experiment& e, const ReportInputs& in) {
   fs::create_directories(plots);
   fs::create_directories(report);
   write_file_atomic(e.out + "/results.csv", results_csv(in.rows));
-  write_file_atomic(e.out + "/results.md", results_markdown(e, in.rows));
+  const auto tables = build_tables(e, in.rows);
+  write_file_atomic(e.out + "/results.md", markdown_document(e, in.rows, tables));
 
   std::ostringstream h;
   h << "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>" << escape_html(e.name)
@@ -471,7 +480,7 @@ void write_report(const Experiment& e, const ReportInputs& in) {
   for (const auto& line : in.notes) h << "<p>" << escape_html(line) << "</p>\n";
   h << "<h2>Results</h2>\n";
   if (in.rows.empty()) h << "<p>No results yet.</p>\n";
-  for (const auto& t : build_tables(e, in.rows)) h << html(t);
+  for (const auto& t : tables) h << html(t);
 
   if (!in.rows.empty()) {
     h << "<h2>Metric against network evaluations</h2>\n";

@@ -64,6 +64,17 @@ class Experiment : public ::testing::Test {
   }
   std::string out() const { return dir / "out"; }
 
+  // An experiment of one tiny model "m" named `name`, with the given sample, sweep and metric
+  // mappings (YAML text) and extra top-level lines.
+  std::string write_one_model(const std::string& name, const std::string& sample, const std::string& sweep,
+                              const std::string& metric, const std::string& extra = "") {
+    const std::string path = dir / "exp.yaml";
+    write_bytes(path, "name: " + name + "\nout: " + out() + "\ndevice: cpu\nthreads: 1\nmodels:\n  - name: m\n    train: " +
+                          kTiny + "\n    set: {data.path: " + (dir / "data") + "}\nsample: " + sample + "\nsweep:\n" + sweep +
+                          extra + "metric: " + metric + "\n");
+    return path;
+  }
+
   // Result files by unit: path -> modification time.
   std::map<std::string, fs::file_time_type> results() const {
     std::map<std::string, fs::file_time_type> files;
@@ -257,13 +268,11 @@ TEST_F(Experiment, BadFilesFailBeforeAnyWork) {
 // Skip-Tuning and the learned schedule as sweep axes: the schedule is estimated once, drawn, and
 // used; scaled skips change the samples.
 TEST_F(Experiment, SweepsSkipTuningAndLearnedSchedules) {
-  const std::string path = dir / "exp.yaml";
-  write_bytes(path, "name: axes\nout: " + out() + "\ndevice: cpu\nthreads: 1\nmodels:\n  - name: m\n    train: " + kTiny +
-                        "\n    set: {data.path: " + (dir / "data") +
-                        "}\nsample: {sampler: ddim, steps: 3, batch: 8}\n"
-                        "sweep:\n  timesteps: [uniform, learned]\n  skip_tuning: [none, {rho_bottom: 0.5, rho_top: 1.0}]\n"
-                        "schedule: {levels: 20, samples: 16, batch: 8}\ntable: {rows: timesteps}\n"
-                        "metric: {features: classifier, num_samples: 16, reference_num: 64, classifier_epochs: 1}\n");
+  const std::string path =
+      write_one_model("axes", "{sampler: ddim, steps: 3, batch: 8}",
+                      "  timesteps: [uniform, learned]\n  skip_tuning: [none, {rho_bottom: 0.5, rho_top: 1.0}]\n",
+                      "{features: classifier, num_samples: 16, reference_num: 64, classifier_epochs: 1}",
+                      "schedule: {levels: 20, samples: 16, batch: 8}\ntable: {rows: timesteps}\n");
   auto r = run("run " + path);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(units_run(r.output), 4) << r.output;
@@ -315,11 +324,8 @@ TEST(ExperimentReport, TablesAverageSeedsAndCompareWithTheBaseline) {
 
 // Settings that differ only in options a sampler ignores are one unit: DEIS reads no clip_denoised.
 TEST_F(Experiment, OptionsASamplerIgnoresShareItsUnit) {
-  const std::string path = dir / "exp.yaml";
-  write_bytes(path, "name: opts\nout: " + out() + "\ndevice: cpu\nthreads: 1\nmodels:\n  - name: m\n    train: " + kTiny +
-                        "\n    set: {data.path: " + (dir / "data") + "}\nsample: {steps: 2, batch: 8}\n"
-                        "sweep:\n  sampler: [ddim, deis]\n  clip_denoised: [true, false]\n"
-                        "metric: {features: classifier, num_samples: 8, reference_num: 64, classifier_epochs: 1}\n");
+  const std::string path = write_one_model("opts", "{steps: 2, batch: 8}", "  sampler: [ddim, deis]\n  clip_denoised: [true, false]\n",
+                                           "{features: classifier, num_samples: 8, reference_num: 64, classifier_epochs: 1}");
   auto r = run("run " + path);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(units_run(r.output), 3) << r.output;
