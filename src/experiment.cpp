@@ -21,7 +21,7 @@
 #include "s2dm/fid.h"
 #include "s2dm/file_io.h"
 #include "s2dm/generate.h"
-#include "s2dm/npy.h"
+#include "s2dm/npy_tensor.h"
 #include "s2dm/progress.h"
 #include "s2dm/report.h"
 #include "s2dm/samplers.h"
@@ -529,7 +529,7 @@ class Measurer {
       const std::string base = e_.out + "/reference/" + key;
       if (fs::exists(base + ".npz") && (!e_.metric.kid || fs::exists(base + "_features.npy"))) {
         ref.stats = eval::load_stats(base + ".npz");
-        if (e_.metric.kid) ref.features = npy_to_tensor(load_npy(base + "_features.npy"));
+        if (e_.metric.kid) ref.features = to_tensor(load_npy(base + "_features.npy"), base + "_features.npy").to(torch::kFloat64);
       } else {
         auto data = m.config.data;
         data.limit = 0;
@@ -539,7 +539,7 @@ class Measurer {
         ref.features = eval::extract_features(extractor(), images, e_.metric.batch, device_);
         ref.stats = eval::feature_stats(ref.features);
         fs::create_directories(e_.out + "/reference");
-        if (e_.metric.kid) save_npy(base + "_features.npy", tensor_to_npy(ref.features.to(torch::kFloat32)));
+        if (e_.metric.kid) save_npy(base + "_features.npy", to_npy_array(ref.features.to(torch::kFloat32)));
         eval::save_stats(base + ".npz", ref.stats);
       }
     }
@@ -547,17 +547,6 @@ class Measurer {
   }
 
  private:
-  static torch::Tensor npy_to_tensor(const NpyArray& a) {
-    if (a.dtype != "<f4" || a.shape.size() != 2) throw DataError("reference features: expected float32 [N, D]");
-    auto t = torch::empty(a.shape, torch::kFloat32);
-    std::memcpy(t.data_ptr(), a.data.data(), a.data.size());
-    return t.to(torch::kFloat64);
-  }
-  static NpyArray tensor_to_npy(const torch::Tensor& t) {
-    auto c = t.contiguous();
-    return {"<f4", c.sizes().vec(), std::string(static_cast<const char*>(c.data_ptr()), c.numel() * 4)};
-  }
-
   const Experiment& e_;
   torch::Device device_;
   std::string identity_, classifier_;

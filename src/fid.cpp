@@ -10,7 +10,7 @@
 #include "s2dm/classifier.h"
 #include "s2dm/compat.h"
 #include "s2dm/errors.h"
-#include "s2dm/npy.h"
+#include "s2dm/npy_tensor.h"
 #include "s2dm/progress.h"
 
 namespace s2dm::eval {
@@ -89,25 +89,17 @@ Kid kernel_inception_distance(const torch::Tensor& fa, const torch::Tensor& fb, 
 
 namespace {
 
-NpyArray to_npy(const torch::Tensor& t) {
-  auto c = t.to(torch::kFloat64).contiguous();
-  return NpyArray{"<f8", c.sizes().vec(), std::string(static_cast<const char*>(c.data_ptr()), c.numel() * 8)};
-}
-
+// Statistics are float64; float32 files are widened.
 torch::Tensor from_npy(const NpyArray& a, const std::string& origin) {
-  torch::ScalarType type;
-  if (a.dtype == "<f8") type = torch::kFloat64;
-  else if (a.dtype == "<f4") type = torch::kFloat32;
-  else throw DataError(origin + ": expected float64 or float32, got dtype " + a.dtype);
-  auto t = torch::empty(a.shape, type);
-  std::memcpy(t.data_ptr(), a.data.data(), a.data.size());
-  return t.to(torch::kFloat64);
+  if (a.dtype != "<f8" && a.dtype != "<f4") throw DataError(origin + ": expected float64 or float32, got dtype " + a.dtype);
+  return to_tensor(a, origin).to(torch::kFloat64);
 }
 
 }  // namespace
 
 void save_stats(const std::string& path, const FeatureStats& s, bool compress) {
-  save_npz(path, {{"mu", to_npy(s.mu)}, {"sigma", to_npy(s.sigma)}}, compress);
+  save_npz(path, {{"mu", to_npy_array(s.mu.to(torch::kFloat64))}, {"sigma", to_npy_array(s.sigma.to(torch::kFloat64))}},
+           compress);
 }
 
 FeatureStats load_stats(const std::string& path) {

@@ -12,7 +12,7 @@
 #include "s2dm/data.h"
 #include "s2dm/errors.h"
 #include "s2dm/image_io.h"
-#include "s2dm/npy.h"
+#include "s2dm/npy_tensor.h"
 #include "s2dm/progress.h"
 #include "s2dm/schedule_opt.h"
 
@@ -122,9 +122,7 @@ torch::Tensor read_samples_npz(const std::string& path) {
   const auto& a = it->second;
   if (a.dtype != "|u1" || a.shape.size() != 4 || (a.shape[3] != 1 && a.shape[3] != 3))
     throw DataError(path + ": arr_0 must be uint8 NHWC with 1 or 3 channels");
-  auto images = torch::empty(a.shape, torch::kUInt8);
-  std::memcpy(images.data_ptr(), a.data.data(), a.data.size());
-  return images.permute({0, 3, 1, 2}).contiguous();
+  return to_tensor(a, path).permute({0, 3, 1, 2}).contiguous();
 }
 
 void write_samples(const std::string& dir, const torch::Tensor& samples, bool pngs) {
@@ -141,8 +139,7 @@ void write_samples(const std::string& dir, const torch::Tensor& samples, bool pn
                       std::vector<uint8_t>(img.data_ptr<uint8_t>(), img.data_ptr<uint8_t>() + h * w * c)});
     }
   }
-  NpyArray arr{"|u1", {n, h, w, c}, std::string(reinterpret_cast<const char*>(images.data_ptr<uint8_t>()), n * h * w * c)};
-  save_npz(dir + "/samples.npz", {{"arr_0", arr}});
+  save_npz(dir + "/samples.npz", {{"arr_0", to_npy_array(images)}});
   write_grid(dir + "/grid.png", samples);
 }
 

@@ -13,7 +13,7 @@
 #include "s2dm/errors.h"
 #include "s2dm/file_io.h"
 #include "s2dm/generate.h"
-#include "s2dm/npy.h"
+#include "s2dm/npy_tensor.h"
 #include "s2dm/samplers.h"
 #include "s2dm/torchscript_model.h"
 #include "s2dm/train.h"
@@ -54,16 +54,10 @@ torch::Tensor read_noise(const std::string& path) {
   if (a.dtype != "<f4" || a.shape.size() != 4)
     throw DataError(path + ": initial noise must be float32 NCHW (dtype <f4, 4 dimensions), got " + a.dtype +
                     " with " + std::to_string(a.shape.size()) + " dimensions");
-  auto t = torch::empty(a.shape, torch::kFloat32);
-  std::memcpy(t.data_ptr(), a.data.data(), a.data.size());
-  return t;
+  return to_tensor(a, path);
 }
 
-void write_float_npy(const std::string& path, const torch::Tensor& x) {
-  auto c = x.to(torch::kFloat32).contiguous();
-  save_npy(path, NpyArray{"<f4", c.sizes().vec(),
-                          std::string(static_cast<const char*>(c.data_ptr()), c.numel() * sizeof(float))});
-}
+void write_float_npy(const std::string& path, const torch::Tensor& x) { save_npy(path, to_npy_array(x.to(torch::kFloat32))); }
 
 }  // namespace
 
