@@ -4,6 +4,7 @@
 
 #include "s2dm/checkpoint.h"
 #include "s2dm/errors.h"
+#include "s2dm/optim.h"
 #include "s2dm/progress.h"
 
 namespace s2dm::eval {
@@ -53,11 +54,14 @@ double train_classifier(Classifier& net, const data::ImageSet& train, const data
     throw DataError(train.source + ": a classifier needs labels (fmnist or cifar10)");
   torch::manual_seed(o.seed);
   net->to(device);
-  torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(o.lr));
+  NamedTensors params;
+  for (const auto& item : net->named_parameters()) params.emplace_back(item.key(), item.value());
+  train::Adam adam(params, {});
   const int64_t n = train.images.size(0);
   const int64_t steps_per_epoch = (n + o.batch - 1) / o.batch;
+  const int64_t total_steps = o.epochs * steps_per_epoch;
   auto gen = at::detail::createCPUGenerator(o.seed);
-  Progress progress("classifier", o.epochs * steps_per_epoch, "step");
+  Progress progress("classifier", total_steps, "step");
   int64_t step = 0;
   for (int epoch = 0; epoch < o.epochs; ++epoch) {
     net->train();
@@ -69,7 +73,9 @@ double train_classifier(Classifier& net, const data::ImageSet& train, const data
       adam.zero_grad();
       auto loss = torch::nn::functional::cross_entropy(net->forward(x), y);
       loss.backward();
-      adam.step();
+      // The learning rate decays linearly to 0: the last steps settle the weights (and the
+      // BatchNorm statistics) instead of leaving them wherever the last large step threw them.
+      adam.step(o.lr * (1.0 - static_cast<double>(step) / static_cast<double>(total_steps)));
       progress.update(++step, "loss " + std::to_string(loss.item<double>()).substr(0, 6));
     }
   }

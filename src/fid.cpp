@@ -49,11 +49,11 @@ double frechet_distance(const FeatureStats& a, const FeatureStats& b) {
   if (info.item<int>() == 0) {
     m = chol.t().matmul(s2).matmul(chol);
   } else {
-    auto [lambda1, v1] = torch::linalg::eigh(sym(s1), "L");
+    auto [lambda1, v1] = torch::linalg_eigh(sym(s1), "L");
     auto root1 = v1.matmul(torch::diag(lambda1.clamp_min(0).sqrt())).matmul(v1.t());
     m = root1.matmul(s2).matmul(root1);
   }
-  auto eig = torch::linalg::eigvalsh(sym(m), "L");
+  auto eig = torch::linalg_eigvalsh(sym(m), "L");
   const double tr_covmean = eig.clamp_min(0).sqrt().sum().item<double>();
   const double diff = (mu1 - mu2).square().sum().item<double>();
   return diff + s1.trace().item<double>() + s2.trace().item<double>() - 2 * tr_covmean;

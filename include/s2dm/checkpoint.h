@@ -4,6 +4,7 @@
 // ("schedule.*", optional), with the step, the resolved
 // config and the data position in its metadata, and a CRC-32 of the tensor bytes that is
 // verified on load. Written atomically (temporary name, fsync, rename).
+#include <torch/nn/module.h>
 #include <torch/types.h>
 
 #include <string>

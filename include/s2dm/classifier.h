@@ -35,7 +35,7 @@ TORCH_MODULE(Classifier);
 struct ClassifierTraining {
   int epochs = 2;
   int64_t batch = 128;
-  double lr = 5e-3;
+  double lr = 5e-3;  // at the first step, decaying linearly to 0 at the last
   uint64_t seed = 0;
 };
 
