@@ -1,21 +1,34 @@
 #!/usr/bin/env bash
 # Installs the Debian packages s2dm needs to build, test and run (idempotent).
-# Runs as root, or through sudo when it is available. `--tests` adds what only the tests use:
-# Chromium, which renders the experiment report headless (its test skips where it is absent).
+# Runs as root, or through sudo when it is available. Options:
+#   --tests    what only the tests use: Chromium, which renders the experiment report headless
+#              (its test skips where it is absent)
+#   --chroots  the host tools of scripts/test_torch2.sh (debootstrap, rsync)
+#   --cuda     LibTorch with CUDA (libtorch-cuda-dev and nvidia-cuda-toolkit, Debian 13 or
+#              later, contrib) instead of the CPU LibTorch
 set -euo pipefail
+
+torch=(libtorch-dev)
+extra=()
+for arg in "$@"; do
+  case "$arg" in
+    --tests) extra+=(chromium) ;;
+    --chroots) extra+=(debootstrap rsync) ;;
+    --cuda) torch=(libtorch-cuda-dev nvidia-cuda-toolkit) ;;
+    *) echo "setup: unknown option '$arg' (--tests, --chroots, --cuda)" >&2; exit 2 ;;
+  esac
+done
 
 packages=(
   build-essential cmake ninja-build pkg-config
-  libtorch-dev            # LibTorch (CPU)
+  "${torch[@]}"           # LibTorch (and with CUDA, the toolkit its CMake package needs)
   libopenblas0-pthread    # fast BLAS/LAPACK behind LibTorch (the reference BLAS makes FID 10x slower)
   libyaml-cpp-dev libspdlog-dev libfmt-dev libcxxopts-dev nlohmann-json3-dev
   libgtest-dev libbenchmark-dev
   zlib1g-dev libstb-dev   # gzip/zip, PNG/JPEG decoding and PNG writing
   dataset-fashion-mnist   # the embedded default data set
 )
-if [ "${1:-}" = "--tests" ]; then
-  packages+=(chromium)
-fi
+packages+=("${extra[@]}")
 
 missing=()
 for p in "${packages[@]}"; do
