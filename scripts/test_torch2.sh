@@ -82,6 +82,8 @@ ensure_chroot() {
     debootstrap --variant=minbase --components=main,contrib,non-free "$suite" "$dir.new" "$url" \
       > "$root/debootstrap-$suite.log" 2>&1 || { tail -20 "$root/debootstrap-$suite.log"; exit 1; }
     echo "deb $url $suite main contrib non-free" > "$dir.new/etc/apt/sources.list"
+    # A mirror may be a snapshot, whose sid Release file is past its short Valid-Until date.
+    echo 'Acquire::Check-Valid-Until "false";' > "$dir.new/etc/apt/apt.conf.d/99s2dm-snapshot"
     printf '#!/bin/sh\nexit 101\n' > "$dir.new/usr/sbin/policy-rc.d"  # start no services
     chmod +x "$dir.new/usr/sbin/policy-rc.d"
     mv "$dir.new" "$dir"
