@@ -1,19 +1,27 @@
-// UNet throughput on the CPU: a training step (forward + L_simple + backward + Adam + EMA) and a
+// UNet throughput: a training step (forward + L_simple + backward + clipping + Adam + EMA) and a
 // sampling network evaluation (no grad), for a model config and batch size given by
 // S2DM_BENCH_CONFIG (default: the CIFAR10 config) and S2DM_BENCH_BATCH (default 16); and each
 // sampler's own cost per step apart from the network (BM_SamplerStep, CIFAR10 shape, batch 64,
 // 10 steps, a model that returns a fixed ε), to compare with BM_SampleEval at batch 64.
+// Counters: images/s (items_per_second), TFLOP/s of the model's math and MFU, its fraction of
+// the device's peak (s2dm::peak_flops; S2DM_PEAK_TFLOPS overrides).
+//
 // S2DM_BENCH_DEVICE=cuda runs on the GPU, with bf16 autocast unless S2DM_BENCH_PRECISION=fp32.
+// Each speed feature can be switched to measure its gain (1 = on, 0 = off; default: what
+// training and sampling use): S2DM_BENCH_CHANNELS_LAST, S2DM_BENCH_FUSED_ADAM, S2DM_BENCH_TF32
+// (CUDA: TF32 and the cuDNN autotuner), S2DM_BENCH_CUDA_GRAPHS (CUDA sampling).
 // Compare with bench/reference_unet.py (PyTorch eager, the same architecture): bench/compare.sh.
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cstdlib>
 
 #include "s2dm/compat.h"
 #include "s2dm/config.h"
 #include "s2dm/device.h"
 #include "s2dm/fid.h"
+#include "s2dm/generate.h"
 #include "s2dm/losses.h"
 #include "s2dm/optim.h"
 #include "s2dm/samplers.h"
@@ -21,11 +29,18 @@
 
 namespace {
 
+// An on/off switch from the environment, or `fallback` when unset.
+bool env_flag(const char* name, bool fallback) {
+  const char* v = std::getenv(name);
+  return v ? std::string(v) != "0" : fallback;
+}
+
 struct Setup {
   s2dm::Config config;
   int64_t batch;
   torch::Device device{torch::kCPU};
   bool bf16 = false;
+  torch::MemoryFormat memory_format = torch::MemoryFormat::Contiguous;
   Setup() {
     const char* path = std::getenv("S2DM_BENCH_CONFIG");
     config = path ? s2dm::load_config(path) : s2dm::parse_config("data: {dataset: cifar10, channels: 3}", "cifar10");
@@ -33,13 +48,35 @@ struct Setup {
     batch = b ? std::atoll(b) : 16;
     s2dm::set_cpu_threads(config.threads);
     device = s2dm::resolve_device(std::getenv("S2DM_BENCH_DEVICE") ? std::getenv("S2DM_BENCH_DEVICE") : "cpu");
+    if (device.is_cuda()) s2dm::use_fast_cuda_math(env_flag("S2DM_BENCH_TF32", true));
     const char* precision = std::getenv("S2DM_BENCH_PRECISION");
     bf16 = device.is_cuda() && !(precision && std::string(precision) == "fp32");
+    const bool channels_last = s2dm::model::preferred_memory_format(device) == torch::MemoryFormat::ChannelsLast;
+    if (env_flag("S2DM_BENCH_CHANNELS_LAST", channels_last)) memory_format = torch::MemoryFormat::ChannelsLast;
   }
   std::vector<int64_t> shape() const {
     return {batch, config.data.channels, config.data.image_size, config.data.image_size};
   }
+  s2dm::model::UNet unet() const {
+    s2dm::model::UNet net(config.model, config.data.channels, config.data.image_size);
+    net->to(device);
+    net->set_memory_format(memory_format);
+    return net;
+  }
+  // Images/s, TFLOP/s and MFU for `passes` forward-equivalents per image, over `seconds`.
+  void report(benchmark::State& state, const s2dm::model::UNet& net, double passes, double seconds) const {
+    state.SetItemsProcessed(state.iterations() * batch);
+    state.counters["batch"] = static_cast<double>(batch);
+    const double flops_per_second = passes * static_cast<double>(net->forward_flops()) *
+                                    static_cast<double>(state.iterations() * batch) / seconds;
+    state.counters["TFLOP/s"] = flops_per_second / 1e12;
+    if (const double peak = s2dm::peak_flops(device, bf16); peak > 0) state.counters["MFU"] = flops_per_second / peak;
+  }
 };
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
 
 void sync(const torch::Device& d) {
   if (d.is_cuda()) torch::cuda::synchronize();
@@ -48,17 +85,17 @@ void sync(const torch::Device& d) {
 void BM_TrainStep(benchmark::State& state) {
   Setup s;
   torch::manual_seed(0);
-  s2dm::model::UNet net(s.config.model, s.config.data.channels, s.config.data.image_size);
-  s2dm::model::UNet ema(s.config.model, s.config.data.channels, s.config.data.image_size);
-  net->to(s.device);
-  ema->to(s.device);
+  auto net = s.unet(), ema = s.unet();
   s2dm::NamedTensors params;
   for (const auto& p : net->named_parameters()) params.emplace_back(p.key(), p.value());
-  s2dm::train::Adam adam(params, {});
+  s2dm::train::AdamOptions adam_options;
+  adam_options.fused = env_flag("S2DM_BENCH_FUSED_ADAM", true);
+  s2dm::train::Adam adam(params, adam_options);
   s2dm::NoiseSchedule schedule(s.config.diffusion);
   s2dm::diffusion::DiffusionLoss loss(s.config.loss, schedule, s.device);
   auto x0 = torch::randn(s.shape(), torch::TensorOptions().device(s.device));
   auto all = net->parameters();
+  const auto start = std::chrono::steady_clock::now();
   for (auto _ : state) {
     adam.zero_grad();
     auto t = s2dm::diffusion::sample_timesteps(s.batch, schedule.num_timesteps(), true, s.device);
@@ -73,26 +110,24 @@ void BM_TrainStep(benchmark::State& state) {
     s2dm::train::ema_update(*ema, *net, 0.9999);
     sync(s.device);
   }
-  state.SetItemsProcessed(state.iterations() * s.batch);
-  state.counters["batch"] = static_cast<double>(s.batch);
+  s.report(state, net, 3.0, seconds_since(start));  // backward ≈ 2 forwards
 }
 
+// One network evaluation as samplers make it (through the ε-model: memory format, bf16, CUDA graphs).
 void BM_SampleEval(benchmark::State& state) {
   Setup s;
   torch::manual_seed(0);
-  s2dm::model::UNet net(s.config.model, s.config.data.channels, s.config.data.image_size);
-  net->to(s.device);
-  net->eval();
-  torch::NoGradGuard no_grad;
+  auto net = s.unet();
+  auto model = s2dm::sample::unet_eps_model(net, s.bf16, {}, env_flag("S2DM_BENCH_CUDA_GRAPHS", true));
+  net->set_memory_format(s.memory_format);  // (the ε-model chose the preferred one)
   auto x = torch::randn(s.shape(), torch::TensorOptions().device(s.device));
   auto t = torch::full({s.batch}, 500.0f, torch::TensorOptions().device(s.device));
-  s2dm::compat::CudaAutocast autocast(s.bf16, torch::kBFloat16);
+  const auto start = std::chrono::steady_clock::now();
   for (auto _ : state) {
-    benchmark::DoNotOptimize(net->forward(x, t));
+    benchmark::DoNotOptimize(model(x, t));
     sync(s.device);
   }
-  state.SetItemsProcessed(state.iterations() * s.batch);
-  state.counters["batch"] = static_cast<double>(s.batch);
+  s.report(state, net, 1.0, seconds_since(start));
 }
 
 void BM_SamplerStep(benchmark::State& state) {

@@ -36,11 +36,15 @@ step "tests"
 (cd build-gpu && ctest --output-on-failure -j 4 2>&1) | tee "$results/tests.txt" | tail -15
 
 step "benchmarks (s2dm vs PyTorch eager, same machine, same run)"
-bench() {  # name config batch precision
-  local name=$1 cfg=$2 batch=$3 precision=$4 flag=""
+bench() {  # name config batch precision [VAR=VALUE ...: s2dm_bench feature switches]
+  local name=$1 cfg=$2 batch=$3 precision=$4 flag="" filter=BM_TrainStep
+  shift 4
   [ "$precision" = bf16 ] && flag=--bf16
-  S2DM_BENCH_DEVICE=cuda S2DM_BENCH_CONFIG=$cfg S2DM_BENCH_BATCH=$batch S2DM_BENCH_PRECISION=$precision \
-    build-gpu/s2dm_bench --benchmark_format=json --benchmark_min_time=3 > "$results/s2dm_$name.json" 2>/dev/null
+  [[ "$name" == *eval* ]] && filter=BM_SampleEval
+  env S2DM_BENCH_DEVICE=cuda S2DM_BENCH_CONFIG=$cfg S2DM_BENCH_BATCH=$batch S2DM_BENCH_PRECISION=$precision "$@" \
+    build-gpu/s2dm_bench --benchmark_filter=$filter --benchmark_format=json \
+    --benchmark_min_time=3 > "$results/s2dm_$name.json" 2>/dev/null
+  [ $# -gt 0 ] && return  # feature switches: compared with s2dm's own default run
   local ref=cifar10
   [[ "$cfg" == *celeba* ]] && ref=celeba64
   "$python" bench/reference_unet.py --device cuda --batch "$batch" --config "$ref" $flag --min-time 3 \
@@ -49,8 +53,15 @@ bench() {  # name config batch precision
 for precision in bf16 fp32; do
   bench "cifar10_b128_$precision" configs/train/cifar10_ddpm.yaml 128 $precision
   bench "celeba64_b128_$precision" configs/train/celeba64_ddpm.yaml 128 $precision
+  # Each speed feature off in turn (its gain = default / this).
+  bench "cifar10_b128_${precision}_no-channels-last" configs/train/cifar10_ddpm.yaml 128 $precision S2DM_BENCH_CHANNELS_LAST=0
+  bench "cifar10_b128_${precision}_no-fused-adam" configs/train/cifar10_ddpm.yaml 128 $precision S2DM_BENCH_FUSED_ADAM=0
+  bench "cifar10_b128_${precision}_no-tf32" configs/train/cifar10_ddpm.yaml 128 $precision S2DM_BENCH_TF32=0
 done
-for batch in 1 64 1024; do bench "cifar10_eval_b$batch" configs/train/cifar10_ddpm.yaml $batch bf16; done
+for batch in 1 64 1024; do
+  bench "cifar10_eval_b$batch" configs/train/cifar10_ddpm.yaml $batch bf16
+  bench "cifar10_eval_b${batch}_no-cuda-graphs" configs/train/cifar10_ddpm.yaml $batch bf16 S2DM_BENCH_CUDA_GRAPHS=0
+done
 
 step "a short real training run on Fashion-MNIST"
 build-gpu/s2dm train --config configs/train/fmnist.yaml --set data.path=gpu_bundle/fashion-mnist \
@@ -64,7 +75,7 @@ import glob, json, os, sys
 r = sys.argv[1]
 def s2dm(name):
     try:
-        return {b["name"].split("/")[0]: b["items_per_second"] for b in json.load(open(f"{r}/s2dm_{name}.json"))["benchmarks"]}
+        return {b["name"].split("/")[0]: b for b in json.load(open(f"{r}/s2dm_{name}.json"))["benchmarks"]}
     except Exception:
         return {}
 def ref(name):
@@ -72,11 +83,19 @@ def ref(name):
         return json.load(open(f"{r}/torch_{name}.json"))
     except Exception:
         return {}
-print(f"{'benchmark':28s} {'s2dm img/s':>11s} {'torch img/s':>12s} {'ratio':>6s} {'torch peak GiB':>15s}")
+print(f"{'benchmark':40s} {'s2dm img/s':>11s} {'torch img/s':>12s} {'ratio':>6s} {'MFU':>6s} {'torch peak GiB':>15s}")
 for name in sorted(os.path.basename(p)[5:-5] for p in glob.glob(f"{r}/s2dm_*.json")):
-    s, t = s2dm(name), ref(name)
+    s = s2dm(name)
+    base = name.split("_no-")[0]
+    t = ref(base)
     key, tkey = ("BM_SampleEval", "eval_images_per_sec") if "eval" in name else ("BM_TrainStep", "train_images_per_sec")
-    ours, theirs = s.get(key, float("nan")), t.get(tkey, float("nan"))
-    print(f"{name:28s} {ours:11.1f} {theirs:12.1f} {ours / theirs if theirs else float('nan'):6.2f} {t.get('peak_gib', 0):15.2f}")
+    ours = s.get(key, {}).get("items_per_second", float("nan"))
+    mfu = s.get(key, {}).get("MFU", float("nan"))
+    if "_no-" in name:  # a feature switched off: the ratio is the default run over this one
+        default = s2dm(base).get(key, {}).get("items_per_second", float("nan"))
+        print(f"{name:40s} {ours:11.1f} {'(gain)':>12s} {default / ours if ours else float('nan'):6.2f} {mfu:6.1%}")
+        continue
+    theirs = t.get(tkey, float("nan"))
+    print(f"{name:40s} {ours:11.1f} {theirs:12.1f} {ours / theirs if theirs else float('nan'):6.2f} {mfu:6.1%} {t.get('peak_gib', 0):15.2f}")
 PY
 tail -3 "$results/tests.txt"

@@ -10,6 +10,7 @@
 #include <random>
 #include <thread>
 
+#include "s2dm/device.h"
 #include "s2dm/errors.h"
 #include "s2dm/file_io.h"
 #include "s2dm/image_io.h"
@@ -275,10 +276,14 @@ torch::Tensor to_uint8(const torch::Tensor& x) {
 }
 
 Batcher::Batcher(const ImageSet& set, const torch::Device& device, int64_t batch_size, uint64_t seed,
-                 bool random_flip)
-    : images_(set.images.to(device)), device_(device), num_(set.images.size(0)), batch_size_(batch_size),
-      seed_(seed), random_flip_(random_flip) {
+                 bool random_flip, Placement placement)
+    : device_(device), num_(set.images.size(0)), batch_size_(batch_size), seed_(seed), random_flip_(random_flip) {
   if (num_ == 0) throw DataError(set.source + ": the data set is empty");
+  const int64_t bytes = set.images.numel();
+  on_device_ = placement == Placement::device ||
+               (placement == Placement::automatic && (!device.is_cuda() || bytes <= device_memory(device) / 4));
+  images_ = on_device_ ? set.images.to(device) : set.images;
+  if (!on_device_) spdlog::info("data: {:.1f} GB stay in host memory, sent batch by batch", bytes / 1e9);
   shuffle();
 }
 
@@ -291,12 +296,13 @@ void Batcher::shuffle() {
 
 void Batcher::seek(int64_t epoch, int64_t cursor) {
   if (cursor < 0 || cursor > num_) throw DataError("data position " + std::to_string(cursor) + " out of range");
-  epoch_ = epoch;
-  cursor_ = cursor;
+  epoch_ = epoch_served_ = epoch;
+  cursor_ = cursor_served_ = cursor;
+  ahead_ = {};
   shuffle();
 }
 
-torch::Tensor Batcher::next() {
+Batcher::Pending Batcher::gather() {
   std::vector<int64_t> picked;
   picked.reserve(batch_size_);
   while (static_cast<int64_t>(picked.size()) < batch_size_) {
@@ -307,8 +313,26 @@ torch::Tensor Batcher::next() {
     }
     picked.push_back(order_[cursor_++]);
   }
-  auto index = torch::tensor(picked, torch::kLong).to(device_);
-  auto x = to_model_range(images_.index_select(0, index));
+  auto index = torch::tensor(picked, torch::kLong);
+  if (on_device_) return {images_.index_select(0, index.to(device_)), epoch_, cursor_};
+  // Pinned memory lets the copy run without the host waiting; the caching host allocator keeps
+  // the buffer until the copy is done.
+  auto host = images_.index_select(0, index);
+  if (device_.is_cuda()) host = host.pin_memory();
+  return {host.to(device_, /*non_blocking=*/true), epoch_, cursor_};
+}
+
+torch::Tensor Batcher::next() {
+  Pending batch;
+  if (on_device_) {
+    batch = gather();
+  } else {  // one batch ahead: the next one travels while the model works on this one
+    batch = ahead_.images.defined() ? ahead_ : gather();
+    ahead_ = gather();
+  }
+  epoch_served_ = batch.epoch;
+  cursor_served_ = batch.cursor;
+  auto x = to_model_range(batch.images);
   if (random_flip_) {
     auto flip = torch::rand({batch_size_, 1, 1, 1}, x.options()) < 0.5;
     x = torch::where(flip, x.flip({3}), x);

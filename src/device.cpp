@@ -1,6 +1,13 @@
 #include "s2dm/device.h"
 
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <fstream>
 #include <thread>
+#if S2DM_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
 
 #include "s2dm/compat.h"
 #include "s2dm/errors.h"
@@ -8,7 +15,7 @@
 namespace s2dm {
 
 torch::Device resolve_device(const std::string& name) {
-  if (name == "auto") return torch::cuda::is_available() ? torch::Device("cuda") : torch::Device("cpu");
+  if (name == "auto") return resolve_device(torch::cuda::is_available() ? "cuda" : "cpu");
   if (name == "cpu") return torch::kCPU;
   if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
     if (!torch::cuda::is_available())
@@ -23,15 +30,71 @@ torch::Device resolve_device(const std::string& name) {
     if (device.has_index() && device.index() >= static_cast<int>(torch::cuda::device_count()))
       throw ConfigError("device = '" + name + "': only " +
                         std::to_string(torch::cuda::device_count()) + " CUDA device(s) visible");
+    use_fast_cuda_math(true);
     return device;
   }
   throw ConfigError("device = '" + name + "' is not one of auto, cpu, cuda, cuda:N");
+}
+
+void use_fast_cuda_math(bool fast) {
+  auto& context = at::globalContext();
+  context.setAllowTF32CuBLAS(fast);
+  context.setAllowTF32CuDNN(fast);
+  context.setBenchmarkCuDNN(fast);
+}
+
+int64_t device_memory(const torch::Device& device) {
+#if S2DM_WITH_CUDA
+  if (device.is_cuda())
+    return static_cast<int64_t>(at::cuda::getDeviceProperties(device.has_index() ? device.index() : 0)->totalGlobalMem);
+#else
+  (void)device;
+#endif
+  return 0;
+}
+
+double peak_flops(const torch::Device& device, bool bf16) {
+  if (const char* given = std::getenv("S2DM_PEAK_TFLOPS")) return std::atof(given) * 1e12;
+  if (device.is_cuda()) {
+#if S2DM_WITH_CUDA
+    // Dense TFLOP/s from NVIDIA's data sheets: bf16 and TF32 tensor cores, plain fp32.
+    struct Peak {
+      const char* name;
+      double bf16, tf32, fp32;
+    };
+    static const Peak peaks[] = {{"H200", 989.4, 494.7, 66.9}, {"H100 PCIe", 756.5, 378.0, 51.2},
+                                 {"H100", 989.4, 494.7, 66.9}, {"A100", 312.0, 156.0, 19.5},
+                                 {"L40S", 362.1, 183.2, 91.6}, {"L4", 121.0, 60.0, 30.3}};
+    const std::string name = at::cuda::getDeviceProperties(device.has_index() ? device.index() : 0)->name;
+    const bool tf32 = at::globalContext().allowTF32CuBLAS();
+    for (const auto& p : peaks)
+      if (name.find(p.name) != std::string::npos) return (bf16 ? p.bf16 : tf32 ? p.tf32 : p.fp32) * 1e12;
+#else
+    (void)bf16;
+#endif
+    return 0.0;
+  }
+  // CPU: threads x clock x fp32 FLOP per cycle (two FMA units of 16 lanes with AVX-512, 8 with AVX2).
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  double mhz = 0, per_cycle = 0;
+  for (std::string line; std::getline(cpuinfo, line) && (mhz == 0 || per_cycle == 0);) {
+    if (line.rfind("cpu MHz", 0) == 0) mhz = std::atof(line.substr(line.find(':') + 1).c_str());
+    if (line.rfind("flags", 0) == 0)
+      per_cycle = line.find(" avx512f") != std::string::npos ? 64 : line.find(" fma") != std::string::npos ? 32 : 8;
+  }
+  return torch::get_num_threads() * mhz * 1e6 * per_cycle;
 }
 
 void set_cpu_threads(int threads) {
   int n = threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency());
   if (n < 1) n = 1;
   torch::set_num_threads(n);
+  // OpenBLAS, where it is the BLAS behind LibTorch, keeps its own pool of busy-waiting threads,
+  // one per core, that LibTorch's setting does not reach: two processes of one thread each
+  // then spin on every core (measured 2.6x slower for two test processes on 2 cores).
+  using SetThreads = void (*)(int);
+  if (auto set_openblas = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads")))
+    set_openblas(n);
 }
 
 std::string runtime_info(const torch::Device& device) {

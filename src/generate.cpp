@@ -7,6 +7,13 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <map>
+#include <memory>
+#if S2DM_WITH_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 #include "s2dm/compat.h"
 #include "s2dm/data.h"
@@ -18,13 +25,94 @@
 
 namespace s2dm::sample {
 
-EpsModel unet_eps_model(model::UNet unet, bool bf16, const SkipTuningConfig& skip_tuning) {
+namespace {
+
+#if S2DM_WITH_CUDA
+// The network evaluation replayed from CUDA graphs: captured once per input shape and set of
+// skip factors (which the graph holds as constants), then one launch per evaluation instead of
+// hundreds of kernel launches. A shape whose capture fails runs eagerly from then on.
+class GraphedForward {
+ public:
+  torch::Tensor operator()(model::UNetImpl& net, const torch::Tensor& x, const torch::Tensor& t, bool bf16) {
+    Key key{x.sizes().vec(), net.skip_scales()};
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) it = graphs_.emplace(key, capture(net, x, t, bf16)).first;
+    Graph* graph = it->second.get();
+    if (!graph) return eager(net, x, t, bf16);
+    graph->x.copy_(x);
+    graph->t.copy_(t);
+    graph->graph.replay();
+    return graph->out.clone();
+  }
+
+ private:
+  using Key = std::pair<std::vector<int64_t>, std::vector<double>>;
+  struct Graph {
+    at::cuda::CUDAGraph graph;
+    torch::Tensor x, t, out;
+  };
+
+  static torch::Tensor eager(model::UNetImpl& net, const torch::Tensor& x, const torch::Tensor& t, bool bf16) {
+    compat::CudaAutocast autocast(bf16, torch::kBFloat16);
+    return net.forward(x, t).to(torch::kFloat32);
+  }
+
+  static std::unique_ptr<Graph> capture(model::UNetImpl& net, const torch::Tensor& x, const torch::Tensor& t,
+                                        bool bf16) {
+    auto graph = std::make_unique<Graph>();
+    graph->x = x.clone();
+    graph->t = t.clone();
+    torch::cuda::synchronize();
+    // Capture runs on a side stream, after warm-up there (cuDNN tuning, workspace allocation);
+    // the autocast cache is off, as cached casts would live outside the graph.
+    const bool cache = at::autocast::is_autocast_cache_enabled();
+    at::autocast::set_autocast_cache_enabled(false);
+    bool capturing = false;
+    try {
+      c10::cuda::CUDAStreamGuard side(c10::cuda::getStreamFromPool());
+      for (int i = 0; i < 2; ++i) eager(net, graph->x, graph->t, bf16);
+      torch::cuda::synchronize();
+      graph->graph.capture_begin();
+      capturing = true;
+      graph->out = eager(net, graph->x, graph->t, bf16);
+      capturing = false;
+      graph->graph.capture_end();
+    } catch (const std::exception& e) {
+      if (capturing) {
+        try {
+          graph->graph.capture_end();
+        } catch (const std::exception&) {
+        }
+      }
+      spdlog::warn("CUDA graph capture failed for input {} ({}); evaluating eagerly", c10::str(x.sizes()), e.what());
+      graph.reset();
+    }
+    at::autocast::set_autocast_cache_enabled(cache);
+    torch::cuda::synchronize();
+    return graph;
+  }
+
+  std::map<Key, std::unique_ptr<Graph>> graphs_;
+};
+#endif
+
+}  // namespace
+
+EpsModel unet_eps_model(model::UNet unet, bool bf16, const SkipTuningConfig& skip_tuning, bool cuda_graphs) {
   unet->eval();
   auto net = unet.ptr();
+  const auto device = net->parameters().front().device();
+  net->set_memory_format(model::preferred_memory_format(device));
   std::vector<double> scales;
   if (skip_tuning.active()) scales = model::skip_tuning_scales(skip_tuning, net->num_skips());
   const double t_min = skip_tuning.t_min, t_max = skip_tuning.t_max;
-  return [net, bf16, scales, t_min, t_max](const torch::Tensor& x, const torch::Tensor& t) {
+  bf16 = bf16 && device.is_cuda();
+#if S2DM_WITH_CUDA
+  auto graphed = cuda_graphs && device.is_cuda() ? std::make_shared<GraphedForward>() : nullptr;
+#else
+  (void)cuda_graphs;
+#endif
+  return [=](const torch::Tensor& x, const torch::Tensor& t) {
     torch::NoGradGuard no_grad;
     if (scales.empty()) {
       net->set_skip_scales({});  // (another ε-model of the same network may have set some)
@@ -32,9 +120,12 @@ EpsModel unet_eps_model(model::UNet unet, bool bf16, const SkipTuningConfig& ski
       const double time = t[0].item<double>();
       net->set_skip_scales(time >= t_min && time <= t_max ? scales : std::vector<double>{});
     }
-    const auto device = net->parameters().front().device();
-    compat::CudaAutocast autocast(bf16 && device.is_cuda(), torch::kBFloat16);
-    return net->forward(x.to(device, torch::kFloat32), t.to(device, torch::kFloat32)).to(torch::kFloat32);
+    auto x_in = x.to(device, torch::kFloat32), t_in = t.to(device, torch::kFloat32);
+#if S2DM_WITH_CUDA
+    if (graphed) return (*graphed)(*net, x_in, t_in, bf16);
+#endif
+    compat::CudaAutocast autocast(bf16, torch::kBFloat16);
+    return net->forward(x_in, t_in).to(torch::kFloat32);
   };
 }
 

@@ -59,9 +59,11 @@ LossTerms DiffusionLoss::combine(const torch::Tensor& eps1, const torch::Tensor&
   LossTerms out;
   auto pred = eps_hat.to(torch::kFloat32);
   auto simple = per_sample_mse(eps1, pred);
-  out.simple = simple.mean().item<double>();
+  out.simple = simple.detach().mean();
   if (config_.type != "s2dm") {
     out.loss = simple.mean();
+    out.skip_sum = torch::zeros({}, out.simple.options());
+    out.skip_count = torch::zeros({}, out.simple.options().dtype(torch::kLong));
     return out;
   }
   auto c = skip_coef_.to(pred.device()).index_select(0, t).view({-1, 1, 1, 1});
@@ -69,9 +71,8 @@ LossTerms DiffusionLoss::combine(const torch::Tensor& eps1, const torch::Tensor&
   auto applies = t >= config_.skip_k;
   auto combined = torch::where(applies, config_.tau * simple + (1.0 - config_.tau) * skip, simple);
   out.loss = combined.mean();
-  out.skip_count = applies.sum().item<int64_t>();
-  if (out.skip_count > 0)
-    out.skip = (skip * applies.to(skip.dtype())).sum().item<double>() / static_cast<double>(out.skip_count);
+  out.skip_sum = (skip.detach() * applies.to(skip.dtype())).sum();
+  out.skip_count = applies.sum();
   return out;
 }
 

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <map>
 
+#include "s2dm/compat.h"
 #include "s2dm/errors.h"
 
 namespace s2dm::train {
@@ -22,6 +23,24 @@ void Adam::zero_grad() {
 void Adam::step(double lr) {
   torch::NoGradGuard no_grad;
   ++steps_;
+  if (options_.fused && compat::kHasFusedAdam && !params_.empty()) {
+    std::vector<torch::Tensor> params, grads, exp_avgs, exp_avg_sqs;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      auto& p = params_[i].second;
+      if (!p.grad().defined()) continue;
+      params.push_back(p);
+      grads.push_back(p.grad());
+      exp_avgs.push_back(exp_avg_[i]);
+      exp_avg_sqs.push_back(exp_avg_sq_[i]);
+    }
+    if (!fused_step_.defined())
+      fused_step_ = torch::zeros({}, params_.front().second.options().dtype(torch::kFloat32));
+    fused_step_.fill_(static_cast<double>(steps_));
+    const std::vector<torch::Tensor> steps(params.size(), fused_step_);
+    compat::fused_adam(params, grads, exp_avgs, exp_avg_sqs, steps, lr, options_.beta1, options_.beta2,
+                       options_.weight_decay, options_.eps, options_.decoupled);
+    return;
+  }
   const double bias1 = 1.0 - std::pow(options_.beta1, static_cast<double>(steps_));
   const double bias2 = 1.0 - std::pow(options_.beta2, static_cast<double>(steps_));
   const double step_size = lr / bias1;
@@ -71,18 +90,18 @@ void Adam::load_state(const NamedTensors& state) {
   steps_ = it->second.item<int64_t>();
 }
 
-double clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
+torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> norms;
   for (const auto& p : params)
     if (p.grad().defined()) norms.push_back(p.grad().to(torch::kFloat32).norm());
-  if (norms.empty()) return 0.0;
-  double total = torch::stack(norms).norm().item<double>();
+  if (norms.empty()) return torch::zeros({});
+  auto total = torch::stack(norms).norm();
   if (max_norm > 0.0) {
-    double coef = max_norm / (total + 1e-6);
-    if (coef < 1.0)
-      for (const auto& p : params)
-        if (p.grad().defined()) p.grad().mul_(coef);
+    // min(1, max_norm / norm) stays on the device (no host sync); a factor of 1 is exact.
+    auto coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
+    for (const auto& p : params)
+      if (p.grad().defined()) p.grad().mul_(coef);
   }
   return total;
 }

@@ -66,6 +66,68 @@ void truncate_metrics(const std::string& path, int64_t step) {
   write_file_atomic(path, kept);
 }
 
+// The logged quantities summed over the steps since the last log line, on the device: the
+// loop reads them (one host sync) only to log or before a checkpoint, never per micro-batch.
+class IntervalSums {
+ public:
+  explicit IntervalSums(const torch::Device& device) : device_(device) { reset(); }
+
+  void add_micro_batch(const diffusion::LossTerms& terms, int grad_accum) {
+    loss_.add_(terms.loss.detach(), 1.0 / grad_accum);
+    simple_.add_(terms.simple, 1.0 / grad_accum);
+    skip_sum_.add_(terms.skip_sum);
+    skip_count_.add_(terms.skip_count);
+  }
+  void add_step(const torch::Tensor& grad_norm) {
+    grad_norm_.add_(grad_norm);
+    ++steps_;
+  }
+
+  // A diverged loss never reaches a checkpoint: throws when any step since the last log line
+  // had a NaN or infinite loss.
+  void check_finite(int64_t step, const std::string& run_dir) const {
+    const double loss = loss_.item<double>();
+    if (!std::isfinite(loss))
+      throw std::runtime_error("loss is " + std::to_string(loss) + " at a step in (" + std::to_string(step - steps_) +
+                               ", " + std::to_string(step) + "] (diverged; lower train.lr?); the last good checkpoint is kept in " +
+                               checkpoint_dir(run_dir));
+  }
+
+  // The metrics line of the interval ending at `step` (means per step); starts the next interval.
+  nlohmann::ordered_json take_line(int64_t step, double lr, int64_t images_per_step, const std::string& run_dir) {
+    check_finite(step, run_dir);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    const auto n = static_cast<double>(std::max<int64_t>(steps_, 1));
+    const auto skip_count = skip_count_.item<int64_t>();
+    nlohmann::ordered_json line{{"step", step},
+                                {"loss", loss_.item<double>() / n},
+                                {"loss_simple", simple_.item<double>() / n},
+                                {"loss_skip", skip_count ? skip_sum_.item<double>() / static_cast<double>(skip_count) : 0.0},
+                                {"lr", lr},
+                                {"grad_norm", grad_norm_.item<double>() / n},
+                                {"images_per_sec", static_cast<double>(steps_ * images_per_step) / secs}};
+    reset();
+    return line;
+  }
+
+ private:
+  void reset() {
+    auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device_);
+    loss_ = torch::zeros({}, f32);
+    simple_ = torch::zeros({}, f32);
+    skip_sum_ = torch::zeros({}, f32);
+    grad_norm_ = torch::zeros({}, f32);
+    skip_count_ = torch::zeros({}, f32.dtype(torch::kLong));
+    steps_ = 0;
+    start_ = std::chrono::steady_clock::now();
+  }
+
+  torch::Device device_;
+  torch::Tensor loss_, simple_, skip_sum_, skip_count_, grad_norm_;
+  int64_t steps_ = 0;
+  std::chrono::steady_clock::time_point start_;
+};
+
 }  // namespace
 
 std::string checkpoint_dir(const std::string& run_dir) { return run_dir + "/checkpoints"; }
@@ -111,6 +173,8 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
   model::UNet ema(config.model, config.data.channels, config.data.image_size);
   unet->to(device);
   ema->to(device);
+  unet->set_memory_format(model::preferred_memory_format(device));
+  ema->set_memory_format(model::preferred_memory_format(device));
   copy_weights(*ema, *unet);
   ema->eval();
   spdlog::info("model: {:.2f} M parameters, {} long skips", model::count_parameters(*unet) / 1e6, unet->num_skips());
@@ -226,21 +290,20 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
   StopSignals signals;
   const int64_t start_step = step;
   Progress progress("train", tc.steps - start_step, "step");
-  double sum_loss = 0, sum_simple = 0, sum_skip = 0, sum_norm = 0;
-  int64_t skip_count = 0, interval_steps = 0;
-  auto interval_start = std::chrono::steady_clock::now();
+  IntervalSums sums(device);
   auto params_only = unet->parameters();
   torch::Tensor last_x0;
+  std::string logged_loss;
   unet->train();
 
   while (step < tc.steps) {
     if (signals.requested()) {
       spdlog::warn("signal {} received: writing a checkpoint at step {} and stopping", signals.signal(), step);
+      sums.check_finite(step, run_dir);
       save(step);
       return {run_dir, step, true};
     }
     adam.zero_grad();
-    double loss_value = 0;
     for (int micro = 0; micro < tc.grad_accum; ++micro) {
       auto x0 = batcher.next();
       last_x0 = x0;
@@ -251,17 +314,10 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
         terms = loss_fn([&](const torch::Tensor& x, const torch::Tensor& tt) { return unet->forward(x, tt); }, x0, t);
       }
       (terms.loss / tc.grad_accum).backward();
-      loss_value += terms.loss.item<double>() / tc.grad_accum;
-      sum_simple += terms.simple / tc.grad_accum;
-      sum_skip += terms.skip * static_cast<double>(terms.skip_count);
-      skip_count += terms.skip_count;
+      sums.add_micro_batch(terms, tc.grad_accum);
     }
-    if (!std::isfinite(loss_value))
-      throw std::runtime_error("loss is " + std::to_string(loss_value) + " at step " + std::to_string(step + 1) +
-                               " (diverged; lower train.lr?); the last good checkpoint is kept in " +
-                               checkpoint_dir(run_dir));
-    const double grad_norm = clip_grad_norm(params_only, tc.grad_clip);
     const double lr = tc.warmup > 0 ? tc.lr * std::min(1.0, static_cast<double>(step + 1) / tc.warmup) : tc.lr;
+    sums.add_step(clip_grad_norm(params_only, tc.grad_clip));
     adam.step(lr);
     ema_update(*ema, *unet, tc.ema_decay);
     ++step;
@@ -276,28 +332,19 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
         metrics << line.dump() << "\n" << std::flush;
       }
     }
-    sum_loss += loss_value;
-    sum_norm += grad_norm;
-    ++interval_steps;
-    char loss_text[48];
-    std::snprintf(loss_text, sizeof loss_text, "loss %.4f", loss_value);
-    progress.update(step - start_step, loss_text);
+    progress.update(step - start_step, logged_loss);
 
     if (step % tc.log_every == 0 || step == tc.steps) {
-      double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - interval_start).count();
-      nlohmann::ordered_json line{{"step", step},
-                                  {"loss", sum_loss / interval_steps},
-                                  {"loss_simple", sum_simple / interval_steps},
-                                  {"loss_skip", skip_count ? sum_skip / skip_count : 0.0},
-                                  {"lr", lr},
-                                  {"grad_norm", sum_norm / interval_steps},
-                                  {"images_per_sec", interval_steps * tc.batch_size * tc.grad_accum / secs}};
+      const auto line = sums.take_line(step, lr, tc.batch_size * tc.grad_accum, run_dir);
       metrics << line.dump() << "\n" << std::flush;
-      sum_loss = sum_simple = sum_skip = sum_norm = 0;
-      skip_count = interval_steps = 0;
-      interval_start = std::chrono::steady_clock::now();
+      char loss_text[48];
+      std::snprintf(loss_text, sizeof loss_text, "loss %.4f", line["loss"].get<double>());
+      logged_loss = loss_text;
     }
-    if (step % tc.ckpt_every == 0 && step != tc.steps) save(step);
+    if (step % tc.ckpt_every == 0 && step != tc.steps) {
+      sums.check_finite(step, run_dir);
+      save(step);
+    }
     if (tc.sample_every > 0 && step % tc.sample_every == 0 && step != tc.steps) {
       sample_grid(step);
       unet->train();
@@ -308,7 +355,10 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
     }
   }
   progress.finish();
-  if (step > start_step || !fs::exists(latest_checkpoint(run_dir))) save(step);
+  if (step > start_step || !fs::exists(latest_checkpoint(run_dir))) {
+    sums.check_finite(step, run_dir);
+    save(step);
+  }
   sample_grid(step);
   if (eval_features && step > start_step) evaluate(step);
   return {run_dir, step, false};

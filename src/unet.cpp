@@ -97,6 +97,17 @@ UNetImpl::UNetImpl(const ModelConfig& config, int64_t channels, int64_t resoluti
     return false;
   };
 
+  // Multiply-adds of one image's forward pass, counted as each layer is built at its resolution
+  // (convolutions, linear layers and the attention products; norms and activations aside).
+  auto conv_macs = [](int64_t in, int64_t out, int64_t kernel, int64_t out_res) {
+    return in * out * kernel * kernel * out_res * out_res;
+  };
+  auto block_macs = [&](int64_t in, int64_t out, int64_t r) {
+    return conv_macs(in, out, 3, r) + temb_ch * out + conv_macs(out, out, 3, r) + (in != out ? conv_macs(in, out, 1, r) : 0);
+  };
+  auto attn_macs = [&](int64_t c, int64_t r) { return 4 * conv_macs(c, c, 1, r) + 2 * (r * r) * (r * r) * c; };
+  int64_t macs = ch * temb_ch + temb_ch * temb_ch + conv_macs(channels, ch, 3, resolution);
+
   auto temb = container();
   auto dense = nn::ModuleList();
   temb_dense_0 = nn::Linear(ch, temb_ch);
@@ -120,10 +131,12 @@ UNetImpl::UNetImpl(const ModelConfig& config, int64_t channels, int64_t resoluti
     for (int b = 0; b < nblocks; ++b) {
       level.blocks.push_back(ResnetBlock(block_in, block_out, temb_ch, config.dropout));
       blocks->push_back(level.blocks.back());
+      macs += block_macs(block_in, block_out, res);
       block_in = block_out;
       if (has_attn(res)) {
         level.attns.push_back(AttnBlock(block_in));
         attns->push_back(level.attns.back());
+        macs += attn_macs(block_in, res);
       }
       pushed.push_back(block_in);
     }
@@ -135,6 +148,7 @@ UNetImpl::UNetImpl(const ModelConfig& config, int64_t channels, int64_t resoluti
       module->register_module("downsample", level.resample);
       pushed.push_back(block_in);
       res /= 2;
+      if (config.resamp_with_conv) macs += conv_macs(block_in, block_in, 3, res);
     }
     down->push_back(module);
     down_levels_.push_back(std::move(level));
@@ -149,6 +163,7 @@ UNetImpl::UNetImpl(const ModelConfig& config, int64_t channels, int64_t resoluti
   mid->register_module("attn_1", mid_attn_1);
   mid->register_module("block_2", mid_block_2);
   register_module("mid", mid);
+  macs += 2 * block_macs(block_in, block_in, res) + attn_macs(block_in, res);
 
   // Decoder, built deepest level first; the list is indexed by level like the reference's.
   skip_channels_.assign(pushed.rbegin(), pushed.rend());
@@ -160,12 +175,14 @@ UNetImpl::UNetImpl(const ModelConfig& config, int64_t channels, int64_t resoluti
     auto blocks = nn::ModuleList(), attns = nn::ModuleList();
     const int64_t block_out = ch * config.ch_mult[l];
     for (int b = 0; b <= nblocks; ++b) {
-      level.blocks.push_back(ResnetBlock(block_in + skip_channels_[skip++], block_out, temb_ch, config.dropout));
+      level.blocks.push_back(ResnetBlock(block_in + skip_channels_[skip], block_out, temb_ch, config.dropout));
       blocks->push_back(level.blocks.back());
+      macs += block_macs(block_in + skip_channels_[skip++], block_out, res);
       block_in = block_out;
       if (has_attn(res)) {
         level.attns.push_back(AttnBlock(block_in));
         attns->push_back(level.attns.back());
+        macs += attn_macs(block_in, res);
       }
     }
     auto module = container();
@@ -175,6 +192,7 @@ UNetImpl::UNetImpl(const ModelConfig& config, int64_t channels, int64_t resoluti
       level.resample = Resample(block_in, config.resamp_with_conv, true);
       module->register_module("upsample", level.resample);
       res *= 2;
+      if (config.resamp_with_conv) macs += conv_macs(block_in, block_in, 3, res);
     }
     up_modules[l] = module;
   }
@@ -184,6 +202,7 @@ UNetImpl::UNetImpl(const ModelConfig& config, int64_t channels, int64_t resoluti
 
   norm_out = register_module("norm_out", normalize(block_in));
   conv_out = register_module("conv_out", conv(block_in, channels, 3, 1, 1));
+  forward_flops_ = 2 * (macs + conv_macs(block_in, channels, 3, resolution));
 }
 
 void UNetImpl::set_skip_scales(std::vector<double> scales) {
@@ -191,6 +210,17 @@ void UNetImpl::set_skip_scales(std::vector<double> scales) {
     throw ConfigError("skip scales: got " + std::to_string(scales.size()) + " factors, the model has " +
                       std::to_string(num_skips()) + " long skips");
   skip_scales_ = std::move(scales);
+}
+
+void UNetImpl::set_memory_format(torch::MemoryFormat format) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : parameters())
+    if (p.dim() == 4) p.set_data(p.data().contiguous(format));
+  memory_format_ = format;
+}
+
+torch::MemoryFormat preferred_memory_format(const torch::Device& device) {
+  return device.is_cuda() ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
 }
 
 torch::Tensor UNetImpl::take_skip(std::vector<torch::Tensor>& stack, int index) const {
@@ -217,7 +247,7 @@ std::vector<double> skip_tuning_scales(const SkipTuningConfig& c, int num_skips)
 torch::Tensor UNetImpl::forward(const torch::Tensor& x, const torch::Tensor& t) {
   auto temb = temb_dense_1(swish(temb_dense_0(timestep_embedding(t, config_.ch))));
 
-  std::vector<torch::Tensor> hs{conv_in(x)};
+  std::vector<torch::Tensor> hs{conv_in(x.contiguous(memory_format_))};
   for (auto& level : down_levels_) {
     for (size_t b = 0; b < level.blocks.size(); ++b) {
       auto h = level.blocks[b](hs.back(), temb);
@@ -238,7 +268,7 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x, const torch::Tensor& t) 
     }
     if (level.resample) h = level.resample(h);
   }
-  return conv_out(swish(norm_out(h)));
+  return conv_out(swish(norm_out(h))).contiguous();
 }
 
 int64_t count_parameters(const torch::nn::Module& module) {

@@ -6,6 +6,8 @@
 #include <torch/version.h>
 
 #include <cmath>
+#include <string>
+#include <vector>
 
 namespace s2dm::compat {
 
@@ -78,6 +80,31 @@ class NoTf32 {
  private:
   bool cublas_, cudnn_;
 };
+
+// Fused Adam/AdamW (one kernel over all parameters) on CPU and CUDA: LibTorch 2.4 on.
+#define S2DM_TORCH_FUSED_ADAM (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4))
+inline constexpr bool kHasFusedAdam = S2DM_TORCH_FUSED_ADAM;
+
+// One Adam (decoupled: AdamW) update of every parameter with PyTorch's fused kernel. `steps`
+// holds each parameter's step count (already incremented), as float32 on its device.
+inline void fused_adam(std::vector<torch::Tensor>& params, std::vector<torch::Tensor>& grads,
+                       std::vector<torch::Tensor>& exp_avgs, std::vector<torch::Tensor>& exp_avg_sqs,
+                       const std::vector<torch::Tensor>& steps, double lr, double beta1, double beta2,
+                       double weight_decay, double eps, bool decoupled) {
+#if S2DM_TORCH_FUSED_ADAM
+  const std::vector<torch::Tensor> no_max_exp_avg_sqs;  // (amsgrad off)
+  if (decoupled)
+    at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, no_max_exp_avg_sqs, steps, lr, beta1, beta2,
+                      weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
+  else
+    at::_fused_adam_(params, grads, exp_avgs, exp_avg_sqs, no_max_exp_avg_sqs, steps, lr, beta1, beta2,
+                     weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
+#else
+  (void)params, (void)grads, (void)exp_avgs, (void)exp_avg_sqs, (void)steps, (void)lr, (void)beta1, (void)beta2,
+      (void)weight_decay, (void)eps, (void)decoupled;
+  TORCH_CHECK(false, "this LibTorch has no fused Adam (2.4 or later has)");
+#endif
+}
 
 inline std::string torch_version() {
   return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +

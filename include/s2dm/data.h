@@ -44,29 +44,43 @@ torch::Tensor to_model_range(const torch::Tensor& images);
 torch::Tensor to_uint8(const torch::Tensor& x);
 
 // Serves batches: a new permutation each epoch from (seed, epoch), drawn without torch's RNG so
-// the data order is independent of everything else; the images live on the device.
+// the data order is independent of everything else.
 class Batcher {
  public:
+  // Where the images live: on the device, gathered there (automatic: when they take at most a
+  // quarter of its memory, and always on the CPU), or in host memory, each batch gathered into
+  // pinned memory and sent one batch ahead without the host waiting.
+  enum class Placement { automatic, device, host };
+
   Batcher(const ImageSet& set, const torch::Device& device, int64_t batch_size, uint64_t seed,
-          bool random_flip);
+          bool random_flip, Placement placement = Placement::automatic);
   // The next batch in [-1, 1] (flips drawn from the device's default generator).
   torch::Tensor next();
   int64_t size() const { return num_; }
+  bool on_device() const { return on_device_; }
 
-  // Position in the data stream, for exact resumption.
-  int64_t epoch() const { return epoch_; }
-  int64_t cursor() const { return cursor_; }
+  // Position in the data stream after the last batch served, for exact resumption.
+  int64_t epoch() const { return epoch_served_; }
+  int64_t cursor() const { return cursor_served_; }
   void seek(int64_t epoch, int64_t cursor);
 
  private:
+  struct Pending {
+    torch::Tensor images;       // uint8, on (or on its way to) the device
+    int64_t epoch = 0, cursor = 0;  // the position after it
+  };
+  Pending gather();
   void shuffle();
+
   torch::Tensor images_;
   torch::Device device_;
   int64_t num_, batch_size_;
   uint64_t seed_;
-  bool random_flip_;
-  int64_t epoch_ = 0, cursor_ = 0;
+  bool random_flip_, on_device_ = true;
+  int64_t epoch_ = 0, cursor_ = 0;  // where gathering continues
+  int64_t epoch_served_ = 0, cursor_served_ = 0;
   std::vector<int64_t> order_;
+  Pending ahead_;
 };
 
 }  // namespace s2dm::data

@@ -7,10 +7,25 @@
 namespace s2dm {
 
 // "auto" (CUDA when this LibTorch has it and a GPU is visible, else CPU), "cpu", "cuda", "cuda:N".
-// Throws ConfigError for an unknown name or CUDA asked for where there is none.
+// Throws ConfigError for an unknown name or CUDA asked for where there is none. Choosing CUDA
+// turns on use_fast_cuda_math.
 torch::Device resolve_device(const std::string& name);
 
-// Sets LibTorch's intra-op threads (0 = every core; Debian's LibTorch defaults to one).
+// CUDA math for training and sampling: TF32 tensor cores in matmuls and convolutions (fp32
+// range, 10-bit products, fp32 sums) and cuDNN's autotuner (shapes repeat, so tuning pays
+// once). FID features never use TF32 (compat::NoTf32). No effect on the CPU.
+void use_fast_cuda_math(bool fast);
+
+// A CUDA device's memory in bytes (0 for the CPU).
+int64_t device_memory(const torch::Device& device);
+
+// The device's peak FLOP/s for the UNet's math, to state throughput as a fraction of it (model
+// FLOP/s utilisation): bf16 or fp32 (TF32 when on) tensor-core peaks of known NVIDIA GPUs, or
+// for the CPU threads x clock x FMA width. S2DM_PEAK_TFLOPS overrides; 0 = unknown.
+double peak_flops(const torch::Device& device, bool bf16);
+
+// Sets LibTorch's intra-op threads, and OpenBLAS's where it is loaded (0 = every core; Debian's
+// LibTorch defaults to one).
 void set_cpu_threads(int threads);
 
 // One line per fact: LibTorch version, CUDA availability, devices, threads.

@@ -26,10 +26,12 @@ struct SamplingPlan {
 SamplingPlan plan_sampling(const SampleConfig& config, const NoiseSchedule& schedule,
                            const NamedTensors& learned = {});
 
-// The UNet as an ε-model on its device (eval mode, no grad), under bf16 autocast on CUDA
-// when `bf16` is set; returns float32. With active `skip_tuning`, the skips are scaled for
-// timesteps in [t_min, t_max] (throws ConfigError for a factor list of the wrong length).
-EpsModel unet_eps_model(model::UNet unet, bool bf16, const SkipTuningConfig& skip_tuning = {});
+// The UNet as an ε-model on its device (eval mode, no grad, its preferred memory format), under
+// bf16 autocast on CUDA when `bf16` is set; returns float32. With active `skip_tuning`, the
+// skips are scaled for timesteps in [t_min, t_max] (throws ConfigError for a factor list of
+// the wrong length). On CUDA, evaluations replay CUDA graphs unless `cuda_graphs` is false.
+EpsModel unet_eps_model(model::UNet unet, bool bf16, const SkipTuningConfig& skip_tuning = {},
+                        bool cuda_graphs = true);
 
 // x_T for images [first, first+count): image i's noise comes from its own generator seeded by
 // (seed, i), so an image does not depend on the batch size or on how many are drawn.

@@ -17,11 +17,13 @@ torch::Tensor sample_timesteps(int64_t batch, int num_timesteps, bool antithetic
 // Mean over all but the batch dimension of (a - b)², one value per sample.
 torch::Tensor per_sample_mse(const torch::Tensor& a, const torch::Tensor& b);
 
+// Scalars on the model's device: reading them (.item()) waits for the device, so the training
+// loop sums them there and reads the sums only when it logs.
 struct LossTerms {
-  torch::Tensor loss;    // the objective (scalar, differentiable)
-  double simple = 0.0;   // batch mean of ℓ_simple
-  double skip = 0.0;     // mean of ℓ_skip over the samples with t ≥ k (0 when none, or L_simple)
-  int64_t skip_count = 0;
+  torch::Tensor loss;        // the objective (differentiable)
+  torch::Tensor simple;      // batch mean of ℓ_simple (detached)
+  torch::Tensor skip_sum;    // sum of ℓ_skip over the samples with t ≥ k (detached; 0 for L_simple)
+  torch::Tensor skip_count;  // how many samples have t ≥ k (int64; 0 for L_simple)
 };
 
 class DiffusionLoss {

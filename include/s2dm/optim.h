@@ -14,6 +14,9 @@ namespace s2dm::train {
 struct AdamOptions {
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
   bool decoupled = false;  // AdamW: decay the weights directly instead of adding to the gradient
+  // PyTorch's fused kernel (one launch for all parameters) where this LibTorch has it (2.4 on);
+  // else, or when false, the same rule parameter by parameter.
+  bool fused = true;
 };
 
 class Adam {
@@ -34,11 +37,12 @@ class Adam {
   AdamOptions options_;
   std::vector<torch::Tensor> exp_avg_, exp_avg_sq_;
   int64_t steps_ = 0;
+  torch::Tensor fused_step_;  // steps_ as the fused kernel reads it (float32, on the device)
 };
 
 // Scales all gradients so their global L2 norm is at most `max_norm` (0 = only measure).
-// Returns the norm before clipping.
-double clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
+// Returns the norm before clipping, as a scalar on the parameters' device (read it when needed).
+torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
 
 // ema ← decay·ema + (1-decay)·model, parameter by parameter (buffers copied).
 void ema_update(torch::nn::Module& ema, const torch::nn::Module& model, double decay);

@@ -63,12 +63,20 @@ class UNetImpl : public torch::nn::Module {
   int64_t channels() const { return channels_; }
   int64_t resolution() const { return resolution_; }
 
+  // Floating-point operations of one image's forward pass (2 per multiply-add in convolutions,
+  // linear layers and attention products), for throughput as a fraction of the device's peak.
+  int64_t forward_flops() const { return forward_flops_; }
+
   // Long skip connections, deepest first.
   int num_skips() const { return static_cast<int>(skip_channels_.size()); }
   const std::vector<int64_t>& skip_channels() const { return skip_channels_; }
   // One factor per skip (deepest first); empty restores 1 everywhere.
   void set_skip_scales(std::vector<double> scales);
   const std::vector<double>& skip_scales() const { return skip_scales_; }
+  // The layout of the convolution weights and of the activations: channels_last (NHWC) lets
+  // cuDNN pick its tensor-core kernels; NCHW (contiguous) is the default. Outputs are NCHW.
+  void set_memory_format(torch::MemoryFormat format);
+  torch::MemoryFormat memory_format() const { return memory_format_; }
   // Sees every skip as the decoder takes it: its index, the stored feature, and what is
   // concatenated (the feature times its factor). For inspection and tests.
   using SkipObserver = std::function<void(int index, const torch::Tensor& stored, const torch::Tensor& used)>;
@@ -78,10 +86,11 @@ class UNetImpl : public torch::nn::Module {
   torch::Tensor take_skip(std::vector<torch::Tensor>& stack, int index) const;
 
   ModelConfig config_;
-  int64_t channels_, resolution_;
+  int64_t channels_, resolution_, forward_flops_ = 0;
   std::vector<int64_t> skip_channels_;
   std::vector<double> skip_scales_;
   SkipObserver skip_observer_;
+  torch::MemoryFormat memory_format_ = torch::MemoryFormat::Contiguous;
 
   torch::nn::Linear temb_dense_0{nullptr}, temb_dense_1{nullptr};
   torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
@@ -102,6 +111,10 @@ TORCH_MODULE(UNet);
 // list, or rho_bottom + (rho_top - rho_bottom)·i/(num_skips-1). Throws ConfigError for a list of
 // the wrong length.
 std::vector<double> skip_tuning_scales(const SkipTuningConfig& config, int num_skips);
+
+// The UNet's memory format for a device: channels_last on CUDA, NCHW on the CPU, where
+// channels_last measured slower (bench/bench_unet.cpp, S2DM_BENCH_CHANNELS_LAST).
+torch::MemoryFormat preferred_memory_format(const torch::Device& device);
 
 // Parameter count of a module.
 int64_t count_parameters(const torch::nn::Module& module);

@@ -64,6 +64,18 @@ TEST_F(Cli, HelpAndInfo) {
   EXPECT_NE(r.output.find("cpu threads:"), std::string::npos);
 }
 
+TEST_F(Cli, DivergedLossNeverReachesACheckpoint) {
+  // Adam at a learning rate of 10 without clipping overflows within three steps. The loss is
+  // read only at log lines and checkpoints (no per-step host sync): the first checkpoint
+  // (step 3) finds it.
+  const std::string run_dir = dir / "diverged";
+  auto r = run("train --config " + kTiny + " " + data + " --run-dir " + run_dir +
+               " --set train.lr=10 --set train.warmup=0 --set train.grad_clip=0 --set train.log_every=100");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("diverged"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(run_dir + "/checkpoints/latest.ckpt"));
+}
+
 TEST_F(Cli, TrainWritesTheRunDirectory) {
   const std::string run_dir = dir / "run";
   train(run_dir);

@@ -171,3 +171,23 @@ TEST(Batcher, DeterministicRangeFlipAndResume) {
   EXPECT_LT(flipped, 54);
   EXPECT_TRUE(torch::equal(data::to_uint8(data::to_model_range(images)), images));
 }
+
+TEST(Batcher, HostPlacementServesTheSameStreamOneBatchAhead) {
+  // 10 images in batches of 4: epochs end mid-batch, where the one-ahead batch crosses them.
+  auto images = torch::arange(10, torch::kUInt8).view({10, 1, 1, 1}).expand({10, 1, 2, 2}).contiguous();
+  data::ImageSet set{images, {}, "synthetic"};
+  using Placement = data::Batcher::Placement;
+  data::Batcher device(set, torch::kCPU, 4, 7, false, Placement::device), host(set, torch::kCPU, 4, 7, false, Placement::host);
+  EXPECT_TRUE(device.on_device());
+  EXPECT_FALSE(host.on_device());
+  for (int i = 0; i < 7; ++i) {
+    EXPECT_TRUE(torch::equal(device.next(), host.next())) << "batch " << i;
+    // The position is that of the batches served, not of the one gathered ahead.
+    EXPECT_EQ(host.epoch(), device.epoch());
+    EXPECT_EQ(host.cursor(), device.cursor());
+  }
+  data::Batcher resumed(set, torch::kCPU, 4, 7, false, Placement::host);
+  resumed.seek(host.epoch(), host.cursor());
+  EXPECT_EQ(resumed.epoch(), host.epoch());
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(torch::equal(resumed.next(), device.next()));
+}

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "s2dm/checkpoint.h"
+#include "s2dm/compat.h"
 #include "s2dm/config.h"
 #include "s2dm/errors.h"
 #include "s2dm/losses.h"
@@ -100,6 +101,47 @@ TEST(UNet, Celeba64ParameterCount) {
   EXPECT_EQ(net->num_skips(), 15);
 }
 
+TEST(UNet, ForwardFlopsCountEveryProduct) {
+  // One level, one block, no attention below the middle, 1x8x8 images: by hand, in multiply-adds.
+  ModelConfig m;
+  m.ch = 32;
+  m.ch_mult = {1};
+  m.num_res_blocks = 1;
+  m.attn_resolutions = {};
+  const int64_t px = 8 * 8, temb = 32 * 128 + 128 * 128, conv_in = 1 * 32 * 9 * px, conv_out = 32 * 1 * 9 * px;
+  const int64_t block32 = 2 * 32 * 32 * 9 * px + 128 * 32;                             // conv1, conv2, temb_proj
+  const int64_t block64 = 64 * 32 * 9 * px + 32 * 32 * 9 * px + 128 * 32 + 64 * 32 * px;  // + 1x1 shortcut
+  const int64_t attn = 4 * 32 * 32 * px + 2 * px * px * 32;                             // q, k, v, proj; qkᵀ, wv
+  // encoder block; middle: 2 blocks + attention; decoder: 2 blocks on [h, skip] (64 channels).
+  const int64_t macs = temb + conv_in + block32 + 2 * block32 + attn + 2 * block64 + conv_out;
+  EXPECT_EQ(model::UNet(m, 1, 8)->forward_flops(), 2 * macs);
+  // The CIFAR10 model: 6.05 G multiply-adds per image in its layers, as layer-hooking profilers
+  // of the reference count it, plus the attention products (q kᵀ and w v) they miss: five
+  // attention blocks at 16x16 with 256 channels and one at 4x4 in the middle.
+  const double attention_products = 5 * 2.0 * 256 * 256 * 256 + 2.0 * 16 * 16 * 256;
+  EXPECT_NEAR((model::UNet(ModelConfig{}, 3, 32)->forward_flops() / 2 - attention_products) / 1e9, 6.05, 0.005);
+}
+
+TEST(UNet, ChannelsLastComputesTheSameFunction) {
+  torch::manual_seed(2);
+  model::UNet net(tiny_model(), 3, 16);
+  net->eval();
+  torch::NoGradGuard g;
+  auto x = torch::randn({2, 3, 16, 16});
+  auto t = torch::tensor({10.0f, 900.0f});
+  auto nchw = net->forward(x, t);
+  NamedTensors before;
+  for (const auto& [name, w] : named_weights(*net)) before.emplace_back(name, w.clone());
+  net->set_memory_format(torch::MemoryFormat::ChannelsLast);
+  EXPECT_TRUE(net->named_parameters()["conv_in.weight"].is_contiguous(torch::MemoryFormat::ChannelsLast));
+  auto nhwc = net->forward(x, t);
+  EXPECT_TRUE(nhwc.is_contiguous());
+  EXPECT_TRUE(torch::allclose(nhwc, nchw, 1e-4, 1e-5));
+  // The same weights in another layout (checkpoints write them as NCHW).
+  const auto after = named_weights(*net);
+  for (size_t i = 0; i < before.size(); ++i) EXPECT_TRUE(torch::equal(after[i].second, before[i].second)) << before[i].first;
+}
+
 TEST(UNet, OutputShapeAndSkipChannels) {
   torch::manual_seed(0);
   model::UNet net(tiny_model(), 3, 16);
@@ -187,7 +229,7 @@ TEST(Losses, SkipLossMatchesDirectComputationIncludingSmallT) {
   }
   auto out = loss.combine(e1, e2, pred, t);
   EXPECT_NEAR(out.loss.item<double>(), expected / 4, 1e-6);
-  EXPECT_EQ(out.skip_count, 2);
+  EXPECT_EQ(out.skip_count.item<int64_t>(), 2);
   EXPECT_DOUBLE_EQ(loss.skip_coefficients()[8].item<double>(), 0.0);
 }
 
@@ -224,7 +266,8 @@ TEST(Losses, SharedNoiseUsesEpsilonTwice) {
   // With ε̂ = 0 both terms equal mean ε² for the same ε.
   auto eps = seen / torch::tensor({std::sqrt(1 - sched.alphas_cumprod()[100]), std::sqrt(1 - sched.alphas_cumprod()[900])}).view({2, 1, 1, 1}).to(torch::kFloat32);
   EXPECT_NEAR(out.loss.item<double>(), eps.pow(2).mean().item<double>(), 1e-5);
-  EXPECT_NEAR(out.skip, eps.pow(2).flatten(1).mean(1).mean().item<double>(), 1e-5);
+  EXPECT_EQ(out.skip_count.item<int64_t>(), 2);
+  EXPECT_NEAR(out.skip_sum.item<double>() / 2, eps.pow(2).flatten(1).mean(1).mean().item<double>(), 1e-5);
 }
 
 TEST(Optim, AdamMatchesTorchAdam) {
@@ -246,6 +289,37 @@ TEST(Optim, AdamMatchesTorchAdam) {
   EXPECT_EQ(ours.steps(), 5);
 }
 
+TEST(Optim, FusedAdamFollowsTheSameRule) {
+  if (!compat::kHasFusedAdam) GTEST_SKIP() << "LibTorch " << compat::torch_version() << " has no fused Adam (2.4 on)";
+  for (const bool decoupled : {false, true}) {
+    torch::manual_seed(0);
+    NamedTensors a{{"w", torch::randn({4, 3, 3, 3})}, {"b", torch::randn({4})}, {"unused", torch::randn({2})}};
+    NamedTensors b;
+    for (auto& [name, p] : a) {
+      p.requires_grad_(true);
+      b.emplace_back(name, p.detach().clone().requires_grad_(true));
+    }
+    train::Adam fused(a, {0.9, 0.99, 1e-8, 0.05, decoupled, true});
+    train::Adam plain(b, {0.9, 0.99, 1e-8, 0.05, decoupled, false});
+    for (int step = 0; step < 20; ++step) {
+      auto target = torch::randn({4, 3, 3, 3});
+      for (auto* params : {&a, &b}) {
+        ((*params)[0].second - target).square().sum().add((*params)[1].second.sum() * 0.3).backward();
+      }
+      const double lr = 1e-2 * (1 + step % 3);  // a changing rate, as warm-up makes it
+      fused.step(lr);
+      plain.step(lr);
+      fused.zero_grad();
+      plain.zero_grad();
+    }
+    for (size_t i = 0; i < a.size(); ++i)
+      EXPECT_TRUE(torch::allclose(a[i].second, b[i].second, 1e-6, 1e-6)) << a[i].first << " decoupled " << decoupled;
+    EXPECT_TRUE(torch::equal(a[2].second, b[2].second));  // no gradient, no update
+    auto fs = fused.state(), ps = plain.state();
+    for (size_t i = 0; i < fs.size(); ++i) EXPECT_TRUE(torch::allclose(fs[i].second, ps[i].second, 1e-6, 1e-6)) << fs[i].first;
+  }
+}
+
 TEST(Optim, AdamStateRoundTrip) {
   auto p = torch::randn({3}, torch::requires_grad());
   train::Adam a({{"w", p}}, {});
@@ -262,7 +336,7 @@ TEST(Optim, AdamStateRoundTrip) {
 TEST(Optim, ClipGradNorm) {
   auto p = torch::zeros({2}, torch::requires_grad());
   (p * torch::tensor({3.0f, 4.0f})).sum().backward();
-  EXPECT_NEAR(train::clip_grad_norm({p}, 1.0), 5.0, 1e-6);
+  EXPECT_NEAR(train::clip_grad_norm({p}, 1.0).item<double>(), 5.0, 1e-6);
   EXPECT_NEAR(p.grad().norm().item<double>(), 1.0, 1e-5);
 }
 

@@ -322,6 +322,27 @@ TEST(SkipTuning, AppliesOnlyInsideItsTimeRange) {
   EXPECT_THROW(unet_eps_model(net, false, st), ConfigError);
 }
 
+TEST(CudaGraphs, ReplaysEqualEagerEvaluations) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device (scripts/gpu_check.sh runs this on one)";
+  ModelConfig m;
+  m.ch = 32;
+  m.ch_mult = {1, 2};
+  m.num_res_blocks = 1;
+  m.attn_resolutions = {4};
+  m.dropout = 0.0;
+  torch::manual_seed(5);
+  model::UNet net(m, 3, 8);
+  net->to(torch::kCUDA);
+  for (const bool bf16 : {false, true}) {
+    auto eager = unet_eps_model(net, bf16, {}, false), graphed = unet_eps_model(net, bf16, {}, true);
+    for (const int64_t batch : {3, 3, 5, 3}) {  // a new shape is captured; a known one replays
+      auto x = torch::randn({batch, 3, 8, 8}, torch::kCUDA);
+      auto t = torch::rand({batch}, torch::kCUDA) * 999;
+      EXPECT_TRUE(torch::allclose(graphed(x, t), eager(x, t), 1e-4, 1e-4)) << "batch " << batch << " bf16 " << bf16;
+    }
+  }
+}
+
 TEST(TorchScript, GaussianFixtureMatchesTheExactModel) {
   const std::string dir = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/";
   auto script = load_torchscript_eps_model(dir + "gaussian_eps.pt", torch::kCPU, {1, 2, 2});
