@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <thread>
@@ -103,6 +104,16 @@ std::string runtime_info(const torch::Device& device) {
   s += "cuda available: " + std::string(torch::cuda::is_available() ? "yes" : "no") + "\n";
   s += "cuda devices:   " + std::to_string(torch::cuda::device_count()) + "\n";
   s += "device:         " + device.str() + "\n";
+#if S2DM_WITH_CUDA
+  if (device.is_cuda()) {
+    char figures[96];
+    std::snprintf(figures, sizeof figures, "%.0f GiB, peak %.0f TFLOP/s bf16",
+                  static_cast<double>(device_memory(device)) / (1 << 30), peak_flops(device, true) / 1e12);
+    s += "gpu:            " + std::string(at::cuda::getDeviceProperties(device.has_index() ? device.index() : 0)->name) +
+         ", " + figures + " (peak 0: not in s2dm's table)\n";
+  }
+#endif
+  s += "fused adam:     " + std::string(compat::kHasFusedAdam ? "yes" : "no") + "\n";
   s += "cpu threads:    " + std::to_string(torch::get_num_threads()) + " (of " +
        std::to_string(std::thread::hardware_concurrency()) + " cores)\n";
   return s;
