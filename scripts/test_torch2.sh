@@ -79,7 +79,7 @@ ensure_chroot() {
     log "creating $dir ($suite from $url)"
     rm -rf "$dir" "$dir.new"
     mkdir -p "$root"
-    debootstrap --variant=minbase --components=main,contrib,non-free "$suite" "$dir.new" "$url" \
+    debootstrap --variant=minbase --include=ca-certificates --components=main,contrib,non-free "$suite" "$dir.new" "$url" \
       > "$root/debootstrap-$suite.log" 2>&1 || { tail -20 "$root/debootstrap-$suite.log"; exit 1; }
     echo "deb $url $suite main contrib non-free" > "$dir.new/etc/apt/sources.list"
     # A mirror may be a snapshot, whose sid Release file is past its short Valid-Until date.
@@ -117,9 +117,15 @@ cudnn_link_stub() {
     echo "libcudnn.so.9 link stub: $(echo $symbols | wc -w) symbols"'
 }
 
-# The source tree (as git sees it: tracked and unignored files) into $1/src, by content.
+# The source tree as git sees it (tracked and unignored files) into $1/src, by content: files
+# whose bytes are unchanged keep their times there; files gone from the tree go from the copy.
 sync_source() {
-  rsync -r --checksum --delete --exclude=/.git --filter=':- .gitignore' ./ "$1/src/"
+  local dest=$1/src files
+  files=$(mktemp)
+  git ls-files --cached --others --exclude-standard > "$files"
+  rsync -r --checksum --ignore-missing-args --files-from="$files" ./ "$dest/"
+  (cd "$dest" && find . -type f -printf '%P\n' | sort | comm -23 - <(sort "$files") | xargs -r -d '\n' rm -f)
+  rm -f "$files"
 }
 
 # Configures and builds in chroot $1 with extra CMake arguments $2; then runs command $3.

@@ -313,20 +313,21 @@ Batcher::Pending Batcher::gather() {
     }
     picked.push_back(order_[cursor_++]);
   }
+  // Copies from pinned memory run without the host waiting for the device (from pageable
+  // memory they synchronise); the caching host allocator keeps the buffer until the copy is done.
+  auto send = [&](torch::Tensor host) {
+    return device_.is_cuda() ? host.pin_memory().to(device_, /*non_blocking=*/true) : host;
+  };
   auto index = torch::tensor(picked, torch::kLong);
-  if (on_device_) return {images_.index_select(0, index.to(device_)), epoch_, cursor_};
-  // Pinned memory lets the copy run without the host waiting; the caching host allocator keeps
-  // the buffer until the copy is done.
-  auto host = images_.index_select(0, index);
-  if (device_.is_cuda()) host = host.pin_memory();
-  return {host.to(device_, /*non_blocking=*/true), epoch_, cursor_};
+  if (on_device_) return {images_.index_select(0, send(index)), epoch_, cursor_};
+  return {send(images_.index_select(0, index)), epoch_, cursor_};
 }
 
 torch::Tensor Batcher::next() {
   Pending batch;
   if (on_device_) {
     batch = gather();
-  } else {  // one batch ahead: the next one travels while the model works on this one
+  } else {  // one batch ahead: the host gathers the next one while the device works on this one
     batch = ahead_.images.defined() ? ahead_ : gather();
     ahead_ = gather();
   }

@@ -91,11 +91,12 @@ void set_cpu_threads(int threads) {
   if (n < 1) n = 1;
   torch::set_num_threads(n);
   // OpenBLAS, where it is the BLAS behind LibTorch, keeps its own pool of busy-waiting threads,
-  // one per core, that LibTorch's setting does not reach: two processes of one thread each
-  // then spin on every core (measured 2.6x slower for two test processes on 2 cores).
+  // one per core, that LibTorch's setting does not reach. LibTorch already spreads its work
+  // over its n threads, which call BLAS themselves: a second pool only fights them for the
+  // cores (bench/bench_unet.cpp on 2 cores: 2.6x faster with OpenBLAS on one thread).
   using SetThreads = void (*)(int);
   if (auto set_openblas = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads")))
-    set_openblas(n);
+    set_openblas(1);
 }
 
 std::string runtime_info(const torch::Device& device) {

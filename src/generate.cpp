@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -26,6 +27,8 @@
 namespace s2dm::sample {
 
 namespace {
+
+std::atomic<int64_t> captured{0};
 
 #if S2DM_WITH_CUDA
 // The network evaluation replayed from CUDA graphs: captured once per input shape and set of
@@ -62,21 +65,25 @@ class GraphedForward {
     auto graph = std::make_unique<Graph>();
     graph->x = x.clone();
     graph->t = t.clone();
-    torch::cuda::synchronize();
-    // Capture runs on a side stream, after warm-up there (cuDNN tuning, workspace allocation);
-    // the autocast cache is off, as cached casts would live outside the graph.
+    const auto index = x.device().index();
+    c10::cuda::CUDAGuard on_device(x.device());
+    torch::cuda::synchronize(index);
+    // Capture runs on a side stream of the input's device (capture must begin and end on it),
+    // after warm-up there (cuDNN tuning, workspace allocation); the autocast cache is off, as
+    // cached casts would live outside the graph.
+    c10::cuda::CUDAStreamGuard side(c10::cuda::getStreamFromPool(false, index));
     const bool cache = at::autocast::is_autocast_cache_enabled();
     at::autocast::set_autocast_cache_enabled(false);
     bool capturing = false;
     try {
-      c10::cuda::CUDAStreamGuard side(c10::cuda::getStreamFromPool());
       for (int i = 0; i < 2; ++i) eager(net, graph->x, graph->t, bf16);
-      torch::cuda::synchronize();
+      torch::cuda::synchronize(index);
       graph->graph.capture_begin();
       capturing = true;
       graph->out = eager(net, graph->x, graph->t, bf16);
       capturing = false;
       graph->graph.capture_end();
+      ++captured;
     } catch (const std::exception& e) {
       if (capturing) {
         try {
@@ -88,7 +95,7 @@ class GraphedForward {
       graph.reset();
     }
     at::autocast::set_autocast_cache_enabled(cache);
-    torch::cuda::synchronize();
+    torch::cuda::synchronize(index);
     return graph;
   }
 
@@ -97,6 +104,8 @@ class GraphedForward {
 #endif
 
 }  // namespace
+
+int64_t cuda_graphs_captured() { return captured; }
 
 EpsModel unet_eps_model(model::UNet unet, bool bf16, const SkipTuningConfig& skip_tuning, bool cuda_graphs) {
   unet->eval();

@@ -33,6 +33,7 @@ void Adam::step(double lr) {
       exp_avgs.push_back(exp_avg_[i]);
       exp_avg_sqs.push_back(exp_avg_sq_[i]);
     }
+    if (params.empty()) return;
     if (!fused_step_.defined())
       fused_step_ = torch::zeros({}, params_.front().second.options().dtype(torch::kFloat32));
     fused_step_.fill_(static_cast<double>(steps_));

@@ -323,9 +323,10 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
     ++step;
     if (online && step % tc.learned_schedule.every == 0) {
       // On the EMA model and the last micro-batch, with its own generator (the training RNG
-      // stream is untouched).
+      // stream is untouched); a few evaluations, too few for CUDA graphs to pay.
+      sums.check_finite(step, run_dir);
       auto gen = at::detail::createCPUGenerator(config.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step));
-      auto ema_model = sample::unet_eps_model(ema, autocast);
+      auto ema_model = sample::unet_eps_model(ema, autocast, {}, /*cuda_graphs=*/false);
       if (online->update(ema_model, last_x0.slice(0, 0, tc.learned_schedule.batch), tc.learned_schedule.pairs, gen)) {
         nlohmann::ordered_json line{{"step", step}, {"schedule_timesteps", online->timesteps()},
                                     {"schedule_cost", online->mean_cost()}, {"schedule_nfe", online->nfe()}};
@@ -346,10 +347,12 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
       save(step);
     }
     if (tc.sample_every > 0 && step % tc.sample_every == 0 && step != tc.steps) {
+      sums.check_finite(step, run_dir);
       sample_grid(step);
       unet->train();
     }
     if (eval_features && step % tc.eval_every == 0 && step != tc.steps) {
+      sums.check_finite(step, run_dir);
       evaluate(step);
       unet->train();
     }

@@ -81,8 +81,9 @@ class NoTf32 {
   bool cublas_, cudnn_;
 };
 
-// Fused Adam/AdamW (one kernel over all parameters) on CPU and CUDA: LibTorch 2.4 on.
-#define S2DM_TORCH_FUSED_ADAM (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4))
+// Fused Adam/AdamW (one kernel over all parameters) on CPU and CUDA: in LibTorch from 2.4, used
+// from 2.6, whose stride check accepts channels_last 1x1-convolution gradients.
+#define S2DM_TORCH_FUSED_ADAM (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 6))
 inline constexpr bool kHasFusedAdam = S2DM_TORCH_FUSED_ADAM;
 
 // One Adam (decoupled: AdamW) update of every parameter with PyTorch's fused kernel. `steps`
@@ -102,7 +103,7 @@ inline void fused_adam(std::vector<torch::Tensor>& params, std::vector<torch::Te
 #else
   (void)params, (void)grads, (void)exp_avgs, (void)exp_avg_sqs, (void)steps, (void)lr, (void)beta1, (void)beta2,
       (void)weight_decay, (void)eps, (void)decoupled;
-  TORCH_CHECK(false, "this LibTorch has no fused Adam (2.4 or later has)");
+  TORCH_CHECK(false, "s2dm uses fused Adam from LibTorch 2.6 on");
 #endif
 }
 

@@ -49,7 +49,7 @@ class Batcher {
  public:
   // Where the images live: on the device, gathered there (automatic: when they take at most a
   // quarter of its memory, and always on the CPU), or in host memory, each batch gathered into
-  // pinned memory and sent one batch ahead without the host waiting.
+  // pinned memory one batch ahead and queued for the device without the host waiting.
   enum class Placement { automatic, device, host };
 
   Batcher(const ImageSet& set, const torch::Device& device, int64_t batch_size, uint64_t seed,

@@ -24,8 +24,8 @@ int64_t device_memory(const torch::Device& device);
 // for the CPU threads x clock x FMA width. S2DM_PEAK_TFLOPS overrides; 0 = unknown.
 double peak_flops(const torch::Device& device, bool bf16);
 
-// Sets LibTorch's intra-op threads, and OpenBLAS's where it is loaded (0 = every core; Debian's
-// LibTorch defaults to one).
+// Sets LibTorch's intra-op threads (0 = every core; Debian's LibTorch defaults to one), and
+// OpenBLAS, where it is loaded, to one thread inside each of them.
 void set_cpu_threads(int threads);
 
 // One line per fact: LibTorch version, CUDA availability, devices, threads.

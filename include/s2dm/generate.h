@@ -32,6 +32,8 @@ SamplingPlan plan_sampling(const SampleConfig& config, const NoiseSchedule& sche
 // the wrong length). On CUDA, evaluations replay CUDA graphs unless `cuda_graphs` is false.
 EpsModel unet_eps_model(model::UNet unet, bool bf16, const SkipTuningConfig& skip_tuning = {},
                         bool cuda_graphs = true);
+// CUDA graphs captured so far by this process's ε-models (for tests and logs).
+int64_t cuda_graphs_captured();
 
 // x_T for images [first, first+count): image i's noise comes from its own generator seeded by
 // (seed, i), so an image does not depend on the batch size or on how many are drawn.

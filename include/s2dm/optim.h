@@ -14,7 +14,7 @@ namespace s2dm::train {
 struct AdamOptions {
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
   bool decoupled = false;  // AdamW: decay the weights directly instead of adding to the gradient
-  // PyTorch's fused kernel (one launch for all parameters) where this LibTorch has it (2.4 on);
+  // PyTorch's fused kernel (one launch for all parameters) from LibTorch 2.6 on;
   // else, or when false, the same rule parameter by parameter.
   bool fused = true;
 };

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "../test_util.h"
 #include "s2dm/checkpoint.h"
 #include "s2dm/compat.h"
 #include "s2dm/config.h"
@@ -11,6 +12,7 @@
 #include "s2dm/losses.h"
 #include "s2dm/noise_schedule.h"
 #include "s2dm/optim.h"
+#include "s2dm/safetensors.h"
 #include "s2dm/unet.h"
 
 using namespace s2dm;
@@ -137,8 +139,12 @@ TEST(UNet, ChannelsLastComputesTheSameFunction) {
   auto nhwc = net->forward(x, t);
   EXPECT_TRUE(nhwc.is_contiguous());
   EXPECT_TRUE(torch::allclose(nhwc, nchw, 1e-4, 1e-5));
-  // The same weights in another layout (checkpoints write them as NCHW).
-  const auto after = named_weights(*net);
+  // The same weights in another layout, written to a file as NCHW and read back into an NCHW model.
+  s2dm::testing::TempDir tmp;
+  save_safetensors(tmp / "w.safetensors", named_weights(*net));
+  model::UNet plain(tiny_model(), 3, 16);
+  load_weights(*plain, load_safetensors(tmp / "w.safetensors").tensors, "w.safetensors");
+  const auto after = named_weights(*plain);
   for (size_t i = 0; i < before.size(); ++i) EXPECT_TRUE(torch::equal(after[i].second, before[i].second)) << before[i].first;
 }
 
@@ -290,7 +296,7 @@ TEST(Optim, AdamMatchesTorchAdam) {
 }
 
 TEST(Optim, FusedAdamFollowsTheSameRule) {
-  if (!compat::kHasFusedAdam) GTEST_SKIP() << "LibTorch " << compat::torch_version() << " has no fused Adam (2.4 on)";
+  if (!compat::kHasFusedAdam) GTEST_SKIP() << "s2dm uses fused Adam from LibTorch 2.6 on, this is " << compat::torch_version();
   for (const bool decoupled : {false, true}) {
     torch::manual_seed(0);
     NamedTensors a{{"w", torch::randn({4, 3, 3, 3})}, {"b", torch::randn({4})}, {"unused", torch::randn({2})}};

@@ -333,6 +333,7 @@ TEST(CudaGraphs, ReplaysEqualEagerEvaluations) {
   torch::manual_seed(5);
   model::UNet net(m, 3, 8);
   net->to(torch::kCUDA);
+  const int64_t captured_before = cuda_graphs_captured();
   for (const bool bf16 : {false, true}) {
     auto eager = unet_eps_model(net, bf16, {}, false), graphed = unet_eps_model(net, bf16, {}, true);
     for (const int64_t batch : {3, 3, 5, 3}) {  // a new shape is captured; a known one replays
@@ -341,6 +342,7 @@ TEST(CudaGraphs, ReplaysEqualEagerEvaluations) {
       EXPECT_TRUE(torch::allclose(graphed(x, t), eager(x, t), 1e-4, 1e-4)) << "batch " << batch << " bf16 " << bf16;
     }
   }
+  EXPECT_EQ(cuda_graphs_captured() - captured_before, 4) << "one capture per shape and precision, no eager fallback";
 }
 
 TEST(TorchScript, GaussianFixtureMatchesTheExactModel) {
