@@ -219,9 +219,7 @@ void UNetImpl::set_memory_format(torch::MemoryFormat format) {
   memory_format_ = format;
 }
 
-torch::MemoryFormat preferred_memory_format(const torch::Device& device) {
-  return device.is_cuda() ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
-}
+torch::MemoryFormat preferred_memory_format(const torch::Device&) { return torch::MemoryFormat::ChannelsLast; }
 
 torch::Tensor UNetImpl::take_skip(std::vector<torch::Tensor>& stack, int index) const {
   auto h = std::move(stack.back());
