@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On a CUDA machine without internet (../shared/gpu.md): unpack the bundled .debs from
+# On a CUDA machine without internet (no apt, PyTorch with CUDA installed): unpack the bundled .debs from
 # scripts/gpu_bundle.sh into a private prefix, build s2dm against the pip-installed PyTorch's
 # LibTorch with CUDA, run the tests, then the benchmarks against PyTorch eager, and a short real
 # training run on Fashion-MNIST. Prints a table of figures last and writes everything to

@@ -1,5 +1,5 @@
 #pragma once
-// ε-models whose answers are known in closed form (papers.md §7), for sampler tests.
+// ε-models whose answers are known in closed form (docs/algorithms.md §7), for sampler tests.
 #include <torch/torch.h>
 
 #include <cmath>

@@ -11,9 +11,23 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "s2dm/config.h"
+
 namespace s2dm::testing {
+
+// A UNet small enough to train a step or sample in well under a second on one core.
+inline s2dm::ModelConfig tiny_unet(std::vector<int> attn_resolutions = {8}) {
+  s2dm::ModelConfig m;
+  m.ch = 32;
+  m.ch_mult = {1, 2};
+  m.num_res_blocks = 1;
+  m.attn_resolutions = std::move(attn_resolutions);
+  m.dropout = 0.0;
+  return m;
+}
 
 // A fresh directory under the system temp dir, removed at the end of the test.
 class TempDir {

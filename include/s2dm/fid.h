@@ -1,5 +1,5 @@
 #pragma once
-// Fréchet distance and KID between feature sets (papers.md §6), their statistics files, and
+// Fréchet distance and KID between feature sets (docs/algorithms.md §6), their statistics files, and
 // feature extraction with the FID Inception.
 #include <torch/types.h>
 

@@ -1,5 +1,5 @@
 #pragma once
-// Training losses: L_simple of DDPM and the skip-step loss L_skip of S²-DMs (papers.md §2),
+// Training losses: L_simple of DDPM and the skip-step loss L_skip of S²-DMs (docs/algorithms.md §2),
 // as the authors' released code computes it.
 #include <torch/types.h>
 

@@ -1,7 +1,7 @@
 #pragma once
 // Samplers. Each is one function with the same signature (as k-diffusion's sample_*): it
 // integrates x from grid.t[0] down the grid to grid.t[S] and returns the result. They see the
-// network only as an EpsModel; a registry maps names to them. Algorithms: papers.md §3.
+// network only as an EpsModel; a registry maps names to them. Algorithms: docs/algorithms.md §3.
 #include <torch/types.h>
 
 #include <functional>

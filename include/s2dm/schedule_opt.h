@@ -1,5 +1,5 @@
 #pragma once
-// Score-optimal time schedules (Williams et al. 2024, papers.md §5): the cost of moving samples
+// Score-optimal time schedules (Williams et al. 2024, docs/algorithms.md §5): the cost of moving samples
 // from one noise level to the next is the work a Langevin corrector must do,
 //   L_i = E ‖ε_θ((α_i/α_{i+1}) x, t_i) - (σ̃_i/σ̃_{i+1}) ε_θ(x, t_{i+1})‖²,  x = α_{i+1} x₀ + σ_{i+1} ε,
 // estimated on a fine grid of levels with common random numbers (the same x₀ and ε for every

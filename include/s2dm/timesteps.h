@@ -10,7 +10,7 @@
 namespace s2dm::sample {
 
 // `spec` is one of
-//   uniform | quad | linspace | trailing | leading   (the reference definitions, papers.md §3)
+//   uniform | quad | linspace | trailing | leading   (the reference definitions, docs/algorithms.md §3)
 //   logsnr      S points uniform in log-SNR between t = T-1 and t = 0
 //   karras      S points with σ = √((1-ᾱ)/ᾱ) spaced as Karras et al. (ρ = `karras_rho`)
 //   999,500,... an explicit comma-separated list (S is then the list's length)

@@ -1,7 +1,7 @@
 #pragma once
 // The training loop: L_simple [+ L_skip], Adam/AdamW with warm-up and clipping, gradient
 // accumulation, EMA, checkpoints (periodic, final, and on SIGINT/SIGTERM), metrics and
-// sample grids, into a run directory (design.md). Resuming continues bit-identically on CPU.
+// sample grids, into a run directory (docs/design.md). Resuming continues bit-identically on CPU.
 #include <cstdint>
 #include <string>
 #include <vector>

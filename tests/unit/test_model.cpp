@@ -17,19 +17,7 @@
 
 using namespace s2dm;
 
-namespace {
-
-ModelConfig tiny_model() {
-  ModelConfig m;
-  m.ch = 32;
-  m.ch_mult = {1, 2};
-  m.num_res_blocks = 1;
-  m.attn_resolutions = {8};
-  m.dropout = 0.0;
-  return m;
-}
-
-}  // namespace
+using s2dm::testing::tiny_unet;
 
 TEST(NoiseSchedule, LinearMatchesReferenceValues) {
   auto s = NoiseSchedule::linear(1000);
@@ -126,7 +114,7 @@ TEST(UNet, ForwardFlopsCountEveryProduct) {
 
 TEST(UNet, ChannelsLastComputesTheSameFunction) {
   torch::manual_seed(2);
-  model::UNet net(tiny_model(), 3, 16);
+  model::UNet net(tiny_unet(), 3, 16);
   net->eval();
   torch::NoGradGuard g;
   auto x = torch::randn({2, 3, 16, 16});
@@ -142,7 +130,7 @@ TEST(UNet, ChannelsLastComputesTheSameFunction) {
   // The same weights in another layout, written to a file as NCHW and read back into an NCHW model.
   s2dm::testing::TempDir tmp;
   save_safetensors(tmp / "w.safetensors", named_weights(*net));
-  model::UNet plain(tiny_model(), 3, 16);
+  model::UNet plain(tiny_unet(), 3, 16);
   load_weights(*plain, load_safetensors(tmp / "w.safetensors").tensors, "w.safetensors");
   const auto after = named_weights(*plain);
   for (size_t i = 0; i < before.size(); ++i) EXPECT_TRUE(torch::equal(after[i].second, before[i].second)) << before[i].first;
@@ -150,7 +138,7 @@ TEST(UNet, ChannelsLastComputesTheSameFunction) {
 
 TEST(UNet, OutputShapeAndSkipChannels) {
   torch::manual_seed(0);
-  model::UNet net(tiny_model(), 3, 16);
+  model::UNet net(tiny_unet(), 3, 16);
   auto y = net->forward(torch::randn({2, 3, 16, 16}), torch::tensor({3.0f, 500.5f}));
   EXPECT_EQ(y.sizes(), (std::vector<int64_t>{2, 3, 16, 16}));
   // pushed: conv_in 32, level0 block 32, downsample 32, level1 block 64 -> deepest first.
@@ -159,7 +147,7 @@ TEST(UNet, OutputShapeAndSkipChannels) {
 
 TEST(UNet, UnitSkipScalesChangeNothingOthersDo) {
   torch::manual_seed(1);
-  model::UNet net(tiny_model(), 1, 16);
+  model::UNet net(tiny_unet(), 1, 16);
   net->eval();
   torch::NoGradGuard g;
   auto x = torch::randn({2, 1, 16, 16});
@@ -373,7 +361,7 @@ TEST(SkipTuning, FactorsInterpolateFromTheDeepestSkip) {
 
 TEST(SkipTuning, EachFactorScalesExactlyTheFeatureItNames) {
   torch::manual_seed(2);
-  model::UNet net(tiny_model(), 1, 16);
+  model::UNet net(tiny_unet(), 1, 16);
   net->eval();
   torch::NoGradGuard g;
   auto x = torch::randn({2, 1, 16, 16});

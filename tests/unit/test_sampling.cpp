@@ -1,5 +1,5 @@
 // Time grids and samplers, checked against numpy's grids, closed-form Gaussian and mixture
-// ε-models (papers.md §7), the identities between methods, and the documented NFE.
+// ε-models (docs/algorithms.md §7), the identities between methods, and the documented NFE.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -299,12 +299,7 @@ TEST(Generate, SeededNoiseIndependentOfBatching) {
 }
 
 TEST(SkipTuning, AppliesOnlyInsideItsTimeRange) {
-  ModelConfig m;
-  m.ch = 32;
-  m.ch_mult = {1, 2};
-  m.num_res_blocks = 1;
-  m.attn_resolutions = {};
-  m.dropout = 0.0;
+  const ModelConfig m = s2dm::testing::tiny_unet({});
   torch::manual_seed(4);
   model::UNet net(m, 1, 8);
   auto plain = unet_eps_model(net, false);
@@ -324,12 +319,7 @@ TEST(SkipTuning, AppliesOnlyInsideItsTimeRange) {
 
 TEST(CudaGraphs, ReplaysEqualEagerEvaluations) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device (scripts/gpu_check.sh runs this on one)";
-  ModelConfig m;
-  m.ch = 32;
-  m.ch_mult = {1, 2};
-  m.num_res_blocks = 1;
-  m.attn_resolutions = {4};
-  m.dropout = 0.0;
+  const ModelConfig m = s2dm::testing::tiny_unet({4});
   torch::manual_seed(5);
   model::UNet net(m, 3, 8);
   net->to(torch::kCUDA);
