@@ -17,15 +17,15 @@
 #include <chrono>
 #include <cstdlib>
 
-#include "s2dm/compat.h"
-#include "s2dm/config.h"
-#include "s2dm/device.h"
-#include "s2dm/fid.h"
-#include "s2dm/generate.h"
-#include "s2dm/losses.h"
-#include "s2dm/optim.h"
-#include "s2dm/samplers.h"
-#include "s2dm/unet.h"
+#include "s2dm/core/compat.h"
+#include "s2dm/core/config.h"
+#include "s2dm/core/device.h"
+#include "s2dm/eval/fid.h"
+#include "s2dm/sample/generate.h"
+#include "s2dm/diffusion/losses.h"
+#include "s2dm/train/optim.h"
+#include "s2dm/sample/samplers.h"
+#include "s2dm/model/unet.h"
 
 namespace {
 

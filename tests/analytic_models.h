@@ -5,8 +5,8 @@
 #include <cmath>
 #include <vector>
 
-#include "s2dm/eps_model.h"
-#include "s2dm/noise_schedule.h"
+#include "s2dm/model/eps_model.h"
+#include "s2dm/diffusion/noise_schedule.h"
 
 namespace s2dm::testing {
 

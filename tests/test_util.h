@@ -14,7 +14,7 @@
 #include <utility>
 #include <vector>
 
-#include "s2dm/config.h"
+#include "s2dm/core/config.h"
 
 namespace s2dm::testing {
 

@@ -7,17 +7,17 @@
 #include <filesystem>
 #include <iostream>
 
-#include "s2dm/checkpoint.h"
-#include "s2dm/config.h"
-#include "s2dm/device.h"
-#include "s2dm/errors.h"
-#include "s2dm/file_io.h"
-#include "s2dm/generate.h"
-#include "s2dm/npy_tensor.h"
-#include "s2dm/samplers.h"
-#include "s2dm/torchscript_model.h"
-#include "s2dm/train.h"
-#include "s2dm/unet.h"
+#include "s2dm/io/checkpoint.h"
+#include "s2dm/core/config.h"
+#include "s2dm/core/device.h"
+#include "s2dm/core/errors.h"
+#include "s2dm/io/file_io.h"
+#include "s2dm/sample/generate.h"
+#include "s2dm/io/npy_tensor.h"
+#include "s2dm/sample/samplers.h"
+#include "s2dm/model/torchscript_model.h"
+#include "s2dm/train/train.h"
+#include "s2dm/model/unet.h"
 
 namespace s2dm::cli {
 namespace fs = std::filesystem;

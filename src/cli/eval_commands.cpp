@@ -10,15 +10,15 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
-#include "s2dm/classifier.h"
-#include "s2dm/config.h"
-#include "s2dm/data.h"
-#include "s2dm/device.h"
-#include "s2dm/errors.h"
-#include "s2dm/fid.h"
-#include "s2dm/generate.h"
-#include "s2dm/image_io.h"
-#include "s2dm/npy.h"
+#include "s2dm/eval/classifier.h"
+#include "s2dm/core/config.h"
+#include "s2dm/data/data.h"
+#include "s2dm/core/device.h"
+#include "s2dm/core/errors.h"
+#include "s2dm/eval/fid.h"
+#include "s2dm/sample/generate.h"
+#include "s2dm/io/image_io.h"
+#include "s2dm/io/npy.h"
 
 namespace s2dm::cli {
 namespace fs = std::filesystem;

@@ -10,8 +10,8 @@
 #include <string>
 
 #include "commands.h"
-#include "s2dm/config.h"
-#include "s2dm/errors.h"
+#include "s2dm/core/config.h"
+#include "s2dm/core/errors.h"
 
 namespace {
 

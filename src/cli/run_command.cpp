@@ -4,8 +4,8 @@
 #include <vector>
 
 #include "commands.h"
-#include "s2dm/errors.h"
-#include "s2dm/experiment.h"
+#include "s2dm/core/errors.h"
+#include "s2dm/experiment/experiment.h"
 
 namespace s2dm::cli {
 

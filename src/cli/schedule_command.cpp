@@ -8,16 +8,16 @@
 #include <iostream>
 
 #include "commands.h"
-#include "s2dm/checkpoint.h"
-#include "s2dm/config.h"
-#include "s2dm/data.h"
-#include "s2dm/device.h"
-#include "s2dm/errors.h"
-#include "s2dm/generate.h"
-#include "s2dm/schedule_opt.h"
-#include "s2dm/timesteps.h"
-#include "s2dm/torchscript_model.h"
-#include "s2dm/unet.h"
+#include "s2dm/io/checkpoint.h"
+#include "s2dm/core/config.h"
+#include "s2dm/data/data.h"
+#include "s2dm/core/device.h"
+#include "s2dm/core/errors.h"
+#include "s2dm/sample/generate.h"
+#include "s2dm/sample/learned_schedule.h"
+#include "s2dm/sample/timesteps.h"
+#include "s2dm/model/torchscript_model.h"
+#include "s2dm/model/unet.h"
 
 namespace s2dm::cli {
 namespace fs = std::filesystem;

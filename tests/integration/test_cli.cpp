@@ -8,11 +8,11 @@
 #include <filesystem>
 
 #include "../test_util.h"
-#include "s2dm/checkpoint.h"
-#include "s2dm/image_io.h"
-#include "s2dm/inception.h"
-#include "s2dm/npy.h"
-#include "s2dm/safetensors.h"
+#include "s2dm/io/checkpoint.h"
+#include "s2dm/io/image_io.h"
+#include "s2dm/eval/inception.h"
+#include "s2dm/io/npy.h"
+#include "s2dm/io/safetensors.h"
 
 using namespace s2dm;
 using s2dm::testing::TempDir;

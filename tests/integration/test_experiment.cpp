@@ -16,10 +16,10 @@
 #include <thread>
 
 #include "../test_util.h"
-#include "s2dm/errors.h"
-#include "s2dm/experiment.h"
-#include "s2dm/image_io.h"
-#include "s2dm/report.h"
+#include "s2dm/core/errors.h"
+#include "s2dm/experiment/experiment.h"
+#include "s2dm/io/image_io.h"
+#include "s2dm/experiment/report.h"
 
 namespace fs = std::filesystem;
 using s2dm::testing::read_bytes;

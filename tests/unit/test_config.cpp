@@ -1,7 +1,7 @@
 #include <gtest/gtest.h>
 
-#include "s2dm/config.h"
-#include "s2dm/errors.h"
+#include "s2dm/core/config.h"
+#include "s2dm/core/errors.h"
 #include "../test_util.h"
 
 using s2dm::ConfigError;

@@ -3,9 +3,9 @@
 #include <torch/torch.h>
 
 #include "../test_util.h"
-#include "s2dm/data.h"
-#include "s2dm/errors.h"
-#include "s2dm/image_io.h"
+#include "s2dm/data/data.h"
+#include "s2dm/core/errors.h"
+#include "s2dm/io/image_io.h"
 
 using namespace s2dm;
 using s2dm::testing::TempDir;

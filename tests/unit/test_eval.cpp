@@ -9,13 +9,13 @@
 #include <sstream>
 
 #include "../test_util.h"
-#include "s2dm/checkpoint.h"
-#include "s2dm/classifier.h"
-#include "s2dm/data.h"
-#include "s2dm/errors.h"
-#include "s2dm/fid.h"
-#include "s2dm/inception.h"
-#include "s2dm/npy.h"
+#include "s2dm/io/checkpoint.h"
+#include "s2dm/eval/classifier.h"
+#include "s2dm/data/data.h"
+#include "s2dm/core/errors.h"
+#include "s2dm/eval/fid.h"
+#include "s2dm/eval/inception.h"
+#include "s2dm/io/npy.h"
 
 using namespace s2dm;
 using namespace s2dm::eval;

@@ -3,11 +3,11 @@
 #include <torch/torch.h>
 
 #include "../test_util.h"
-#include "s2dm/checkpoint.h"
-#include "s2dm/errors.h"
-#include "s2dm/image_io.h"
-#include "s2dm/npy.h"
-#include "s2dm/safetensors.h"
+#include "s2dm/io/checkpoint.h"
+#include "s2dm/core/errors.h"
+#include "s2dm/io/image_io.h"
+#include "s2dm/io/npy.h"
+#include "s2dm/io/safetensors.h"
 
 using namespace s2dm;
 using s2dm::testing::TempDir;

@@ -5,15 +5,15 @@
 #include <cmath>
 
 #include "../test_util.h"
-#include "s2dm/checkpoint.h"
-#include "s2dm/compat.h"
-#include "s2dm/config.h"
-#include "s2dm/errors.h"
-#include "s2dm/losses.h"
-#include "s2dm/noise_schedule.h"
-#include "s2dm/optim.h"
-#include "s2dm/safetensors.h"
-#include "s2dm/unet.h"
+#include "s2dm/io/checkpoint.h"
+#include "s2dm/core/compat.h"
+#include "s2dm/core/config.h"
+#include "s2dm/core/errors.h"
+#include "s2dm/diffusion/losses.h"
+#include "s2dm/diffusion/noise_schedule.h"
+#include "s2dm/train/optim.h"
+#include "s2dm/io/safetensors.h"
+#include "s2dm/model/unet.h"
 
 using namespace s2dm;
 

@@ -8,13 +8,13 @@
 
 #include "../analytic_models.h"
 #include "../test_util.h"
-#include "s2dm/errors.h"
-#include "s2dm/generate.h"
-#include "s2dm/noise_schedule.h"
-#include "s2dm/samplers.h"
-#include "s2dm/timesteps.h"
-#include "s2dm/torchscript_model.h"
-#include "s2dm/unet.h"
+#include "s2dm/core/errors.h"
+#include "s2dm/sample/generate.h"
+#include "s2dm/diffusion/noise_schedule.h"
+#include "s2dm/sample/samplers.h"
+#include "s2dm/sample/timesteps.h"
+#include "s2dm/model/torchscript_model.h"
+#include "s2dm/model/unet.h"
 
 using namespace s2dm;
 using namespace s2dm::sample;

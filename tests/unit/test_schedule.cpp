@@ -7,9 +7,9 @@
 
 #include "../analytic_models.h"
 #include "../test_util.h"
-#include "s2dm/errors.h"
-#include "s2dm/schedule_opt.h"
-#include "s2dm/timesteps.h"
+#include "s2dm/core/errors.h"
+#include "s2dm/sample/learned_schedule.h"
+#include "s2dm/sample/timesteps.h"
 
 using namespace s2dm;
 using namespace s2dm::sample;

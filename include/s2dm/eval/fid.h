@@ -1,0 +1,61 @@
+#pragma once
+// Fréchet distance and KID between feature sets (docs/algorithms.md §6), their statistics files, and
+// feature extraction with the FID Inception.
+#include <torch/types.h>
+
+#include <functional>
+#include <string>
+
+#include "s2dm/eval/inception.h"
+
+namespace s2dm::eval {
+
+// μ [D] and Σ [D,D] in float64 (Σ with N-1), as pytorch-fid and EDM store them.
+struct FeatureStats {
+  torch::Tensor mu, sigma;
+  int64_t count = 0;  // samples behind the statistics (0 when read from a file)
+};
+
+// Statistics of features [N, D]; warns when N is below D (Σ is then singular).
+FeatureStats feature_stats(const torch::Tensor& features);
+
+// ‖μ₁-μ₂‖² + tr Σ₁ + tr Σ₂ - 2 tr √(Σ₁Σ₂), in float64 through a symmetric eigendecomposition
+// (never a general sqrtm).
+// Throws DataError for mismatched shapes or non-finite statistics.
+double frechet_distance(const FeatureStats& a, const FeatureStats& b);
+
+// KID: the unbiased MMD² with the cubic kernel (x·y/d + 1)³, over `subsets` random subsets of
+// `subset_size` (capped at the smaller set), mean and standard deviation.
+struct Kid {
+  double mean = 0, std = 0;
+};
+Kid kernel_inception_distance(const torch::Tensor& a, const torch::Tensor& b, int subsets = 100,
+                              int64_t subset_size = 1000, uint64_t seed = 0);
+
+// .npz with mu and sigma (float64). load_stats reads plain and compressed files (np.savez,
+// np.savez_compressed); float32 statistics are widened. Throws IoError / DataError.
+void save_stats(const std::string& path, const FeatureStats& stats, bool compress = false);
+FeatureStats load_stats(const std::string& path);
+
+// A feature space: maps a batch of uint8 images [N, C, H, W] (on the network's device) to
+// features [N, D].
+struct FeatureExtractor {
+  std::string name;  // "inception", or the classifier's name ("fmnist-cnn")
+  std::function<torch::Tensor(const torch::Tensor& images)> fn;
+  bool is_inception() const { return name == "inception"; }
+  // "FID[inception]" or "FD[fmnist-cnn]": what a distance in this space is called.
+  std::string distance_label() const { return (is_inception() ? "FID[" : "FD[") + name + "]"; }
+};
+
+// Where the Inception weights are looked for by default: $S2DM_INCEPTION_WEIGHTS, else
+// data/inception/pt_inception-2015-12-05-6726825d.safetensors.
+std::string default_inception_weights();
+// "inception", "inception:WEIGHTS.safetensors" or "classifier:PATH", loaded onto `device`.
+// Throws ConfigError for an unknown spec, CheckpointError for unreadable weights.
+FeatureExtractor make_feature_extractor(const std::string& spec, const torch::Device& device);
+
+// Features of uint8 images [N, C, H, W] (CPU), in batches on `device`, with progress; float64.
+torch::Tensor extract_features(const FeatureExtractor& extractor, const torch::Tensor& images, int64_t batch,
+                               const torch::Device& device, bool show_progress = true);
+
+}  // namespace s2dm::eval

@@ -1,0 +1,94 @@
+#pragma once
+// The experiment driver: one YAML file names models (train configs to train, or checkpoints),
+// a sweep of sampling settings, a metric and seeds; `s2dm run` trains what is missing, samples
+// and measures every model × setting × seed, reuses whatever an earlier run finished (each unit
+// is keyed by a hash of everything that determines its result), and writes results.csv,
+// results.md, plots and report/index.html (report.h).
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "s2dm/core/config.h"
+
+namespace s2dm::experiment {
+
+struct ModelSpec {
+  std::string name;
+  std::string train_config;        // a train config to train (resolved path) ...
+  std::vector<std::string> set;    // ... with these overrides ("section.key=value")
+  std::string checkpoint;          // ... or a checkpoint to load
+  bool ema = true;                 // sample with the EMA weights of a checkpoint
+  Config config;                   // the resolved config (training settings, shape, schedule)
+  std::string key;                 // hash of what determines the weights
+  int line = 0;                    // where it is declared
+};
+
+// One point of the sweep: the sample settings that differ from the experiment's base, by key.
+struct Setting {
+  std::map<std::string, std::string> values;  // "sampler" -> "ddim", "steps" -> "10", ...
+  std::string label() const;                  // "sampler=ddim steps=10"
+};
+
+struct MetricSpec {
+  std::string features = "inception";  // inception[:W] | classifier | classifier:PATH
+  int64_t num_samples = 10000;
+  std::string reference = "train";     // train | test | a statistics .npz
+  int64_t reference_num = 50000;       // data images behind the reference (train/test)
+  bool kid = false;
+  int64_t batch = 100;                 // feature-extraction batch
+  int classifier_epochs = 2;           // for features: classifier (trained on the data)
+};
+
+// Offline score-optimal schedules for timesteps "learned" (s2dm schedule's settings).
+struct ScheduleSpec {
+  int levels = 100;
+  int64_t samples = 256;
+  int64_t batch = 64;
+  uint64_t seed = 0;
+};
+
+struct Experiment {
+  std::string path;             // the experiment file
+  std::string name;
+  std::string out;              // output directory (default runs/<name>)
+  std::string device = "auto";
+  int threads = 0;
+  std::vector<uint64_t> seeds{0};
+  std::vector<ModelSpec> models;
+  std::string baseline;         // the model the others are compared with (may be empty)
+  std::map<std::string, std::string> sample;  // fixed sample.* settings (YAML text per key)
+  std::vector<Setting> settings;              // the sweep, expanded
+  std::vector<std::string> sweep_keys;        // the swept keys, in file order
+  MetricSpec metric;
+  ScheduleSpec schedule;
+  std::string table_rows = "sampler";         // what the tables' rows are: sampler or a swept key
+};
+
+// Reads and checks an experiment file: unknown keys, missing train configs or checkpoints,
+// invalid sampler settings for any model (each setting is resolved against each model's
+// config) and inconsistent choices fail here, before any work, with the file and line.
+Experiment load_experiment(const std::string& path);
+
+// The sample config of `model` at `setting`: the model's config, the experiment's fixed sample
+// settings, then the setting's values. Throws ConfigError naming the experiment file.
+SampleConfig sample_config(const Experiment& experiment, const ModelSpec& model, const Setting& setting);
+
+struct RunOptions {
+  bool dry_run = false;               // print the plan and the estimate, do nothing
+  std::vector<std::string> only;      // model names to run (empty = all)
+};
+
+struct RunSummary {
+  int units_total = 0, units_done_before = 0, units_run = 0;
+  int models_trained = 0;
+  bool interrupted = false;
+};
+
+// Runs (or, with dry_run, plans) the experiment; writes the outputs of whatever is finished.
+RunSummary run_experiment(const Experiment& experiment, const RunOptions& options);
+
+// 16 hex digits of a 64-bit FNV-1a hash: the key of a unit's inputs.
+std::string hash_key(const std::string& text);
+
+}  // namespace s2dm::experiment

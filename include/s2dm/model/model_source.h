@@ -1,0 +1,72 @@
+#pragma once
+// Where a model comes from, in one place: an s2dm checkpoint, safetensors weights of the
+// reference architecture + a config, or a TorchScript module + a config. Every command, the
+// trainer and the experiment driver go through it, so the precision rule, the Skip-Tuning checks
+// and the learned-schedule state are handled once.
+//
+// Two steps: resolve_model reads the files and the config (cheap, nothing on the device), so a
+// bad setting fails before any work; load_model then builds the network on its device.
+#include <string>
+#include <vector>
+
+#include "s2dm/core/config.h"
+#include "s2dm/io/safetensors.h"
+#include "s2dm/model/eps_model.h"
+#include "s2dm/model/unet.h"
+
+namespace s2dm::model {
+
+// Exactly one of checkpoint, weights or script.
+struct ModelRef {
+  std::string checkpoint;  // an s2dm checkpoint ...
+  bool ema = true;         //   sampled with its EMA weights (false: the raw ones)
+  std::string weights;     // ... or safetensors weights of the reference UNet, with `config`
+  std::string script;      // ... or a TorchScript ε-model forward(x, t), with `config`
+  std::string config;      // the config (shape, schedule, architecture) for weights and script
+};
+
+struct ModelSource {
+  Config config;          // resolved, overrides applied
+  NamedTensors weights;   // UNet weights on the CPU (empty for TorchScript)
+  NamedTensors learned;   // the checkpoint's learned-schedule state (timesteps "learned")
+  std::string origin;     // the file the network comes from, for messages
+  std::string script;     // the TorchScript file, when the model is one
+};
+
+// Reads the config (and weights) of `ref`, applying `overrides` ("section.key=value"). Throws
+// UsageError for a ref naming none or several sources, ConfigError / CheckpointError otherwise.
+ModelSource resolve_model(const ModelRef& ref, const std::vector<std::string>& overrides = {});
+
+// Whether the network runs under bf16 autocast: on CUDA when the config's precision asks for it
+// (the CPU always computes in float32).
+bool bf16_autocast(const Config& config, const torch::Device& device);
+
+// Checks that the config's Skip-Tuning suits the model (a factor list needs one factor per long
+// skip; a TorchScript module has no skips to scale). Throws ConfigError / UsageError.
+void check_skip_tuning(const ModelSource& source, const SkipTuningConfig& skip_tuning);
+
+// The UNet as an ε-model on its device (eval mode, no grad, its preferred memory format), under
+// bf16 autocast when `bf16` is set; returns float32. With active `skip_tuning`, the skips are
+// scaled for timesteps in [t_min, t_max] (throws ConfigError for a factor list of the wrong
+// length); the network itself is left unchanged, so several ε-models may share it. On CUDA,
+// evaluations replay CUDA graphs unless `cuda_graphs` is false.
+EpsModel unet_eps_model(UNet unet, bool bf16, const SkipTuningConfig& skip_tuning = {}, bool cuda_graphs = true);
+// CUDA graphs captured so far by this process's ε-models (for tests and logs).
+int64_t cuda_graphs_captured();
+
+// A model on its device: the UNet (null for TorchScript) and the ε-models over it.
+class LoadedModel {
+ public:
+  LoadedModel(const ModelSource& source, const torch::Device& device);
+  // The ε-model with the config's precision and the given Skip-Tuning.
+  EpsModel eps(const SkipTuningConfig& skip_tuning = {}, bool cuda_graphs = true) const;
+  const UNet& unet() const { return unet_; }
+
+ private:
+  Config config_;
+  torch::Device device_;
+  UNet unet_{nullptr};
+  EpsModel script_;
+};
+
+}  // namespace s2dm::model

@@ -1,0 +1,65 @@
+#pragma once
+// Producing samples from a model: initial noise, batching, the sampler, and the output files
+// (numbered PNGs, samples.npz with arr_0 uint8 NHWC, grid.png, optionally float32 NCHW .npy).
+#include <torch/types.h>
+
+#include <functional>
+#include <string>
+
+#include "s2dm/core/config.h"
+#include "s2dm/model/eps_model.h"
+#include "s2dm/diffusion/noise_schedule.h"
+#include "s2dm/io/safetensors.h"
+#include "s2dm/sample/samplers.h"
+#include "s2dm/model/unet.h"
+
+namespace s2dm::sample {
+
+// The sampling settings of a config, resolved and checked (sampler name, its options, the time
+// grid), so that a bad setting fails before any work.
+struct SamplingPlan {
+  const SamplerInfo* sampler = nullptr;
+  SamplerOptions options;
+  Grid grid;
+};
+// `learned` is a checkpoint's learned-schedule state, used by timesteps "learned".
+SamplingPlan plan_sampling(const SampleConfig& config, const NoiseSchedule& schedule,
+                           const NamedTensors& learned = {});
+
+// The UNet as an ε-model on its device (eval mode, no grad, its preferred memory format), under
+// bf16 autocast on CUDA when `bf16` is set; returns float32. With active `skip_tuning`, the
+// skips are scaled for timesteps in [t_min, t_max] (throws ConfigError for a factor list of
+// the wrong length). On CUDA, evaluations replay CUDA graphs unless `cuda_graphs` is false.
+EpsModel unet_eps_model(model::UNet unet, bool bf16, const SkipTuningConfig& skip_tuning = {},
+                        bool cuda_graphs = true);
+// CUDA graphs captured so far by this process's ε-models (for tests and logs).
+int64_t cuda_graphs_captured();
+
+// x_T for images [first, first+count): image i's noise comes from its own generator seeded by
+// (seed, i), so an image does not depend on the batch size or on how many are drawn.
+torch::Tensor initial_noise(int64_t first, int64_t count, const std::vector<int64_t>& image_shape, uint64_t seed);
+
+struct Generated {
+  torch::Tensor samples;  // float32 [N,C,H,W] on the CPU, not clipped
+  int64_t nfe = 0;        // network evaluations per image
+  double seconds = 0.0;
+  bool complete = true;   // false when `stop` ended it early (samples then holds fewer images)
+};
+
+// Samples `num` images with the sampler settings of `config`. `noise` (float32 NCHW, CPU), when
+// defined, replaces the seeded initial noise and sets the number of images. `stop`, when given,
+// is asked between batches whether to end early.
+Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& config,
+                   const std::vector<int64_t>& image_shape, const torch::Device& device, uint64_t seed,
+                   int64_t num, const torch::Tensor& noise = {}, bool show_progress = true,
+                   const NamedTensors& learned = {}, const std::function<bool()>& stop = {});
+
+// Writes numbered PNGs (when `pngs`), samples.npz and grid.png (first 64) into `dir`.
+void write_samples(const std::string& dir, const torch::Tensor& samples, bool pngs = true);
+// The images of a samples.npz (arr_0, uint8 NHWC with 1 or 3 channels) as uint8 NCHW.
+// Throws DataError naming the file.
+torch::Tensor read_samples_npz(const std::string& path);
+// A grid PNG of up to 64 samples.
+void write_grid(const std::string& path, const torch::Tensor& samples);
+
+}  // namespace s2dm::sample

@@ -1,0 +1,94 @@
+#pragma once
+// Score-optimal time schedules (Williams et al. 2024, docs/algorithms.md §5): the cost of moving samples
+// from one noise level to the next is the work a Langevin corrector must do,
+//   L_i = E ‖ε_θ((α_i/α_{i+1}) x, t_i) - (σ̃_i/σ̃_{i+1}) ε_θ(x, t_{i+1})‖²,  x = α_{i+1} x₀ + σ_{i+1} ε,
+// estimated on a fine grid of levels with common random numbers (the same x₀ and ε for every
+// level); Λ(t_i) = Σ_{j<i} √L_j is inverted with a monotone cubic so that every step costs the same.
+#include <torch/types.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "s2dm/model/eps_model.h"
+#include "s2dm/diffusion/noise_schedule.h"
+
+namespace s2dm::sample {
+
+// Fritsch–Carlson monotone piecewise-cubic (PCHIP) interpolation: monotone data give a monotone
+// interpolant, without overshoot. x strictly increasing.
+class Pchip {
+ public:
+  Pchip(std::vector<double> x, std::vector<double> y);
+  double operator()(double u) const;
+
+ private:
+  std::vector<double> x_, y_, d_;
+};
+
+struct ScheduleCost {
+  std::vector<double> levels;  // increasing times t_0 = 0 < ... < t_{n-1} = T-1
+  std::vector<double> cost;    // L_i between levels i and i+1 (n-1 values)
+  int64_t nfe = 0;             // network evaluations spent
+};
+
+// Estimates the cost on `num_levels` levels spread uniformly over [0, T-1], averaging over the
+// data x0 ([N, C, H, W] in [-1, 1]) with one noise draw per image, in batches of `batch`.
+ScheduleCost estimate_schedule_cost(const EpsModel& model, const NoiseSchedule& schedule, const torch::Tensor& x0,
+                                    int num_levels, uint64_t seed, int64_t batch, bool show_progress = true);
+
+// Their Algorithm 1: S+1 decreasing times from T-1 to 0 with equal Λ between neighbours. Throws
+// ConfigError when S is not in [1, levels - 1]. Multiplying the cost by a constant changes nothing.
+std::vector<double> optimal_timesteps(const std::vector<double>& levels, const std::vector<double>& cost, int steps);
+
+// Their Algorithm 2, during training: cost estimates for random level pairs accumulate per pair;
+// once every pair has `min_estimates`, the schedule for `steps` moves towards the optimum of the
+// mean cost, t ← γ t* + (1-γ) t (the first time it jumps there).
+class OnlineScheduleEstimator {
+ public:
+  OnlineScheduleEstimator(const NoiseSchedule& schedule, int num_levels, int steps, int min_estimates, double gamma);
+  // Estimates the cost of `pairs` level pairs drawn from `generator` on the batch x0 (no grad;
+  // the noise comes from `generator` too). Returns true when the schedule moved.
+  bool update(const EpsModel& model, const torch::Tensor& x0, int pairs, at::Generator& generator);
+  bool ready() const;
+  std::vector<double> mean_cost() const;
+  const std::vector<double>& levels() const { return levels_; }
+  const std::vector<double>& timesteps() const { return timesteps_; }  // empty until ready
+  int steps() const { return steps_; }
+  int64_t nfe() const { return nfe_; }
+  // For checkpoints: "sum", "count", "timesteps", "levels", "steps" as tensors.
+  std::vector<std::pair<std::string, torch::Tensor>> state() const;
+  void load_state(const std::vector<std::pair<std::string, torch::Tensor>>& state);
+
+ private:
+  const NoiseSchedule& schedule_;
+  std::vector<double> levels_, sum_;
+  std::vector<int64_t> count_;
+  std::vector<double> timesteps_;
+  int steps_, min_estimates_;
+  double gamma_;
+  int64_t nfe_ = 0;
+};
+
+// The grid for S steps from a checkpoint's schedule state: its smoothed timesteps when S is the
+// estimator's S, else the optimum of its mean cost. Throws ConfigError when it holds none yet.
+std::vector<double> timesteps_from_state(const std::vector<std::pair<std::string, torch::Tensor>>& state, int steps);
+
+// schedule.yaml: timesteps per S, levels, cost and NFE; read back by --timesteps learned:FILE.
+void write_schedule_file(const std::string& path, const ScheduleCost& cost,
+                         const std::map<int, std::vector<double>>& timesteps, int num_timesteps);
+// The S steps of a schedule file (dropping the final 0, which the end point replaces). Throws
+// ConfigError when the file lacks S or was made for another T.
+std::vector<double> read_schedule_file(const std::string& path, int steps, int num_timesteps);
+
+// What `s2dm schedule` does: the cost on `num_levels` levels, averaged over `num` images drawn
+// (by `seed`) from `images` (uint8 NCHW), the grids for each S in `steps`, written as `out`
+// (schedule.yaml) with a plot beside it (<stem>.png: the cost curve, then the learned grid of the
+// first S against the uniform and quadratic grids). Returns the cost.
+ScheduleCost learn_schedule(const EpsModel& model, const NoiseSchedule& schedule, const torch::Tensor& images,
+                            int num_levels, int64_t num, uint64_t seed, int64_t batch, const std::vector<int>& steps,
+                            const torch::Device& device, const std::string& out);
+// The plot path beside a schedule file.
+std::string schedule_plot_path(const std::string& schedule_file);
+
+}  // namespace s2dm::sample

@@ -1,0 +1,81 @@
+#pragma once
+// Samplers. Each is one function with the same signature (as k-diffusion's sample_*): it
+// integrates x from grid.t[0] down the grid to grid.t[S] and returns the result. They see the
+// network only as an EpsModel; a registry maps names to them. Algorithms: docs/algorithms.md §3.
+#include <torch/types.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "s2dm/model/eps_model.h"
+#include "s2dm/sample/timesteps.h"
+
+namespace s2dm::sample {
+
+struct SamplerOptions {
+  double eta = 0.0;                // DDIM stochasticity (0 deterministic, 1 = DDPM ancestral)
+  bool clip_denoised = false;      // clip x̂₀ to [-1, 1] (DDIM/DDPM)
+  uint64_t noise_seed = 0;         // per-step noise of stochastic samplers
+  int order = -1;                  // multistep order (-1 = the sampler's default)
+  double lambda = 0.0;             // λ of λ-DDIM
+  bool lower_order_final = true;   // DEIS log-ρ / DPM-Solver++: first order on the last step(s)
+  std::string variance = "small";  // DDPM: small (β̃, = DDIM η = 1) | large (σ̂ = √(1 - a/a'))
+};
+
+struct StepInfo {
+  int index;               // 0-based step
+  int total;
+  double t;                // the time just left
+  const torch::Tensor& x;  // the state after the step
+};
+using Callback = std::function<void(const StepInfo&)>;
+
+using SamplerFn = std::function<torch::Tensor(const EpsModel& model, torch::Tensor x, const Grid& grid,
+                                              const SamplerOptions& options, const Callback& callback)>;
+
+// ---- shared helpers ----
+// ε̂ at time t for a batch.
+torch::Tensor eval_eps(const EpsModel& model, const torch::Tensor& x, double t);
+// x̂₀ = (x - √(1-ᾱ) ε) / √ᾱ
+torch::Tensor predict_x0(const torch::Tensor& x, const torch::Tensor& eps, double alpha_bar);
+// The deterministic DDIM/PNDM transfer φ(x, ε, a → a') in PNDM's numerically stable form:
+// √(a'/a) x - (a' - a) / (√a (√((1-a')a) + √((1-a)a'))) ε.
+torch::Tensor transfer(const torch::Tensor& x, const torch::Tensor& eps, double a, double a_next);
+
+// ---- the samplers ----
+torch::Tensor sample_ddim(const EpsModel&, torch::Tensor x, const Grid&, const SamplerOptions&, const Callback& = {});
+torch::Tensor sample_ddpm(const EpsModel&, torch::Tensor x, const Grid&, const SamplerOptions&, const Callback& = {});
+torch::Tensor sample_pndm(const EpsModel&, torch::Tensor x, const Grid&, const SamplerOptions&, const Callback& = {});
+torch::Tensor sample_spndm(const EpsModel&, torch::Tensor x, const Grid&, const SamplerOptions&, const Callback& = {});
+torch::Tensor sample_plms(const EpsModel&, torch::Tensor x, const Grid&, const SamplerOptions&, const Callback& = {});
+torch::Tensor sample_deis(const EpsModel&, torch::Tensor x, const Grid&, const SamplerOptions&, const Callback& = {});
+torch::Tensor sample_deis_rho(const EpsModel&, torch::Tensor x, const Grid&, const SamplerOptions&, const Callback& = {});
+torch::Tensor sample_deis_logrho(const EpsModel&, torch::Tensor x, const Grid&, const SamplerOptions&,
+                                 const Callback& = {});
+torch::Tensor sample_dpmpp_2m(const EpsModel&, torch::Tensor x, const Grid&, const SamplerOptions&, const Callback& = {});
+torch::Tensor sample_lambda_ddim(const EpsModel&, torch::Tensor x, const Grid&, const SamplerOptions&,
+                                 const Callback& = {});
+
+struct SamplerInfo {
+  std::string name, description, options;  // options: which SamplerOptions it reads
+  SamplerFn fn;
+  std::function<int(int steps)> nfe;       // network evaluations for S steps
+  bool stochastic;
+  int min_order, max_order, default_order; // -1 each when it has no order
+};
+const std::vector<SamplerInfo>& samplers();
+// Throws ConfigError (with a "did you mean") for an unknown name.
+const SamplerInfo& find_sampler(const std::string& name);
+// Checks the options against the sampler (order range, ...); throws ConfigError.
+void check_options(const SamplerInfo& sampler, const SamplerOptions& options);
+
+// Runs a sampler without gradients and counts the network evaluations it spent.
+struct SampleRun {
+  torch::Tensor x;
+  int64_t nfe = 0;
+};
+SampleRun run_sampler(const SamplerInfo& sampler, const EpsModel& model, torch::Tensor x, const Grid& grid,
+                      const SamplerOptions& options, const Callback& callback = {});
+
+}  // namespace s2dm::sample

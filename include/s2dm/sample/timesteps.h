@@ -1,0 +1,40 @@
+#pragma once
+// Time grids: which timesteps a sampler visits. make_timesteps returns a strictly decreasing
+// list in timestep-index units (T-1 ... 0; fractional values allowed), duplicates removed
+// (with a warning); make_grid appends the end point (ᾱ = 1 or ᾱ_0) and the ᾱ values.
+#include <string>
+#include <vector>
+
+#include "s2dm/diffusion/noise_schedule.h"
+
+namespace s2dm::sample {
+
+// `spec` is one of
+//   uniform | quad | linspace | trailing | leading   (the reference definitions, docs/algorithms.md §3)
+//   logsnr      S points uniform in log-SNR between t = T-1 and t = 0
+//   karras      S points with σ = √((1-ᾱ)/ᾱ) spaced as Karras et al. (ρ = `karras_rho`)
+//   999,500,... an explicit comma-separated list (S is then the list's length)
+//   file:PATH   a file of timesteps (whitespace, comma or YAML-list separated)
+//   learned:F   the S-step grid of a schedule file written by `s2dm schedule`
+// Throws ConfigError for an unknown grid, S outside [1, T], or a list that is not strictly
+// decreasing or leaves [0, T-1].
+std::vector<double> make_timesteps(const std::string& spec, int steps, const NoiseSchedule& schedule,
+                                   double karras_rho = 7.0);
+
+// The grid names make_timesteps knows (besides lists and files).
+const std::vector<std::string>& timestep_grids();
+
+// What a sampler steps through: S+1 decreasing times, the last being the end point (-1 for
+// ᾱ = 1, 0 for ᾱ_0), with ᾱ at each; the schedule gives ᾱ between them.
+struct Grid {
+  std::vector<double> t;
+  std::vector<double> alpha_bar;
+  const NoiseSchedule* schedule = nullptr;
+  int steps() const { return static_cast<int>(t.size()) - 1; }
+};
+Grid make_grid(const std::vector<double>& timesteps, const NoiseSchedule& schedule, const std::string& final_alpha);
+
+// Inverse of the schedule's ᾱ(t) on [-1, T-1] (bisection on the continuous interpolation).
+double time_of_alpha_bar(const NoiseSchedule& schedule, double alpha_bar);
+
+}  // namespace s2dm::sample

@@ -1,0 +1,34 @@
+#pragma once
+// The training loop: L_simple [+ L_skip], Adam/AdamW with warm-up and clipping, gradient
+// accumulation, EMA, checkpoints (periodic, final, and on SIGINT/SIGTERM), metrics and
+// sample grids, into a run directory (docs/design.md). Resuming continues bit-identically on CPU.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "s2dm/core/config.h"
+
+namespace s2dm::train {
+
+struct TrainOptions {
+  std::string run_dir;             // empty = runs/<config.name>
+  bool resume = false;             // continue from <run_dir>/checkpoints/latest.ckpt
+  bool overwrite = false;          // delete an existing run directory first
+  int64_t steps = -1;              // overrides train.steps (also on resume)
+  std::vector<std::string> overrides;  // --set values, applied on resume too
+};
+
+struct TrainResult {
+  std::string run_dir;
+  int64_t step = 0;
+  bool interrupted = false;  // stopped by a signal (a checkpoint was written)
+};
+
+// `config` is ignored on resume (the run directory's checkpoint carries the config).
+TrainResult run_training(const Config& config, const TrainOptions& options);
+
+// The paths inside a run directory.
+std::string checkpoint_dir(const std::string& run_dir);
+std::string latest_checkpoint(const std::string& run_dir);
+
+}  // namespace s2dm::train

@@ -1,0 +1,499 @@
+#include "s2dm/core/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "s2dm/core/errors.h"
+
+namespace s2dm {
+namespace {
+
+// ---- The schema: every key of every section, its type (from the member) and its check. ----
+// One list serves loading, validation and writing, so they cannot drift apart.
+
+template <class T>
+struct Range {
+  T lo, hi;
+};
+struct OneOf {
+  std::vector<std::string> values;
+};
+struct Any {};
+
+template <class V>
+void visit(V& v, DataConfig& c) {
+  v("dataset", c.dataset, OneOf{{"fmnist", "cifar10", "celeba", "folder"}});
+  v("path", c.path, Any{});
+  v("image_size", c.image_size, Range<int>{4, 1024});
+  v("channels", c.channels, OneOf{{"1", "3"}});
+  v("random_flip", c.random_flip, Any{});
+  v("limit", c.limit, Range<int64_t>{0, std::numeric_limits<int64_t>::max()});
+  v("cache", c.cache, Any{});
+}
+
+template <class V>
+void visit(V& v, ModelConfig& c) {
+  v("ch", c.ch, Range<int>{1, 4096});
+  v("ch_mult", c.ch_mult, Range<int>{1, 64});
+  v("num_res_blocks", c.num_res_blocks, Range<int>{1, 16});
+  v("attn_resolutions", c.attn_resolutions, Range<int>{1, 1024});
+  v("dropout", c.dropout, Range<double>{0.0, 0.99});
+  v("resamp_with_conv", c.resamp_with_conv, Any{});
+}
+
+template <class V>
+void visit(V& v, DiffusionConfig& c) {
+  v("beta_schedule", c.beta_schedule, OneOf{{"linear", "cosine"}});
+  v("beta_start", c.beta_start, Range<double>{1e-12, 0.999});
+  v("beta_end", c.beta_end, Range<double>{1e-12, 0.999});
+  v("num_timesteps", c.num_timesteps, Range<int>{2, 100000});
+}
+
+template <class V>
+void visit(V& v, LossConfig& c) {
+  v("type", c.type, OneOf{{"simple", "s2dm"}});
+  v("skip_k", c.skip_k, Range<int>{1, 100000});
+  v("tau", c.tau, Range<double>{0.0, 1.0});
+  v("noise", c.noise, OneOf{{"independent", "shared"}});
+}
+
+template <class V>
+void visit(V& v, LearnedScheduleConfig& c) {
+  constexpr auto kMax = std::numeric_limits<int64_t>::max();
+  v("every", c.every, Range<int64_t>{0, kMax});
+  v("levels", c.levels, Range<int>{3, 100000});
+  v("min_estimates", c.min_estimates, Range<int>{1, 1000000});
+  v("gamma", c.gamma, Range<double>{0.0, 1.0});
+  v("batch", c.batch, Range<int>{1, 1 << 20});
+  v("pairs", c.pairs, Range<int>{1, 100000});
+}
+
+template <class V>
+void visit(V& v, TrainConfig& c) {
+  constexpr auto kMax = std::numeric_limits<int64_t>::max();
+  v("steps", c.steps, Range<int64_t>{0, kMax});
+  v("batch_size", c.batch_size, Range<int>{1, 1 << 20});
+  v("optimizer", c.optimizer, OneOf{{"adam", "adamw"}});
+  v("lr", c.lr, Range<double>{0.0, 10.0});
+  v("beta1", c.beta1, Range<double>{0.0, 0.999999});
+  v("beta2", c.beta2, Range<double>{0.0, 0.999999999});
+  v("eps", c.eps, Range<double>{0.0, 1.0});
+  v("weight_decay", c.weight_decay, Range<double>{0.0, 10.0});
+  v("warmup", c.warmup, Range<int64_t>{0, kMax});
+  v("grad_clip", c.grad_clip, Range<double>{0.0, 1e9});
+  v("grad_accum", c.grad_accum, Range<int>{1, 1024});
+  v("ema_decay", c.ema_decay, Range<double>{0.0, 1.0});
+  v("ckpt_every", c.ckpt_every, Range<int64_t>{1, kMax});
+  v("keep_last", c.keep_last, Range<int>{1, 1000000});
+  v("log_every", c.log_every, Range<int64_t>{1, kMax});
+  v("sample_every", c.sample_every, Range<int64_t>{0, kMax});
+  v("sample_num", c.sample_num, Range<int>{0, 4096});
+  v("precision", c.precision, OneOf{{"bf16", "fp32"}});
+  v("antithetic", c.antithetic, Any{});
+  v("eval_every", c.eval_every, Range<int64_t>{0, kMax});
+  v("eval_num", c.eval_num, Range<int>{2, 1000000});
+  v("eval_features", c.eval_features, Any{});
+  v.section("learned_schedule", c.learned_schedule);
+}
+
+template <class V>
+void visit(V& v, SkipTuningConfig& c) {
+  v("rho_top", c.rho_top, Range<double>{-10.0, 10.0});
+  v("rho_bottom", c.rho_bottom, Range<double>{-10.0, 10.0});
+  v("rho", c.rho, Range<double>{-10.0, 10.0});
+  v("t_min", c.t_min, Range<double>{-1.0, 1e9});
+  v("t_max", c.t_max, Range<double>{-1.0, 1e9});
+}
+
+template <class V>
+void visit(V& v, SampleConfig& c) {
+  v("sampler", c.sampler, Any{});  // checked against the sampler registry where it is used
+  v("steps", c.steps, Range<int>{1, 100000});
+  v("eta", c.eta, Range<double>{0.0, 10.0});
+  v("order", c.order, Range<int>{-1, 8});
+  v("lambda", c.lambda, Range<double>{-1e6, 1e6});
+  v("lower_order_final", c.lower_order_final, Any{});
+  v("variance", c.variance, OneOf{{"small", "large"}});
+  v("timesteps", c.timesteps, Any{});  // checked by make_timesteps
+  v("karras_rho", c.karras_rho, Range<double>{1e-3, 1e3});
+  v("num", c.num, Range<int64_t>{1, std::numeric_limits<int64_t>::max()});
+  v("batch", c.batch, Range<int>{1, 1 << 20});
+  v("clip_denoised", c.clip_denoised, Any{});
+  v("final_alpha", c.final_alpha, OneOf{{"one", "first"}});
+  v.section("skip_tuning", c.skip_tuning);
+}
+
+template <class V>
+void visit(V& v, Config& c) {
+  v("name", c.name, Any{});
+  v("seed", c.seed, Range<uint64_t>{0, std::numeric_limits<uint64_t>::max()});
+  v("device", c.device, Any{});
+  v("threads", c.threads, Range<int>{0, 4096});
+  v.section("data", c.data);
+  v.section("model", c.model);
+  v.section("diffusion", c.diffusion);
+  v.section("loss", c.loss);
+  v.section("train", c.train);
+  v.section("sample", c.sample);
+}
+
+// ---- helpers ----
+
+std::string join(const std::vector<std::string>& items, const char* sep = ", ") {
+  std::string out;
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? sep : "") + items[i];
+  return out;
+}
+
+template <class T>
+std::string show(const T& value) {
+  std::ostringstream s;
+  s << value;
+  return s.str();
+}
+std::string show(const std::vector<int>& value) {
+  std::vector<std::string> items;
+  for (int x : value) items.push_back(std::to_string(x));
+  return "[" + join(items) + "]";
+}
+std::string show(const std::vector<double>& value) {
+  std::vector<std::string> items;
+  for (double x : value) items.push_back(show(x));
+  return "[" + join(items) + "]";
+}
+
+// Collects the names of a visited struct (for "did you mean" and unknown-key checks).
+struct NameCollector {
+  std::vector<std::string> names;
+  template <class T, class C>
+  void operator()(const char* name, T&, const C&) { names.push_back(name); }
+  template <class S>
+  void section(const char* name, S&) { names.push_back(name); }
+};
+
+// Reads a YAML mapping into a struct, validating each value.
+class Binder {
+ public:
+  Binder(const YAML::Node& node, std::string prefix, const std::string& origin,
+         const std::map<std::string, std::string>& overridden)
+      : node_(node), prefix_(std::move(prefix)), origin_(origin), overridden_(overridden) {}
+
+  template <class S>
+  void bind(S& target) {
+    if (!node_.IsMap()) fail(node_, "expected a mapping of keys");
+    NameCollector names;
+    visit(names, target);
+    for (const auto& kv : node_) {
+      auto key = kv.first.as<std::string>();
+      if (std::find(names.names.begin(), names.names.end(), key) == names.names.end()) {
+        std::string msg = "unknown key '" + prefix_ + key + "'";
+        auto near = closest_match(key, names.names);
+        if (!near.empty()) msg += " (did you mean '" + prefix_ + near + "'?)";
+        fail(kv.first, msg, prefix_ + key);
+      }
+    }
+    visit(*this, target);
+  }
+
+  template <class T, class C>
+  void operator()(const char* name, T& value, const C& check) {
+    const YAML::Node child = node_[name];
+    if (!child || child.IsNull()) return;  // keep the default
+    read(child, name, value);
+    validate(child, name, value, check);
+  }
+
+  template <class S>
+  void section(const char* name, S& target) {
+    const YAML::Node child = node_[name];
+    if (!child || child.IsNull()) return;
+    Binder(child, prefix_ + name + ".", origin_, overridden_).bind(target);
+  }
+
+ private:
+  [[noreturn]] void fail(const YAML::Node& at, const std::string& msg,
+                         const std::string& key = "") const {
+    auto it = overridden_.find(key);
+    if (!key.empty() && it != overridden_.end()) throw ConfigError("--set " + it->second + ": " + msg);
+    std::string where = origin_;
+    if (at.Mark().line >= 0) where += ":" + std::to_string(at.Mark().line + 1);
+    throw ConfigError(where + ": " + msg);
+  }
+
+  std::string text(const YAML::Node& node) const {
+    if (node.IsScalar()) return "'" + node.Scalar() + "'";
+    std::ostringstream s;
+    s << YAML::Dump(node);
+    return s.str();
+  }
+
+  template <class T>
+  void scalar(const YAML::Node& node, const char* name, T& value, const char* what) {
+    try {
+      if (!node.IsScalar()) throw YAML::BadConversion(node.Mark());
+      value = node.as<T>();
+    } catch (const YAML::BadConversion&) {
+      fail(node, prefix_ + name + ": expected " + what + ", got " + text(node), prefix_ + name);
+    }
+  }
+  void read(const YAML::Node& n, const char* name, std::string& v) { scalar(n, name, v, "a string"); }
+  void read(const YAML::Node& n, const char* name, bool& v) { scalar(n, name, v, "true or false"); }
+  void read(const YAML::Node& n, const char* name, int& v) { scalar(n, name, v, "an integer"); }
+  void read(const YAML::Node& n, const char* name, int64_t& v) { scalar(n, name, v, "an integer"); }
+  void read(const YAML::Node& n, const char* name, uint64_t& v) {
+    scalar(n, name, v, "a non-negative integer");
+  }
+  void read(const YAML::Node& n, const char* name, double& v) {
+    scalar(n, name, v, "a number");
+    if (!std::isfinite(v)) fail(n, prefix_ + name + ": expected a finite number", prefix_ + name);
+  }
+  template <class T>
+  void read(const YAML::Node& n, const char* name, std::vector<T>& v) {
+    const char* what = std::is_same_v<T, int> ? "a list of integers" : "a list of numbers";
+    if (!n.IsSequence()) fail(n, prefix_ + name + ": expected " + what + ", got " + text(n), prefix_ + name);
+    v.clear();
+    for (const auto& item : n) {
+      T x{};
+      scalar(item, name, x, what);
+      v.push_back(x);
+    }
+  }
+
+  template <class T>
+  void validate(const YAML::Node&, const char*, const T&, const Any&) {}
+
+  template <class T, class R>
+  void validate(const YAML::Node& n, const char* name, const T& value, const Range<R>& r) {
+    auto check_one = [&](R x) {
+      if (x < r.lo || x > r.hi)
+        fail(n, prefix_ + name + " = " + show(value) + " is out of range [" + show(r.lo) + ", " +
+                    show(r.hi) + "]",
+             prefix_ + name);
+    };
+    if constexpr (std::is_same_v<T, std::vector<int>> || std::is_same_v<T, std::vector<double>>) {
+      for (auto x : value) check_one(x);
+    } else {
+      check_one(value);
+    }
+  }
+
+  template <class T>
+  void validate(const YAML::Node& n, const char* name, const T& value, const OneOf& allowed) {
+    std::string s = show(value);
+    if (std::find(allowed.values.begin(), allowed.values.end(), s) != allowed.values.end()) return;
+    std::string msg = prefix_ + name + " = '" + s + "' is not one of " + join(allowed.values);
+    auto near = closest_match(s, allowed.values);
+    if (!near.empty()) msg += " (did you mean '" + near + "'?)";
+    fail(n, msg, prefix_ + name);
+  }
+
+  const YAML::Node node_;
+  std::string prefix_;
+  const std::string& origin_;
+  const std::map<std::string, std::string>& overridden_;
+};
+
+// Writes the resolved config as YAML text (strings quoted, lists in flow style).
+class Writer {
+ public:
+  std::string text() const { return out_.str(); }
+
+  template <class T, class C>
+  void operator()(const char* name, const T& value, const C&) {
+    out_ << indent_ << name << ": " << format(value) << "\n";
+  }
+  template <class S>
+  void section(const char* name, S& s) {
+    out_ << indent_ << name << ":\n";
+    const std::string outer = indent_;
+    indent_ += "  ";
+    visit(*this, s);
+    indent_ = outer;
+  }
+
+ private:
+  static std::string format(const std::string& s) {
+    std::string q = "\"";
+    for (char c : s) {
+      if (c == '"' || c == '\\') q += '\\';
+      q += c;
+    }
+    return q + "\"";
+  }
+  static std::string format(bool b) { return b ? "true" : "false"; }
+  static std::string format(double d) {
+    // The shortest text that reads back to the same double.
+    for (int precision = 6; precision <= 17; ++precision) {
+      std::ostringstream s;
+      s.precision(precision);
+      s << d;
+      if (std::stod(s.str()) == d) {
+        std::string t = s.str();
+        if (t.find_first_of(".eE") == std::string::npos) t += ".0";
+        return t;
+      }
+    }
+    return std::to_string(d);
+  }
+  static std::string format(const std::vector<int>& v) { return show(v); }
+  static std::string format(const std::vector<double>& v) {
+    std::vector<std::string> items;
+    for (double x : v) items.push_back(format(x));
+    return "[" + join(items) + "]";
+  }
+  template <class T>
+  static std::string format(const T& v) { return show(v); }
+
+  std::ostringstream out_;
+  std::string indent_;
+};
+
+// Checks that relate several keys.
+void validate_whole(const Config& c, const std::string& origin) {
+  auto fail = [&](const std::string& msg) { throw ConfigError(origin + ": " + msg); };
+  const int levels = static_cast<int>(c.model.ch_mult.size());
+  if (levels == 0) fail("model.ch_mult must not be empty");
+  if (c.data.image_size % (1 << (levels - 1)) != 0)
+    fail("data.image_size = " + std::to_string(c.data.image_size) + " is not divisible by 2^" +
+         std::to_string(levels - 1) + " (model.ch_mult has " + std::to_string(levels) + " levels)");
+  if (c.model.ch % 32 != 0)
+    fail("model.ch = " + std::to_string(c.model.ch) +
+         " must be a multiple of 32 (GroupNorm uses 32 groups)");
+  for (int r : c.model.attn_resolutions) {
+    bool reachable = false;
+    for (int l = 0; l < levels; ++l) reachable |= (c.data.image_size >> l) == r;
+    if (!reachable)
+      fail("model.attn_resolutions contains " + std::to_string(r) +
+           ", which is not a feature-map size of this model");
+  }
+  if (c.diffusion.beta_schedule == "linear" && c.diffusion.beta_end < c.diffusion.beta_start)
+    fail("diffusion.beta_end must not be smaller than diffusion.beta_start");
+  if (c.loss.type == "s2dm" && c.loss.skip_k >= c.diffusion.num_timesteps)
+    fail("loss.skip_k = " + std::to_string(c.loss.skip_k) + " must be below diffusion.num_timesteps");
+  if (c.train.eval_every > 0 && c.train.eval_features.empty())
+    fail("train.eval_every needs train.eval_features (inception[:WEIGHTS] or classifier:PATH)");
+  if (c.train.learned_schedule.every > 0 && c.sample.steps >= c.train.learned_schedule.levels)
+    fail("train.learned_schedule.levels = " + std::to_string(c.train.learned_schedule.levels) +
+         " must exceed sample.steps = " + std::to_string(c.sample.steps));
+  if (c.sample.steps > c.diffusion.num_timesteps)
+    fail("sample.steps = " + std::to_string(c.sample.steps) + " exceeds diffusion.num_timesteps = " +
+         std::to_string(c.diffusion.num_timesteps));
+  if (c.device != "auto" && c.device != "cpu" && c.device.rfind("cuda", 0) != 0)
+    fail("device = '" + c.device + "' is not one of auto, cpu, cuda, cuda:N");
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError(path + ": cannot open config file");
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+}  // namespace
+
+bool SkipTuningConfig::active() const {
+  if (!rho.empty()) return std::any_of(rho.begin(), rho.end(), [](double r) { return r != 1.0; });
+  return rho_top != 1.0 || rho_bottom != 1.0;
+}
+
+std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_distance = std::max<size_t>(2, word.size() / 3) + 1;
+  for (const auto& c : candidates) {
+    size_t d = edit_distance(word, c);
+    if (d < best_distance) best_distance = d, best = c;
+  }
+  if (!best.empty()) return best;
+  // Else a candidate the word starts with (or that starts with the word) counts as near.
+  for (const auto& c : candidates)
+    if (c.size() >= 3 && word.size() >= 3 && (word.rfind(c, 0) == 0 || c.rfind(word, 0) == 0)) return c;
+  return best;
+}
+
+Config parse_config(const std::string& yaml_text, const std::string& origin,
+                    const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(origin + ":" + std::to_string(e.mark.line + 1) + ": invalid YAML: " + e.msg);
+  }
+  if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  if (!root.IsMap()) throw ConfigError(origin + ": expected a mapping of sections at the top level");
+
+  std::map<std::string, std::string> overridden;  // "section.key" -> the --set text
+  for (const auto& item : overrides) {
+    auto eq = item.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw ConfigError("--set " + item + ": expected section.key=value");
+    std::string key = item.substr(0, eq), value = item.substr(eq + 1);
+    YAML::Node parsed;
+    try {
+      parsed = YAML::Load(value);
+    } catch (const YAML::Exception& e) {
+      throw ConfigError("--set " + item + ": invalid value: " + e.msg);
+    }
+    // Walk (and create) the nested mappings named by the dotted key.
+    std::vector<std::string> parts;
+    for (size_t start = 0, dot;; start = dot + 1) {
+      dot = key.find('.', start);
+      parts.push_back(key.substr(start, dot - start));
+      if (dot == std::string::npos) break;
+    }
+    std::vector<YAML::Node> path{root};
+    for (size_t i = 0; i + 1 < parts.size(); ++i) {
+      YAML::Node next = path.back()[parts[i]];
+      if (next && !next.IsMap() && !next.IsNull())
+        throw ConfigError("--set " + item + ": '" + parts[i] + "' is not a section");
+      if (!next || next.IsNull()) path.back()[parts[i]] = YAML::Node(YAML::NodeType::Map);
+      path.push_back(path.back()[parts[i]]);
+    }
+    path.back()[parts.back()] = parsed;
+    overridden[key] = item;
+  }
+
+  Config config;
+  Binder(root, "", origin, overridden).bind(config);
+  validate_whole(config, origin);
+  return config;
+}
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  return parse_config(read_file(path), path, overrides);
+}
+
+std::vector<std::string> sample_config_keys() {
+  NameCollector names;
+  SampleConfig sample;
+  visit(names, sample);
+  return names.names;
+}
+
+std::string to_yaml(const Config& config) {
+  Writer writer;
+  Config copy = config;
+  visit(writer, copy);
+  return writer.text();
+}
+
+}  // namespace s2dm

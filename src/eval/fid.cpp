@@ -1,0 +1,165 @@
+#include "s2dm/eval/fid.h"
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "s2dm/eval/classifier.h"
+#include "s2dm/core/compat.h"
+#include "s2dm/core/errors.h"
+#include "s2dm/io/npy_tensor.h"
+#include "s2dm/core/progress.h"
+
+namespace s2dm::eval {
+
+FeatureStats feature_stats(const torch::Tensor& features) {
+  if (features.dim() != 2 || features.size(0) < 2)
+    throw DataError("feature statistics need at least 2 feature vectors, got shape " + c10::str(features.sizes()));
+  auto f = features.to(torch::kFloat64);
+  const int64_t n = f.size(0), d = f.size(1);
+  if (n < d)
+    spdlog::warn("{} samples for {}-d features: the covariance is singular and the distance biased "
+                 "(50 000 samples is the standard)",
+                 n, d);
+  FeatureStats s;
+  s.mu = f.mean(0);
+  auto centred = f - s.mu;
+  s.sigma = centred.t().matmul(centred) / static_cast<double>(n - 1);
+  s.count = n;
+  return s;
+}
+
+double frechet_distance(const FeatureStats& a, const FeatureStats& b) {
+  if (a.mu.dim() != 1 || a.sigma.dim() != 2 || a.sigma.size(0) != a.mu.size(0) || a.sigma.size(1) != a.mu.size(0))
+    throw DataError("malformed statistics: mu " + c10::str(a.mu.sizes()) + ", sigma " + c10::str(a.sigma.sizes()));
+  if (!a.mu.sizes().equals(b.mu.sizes()) || !a.sigma.sizes().equals(b.sigma.sizes()))
+    throw DataError("statistics of different dimensions: " + c10::str(a.mu.sizes()) + " vs " + c10::str(b.mu.sizes()));
+  auto mu1 = a.mu.to(torch::kFloat64), mu2 = b.mu.to(torch::kFloat64);
+  auto s1 = a.sigma.to(torch::kFloat64), s2 = b.sigma.to(torch::kFloat64);
+  for (const auto* t : {&mu1, &mu2, &s1, &s2})
+    if (!torch::isfinite(*t).all().item<bool>()) throw DataError("statistics contain NaN or Inf");
+  // tr √(Σ₁Σ₂) is the sum of √ of the eigenvalues of Σ₁Σ₂, which are those of the symmetric
+  // positive semi-definite Lᵀ Σ₂ L for Σ₁ = L Lᵀ (Cholesky), or of √Σ₁ Σ₂ √Σ₁ when Σ₁ is singular.
+  auto sym = [](const torch::Tensor& m) { return (m + m.t()) / 2; };
+  auto [chol, info] = torch::linalg_cholesky_ex(sym(s1));
+  torch::Tensor m;
+  if (info.item<int>() == 0) {
+    m = chol.t().matmul(s2).matmul(chol);
+  } else {
+    auto [lambda1, v1] = torch::linalg_eigh(sym(s1), "L");
+    auto root1 = v1.matmul(torch::diag(lambda1.clamp_min(0).sqrt())).matmul(v1.t());
+    m = root1.matmul(s2).matmul(root1);
+  }
+  auto eig = torch::linalg_eigvalsh(sym(m), "L");
+  const double tr_covmean = eig.clamp_min(0).sqrt().sum().item<double>();
+  const double diff = (mu1 - mu2).square().sum().item<double>();
+  return diff + s1.trace().item<double>() + s2.trace().item<double>() - 2 * tr_covmean;
+}
+
+Kid kernel_inception_distance(const torch::Tensor& fa, const torch::Tensor& fb, int subsets, int64_t subset_size,
+                              uint64_t seed) {
+  if (fa.dim() != 2 || fb.dim() != 2 || fa.size(1) != fb.size(1))
+    throw DataError("KID needs two feature sets of the same dimension");
+  auto a = fa.to(torch::kFloat64), b = fb.to(torch::kFloat64);
+  const int64_t m = std::min({subset_size, a.size(0), b.size(0)});
+  if (m < 2) throw DataError("KID needs at least 2 samples in each set");
+  const double d = static_cast<double>(a.size(1));
+  auto gen = at::detail::createCPUGenerator(seed);
+  auto kernel = [&](const torch::Tensor& x, const torch::Tensor& y) { return (x.matmul(y.t()) / d + 1).pow(3); };
+  std::vector<double> values;
+  for (int s = 0; s < subsets; ++s) {
+    auto x = a.index_select(0, torch::randperm(a.size(0), gen, torch::kLong).slice(0, 0, m));
+    auto y = b.index_select(0, torch::randperm(b.size(0), gen, torch::kLong).slice(0, 0, m));
+    auto kxx = kernel(x, x), kyy = kernel(y, y), kxy = kernel(x, y);
+    const double md = static_cast<double>(m);
+    double mmd = (kxx.sum() - kxx.diagonal().sum()).item<double>() / (md * (md - 1)) +
+                 (kyy.sum() - kyy.diagonal().sum()).item<double>() / (md * (md - 1)) -
+                 2 * kxy.sum().item<double>() / (md * md);
+    values.push_back(mmd);
+  }
+  Kid k;
+  for (double v : values) k.mean += v / values.size();
+  for (double v : values) k.std += (v - k.mean) * (v - k.mean) / values.size();
+  k.std = std::sqrt(k.std);
+  return k;
+}
+
+namespace {
+
+// Statistics are float64; float32 files are widened.
+torch::Tensor from_npy(const NpyArray& a, const std::string& origin) {
+  if (a.dtype != "<f8" && a.dtype != "<f4") throw DataError(origin + ": expected float64 or float32, got dtype " + a.dtype);
+  return to_tensor(a, origin).to(torch::kFloat64);
+}
+
+}  // namespace
+
+void save_stats(const std::string& path, const FeatureStats& s, bool compress) {
+  save_npz(path, {{"mu", to_npy_array(s.mu.to(torch::kFloat64))}, {"sigma", to_npy_array(s.sigma.to(torch::kFloat64))}},
+           compress);
+}
+
+FeatureStats load_stats(const std::string& path) {
+  auto arrays = load_npz(path);
+  if (!arrays.count("mu") || !arrays.count("sigma"))
+    throw DataError(path + ": not a statistics file (needs arrays 'mu' and 'sigma')");
+  FeatureStats s;
+  s.mu = from_npy(arrays.at("mu"), path + ":mu");
+  s.sigma = from_npy(arrays.at("sigma"), path + ":sigma");
+  if (s.mu.dim() != 1 || s.sigma.dim() != 2 || s.sigma.size(0) != s.mu.size(0) || s.sigma.size(1) != s.mu.size(0))
+    throw DataError(path + ": mu " + c10::str(s.mu.sizes()) + " and sigma " + c10::str(s.sigma.sizes()) +
+                    " do not fit together");
+  return s;
+}
+
+std::string default_inception_weights() {
+  const char* env = std::getenv("S2DM_INCEPTION_WEIGHTS");
+  return env ? env : "data/inception/pt_inception-2015-12-05-6726825d.safetensors";
+}
+
+FeatureExtractor make_feature_extractor(const std::string& spec, const torch::Device& device) {
+  if (spec == "inception" || spec.rfind("inception:", 0) == 0) {
+    FidInception net;
+    load_inception_weights(net, spec == "inception" ? default_inception_weights() : spec.substr(10));
+    net->to(device);
+    net->eval();
+    return {"inception", [net](const torch::Tensor& images) mutable {
+              return net->forward(images.to(torch::kFloat32) / 255.0);  // pytorch-fid takes [0, 1]
+            }};
+  }
+  if (spec.rfind("classifier:", 0) == 0) {
+    auto net = load_classifier(spec.substr(11));
+    net->to(device);
+    const int channels = net->spec().channels, size = net->spec().image_size;
+    return {net->spec().name, [net, channels, size](const torch::Tensor& images) mutable {
+              if (images.size(1) != channels || images.size(2) != size || images.size(3) != size)
+                throw DataError("the classifier '" + net->spec().name + "' takes " + std::to_string(channels) + "x" +
+                                std::to_string(size) + "x" + std::to_string(size) + " images, got " +
+                                c10::str(images.sizes().slice(1)));
+              return net->features(data::to_model_range(images));
+            }};
+  }
+  throw ConfigError("features '" + spec + "': expected inception, inception:WEIGHTS.safetensors or classifier:PATH");
+}
+
+torch::Tensor extract_features(const FeatureExtractor& extractor, const torch::Tensor& images, int64_t batch,
+                               const torch::Device& device, bool show_progress) {
+  if (images.dim() != 4 || (images.size(1) != 1 && images.size(1) != 3))
+    throw DataError("images must be [N, 1|3, H, W], got " + c10::str(images.sizes()));
+  torch::NoGradGuard no_grad;
+  compat::NoTf32 fp32;  // (no autocast either: nothing here enables it)
+  const int64_t n = images.size(0);
+  Progress progress(extractor.name + " features", n, "img");
+  std::vector<torch::Tensor> out;
+  for (int64_t i = 0; i < n; i += batch) {
+    out.push_back(extractor.fn(images.slice(0, i, std::min(n, i + batch)).to(device)).to(torch::kCPU, torch::kFloat64));
+    if (show_progress) progress.update(std::min(n, i + batch));
+  }
+  if (show_progress) progress.finish();
+  return torch::cat(out);
+}
+
+}  // namespace s2dm::eval

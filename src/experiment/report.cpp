@@ -1,0 +1,533 @@
+#include "s2dm/experiment/report.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <sstream>
+
+#include "s2dm/io/file_io.h"
+#include "s2dm/io/image_io.h"
+#include "s2dm/io/plot.h"
+
+namespace s2dm::experiment {
+namespace fs = std::filesystem;
+
+namespace {
+
+using Color = std::array<uint8_t, 3>;
+const std::vector<Color>& palette() {
+  static const std::vector<Color> colors{{31, 119, 180}, {214, 39, 40},  {44, 160, 44},  {255, 127, 14},
+                                         {148, 103, 189}, {140, 86, 75}, {227, 119, 194}, {127, 127, 127},
+                                         {188, 189, 34},  {23, 190, 207}};
+  return colors;
+}
+std::string css_color(const Color& c) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "#%02x%02x%02x", c[0], c[1], c[2]);
+  return buf;
+}
+
+std::string format_number(double x, int decimals = 2) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, x);
+  return buf;
+}
+
+// Mean and sample standard deviation (0 for a single value).
+struct Spread {
+  double mean = 0, std = 0;
+  size_t n = 0;
+};
+Spread spread(const std::vector<double>& v) {
+  Spread s;
+  s.n = v.size();
+  if (v.empty()) return s;
+  for (double x : v) s.mean += x;
+  s.mean /= static_cast<double>(v.size());
+  if (v.size() > 1) {
+    double ss = 0;
+    for (double x : v) ss += (x - s.mean) * (x - s.mean);
+    s.std = std::sqrt(ss / static_cast<double>(v.size() - 1));
+  }
+  return s;
+}
+
+// What a table's rows are (the sampler, or the swept key in experiment.table_rows).
+std::string row_label(const ResultRow& row, const std::string& rows_key) {
+  if (rows_key == "sampler") return row.sampler;
+  auto it = row.setting.find(rows_key);
+  return it == row.setting.end() ? "" : it->second;
+}
+
+// The swept values other than the rows' key and steps: what tells one table of a model from another.
+std::string group_of(const ResultRow& row, const std::string& rows_key) {
+  std::string label;
+  for (const auto& [k, v] : row.setting) {
+    if (k == rows_key || k == "steps") continue;
+    label += (label.empty() ? "" : ", ") + k + "=" + v;
+  }
+  return label;
+}
+
+// The results arranged as the papers' tables: per model and group, row (sampler) × steps → values.
+struct Grid {
+  std::vector<std::string> labels;    // the rows, in order of first appearance
+  std::vector<int> steps;             // increasing
+  std::map<std::pair<std::string, int>, std::vector<double>> values;
+  std::map<std::pair<std::string, int>, std::map<uint64_t, double>> by_seed;
+  std::map<std::pair<std::string, int>, int64_t> nfe;
+};
+struct Arranged {
+  std::vector<std::string> models, groups;  // in order of first appearance
+  std::map<std::pair<std::string, std::string>, Grid> grids;  // (model, group)
+  std::string metric;
+};
+
+template <class T>
+void add_unique(std::vector<T>& list, const T& item) {
+  if (std::find(list.begin(), list.end(), item) == list.end()) list.push_back(item);
+}
+
+Arranged arrange(const std::vector<ResultRow>& rows, const std::string& rows_key) {
+  Arranged a;
+  for (const auto& r : rows) {
+    add_unique(a.models, r.model);
+    const std::string group = group_of(r, rows_key);
+    add_unique(a.groups, group);
+    auto& g = a.grids[{r.model, group}];
+    const std::string label = row_label(r, rows_key);
+    add_unique(g.labels, label);
+    add_unique(g.steps, r.steps);
+    g.values[{label, r.steps}].push_back(r.value);
+    g.by_seed[{label, r.steps}][r.seed] = r.value;
+    g.nfe[{label, r.steps}] = r.nfe;
+    if (a.metric.empty()) a.metric = r.metric;
+  }
+  for (auto& [k, g] : a.grids) std::sort(g.steps.begin(), g.steps.end());
+  return a;
+}
+
+struct Table {
+  std::string title;
+  std::vector<std::string> header;
+  std::vector<std::vector<std::string>> rows;
+  std::string note;
+};
+
+// Decimals for a table: about four significant digits for its smallest value, two at least.
+int table_decimals(const Grid& g) {
+  double smallest = 0;
+  for (const auto& [cell, values] : g.values) {
+    const double m = std::abs(spread(values).mean);
+    if (m > 0 && (smallest == 0 || m < smallest)) smallest = m;
+  }
+  const double magnitude = smallest > 0 ? std::floor(std::log10(smallest)) : 0.0;
+  return static_cast<int>(std::clamp(3.0 - magnitude, 2.0, 8.0));
+}
+
+// Mean ± sample standard deviation over seeds (the mean alone for one seed).
+std::string cell_text(const std::vector<double>& values, int decimals) {
+  if (values.empty()) return "–";
+  const auto s = spread(values);
+  return s.n > 1 ? format_number(s.mean, decimals) + " ± " + format_number(s.std, decimals) : format_number(s.mean, decimals);
+}
+
+std::vector<Table> build_tables(const Experiment& e, const std::vector<ResultRow>& rows) {
+  const Arranged a = arrange(rows, e.table_rows);
+  std::vector<Table> tables;
+  const std::string seeds = e.seeds.size() > 1 ? " (mean ± standard deviation over " + std::to_string(e.seeds.size()) +
+                                                     " seeds)"
+                                               : "";
+  for (const auto& group : a.groups) {
+    const std::string in_group = group.empty() ? "" : " — " + group;
+    for (const auto& model : a.models) {
+      auto it = a.grids.find({model, group});
+      if (it == a.grids.end()) continue;
+      const Grid& g = it->second;
+      Table t;
+      t.title = model + in_group;
+      t.header.push_back(a.metric + " ↓");
+      for (int s : g.steps) t.header.push_back(std::to_string(s) + " steps");
+      const int decimals = table_decimals(g);
+      for (const auto& label : g.labels) {
+        std::vector<std::string> row{label};
+        for (int s : g.steps) {
+          auto v = g.values.find({label, s});
+          row.push_back(v == g.values.end() ? "–" : cell_text(v->second, decimals));
+        }
+        t.rows.push_back(row);
+      }
+      std::string nfe;
+      for (const auto& label : g.labels) {
+        std::string list;
+        for (int s : g.steps) {
+          auto n = g.nfe.find({label, s});
+          if (n != g.nfe.end()) list += (list.empty() ? "" : "/") + std::to_string(n->second);
+        }
+        nfe += (nfe.empty() ? "" : "; ") + label + " " + list;
+      }
+      t.note = "NFE: " + nfe + "." + seeds;
+      tables.push_back(t);
+    }
+    // The relative improvement of every other model over the baseline.
+    auto base = a.grids.find({e.baseline, group});
+    if (e.baseline.empty() || base == a.grids.end()) continue;
+    for (const auto& model : a.models) {
+      auto it = a.grids.find({model, group});
+      if (model == e.baseline || it == a.grids.end()) continue;
+      const Grid& g = it->second;
+      Table t;
+      t.title = model + " vs " + e.baseline + in_group + ": relative improvement";
+      t.header.push_back(e.table_rows);
+      for (int s : g.steps) t.header.push_back(std::to_string(s) + " steps");
+      bool any_within = false;
+      for (const auto& label : g.labels) {
+        std::vector<std::string> row{label};
+        for (int s : g.steps) {
+          auto m = g.values.find({label, s});
+          auto b = base->second.values.find({label, s});
+          if (m == g.values.end() || b == base->second.values.end()) {
+            row.push_back("–");
+            continue;
+          }
+          const auto sm = spread(m->second), sb = spread(b->second);
+          std::string text = (sb.mean > sm.mean ? "+" : "") + format_number(100.0 * (sb.mean - sm.mean) / sb.mean, 1) + " %";
+          if (sm.n > 1 && sb.n > 1 && std::abs(sb.mean - sm.mean) <= std::max(sm.std, sb.std)) {
+            text += " †";
+            any_within = true;
+          }
+          row.push_back(text);
+        }
+        t.rows.push_back(row);
+      }
+      t.note = "(" + e.baseline + " − " + model + ") / " + e.baseline + " of " + a.metric +
+               ": positive means " + model + " is better." +
+               (any_within ? " † the difference is within the spread across seeds (|Δ| ≤ the larger standard deviation)."
+                           : "");
+      tables.push_back(t);
+
+      // Seeds fix the initial noise of every image, so both models start from the same x_T: the
+      // per-seed differences are paired, and their spread is the sharper test.
+      if (e.seeds.size() < 2) continue;
+      Table p;
+      p.title = model + " vs " + e.baseline + in_group + ": paired difference";
+      p.header = t.header;
+      const int decimals = table_decimals(g);
+      for (const auto& label : g.labels) {
+        std::vector<std::string> row{label};
+        for (int s : g.steps) {
+          auto m = g.by_seed.find({label, s});
+          auto b = base->second.by_seed.find({label, s});
+          std::vector<double> diffs;
+          if (m != g.by_seed.end() && b != base->second.by_seed.end())
+            for (const auto& [seed, value] : m->second)
+              if (b->second.count(seed)) diffs.push_back(b->second.at(seed) - value);
+          if (diffs.size() < 2) {
+            row.push_back("–");
+            continue;
+          }
+          const auto d = spread(diffs);
+          const int better = static_cast<int>(std::count_if(diffs.begin(), diffs.end(), [](double x) { return x > 0; }));
+          row.push_back(cell_text(diffs, decimals) + " (" + std::to_string(better) + "/" + std::to_string(d.n) + ")");
+        }
+        p.rows.push_back(row);
+      }
+      p.note = "Δ = " + e.baseline + " − " + model + " per seed (the same initial noise for both), mean ± standard "
+               "deviation over seeds; in brackets the seeds where " + model + " is better.";
+      tables.push_back(p);
+    }
+  }
+  return tables;
+}
+
+std::string markdown(const Table& t) {
+  std::ostringstream s;
+  s << "### " << t.title << "\n\n|";
+  for (const auto& h : t.header) s << " " << h << " |";
+  s << "\n|";
+  for (size_t i = 0; i < t.header.size(); ++i) s << (i == 0 ? " :-- |" : " --: |");
+  s << "\n";
+  for (const auto& row : t.rows) {
+    s << "|";
+    for (const auto& c : row) s << " " << c << " |";
+    s << "\n";
+  }
+  if (!t.note.empty()) s << "\n" << t.note << "\n";
+  return s.str();
+}
+
+std::string escape_html(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+std::string html(const Table& t) {
+  std::ostringstream s;
+  s << "<table>\n<caption>" << escape_html(t.title) << "</caption>\n<tr>";
+  for (const auto& h : t.header) s << "<th>" << escape_html(h) << "</th>";
+  s << "</tr>\n";
+  for (const auto& row : t.rows) {
+    s << "<tr>";
+    for (size_t i = 0; i < row.size(); ++i) s << (i == 0 ? "<th>" : "<td>") << escape_html(row[i]) << (i == 0 ? "</th>" : "</td>");
+    s << "</tr>\n";
+  }
+  s << "</table>\n";
+  if (!t.note.empty()) s << "<p class=\"note\">" << escape_html(t.note) << "</p>\n";
+  return s.str();
+}
+
+std::string base64(const std::string& bytes) {
+  static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  for (size_t i = 0; i < bytes.size(); i += 3) {
+    uint32_t v = static_cast<uint8_t>(bytes[i]) << 16;
+    if (i + 1 < bytes.size()) v |= static_cast<uint8_t>(bytes[i + 1]) << 8;
+    if (i + 2 < bytes.size()) v |= static_cast<uint8_t>(bytes[i + 2]);
+    out += alphabet[(v >> 18) & 63];
+    out += alphabet[(v >> 12) & 63];
+    out += i + 1 < bytes.size() ? alphabet[(v >> 6) & 63] : '=';
+    out += i + 2 < bytes.size() ? alphabet[v & 63] : '=';
+  }
+  return out;
+}
+
+// An <img> holding the PNG itself, so the page needs no other file.
+std::string inline_png(const std::string& path, const std::string& alt) {
+  return "<img alt=\"" + escape_html(alt) + "\" src=\"data:image/png;base64," + base64(read_file_bytes(path)) + "\">";
+}
+
+std::string legend(const std::vector<std::pair<std::string, Color>>& items) {
+  std::string s = "<div class=\"legend\">";
+  for (const auto& [name, color] : items)
+    s += "<span><i style=\"background:" + css_color(color) + "\"></i>" + escape_html(name) + "</span>";
+  return s + "</div>\n";
+}
+
+// A file-name-safe version of a label.
+std::string slug(const std::string& text) {
+  std::string out;
+  for (char c : text) out += std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' ? c : '_';
+  return out.empty() ? "all" : out;
+}
+
+struct Figure {
+  std::string title, png, caption;
+  std::vector<std::pair<std::string, Color>> legend;
+};
+
+// Metric against NFE, one plot per model and group, one line per table row (means over seeds).
+std::vector<Figure> metric_plots(const Experiment& e, const std::vector<ResultRow>& rows, const std::string& dir) {
+  const Arranged a = arrange(rows, e.table_rows);
+  std::vector<Figure> figures;
+  for (const auto& group : a.groups)
+    for (const auto& model : a.models) {
+      auto it = a.grids.find({model, group});
+      if (it == a.grids.end()) continue;
+      const Grid& g = it->second;
+      std::vector<Series> series;
+      Figure f;
+      for (size_t i = 0; i < g.labels.size(); ++i) {
+        const Color color = palette()[i % palette().size()];
+        Series line{{}, {}, color, false}, dots{{}, {}, color, true};
+        for (int s : g.steps) {
+          auto v = g.values.find({g.labels[i], s});
+          if (v == g.values.end()) continue;
+          line.x.push_back(static_cast<double>(g.nfe.at({g.labels[i], s})));
+          line.y.push_back(spread(v->second).mean);
+        }
+        dots.x = line.x, dots.y = line.y;
+        series.push_back(line), series.push_back(dots);
+        f.legend.push_back({g.labels[i], color});
+      }
+      f.title = model + (group.empty() ? "" : " — " + group);
+      f.png = dir + "/" + slug(e.name + "_" + model + (group.empty() ? "" : "_" + group)) + "_metric_vs_nfe.png";
+      f.caption = a.metric + " (log scale, vertical) against NFE (horizontal), mean over seeds.";
+      write_png(f.png, line_plot(series, 560, 320, true));
+      figures.push_back(f);
+    }
+  return figures;
+}
+
+// L_simple during training (a moving average over 5 logged points), one line per trained model.
+std::optional<Figure> loss_plot(const std::map<std::string, std::string>& metrics, const std::string& dir,
+                                const std::string& name) {
+  std::vector<Series> series;
+  Figure f;
+  size_t i = 0;
+  for (const auto& [model, path] : metrics) {
+    std::ifstream in(path);
+    if (!in) continue;
+    std::vector<double> steps, losses;
+    for (std::string line; std::getline(in, line);) {
+      auto j = nlohmann::json::parse(line, nullptr, false);
+      if (j.is_discarded() || !j.contains("step") || !j.contains("loss_simple")) continue;
+      steps.push_back(j["step"].get<double>());
+      losses.push_back(j["loss_simple"].get<double>());
+    }
+    if (steps.empty()) continue;
+    Series s{steps, {}, palette()[i++ % palette().size()], false};
+    for (size_t k = 0; k < losses.size(); ++k) {
+      const size_t from = k >= 4 ? k - 4 : 0;
+      double sum = 0;
+      for (size_t m = from; m <= k; ++m) sum += losses[m];
+      s.y.push_back(sum / static_cast<double>(k - from + 1));
+    }
+    f.legend.push_back({model, s.color});
+    series.push_back(s);
+  }
+  if (series.empty()) return std::nullopt;
+  f.title = "training loss";
+  f.png = dir + "/" + slug(name) + "_training_loss.png";
+  f.caption = "L_simple (log scale) against the training step, moving average over 5 logged points.";
+  write_png(f.png, line_plot(series, 560, 320, true));
+  return f;
+}
+
+std::string figure_html(const Figure& f) {
+  return "<figure>" + inline_png(f.png, f.title) + "<figcaption><b>" + escape_html(f.title) + "</b> " +
+         escape_html(f.caption) + legend(f.legend) + "</figcaption></figure>\n";
+}
+
+const char* kStyle = R"(body{font-family:sans-serif;margin:2em auto;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:1em 0 .3em}caption{font-weight:bold;text-align:left;padding:.3em 0}
+th,td{border:1px solid #bbb;padding:.25em .6em}td{text-align:right;font-variant-numeric:tabular-nums}
+.note{font-size:.85em;color:#555;margin:0 0 1.5em}figure{display:inline-block;margin:.5em;vertical-align:top}
+figcaption{font-size:.85em;max-width:560px}.legend span{margin-right:1em;white-space:nowrap}
+.legend i{display:inline-block;width:.8em;height:.8em;margin-right:.3em}.grids img{image-rendering:pixelated;width:256px}
+)";
+
+}  // namespace
+
+std::string results_csv(const std::vector<ResultRow>& rows) {
+  std::set<std::string> keys;
+  for (const auto& r : rows)
+    for (const auto& [k, v] : r.setting) keys.insert(k);
+  keys.erase("sampler"), keys.erase("steps");
+  auto quote = [](const std::string& s) {
+    if (s.find_first_of(",\"\n") == std::string::npos) return s;
+    std::string q = "\"";
+    for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+    return q + "\"";
+  };
+  std::ostringstream out;
+  out << "model,sampler,steps";
+  for (const auto& k : keys) out << "," << quote(k);
+  out << ",seed,nfe,metric,value,kid_mean,kid_std,num_samples,sample_seconds,metric_seconds,key\n";
+  out.precision(8);
+  for (const auto& r : rows) {
+    out << quote(r.model) << "," << quote(r.sampler) << "," << r.steps;
+    for (const auto& k : keys) {
+      auto it = r.setting.find(k);
+      out << "," << (it == r.setting.end() ? "" : quote(it->second));
+    }
+    out << "," << r.seed << "," << r.nfe << "," << quote(r.metric) << "," << r.value << ",";
+    if (r.kid_mean >= 0) out << r.kid_mean << "," << r.kid_std;
+    else out << ",";
+    out << "," << r.num_samples << "," << format_number(r.sample_seconds, 3) << "," << format_number(r.metric_seconds, 3)
+        << "," << r.key << "\n";
+  }
+  return out.str();
+}
+
+namespace {
+
+std::string markdown_document(const Experiment& e, const std::vector<ResultRow>& rows, const std::vector<Table>& tables) {
+  std::ostringstream s;
+  s << "# " << e.name << "\n\n";
+  if (rows.empty()) return s.str() + "No results yet.\n";
+  s << rows.size() << " results, " << rows.front().num_samples << " samples each, " << rows.front().metric
+    << " against the reference '" << e.metric.reference << "'.\n\n";
+  for (const auto& t : tables) s << markdown(t) << "\n";
+  return s.str();
+}
+
+}  // namespace
+
+std::string results_markdown(const Experiment& e, const std::vector<ResultRow>& rows) {
+  return markdown_document(e, rows, build_tables(e, rows));
+}
+
+void write_report(const Experiment& e, const ReportInputs& in) {
+  const std::string plots = e.out + "/plots", report = e.out + "/report";
+  fs::create_directories(plots);
+  fs::create_directories(report);
+  write_file_atomic(e.out + "/results.csv", results_csv(in.rows));
+  const auto tables = build_tables(e, in.rows);
+  write_file_atomic(e.out + "/results.md", markdown_document(e, in.rows, tables));
+
+  std::ostringstream h;
+  h << "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>" << escape_html(e.name)
+    << " — s2dm report</title>\n<style>" << kStyle << "</style></head><body>\n<h1>" << escape_html(e.name) << "</h1>\n";
+  for (const auto& line : in.notes) h << "<p>" << escape_html(line) << "</p>\n";
+  h << "<h2>Results</h2>\n";
+  if (in.rows.empty()) h << "<p>No results yet.</p>\n";
+  for (const auto& t : tables) h << html(t);
+
+  if (!in.rows.empty()) {
+    h << "<h2>Metric against network evaluations</h2>\n";
+    for (const auto& f : metric_plots(e, in.rows, plots)) h << figure_html(f);
+  }
+  if (auto f = loss_plot(in.training_metrics, plots, e.name)) h << "<h2>Training</h2>\n" << figure_html(*f);
+  if (!in.schedule_plots.empty()) {
+    h << "<h2>Learned schedules</h2>\n";
+    for (const auto& [model, png] : in.schedule_plots) {
+      const std::string copy = plots + "/" + slug(e.name + "_" + model) + "_learned_schedule.png";
+      if (fs::absolute(png) != fs::absolute(copy)) fs::copy_file(png, copy, fs::copy_options::overwrite_existing);
+      Figure f{model, copy,
+               "Top: the estimated cost between neighbouring noise levels (log scale) against t. Below: the learned grid, "
+               "the uniform grid and the quadratic grid for the smallest step count.",
+               {{"learned", {0, 0, 0}}, {"uniform", {140, 140, 140}}, {"quad", {40, 80, 200}}}};
+      h << figure_html(f);
+    }
+  }
+  // Sample grids of the first seed: one row per setting, one column per model.
+  std::vector<std::string> models, settings;
+  std::map<std::pair<std::string, std::string>, std::string> grid_of;
+  for (const auto& r : in.rows) {
+    if (r.seed != in.rows.front().seed || r.grid_png.empty() || !fs::exists(r.grid_png)) continue;
+    std::string label = "sampler=" + r.sampler + ", steps=" + std::to_string(r.steps);
+    for (const auto& [k, v] : r.setting)
+      if (k != "sampler" && k != "steps") label += ", " + k + "=" + v;
+    add_unique(models, r.model);
+    add_unique(settings, label);
+    grid_of[{label, r.model}] = r.grid_png;
+  }
+  if (!settings.empty()) {
+    h << "<h2>Samples (seed " << in.rows.front().seed << ")</h2>\n<table class=\"grids\"><tr><th></th>";
+    for (const auto& m : models) h << "<th>" << escape_html(m) << "</th>";
+    h << "</tr>\n";
+    for (const auto& s : settings) {
+      h << "<tr><th>" << escape_html(s) << "</th>";
+      for (const auto& m : models) {
+        auto it = grid_of.find({s, m});
+        h << "<td>" << (it == grid_of.end() ? "–" : inline_png(it->second, m + " " + s)) << "</td>";
+      }
+      h << "</tr>\n";
+    }
+    h << "</table>\n";
+  }
+  h << "<p class=\"note\">Written by s2dm run from " << escape_html(e.path) << "; results.csv and results.md hold the "
+    << "same numbers.</p>\n</body></html>\n";
+  write_file_atomic(report + "/index.html", h.str());
+}
+
+}  // namespace s2dm::experiment

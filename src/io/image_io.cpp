@@ -1,0 +1,162 @@
+#include "s2dm/io/image_io.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "s2dm/core/errors.h"
+#include "s2dm/io/file_io.h"
+
+#define STB_IMAGE_IMPLEMENTATION
+#define STBI_ONLY_PNG
+#define STBI_ONLY_JPEG
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+#endif
+#include <stb_image.h>
+#include <stb_image_write.h>
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+
+namespace s2dm {
+namespace {
+
+void append_to_string(void* context, void* data, int size) {
+  static_cast<std::string*>(context)->append(static_cast<const char*>(data), static_cast<size_t>(size));
+}
+
+}  // namespace
+
+Image read_image(const std::string& path, int channels) {
+  std::string bytes;
+  try {
+    bytes = read_file_bytes(path);
+  } catch (const IoError& e) {
+    throw DataError(e.what());
+  }
+  int w = 0, h = 0, c = 0;
+  unsigned char* data = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()),
+                                              static_cast<int>(bytes.size()), &w, &h, &c, channels);
+  if (!data) throw DataError(path + ": cannot decode image (" + stbi_failure_reason() + ")");
+  Image img{w, h, channels, std::vector<uint8_t>(data, data + static_cast<size_t>(w) * h * channels)};
+  stbi_image_free(data);
+  return img;
+}
+
+void write_png(const std::string& path, const Image& image) {
+  std::string bytes;
+  if (!stbi_write_png_to_func(append_to_string, &bytes, image.width, image.height, image.channels,
+                              image.pixels.data(), image.width * image.channels))
+    throw IoError(path + ": PNG encoding failed");
+  write_file_atomic(path, bytes);
+}
+
+std::string encode_jpeg(const Image& image, int quality) {
+  std::string bytes;
+  if (!stbi_write_jpg_to_func(append_to_string, &bytes, image.width, image.height, image.channels,
+                              image.pixels.data(), quality))
+    throw IoError("JPEG encoding failed");
+  return bytes;
+}
+
+Image crop(const Image& image, int x, int y, int width, int height) {
+  if (x < 0 || y < 0 || width <= 0 || height <= 0 || x + width > image.width || y + height > image.height)
+    throw DataError("crop box outside the image (" + std::to_string(image.width) + "x" +
+                    std::to_string(image.height) + ")");
+  Image out{width, height, image.channels, std::vector<uint8_t>(static_cast<size_t>(width) * height * image.channels)};
+  for (int r = 0; r < height; ++r)
+    std::copy_n(image.row(y + r) + static_cast<size_t>(x) * image.channels,
+                static_cast<size_t>(width) * image.channels, out.row(r));
+  return out;
+}
+
+Image center_crop_square(const Image& image) {
+  int side = std::min(image.width, image.height);
+  return crop(image, (image.width - side) / 2, (image.height - side) / 2, side, side);
+}
+
+namespace {
+
+// One axis of PIL's separable resampling with the triangle filter: for each output index the
+// first contributing input index and normalised weights.
+struct Taps {
+  std::vector<int> first;
+  std::vector<std::vector<double>> weights;
+};
+
+Taps triangle_taps(int in_size, int out_size) {
+  const double scale = static_cast<double>(in_size) / out_size;
+  const double support = std::max(scale, 1.0);  // triangle support 1, widened when shrinking
+  Taps taps;
+  for (int i = 0; i < out_size; ++i) {
+    double center = (i + 0.5) * scale;
+    int lo = std::max(0, static_cast<int>(std::floor(center - support + 0.5)));
+    int hi = std::min(in_size, static_cast<int>(std::floor(center + support + 0.5)));
+    std::vector<double> w;
+    double total = 0;
+    for (int j = lo; j < hi; ++j) {
+      double x = (j + 0.5 - center) / std::max(scale, 1.0);
+      double v = std::max(0.0, 1.0 - std::abs(x));
+      w.push_back(v);
+      total += v;
+    }
+    for (auto& v : w) v /= total;
+    taps.first.push_back(lo);
+    taps.weights.push_back(std::move(w));
+  }
+  return taps;
+}
+
+uint8_t clamp_byte(double v) { return static_cast<uint8_t>(std::clamp(std::lround(v), 0L, 255L)); }
+
+}  // namespace
+
+Image resize(const Image& image, int width, int height) {
+  if (width == image.width && height == image.height) return image;
+  const int c = image.channels;
+  auto tx = triangle_taps(image.width, width);
+  auto ty = triangle_taps(image.height, height);
+  // Horizontal pass into doubles, then vertical.
+  std::vector<double> mid(static_cast<size_t>(image.height) * width * c);
+  for (int y = 0; y < image.height; ++y)
+    for (int x = 0; x < width; ++x)
+      for (int k = 0; k < c; ++k) {
+        double s = 0;
+        for (size_t j = 0; j < tx.weights[x].size(); ++j)
+          s += tx.weights[x][j] * image.row(y)[static_cast<size_t>(tx.first[x] + j) * c + k];
+        mid[(static_cast<size_t>(y) * width + x) * c + k] = s;
+      }
+  Image out{width, height, c, std::vector<uint8_t>(static_cast<size_t>(width) * height * c)};
+  for (int y = 0; y < height; ++y)
+    for (int x = 0; x < width; ++x)
+      for (int k = 0; k < c; ++k) {
+        double s = 0;
+        for (size_t j = 0; j < ty.weights[y].size(); ++j)
+          s += ty.weights[y][j] * mid[(static_cast<size_t>(ty.first[y] + j) * width + x) * c + k];
+        out.row(y)[static_cast<size_t>(x) * c + k] = clamp_byte(s);
+      }
+  return out;
+}
+
+Image tile_images(const uint8_t* nhwc, int n, int height, int width, int channels, int cols, int padding) {
+  if (n <= 0) return Image{};
+  if (cols <= 0) cols = static_cast<int>(std::ceil(std::sqrt(static_cast<double>(n))));
+  int rows = (n + cols - 1) / cols;
+  Image grid{cols * (width + padding) + padding, rows * (height + padding) + padding, channels, {}};
+  grid.pixels.assign(static_cast<size_t>(grid.width) * grid.height * channels, 255);
+  const size_t image_bytes = static_cast<size_t>(height) * width * channels;
+  for (int i = 0; i < n; ++i) {
+    int gx = padding + (i % cols) * (width + padding), gy = padding + (i / cols) * (height + padding);
+    for (int r = 0; r < height; ++r)
+      std::copy_n(nhwc + i * image_bytes + static_cast<size_t>(r) * width * channels,
+                  static_cast<size_t>(width) * channels, grid.row(gy + r) + static_cast<size_t>(gx) * channels);
+  }
+  return grid;
+}
+
+}  // namespace s2dm

@@ -1,0 +1,193 @@
+#include "s2dm/model/model_source.h"
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <atomic>
+#include <map>
+#include <memory>
+#if S2DM_WITH_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include "s2dm/core/compat.h"
+#include "s2dm/core/errors.h"
+#include "s2dm/io/checkpoint.h"
+#include "s2dm/model/torchscript_model.h"
+
+namespace s2dm::model {
+
+namespace {
+
+std::atomic<int64_t> captured{0};
+
+torch::Tensor eager(UNetImpl& net, const torch::Tensor& x, const torch::Tensor& t, const std::vector<double>& scales,
+                    bool bf16) {
+  compat::CudaAutocast autocast(bf16, torch::kBFloat16);
+  return net.forward(x, t, scales).to(torch::kFloat32);
+}
+
+#if S2DM_WITH_CUDA
+// The network evaluation replayed from CUDA graphs: captured once per input shape and set of
+// skip factors (which the graph holds as constants), then one launch per evaluation instead of
+// hundreds of kernel launches. A shape whose capture fails runs eagerly from then on.
+class GraphedForward {
+ public:
+  torch::Tensor operator()(UNetImpl& net, const torch::Tensor& x, const torch::Tensor& t,
+                           const std::vector<double>& scales, bool bf16) {
+    Key key{x.sizes().vec(), scales};
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) it = graphs_.emplace(key, capture(net, x, t, scales, bf16)).first;
+    Graph* graph = it->second.get();
+    if (!graph) return eager(net, x, t, scales, bf16);
+    graph->x.copy_(x);
+    graph->t.copy_(t);
+    graph->graph.replay();
+    return graph->out.clone();
+  }
+
+ private:
+  using Key = std::pair<std::vector<int64_t>, std::vector<double>>;
+  struct Graph {
+    at::cuda::CUDAGraph graph;
+    torch::Tensor x, t, out;
+  };
+
+  static std::unique_ptr<Graph> capture(UNetImpl& net, const torch::Tensor& x, const torch::Tensor& t,
+                                        const std::vector<double>& scales, bool bf16) {
+    auto graph = std::make_unique<Graph>();
+    graph->x = x.clone();
+    graph->t = t.clone();
+    const auto index = x.device().index();
+    c10::cuda::CUDAGuard on_device(x.device());
+    torch::cuda::synchronize(index);
+    // Capture runs on a side stream of the input's device (capture must begin and end on it),
+    // after warm-up there (cuDNN tuning, workspace allocation); the autocast cache is off, as
+    // cached casts would live outside the graph.
+    c10::cuda::CUDAStreamGuard side(c10::cuda::getStreamFromPool(false, index));
+    const bool cache = at::autocast::is_autocast_cache_enabled();
+    at::autocast::set_autocast_cache_enabled(false);
+    bool capturing = false;
+    try {
+      for (int i = 0; i < 2; ++i) eager(net, graph->x, graph->t, scales, bf16);
+      torch::cuda::synchronize(index);
+      graph->graph.capture_begin();
+      capturing = true;
+      graph->out = eager(net, graph->x, graph->t, scales, bf16);
+      capturing = false;
+      graph->graph.capture_end();
+      ++captured;
+    } catch (const std::exception& e) {
+      if (capturing) {
+        try {
+          graph->graph.capture_end();
+        } catch (const std::exception&) {
+        }
+      }
+      spdlog::warn("CUDA graph capture failed for input {} ({}); evaluating eagerly", c10::str(x.sizes()), e.what());
+      graph.reset();
+    }
+    at::autocast::set_autocast_cache_enabled(cache);
+    torch::cuda::synchronize(index);
+    return graph;
+  }
+
+  std::map<Key, std::unique_ptr<Graph>> graphs_;
+};
+#endif
+
+}  // namespace
+
+int64_t cuda_graphs_captured() { return captured; }
+
+EpsModel unet_eps_model(UNet unet, bool bf16, const SkipTuningConfig& skip_tuning, bool cuda_graphs) {
+  unet->eval();
+  auto net = unet.ptr();
+  const auto device = net->parameters().front().device();
+  net->set_memory_format(preferred_memory_format(device));
+  std::vector<double> tuned;
+  if (skip_tuning.active()) tuned = skip_tuning_scales(skip_tuning, net->num_skips());
+  const double t_min = skip_tuning.t_min, t_max = skip_tuning.t_max;
+  bf16 = bf16 && device.is_cuda();
+#if S2DM_WITH_CUDA
+  auto graphed = cuda_graphs && device.is_cuda() ? std::make_shared<GraphedForward>() : nullptr;
+#else
+  (void)cuda_graphs;
+#endif
+  const std::vector<double> none;
+  return [=](const torch::Tensor& x, const torch::Tensor& t) {
+    torch::NoGradGuard no_grad;
+    // Samplers evaluate one time per batch, so its first entry decides.
+    const bool in_window = !tuned.empty() && t[0].item<double>() >= t_min && t[0].item<double>() <= t_max;
+    const auto& scales = in_window ? tuned : none;
+    auto x_in = x.to(device, torch::kFloat32), t_in = t.to(device, torch::kFloat32);
+#if S2DM_WITH_CUDA
+    if (graphed) return (*graphed)(*net, x_in, t_in, scales, bf16);
+#endif
+    return eager(*net, x_in, t_in, scales, bf16);
+  };
+}
+
+bool bf16_autocast(const Config& config, const torch::Device& device) {
+  return device.is_cuda() && config.train.precision == "bf16";
+}
+
+ModelSource resolve_model(const ModelRef& ref, const std::vector<std::string>& overrides) {
+  const int given = !ref.checkpoint.empty() + !ref.weights.empty() + !ref.script.empty();
+  if (given != 1)
+    throw UsageError("give exactly one model: --checkpoint C, --weights F.safetensors --config F.yaml, or "
+                     "--model-script M.pt --config F.yaml");
+  ModelSource m;
+  if (!ref.checkpoint.empty()) {
+    m.origin = ref.checkpoint;
+    auto ckpt = load_checkpoint(m.origin);
+    m.config = parse_config(ckpt.config_yaml, m.origin + " (config)", overrides);
+    m.weights = checkpoint_weights(ckpt, ref.ema);
+    m.learned = std::move(ckpt.schedule);
+    return m;
+  }
+  if (ref.config.empty()) throw UsageError("--weights and --model-script need --config (shape and schedule)");
+  m.config = load_config(ref.config, overrides);
+  if (!ref.script.empty()) {
+    m.script = m.origin = ref.script;
+    return m;
+  }
+  m.origin = ref.weights;
+  try {
+    m.weights = load_safetensors(m.origin).tensors;
+  } catch (const IoError& e) {
+    throw CheckpointError(e.what());
+  }
+  return m;
+}
+
+void check_skip_tuning(const ModelSource& source, const SkipTuningConfig& skip_tuning) {
+  if (!skip_tuning.active()) return;
+  if (!source.script.empty())
+    throw UsageError("Skip-Tuning needs the UNet's skips: it works with --checkpoint and --weights, not --model-script");
+  skip_tuning_scales(skip_tuning, num_skips(source.config.model));
+}
+
+LoadedModel::LoadedModel(const ModelSource& source, const torch::Device& device)
+    : config_(source.config), device_(device) {
+  const auto& c = source.config;
+  if (!source.script.empty()) {
+    script_ = load_torchscript_eps_model(source.script, device, {c.data.channels, c.data.image_size, c.data.image_size});
+    return;
+  }
+  unet_ = UNet(c.model, c.data.channels, c.data.image_size);
+  load_weights(*unet_, source.weights, source.origin);
+  unet_->to(device);
+}
+
+EpsModel LoadedModel::eps(const SkipTuningConfig& skip_tuning, bool cuda_graphs) const {
+  if (script_) {
+    if (skip_tuning.active()) throw UsageError("Skip-Tuning needs the UNet's skips, which a TorchScript model does not expose");
+    return script_;
+  }
+  return unet_eps_model(unet_, bf16_autocast(config_, device_), skip_tuning, cuda_graphs);
+}
+
+}  // namespace s2dm::model

@@ -1,0 +1,134 @@
+#include "s2dm/sample/generate.h"
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#if S2DM_WITH_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include "s2dm/core/compat.h"
+#include "s2dm/data/data.h"
+#include "s2dm/core/errors.h"
+#include "s2dm/io/image_io.h"
+#include "s2dm/io/npy_tensor.h"
+#include "s2dm/core/progress.h"
+#include "s2dm/sample/learned_schedule.h"
+
+namespace s2dm::sample {
+
+torch::Tensor initial_noise(int64_t first, int64_t count, const std::vector<int64_t>& shape, uint64_t seed) {
+  std::vector<int64_t> one{1};
+  one.insert(one.end(), shape.begin(), shape.end());
+  std::vector<torch::Tensor> xs;
+  for (int64_t i = first; i < first + count; ++i) {
+    auto gen = at::detail::createCPUGenerator(seed * 1000003ull + static_cast<uint64_t>(i));
+    xs.push_back(torch::randn(one, gen, torch::kFloat32));
+  }
+  return torch::cat(xs);
+}
+
+SamplingPlan plan_sampling(const SampleConfig& c, const NoiseSchedule& schedule, const NamedTensors& learned) {
+  SamplingPlan plan;
+  plan.sampler = &find_sampler(c.sampler);
+  plan.options.eta = c.eta;
+  plan.options.clip_denoised = c.clip_denoised;
+  plan.options.order = c.order;
+  plan.options.lambda = c.lambda;
+  plan.options.lower_order_final = c.lower_order_final;
+  plan.options.variance = c.variance;
+  check_options(*plan.sampler, plan.options);
+  auto timesteps = c.timesteps == "learned" ? timesteps_from_state(learned, c.steps)
+                                            : make_timesteps(c.timesteps, c.steps, schedule, c.karras_rho);
+  plan.grid = make_grid(timesteps, schedule, c.final_alpha);
+  return plan;
+}
+
+Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& config,
+                   const std::vector<int64_t>& shape, const torch::Device& device, uint64_t seed, int64_t num,
+                   const torch::Tensor& noise, bool show_progress, const NamedTensors& learned,
+                   const std::function<bool()>& stop) {
+  const SamplingPlan plan = plan_sampling(config, schedule, learned);
+  if (noise.defined()) {
+    if (noise.dim() != 4 || noise.sizes().slice(1).vec() != shape)
+      throw DataError("initial noise has shape " + c10::str(noise.sizes()) + ", the model expects [N, " +
+                      c10::str(c10::IntArrayRef(shape)) + "]");
+    num = noise.size(0);
+  }
+  Generated out;
+  std::vector<torch::Tensor> parts;
+  Progress progress("sampling " + plan.sampler->name + " (" + std::to_string(plan.grid.steps()) + " steps)", num, "img");
+  auto start = std::chrono::steady_clock::now();
+  for (int64_t first = 0; first < num; first += config.batch) {
+    if (stop && stop()) {
+      out.complete = false;
+      break;
+    }
+    int64_t count = std::min<int64_t>(config.batch, num - first);
+    auto x = noise.defined() ? noise.slice(0, first, first + count) : initial_noise(first, count, shape, seed);
+    SamplerOptions options = plan.options;
+    options.noise_seed = seed * 7919ull + static_cast<uint64_t>(first);
+    auto run = run_sampler(*plan.sampler, model, x.to(device, torch::kFloat32), plan.grid, options);
+    out.nfe = run.nfe;
+    parts.push_back(run.x.to(torch::kCPU));
+    if (show_progress) progress.update(first + count);
+  }
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (show_progress) progress.finish("(" + std::to_string(out.nfe) + " network evaluations per image)");
+  out.samples = parts.empty() ? torch::empty({0}) : torch::cat(parts);
+  return out;
+}
+
+namespace {
+
+torch::Tensor nhwc_uint8(const torch::Tensor& samples) {
+  return data::to_uint8(samples).permute({0, 2, 3, 1}).contiguous();
+}
+
+}  // namespace
+
+void write_grid(const std::string& path, const torch::Tensor& samples) {
+  auto images = nhwc_uint8(samples.slice(0, 0, 64));
+  write_png(path, tile_images(images.data_ptr<uint8_t>(), static_cast<int>(images.size(0)),
+                            static_cast<int>(images.size(1)), static_cast<int>(images.size(2)),
+                            static_cast<int>(images.size(3))));
+}
+
+torch::Tensor read_samples_npz(const std::string& path) {
+  auto arrays = load_npz(path);
+  auto it = arrays.find("arr_0");
+  if (it == arrays.end()) throw DataError(path + ": no arr_0 (samples) in this .npz");
+  const auto& a = it->second;
+  if (a.dtype != "|u1" || a.shape.size() != 4 || (a.shape[3] != 1 && a.shape[3] != 3))
+    throw DataError(path + ": arr_0 must be uint8 NHWC with 1 or 3 channels");
+  return to_tensor(a, path).permute({0, 3, 1, 2}).contiguous();
+}
+
+void write_samples(const std::string& dir, const torch::Tensor& samples, bool pngs) {
+  std::filesystem::create_directories(dir);
+  auto images = nhwc_uint8(samples);
+  const int64_t n = images.size(0), h = images.size(1), w = images.size(2), c = images.size(3);
+  if (pngs) {
+    for (int64_t i = 0; i < n; ++i) {
+      auto img = images[i];
+      char name[32];
+      std::snprintf(name, sizeof name, "%06ld.png", static_cast<long>(i));
+      write_png(dir + "/" + name,
+                Image{static_cast<int>(w), static_cast<int>(h), static_cast<int>(c),
+                      std::vector<uint8_t>(img.data_ptr<uint8_t>(), img.data_ptr<uint8_t>() + h * w * c)});
+    }
+  }
+  save_npz(dir + "/samples.npz", {{"arr_0", to_npy_array(images)}});
+  write_grid(dir + "/grid.png", samples);
+}
+
+}  // namespace s2dm::sample

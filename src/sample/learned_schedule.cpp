@@ -1,0 +1,320 @@
+#include "s2dm/sample/learned_schedule.h"
+
+#include <torch/torch.h>
+#include <yaml-cpp/yaml.h>
+
+#include <cmath>
+#include <filesystem>
+#include <sstream>
+
+#include "s2dm/data/data.h"
+#include "s2dm/core/errors.h"
+#include "s2dm/io/file_io.h"
+#include "s2dm/io/image_io.h"
+#include "s2dm/io/plot.h"
+#include "s2dm/core/progress.h"
+#include "s2dm/sample/timesteps.h"
+
+namespace s2dm::sample {
+namespace fs = std::filesystem;
+
+Pchip::Pchip(std::vector<double> x, std::vector<double> y) : x_(std::move(x)), y_(std::move(y)), d_(x_.size(), 0.0) {
+  const size_t n = x_.size();
+  if (n < 2 || y_.size() != n) throw ConfigError("PCHIP needs at least two points of x and y");
+  std::vector<double> h(n - 1), delta(n - 1);
+  for (size_t i = 0; i + 1 < n; ++i) {
+    h[i] = x_[i + 1] - x_[i];
+    if (!(h[i] > 0)) throw ConfigError("PCHIP needs strictly increasing x");
+    delta[i] = (y_[i + 1] - y_[i]) / h[i];
+  }
+  if (n == 2) {
+    d_[0] = d_[1] = delta[0];
+    return;
+  }
+  // Interior slopes: weighted harmonic mean where the secants agree in sign, else 0.
+  for (size_t i = 1; i + 1 < n; ++i) {
+    if (delta[i - 1] * delta[i] <= 0) continue;
+    const double w1 = 2 * h[i] + h[i - 1], w2 = h[i] + 2 * h[i - 1];
+    d_[i] = (w1 + w2) / (w1 / delta[i - 1] + w2 / delta[i]);
+  }
+  // End slopes: the one-sided three-point formula, limited to keep monotonicity.
+  auto end_slope = [](double h0, double h1, double d0, double d1) {
+    double d = ((2 * h0 + h1) * d0 - h0 * d1) / (h0 + h1);
+    if (d * d0 <= 0) return 0.0;
+    if (d0 * d1 <= 0 && std::abs(d) > std::abs(3 * d0)) return 3 * d0;
+    return d;
+  };
+  d_[0] = end_slope(h[0], h[1], delta[0], delta[1]);
+  d_[n - 1] = end_slope(h[n - 2], h[n - 3], delta[n - 2], delta[n - 3]);
+}
+
+double Pchip::operator()(double u) const {
+  size_t i = std::upper_bound(x_.begin(), x_.end(), u) - x_.begin();
+  i = std::clamp<size_t>(i, 1, x_.size() - 1) - 1;
+  const double h = x_[i + 1] - x_[i], s = (u - x_[i]) / h;
+  const double h00 = (1 + 2 * s) * (1 - s) * (1 - s), h10 = s * (1 - s) * (1 - s);
+  const double h01 = s * s * (3 - 2 * s), h11 = s * s * (s - 1);
+  return h00 * y_[i] + h10 * h * d_[i] + h01 * y_[i + 1] + h11 * h * d_[i + 1];
+}
+
+namespace {
+
+// One level pair's cost on a batch: ε at level i of the VE point of x (level i+1) against the
+// rescaled ε at level i+1; per-image squared norms summed.
+double pair_cost(const EpsModel& model, const NoiseSchedule& schedule, const torch::Tensor& data,
+                 const torch::Tensor& eps, double t_here, double t_next) {
+  const double a_here = schedule.alpha_bar(t_here), a_next = schedule.alpha_bar(t_next);
+  const double alpha = std::sqrt(a_here), alpha_next = std::sqrt(a_next);
+  const double ve = std::sqrt((1 - a_here) / a_here), ve_next = std::sqrt((1 - a_next) / a_next);
+  auto x = alpha_next * data + alpha_next * ve_next * eps;
+  auto e_here = model((alpha / alpha_next) * x, torch::full({data.size(0)}, t_here, x.options()));
+  auto e_next = model(x, torch::full({data.size(0)}, t_next, x.options()));
+  return (e_here - (ve / ve_next) * e_next).to(torch::kFloat64).square().sum().item<double>();
+}
+
+std::vector<double> uniform_levels(int num_levels, int T) {
+  std::vector<double> levels;
+  for (int i = 0; i < num_levels; ++i) levels.push_back((T - 1.0) * i / (num_levels - 1));
+  return levels;
+}
+
+}  // namespace
+
+ScheduleCost estimate_schedule_cost(const EpsModel& model, const NoiseSchedule& schedule, const torch::Tensor& x0,
+                                    int num_levels, uint64_t seed, int64_t batch, bool show_progress) {
+  const int T = schedule.num_timesteps();
+  if (num_levels < 3 || num_levels > 100 * T)
+    throw ConfigError("levels = " + std::to_string(num_levels) + " must be in [3, " + std::to_string(100 * T) + "]");
+  if (x0.dim() != 4 || x0.size(0) < 1) throw DataError("schedule estimation needs data [N, C, H, W]");
+  ScheduleCost out;
+  out.levels = uniform_levels(num_levels, T);
+  out.cost.assign(num_levels - 1, 0.0);
+  torch::NoGradGuard no_grad;
+  auto gen = at::detail::createCPUGenerator(seed);
+  const int64_t n = x0.size(0);
+  Progress progress("schedule cost", (num_levels - 1) * ((n + batch - 1) / batch), "pair");
+  int64_t done = 0;
+  for (int64_t start = 0; start < n; start += batch) {
+    auto data = x0.slice(0, start, std::min(n, start + batch)).to(torch::kFloat32);
+    auto eps = torch::randn(data.sizes(), gen, torch::kFloat32).to(data.device());  // common to every level
+    const double count = static_cast<double>(data.size(0));
+    for (int i = 0; i + 1 < num_levels; ++i) {
+      out.cost[i] += pair_cost(model, schedule, data, eps, out.levels[i], out.levels[i + 1]) / static_cast<double>(n);
+      out.nfe += 2 * static_cast<int64_t>(count);
+      if (show_progress) progress.update(++done);
+    }
+  }
+  if (show_progress) progress.finish("(" + std::to_string(out.nfe) + " network evaluations)");
+  return out;
+}
+
+std::vector<double> optimal_timesteps(const std::vector<double>& levels, const std::vector<double>& cost, int steps) {
+  const size_t n = levels.size();
+  if (cost.size() + 1 != n) throw ConfigError("schedule: cost and levels disagree in length");
+  if (steps < 1 || steps > static_cast<int>(n) - 1)
+    throw ConfigError("steps = " + std::to_string(steps) + " needs a finer grid: the schedule has " +
+                      std::to_string(n) + " levels (at most " + std::to_string(n - 1) + " steps)");
+  // Λ(t_i) = Σ_{j<i} √L_j, made strictly increasing (a zero cost would make Λ flat).
+  std::vector<double> lambda(n, 0.0);
+  double total = 0;
+  for (size_t i = 0; i + 1 < n; ++i) total += std::sqrt(std::max(0.0, cost[i]));
+  const double floor = total > 0 ? 1e-12 * total : 1.0;
+  for (size_t i = 0; i + 1 < n; ++i) lambda[i + 1] = lambda[i] + std::sqrt(std::max(0.0, cost[i])) + floor;
+  for (auto& l : lambda) l /= lambda.back();  // scale-free: a constant factor on the cost cancels
+  Pchip inverse(lambda, levels);
+  std::vector<double> ts(steps + 1);
+  for (int k = 0; k <= steps; ++k) ts[steps - k] = inverse(static_cast<double>(k) / steps);
+  ts.front() = levels.back();  // endpoints fixed
+  ts.back() = levels.front();
+  for (int k = 1; k <= steps; ++k)
+    if (!(ts[k] < ts[k - 1])) throw ConfigError("schedule: the optimised grid is not strictly decreasing");
+  return ts;
+}
+
+OnlineScheduleEstimator::OnlineScheduleEstimator(const NoiseSchedule& schedule, int num_levels, int steps,
+                                                 int min_estimates, double gamma)
+    : schedule_(schedule), levels_(uniform_levels(num_levels, schedule.num_timesteps())),
+      sum_(num_levels - 1, 0.0), count_(num_levels - 1, 0), steps_(steps), min_estimates_(min_estimates),
+      gamma_(gamma) {
+  if (num_levels < 3) throw ConfigError("learned_schedule.levels must be at least 3");
+  if (steps < 1 || steps > num_levels - 1)
+    throw ConfigError("learned_schedule: sample.steps = " + std::to_string(steps) + " needs more than " +
+                      std::to_string(num_levels) + " levels");
+}
+
+bool OnlineScheduleEstimator::ready() const {
+  return std::all_of(count_.begin(), count_.end(), [&](int64_t c) { return c >= min_estimates_; });
+}
+
+std::vector<double> OnlineScheduleEstimator::mean_cost() const {
+  std::vector<double> mean(sum_.size());
+  for (size_t i = 0; i < sum_.size(); ++i) mean[i] = count_[i] ? sum_[i] / static_cast<double>(count_[i]) : 0.0;
+  return mean;
+}
+
+bool OnlineScheduleEstimator::update(const EpsModel& model, const torch::Tensor& x0, int pairs, at::Generator& gen) {
+  torch::NoGradGuard no_grad;
+  auto data = x0.to(torch::kFloat32);
+  for (int p = 0; p < pairs; ++p) {
+    const auto i = torch::randint(0, static_cast<int64_t>(sum_.size()), {1}, gen, torch::kLong).item<int64_t>();
+    auto eps = torch::randn(data.sizes(), gen, torch::kFloat32).to(data.device());
+    sum_[i] += pair_cost(model, schedule_, data, eps, levels_[i], levels_[i + 1]) / static_cast<double>(data.size(0));
+    ++count_[i];
+    nfe_ += 2 * data.size(0);
+  }
+  if (!ready()) return false;
+  auto optimum = optimal_timesteps(levels_, mean_cost(), steps_);
+  if (timesteps_.empty()) {
+    timesteps_ = optimum;
+  } else {
+    for (size_t k = 0; k < optimum.size(); ++k) timesteps_[k] = gamma_ * optimum[k] + (1 - gamma_) * timesteps_[k];
+  }
+  return true;
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> OnlineScheduleEstimator::state() const {
+  return {{"levels", torch::tensor(levels_, torch::kFloat64)},
+          {"sum", torch::tensor(sum_, torch::kFloat64)},
+          {"count", torch::tensor(count_, torch::kLong)},
+          {"timesteps", timesteps_.empty() ? torch::zeros({0}, torch::kFloat64) : torch::tensor(timesteps_, torch::kFloat64)},
+          {"steps", torch::tensor(static_cast<int64_t>(steps_), torch::kLong)},
+          {"nfe", torch::tensor(nfe_, torch::kLong)}};
+}
+
+namespace {
+
+const torch::Tensor& state_entry(const std::vector<std::pair<std::string, torch::Tensor>>& state, const std::string& name) {
+  for (const auto& [n, t] : state)
+    if (n == name) return t;
+  throw CheckpointError("schedule state lacks '" + name + "'");
+}
+
+std::vector<double> to_vector(const torch::Tensor& t) {
+  auto c = t.to(torch::kFloat64).contiguous();
+  return {c.data_ptr<double>(), c.data_ptr<double>() + c.numel()};
+}
+
+}  // namespace
+
+void OnlineScheduleEstimator::load_state(const std::vector<std::pair<std::string, torch::Tensor>>& state) {
+  if (to_vector(state_entry(state, "levels")) != levels_)
+    throw CheckpointError("the checkpoint's learned schedule uses other levels than train.learned_schedule.levels");
+  sum_ = to_vector(state_entry(state, "sum"));
+  auto counts = state_entry(state, "count").to(torch::kLong).contiguous();
+  count_.assign(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
+  timesteps_ = to_vector(state_entry(state, "timesteps"));
+  nfe_ = state_entry(state, "nfe").item<int64_t>();
+}
+
+std::vector<double> timesteps_from_state(const std::vector<std::pair<std::string, torch::Tensor>>& state, int steps) {
+  if (state.empty()) throw ConfigError("--timesteps learned: this checkpoint carries no learned schedule "
+                                       "(train with train.learned_schedule.every > 0, or use learned:FILE)");
+  auto levels = to_vector(state_entry(state, "levels"));
+  auto counts = state_entry(state, "count").to(torch::kLong);
+  if (counts.min().item<int64_t>() == 0)
+    throw ConfigError("--timesteps learned: the checkpoint's schedule has not seen every level yet");
+  std::vector<double> ts;
+  if (state_entry(state, "steps").item<int64_t>() == steps && state_entry(state, "timesteps").numel() > 0) {
+    ts = to_vector(state_entry(state, "timesteps"));
+  } else {
+    auto sums = to_vector(state_entry(state, "sum"));
+    auto c = counts.to(torch::kFloat64).contiguous();
+    for (size_t i = 0; i < sums.size(); ++i) sums[i] /= c.data_ptr<double>()[i];
+    ts = optimal_timesteps(levels, sums, steps);
+  }
+  ts.pop_back();  // the end point is the sampler's
+  return ts;
+}
+
+void write_schedule_file(const std::string& path, const ScheduleCost& cost,
+                         const std::map<int, std::vector<double>>& timesteps, int num_timesteps) {
+  std::ostringstream out;
+  out.precision(10);
+  out << "# s2dm learned schedule (Williams et al. 2024): S+1 timesteps per S, from T-1 to 0\n";
+  out << "num_timesteps: " << num_timesteps << "\nnfe: " << cost.nfe << "\ntimesteps:\n";
+  for (const auto& [s, ts] : timesteps) {
+    out << "  " << s << ": [";
+    for (size_t i = 0; i < ts.size(); ++i) out << (i ? ", " : "") << ts[i];
+    out << "]\n";
+  }
+  auto list = [&](const char* name, const std::vector<double>& v) {
+    out << name << ": [";
+    for (size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << v[i];
+    out << "]\n";
+  };
+  list("levels", cost.levels);
+  list("cost", cost.cost);
+  write_file_atomic(path, out.str());
+}
+
+std::vector<double> read_schedule_file(const std::string& path, int steps, int num_timesteps) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(path + ": cannot read schedule (" + e.msg + ")");
+  }
+  if (!root["timesteps"] || !root["num_timesteps"]) throw ConfigError(path + ": not an s2dm schedule file");
+  if (root["num_timesteps"].as<int>() != num_timesteps)
+    throw ConfigError(path + ": made for T = " + root["num_timesteps"].as<std::string>() + ", the model has T = " +
+                      std::to_string(num_timesteps));
+  auto node = root["timesteps"][steps];
+  if (!node) {
+    std::string have;
+    for (const auto& kv : root["timesteps"]) have += (have.empty() ? "" : ", ") + kv.first.as<std::string>();
+    throw ConfigError(path + ": no schedule for " + std::to_string(steps) + " steps (it has " + have + ")");
+  }
+  auto ts = node.as<std::vector<double>>();
+  if (static_cast<int>(ts.size()) != steps + 1) throw ConfigError(path + ": the " + std::to_string(steps) + "-step schedule is malformed");
+  ts.pop_back();  // the end point is the sampler's
+  return ts;
+}
+
+namespace {
+
+// The cost curve (log scale, top) and, below it, the learned grid for the first S (black)
+// against the uniform (grey) and quadratic (blue) grids, one row of markers each.
+void write_schedule_plot(const std::string& path, const sample::ScheduleCost& cost, const std::vector<double>& learned,
+                         int steps, const NoiseSchedule& schedule) {
+  std::vector<double> mid;
+  for (size_t i = 0; i + 1 < cost.levels.size(); ++i) mid.push_back(0.5 * (cost.levels[i] + cost.levels[i + 1]));
+  auto curve = line_plot({{mid, cost.cost, {200, 30, 30}, false}}, 640, 300, true);
+  auto row = [&](const std::vector<double>& ts, std::array<uint8_t, 3> color) {
+    // A fixed x range [0, T-1] via two invisible anchors.
+    Series s{ts, std::vector<double>(ts.size(), 0.0), color, true};
+    Series anchors{{0.0, schedule.num_timesteps() - 1.0}, {-1.0, 1.0}, {255, 255, 255}, true};
+    return line_plot({anchors, s}, 640, 40, false);
+  };
+  auto uniform = sample::make_timesteps("uniform", steps, schedule), quad = sample::make_timesteps("quad", steps, schedule);
+  std::vector<Image> parts{curve, row(learned, {0, 0, 0}), row(uniform, {140, 140, 140}), row(quad, {40, 80, 200})};
+  Image out{640, 0, 3, {}};
+  for (const auto& p : parts) {
+    out.pixels.insert(out.pixels.end(), p.pixels.begin(), p.pixels.end());
+    out.height += p.height;
+  }
+  write_png(path, out);
+}
+
+}  // namespace
+
+std::string schedule_plot_path(const std::string& schedule_file) {
+  const fs::path p(schedule_file);
+  return (p.parent_path() / (p.stem().string() + ".png")).string();
+}
+
+ScheduleCost learn_schedule(const EpsModel& model, const NoiseSchedule& schedule, const torch::Tensor& images,
+                            int num_levels, int64_t num, uint64_t seed, int64_t batch, const std::vector<int>& steps,
+                            const torch::Device& device, const std::string& out) {
+  if (steps.empty()) throw ConfigError("learn_schedule: no step counts");
+  auto gen = at::detail::createCPUGenerator(seed);
+  num = std::min<int64_t>(num, images.size(0));
+  auto x0 = data::to_model_range(images.index_select(0, torch::randperm(images.size(0), gen, torch::kLong).slice(0, 0, num)));
+  auto cost = estimate_schedule_cost(model, schedule, x0.to(device), num_levels, seed, batch);
+  std::map<int, std::vector<double>> grids;
+  for (int s : steps) grids[s] = optimal_timesteps(cost.levels, cost.cost, s);
+  write_schedule_file(out, cost, grids, schedule.num_timesteps());
+  write_schedule_plot(schedule_plot_path(out), cost, grids.begin()->second, grids.begin()->first, schedule);
+  return cost;
+}
+
+}  // namespace s2dm::sample

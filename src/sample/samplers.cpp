@@ -1,0 +1,95 @@
+// The sampler registry and the helpers the samplers share.
+#include "s2dm/sample/samplers.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "s2dm/core/config.h"
+#include "s2dm/core/errors.h"
+
+namespace s2dm::sample {
+
+torch::Tensor eval_eps(const EpsModel& model, const torch::Tensor& x, double t) {
+  return model(x, torch::full({x.size(0)}, t, x.options())).to(x.dtype());
+}
+
+torch::Tensor predict_x0(const torch::Tensor& x, const torch::Tensor& eps, double a) {
+  return (x - std::sqrt(1.0 - a) * eps) / std::sqrt(a);
+}
+
+torch::Tensor transfer(const torch::Tensor& x, const torch::Tensor& eps, double a, double a_next) {
+  const double x_coef = std::sqrt(a_next / a);
+  const double eps_coef = (a_next - a) / (std::sqrt(a) * (std::sqrt((1 - a_next) * a) + std::sqrt((1 - a) * a_next)));
+  return x_coef * x - eps_coef * eps;
+}
+
+const std::vector<SamplerInfo>& samplers() {
+  auto steps = [](int s) { return s; };
+  auto plus_one = [](int s) { return s + 1; };
+  static const std::vector<SamplerInfo> registry{
+      {"ddim", "DDIM (Song et al. 2021); eta 0 is the probability-flow ODE", "eta, clip_denoised", sample_ddim, steps,
+       false, -1, -1, -1},
+      {"ddpm", "DDPM ancestral sampling (DDIM with eta 1); variance small (β̃) or large (σ̂)", "variance, clip_denoised",
+       sample_ddpm, steps, true, -1, -1, -1},
+      {"pndm", "F-PNDM: 3 pseudo Runge-Kutta steps, then 4th-order pseudo linear multistep", "", sample_pndm,
+       [](int s) { return s < 3 ? 4 * s : s + 9; }, false, -1, -1, -1},
+      {"spndm", "S-PNDM: a pseudo improved-Euler step, then 2nd-order pseudo linear multistep", "", sample_spndm,
+       plus_one, false, -1, -1, -1},
+      {"plms", "PLMS (LDM / diffusers skip_prk_steps): Euler restart, then Adams-Bashforth 2, 3, 4", "", sample_plms,
+       plus_one, false, -1, -1, -1},
+      {"deis", "DEIS tAB: exponential integrator, Lagrange extrapolation of ε in t (order 0 = DDIM)", "order",
+       sample_deis, steps, false, 0, 3, 3},
+      {"deis-rho", "DEIS ρAB: Adams-Bashforth in ρ = σ/α with exact polynomial integrals", "order", sample_deis_rho,
+       steps, false, 1, 3, 3},
+      {"deis-logrho", "DEIS multistep with ε polynomial in log ρ (diffusers' DEIS)", "order, lower_order_final",
+       sample_deis_logrho, steps, false, 1, 3, 3},
+      {"dpmpp-2m", "DPM-Solver++(2M): 2nd-order multistep on x̂₀ in λ = log(α/σ)", "lower_order_final",
+       sample_dpmpp_2m, steps, false, -1, -1, -1},
+      {"lambda-ddim", "λ-DDIM, the conjugate integrator (Pandey et al. 2023); lambda 0 = DDIM", "lambda",
+       sample_lambda_ddim, steps, false, -1, -1, -1},
+  };
+  return registry;
+}
+
+const SamplerInfo& find_sampler(const std::string& name) {
+  std::vector<std::string> names;
+  for (const auto& s : samplers()) {
+    if (s.name == name) return s;
+    names.push_back(s.name);
+  }
+  std::string msg = "unknown sampler '" + name + "'";
+  auto near = closest_match(name, names);
+  if (!near.empty()) msg += " (did you mean '" + near + "'?)";
+  std::string all;
+  for (const auto& n : names) all += (all.empty() ? "" : ", ") + n;
+  throw ConfigError(msg + "; samplers: " + all);
+}
+
+void check_options(const SamplerInfo& sampler, const SamplerOptions& options) {
+  if (options.order >= 0) {
+    if (sampler.max_order < 0)
+      throw ConfigError("sampler '" + sampler.name + "' has no order option (order = " + std::to_string(options.order) + ")");
+    if (options.order < sampler.min_order || options.order > sampler.max_order)
+      throw ConfigError("order = " + std::to_string(options.order) + " is out of range for '" + sampler.name + "' [" +
+                        std::to_string(sampler.min_order) + ", " + std::to_string(sampler.max_order) + "]");
+  }
+  if (options.variance != "small" && options.variance != "large")
+    throw ConfigError("variance = '" + options.variance + "' is not one of small, large");
+  if (!std::isfinite(options.lambda)) throw ConfigError("lambda must be finite");
+}
+
+SampleRun run_sampler(const SamplerInfo& sampler, const EpsModel& model, torch::Tensor x, const Grid& grid,
+                      const SamplerOptions& options, const Callback& callback) {
+  check_options(sampler, options);
+  SampleRun run;
+  EpsModel counted = [&](const torch::Tensor& xt, const torch::Tensor& t) {
+    ++run.nfe;
+    return model(xt, t);
+  };
+  torch::NoGradGuard no_grad;
+  run.x = sampler.fn(counted, std::move(x), grid, options, callback);
+  return run;
+}
+
+}  // namespace s2dm::sample

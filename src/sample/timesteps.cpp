@@ -1,0 +1,152 @@
+#include "s2dm/sample/timesteps.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "s2dm/core/config.h"
+#include "s2dm/core/errors.h"
+#include "s2dm/sample/learned_schedule.h"
+
+namespace s2dm::sample {
+namespace {
+
+// numpy.linspace(start, stop, n)
+std::vector<double> linspace(double start, double stop, int n) {
+  std::vector<double> out(n);
+  const double step = n > 1 ? (stop - start) / (n - 1) : 0.0;
+  for (int i = 0; i < n; ++i) out[i] = i * step + start;
+  if (n > 1) out[n - 1] = stop;
+  return out;
+}
+
+// Numbers separated by commas, whitespace or YAML list brackets.
+std::vector<double> parse_numbers(const std::string& text, const std::string& origin) {
+  std::string cleaned = text;
+  for (char& c : cleaned)
+    if (c == ',' || c == '[' || c == ']') c = ' ';
+  std::istringstream in(cleaned);
+  std::vector<double> out;
+  std::string token;
+  while (in >> token) {
+    if (token[0] == '#') {
+      std::getline(in, token);
+      continue;
+    }
+    try {
+      size_t used = 0;
+      out.push_back(std::stod(token, &used));
+      if (used != token.size()) throw std::invalid_argument(token);
+    } catch (const std::logic_error&) {
+      throw ConfigError(origin + ": '" + token + "' is not a timestep");
+    }
+  }
+  if (out.empty()) throw ConfigError(origin + ": no timesteps");
+  return out;
+}
+
+std::vector<double> checked_list(std::vector<double> ts, int T, const std::string& origin) {
+  for (size_t i = 0; i < ts.size(); ++i) {
+    if (!(ts[i] >= 0 && ts[i] <= T - 1))
+      throw ConfigError(origin + ": timestep " + std::to_string(ts[i]) + " outside [0, " + std::to_string(T - 1) + "]");
+    if (i > 0 && !(ts[i] < ts[i - 1]))
+      throw ConfigError(origin + ": timesteps must be strictly decreasing (position " + std::to_string(i) + ")");
+  }
+  return ts;
+}
+
+}  // namespace
+
+const std::vector<std::string>& timestep_grids() {
+  static const std::vector<std::string> names{"uniform", "quad", "linspace", "trailing", "leading", "logsnr", "karras"};
+  return names;
+}
+
+double time_of_alpha_bar(const NoiseSchedule& schedule, double alpha_bar) {
+  double lo = -1.0, hi = schedule.num_timesteps() - 1.0;  // ᾱ decreases in t
+  for (int i = 0; i < 200 && hi - lo > 1e-12; ++i) {
+    double mid = 0.5 * (lo + hi);
+    (schedule.alpha_bar(mid) > alpha_bar ? lo : hi) = mid;
+  }
+  return 0.5 * (lo + hi);
+}
+
+std::vector<double> make_timesteps(const std::string& spec, int S, const NoiseSchedule& schedule, double karras_rho) {
+  const int T = schedule.num_timesteps();
+  if (spec.rfind("learned:", 0) == 0) return read_schedule_file(spec.substr(8), S, T);
+  if (spec.rfind("file:", 0) == 0) {
+    std::string path = spec.substr(5);
+    std::ifstream in(path);
+    if (!in) throw ConfigError(path + ": cannot open time-grid file");
+    std::stringstream s;
+    s << in.rdbuf();
+    return checked_list(parse_numbers(s.str(), path), T, path);
+  }
+  if (!spec.empty() && (std::isdigit(static_cast<unsigned char>(spec[0])) || spec[0] == '['))
+    return checked_list(parse_numbers(spec, "timesteps '" + spec + "'"), T, "timesteps '" + spec + "'");
+
+  if (S < 1 || S > T)
+    throw ConfigError("steps = " + std::to_string(S) + " must be in [1, " + std::to_string(T) + "] (T = " +
+                      std::to_string(T) + ")");
+  std::vector<double> ts;
+  if (spec == "uniform") {  // range(0, T, T // S), as ermongroup/ddim
+    for (int t = 0; t < T; t += T / S) ts.push_back(t);
+  } else if (spec == "quad") {  // (linspace(0, sqrt(0.8 T), S) ** 2).astype(int)
+    for (double v : linspace(0.0, std::sqrt(0.8 * T), S)) ts.push_back(std::floor(v * v));
+  } else if (spec == "linspace") {  // round(linspace(0, T-1, S))
+    for (double v : linspace(0.0, T - 1.0, S)) ts.push_back(std::nearbyint(v));
+  } else if (spec == "trailing") {  // round(arange(T, 0, -T/S)) - 1
+    const double step = static_cast<double>(T) / S;
+    for (int i = 0; i < S; ++i) ts.push_back(std::nearbyint(T - i * step) - 1);
+  } else if (spec == "leading") {  // arange(S) * (T // S)
+    for (int i = 0; i < S; ++i) ts.push_back(static_cast<double>(i) * (T / S));
+  } else if (spec == "logsnr" || spec == "karras") {
+    // Endpoints t = T-1 and t = 0; points placed in log-SNR or in Karras' σ^(1/ρ), mapped back to t.
+    auto sigma = [&](double t) { double a = schedule.alpha_bar(t); return std::sqrt((1 - a) / a); };
+    const double hi = sigma(T - 1), lo = sigma(0);
+    for (int i = 0; i < S; ++i) {
+      double f = S > 1 ? static_cast<double>(i) / (S - 1) : 0.0, s;
+      if (spec == "logsnr") {
+        s = std::exp(std::log(hi) + f * (std::log(lo) - std::log(hi)));
+      } else {
+        double inv = 1.0 / karras_rho;
+        s = std::pow(std::pow(hi, inv) + f * (std::pow(lo, inv) - std::pow(hi, inv)), karras_rho);
+      }
+      double t = i == 0 ? T - 1.0 : i == S - 1 ? 0.0 : time_of_alpha_bar(schedule, 1.0 / (1.0 + s * s));
+      ts.push_back(t);
+    }
+  } else {
+    std::string msg = "unknown time grid '" + spec +
+                      "' (uniform, quad, linspace, trailing, leading, logsnr, karras, a list like 999,500,0, file:PATH "
+                      "or learned:SCHEDULE.yaml)";
+    auto near = closest_match(spec, timestep_grids());
+    if (!near.empty()) msg += "; did you mean '" + near + "'?";
+    throw ConfigError(msg);
+  }
+  std::sort(ts.begin(), ts.end(), std::greater<double>());
+  size_t before = ts.size();
+  ts.erase(std::unique(ts.begin(), ts.end()), ts.end());
+  if (ts.size() != before)
+    spdlog::warn("time grid '{}' with {} steps repeats timesteps; {} distinct steps remain", spec, S, ts.size());
+  return ts;
+}
+
+Grid make_grid(const std::vector<double>& timesteps, const NoiseSchedule& schedule, const std::string& final_alpha) {
+  if (timesteps.empty()) throw ConfigError("empty time grid");
+  Grid g;
+  g.schedule = &schedule;
+  g.t = checked_list(timesteps, schedule.num_timesteps(), "time grid");
+  if (final_alpha == "one")
+    g.t.push_back(-1.0);
+  else if (final_alpha == "first")
+    g.t.push_back(0.0);
+  else
+    throw ConfigError("final_alpha = '" + final_alpha + "' is not one of one, first");
+  for (double t : g.t) g.alpha_bar.push_back(schedule.alpha_bar(t));
+  return g;
+}
+
+}  // namespace s2dm::sample
