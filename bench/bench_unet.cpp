@@ -21,6 +21,7 @@
 #include "s2dm/core/config.h"
 #include "s2dm/core/device.h"
 #include "s2dm/eval/fid.h"
+#include "s2dm/model/model_source.h"
 #include "s2dm/sample/generate.h"
 #include "s2dm/diffusion/losses.h"
 #include "s2dm/train/optim.h"
@@ -118,7 +119,7 @@ void BM_SampleEval(benchmark::State& state) {
   Setup s;
   torch::manual_seed(0);
   auto net = s.unet();
-  auto model = s2dm::sample::unet_eps_model(net, s.bf16, {}, env_flag("S2DM_BENCH_CUDA_GRAPHS", true));
+  auto model = s2dm::model::unet_eps_model(net, s.bf16, {}, env_flag("S2DM_BENCH_CUDA_GRAPHS", true));
   net->set_memory_format(s.memory_format);  // (the ε-model chose the preferred one)
   auto x = torch::randn(s.shape(), torch::TensorOptions().device(s.device));
   auto t = torch::full({s.batch}, 500.0f, torch::TensorOptions().device(s.device));

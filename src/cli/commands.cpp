@@ -15,7 +15,7 @@
 #include "s2dm/sample/generate.h"
 #include "s2dm/io/npy_tensor.h"
 #include "s2dm/sample/samplers.h"
-#include "s2dm/model/torchscript_model.h"
+#include "s2dm/model/model_source.h"
 #include "s2dm/train/train.h"
 #include "s2dm/model/unet.h"
 
@@ -75,12 +75,11 @@ int info(int argc, char** argv) {
     const auto path = (*r)["checkpoint"].as<std::string>();
     auto ckpt = load_checkpoint(path);
     auto config = parse_config(ckpt.config_yaml, path + " (config)");
-    model::UNet unet(config.model, config.data.channels, config.data.image_size);
-    std::printf("checkpoint:     %s (step %ld)\nparameters:     %ld\nlong skips:     %d (Skip-Tuning index: 0 = deepest)\n",
-                path.c_str(), static_cast<long>(ckpt.step), static_cast<long>(model::count_parameters(*unet)),
-                unet->num_skips());
-    for (int i = 0; i < unet->num_skips(); ++i)
-      std::printf("  skip %2d: %4ld channels\n", i, static_cast<long>(unet->skip_channels()[i]));
+    const auto skips = model::skip_channels(config.model);
+    std::printf("checkpoint:     %s (step %ld)\nparameters:     %ld\nlong skips:     %zu (Skip-Tuning index: 0 = deepest)\n",
+                path.c_str(), static_cast<long>(ckpt.step), static_cast<long>(model::count_parameters(*model::UNet(config.model, config.data.channels, config.data.image_size))),
+                skips.size());
+    for (size_t i = 0; i < skips.size(); ++i) std::printf("  skip %2zu: %4ld channels\n", i, static_cast<long>(skips[i]));
   }
   return 0;
 }
@@ -120,57 +119,42 @@ int train(int argc, char** argv) {
 
 namespace {
 
-// Where the ε-model comes from: an s2dm checkpoint, safetensors weights + a config, or a
-// TorchScript module + a config. The config is resolved first so that settings are checked
-// before the network is built.
-struct ModelSource {
-  Config config;
-  NamedTensors weights;  // UNet weights (empty for TorchScript)
-  NamedTensors learned;  // the checkpoint's learned schedule, for --timesteps learned
-  std::string origin;
-  std::string script;    // TorchScript path
-};
-
-ModelSource resolve_model_source(const cxxopts::ParseResult& r, const std::vector<std::string>& overrides) {
-  const int given = static_cast<int>(r.count("checkpoint") + r.count("weights") + r.count("model-script"));
-  if (given != 1)
-    throw UsageError("sample: give exactly one of --checkpoint C, --weights F.safetensors --config F.yaml, "
-                     "--model-script M.pt --config F.yaml");
-  ModelSource m;
-  if (r.count("checkpoint")) {
-    m.origin = r["checkpoint"].as<std::string>();
-    auto ckpt = load_checkpoint(m.origin);
-    m.config = parse_config(ckpt.config_yaml, m.origin + " (config)", overrides);
-    m.weights = checkpoint_weights(ckpt, !r.count("raw"));
-    m.learned = ckpt.schedule;
-    return m;
-  }
-  if (!r.count("config")) throw UsageError("sample: --weights and --model-script need --config (shape and schedule)");
-  m.config = load_config(r["config"].as<std::string>(), overrides);
-  if (r.count("model-script")) {
-    m.script = m.origin = r["model-script"].as<std::string>();
-    return m;
-  }
-  m.origin = r["weights"].as<std::string>();
-  try {
-    m.weights = load_safetensors(m.origin).tensors;
-  } catch (const IoError& e) {
-    throw CheckpointError(e.what());
-  }
-  return m;
+model::ModelRef model_ref(const cxxopts::ParseResult& r) {
+  model::ModelRef ref;
+  auto get = [&](const char* flag) { return r.count(flag) ? r[flag].as<std::string>() : std::string(); };
+  ref.checkpoint = get("checkpoint");
+  ref.ema = !r.count("raw");
+  ref.weights = get("weights");
+  ref.script = get("model-script");
+  ref.config = get("config");
+  return ref;
 }
 
-EpsModel build_model(const ModelSource& source, const torch::Device& device) {
-  const auto& c = source.config;
-  if (!source.script.empty()) {
-    if (c.sample.skip_tuning.active())
-      throw UsageError("Skip-Tuning needs the UNet's skips: it works with --checkpoint and --weights, not --model-script");
-    return load_torchscript_eps_model(source.script, device, {c.data.channels, c.data.image_size, c.data.image_size});
+// The sampling flags, set on the config's fields (checked afterwards with the rest).
+void apply_sample_flags(const cxxopts::ParseResult& r, Config& config) {
+  auto& s = config.sample;
+  if (r.count("sampler")) s.sampler = r["sampler"].as<std::string>();
+  if (r.count("steps")) s.steps = r["steps"].as<int>();
+  if (r.count("eta")) s.eta = r["eta"].as<double>();
+  if (r.count("order")) s.order = r["order"].as<int>();
+  if (r.count("lambda")) s.lambda = r["lambda"].as<double>();
+  if (r.count("timesteps")) s.timesteps = r["timesteps"].as<std::string>();
+  if (r.count("num")) s.num = r["num"].as<int64_t>();
+  if (r.count("batch")) s.batch = r["batch"].as<int>();
+  if (r.count("seed")) config.seed = r["seed"].as<uint64_t>();
+  if (r.count("device")) config.device = r["device"].as<std::string>();
+  if (r.count("skip-tuning")) {
+    const auto text = r["skip-tuning"].as<std::string>();
+    const auto comma = text.find(',');
+    try {
+      s.skip_tuning = SkipTuningConfig{};
+      s.skip_tuning.rho_bottom = std::stod(text.substr(0, comma));
+      s.skip_tuning.rho_top = comma == std::string::npos ? 1.0 : std::stod(text.substr(comma + 1));
+    } catch (const std::logic_error&) {
+      throw UsageError("--skip-tuning " + text + ": expected RHO_BOTTOM[,RHO_TOP], two numbers");
+    }
   }
-  model::UNet unet(c.model, c.data.channels, c.data.image_size);
-  load_weights(*unet, source.weights, source.origin);
-  unet->to(device);
-  return sample::unet_eps_model(unet, device.is_cuda() && c.train.precision == "bf16", c.sample.skip_tuning);
+  check_config(config, "the command line");
 }
 
 }  // namespace
@@ -186,7 +170,8 @@ int samplers(int argc, char** argv) {
   for (int s : steps) std::printf(" %6s", ("S=" + std::to_string(s)).c_str());
   std::printf("  description\n");
   for (const auto& s : sample::samplers()) {
-    std::string opts = s.options;
+    std::string opts;
+    for (const auto& o : s.options) opts += (opts.empty() ? "" : ", ") + o;
     if (s.max_order >= 0)
       opts += " [" + std::to_string(s.min_order) + "-" + std::to_string(s.max_order) + ", default " +
               std::to_string(s.default_order) + "]";
@@ -225,53 +210,25 @@ int sample(int argc, char** argv) {
       "set", "override a config value: section.key=value (repeatable)", cxxopts::value<std::vector<std::string>>());
   auto r = parse_options(options, argc, argv);
   if (!r) return 0;
-  auto overrides = sets(*r);
-  auto add = [&](const char* flag, const std::string& key) {
-    if (!r->count(flag)) return;
-    std::ostringstream v;
-    v.precision(17);
-    const auto& value = (*r)[flag];
-    if (key == "sample.steps" || key == "sample.batch" || key == "sample.order") v << value.as<int>();
-    else if (key == "sample.num") v << value.as<int64_t>();
-    else if (key == "sample.eta" || key == "sample.lambda") v << value.as<double>();
-    else if (key == "seed") v << value.as<uint64_t>();
-    else v << "\"" << value.as<std::string>() << "\"";
-    overrides.push_back(key + "=" + v.str());
-  };
-  add("sampler", "sample.sampler");
-  add("steps", "sample.steps");
-  add("eta", "sample.eta");
-  add("order", "sample.order");
-  add("lambda", "sample.lambda");
-  add("timesteps", "sample.timesteps");
-  add("num", "sample.num");
-  add("batch", "sample.batch");
-  add("seed", "seed");
-  add("device", "device");
-  if (r->count("skip-tuning")) {
-    const auto text = (*r)["skip-tuning"].as<std::string>();
-    const auto comma = text.find(',');
-    overrides.push_back("sample.skip_tuning.rho_bottom=" + text.substr(0, comma));
-    overrides.push_back("sample.skip_tuning.rho_top=" + (comma == std::string::npos ? "1.0" : text.substr(comma + 1)));
-  }
   if (!r->count("out")) throw UsageError("sample: --out DIR is required");
   const std::string out = (*r)["out"].as<std::string>();
 
-  auto source = resolve_model_source(*r, overrides);
+  auto source = model::resolve_model(model_ref(*r), sets(*r));
+  apply_sample_flags(*r, source.config);
   const Config& config = source.config;
   NoiseSchedule schedule(config.diffusion);
-  const auto plan = sample::plan_sampling(config.sample, schedule, source.learned);  // fail before any work
-  if (source.script.empty() && config.sample.skip_tuning.active())
-    model::skip_tuning_scales(config.sample.skip_tuning,
-                              model::UNet(config.model, config.data.channels, config.data.image_size)->num_skips());
+  sample::LearnedSchedule learned;
+  learned.state = source.learned;
+  const auto plan = sample::plan_sampling(config.sample, schedule, learned);  // fail before any work
+  model::check_skip_tuning(source, config.sample.skip_tuning);
   torch::Tensor noise;
   if (r->count("noise")) noise = read_noise((*r)["noise"].as<std::string>());
   set_cpu_threads(config.threads);
   const torch::Device device = resolve_device(config.device);
-  auto model = build_model(source, device);
-  auto generated = sample::generate(model, schedule, config.sample,
+  const model::LoadedModel loaded(source, device);
+  auto generated = sample::generate(loaded.eps(config.sample.skip_tuning), schedule, config.sample,
                                     {config.data.channels, config.data.image_size, config.data.image_size}, device,
-                                    config.seed, config.sample.num, noise, true, source.learned);
+                                    config.seed, config.sample.num, noise, true, learned);
   sample::write_samples(out, generated.samples, !r->count("no-png"));
   if (r->count("save-float")) write_float_npy((*r)["save-float"].as<std::string>(), generated.samples);
   // Record what produced these samples.

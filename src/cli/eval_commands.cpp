@@ -28,22 +28,26 @@ namespace {
 // The feature space named by --features, loaded on first use (statistics files need none).
 class FeatureSpace {
  public:
-  FeatureSpace(std::string spec, torch::Device device) : spec_(std::move(spec)), device_(device) {
-    if (spec_ != "inception" && spec_.rfind("inception:", 0) != 0 && spec_.rfind("classifier:", 0) != 0)
-      throw UsageError("--features " + spec_ + ": expected inception, inception:WEIGHTS.safetensors or classifier:PATH");
+  FeatureSpace(const std::string& text, torch::Device device) : device_(device) {
+    try {
+      spec_ = eval::parse_feature_spec(text);
+    } catch (const ConfigError& e) {
+      throw UsageError(std::string("--") + e.what());
+    }
+    if (spec_.kind == eval::FeatureSpec::Kind::classifier && spec_.path.empty())
+      throw UsageError("--features classifier needs the classifier's file: classifier:PATH");
   }
   const eval::FeatureExtractor& extractor() {
     if (!extractor_.fn) extractor_ = eval::make_feature_extractor(spec_, device_);
     return extractor_;
   }
   // The name before loading: "inception" or what the classifier file says.
-  std::string label() {
-    return spec_.rfind("classifier:", 0) == 0 ? extractor().distance_label() : "FID[inception]";
-  }
-  std::string name() { return spec_.rfind("classifier:", 0) == 0 ? extractor().name : "inception"; }
+  std::string label() { return is_classifier() ? extractor().distance_label() : "FID[inception]"; }
+  std::string name() { return is_classifier() ? extractor().name : "inception"; }
 
  private:
-  std::string spec_;
+  bool is_classifier() const { return spec_.kind == eval::FeatureSpec::Kind::classifier; }
+  eval::FeatureSpec spec_;
   torch::Device device_;
   eval::FeatureExtractor extractor_;
 };
@@ -66,8 +70,7 @@ torch::Tensor folder_images(const std::string& dir) {
 // data config's training set) whose features are extracted.
 struct Source {
   std::string description;
-  eval::FeatureStats stats;
-  torch::Tensor features;  // defined when computed from images
+  eval::FeatureSet set;  // features defined when computed from images
 };
 
 Source resolve_source(const std::string& arg, FeatureSpace& space, int64_t num, int64_t batch,
@@ -81,7 +84,7 @@ Source resolve_source(const std::string& arg, FeatureSpace& space, int64_t num, 
   } else if (ext == ".npz") {
     auto arrays = load_npz(arg);
     if (arrays.count("mu") && arrays.count("sigma")) {
-      src.stats = eval::load_stats(arg);
+      src.set.stats = eval::load_stats(arg);
       src.description = arg + " (statistics)";
       return src;
     }
@@ -94,8 +97,7 @@ Source resolve_source(const std::string& arg, FeatureSpace& space, int64_t num, 
   }
   if (num > 0 && num < images.size(0)) images = images.slice(0, 0, num);
   src.description = arg + " (" + std::to_string(images.size(0)) + " images)";
-  src.features = eval::extract_features(space.extractor(), images, batch, device);
-  src.stats = eval::feature_stats(src.features);
+  src.set = eval::feature_set(space.extractor(), images, batch, device);
   return src;
 }
 
@@ -126,7 +128,7 @@ int fid_stats(int argc, char** argv) {
   FeatureSpace space((*r)["features"].as<std::string>(), device);
   auto src = resolve_source((*r)["source"].as<std::string>(), space, (*r)["num"].as<int64_t>(),
                             (*r)["batch"].as<int64_t>(), device);
-  eval::save_stats((*r)["out"].as<std::string>(), src.stats, r->count("compress") > 0);
+  eval::save_stats((*r)["out"].as<std::string>(), src.set.stats, r->count("compress") > 0);
   std::cout << "wrote " << (*r)["out"].as<std::string>() << " from " << src.description << "\n";
   return 0;
 }
@@ -147,15 +149,15 @@ int fid(int argc, char** argv) {
   const auto batch = (*r)["batch"].as<int64_t>();
   auto a = resolve_source((*r)["a"].as<std::string>(), space, num, batch, device);
   auto b = resolve_source((*r)["b"].as<std::string>(), space, num, batch, device);
-  const double value = eval::frechet_distance(a.stats, b.stats);
+  const auto d = eval::distance(a.set, b.set);
+  const double value = d.fd;
   nlohmann::ordered_json out{{"fid", value}};
-  if (a.features.defined() && b.features.defined()) {
-    auto kid = eval::kernel_inception_distance(a.features, b.features);
-    out["kid_mean"] = kid.mean;
-    out["kid_std"] = kid.std;
+  if (d.kid) {
+    out["kid_mean"] = d.kid->mean;
+    out["kid_std"] = d.kid->std;
   }
-  out["num_a"] = a.stats.count;
-  out["num_b"] = b.stats.count;
+  out["num_a"] = a.set.stats.count;
+  out["num_b"] = b.set.stats.count;
   out["features"] = space.name();
   if (r->count("json")) {
     std::cout << out.dump() << "\n";

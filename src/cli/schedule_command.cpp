@@ -8,16 +8,12 @@
 #include <iostream>
 
 #include "commands.h"
-#include "s2dm/io/checkpoint.h"
 #include "s2dm/core/config.h"
 #include "s2dm/data/data.h"
 #include "s2dm/core/device.h"
 #include "s2dm/core/errors.h"
-#include "s2dm/sample/generate.h"
-#include "s2dm/sample/learned_schedule.h"
-#include "s2dm/sample/timesteps.h"
-#include "s2dm/model/torchscript_model.h"
-#include "s2dm/model/unet.h"
+#include "s2dm/model/model_source.h"
+#include "s2dm/sample/schedule_file.h"
 
 namespace s2dm::cli {
 namespace fs = std::filesystem;
@@ -42,19 +38,13 @@ int schedule(int argc, char** argv) {
   if (r->count("checkpoint") == r->count("model-script"))
     throw UsageError("schedule: give --checkpoint C or --model-script M.pt --config F.yaml");
 
-  Config config;
-  NamedTensors weights;
-  std::string origin;
-  if (r->count("checkpoint")) {
-    origin = (*r)["checkpoint"].as<std::string>();
-    auto ckpt = load_checkpoint(origin);
-    config = parse_config(ckpt.config_yaml, origin + " (config)");
-    weights = checkpoint_weights(ckpt, true);
-  } else {
-    if (!r->count("config")) throw UsageError("schedule: --model-script needs --config");
-    origin = (*r)["model-script"].as<std::string>();
-    config = load_config((*r)["config"].as<std::string>());
-  }
+  model::ModelRef ref;
+  if (r->count("checkpoint")) ref.checkpoint = (*r)["checkpoint"].as<std::string>();
+  if (r->count("model-script")) ref.script = (*r)["model-script"].as<std::string>();
+  if (r->count("config")) ref.config = (*r)["config"].as<std::string>();
+  const auto source = model::resolve_model(ref);
+  const Config& config = source.config;
+  const std::string& origin = source.origin;
   NoiseSchedule noise_schedule(config.diffusion);
   const int levels = (*r)["levels"].as<int>();
   auto steps = (*r)["steps"].as<std::vector<int>>();
@@ -76,18 +66,10 @@ int schedule(int argc, char** argv) {
                     ") takes " + c10::str(c10::IntArrayRef(shape)));
   const auto device = resolve_device((*r)["device"].as<std::string>());
   set_cpu_threads(config.threads);
-  EpsModel model;
-  if (!weights.empty()) {
-    model::UNet unet(config.model, config.data.channels, config.data.image_size);
-    load_weights(*unet, weights, origin);
-    unet->to(device);
-    model = sample::unet_eps_model(unet, device.is_cuda() && config.train.precision == "bf16");
-  } else {
-    model = load_torchscript_eps_model(origin, device, shape);
-  }
+  const model::LoadedModel model(source, device);
   const std::string out = (*r)["out"].as<std::string>();
   const int64_t n = std::min<int64_t>((*r)["samples"].as<int64_t>(), data.images.size(0));
-  auto cost = sample::learn_schedule(model, noise_schedule, data.images, levels, n, (*r)["seed"].as<uint64_t>(),
+  auto cost = sample::learn_schedule(model.eps(), noise_schedule, data.images, levels, n, (*r)["seed"].as<uint64_t>(),
                                      (*r)["batch"].as<int64_t>(), steps, device, out);
   const std::string plot = sample::schedule_plot_path(out);
   std::cout << "wrote " << out << " (" << steps.size() << " grids, " << levels << " levels, " << n << " images, "

@@ -4,13 +4,13 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <limits>
 #include <map>
 #include <set>
 #include <sstream>
 
 #include "s2dm/core/errors.h"
+#include "s2dm/io/file_io.h"
 
 namespace s2dm {
 namespace {
@@ -169,6 +169,89 @@ std::string show(const std::vector<double>& value) {
   return "[" + join(items) + "]";
 }
 
+// ---- The checks: what is wrong with a value, or "" ----
+
+template <class T>
+std::string violation(const std::string&, const T&, const Any&) {
+  return "";
+}
+
+template <class T, class R>
+std::string violation(const std::string& name, const T& value, const Range<R>& r) {
+  auto outside = [&](R x) { return x < r.lo || x > r.hi; };
+  bool bad = false;
+  if constexpr (std::is_same_v<T, std::vector<int>> || std::is_same_v<T, std::vector<double>>) {
+    for (auto x : value) bad = bad || outside(x);
+  } else {
+    bad = outside(value);
+  }
+  return bad ? name + " = " + show(value) + " is out of range [" + show(r.lo) + ", " + show(r.hi) + "]" : "";
+}
+
+template <class T>
+std::string violation(const std::string& name, const T& value, const OneOf& allowed) {
+  const std::string s = show(value);
+  if (std::find(allowed.values.begin(), allowed.values.end(), s) != allowed.values.end()) return "";
+  std::string msg = name + " = '" + s + "' is not one of " + join(allowed.values);
+  auto near = closest_match(s, allowed.values);
+  if (!near.empty()) msg += " (did you mean '" + near + "'?)";
+  return msg;
+}
+
+// Checks every value of a struct set in code (as Binder checks what it reads).
+class Validator {
+ public:
+  explicit Validator(const std::string& origin, std::string prefix = "") : origin_(origin), prefix_(std::move(prefix)) {}
+  template <class T, class C>
+  void operator()(const char* name, const T& value, const C& check) {
+    const std::string msg = violation(prefix_ + name, value, check);
+    if (!msg.empty()) throw ConfigError(origin_ + ": " + msg);
+  }
+  template <class S>
+  void section(const char* name, S& target) {
+    Validator inner(origin_, prefix_ + name + ".");
+    visit(inner, target);
+  }
+
+ private:
+  const std::string& origin_;
+  std::string prefix_;
+};
+
+// Resets the named members of a struct to those of a default-constructed one: both structs are
+// visited in the same order, the defaults' members recorded first.
+class Resetter {
+ public:
+  explicit Resetter(const std::vector<std::string>& keys) : keys_(keys) {}
+  template <class S>
+  void reset(S& target) {
+    S defaults;
+    recording_ = true;
+    visit(*this, defaults);
+    recording_ = false;
+    next_ = 0;
+    visit(*this, target);
+  }
+  template <class T, class C>
+  void operator()(const char* name, T& value, const C&) {
+    if (recording_) {
+      defaults_.push_back(&value);
+    } else if (std::find(keys_.begin(), keys_.end(), name) != keys_.end()) {
+      value = *static_cast<const T*>(defaults_[next_++]);
+    } else {
+      ++next_;
+    }
+  }
+  template <class S>
+  void section(const char* name, S& value) { (*this)(name, value, Any{}); }
+
+ private:
+  const std::vector<std::string>& keys_;
+  std::vector<const void*> defaults_;
+  size_t next_ = 0;
+  bool recording_ = false;
+};
+
 // Collects the names of a visited struct (for "did you mean" and unknown-key checks).
 struct NameCollector {
   std::vector<std::string> names;
@@ -214,6 +297,7 @@ class Binder {
   void section(const char* name, S& target) {
     const YAML::Node child = node_[name];
     if (!child || child.IsNull()) return;
+    if (overridden_.count(prefix_ + name)) target = S{};  // an override that gives a whole section replaces it
     Binder(child, prefix_ + name + ".", origin_, overridden_).bind(target);
   }
 
@@ -266,32 +350,10 @@ class Binder {
     }
   }
 
-  template <class T>
-  void validate(const YAML::Node&, const char*, const T&, const Any&) {}
-
-  template <class T, class R>
-  void validate(const YAML::Node& n, const char* name, const T& value, const Range<R>& r) {
-    auto check_one = [&](R x) {
-      if (x < r.lo || x > r.hi)
-        fail(n, prefix_ + name + " = " + show(value) + " is out of range [" + show(r.lo) + ", " +
-                    show(r.hi) + "]",
-             prefix_ + name);
-    };
-    if constexpr (std::is_same_v<T, std::vector<int>> || std::is_same_v<T, std::vector<double>>) {
-      for (auto x : value) check_one(x);
-    } else {
-      check_one(value);
-    }
-  }
-
-  template <class T>
-  void validate(const YAML::Node& n, const char* name, const T& value, const OneOf& allowed) {
-    std::string s = show(value);
-    if (std::find(allowed.values.begin(), allowed.values.end(), s) != allowed.values.end()) return;
-    std::string msg = prefix_ + name + " = '" + s + "' is not one of " + join(allowed.values);
-    auto near = closest_match(s, allowed.values);
-    if (!near.empty()) msg += " (did you mean '" + near + "'?)";
-    fail(n, msg, prefix_ + name);
+  template <class T, class C>
+  void validate(const YAML::Node& n, const char* name, const T& value, const C& check) {
+    const std::string msg = violation(prefix_ + name, value, check);
+    if (!msg.empty()) fail(n, msg, prefix_ + name);
   }
 
   const YAML::Node node_;
@@ -389,14 +451,6 @@ void validate_whole(const Config& c, const std::string& origin) {
     fail("device = '" + c.device + "' is not one of auto, cpu, cuda, cuda:N");
 }
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError(path + ": cannot open config file");
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 size_t edit_distance(const std::string& a, const std::string& b) {
   std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
   for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
@@ -430,17 +484,13 @@ std::string closest_match(const std::string& word, const std::vector<std::string
   return best;
 }
 
-Config parse_config(const std::string& yaml_text, const std::string& origin,
-                    const std::vector<std::string>& overrides) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(yaml_text);
-  } catch (const YAML::Exception& e) {
-    throw ConfigError(origin + ":" + std::to_string(e.mark.line + 1) + ": invalid YAML: " + e.msg);
-  }
-  if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
-  if (!root.IsMap()) throw ConfigError(origin + ": expected a mapping of sections at the top level");
+namespace {
 
+// Binds "section.key=value" overrides onto `config`: each value is read as YAML, keys and values
+// are checked as a file's are, and errors name the --set.
+void bind_overrides(Config& config, const std::vector<std::string>& overrides, const std::string& origin) {
+  if (overrides.empty()) return;
+  YAML::Node root(YAML::NodeType::Map);
   std::map<std::string, std::string> overridden;  // "section.key" -> the --set text
   for (const auto& item : overrides) {
     auto eq = item.find('=');
@@ -471,16 +521,51 @@ Config parse_config(const std::string& yaml_text, const std::string& origin,
     path.back()[parts.back()] = parsed;
     overridden[key] = item;
   }
-
-  Config config;
   Binder(root, "", origin, overridden).bind(config);
+}
+
+}  // namespace
+
+Config parse_config(const std::string& yaml_text, const std::string& origin,
+                    const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(origin + ":" + std::to_string(e.mark.line + 1) + ": invalid YAML: " + e.msg);
+  }
+  if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  if (!root.IsMap()) throw ConfigError(origin + ": expected a mapping of sections at the top level");
+  Config config;
+  Binder(root, "", origin, {}).bind(config);
+  bind_overrides(config, overrides, origin);
   validate_whole(config, origin);
   return config;
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
-  return parse_config(read_file(path), path, overrides);
+  std::string text;
+  try {
+    text = read_file_bytes(path);
+  } catch (const IoError&) {
+    throw ConfigError(path + ": cannot open config file");
+  }
+  return parse_config(text, path, overrides);
 }
+
+void apply_overrides(Config& config, const std::vector<std::string>& overrides, const std::string& origin) {
+  bind_overrides(config, overrides, origin);
+  validate_whole(config, origin);
+}
+
+void check_config(const Config& config, const std::string& origin) {
+  Validator validator(origin);
+  Config copy = config;
+  visit(validator, copy);
+  validate_whole(config, origin);
+}
+
+void reset_sample_keys(SampleConfig& config, const std::vector<std::string>& keys) { Resetter(keys).reset(config); }
 
 std::vector<std::string> sample_config_keys() {
   NameCollector names;

@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "s2dm/core/errors.h"
+
 namespace s2dm::diffusion {
 
 torch::Tensor sample_timesteps(int64_t batch, int T, bool antithetic, const torch::Device& device) {
@@ -17,9 +19,59 @@ torch::Tensor per_sample_mse(const torch::Tensor& a, const torch::Tensor& b) {
   return (a - b).square().flatten(1).mean(1);
 }
 
+namespace {
+
+LossTerms simple_loss(const DiffusionLoss&, const torch::Tensor& eps1, const torch::Tensor&, const torch::Tensor& pred,
+                      const torch::Tensor&) {
+  LossTerms out;
+  auto simple = per_sample_mse(eps1, pred);
+  out.simple = simple.detach().mean();
+  out.loss = simple.mean();
+  out.skip_sum = torch::zeros({}, out.simple.options());
+  out.skip_count = torch::zeros({}, out.simple.options().dtype(torch::kLong));
+  return out;
+}
+
+LossTerms s2dm_loss(const DiffusionLoss& loss, const torch::Tensor& eps1, const torch::Tensor& eps2,
+                    const torch::Tensor& pred, const torch::Tensor& t) {
+  const auto& config = loss.config();
+  LossTerms out;
+  auto simple = per_sample_mse(eps1, pred);
+  out.simple = simple.detach().mean();
+  auto skip = per_sample_mse(eps2, loss.skip_coefficient(t).view({-1, 1, 1, 1}) * pred);
+  auto applies = t >= config.skip_k;
+  auto combined = torch::where(applies, config.tau * simple + (1.0 - config.tau) * skip, simple);
+  out.loss = combined.mean();
+  out.skip_sum = (skip.detach() * applies.to(skip.dtype())).sum();
+  out.skip_count = applies.sum();
+  return out;
+}
+
+}  // namespace
+
+const std::vector<LossInfo>& losses() {
+  static const std::vector<LossInfo> registry{
+      {"simple", "L_simple of DDPM: the ε-prediction error", false, simple_loss},
+      {"s2dm", "S²-DM: τ L_simple + (1-τ) L_skip for t ≥ k (the skip-step target ε₂)", true, s2dm_loss},
+  };
+  return registry;
+}
+
+const LossInfo& find_loss(const std::string& name) {
+  std::vector<std::string> names;
+  for (const auto& l : losses()) {
+    if (l.name == name) return l;
+    names.push_back(l.name);
+  }
+  std::string msg = "unknown loss '" + name + "'";
+  auto near = closest_match(name, names);
+  if (!near.empty()) msg += " (did you mean '" + near + "'?)";
+  throw ConfigError(msg);
+}
+
 DiffusionLoss::DiffusionLoss(const LossConfig& config, const NoiseSchedule& schedule,
                              const torch::Device& device)
-    : config_(config) {
+    : config_(config), info_(&find_loss(config.type)) {
   const auto& ab = schedule.alphas_cumprod();
   const int T = schedule.num_timesteps();
   std::vector<double> sqrt_ab(T), sqrt_1m_ab(T), coef(T, 0.0);
@@ -45,35 +97,22 @@ torch::Tensor DiffusionLoss::noised(const torch::Tensor& x0, const torch::Tensor
   return a * x0 + s * eps;
 }
 
+torch::Tensor DiffusionLoss::skip_coefficient(const torch::Tensor& t) const {
+  return skip_coef_.to(t.device()).index_select(0, t);
+}
+
 LossTerms DiffusionLoss::operator()(const EpsModel& model, const torch::Tensor& x0,
                                     const torch::Tensor& t) const {
   auto eps1 = torch::randn_like(x0);
   torch::Tensor eps2;
-  if (config_.type == "s2dm") eps2 = config_.noise == "shared" ? eps1 : torch::randn_like(x0);
+  if (info_->second_noise) eps2 = config_.noise == "shared" ? eps1 : torch::randn_like(x0);
   auto eps_hat = model(noised(x0, t, eps1), t.to(torch::kFloat32));
   return combine(eps1, eps2, eps_hat, t);
 }
 
 LossTerms DiffusionLoss::combine(const torch::Tensor& eps1, const torch::Tensor& eps2,
                                  const torch::Tensor& eps_hat, const torch::Tensor& t) const {
-  LossTerms out;
-  auto pred = eps_hat.to(torch::kFloat32);
-  auto simple = per_sample_mse(eps1, pred);
-  out.simple = simple.detach().mean();
-  if (config_.type != "s2dm") {
-    out.loss = simple.mean();
-    out.skip_sum = torch::zeros({}, out.simple.options());
-    out.skip_count = torch::zeros({}, out.simple.options().dtype(torch::kLong));
-    return out;
-  }
-  auto c = skip_coef_.to(pred.device()).index_select(0, t).view({-1, 1, 1, 1});
-  auto skip = per_sample_mse(eps2, c * pred);
-  auto applies = t >= config_.skip_k;
-  auto combined = torch::where(applies, config_.tau * simple + (1.0 - config_.tau) * skip, simple);
-  out.loss = combined.mean();
-  out.skip_sum = (skip.detach() * applies.to(skip.dtype())).sum();
-  out.skip_count = applies.sum();
-  return out;
+  return info_->combine(*this, eps1, eps2, eps_hat.to(torch::kFloat32), t);
 }
 
 }  // namespace s2dm::diffusion

@@ -120,29 +120,50 @@ std::string default_inception_weights() {
   return env ? env : "data/inception/pt_inception-2015-12-05-6726825d.safetensors";
 }
 
+std::string FeatureSpec::text() const {
+  const std::string name = kind == Kind::inception ? "inception" : "classifier";
+  return path.empty() ? name : name + ":" + path;
+}
+
+FeatureSpec parse_feature_spec(const std::string& text) {
+  FeatureSpec spec;
+  const auto colon = text.find(':');
+  const std::string kind = text.substr(0, colon);
+  if (kind == "inception") spec.kind = FeatureSpec::Kind::inception;
+  else if (kind == "classifier") spec.kind = FeatureSpec::Kind::classifier;
+  else throw ConfigError("features '" + text + "': expected inception, inception:WEIGHTS.safetensors or classifier:PATH");
+  if (colon != std::string::npos) {
+    spec.path = text.substr(colon + 1);
+    if (spec.path.empty()) throw ConfigError("features '" + text + "': the path after ':' is empty");
+  }
+  return spec;
+}
+
 FeatureExtractor make_feature_extractor(const std::string& spec, const torch::Device& device) {
-  if (spec == "inception" || spec.rfind("inception:", 0) == 0) {
+  return make_feature_extractor(parse_feature_spec(spec), device);
+}
+
+FeatureExtractor make_feature_extractor(const FeatureSpec& spec, const torch::Device& device) {
+  if (spec.kind == FeatureSpec::Kind::inception) {
     FidInception net;
-    load_inception_weights(net, spec == "inception" ? default_inception_weights() : spec.substr(10));
+    load_inception_weights(net, spec.path.empty() ? default_inception_weights() : spec.path);
     net->to(device);
     net->eval();
     return {"inception", [net](const torch::Tensor& images) mutable {
               return net->forward(images.to(torch::kFloat32) / 255.0);  // pytorch-fid takes [0, 1]
             }};
   }
-  if (spec.rfind("classifier:", 0) == 0) {
-    auto net = load_classifier(spec.substr(11));
-    net->to(device);
-    const int channels = net->spec().channels, size = net->spec().image_size;
-    return {net->spec().name, [net, channels, size](const torch::Tensor& images) mutable {
-              if (images.size(1) != channels || images.size(2) != size || images.size(3) != size)
-                throw DataError("the classifier '" + net->spec().name + "' takes " + std::to_string(channels) + "x" +
-                                std::to_string(size) + "x" + std::to_string(size) + " images, got " +
-                                c10::str(images.sizes().slice(1)));
-              return net->features(data::to_model_range(images));
-            }};
-  }
-  throw ConfigError("features '" + spec + "': expected inception, inception:WEIGHTS.safetensors or classifier:PATH");
+  if (spec.path.empty()) throw ConfigError("features 'classifier' needs the classifier's file: classifier:PATH");
+  auto net = load_classifier(spec.path);
+  net->to(device);
+  const int channels = net->spec().channels, size = net->spec().image_size;
+  return {net->spec().name, [net, channels, size](const torch::Tensor& images) mutable {
+            if (images.size(1) != channels || images.size(2) != size || images.size(3) != size)
+              throw DataError("the classifier '" + net->spec().name + "' takes " + std::to_string(channels) + "x" +
+                              std::to_string(size) + "x" + std::to_string(size) + " images, got " +
+                              c10::str(images.sizes().slice(1)));
+            return net->features(data::to_model_range(images));
+          }};
 }
 
 torch::Tensor extract_features(const FeatureExtractor& extractor, const torch::Tensor& images, int64_t batch,
@@ -160,6 +181,21 @@ torch::Tensor extract_features(const FeatureExtractor& extractor, const torch::T
   }
   if (show_progress) progress.finish();
   return torch::cat(out);
+}
+
+FeatureSet feature_set(const FeatureExtractor& extractor, const torch::Tensor& images, int64_t batch,
+                       const torch::Device& device, bool show_progress) {
+  FeatureSet set;
+  set.features = extract_features(extractor, images, batch, device, show_progress);
+  set.stats = feature_stats(set.features);
+  return set;
+}
+
+Distance distance(const FeatureSet& a, const FeatureSet& b, bool kid) {
+  Distance d;
+  d.fd = frechet_distance(a.stats, b.stats);
+  if (kid && a.features.defined() && b.features.defined()) d.kid = kernel_inception_distance(a.features, b.features);
+  return d;
 }
 
 }  // namespace s2dm::eval

@@ -119,9 +119,7 @@ UNetImpl::UNetImpl(const ModelConfig& config, int64_t channels, int64_t resoluti
 
   conv_in = register_module("conv_in", conv(channels, ch, 3, 1, 1));
 
-  // Encoder. Every feature pushed onto the skip stack is recorded, so the decoder's
-  // channel counts (and the skip numbering) follow from it.
-  std::vector<int64_t> pushed{ch};
+  // Encoder. Every feature it pushes onto the skip stack is one long skip (skip_channels).
   auto down = nn::ModuleList();
   int64_t res = resolution, block_in = ch;
   for (int l = 0; l < levels; ++l) {
@@ -138,7 +136,6 @@ UNetImpl::UNetImpl(const ModelConfig& config, int64_t channels, int64_t resoluti
         attns->push_back(level.attns.back());
         macs += attn_macs(block_in, res);
       }
-      pushed.push_back(block_in);
     }
     auto module = container();
     module->register_module("block", blocks);
@@ -146,7 +143,6 @@ UNetImpl::UNetImpl(const ModelConfig& config, int64_t channels, int64_t resoluti
     if (l != levels - 1) {
       level.resample = Resample(block_in, config.resamp_with_conv, false);
       module->register_module("downsample", level.resample);
-      pushed.push_back(block_in);
       res /= 2;
       if (config.resamp_with_conv) macs += conv_macs(block_in, block_in, 3, res);
     }
@@ -166,7 +162,7 @@ UNetImpl::UNetImpl(const ModelConfig& config, int64_t channels, int64_t resoluti
   macs += 2 * block_macs(block_in, block_in, res) + attn_macs(block_in, res);
 
   // Decoder, built deepest level first; the list is indexed by level like the reference's.
-  skip_channels_.assign(pushed.rbegin(), pushed.rend());
+  skip_channels_ = model::skip_channels(config);
   up_levels_.resize(levels);
   std::vector<std::shared_ptr<nn::Module>> up_modules(levels);
   size_t skip = 0;
@@ -205,13 +201,6 @@ UNetImpl::UNetImpl(const ModelConfig& config, int64_t channels, int64_t resoluti
   forward_flops_ = 2 * (macs + conv_macs(block_in, channels, 3, resolution));
 }
 
-void UNetImpl::set_skip_scales(std::vector<double> scales) {
-  if (!scales.empty() && static_cast<int>(scales.size()) != num_skips())
-    throw ConfigError("skip scales: got " + std::to_string(scales.size()) + " factors, the model has " +
-                      std::to_string(num_skips()) + " long skips");
-  skip_scales_ = std::move(scales);
-}
-
 void UNetImpl::set_memory_format(torch::MemoryFormat format) {
   torch::NoGradGuard no_grad;
   for (auto& p : parameters())
@@ -221,12 +210,24 @@ void UNetImpl::set_memory_format(torch::MemoryFormat format) {
 
 torch::MemoryFormat preferred_memory_format(const torch::Device&) { return torch::MemoryFormat::ChannelsLast; }
 
-torch::Tensor UNetImpl::take_skip(std::vector<torch::Tensor>& stack, int index) const {
+torch::Tensor UNetImpl::take_skip(std::vector<torch::Tensor>& stack, int index, const std::vector<double>& scales) const {
   auto h = std::move(stack.back());
   stack.pop_back();
-  auto used = skip_scales_.empty() || skip_scales_[index] == 1.0 ? h : h * skip_scales_[index];
+  auto used = scales.empty() || scales[index] == 1.0 ? h : h * scales[index];
   if (skip_observer_) skip_observer_(index, h, used);
   return used;
+}
+
+std::vector<int64_t> skip_channels(const ModelConfig& config) {
+  // conv_in's output, each encoder block's output, each downsampler's output; the decoder takes
+  // them back in reverse.
+  std::vector<int64_t> pushed{config.ch};
+  const auto levels = config.ch_mult.size();
+  for (size_t l = 0; l < levels; ++l) {
+    for (int b = 0; b < config.num_res_blocks; ++b) pushed.push_back(config.ch * config.ch_mult[l]);
+    if (l + 1 != levels) pushed.push_back(config.ch * config.ch_mult[l]);
+  }
+  return {pushed.rbegin(), pushed.rend()};
 }
 
 std::vector<double> skip_tuning_scales(const SkipTuningConfig& c, int num_skips) {
@@ -242,7 +243,10 @@ std::vector<double> skip_tuning_scales(const SkipTuningConfig& c, int num_skips)
   return scales;
 }
 
-torch::Tensor UNetImpl::forward(const torch::Tensor& x, const torch::Tensor& t) {
+torch::Tensor UNetImpl::forward(const torch::Tensor& x, const torch::Tensor& t, const std::vector<double>& skip_scales) {
+  if (!skip_scales.empty() && static_cast<int>(skip_scales.size()) != num_skips())
+    throw ConfigError("skip scales: got " + std::to_string(skip_scales.size()) + " factors, the model has " +
+                      std::to_string(num_skips()) + " long skips");
   auto temb = temb_dense_1(swish(temb_dense_0(timestep_embedding(t, config_.ch))));
 
   std::vector<torch::Tensor> hs{conv_in(x.contiguous(memory_format_))};
@@ -261,7 +265,7 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x, const torch::Tensor& t) 
   for (auto l = up_levels_.size(); l-- > 0;) {
     auto& level = up_levels_[l];
     for (size_t b = 0; b < level.blocks.size(); ++b) {
-      h = level.blocks[b](torch::cat({h, take_skip(hs, skip++)}, 1), temb);
+      h = level.blocks[b](torch::cat({h, take_skip(hs, skip++, skip_scales)}, 1), temb);
       if (!level.attns.empty()) h = level.attns[b](h);
     }
     if (level.resample) h = level.resample(h);

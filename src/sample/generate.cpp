@@ -3,26 +3,18 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
-#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <map>
-#include <memory>
-#if S2DM_WITH_CUDA
-#include <ATen/cuda/CUDAGraph.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
 
-#include "s2dm/core/compat.h"
 #include "s2dm/data/data.h"
 #include "s2dm/core/errors.h"
 #include "s2dm/io/image_io.h"
 #include "s2dm/io/npy_tensor.h"
 #include "s2dm/core/progress.h"
 #include "s2dm/sample/learned_schedule.h"
+#include "s2dm/sample/schedule_file.h"
 
 namespace s2dm::sample {
 
@@ -37,27 +29,43 @@ torch::Tensor initial_noise(int64_t first, int64_t count, const std::vector<int6
   return torch::cat(xs);
 }
 
-SamplingPlan plan_sampling(const SampleConfig& c, const NoiseSchedule& schedule, const NamedTensors& learned) {
+namespace {
+
+std::vector<double> learned_timesteps(const LearnedSchedule& learned, const SampleConfig& c, const NoiseSchedule& schedule) {
+  if (!learned.file.empty()) return read_schedule_file(learned.file, c.steps, schedule.num_timesteps());
+  if (learned.state.empty() && learned.uniform_until_ready) return make_timesteps("uniform", c.steps, schedule);
+  return timesteps_from_state(learned.state, c.steps);
+}
+
+}  // namespace
+
+SamplingPlan plan_sampling(const SampleConfig& c, const NoiseSchedule& schedule, const LearnedSchedule& learned) {
   SamplingPlan plan;
   plan.sampler = &find_sampler(c.sampler);
-  plan.options.eta = c.eta;
-  plan.options.clip_denoised = c.clip_denoised;
-  plan.options.order = c.order;
-  plan.options.lambda = c.lambda;
-  plan.options.lower_order_final = c.lower_order_final;
-  plan.options.variance = c.variance;
+  plan.options = sampler_options(c);
   check_options(*plan.sampler, plan.options);
-  auto timesteps = c.timesteps == "learned" ? timesteps_from_state(learned, c.steps)
-                                            : make_timesteps(c.timesteps, c.steps, schedule, c.karras_rho);
+  std::vector<double> timesteps;
+  if (c.timesteps == "learned") {
+    timesteps = learned_timesteps(learned, c, schedule);
+  } else if (c.timesteps.rfind("learned:", 0) == 0) {
+    timesteps = read_schedule_file(c.timesteps.substr(8), c.steps, schedule.num_timesteps());
+  } else {
+    timesteps = make_timesteps(c.timesteps, c.steps, schedule, c.karras_rho);
+    const auto& named = timestep_grids();
+    if (std::find(named.begin(), named.end(), c.timesteps) != named.end() && static_cast<int>(timesteps.size()) < c.steps)
+      plan.warning = "time grid '" + c.timesteps + "' with " + std::to_string(c.steps) + " steps repeats timesteps; " +
+                     std::to_string(timesteps.size()) + " distinct steps remain";
+  }
   plan.grid = make_grid(timesteps, schedule, c.final_alpha);
   return plan;
 }
 
 Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& config,
                    const std::vector<int64_t>& shape, const torch::Device& device, uint64_t seed, int64_t num,
-                   const torch::Tensor& noise, bool show_progress, const NamedTensors& learned,
+                   const torch::Tensor& noise, bool show_progress, const LearnedSchedule& learned,
                    const std::function<bool()>& stop) {
   const SamplingPlan plan = plan_sampling(config, schedule, learned);
+  if (!plan.warning.empty()) spdlog::warn("{}", plan.warning);
   if (noise.defined()) {
     if (noise.dim() != 4 || noise.sizes().slice(1).vec() != shape)
       throw DataError("initial noise has shape " + c10::str(noise.sizes()) + ", the model expects [N, " +

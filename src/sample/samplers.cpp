@@ -3,6 +3,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "s2dm/core/config.h"
@@ -24,32 +25,63 @@ torch::Tensor transfer(const torch::Tensor& x, const torch::Tensor& eps, double 
   return x_coef * x - eps_coef * eps;
 }
 
+// The samplers, each in its own file under samplers/.
+torch::Tensor sample_ddim(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_ddpm(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_pndm(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_spndm(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_plms(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_deis(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_deis_rho(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_deis_logrho(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_dpmpp_2m(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_lambda_ddim(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+
 const std::vector<SamplerInfo>& samplers() {
   auto steps = [](int s) { return s; };
   auto plus_one = [](int s) { return s + 1; };
   static const std::vector<SamplerInfo> registry{
-      {"ddim", "DDIM (Song et al. 2021); eta 0 is the probability-flow ODE", "eta, clip_denoised", sample_ddim, steps,
+      {"ddim", "DDIM (Song et al. 2021); eta 0 is the probability-flow ODE", {"eta", "clip_denoised"}, sample_ddim, steps,
        false, -1, -1, -1},
-      {"ddpm", "DDPM ancestral sampling (DDIM with eta 1); variance small (β̃) or large (σ̂)", "variance, clip_denoised",
+      {"ddpm", "DDPM ancestral sampling (DDIM with eta 1); variance small (β̃) or large (σ̂)", {"variance", "clip_denoised"},
        sample_ddpm, steps, true, -1, -1, -1},
-      {"pndm", "F-PNDM: 3 pseudo Runge-Kutta steps, then 4th-order pseudo linear multistep", "", sample_pndm,
+      {"pndm", "F-PNDM: 3 pseudo Runge-Kutta steps, then 4th-order pseudo linear multistep", {}, sample_pndm,
        [](int s) { return s < 3 ? 4 * s : s + 9; }, false, -1, -1, -1},
-      {"spndm", "S-PNDM: a pseudo improved-Euler step, then 2nd-order pseudo linear multistep", "", sample_spndm,
+      {"spndm", "S-PNDM: a pseudo improved-Euler step, then 2nd-order pseudo linear multistep", {}, sample_spndm,
        plus_one, false, -1, -1, -1},
-      {"plms", "PLMS (LDM / diffusers skip_prk_steps): Euler restart, then Adams-Bashforth 2, 3, 4", "", sample_plms,
+      {"plms", "PLMS (LDM / diffusers skip_prk_steps): Euler restart, then Adams-Bashforth 2, 3, 4", {}, sample_plms,
        plus_one, false, -1, -1, -1},
-      {"deis", "DEIS tAB: exponential integrator, Lagrange extrapolation of ε in t (order 0 = DDIM)", "order",
+      {"deis", "DEIS tAB: exponential integrator, Lagrange extrapolation of ε in t (order 0 = DDIM)", {"order"},
        sample_deis, steps, false, 0, 3, 3},
-      {"deis-rho", "DEIS ρAB: Adams-Bashforth in ρ = σ/α with exact polynomial integrals", "order", sample_deis_rho,
+      {"deis-rho", "DEIS ρAB: Adams-Bashforth in ρ = σ/α with exact polynomial integrals", {"order"}, sample_deis_rho,
        steps, false, 1, 3, 3},
-      {"deis-logrho", "DEIS multistep with ε polynomial in log ρ (diffusers' DEIS)", "order, lower_order_final",
+      {"deis-logrho", "DEIS multistep with ε polynomial in log ρ (diffusers' DEIS)", {"order", "lower_order_final"},
        sample_deis_logrho, steps, false, 1, 3, 3},
-      {"dpmpp-2m", "DPM-Solver++(2M): 2nd-order multistep on x̂₀ in λ = log(α/σ)", "lower_order_final",
+      {"dpmpp-2m", "DPM-Solver++(2M): 2nd-order multistep on x̂₀ in λ = log(α/σ)", {"lower_order_final"},
        sample_dpmpp_2m, steps, false, -1, -1, -1},
-      {"lambda-ddim", "λ-DDIM, the conjugate integrator (Pandey et al. 2023); lambda 0 = DDIM", "lambda",
+      {"lambda-ddim", "λ-DDIM, the conjugate integrator (Pandey et al. 2023); lambda 0 = DDIM", {"lambda"},
        sample_lambda_ddim, steps, false, -1, -1, -1},
   };
   return registry;
+}
+
+std::vector<std::string> sampler_option_keys() {
+  std::vector<std::string> keys;
+  for (const auto& s : samplers())
+    for (const auto& key : s.options)
+      if (std::find(keys.begin(), keys.end(), key) == keys.end()) keys.push_back(key);
+  return keys;
+}
+
+SamplerOptions sampler_options(const SampleConfig& c) {
+  SamplerOptions o;
+  o.eta = c.eta;
+  o.clip_denoised = c.clip_denoised;
+  o.order = c.order;
+  o.lambda = c.lambda;
+  o.lower_order_final = c.lower_order_final;
+  o.variance = c.variance;
+  return o;
 }
 
 const SamplerInfo& find_sampler(const std::string& name) {

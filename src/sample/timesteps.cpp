@@ -1,7 +1,5 @@
 #include "s2dm/sample/timesteps.h"
 
-#include <spdlog/spdlog.h>
-
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -9,7 +7,6 @@
 
 #include "s2dm/core/config.h"
 #include "s2dm/core/errors.h"
-#include "s2dm/sample/learned_schedule.h"
 
 namespace s2dm::sample {
 namespace {
@@ -76,7 +73,6 @@ double time_of_alpha_bar(const NoiseSchedule& schedule, double alpha_bar) {
 
 std::vector<double> make_timesteps(const std::string& spec, int S, const NoiseSchedule& schedule, double karras_rho) {
   const int T = schedule.num_timesteps();
-  if (spec.rfind("learned:", 0) == 0) return read_schedule_file(spec.substr(8), S, T);
   if (spec.rfind("file:", 0) == 0) {
     std::string path = spec.substr(5);
     std::ifstream in(path);
@@ -120,17 +116,14 @@ std::vector<double> make_timesteps(const std::string& spec, int S, const NoiseSc
     }
   } else {
     std::string msg = "unknown time grid '" + spec +
-                      "' (uniform, quad, linspace, trailing, leading, logsnr, karras, a list like 999,500,0, file:PATH "
-                      "or learned:SCHEDULE.yaml)";
+                      "' (uniform, quad, linspace, trailing, leading, logsnr, karras, a list like 999,500,0, file:PATH, "
+                      "learned or learned:SCHEDULE.yaml)";
     auto near = closest_match(spec, timestep_grids());
     if (!near.empty()) msg += "; did you mean '" + near + "'?";
     throw ConfigError(msg);
   }
   std::sort(ts.begin(), ts.end(), std::greater<double>());
-  size_t before = ts.size();
-  ts.erase(std::unique(ts.begin(), ts.end()), ts.end());
-  if (ts.size() != before)
-    spdlog::warn("time grid '{}' with {} steps repeats timesteps; {} distinct steps remain", spec, S, ts.size());
+  ts.erase(std::unique(ts.begin(), ts.end()), ts.end());  // (plan_sampling warns about repeats)
   return ts;
 }
 

@@ -17,6 +17,7 @@
 #include "s2dm/core/device.h"
 #include "s2dm/core/errors.h"
 #include "s2dm/eval/fid.h"
+#include "s2dm/model/model_source.h"
 #include "s2dm/io/file_io.h"
 #include "s2dm/sample/generate.h"
 #include "s2dm/diffusion/losses.h"
@@ -128,6 +129,56 @@ class IntervalSums {
   std::chrono::steady_clock::time_point start_;
 };
 
+// Writes step_<N>.ckpt, points latest.ckpt at it (a hard link swapped in atomically) and keeps
+// the newest `keep_last` step files.
+void write_rotated_checkpoint(const std::string& run_dir, const Checkpoint& ckpt, int keep_last) {
+  const std::string dir = checkpoint_dir(run_dir);
+  const std::string path = dir + "/step_" + std::to_string(ckpt.step) + ".ckpt";
+  save_checkpoint(path, ckpt);
+  const std::string tmp = dir + "/latest.ckpt.tmp";
+  std::error_code ec;
+  fs::remove(tmp, ec);
+  fs::create_hard_link(path, tmp, ec);
+  if (ec) fs::copy_file(path, tmp, fs::copy_options::overwrite_existing);
+  fs::rename(tmp, latest_checkpoint(run_dir));
+  std::vector<std::pair<int64_t, fs::path>> steps;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (step_of(e.path()) >= 0) steps.emplace_back(step_of(e.path()), e.path());
+  std::sort(steps.begin(), steps.end());
+  for (size_t i = 0; i + static_cast<size_t>(keep_last) < steps.size(); ++i) fs::remove(steps[i].second);
+  spdlog::info("checkpoint {}", path);
+}
+
+// FID/FD and KID of EMA samples against the training data, in the configured feature space
+// (train.eval_every): the reference features are computed once.
+class TrainingEvaluation {
+ public:
+  TrainingEvaluation(const TrainConfig& tc, const torch::Tensor& data_images, const torch::Device& device)
+      : num_(tc.eval_num), device_(device), extractor_(eval::make_feature_extractor(tc.eval_features, device)) {
+    auto images = data_images.slice(0, 0, std::min<int64_t>(data_images.size(0), 10 * num_));
+    reference_ = eval::feature_set(extractor_, images, kBatch, device, false);
+    spdlog::info("{} every {} steps: {} samples against {} training images", extractor_.distance_label(), tc.eval_every,
+                 num_, images.size(0));
+  }
+
+  // The metrics line of `generated` (samples of the EMA model) at `step`.
+  nlohmann::ordered_json measure(const sample::Generated& generated, int64_t step) const {
+    const auto d = eval::distance(eval::feature_set(extractor_, data::to_uint8(generated.samples), kBatch, device_, false),
+                                  reference_);
+    spdlog::info("step {}: {} {:.4f}", step, extractor_.distance_label(), d.fd);
+    return {{"step", step},           {"fd", d.fd},       {"kid_mean", d.kid->mean}, {"kid_std", d.kid->std},
+            {"features", extractor_.name}, {"eval_num", num_}, {"nfe", generated.nfe}};
+  }
+  int num() const { return num_; }
+
+ private:
+  static constexpr int64_t kBatch = 250;
+  int num_;
+  torch::Device device_;
+  eval::FeatureExtractor extractor_;
+  eval::FeatureSet reference_;
+};
+
 }  // namespace
 
 std::string checkpoint_dir(const std::string& run_dir) { return run_dir + "/checkpoints"; }
@@ -159,7 +210,7 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
 
   set_cpu_threads(config.threads);
   const torch::Device device = resolve_device(config.device);
-  const bool autocast = device.is_cuda() && tc.precision == "bf16";
+  const bool autocast = model::bf16_autocast(config, device);
   torch::manual_seed(config.seed);
   spdlog::info("run {}: {} on {} ({} threads{})", run_dir, opts.resume ? "resuming" : "training", device.str(),
                torch::get_num_threads(), autocast ? ", bf16 autocast" : "");
@@ -177,17 +228,18 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
   ema->set_memory_format(model::preferred_memory_format(device));
   copy_weights(*ema, *unet);
   ema->eval();
-  spdlog::info("model: {:.2f} M parameters, {} long skips", model::count_parameters(*unet) / 1e6, unet->num_skips());
+  spdlog::info("model: {:.2f} M parameters, {} long skips", model::count_parameters(*unet) / 1e6,
+               model::num_skips(config.model));
 
   NamedTensors params;
   for (const auto& item : unet->named_parameters()) params.emplace_back(item.key(), item.value());
   Adam adam(params, {tc.beta1, tc.beta2, tc.eps, tc.weight_decay, tc.optimizer == "adamw"});
 
   NoiseSchedule schedule(config.diffusion);
-  if (config.sample.timesteps != "learned")
-    sample::plan_sampling(config.sample, schedule);  // a bad sample section fails now, not after training
-  else if (tc.learned_schedule.every == 0)
+  if (config.sample.timesteps == "learned" && tc.learned_schedule.every == 0)
     throw ConfigError("sample.timesteps = learned during training needs train.learned_schedule.every > 0");
+  // A bad sample section fails now, not after training.
+  sample::plan_sampling(config.sample, schedule, {{}, "", /*uniform_until_ready=*/true});
   std::unique_ptr<sample::OnlineScheduleEstimator> online;
   if (tc.learned_schedule.every > 0) {
     const auto& ls = tc.learned_schedule;
@@ -224,66 +276,26 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
     ckpt.rng = rng_states(device);
     ckpt.extra = {{"data_epoch", std::to_string(batcher.epoch())}, {"data_cursor", std::to_string(batcher.cursor())}};
     if (online) ckpt.schedule = online->state();
-    const std::string dir = checkpoint_dir(run_dir);
-    const std::string path = dir + "/step_" + std::to_string(at_step) + ".ckpt";
-    save_checkpoint(path, ckpt);
-    // latest.ckpt: a hard link to the newest, swapped in atomically.
-    const std::string tmp = dir + "/latest.ckpt.tmp";
-    std::error_code ec;
-    fs::remove(tmp, ec);
-    fs::create_hard_link(path, tmp, ec);
-    if (ec) fs::copy_file(path, tmp, fs::copy_options::overwrite_existing);
-    fs::rename(tmp, latest_checkpoint(run_dir));
-    std::vector<std::pair<int64_t, fs::path>> steps;
-    for (const auto& e : fs::directory_iterator(dir))
-      if (step_of(e.path()) >= 0) steps.emplace_back(step_of(e.path()), e.path());
-    std::sort(steps.begin(), steps.end());
-    for (size_t i = 0; i + static_cast<size_t>(tc.keep_last) < steps.size(); ++i) fs::remove(steps[i].second);
-    spdlog::info("checkpoint {}", path);
+    write_rotated_checkpoint(run_dir, ckpt, tc.keep_last);
   };
 
   std::ofstream metrics(metrics_path, std::ios::app);
-  // The sampling settings for grids and evaluations; a learned grid that is not ready yet falls
-  // back to the uniform one.
-  auto sampling = [&]() {
-    SampleConfig c = config.sample;
-    if (c.timesteps == "learned" && !(online && online->ready())) c.timesteps = "uniform";
-    return c;
+  // EMA samples for grids and evaluations; a learned grid that is not ready yet is the uniform one.
+  std::optional<TrainingEvaluation> evaluation;
+  if (tc.eval_every > 0) evaluation.emplace(tc, dataset.images, device);
+  const std::vector<int64_t> image_shape{config.data.channels, config.data.image_size, config.data.image_size};
+  auto ema_samples = [&](uint64_t seed, int64_t num) {
+    const sample::LearnedSchedule learned{online && online->ready() ? online->state() : NamedTensors{}, "", true};
+    return sample::generate(model::unet_eps_model(ema, autocast, config.sample.skip_tuning), schedule, config.sample,
+                            image_shape, device, seed, num, {}, false, learned);
   };
-  auto learned_state = [&]() { return online && online->ready() ? online->state() : NamedTensors{}; };
-  // FID/FD of EMA samples against the training data, in the configured feature space.
-  std::optional<eval::FeatureExtractor> eval_features;
-  eval::FeatureStats eval_reference;
-  torch::Tensor eval_reference_features;
-  if (tc.eval_every > 0) {
-    eval_features = eval::make_feature_extractor(tc.eval_features, device);
-    auto reference = dataset.images.slice(0, 0, std::min<int64_t>(dataset.images.size(0), 10 * tc.eval_num));
-    eval_reference_features = eval::extract_features(*eval_features, reference, 250, device, false);
-    eval_reference = eval::feature_stats(eval_reference_features);
-    spdlog::info("{} every {} steps: {} samples against {} training images", eval_features->distance_label(),
-                 tc.eval_every, tc.eval_num, reference.size(0));
-  }
   auto evaluate = [&](int64_t at_step) {
-    auto generated = sample::generate(sample::unet_eps_model(ema, autocast, config.sample.skip_tuning), schedule, sampling(),
-                                      {config.data.channels, config.data.image_size, config.data.image_size},
-                                      device, config.seed + 1, tc.eval_num, {}, false, learned_state());
-    auto images = data::to_uint8(generated.samples);
-    auto features = eval::extract_features(*eval_features, images, 250, device, false);
-    const double fd = eval::frechet_distance(eval::feature_stats(features), eval_reference);
-    const auto kid = eval::kernel_inception_distance(features, eval_reference_features);
-    nlohmann::ordered_json line{{"step", at_step}, {"fd", fd}, {"kid_mean", kid.mean}, {"kid_std", kid.std},
-                                {"features", eval_features->name}, {"eval_num", tc.eval_num}, {"nfe", generated.nfe}};
-    metrics << line.dump() << "\n" << std::flush;
-    spdlog::info("step {}: {} {:.4f}", at_step, eval_features->distance_label(), fd);
+    metrics << evaluation->measure(ema_samples(config.seed + 1, evaluation->num()), at_step).dump() << "\n" << std::flush;
   };
-
   auto sample_grid = [&](int64_t at_step) {
     if (tc.sample_num <= 0) return;
-    auto generated = sample::generate(sample::unet_eps_model(ema, autocast, config.sample.skip_tuning), schedule, sampling(),
-                                      {config.data.channels, config.data.image_size, config.data.image_size},
-                                      device, config.seed, tc.sample_num, {}, false, learned_state());
     const std::string path = run_dir + "/samples/step_" + std::to_string(at_step) + ".png";
-    sample::write_grid(path, generated.samples);
+    sample::write_grid(path, ema_samples(config.seed, tc.sample_num).samples);
     spdlog::info("samples {}", path);
   };
 
@@ -326,7 +338,7 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
       // stream is untouched); a few evaluations, too few for CUDA graphs to pay.
       sums.check_finite(step, run_dir);
       auto gen = at::detail::createCPUGenerator(config.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step));
-      auto ema_model = sample::unet_eps_model(ema, autocast, {}, /*cuda_graphs=*/false);
+      auto ema_model = model::unet_eps_model(ema, autocast, {}, /*cuda_graphs=*/false);
       if (online->update(ema_model, last_x0.slice(0, 0, tc.learned_schedule.batch), tc.learned_schedule.pairs, gen)) {
         nlohmann::ordered_json line{{"step", step}, {"schedule_timesteps", online->timesteps()},
                                     {"schedule_cost", online->mean_cost()}, {"schedule_nfe", online->nfe()}};
@@ -351,7 +363,7 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
       sample_grid(step);
       unet->train();
     }
-    if (eval_features && step % tc.eval_every == 0 && step != tc.steps) {
+    if (evaluation && step % tc.eval_every == 0 && step != tc.steps) {
       sums.check_finite(step, run_dir);
       evaluate(step);
       unet->train();
@@ -363,7 +375,7 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
     save(step);
   }
   sample_grid(step);
-  if (eval_features && step > start_step) evaluate(step);
+  if (evaluation && step > start_step) evaluate(step);
   return {run_dir, step, false};
 }
 

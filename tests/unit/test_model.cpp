@@ -143,6 +143,9 @@ TEST(UNet, OutputShapeAndSkipChannels) {
   EXPECT_EQ(y.sizes(), (std::vector<int64_t>{2, 3, 16, 16}));
   // pushed: conv_in 32, level0 block 32, downsample 32, level1 block 64 -> deepest first.
   EXPECT_EQ(net->skip_channels(), (std::vector<int64_t>{64, 32, 32, 32}));
+  // The same from the config alone, for this and the paper-size architecture.
+  EXPECT_EQ(model::skip_channels(tiny_unet()), net->skip_channels());
+  EXPECT_EQ(model::num_skips(ModelConfig{}), model::UNet(ModelConfig{}, 3, 32)->num_skips());
 }
 
 TEST(UNet, UnitSkipScalesChangeNothingOthersDo) {
@@ -154,15 +157,12 @@ TEST(UNet, UnitSkipScalesChangeNothingOthersDo) {
   auto t = torch::tensor({10.0f, 900.0f});
   // Give the decoder non-trivial weights (zero-initialised nothing, but make sure).
   auto base = net->forward(x, t);
-  net->set_skip_scales(std::vector<double>(net->num_skips(), 1.0));
-  EXPECT_TRUE(torch::equal(net->forward(x, t), base));
+  EXPECT_TRUE(torch::equal(net->forward(x, t, std::vector<double>(net->num_skips(), 1.0)), base));
   auto scales = std::vector<double>(net->num_skips(), 1.0);
   scales[0] = 0.5;
-  net->set_skip_scales(scales);
-  EXPECT_FALSE(torch::allclose(net->forward(x, t), base));
-  EXPECT_THROW(net->set_skip_scales({1.0, 1.0}), ConfigError);
-  net->set_skip_scales({});
-  EXPECT_TRUE(torch::equal(net->forward(x, t), base));
+  EXPECT_FALSE(torch::allclose(net->forward(x, t, scales), base));
+  EXPECT_THROW(net->forward(x, t, {1.0, 1.0}), ConfigError);
+  EXPECT_TRUE(torch::equal(net->forward(x, t), base));  // the network keeps no scales
 }
 
 TEST(UNet, TimestepEmbeddingMatchesFormula) {
@@ -373,9 +373,8 @@ TEST(SkipTuning, EachFactorScalesExactlyTheFeatureItNames) {
   net->set_skip_observer(record(plain));
   net->forward(x, t);
   const std::vector<double> scales{0.25, 0.5, 2.0, 0.75};
-  net->set_skip_scales(scales);
   net->set_skip_observer(record(tuned));
-  net->forward(x, t);
+  net->forward(x, t, scales);
   ASSERT_EQ(tuned.size(), 4u);
   for (int i = 0; i < 4; ++i) {
     // The encoder is untouched, so skip i is the same feature; the decoder receives it times ρ_i.

@@ -9,6 +9,7 @@
 #include "../analytic_models.h"
 #include "../test_util.h"
 #include "s2dm/core/errors.h"
+#include "s2dm/model/model_source.h"
 #include "s2dm/sample/generate.h"
 #include "s2dm/diffusion/noise_schedule.h"
 #include "s2dm/sample/samplers.h"
@@ -302,19 +303,19 @@ TEST(SkipTuning, AppliesOnlyInsideItsTimeRange) {
   const ModelConfig m = s2dm::testing::tiny_unet({});
   torch::manual_seed(4);
   model::UNet net(m, 1, 8);
-  auto plain = unet_eps_model(net, false);
+  auto plain = model::unet_eps_model(net, false);
   SkipTuningConfig st;
   st.rho_bottom = 0.6;
   st.t_min = 500;
   st.t_max = 999;
-  auto tuned = unet_eps_model(net, false, st);
+  auto tuned = model::unet_eps_model(net, false, st);
   auto x = torch::randn({2, 1, 8, 8});
   auto at = [](double t) { return torch::full({2}, t); };
   EXPECT_TRUE(torch::equal(tuned(x, at(100)), plain(x, at(100))));
   EXPECT_FALSE(torch::allclose(tuned(x, at(700)), plain(x, at(700))));
   EXPECT_TRUE(torch::equal(plain(x, at(700)), plain(x, at(700))));  // the untuned model stays untuned
   st.rho = {1.0, 2.0};
-  EXPECT_THROW(unet_eps_model(net, false, st), ConfigError);
+  EXPECT_THROW(model::unet_eps_model(net, false, st), ConfigError);
 }
 
 TEST(CudaGraphs, ReplaysEqualEagerEvaluations) {
@@ -323,16 +324,16 @@ TEST(CudaGraphs, ReplaysEqualEagerEvaluations) {
   torch::manual_seed(5);
   model::UNet net(m, 3, 8);
   net->to(torch::kCUDA);
-  const int64_t captured_before = cuda_graphs_captured();
+  const int64_t captured_before = model::cuda_graphs_captured();
   for (const bool bf16 : {false, true}) {
-    auto eager = unet_eps_model(net, bf16, {}, false), graphed = unet_eps_model(net, bf16, {}, true);
+    auto eager = model::unet_eps_model(net, bf16, {}, false), graphed = model::unet_eps_model(net, bf16, {}, true);
     for (const int64_t batch : {3, 3, 5, 3}) {  // a new shape is captured; a known one replays
       auto x = torch::randn({batch, 3, 8, 8}, torch::kCUDA);
       auto t = torch::rand({batch}, torch::kCUDA) * 999;
       EXPECT_TRUE(torch::allclose(graphed(x, t), eager(x, t), 1e-4, 1e-4)) << "batch " << batch << " bf16 " << bf16;
     }
   }
-  EXPECT_EQ(cuda_graphs_captured() - captured_before, 4) << "one capture per shape and precision, no eager fallback";
+  EXPECT_EQ(model::cuda_graphs_captured() - captured_before, 4) << "one capture per shape and precision, no eager fallback";
 }
 
 TEST(TorchScript, GaussianFixtureMatchesTheExactModel) {

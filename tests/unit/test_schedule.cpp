@@ -8,7 +8,9 @@
 #include "../analytic_models.h"
 #include "../test_util.h"
 #include "s2dm/core/errors.h"
+#include "s2dm/sample/generate.h"
 #include "s2dm/sample/learned_schedule.h"
+#include "s2dm/sample/schedule_file.h"
 #include "s2dm/sample/timesteps.h"
 
 using namespace s2dm;
@@ -108,12 +110,23 @@ TEST(LearnedSchedule, InvariantsAndErrors) {
   s2dm::testing::TempDir dir;
   ScheduleCost sc{levels, cost, 42};
   write_schedule_file(dir / "s.yaml", sc, {{10, optimal_timesteps(levels, cost, 10)}}, 1000);
-  auto grid = make_timesteps("learned:" + (dir / "s.yaml"), 10, linear());
+  auto grid = read_schedule_file(dir / "s.yaml", 10, 1000);
   EXPECT_EQ(grid.size(), 10u);
   EXPECT_DOUBLE_EQ(grid.front(), 999.0);
-  EXPECT_THROW(make_timesteps("learned:" + (dir / "s.yaml"), 20, linear()), ConfigError);
-  EXPECT_THROW(make_timesteps("learned:" + (dir / "s.yaml"), 10, NoiseSchedule::linear(500)), ConfigError);
-  EXPECT_THROW(make_timesteps("learned:" + (dir / "none.yaml"), 10, linear()), ConfigError);
+  EXPECT_THROW(read_schedule_file(dir / "s.yaml", 20, 1000), ConfigError);
+  EXPECT_THROW(read_schedule_file(dir / "s.yaml", 10, 500), ConfigError);
+  EXPECT_THROW(read_schedule_file(dir / "none.yaml", 10, 1000), ConfigError);
+  // The sampling plan reads it for timesteps learned:FILE, and for "learned" given the file.
+  SampleConfig c;
+  c.steps = 10;
+  c.timesteps = "learned:" + (dir / "s.yaml");
+  const auto& schedule = linear();
+  const auto plan = plan_sampling(c, schedule);
+  EXPECT_EQ(std::vector<double>(plan.grid.t.begin(), plan.grid.t.end() - 1), grid);
+  c.timesteps = "learned";
+  EXPECT_EQ(plan_sampling(c, schedule, {{}, dir / "s.yaml", false}).grid.t, plan.grid.t);
+  EXPECT_THROW(plan_sampling(c, schedule), ConfigError);  // no state, no file
+  EXPECT_EQ(plan_sampling(c, schedule, {{}, "", true}).grid.t[1], make_timesteps("uniform", 10, schedule)[1]);
 }
 
 TEST(LearnedSchedule, OnlineEstimateConvergesToTheOfflineOne) {

@@ -126,11 +126,20 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 // The same from YAML text; `origin` names it in errors.
 Config parse_config(const std::string& yaml_text, const std::string& origin,
                     const std::vector<std::string>& overrides = {});
+// Applies "section.key=value" overrides to a config (each value read as YAML, checked as a file's;
+// a whole section given as a value replaces that section), then checks the whole. Throws
+// ConfigError naming the --set, or `origin` for a relation between keys.
+void apply_overrides(Config& config, const std::vector<std::string>& overrides, const std::string& origin);
+// Checks every value and the relations between keys, as loading does, for a config set in code
+// (command-line flags). Throws ConfigError naming `origin`.
+void check_config(const Config& config, const std::string& origin);
 // The resolved config as YAML (every key, defaults included); parse_config reads it back.
 std::string to_yaml(const Config& config);
 
 // The keys of the sample section (for the experiment driver's sweeps).
 std::vector<std::string> sample_config_keys();
+// Sets the named keys of a sample section back to their defaults.
+void reset_sample_keys(SampleConfig& config, const std::vector<std::string>& keys);
 
 // "did you mean" helper, shared by the CLI: the closest candidate within a small edit distance.
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);

@@ -3,6 +3,9 @@
 // as the authors' released code computes it.
 #include <torch/types.h>
 
+#include <string>
+#include <vector>
+
 #include "s2dm/core/config.h"
 #include "s2dm/model/eps_model.h"
 #include "s2dm/diffusion/noise_schedule.h"
@@ -26,6 +29,21 @@ struct LossTerms {
   torch::Tensor skip_count;  // how many samples have t ≥ k (int64; 0 for L_simple)
 };
 
+class DiffusionLoss;
+
+// A loss by name (loss.type): how the objective combines the prediction with the noises.
+// Adding one = a combine function and a line in losses.cpp's registry (and its name in
+// core/config.cpp's list of loss types).
+struct LossInfo {
+  std::string name, description;
+  bool second_noise;  // draws ε₂ besides ε₁ (L_skip's target)
+  LossTerms (*combine)(const DiffusionLoss& loss, const torch::Tensor& eps1, const torch::Tensor& eps2,
+                       const torch::Tensor& eps_hat, const torch::Tensor& t);
+};
+const std::vector<LossInfo>& losses();
+// Throws ConfigError (with a "did you mean") for an unknown name.
+const LossInfo& find_loss(const std::string& name);
+
 class DiffusionLoss {
  public:
   DiffusionLoss(const LossConfig& config, const NoiseSchedule& schedule, const torch::Device& device);
@@ -44,9 +62,13 @@ class DiffusionLoss {
 
   // c(t) for every integer t (float64, CPU), 0 for t < k.
   const torch::Tensor& skip_coefficients() const { return skip_coef64_; }
+  // c(t) for t, on t's device (float32).
+  torch::Tensor skip_coefficient(const torch::Tensor& t) const;
+  const LossConfig& config() const { return config_; }
 
  private:
   LossConfig config_;
+  const LossInfo* info_;
   torch::Tensor sqrt_ab_, sqrt_1m_ab_, skip_coef_, skip_coef64_;
 };
 

@@ -4,6 +4,7 @@
 #include <torch/types.h>
 
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "s2dm/eval/inception.h"
@@ -47,15 +48,47 @@ struct FeatureExtractor {
   std::string distance_label() const { return (is_inception() ? "FID[" : "FD[") + name + "]"; }
 };
 
+// A feature space as named in configs and on the command line:
+//   inception            the FID Inception with its default weights
+//   inception:WEIGHTS    ... with these weights (.safetensors)
+//   classifier:PATH      a classifier trained by s2dm train-classifier
+//   classifier           (the experiment driver only) a classifier it trains on the data itself
+struct FeatureSpec {
+  enum class Kind { inception, classifier } kind = Kind::inception;
+  std::string path;  // empty: the default Inception weights / a classifier still to train
+  std::string text() const;
+};
+// Throws ConfigError naming the accepted forms.
+FeatureSpec parse_feature_spec(const std::string& text);
+
 // Where the Inception weights are looked for by default: $S2DM_INCEPTION_WEIGHTS, else
 // data/inception/pt_inception-2015-12-05-6726825d.safetensors.
 std::string default_inception_weights();
-// "inception", "inception:WEIGHTS.safetensors" or "classifier:PATH", loaded onto `device`.
-// Throws ConfigError for an unknown spec, CheckpointError for unreadable weights.
+// The feature space of a spec (not a classifier still to train), loaded onto `device`. Throws
+// ConfigError for an unknown spec, CheckpointError for unreadable weights.
+FeatureExtractor make_feature_extractor(const FeatureSpec& spec, const torch::Device& device);
 FeatureExtractor make_feature_extractor(const std::string& spec, const torch::Device& device);
 
 // Features of uint8 images [N, C, H, W] (CPU), in batches on `device`, with progress; float64.
 torch::Tensor extract_features(const FeatureExtractor& extractor, const torch::Tensor& images, int64_t batch,
                                const torch::Device& device, bool show_progress = true);
+
+// ---- Measuring: what the experiment driver, training-time evaluation and s2dm fid share ----
+
+// An image set in a feature space: its statistics, and its features when computed from images
+// (undefined when the statistics were read from a file).
+struct FeatureSet {
+  FeatureStats stats;
+  torch::Tensor features;
+};
+FeatureSet feature_set(const FeatureExtractor& extractor, const torch::Tensor& images, int64_t batch,
+                       const torch::Device& device, bool show_progress = true);
+
+// The Fréchet distance between two sets, and KID when `kid` is asked for and both have features.
+struct Distance {
+  double fd = 0;
+  std::optional<Kid> kid;
+};
+Distance distance(const FeatureSet& a, const FeatureSet& b, bool kid = true);
 
 }  // namespace s2dm::eval

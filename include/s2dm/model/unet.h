@@ -57,7 +57,9 @@ TORCH_MODULE(Resample);
 class UNetImpl : public torch::nn::Module {
  public:
   UNetImpl(const ModelConfig& config, int64_t channels, int64_t resolution);
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t);
+  // `skip_scales`: one factor per long skip (deepest first) for Skip-Tuning; empty = 1 everywhere.
+  // Throws ConfigError for a list of the wrong length.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, const std::vector<double>& skip_scales = {});
 
   const ModelConfig& config() const { return config_; }
   int64_t channels() const { return channels_; }
@@ -70,9 +72,6 @@ class UNetImpl : public torch::nn::Module {
   // Long skip connections, deepest first.
   int num_skips() const { return static_cast<int>(skip_channels_.size()); }
   const std::vector<int64_t>& skip_channels() const { return skip_channels_; }
-  // One factor per skip (deepest first); empty restores 1 everywhere.
-  void set_skip_scales(std::vector<double> scales);
-  const std::vector<double>& skip_scales() const { return skip_scales_; }
   // The layout of the convolution weights and of the activations: channels_last (NHWC) lets
   // cuDNN pick its tensor-core kernels; NCHW (contiguous) is the default. Outputs are NCHW.
   void set_memory_format(torch::MemoryFormat format);
@@ -83,12 +82,11 @@ class UNetImpl : public torch::nn::Module {
   void set_skip_observer(SkipObserver observer) { skip_observer_ = std::move(observer); }
 
  private:
-  torch::Tensor take_skip(std::vector<torch::Tensor>& stack, int index) const;
+  torch::Tensor take_skip(std::vector<torch::Tensor>& stack, int index, const std::vector<double>& scales) const;
 
   ModelConfig config_;
   int64_t channels_, resolution_, forward_flops_ = 0;
   std::vector<int64_t> skip_channels_;
-  std::vector<double> skip_scales_;
   SkipObserver skip_observer_;
   torch::MemoryFormat memory_format_ = torch::MemoryFormat::Contiguous;
 
@@ -106,6 +104,10 @@ class UNetImpl : public torch::nn::Module {
   std::vector<Level> down_levels_, up_levels_;
 };
 TORCH_MODULE(UNet);
+
+// The channels of a UNet's long skips, deepest first, from its config alone (no network built).
+std::vector<int64_t> skip_channels(const ModelConfig& config);
+inline int num_skips(const ModelConfig& config) { return static_cast<int>(skip_channels(config).size()); }
 
 // Skip-Tuning factors for a model with `num_skips` long skips (deepest first): the explicit
 // list, or rho_bottom + (rho_top - rho_bottom)·i/(num_skips-1). Throws ConfigError for a list of

@@ -7,33 +7,30 @@
 #include <string>
 
 #include "s2dm/core/config.h"
-#include "s2dm/model/eps_model.h"
 #include "s2dm/diffusion/noise_schedule.h"
 #include "s2dm/io/safetensors.h"
+#include "s2dm/model/eps_model.h"
 #include "s2dm/sample/samplers.h"
-#include "s2dm/model/unet.h"
 
 namespace s2dm::sample {
 
+// Where timesteps "learned" come from. plan_sampling is the one place that resolves them.
+struct LearnedSchedule {
+  NamedTensors state;                // a checkpoint's (or the online estimator's) schedule state ...
+  std::string file;                  // ... or a schedule file (s2dm schedule, the experiment driver)
+  bool uniform_until_ready = false;  // during training: no state yet means the uniform grid
+};
+
 // The sampling settings of a config, resolved and checked (sampler name, its options, the time
-// grid), so that a bad setting fails before any work.
+// grid), so that a bad setting fails before any work. Time grids: timesteps.h's, "learned" (from
+// `learned`) and "learned:FILE" (a schedule file).
 struct SamplingPlan {
   const SamplerInfo* sampler = nullptr;
   SamplerOptions options;
   Grid grid;
+  std::string warning;  // e.g. a named grid whose steps repeat timesteps (fewer distinct steps)
 };
-// `learned` is a checkpoint's learned-schedule state, used by timesteps "learned".
-SamplingPlan plan_sampling(const SampleConfig& config, const NoiseSchedule& schedule,
-                           const NamedTensors& learned = {});
-
-// The UNet as an ε-model on its device (eval mode, no grad, its preferred memory format), under
-// bf16 autocast on CUDA when `bf16` is set; returns float32. With active `skip_tuning`, the
-// skips are scaled for timesteps in [t_min, t_max] (throws ConfigError for a factor list of
-// the wrong length). On CUDA, evaluations replay CUDA graphs unless `cuda_graphs` is false.
-EpsModel unet_eps_model(model::UNet unet, bool bf16, const SkipTuningConfig& skip_tuning = {},
-                        bool cuda_graphs = true);
-// CUDA graphs captured so far by this process's ε-models (for tests and logs).
-int64_t cuda_graphs_captured();
+SamplingPlan plan_sampling(const SampleConfig& config, const NoiseSchedule& schedule, const LearnedSchedule& learned = {});
 
 // x_T for images [first, first+count): image i's noise comes from its own generator seeded by
 // (seed, i), so an image does not depend on the batch size or on how many are drawn.
@@ -52,7 +49,7 @@ struct Generated {
 Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& config,
                    const std::vector<int64_t>& image_shape, const torch::Device& device, uint64_t seed,
                    int64_t num, const torch::Tensor& noise = {}, bool show_progress = true,
-                   const NamedTensors& learned = {}, const std::function<bool()>& stop = {});
+                   const LearnedSchedule& learned = {}, const std::function<bool()>& stop = {});
 
 // Writes numbered PNGs (when `pngs`), samples.npz and grid.png (first 64) into `dir`.
 void write_samples(const std::string& dir, const torch::Tensor& samples, bool pngs = true);

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "s2dm/core/config.h"
 #include "s2dm/model/eps_model.h"
 #include "s2dm/sample/timesteps.h"
 
@@ -43,30 +44,24 @@ torch::Tensor predict_x0(const torch::Tensor& x, const torch::Tensor& eps, doubl
 // √(a'/a) x - (a' - a) / (√a (√((1-a')a) + √((1-a)a'))) ε.
 torch::Tensor transfer(const torch::Tensor& x, const torch::Tensor& eps, double a, double a_next);
 
-// ---- the samplers ----
-torch::Tensor sample_ddim(const EpsModel&, torch::Tensor x, const Grid&, const SamplerOptions&, const Callback& = {});
-torch::Tensor sample_ddpm(const EpsModel&, torch::Tensor x, const Grid&, const SamplerOptions&, const Callback& = {});
-torch::Tensor sample_pndm(const EpsModel&, torch::Tensor x, const Grid&, const SamplerOptions&, const Callback& = {});
-torch::Tensor sample_spndm(const EpsModel&, torch::Tensor x, const Grid&, const SamplerOptions&, const Callback& = {});
-torch::Tensor sample_plms(const EpsModel&, torch::Tensor x, const Grid&, const SamplerOptions&, const Callback& = {});
-torch::Tensor sample_deis(const EpsModel&, torch::Tensor x, const Grid&, const SamplerOptions&, const Callback& = {});
-torch::Tensor sample_deis_rho(const EpsModel&, torch::Tensor x, const Grid&, const SamplerOptions&, const Callback& = {});
-torch::Tensor sample_deis_logrho(const EpsModel&, torch::Tensor x, const Grid&, const SamplerOptions&,
-                                 const Callback& = {});
-torch::Tensor sample_dpmpp_2m(const EpsModel&, torch::Tensor x, const Grid&, const SamplerOptions&, const Callback& = {});
-torch::Tensor sample_lambda_ddim(const EpsModel&, torch::Tensor x, const Grid&, const SamplerOptions&,
-                                 const Callback& = {});
-
+// A registry entry. Adding a sampler = its file (one function with SamplerFn's signature) and
+// one line in samplers.cpp's registry; a new option also needs its sample.* key (core/config)
+// and its SamplerOptions field, set in sampler_options.
 struct SamplerInfo {
-  std::string name, description, options;  // options: which SamplerOptions it reads
+  std::string name, description;
+  std::vector<std::string> options;        // the sample.* keys it reads (the driver's unit key uses them)
   SamplerFn fn;
   std::function<int(int steps)> nfe;       // network evaluations for S steps
   bool stochastic;
   int min_order, max_order, default_order; // -1 each when it has no order
 };
 const std::vector<SamplerInfo>& samplers();
+// Every key some sampler reads (the union of their `options`).
+std::vector<std::string> sampler_option_keys();
 // Throws ConfigError (with a "did you mean") for an unknown name.
 const SamplerInfo& find_sampler(const std::string& name);
+// The sampler options of the sample settings (noise_seed aside, which is per batch).
+SamplerOptions sampler_options(const SampleConfig& config);
 // Checks the options against the sampler (order range, ...); throws ConfigError.
 void check_options(const SamplerInfo& sampler, const SamplerOptions& options);
 

@@ -1,7 +1,7 @@
 #pragma once
 // Time grids: which timesteps a sampler visits. make_timesteps returns a strictly decreasing
-// list in timestep-index units (T-1 ... 0; fractional values allowed), duplicates removed
-// (with a warning); make_grid appends the end point (ᾱ = 1 or ᾱ_0) and the ᾱ values.
+// list in timestep-index units (T-1 ... 0; fractional values allowed), duplicates removed;
+// make_grid appends the end point (ᾱ = 1 or ᾱ_0) and the ᾱ values.
 #include <string>
 #include <vector>
 
@@ -15,7 +15,7 @@ namespace s2dm::sample {
 //   karras      S points with σ = √((1-ᾱ)/ᾱ) spaced as Karras et al. (ρ = `karras_rho`)
 //   999,500,... an explicit comma-separated list (S is then the list's length)
 //   file:PATH   a file of timesteps (whitespace, comma or YAML-list separated)
-//   learned:F   the S-step grid of a schedule file written by `s2dm schedule`
+// (Learned grids, "learned" and "learned:FILE", are resolved by plan_sampling, generate.h.)
 // Throws ConfigError for an unknown grid, S outside [1, T], or a list that is not strictly
 // decreasing or leaves [0, T-1].
 std::vector<double> make_timesteps(const std::string& spec, int steps, const NoiseSchedule& schedule,

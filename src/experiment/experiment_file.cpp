@@ -1,0 +1,374 @@
+// Reading an experiment file: its keys, the models, the sweep, the metric; every model × setting
+// is resolved here, so that a bad combination fails before any work.
+#include <yaml-cpp/yaml.h>
+
+#include <filesystem>
+#include <set>
+
+#include "plan.h"
+#include "s2dm/core/errors.h"
+#include "s2dm/data/data.h"
+#include "s2dm/eval/fid.h"
+#include "s2dm/experiment/experiment.h"
+#include "s2dm/io/checkpoint.h"
+#include "s2dm/core/device.h"
+#include "s2dm/model/unet.h"
+#include "s2dm/sample/generate.h"
+
+namespace s2dm::experiment {
+namespace fs = std::filesystem;
+
+std::string hash_key(const std::string& text) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
+  // A final mix (splitmix64's) so that inputs differing near their end differ in every digit.
+  h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
+  h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
+  h ^= h >> 31;
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+std::string Setting::label() const {
+  std::string out;
+  for (const auto& [k, v] : values) out += (out.empty() ? "" : " ") + k + "=" + v;
+  return out.empty() ? "(base settings)" : out;
+}
+
+namespace {
+
+// ---- Reading the experiment file ----
+
+class Reader {
+ public:
+  explicit Reader(std::string path) : path_(std::move(path)) {}
+
+  [[noreturn]] void fail(const YAML::Node& at, const std::string& msg) const {
+    std::string where = path_;
+    if (at.IsDefined() && at.Mark().line >= 0) where += ":" + std::to_string(at.Mark().line + 1);
+    throw ConfigError(where + ": " + msg);
+  }
+  int line(const YAML::Node& at) const { return at.IsDefined() ? at.Mark().line + 1 : 0; }
+
+  void check_keys(const YAML::Node& node, const std::string& prefix, const std::vector<std::string>& allowed) const {
+    if (!node.IsMap()) fail(node, (prefix.empty() ? "the experiment" : prefix) + ": expected a mapping of keys");
+    for (const auto& kv : node) {
+      const auto key = kv.first.as<std::string>();
+      if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
+      const std::string full = prefix.empty() ? key : prefix + "." + key;
+      std::string msg = "unknown key '" + full + "'";
+      const auto near = closest_match(key, allowed);
+      if (!near.empty()) msg += " (did you mean '" + (prefix.empty() ? near : prefix + "." + near) + "'?)";
+      msg += "; allowed: ";
+      for (size_t i = 0; i < allowed.size(); ++i) msg += (i ? ", " : "") + allowed[i];
+      fail(kv.first, msg);
+    }
+  }
+
+  template <class T>
+  T scalar(const YAML::Node& node, const std::string& name, const char* what) const {
+    try {
+      if (!node.IsScalar()) throw YAML::BadConversion(node.Mark());
+      return node.as<T>();
+    } catch (const YAML::BadConversion&) {
+      fail(node, name + ": expected " + what + ", got '" + flow(node) + "'");
+    }
+  }
+
+  // A path in the file, relative to the file's folder.
+  std::string resolve(const std::string& p) const {
+    if (p.empty() || fs::path(p).is_absolute()) return p;
+    return (fs::path(path_).parent_path() / p).lexically_normal().string();
+  }
+
+  static std::string flow(const YAML::Node& node) {
+    if (node.IsScalar()) return node.Scalar();
+    YAML::Emitter e;
+    e.SetMapFormat(YAML::Flow);
+    e.SetSeqFormat(YAML::Flow);
+    e << node;
+    return e.c_str();
+  }
+
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+bool is_safe_name(const std::string& name) {
+  if (name.empty() || name == "." || name == "..") return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
+  });
+}
+
+void read_models(const Reader& r, const YAML::Node& node, Experiment& e) {
+  if (!node || !node.IsSequence() || node.size() == 0) r.fail(node, "models: expected a list of models (name + train or checkpoint)");
+  std::set<std::string> names;
+  for (size_t i = 0; i < node.size(); ++i) {
+    const YAML::Node m = node[i];
+    const std::string where = "models[" + std::to_string(i) + "]";
+    r.check_keys(m, where, {"name", "train", "checkpoint", "set", "ema"});
+    ModelSpec spec;
+    spec.line = r.line(m);
+    if (!m["name"]) r.fail(m, where + ": needs a name");
+    spec.name = r.scalar<std::string>(m["name"], where + ".name", "a string");
+    if (!is_safe_name(spec.name)) r.fail(m["name"], where + ".name = '" + spec.name + "': use letters, digits, '_', '-', '.'");
+    if (!names.insert(spec.name).second) r.fail(m["name"], where + ".name = '" + spec.name + "' is used twice");
+    if (bool(m["train"]) == bool(m["checkpoint"]))
+      r.fail(m, where + " ('" + spec.name + "'): give exactly one of train (a train config) or checkpoint");
+    if (m["ema"]) spec.ema = r.scalar<bool>(m["ema"], where + ".ema", "true or false");
+    if (const auto set = m["set"]) {
+      if (m["checkpoint"]) r.fail(set, where + ".set: overrides apply to train configs, not checkpoints");
+      if (set.IsMap()) {
+        for (const auto& kv : set) spec.set.push_back(kv.first.as<std::string>() + "=" + Reader::flow(kv.second));
+      } else if (set.IsSequence()) {
+        for (const auto& item : set) spec.set.push_back(r.scalar<std::string>(item, where + ".set", "'section.key=value'"));
+      } else {
+        r.fail(set, where + ".set: expected a mapping of section.key: value");
+      }
+    }
+    if (m["train"]) {
+      spec.train_config = r.resolve(r.scalar<std::string>(m["train"], where + ".train", "a path"));
+      if (!fs::is_regular_file(spec.train_config)) r.fail(m["train"], where + ".train: " + spec.train_config + " not found");
+      try {
+        spec.config = load_config(spec.train_config, spec.set);
+      } catch (const ConfigError& err) {
+        r.fail(m, where + " ('" + spec.name + "'): " + err.what());
+      }
+      spec.key = hash_key("train\n" + training_identity(spec.config));
+      const auto& data = spec.config.data;
+      const std::string data_path = data.path.empty() ? data::default_path(data.dataset) : data.path;
+      if (!fs::exists(data_path))
+        r.fail(m, where + " ('" + spec.name + "'): its data (" + data.dataset + ") is not at " + data_path +
+                      " (data/README.md says how to get it)");
+    } else {
+      spec.checkpoint = r.resolve(r.scalar<std::string>(m["checkpoint"], where + ".checkpoint", "a path"));
+      if (!fs::is_regular_file(spec.checkpoint))
+        r.fail(m["checkpoint"], where + ".checkpoint: " + spec.checkpoint + " not found");
+      const auto ckpt = load_checkpoint(spec.checkpoint);  // verifies it
+      spec.config = parse_config(ckpt.config_yaml, spec.checkpoint + " (config)");
+      spec.key = hash_key("checkpoint\n" + file_identity(spec.checkpoint) + (spec.ema ? "|ema" : "|raw"));
+    }
+    spec.config.name = spec.name;
+    spec.config.device = e.device;
+    spec.config.threads = e.threads;
+    e.models.push_back(std::move(spec));
+  }
+}
+
+// Sweep values as the text of a --set value; Skip-Tuning "none" is the empty section.
+std::string override_text(const std::string& key, const std::string& value) {
+  return key == "skip_tuning" && value == "none" ? "{}" : value;
+}
+
+void read_sweep(const Reader& r, const YAML::Node& node, Experiment& e, int& sweep_line) {
+  std::vector<std::string> allowed = sample_config_keys();
+  allowed.erase(std::remove_if(allowed.begin(), allowed.end(), [](const std::string& k) { return k == "num" || k == "batch"; }),
+                allowed.end());
+  std::vector<YAML::Node> blocks;
+  if (!node) {
+    e.settings.push_back({});
+    return;
+  }
+  sweep_line = r.line(node);
+  if (node.IsMap()) blocks.push_back(node);
+  else if (node.IsSequence()) for (const auto& b : node) blocks.push_back(b);
+  else r.fail(node, "sweep: expected a mapping of sample keys to lists of values (or a list of such mappings)");
+  std::set<std::map<std::string, std::string>> seen;
+  for (const auto& block : blocks) {
+    r.check_keys(block, "sweep", allowed);
+    std::vector<std::pair<std::string, std::vector<std::string>>> axes;
+    for (const auto& kv : block) {
+      const auto key = kv.first.as<std::string>();
+      std::vector<std::string> values;
+      // A list holds the axis' values; anything else is its one value (a ρ list is a mapping's member).
+      if (kv.second.IsSequence()) {
+        for (const auto& v : kv.second) values.push_back(Reader::flow(v));
+      } else {
+        values.push_back(Reader::flow(kv.second));
+      }
+      if (values.empty()) r.fail(kv.second, "sweep." + key + ": no values");
+      axes.push_back({key, values});
+      if (std::find(e.sweep_keys.begin(), e.sweep_keys.end(), key) == e.sweep_keys.end()) e.sweep_keys.push_back(key);
+    }
+    // The product of the axes, the first key varying slowest.
+    std::vector<size_t> index(axes.size(), 0);
+    for (bool more = true; more;) {
+      Setting s;
+      for (size_t a = 0; a < axes.size(); ++a) s.values[axes[a].first] = axes[a].second[index[a]];
+      if (seen.insert(s.values).second) e.settings.push_back(s);
+      more = false;
+      for (size_t a = axes.size(); a-- > 0;) {
+        if (++index[a] < axes[a].second.size()) {
+          more = true;
+          break;
+        }
+        index[a] = 0;
+      }
+    }
+  }
+}
+
+void read_metric(const Reader& r, const YAML::Node& node, Experiment& e) {
+  if (!node) return;
+  r.check_keys(node, "metric", {"features", "num_samples", "reference", "reference_num", "kid", "batch", "classifier_epochs"});
+  auto& m = e.metric;
+  if (node["features"]) m.features = r.scalar<std::string>(node["features"], "metric.features", "a string");
+  if (node["num_samples"]) m.num_samples = r.scalar<int64_t>(node["num_samples"], "metric.num_samples", "an integer");
+  if (node["reference"]) m.reference = r.scalar<std::string>(node["reference"], "metric.reference", "a string");
+  if (node["reference_num"]) m.reference_num = r.scalar<int64_t>(node["reference_num"], "metric.reference_num", "an integer");
+  if (node["kid"]) m.kid = r.scalar<bool>(node["kid"], "metric.kid", "true or false");
+  if (node["batch"]) m.batch = r.scalar<int64_t>(node["batch"], "metric.batch", "an integer");
+  if (node["classifier_epochs"]) m.classifier_epochs = r.scalar<int>(node["classifier_epochs"], "metric.classifier_epochs", "an integer");
+  if (m.num_samples < 2) r.fail(node["num_samples"], "metric.num_samples must be at least 2");
+  if (m.reference_num < 2) r.fail(node["reference_num"], "metric.reference_num must be at least 2");
+  if (m.batch < 1) r.fail(node["batch"], "metric.batch must be positive");
+  if (m.classifier_epochs < 1) r.fail(node["classifier_epochs"], "metric.classifier_epochs must be positive");
+  eval::FeatureSpec spec;
+  try {
+    spec = eval::parse_feature_spec(m.features);
+  } catch (const ConfigError&) {
+    r.fail(node["features"], "metric.features = '" + m.features + "': expected inception, inception:WEIGHTS, classifier "
+                             "(trained on the data here) or classifier:PATH");
+  }
+  if (spec.kind == eval::FeatureSpec::Kind::inception && spec.path.empty()) {
+    if (!fs::exists(eval::default_inception_weights()))
+      r.fail(node["features"], "metric.features = inception: no weights at " + eval::default_inception_weights() +
+                                   " (scripts/convert_fid_inception.py makes them; or set $S2DM_INCEPTION_WEIGHTS)");
+  } else if (!spec.path.empty()) {
+    spec.path = r.resolve(spec.path);
+    if (!fs::is_regular_file(spec.path)) r.fail(node["features"], "metric.features: " + spec.path + " not found");
+    m.features = spec.text();
+  }
+  if (m.reference != "train" && m.reference != "test") {
+    m.reference = r.resolve(m.reference);
+    if (!fs::is_regular_file(m.reference))
+      r.fail(node["reference"], "metric.reference: " + m.reference + " not found (expected train, test or a statistics .npz)");
+    if (m.kid) r.fail(node["kid"], "metric.kid needs reference features: use reference train or test, not a statistics file");
+  }
+}
+
+void read_schedule(const Reader& r, const YAML::Node& node, Experiment& e) {
+  if (!node) return;
+  r.check_keys(node, "schedule", {"levels", "samples", "batch", "seed"});
+  auto& s = e.schedule;
+  if (node["levels"]) s.levels = r.scalar<int>(node["levels"], "schedule.levels", "an integer");
+  if (node["samples"]) s.samples = r.scalar<int64_t>(node["samples"], "schedule.samples", "an integer");
+  if (node["batch"]) s.batch = r.scalar<int64_t>(node["batch"], "schedule.batch", "an integer");
+  if (node["seed"]) s.seed = r.scalar<uint64_t>(node["seed"], "schedule.seed", "a non-negative integer");
+  if (s.levels < 3) r.fail(node["levels"], "schedule.levels must be at least 3");
+  if (s.samples < 1 || s.batch < 1) r.fail(node, "schedule.samples and schedule.batch must be positive");
+}
+
+// Resolves every model × setting now, so that a bad combination fails before any work.
+void check_settings(const Reader& r, const Experiment& e, int sweep_line) {
+  for (const auto& m : e.models) {
+    const NoiseSchedule schedule(m.config.diffusion);
+    for (const auto& s : e.settings) {
+      const std::string where = r.path() + (sweep_line ? ":" + std::to_string(sweep_line) : "") + ": model '" + m.name + "', " +
+                                s.label() + ": ";
+      const SampleConfig c = sample_config(e, m, s);
+      if (c.timesteps == "learned" && c.steps >= e.schedule.levels)
+        throw ConfigError(where + "timesteps learned with " + std::to_string(c.steps) + " steps needs schedule.levels > " +
+                          std::to_string(c.steps));
+      try {
+        // (The learned schedule is estimated when the model runs: the uniform grid stands in.)
+        sample::plan_sampling(c, schedule, {{}, "", /*uniform_until_ready=*/true});
+        if (c.skip_tuning.active()) model::skip_tuning_scales(c.skip_tuning, model::num_skips(m.config.model));
+      } catch (const ConfigError& err) {
+        throw ConfigError(where + err.what());
+      }
+    }
+  }
+}
+
+}  // namespace
+
+SampleConfig sample_config(const Experiment& e, const ModelSpec& m, const Setting& s) {
+  std::vector<std::string> overrides;
+  for (const auto& [k, v] : e.sample) overrides.push_back("sample." + k + "=" + override_text(k, v));
+  for (const auto& [k, v] : s.values) overrides.push_back("sample." + k + "=" + override_text(k, v));
+  Config config = m.config;
+  config.sample.num = e.metric.num_samples;
+  try {
+    apply_overrides(config, overrides, "model '" + m.name + "'");
+    return config.sample;
+  } catch (const ConfigError& err) {
+    std::string msg = err.what();
+    if (msg.rfind("--set ", 0) == 0) msg = msg.substr(6);
+    throw ConfigError(e.path + ": model '" + m.name + "', " + s.label() + ": " + msg);
+  }
+}
+
+Experiment load_experiment(const std::string& path) {
+  if (!fs::is_regular_file(path)) throw ConfigError(path + ": experiment file not found");
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::Exception& err) {
+    throw ConfigError(path + ":" + std::to_string(err.mark.line + 1) + ": invalid YAML: " + err.msg);
+  }
+  Reader r(path);
+  r.check_keys(root, "", {"name", "out", "device", "threads", "seeds", "models", "baseline", "sample", "sweep", "metric", "schedule",
+                      "table"});
+  Experiment e;
+  e.path = path;
+  e.name = root["name"] ? r.scalar<std::string>(root["name"], "name", "a string") : fs::path(path).stem().string();
+  if (!is_safe_name(e.name)) r.fail(root["name"], "name = '" + e.name + "': use letters, digits, '_', '-', '.'");
+  e.out = root["out"] ? r.scalar<std::string>(root["out"], "out", "a path") : "runs/" + e.name;
+  if (root["device"]) e.device = r.scalar<std::string>(root["device"], "device", "a string");
+  if (root["threads"]) e.threads = r.scalar<int>(root["threads"], "threads", "an integer");
+  if (e.threads < 0) r.fail(root["threads"], "threads must not be negative");
+  if (const auto seeds = root["seeds"]) {
+    e.seeds.clear();
+    if (seeds.IsSequence()) {
+      for (const auto& s : seeds) e.seeds.push_back(r.scalar<uint64_t>(s, "seeds", "non-negative integers"));
+    } else {
+      e.seeds.push_back(r.scalar<uint64_t>(seeds, "seeds", "non-negative integers"));
+    }
+    if (e.seeds.empty()) r.fail(seeds, "seeds: give at least one seed");
+    if (std::set<uint64_t>(e.seeds.begin(), e.seeds.end()).size() != e.seeds.size()) r.fail(seeds, "seeds: a seed is repeated");
+  }
+  read_models(r, root["models"], e);
+  if (root["baseline"]) {
+    e.baseline = r.scalar<std::string>(root["baseline"], "baseline", "a model name");
+    if (std::none_of(e.models.begin(), e.models.end(), [&](const ModelSpec& m) { return m.name == e.baseline; }))
+      r.fail(root["baseline"], "baseline = '" + e.baseline + "' is not one of the models");
+  }
+  if (const auto sample = root["sample"]) {
+    auto allowed = sample_config_keys();
+    allowed.erase(std::remove(allowed.begin(), allowed.end(), "num"), allowed.end());
+    r.check_keys(sample, "sample", allowed);
+    for (const auto& kv : sample) e.sample[kv.first.as<std::string>()] = Reader::flow(kv.second);
+  }
+  int sweep_line = 0;
+  read_sweep(r, root["sweep"], e, sweep_line);
+  for (const auto& k : e.sweep_keys)
+    if (e.sample.count(k)) r.fail(root["sample"], "sample." + k + " is also swept (sweep." + k + "): keep one");
+  if (const auto table = root["table"]) {
+    r.check_keys(table, "table", {"rows"});
+    if (table["rows"]) e.table_rows = r.scalar<std::string>(table["rows"], "table.rows", "a swept key");
+    if (e.table_rows != "sampler" &&
+        (e.table_rows == "steps" || std::find(e.sweep_keys.begin(), e.sweep_keys.end(), e.table_rows) == e.sweep_keys.end()))
+      r.fail(table["rows"], "table.rows = '" + e.table_rows + "': expected sampler or a swept key other than steps");
+  }
+  read_metric(r, root["metric"], e);
+  read_schedule(r, root["schedule"], e);
+  if (e.metric.features == "classifier") {
+    const auto& data = e.models.front().config.data;
+    if (data.dataset != "fmnist" && data.dataset != "cifar10")
+      r.fail(root["metric"], "metric.features = classifier trains on labelled data (fmnist, cifar10), not " + data.dataset);
+  }
+  check_settings(r, e, sweep_line);
+  try {
+    resolve_device(e.device);
+  } catch (const ConfigError& err) {
+    r.fail(root["device"], err.what());
+  }
+  return e;
+}
+
+}  // namespace s2dm::experiment

@@ -1,0 +1,86 @@
+// The experiment's metric: its feature space and reference statistics, loaded when first needed.
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+
+#include "plan.h"
+#include "s2dm/data/data.h"
+#include "s2dm/eval/classifier.h"
+#include "s2dm/io/npy_tensor.h"
+
+namespace s2dm::experiment {
+namespace fs = std::filesystem;
+
+Measurer::Measurer(const Experiment& e, torch::Device device) : e_(e), device_(device) {
+  const auto spec = eval::parse_feature_spec(e.metric.features);
+  const std::string kind = spec.kind == eval::FeatureSpec::Kind::inception ? "inception:" : "classifier:";
+  if (spec.kind == eval::FeatureSpec::Kind::classifier && spec.path.empty()) {
+    Config c;
+    c.data = e.models.front().config.data;
+    c.data.limit = 0;
+    classifier_ = e.out + "/classifier/" +
+                  hash_key("classifier\n" + to_yaml(c) + std::to_string(e.metric.classifier_epochs)).substr(0, 12) +
+                  ".safetensors";
+    identity_ = "classifier-trained-here:" + classifier_;
+  } else {
+    identity_ = kind + file_identity(spec.path.empty() ? eval::default_inception_weights() : spec.path);
+  }
+}
+
+std::string Measurer::reference_identity(const ModelSpec& m) const {
+  if (e_.metric.reference != "train" && e_.metric.reference != "test") return "stats:" + file_identity(e_.metric.reference);
+  Config c;
+  c.data = m.config.data;
+  c.data.limit = 0;
+  c.data.cache.clear();
+  return "data:" + e_.metric.reference + ":" + std::to_string(e_.metric.reference_num) + "\n" + to_yaml(c) + identity_ +
+         (e_.metric.kid ? "|kid" : "");
+}
+
+const eval::FeatureExtractor& Measurer::extractor() {
+  if (extractor_.fn) return extractor_;
+  auto spec = eval::parse_feature_spec(e_.metric.features);
+  if (spec.kind == eval::FeatureSpec::Kind::classifier && spec.path.empty()) {
+    if (!fs::exists(classifier_)) {
+      spdlog::info("training the feature classifier on {} ({} epochs)", e_.models.front().config.data.dataset,
+                   e_.metric.classifier_epochs);
+      fs::create_directories(fs::path(classifier_).parent_path());
+      eval::ClassifierTraining options;
+      options.epochs = e_.metric.classifier_epochs;
+      eval::train_data_classifier(e_.models.front().config.data, 0, options, device_, classifier_);
+    }
+    spec.path = classifier_;
+  }
+  extractor_ = eval::make_feature_extractor(spec, device_);
+  return extractor_;
+}
+
+const eval::FeatureSet& Measurer::reference(const ModelSpec& m) {
+  const std::string key = hash_key(reference_identity(m));
+  auto it = references_.find(key);
+  if (it != references_.end()) return it->second;
+  eval::FeatureSet ref;
+  if (e_.metric.reference != "train" && e_.metric.reference != "test") {
+    ref.stats = eval::load_stats(e_.metric.reference);
+  } else {
+    const std::string base = e_.out + "/reference/" + key;
+    if (fs::exists(base + ".npz") && (!e_.metric.kid || fs::exists(base + "_features.npy"))) {
+      ref.stats = eval::load_stats(base + ".npz");
+      if (e_.metric.kid) ref.features = to_tensor(load_npy(base + "_features.npy"), base + "_features.npy").to(torch::kFloat64);
+    } else {
+      auto data = m.config.data;
+      data.limit = 0;
+      auto images = data::load_dataset(data, e_.metric.reference == "train").images;
+      if (images.size(0) > e_.metric.reference_num) images = images.slice(0, 0, e_.metric.reference_num);
+      spdlog::info("reference statistics: {} {} images of {}", images.size(0), e_.metric.reference, data.dataset);
+      ref = eval::feature_set(extractor(), images, e_.metric.batch, device_);
+      fs::create_directories(e_.out + "/reference");
+      if (e_.metric.kid) save_npy(base + "_features.npy", to_npy_array(ref.features.to(torch::kFloat32)));
+      eval::save_stats(base + ".npz", ref.stats);
+    }
+  }
+  return references_.emplace(key, std::move(ref)).first->second;
+}
+
+}  // namespace s2dm::experiment

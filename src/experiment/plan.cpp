@@ -1,0 +1,209 @@
+// Planning an experiment: the units and their keys, the state of each model's training, the
+// time estimate.
+#include "plan.h"
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <set>
+
+#include "s2dm/core/errors.h"
+#include "s2dm/core/progress.h"
+#include "s2dm/io/checkpoint.h"
+#include "s2dm/model/unet.h"
+#include "s2dm/sample/samplers.h"
+#include "s2dm/train/train.h"
+
+namespace s2dm::experiment {
+namespace fs = std::filesystem;
+
+std::string training_identity(Config c) {
+  c.name.clear();
+  c.device = "auto";
+  c.threads = 0;
+  c.sample = SampleConfig{};
+  return to_yaml(c);
+}
+
+std::string file_identity(const std::string& path) {
+  std::error_code ec;
+  const auto canonical = fs::weakly_canonical(path, ec).string();
+  const auto size = fs::file_size(path, ec);
+  const auto mtime = fs::last_write_time(path, ec).time_since_epoch().count();
+  return canonical + "|" + std::to_string(size) + "|" + std::to_string(mtime);
+}
+
+std::string model_dir(const Experiment& e, const ModelSpec& m) { return e.out + "/models/" + m.name; }
+
+TrainState train_state(const Experiment& e, const ModelSpec& m) {
+  TrainState s;
+  s.run_dir = model_dir(e, m);
+  s.target = m.config.train.steps;
+  const auto latest = train::latest_checkpoint(s.run_dir);
+  if (!fs::exists(latest)) return s;
+  try {
+    const auto ckpt = load_checkpoint(latest);
+    auto config = parse_config(ckpt.config_yaml, latest + " (config)");
+    // The same settings, trained as far or less far (it then resumes); a run that went further
+    // trains again, since its weights are not those of the shorter run.
+    const auto& wanted = m.config;
+    config.train.steps = wanted.train.steps;
+    s.matches = training_identity(config) == training_identity(wanted) && ckpt.step <= wanted.train.steps;
+    s.step = ckpt.step;
+  } catch (const Error& err) {
+    spdlog::warn("{}: {} (it will be trained again)", latest, err.what());
+  }
+  return s;
+}
+
+namespace {
+
+// Seconds per image per network evaluation of a model's UNet (random weights), for the estimate.
+double eval_seconds_per_image(const Config& config, int64_t batch, const torch::Device& device) {
+  torch::NoGradGuard no_grad;
+  model::UNet unet(config.model, config.data.channels, config.data.image_size);
+  unet->eval();
+  unet->to(device);
+  const int64_t b = std::clamp<int64_t>(batch, 1, 32);
+  auto x = torch::randn({b, config.data.channels, config.data.image_size, config.data.image_size}).to(device);
+  auto t = torch::full({b}, 500.0).to(device);
+  unet->forward(x, t);
+  const auto start = std::chrono::steady_clock::now();
+  unet->forward(x, t);
+  if (device.is_cuda()) torch::cuda::synchronize();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / b;
+}
+
+// The sample settings that can change a unit's samples. Options the sampler does not read are
+// reset (changing clip_denoised, which only DDIM and DDPM read, re-runs no DEIS unit), and so is
+// the batch, except for samplers whose noise is drawn per batch (DDPM, DDIM with η > 0).
+SampleConfig effective_settings(SampleConfig c) {
+  const auto& info = sample::find_sampler(c.sampler);
+  std::vector<std::string> unread;
+  for (const auto& key : sample::sampler_option_keys())
+    if (std::find(info.options.begin(), info.options.end(), key) == info.options.end()) unread.push_back(key);
+  if (c.timesteps != "karras") unread.push_back("karras_rho");
+  if (!c.skip_tuning.active()) unread.push_back("skip_tuning");
+  reset_sample_keys(c, unread);
+  if (!info.stochastic && c.eta == 0) c.batch = 0;
+  return c;
+}
+
+}  // namespace
+
+std::string learned_schedule_file(const Experiment& e, const ModelSpec& m, const std::vector<int>& steps) {
+  std::string text = m.key + "\n" + std::to_string(e.schedule.levels) + "|" + std::to_string(e.schedule.samples) + "|" +
+                     std::to_string(e.schedule.seed);
+  for (int s : steps) text += "|" + std::to_string(s);
+  return e.out + "/schedules/" + m.name + "-" + hash_key(text) + ".yaml";
+}
+
+std::vector<int> learned_steps(const std::vector<Unit>& units, const ModelSpec& m) {
+  std::set<int> steps;
+  for (const auto& u : units)
+    if (u.model == &m && u.config.timesteps == "learned") steps.insert(u.config.steps);
+  return {steps.begin(), steps.end()};
+}
+
+Plan plan_units(const Experiment& e, const Measurer& measurer) {
+  Plan plan;
+  auto& units = plan.units;
+  for (const auto& m : e.models)
+    for (const auto& s : e.settings) {
+      const SampleConfig config = sample_config(e, m, s);
+      Config c;
+      c.sample = effective_settings(config);
+      const std::string settings_text = m.key + "\n" + to_yaml(c);
+      for (uint64_t seed : e.seeds) {
+        Unit u;
+        u.model = &m;
+        u.setting = &s;
+        u.seed = seed;
+        u.config = config;
+        std::string text = settings_text + "seed " + std::to_string(seed);
+        u.key = hash_key(text);
+        u.dir = e.out + "/units/" + m.name + "/" + u.key;
+        u.metric_key = hash_key(u.key + "\n" + measurer.identity() + "\n" + measurer.reference_identity(m));
+        u.nfe = sample::find_sampler(u.config.sampler).nfe(u.config.steps);
+        u.has_samples = fs::exists(u.dir + "/samples.npz") && fs::exists(u.dir + "/sample.json");
+        u.has_metric = fs::exists(u.metric_file());
+        units.push_back(std::move(u));
+      }
+    }
+  for (auto& u : units)
+    if (u.config.timesteps == "learned") {
+      // The schedule file (and so the key) depends on every learned step count of the model.
+      const auto file = learned_schedule_file(e, *u.model, learned_steps(units, *u.model));
+      u.key = hash_key(u.key + "\nlearned " + file);
+      u.dir = e.out + "/units/" + u.model->name + "/" + u.key;
+      u.metric_key = hash_key(u.key + "\n" + measurer.identity() + "\n" + measurer.reference_identity(*u.model));
+      u.has_samples = fs::exists(u.dir + "/samples.npz") && fs::exists(u.dir + "/sample.json");
+      u.has_metric = fs::exists(u.metric_file());
+    }
+
+  return plan;
+}
+
+RunSummary show_plan(const Experiment& e, Plan& plan, const torch::Device& device,
+                     const std::function<bool(const ModelSpec&)>& selected) {
+  // The plan and a rough estimate, from one timed network evaluation per model.
+  RunSummary summary;
+  double total_seconds = 0;
+  auto& units = plan.units;
+  auto& states = plan.states;
+  std::printf("experiment %s: %zu models × %zu settings × %zu seeds = %zu units, %s samples each, %s; output %s\n",
+              e.name.c_str(), e.models.size(), e.settings.size(), e.seeds.size(), units.size(),
+              std::to_string(e.metric.num_samples).c_str(), e.metric.features.c_str(), e.out.c_str());
+  for (const auto& m : e.models) {
+    int todo = 0, done = 0, to_sample = 0;
+    int64_t nfe_images = 0;
+    for (const auto& u : units)
+      if (u.model == &m) {
+        if (u.has_metric) {
+          ++done;
+        } else {
+          ++todo;
+          if (!u.has_samples) ++to_sample, nfe_images += u.nfe * e.metric.num_samples;
+        }
+      }
+    summary.units_total += todo + done;
+    summary.units_done_before += done;
+    std::string training = "checkpoint " + m.checkpoint;
+    int64_t train_steps = 0;
+    if (!m.train_config.empty()) {
+      const auto& state = states[m.name] = train_state(e, m);
+      if (state.trained()) {
+        training = "trained (" + std::to_string(state.step) + " steps)";
+      } else if (todo == 0) {
+        training = "not needed (every unit done)";
+      } else if (state.resumable()) {
+        train_steps = m.config.train.steps - state.step;
+        training = "resume at step " + std::to_string(state.step) + " of " + std::to_string(m.config.train.steps);
+      } else {
+        train_steps = m.config.train.steps;
+        training = "train " + std::to_string(train_steps) + " steps";
+      }
+    }
+    double seconds = 0;
+    if (selected(m) && todo > 0) {
+      const double per_image = eval_seconds_per_image(m.config, sample_config(e, m, e.settings.front()).batch, device);
+      // A training step costs about three evaluations per image (forward, and a backward of about
+      // twice its cost); every loss evaluates the network once (L_skip reuses the prediction).
+      const double per_step = per_image * m.config.train.batch_size * 3.0;
+      seconds = per_image * static_cast<double>(nfe_images) + per_step * static_cast<double>(train_steps);
+      total_seconds += seconds;
+    }
+    std::printf("  %-14s %-44s units: %d done, %d to run (%d to sample)%s%s\n", m.name.c_str(), training.c_str(), done, todo,
+                to_sample, selected(m) ? "" : " [skipped: --only]",
+                seconds > 0 ? (", ~" + format_duration(seconds)).c_str() : "");
+  }
+  std::printf("estimated time: ~%s (network time only, from one timed evaluation per model)\n",
+              format_duration(total_seconds).c_str());
+  std::fflush(stdout);
+  return summary;
+}
+
+}  // namespace s2dm::experiment

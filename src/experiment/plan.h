@@ -1,0 +1,83 @@
+#pragma once
+// The experiment driver's plan (internal to src/experiment): the units (model × setting × seed)
+// with the keys that identify their results, the state of each model's training, and the
+// measurer (feature space + reference statistics) they share.
+#include <torch/types.h>
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "s2dm/eval/fid.h"
+#include "s2dm/experiment/experiment.h"
+
+namespace s2dm::experiment {
+
+// What determines a model's weights, without the settings that do not (name, device, threads,
+// the sample section).
+std::string training_identity(Config config);
+// A file's path, size and modification time: what a key depends on when it names a file.
+std::string file_identity(const std::string& path);
+
+struct Unit {
+  const ModelSpec* model = nullptr;
+  const Setting* setting = nullptr;
+  uint64_t seed = 0;
+  SampleConfig config;
+  std::string key, metric_key, dir;
+  int64_t nfe = 0;
+  bool has_samples = false, has_metric = false;
+  std::string metric_file() const { return dir + "/metric-" + metric_key + ".json"; }
+};
+
+// The state of a train model's run directory.
+struct TrainState {
+  std::string run_dir;
+  int64_t step = -1;      // -1: nothing usable
+  bool matches = false;   // the checkpoint was trained with this config
+  int64_t target = 0;      // the steps wanted
+  bool trained() const { return matches && step == target; }
+  bool resumable() const { return matches && step >= 0 && step < target; }
+};
+
+std::string model_dir(const Experiment& e, const ModelSpec& m);
+TrainState train_state(const Experiment& e, const ModelSpec& m);
+
+// The metric's feature space and reference statistics (cached under the output folder), loaded
+// when first needed.
+class Measurer {
+ public:
+  Measurer(const Experiment& e, torch::Device device);
+  // What a metric value depends on besides the samples: the feature space ...
+  const std::string& identity() const { return identity_; }
+  // ... and the reference of a model.
+  std::string reference_identity(const ModelSpec& m) const;
+  const eval::FeatureExtractor& extractor();
+  const eval::FeatureSet& reference(const ModelSpec& m);
+
+ private:
+  const Experiment& e_;
+  torch::Device device_;
+  std::string identity_, classifier_;
+  eval::FeatureExtractor extractor_;
+  std::map<std::string, eval::FeatureSet> references_;
+};
+
+struct Plan {
+  std::vector<Unit> units;
+  std::map<std::string, TrainState> states;  // by model name, for the models to train
+};
+// Every unit of the experiment, keyed, with what an earlier run left of it.
+Plan plan_units(const Experiment& e, const Measurer& measurer);
+// Prints the plan and a rough time estimate (one timed network evaluation per model); fills
+// `plan.states`. `selected` says which models run (--only).
+RunSummary show_plan(const Experiment& e, Plan& plan, const torch::Device& device,
+                     const std::function<bool(const ModelSpec&)>& selected);
+
+// The offline learned schedule of a model for every step count its "learned" settings use,
+// estimated once and kept beside the model; the step counts.
+std::string learned_schedule_file(const Experiment& e, const ModelSpec& m, const std::vector<int>& steps);
+std::vector<int> learned_steps(const std::vector<Unit>& units, const ModelSpec& m);
+
+}  // namespace s2dm::experiment
