@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "s2dm/core/errors.h"
+#include "s2dm/core/yaml_reader.h"
 #include "s2dm/io/file_io.h"
 
 namespace s2dm {
@@ -264,24 +265,14 @@ struct NameCollector {
 // Reads a YAML mapping into a struct, validating each value.
 class Binder {
  public:
-  Binder(const YAML::Node& node, std::string prefix, const std::string& origin,
-         const std::map<std::string, std::string>& overridden)
-      : node_(node), prefix_(std::move(prefix)), origin_(origin), overridden_(overridden) {}
+  Binder(const YAML::Node& node, std::string prefix, const YamlReader& reader)
+      : node_(node), prefix_(std::move(prefix)), reader_(reader) {}
 
   template <class S>
   void bind(S& target) {
-    if (!node_.IsMap()) fail(node_, "expected a mapping of keys");
     NameCollector names;
     visit(names, target);
-    for (const auto& kv : node_) {
-      auto key = kv.first.as<std::string>();
-      if (std::find(names.names.begin(), names.names.end(), key) == names.names.end()) {
-        std::string msg = "unknown key '" + prefix_ + key + "'";
-        auto near = closest_match(key, names.names);
-        if (!near.empty()) msg += " (did you mean '" + prefix_ + near + "'?)";
-        fail(kv.first, msg, prefix_ + key);
-      }
-    }
+    reader_.check_keys(node_, prefix_.empty() ? "" : prefix_.substr(0, prefix_.size() - 1), names.names);
     visit(*this, target);
   }
 
@@ -289,77 +280,43 @@ class Binder {
   void operator()(const char* name, T& value, const C& check) {
     const YAML::Node child = node_[name];
     if (!child || child.IsNull()) return;  // keep the default
-    read(child, name, value);
-    validate(child, name, value, check);
+    const std::string key = prefix_ + name;
+    read(child, key, value);
+    const std::string msg = violation(key, value, check);
+    if (!msg.empty()) reader_.fail(child, msg, key);
   }
 
   template <class S>
   void section(const char* name, S& target) {
     const YAML::Node child = node_[name];
     if (!child || child.IsNull()) return;
-    if (overridden_.count(prefix_ + name)) target = S{};  // an override that gives a whole section replaces it
-    Binder(child, prefix_ + name + ".", origin_, overridden_).bind(target);
+    if (reader_.overrides(prefix_ + name)) target = S{};  // an override that gives a whole section replaces it
+    Binder(child, prefix_ + name + ".", reader_).bind(target);
   }
 
  private:
-  [[noreturn]] void fail(const YAML::Node& at, const std::string& msg,
-                         const std::string& key = "") const {
-    auto it = overridden_.find(key);
-    if (!key.empty() && it != overridden_.end()) throw ConfigError("--set " + it->second + ": " + msg);
-    std::string where = origin_;
-    if (at.Mark().line >= 0) where += ":" + std::to_string(at.Mark().line + 1);
-    throw ConfigError(where + ": " + msg);
+  void read(const YAML::Node& n, const std::string& key, std::string& v) { v = reader_.scalar<std::string>(n, key, "a string"); }
+  void read(const YAML::Node& n, const std::string& key, bool& v) { v = reader_.scalar<bool>(n, key, "true or false"); }
+  void read(const YAML::Node& n, const std::string& key, int& v) { v = reader_.scalar<int>(n, key, "an integer"); }
+  void read(const YAML::Node& n, const std::string& key, int64_t& v) { v = reader_.scalar<int64_t>(n, key, "an integer"); }
+  void read(const YAML::Node& n, const std::string& key, uint64_t& v) {
+    v = reader_.scalar<uint64_t>(n, key, "a non-negative integer");
   }
-
-  std::string text(const YAML::Node& node) const {
-    if (node.IsScalar()) return "'" + node.Scalar() + "'";
-    std::ostringstream s;
-    s << YAML::Dump(node);
-    return s.str();
-  }
-
-  template <class T>
-  void scalar(const YAML::Node& node, const char* name, T& value, const char* what) {
-    try {
-      if (!node.IsScalar()) throw YAML::BadConversion(node.Mark());
-      value = node.as<T>();
-    } catch (const YAML::BadConversion&) {
-      fail(node, prefix_ + name + ": expected " + what + ", got " + text(node), prefix_ + name);
-    }
-  }
-  void read(const YAML::Node& n, const char* name, std::string& v) { scalar(n, name, v, "a string"); }
-  void read(const YAML::Node& n, const char* name, bool& v) { scalar(n, name, v, "true or false"); }
-  void read(const YAML::Node& n, const char* name, int& v) { scalar(n, name, v, "an integer"); }
-  void read(const YAML::Node& n, const char* name, int64_t& v) { scalar(n, name, v, "an integer"); }
-  void read(const YAML::Node& n, const char* name, uint64_t& v) {
-    scalar(n, name, v, "a non-negative integer");
-  }
-  void read(const YAML::Node& n, const char* name, double& v) {
-    scalar(n, name, v, "a number");
-    if (!std::isfinite(v)) fail(n, prefix_ + name + ": expected a finite number", prefix_ + name);
+  void read(const YAML::Node& n, const std::string& key, double& v) {
+    v = reader_.scalar<double>(n, key, "a number");
+    if (!std::isfinite(v)) reader_.fail(n, key + ": expected a finite number", key);
   }
   template <class T>
-  void read(const YAML::Node& n, const char* name, std::vector<T>& v) {
+  void read(const YAML::Node& n, const std::string& key, std::vector<T>& v) {
     const char* what = std::is_same_v<T, int> ? "a list of integers" : "a list of numbers";
-    if (!n.IsSequence()) fail(n, prefix_ + name + ": expected " + what + ", got " + text(n), prefix_ + name);
+    if (!n.IsSequence()) reader_.fail(n, key + ": expected " + what + ", got " + YamlReader::flow(n), key);
     v.clear();
-    for (const auto& item : n) {
-      T x{};
-      scalar(item, name, x, what);
-      v.push_back(x);
-    }
-  }
-
-  template <class T, class C>
-  void validate(const YAML::Node& n, const char* name, const T& value, const C& check) {
-    const std::string msg = violation(prefix_ + name, value, check);
-    if (!msg.empty()) fail(n, msg, prefix_ + name);
+    for (const auto& item : n) v.push_back(reader_.scalar<T>(item, key, what));
   }
 
   const YAML::Node node_;
   std::string prefix_;
-  const std::string& origin_;
-  const std::map<std::string, std::string>& overridden_;
+  const YamlReader& reader_;
 };
 
 // Writes the resolved config as YAML text (strings quoted, lists in flow style).
@@ -521,7 +478,7 @@ void bind_overrides(Config& config, const std::vector<std::string>& overrides, c
     path.back()[parts.back()] = parsed;
     overridden[key] = item;
   }
-  Binder(root, "", origin, overridden).bind(config);
+  Binder(root, "", YamlReader(origin, std::move(overridden))).bind(config);
 }
 
 }  // namespace
@@ -537,7 +494,7 @@ Config parse_config(const std::string& yaml_text, const std::string& origin,
   if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
   if (!root.IsMap()) throw ConfigError(origin + ": expected a mapping of sections at the top level");
   Config config;
-  Binder(root, "", origin, {}).bind(config);
+  Binder(root, "", YamlReader(origin)).bind(config);
   bind_overrides(config, overrides, origin);
   validate_whole(config, origin);
   return config;

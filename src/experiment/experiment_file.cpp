@@ -1,12 +1,12 @@
 // Reading an experiment file: its keys, the models, the sweep, the metric; every model × setting
 // is resolved here, so that a bad combination fails before any work.
-#include <yaml-cpp/yaml.h>
 
 #include <filesystem>
 #include <set>
 
 #include "plan.h"
 #include "s2dm/core/errors.h"
+#include "s2dm/core/yaml_reader.h"
 #include "s2dm/data/data.h"
 #include "s2dm/eval/fid.h"
 #include "s2dm/experiment/experiment.h"
@@ -40,61 +40,15 @@ namespace {
 
 // ---- Reading the experiment file ----
 
-class Reader {
+// A YAML reader that also resolves paths relative to the experiment file's folder.
+class Reader : public YamlReader {
  public:
-  explicit Reader(std::string path) : path_(std::move(path)) {}
-
-  [[noreturn]] void fail(const YAML::Node& at, const std::string& msg) const {
-    std::string where = path_;
-    if (at.IsDefined() && at.Mark().line >= 0) where += ":" + std::to_string(at.Mark().line + 1);
-    throw ConfigError(where + ": " + msg);
-  }
-  int line(const YAML::Node& at) const { return at.IsDefined() ? at.Mark().line + 1 : 0; }
-
-  void check_keys(const YAML::Node& node, const std::string& prefix, const std::vector<std::string>& allowed) const {
-    if (!node.IsMap()) fail(node, (prefix.empty() ? "the experiment" : prefix) + ": expected a mapping of keys");
-    for (const auto& kv : node) {
-      const auto key = kv.first.as<std::string>();
-      if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
-      const std::string full = prefix.empty() ? key : prefix + "." + key;
-      std::string msg = "unknown key '" + full + "'";
-      const auto near = closest_match(key, allowed);
-      if (!near.empty()) msg += " (did you mean '" + (prefix.empty() ? near : prefix + "." + near) + "'?)";
-      msg += "; allowed: ";
-      for (size_t i = 0; i < allowed.size(); ++i) msg += (i ? ", " : "") + allowed[i];
-      fail(kv.first, msg);
-    }
-  }
-
-  template <class T>
-  T scalar(const YAML::Node& node, const std::string& name, const char* what) const {
-    try {
-      if (!node.IsScalar()) throw YAML::BadConversion(node.Mark());
-      return node.as<T>();
-    } catch (const YAML::BadConversion&) {
-      fail(node, name + ": expected " + what + ", got '" + flow(node) + "'");
-    }
-  }
-
-  // A path in the file, relative to the file's folder.
+  explicit Reader(const std::string& path) : YamlReader(path) {}
   std::string resolve(const std::string& p) const {
     if (p.empty() || fs::path(p).is_absolute()) return p;
-    return (fs::path(path_).parent_path() / p).lexically_normal().string();
+    return (fs::path(origin()).parent_path() / p).lexically_normal().string();
   }
-
-  static std::string flow(const YAML::Node& node) {
-    if (node.IsScalar()) return node.Scalar();
-    YAML::Emitter e;
-    e.SetMapFormat(YAML::Flow);
-    e.SetSeqFormat(YAML::Flow);
-    e << node;
-    return e.c_str();
-  }
-
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
+  const std::string& path() const { return origin(); }
 };
 
 bool is_safe_name(const std::string& name) {

@@ -17,6 +17,7 @@
 #include "s2dm/io/file_io.h"
 #include "s2dm/io/image_io.h"
 #include "s2dm/io/plot.h"
+#include "report_tables.h"
 
 namespace s2dm::experiment {
 namespace fs = std::filesystem;
@@ -34,219 +35,6 @@ std::string css_color(const Color& c) {
   char buf[8];
   std::snprintf(buf, sizeof buf, "#%02x%02x%02x", c[0], c[1], c[2]);
   return buf;
-}
-
-std::string format_number(double x, int decimals = 2) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", decimals, x);
-  return buf;
-}
-
-// Mean and sample standard deviation (0 for a single value).
-struct Spread {
-  double mean = 0, std = 0;
-  size_t n = 0;
-};
-Spread spread(const std::vector<double>& v) {
-  Spread s;
-  s.n = v.size();
-  if (v.empty()) return s;
-  for (double x : v) s.mean += x;
-  s.mean /= static_cast<double>(v.size());
-  if (v.size() > 1) {
-    double ss = 0;
-    for (double x : v) ss += (x - s.mean) * (x - s.mean);
-    s.std = std::sqrt(ss / static_cast<double>(v.size() - 1));
-  }
-  return s;
-}
-
-// What a table's rows are (the sampler, or the swept key in experiment.table_rows).
-std::string row_label(const ResultRow& row, const std::string& rows_key) {
-  if (rows_key == "sampler") return row.sampler;
-  auto it = row.setting.find(rows_key);
-  return it == row.setting.end() ? "" : it->second;
-}
-
-// The swept values other than the rows' key and steps: what tells one table of a model from another.
-std::string group_of(const ResultRow& row, const std::string& rows_key) {
-  std::string label;
-  for (const auto& [k, v] : row.setting) {
-    if (k == rows_key || k == "steps") continue;
-    label += (label.empty() ? "" : ", ") + k + "=" + v;
-  }
-  return label;
-}
-
-// The results arranged as the papers' tables: per model and group, row (sampler) × steps → values.
-struct Grid {
-  std::vector<std::string> labels;    // the rows, in order of first appearance
-  std::vector<int> steps;             // increasing
-  std::map<std::pair<std::string, int>, std::vector<double>> values;
-  std::map<std::pair<std::string, int>, std::map<uint64_t, double>> by_seed;
-  std::map<std::pair<std::string, int>, int64_t> nfe;
-};
-struct Arranged {
-  std::vector<std::string> models, groups;  // in order of first appearance
-  std::map<std::pair<std::string, std::string>, Grid> grids;  // (model, group)
-  std::string metric;
-};
-
-template <class T>
-void add_unique(std::vector<T>& list, const T& item) {
-  if (std::find(list.begin(), list.end(), item) == list.end()) list.push_back(item);
-}
-
-Arranged arrange(const std::vector<ResultRow>& rows, const std::string& rows_key) {
-  Arranged a;
-  for (const auto& r : rows) {
-    add_unique(a.models, r.model);
-    const std::string group = group_of(r, rows_key);
-    add_unique(a.groups, group);
-    auto& g = a.grids[{r.model, group}];
-    const std::string label = row_label(r, rows_key);
-    add_unique(g.labels, label);
-    add_unique(g.steps, r.steps);
-    g.values[{label, r.steps}].push_back(r.value);
-    g.by_seed[{label, r.steps}][r.seed] = r.value;
-    g.nfe[{label, r.steps}] = r.nfe;
-    if (a.metric.empty()) a.metric = r.metric;
-  }
-  for (auto& [k, g] : a.grids) std::sort(g.steps.begin(), g.steps.end());
-  return a;
-}
-
-struct Table {
-  std::string title;
-  std::vector<std::string> header;
-  std::vector<std::vector<std::string>> rows;
-  std::string note;
-};
-
-// Decimals for a table: about four significant digits for its smallest value, two at least.
-int table_decimals(const Grid& g) {
-  double smallest = 0;
-  for (const auto& [cell, values] : g.values) {
-    const double m = std::abs(spread(values).mean);
-    if (m > 0 && (smallest == 0 || m < smallest)) smallest = m;
-  }
-  const double magnitude = smallest > 0 ? std::floor(std::log10(smallest)) : 0.0;
-  return static_cast<int>(std::clamp(3.0 - magnitude, 2.0, 8.0));
-}
-
-// Mean ± sample standard deviation over seeds (the mean alone for one seed).
-std::string cell_text(const std::vector<double>& values, int decimals) {
-  if (values.empty()) return "–";
-  const auto s = spread(values);
-  return s.n > 1 ? format_number(s.mean, decimals) + " ± " + format_number(s.std, decimals) : format_number(s.mean, decimals);
-}
-
-std::vector<Table> build_tables(const Experiment& e, const std::vector<ResultRow>& rows) {
-  const Arranged a = arrange(rows, e.table_rows);
-  std::vector<Table> tables;
-  const std::string seeds = e.seeds.size() > 1 ? " (mean ± standard deviation over " + std::to_string(e.seeds.size()) +
-                                                     " seeds)"
-                                               : "";
-  for (const auto& group : a.groups) {
-    const std::string in_group = group.empty() ? "" : " — " + group;
-    for (const auto& model : a.models) {
-      auto it = a.grids.find({model, group});
-      if (it == a.grids.end()) continue;
-      const Grid& g = it->second;
-      Table t;
-      t.title = model + in_group;
-      t.header.push_back(a.metric + " ↓");
-      for (int s : g.steps) t.header.push_back(std::to_string(s) + " steps");
-      const int decimals = table_decimals(g);
-      for (const auto& label : g.labels) {
-        std::vector<std::string> row{label};
-        for (int s : g.steps) {
-          auto v = g.values.find({label, s});
-          row.push_back(v == g.values.end() ? "–" : cell_text(v->second, decimals));
-        }
-        t.rows.push_back(row);
-      }
-      std::string nfe;
-      for (const auto& label : g.labels) {
-        std::string list;
-        for (int s : g.steps) {
-          auto n = g.nfe.find({label, s});
-          if (n != g.nfe.end()) list += (list.empty() ? "" : "/") + std::to_string(n->second);
-        }
-        nfe += (nfe.empty() ? "" : "; ") + label + " " + list;
-      }
-      t.note = "NFE: " + nfe + "." + seeds;
-      tables.push_back(t);
-    }
-    // The relative improvement of every other model over the baseline.
-    auto base = a.grids.find({e.baseline, group});
-    if (e.baseline.empty() || base == a.grids.end()) continue;
-    for (const auto& model : a.models) {
-      auto it = a.grids.find({model, group});
-      if (model == e.baseline || it == a.grids.end()) continue;
-      const Grid& g = it->second;
-      Table t;
-      t.title = model + " vs " + e.baseline + in_group + ": relative improvement";
-      t.header.push_back(e.table_rows);
-      for (int s : g.steps) t.header.push_back(std::to_string(s) + " steps");
-      bool any_within = false;
-      for (const auto& label : g.labels) {
-        std::vector<std::string> row{label};
-        for (int s : g.steps) {
-          auto m = g.values.find({label, s});
-          auto b = base->second.values.find({label, s});
-          if (m == g.values.end() || b == base->second.values.end()) {
-            row.push_back("–");
-            continue;
-          }
-          const auto sm = spread(m->second), sb = spread(b->second);
-          std::string text = (sb.mean > sm.mean ? "+" : "") + format_number(100.0 * (sb.mean - sm.mean) / sb.mean, 1) + " %";
-          if (sm.n > 1 && sb.n > 1 && std::abs(sb.mean - sm.mean) <= std::max(sm.std, sb.std)) {
-            text += " †";
-            any_within = true;
-          }
-          row.push_back(text);
-        }
-        t.rows.push_back(row);
-      }
-      t.note = "(" + e.baseline + " − " + model + ") / " + e.baseline + " of " + a.metric +
-               ": positive means " + model + " is better." +
-               (any_within ? " † the difference is within the spread across seeds (|Δ| ≤ the larger standard deviation)."
-                           : "");
-      tables.push_back(t);
-
-      // Seeds fix the initial noise of every image, so both models start from the same x_T: the
-      // per-seed differences are paired, and their spread is the sharper test.
-      if (e.seeds.size() < 2) continue;
-      Table p;
-      p.title = model + " vs " + e.baseline + in_group + ": paired difference";
-      p.header = t.header;
-      const int decimals = table_decimals(g);
-      for (const auto& label : g.labels) {
-        std::vector<std::string> row{label};
-        for (int s : g.steps) {
-          auto m = g.by_seed.find({label, s});
-          auto b = base->second.by_seed.find({label, s});
-          std::vector<double> diffs;
-          if (m != g.by_seed.end() && b != base->second.by_seed.end())
-            for (const auto& [seed, value] : m->second)
-              if (b->second.count(seed)) diffs.push_back(b->second.at(seed) - value);
-          if (diffs.size() < 2) {
-            row.push_back("–");
-            continue;
-          }
-          const auto d = spread(diffs);
-          const int better = static_cast<int>(std::count_if(diffs.begin(), diffs.end(), [](double x) { return x > 0; }));
-          row.push_back(cell_text(diffs, decimals) + " (" + std::to_string(better) + "/" + std::to_string(d.n) + ")");
-        }
-        p.rows.push_back(row);
-      }
-      p.note = "Δ = " + e.baseline + " − " + model + " per seed (the same initial noise for both), mean ± standard "
-               "deviation over seeds; in brackets the seeds where " + model + " is better.";
-      tables.push_back(p);
-    }
-  }
-  return tables;
 }
 
 std::string markdown(const Table& t) {
@@ -335,7 +123,7 @@ struct Figure {
 };
 
 // Metric against NFE, one plot per model and group, one line per table row (means over seeds).
-std::vector<Figure> metric_plots(const Experiment& e, const std::vector<ResultRow>& rows, const std::string& dir) {
+std::vector<Figure> metric_plots(const ReportSpec& e, const std::vector<ResultRow>& rows, const std::string& dir) {
   const Arranged a = arrange(rows, e.table_rows);
   std::vector<Figure> figures;
   for (const auto& group : a.groups)
@@ -450,23 +238,23 @@ std::string results_csv(const std::vector<ResultRow>& rows) {
 
 namespace {
 
-std::string markdown_document(const Experiment& e, const std::vector<ResultRow>& rows, const std::vector<Table>& tables) {
+std::string markdown_document(const ReportSpec& e, const std::vector<ResultRow>& rows, const std::vector<Table>& tables) {
   std::ostringstream s;
   s << "# " << e.name << "\n\n";
   if (rows.empty()) return s.str() + "No results yet.\n";
   s << rows.size() << " results, " << rows.front().num_samples << " samples each, " << rows.front().metric
-    << " against the reference '" << e.metric.reference << "'.\n\n";
+    << " against the reference '" << e.reference << "'.\n\n";
   for (const auto& t : tables) s << markdown(t) << "\n";
   return s.str();
 }
 
 }  // namespace
 
-std::string results_markdown(const Experiment& e, const std::vector<ResultRow>& rows) {
+std::string results_markdown(const ReportSpec& e, const std::vector<ResultRow>& rows) {
   return markdown_document(e, rows, build_tables(e, rows));
 }
 
-void write_report(const Experiment& e, const ReportInputs& in) {
+void write_report(const ReportSpec& e, const ReportInputs& in) {
   const std::string plots = e.out + "/plots", report = e.out + "/report";
   fs::create_directories(plots);
   fs::create_directories(report);

@@ -46,6 +46,10 @@ ResultRow result_row(const Unit& u, const json& metric) {
   return row;
 }
 
+ReportSpec report_spec(const Experiment& e) {
+  return {e.name, e.path, e.out, e.baseline, e.table_rows, e.metric.reference, e.seeds.size()};
+}
+
 json read_json(const std::string& path) {
   auto j = json::parse(read_file_bytes(path), nullptr, false);
   if (j.is_discarded()) throw DataError(path + ": not valid JSON");
@@ -207,7 +211,7 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
       inputs.notes.push_back(m.name + ": checkpoint " + m.checkpoint + (m.ema ? " (EMA weights)" : " (raw weights)"));
     }
   }
-  write_report(e, inputs);
+  write_report(report_spec(e), inputs);
   if (summary.interrupted) spdlog::warn("interrupted: {} units finished this time; run again to continue", summary.units_run);
   std::printf("%d units run now, %d reused, %d of %zu done; wrote %s/results.csv, results.md, report/index.html\n",
               summary.units_run, summary.units_done_before, done, units.size(), e.out.c_str());

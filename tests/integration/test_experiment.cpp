@@ -295,10 +295,10 @@ TEST_F(Experiment, SweepsSkipTuningAndLearnedSchedules) {
 // The tables' numbers: mean ± sample standard deviation over seeds, and the relative
 // improvement over the baseline, marked † where it is within the seeds' spread.
 TEST(ExperimentReport, TablesAverageSeedsAndCompareWithTheBaseline) {
-  s2dm::experiment::Experiment e;
+  s2dm::experiment::ReportSpec e;
   e.name = "t";
   e.baseline = "base";
-  e.seeds = {0, 1};
+  e.num_seeds = 2;
   std::vector<s2dm::experiment::ResultRow> rows;
   auto add = [&](const std::string& model, const std::string& sampler, int steps, uint64_t seed, double value) {
     s2dm::experiment::ResultRow r;

@@ -8,9 +8,19 @@
 #include <string>
 #include <vector>
 
-#include "s2dm/experiment/experiment.h"
 
 namespace s2dm::experiment {
+
+// What a report says about its experiment.
+struct ReportSpec {
+  std::string name;                   // the experiment's
+  std::string path;                   // its file
+  std::string out;                    // the output folder
+  std::string baseline;               // the model others are compared with (may be empty)
+  std::string table_rows = "sampler"; // what the tables' rows are: sampler or a swept key
+  std::string reference;              // the metric's reference (train, test or a statistics file)
+  size_t num_seeds = 1;
+};
 
 struct ResultRow {
   std::string model;
@@ -35,11 +45,11 @@ struct ReportInputs {
   std::vector<std::string> notes;                       // lines for the report's header
 };
 
-// Writes results.csv, results.md, plots/*.png and report/index.html under experiment.out.
-void write_report(const Experiment& experiment, const ReportInputs& inputs);
+// Writes results.csv, results.md, plots/*.png and report/index.html under spec.out.
+void write_report(const ReportSpec& spec, const ReportInputs& inputs);
 
 // The outputs, separately (write_report calls them).
 std::string results_csv(const std::vector<ResultRow>& rows);
-std::string results_markdown(const Experiment& experiment, const std::vector<ResultRow>& rows);
+std::string results_markdown(const ReportSpec& spec, const std::vector<ResultRow>& rows);
 
 }  // namespace s2dm::experiment

@@ -1,0 +1,205 @@
+// The result tables of an experiment report (results.md and report/index.html show them).
+#include "report_tables.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <set>
+
+namespace s2dm::experiment {
+
+std::string format_number(double x, int decimals) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, x);
+  return buf;
+}
+
+Spread spread(const std::vector<double>& v) {
+  Spread s;
+  s.n = v.size();
+  if (v.empty()) return s;
+  for (double x : v) s.mean += x;
+  s.mean /= static_cast<double>(v.size());
+  if (v.size() > 1) {
+    double ss = 0;
+    for (double x : v) ss += (x - s.mean) * (x - s.mean);
+    s.std = std::sqrt(ss / static_cast<double>(v.size() - 1));
+  }
+  return s;
+}
+
+namespace {
+
+// What a table's rows are (the sampler, or the swept key in experiment.table_rows).
+std::string row_label(const ResultRow& row, const std::string& rows_key) {
+  if (rows_key == "sampler") return row.sampler;
+  auto it = row.setting.find(rows_key);
+  return it == row.setting.end() ? "" : it->second;
+}
+
+// The swept values other than the rows' key and steps: what tells one table of a model from another.
+std::string group_of(const ResultRow& row, const std::string& rows_key) {
+  std::string label;
+  for (const auto& [k, v] : row.setting) {
+    if (k == rows_key || k == "steps") continue;
+    label += (label.empty() ? "" : ", ") + k + "=" + v;
+  }
+  return label;
+}
+
+
+
+
+}  // namespace
+
+Arranged arrange(const std::vector<ResultRow>& rows, const std::string& rows_key) {
+  Arranged a;
+  for (const auto& r : rows) {
+    add_unique(a.models, r.model);
+    const std::string group = group_of(r, rows_key);
+    add_unique(a.groups, group);
+    auto& g = a.grids[{r.model, group}];
+    const std::string label = row_label(r, rows_key);
+    add_unique(g.labels, label);
+    add_unique(g.steps, r.steps);
+    g.values[{label, r.steps}].push_back(r.value);
+    g.by_seed[{label, r.steps}][r.seed] = r.value;
+    g.nfe[{label, r.steps}] = r.nfe;
+    if (a.metric.empty()) a.metric = r.metric;
+  }
+  for (auto& [k, g] : a.grids) std::sort(g.steps.begin(), g.steps.end());
+  return a;
+}
+
+
+namespace {
+
+// Decimals for a table: about four significant digits for its smallest value, two at least.
+int table_decimals(const Grid& g) {
+  double smallest = 0;
+  for (const auto& [cell, values] : g.values) {
+    const double m = std::abs(spread(values).mean);
+    if (m > 0 && (smallest == 0 || m < smallest)) smallest = m;
+  }
+  const double magnitude = smallest > 0 ? std::floor(std::log10(smallest)) : 0.0;
+  return static_cast<int>(std::clamp(3.0 - magnitude, 2.0, 8.0));
+}
+
+// Mean ± sample standard deviation over seeds (the mean alone for one seed).
+std::string cell_text(const std::vector<double>& values, int decimals) {
+  if (values.empty()) return "–";
+  const auto s = spread(values);
+  return s.n > 1 ? format_number(s.mean, decimals) + " ± " + format_number(s.std, decimals) : format_number(s.mean, decimals);
+}
+
+}  // namespace
+
+std::vector<Table> build_tables(const ReportSpec& e, const std::vector<ResultRow>& rows) {
+  const Arranged a = arrange(rows, e.table_rows);
+  std::vector<Table> tables;
+  const std::string seeds = e.num_seeds > 1 ? " (mean ± standard deviation over " + std::to_string(e.num_seeds) +
+                                                     " seeds)"
+                                               : "";
+  for (const auto& group : a.groups) {
+    const std::string in_group = group.empty() ? "" : " — " + group;
+    for (const auto& model : a.models) {
+      auto it = a.grids.find({model, group});
+      if (it == a.grids.end()) continue;
+      const Grid& g = it->second;
+      Table t;
+      t.title = model + in_group;
+      t.header.push_back(a.metric + " ↓");
+      for (int s : g.steps) t.header.push_back(std::to_string(s) + " steps");
+      const int decimals = table_decimals(g);
+      for (const auto& label : g.labels) {
+        std::vector<std::string> row{label};
+        for (int s : g.steps) {
+          auto v = g.values.find({label, s});
+          row.push_back(v == g.values.end() ? "–" : cell_text(v->second, decimals));
+        }
+        t.rows.push_back(row);
+      }
+      std::string nfe;
+      for (const auto& label : g.labels) {
+        std::string list;
+        for (int s : g.steps) {
+          auto n = g.nfe.find({label, s});
+          if (n != g.nfe.end()) list += (list.empty() ? "" : "/") + std::to_string(n->second);
+        }
+        nfe += (nfe.empty() ? "" : "; ") + label + " " + list;
+      }
+      t.note = "NFE: " + nfe + "." + seeds;
+      tables.push_back(t);
+    }
+    // The relative improvement of every other model over the baseline.
+    auto base = a.grids.find({e.baseline, group});
+    if (e.baseline.empty() || base == a.grids.end()) continue;
+    for (const auto& model : a.models) {
+      auto it = a.grids.find({model, group});
+      if (model == e.baseline || it == a.grids.end()) continue;
+      const Grid& g = it->second;
+      Table t;
+      t.title = model + " vs " + e.baseline + in_group + ": relative improvement";
+      t.header.push_back(e.table_rows);
+      for (int s : g.steps) t.header.push_back(std::to_string(s) + " steps");
+      bool any_within = false;
+      for (const auto& label : g.labels) {
+        std::vector<std::string> row{label};
+        for (int s : g.steps) {
+          auto m = g.values.find({label, s});
+          auto b = base->second.values.find({label, s});
+          if (m == g.values.end() || b == base->second.values.end()) {
+            row.push_back("–");
+            continue;
+          }
+          const auto sm = spread(m->second), sb = spread(b->second);
+          std::string text = (sb.mean > sm.mean ? "+" : "") + format_number(100.0 * (sb.mean - sm.mean) / sb.mean, 1) + " %";
+          if (sm.n > 1 && sb.n > 1 && std::abs(sb.mean - sm.mean) <= std::max(sm.std, sb.std)) {
+            text += " †";
+            any_within = true;
+          }
+          row.push_back(text);
+        }
+        t.rows.push_back(row);
+      }
+      t.note = "(" + e.baseline + " − " + model + ") / " + e.baseline + " of " + a.metric +
+               ": positive means " + model + " is better." +
+               (any_within ? " † the difference is within the spread across seeds (|Δ| ≤ the larger standard deviation)."
+                           : "");
+      tables.push_back(t);
+
+      // Seeds fix the initial noise of every image, so both models start from the same x_T: the
+      // per-seed differences are paired, and their spread is the sharper test.
+      if (e.num_seeds < 2) continue;
+      Table p;
+      p.title = model + " vs " + e.baseline + in_group + ": paired difference";
+      p.header = t.header;
+      const int decimals = table_decimals(g);
+      for (const auto& label : g.labels) {
+        std::vector<std::string> row{label};
+        for (int s : g.steps) {
+          auto m = g.by_seed.find({label, s});
+          auto b = base->second.by_seed.find({label, s});
+          std::vector<double> diffs;
+          if (m != g.by_seed.end() && b != base->second.by_seed.end())
+            for (const auto& [seed, value] : m->second)
+              if (b->second.count(seed)) diffs.push_back(b->second.at(seed) - value);
+          if (diffs.size() < 2) {
+            row.push_back("–");
+            continue;
+          }
+          const auto d = spread(diffs);
+          const int better = static_cast<int>(std::count_if(diffs.begin(), diffs.end(), [](double x) { return x > 0; }));
+          row.push_back(cell_text(diffs, decimals) + " (" + std::to_string(better) + "/" + std::to_string(d.n) + ")");
+        }
+        p.rows.push_back(row);
+      }
+      p.note = "Δ = " + e.baseline + " − " + model + " per seed (the same initial noise for both), mean ± standard "
+               "deviation over seeds; in brackets the seeds where " + model + " is better.";
+      tables.push_back(p);
+    }
+  }
+  return tables;
+}
+
+}  // namespace s2dm::experiment
