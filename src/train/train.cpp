@@ -184,6 +184,222 @@ class TrainingEvaluation {
 std::string checkpoint_dir(const std::string& run_dir) { return run_dir + "/checkpoints"; }
 std::string latest_checkpoint(const std::string& run_dir) { return checkpoint_dir(run_dir) + "/latest.ckpt"; }
 
+namespace {
+
+// A training run: the networks, the optimiser, the data and the loop's steps, each a method.
+class Trainer {
+ public:
+  Trainer(Config config, std::string run_dir, bool resuming);
+  // Continues from a checkpoint of this run (weights, optimiser, RNG, data position, schedule).
+  void resume(Checkpoint ckpt);
+  TrainResult run();
+
+ private:
+  void optimiser_step();
+  void update_online_schedule();
+  void write_log_line();
+  void save();
+  sample::Generated ema_samples(uint64_t seed, int64_t num) const;
+  void sample_grid();
+  void evaluate();
+  void metrics_line(const nlohmann::ordered_json& line) { metrics_ << line.dump() << "\n" << std::flush; }
+
+  const Config config_;
+  const TrainConfig& tc_ = config_.train;
+  const std::string run_dir_;
+  torch::Device device_{torch::kCPU};
+  bool autocast_ = false;
+  data::ImageSet dataset_;
+  std::unique_ptr<data::Batcher> batcher_;
+  model::UNet unet_{nullptr}, ema_{nullptr};
+  std::unique_ptr<Adam> adam_;
+  NoiseSchedule schedule_;
+  std::unique_ptr<sample::OnlineScheduleEstimator> online_;
+  std::unique_ptr<diffusion::DiffusionLoss> loss_;
+  std::optional<TrainingEvaluation> evaluation_;
+  std::ofstream metrics_;
+  std::unique_ptr<IntervalSums> sums_;
+  int64_t step_ = 0;
+  double lr_ = 0;
+  torch::Tensor last_x0_;
+  std::string logged_loss_;
+};
+
+Trainer::Trainer(Config config, std::string run_dir, bool resuming)
+    : config_(std::move(config)), run_dir_(std::move(run_dir)), schedule_(config_.diffusion) {
+  set_cpu_threads(config_.threads);
+  device_ = resolve_device(config_.device);
+  autocast_ = model::bf16_autocast(config_, device_);
+  torch::manual_seed(config_.seed);
+  spdlog::info("run {}: {} on {} ({} threads{})", run_dir_, resuming ? "resuming" : "training", device_.str(),
+               torch::get_num_threads(), autocast_ ? ", bf16 autocast" : "");
+
+  dataset_ = data::load_dataset(config_.data);
+  spdlog::info("data: {} images of {}x{}x{} from {}", dataset_.images.size(0), dataset_.images.size(1),
+               dataset_.images.size(2), dataset_.images.size(3), dataset_.source);
+  batcher_ = std::make_unique<data::Batcher>(dataset_, device_, tc_.batch_size, config_.seed, config_.data.random_flip);
+
+  unet_ = model::UNet(config_.model, config_.data.channels, config_.data.image_size);
+  ema_ = model::UNet(config_.model, config_.data.channels, config_.data.image_size);
+  for (auto* net : {&unet_, &ema_}) {
+    (*net)->to(device_);
+    (*net)->set_memory_format(model::preferred_memory_format(device_));
+  }
+  copy_weights(*ema_, *unet_);
+  ema_->eval();
+  spdlog::info("model: {:.2f} M parameters, {} long skips", model::count_parameters(*unet_) / 1e6,
+               model::num_skips(config_.model));
+
+  NamedTensors params;
+  for (const auto& item : unet_->named_parameters()) params.emplace_back(item.key(), item.value());
+  adam_ = std::make_unique<Adam>(params, AdamOptions{tc_.beta1, tc_.beta2, tc_.eps, tc_.weight_decay, tc_.optimizer == "adamw"});
+
+  if (sample::uses_learned_schedule(config_.sample) && tc_.learned_schedule.every == 0)
+    throw ConfigError("sample.timesteps = learned during training needs train.learned_schedule.every > 0");
+  // A bad sample section fails now, not after training.
+  sample::plan_sampling(config_.sample, schedule_, {{}, "", /*uniform_until_ready=*/true});
+  if (tc_.learned_schedule.every > 0) {
+    const auto& ls = tc_.learned_schedule;
+    online_ = std::make_unique<sample::OnlineScheduleEstimator>(schedule_, ls.levels, config_.sample.steps,
+                                                                ls.min_estimates, ls.gamma);
+    // Overhead: 2·pairs·batch network evaluations every `every` steps, against 3 passes (forward
+    // and backward) of batch_size·grad_accum images per step.
+    spdlog::info("learned schedule: {} pairs x {} images every {} steps (~{:.1f} % of the training compute)",
+                 ls.pairs, ls.batch, ls.every,
+                 100.0 * 2 * ls.pairs * ls.batch / (3.0 * ls.every * tc_.batch_size * tc_.grad_accum));
+  }
+  loss_ = std::make_unique<diffusion::DiffusionLoss>(config_.loss, schedule_, device_);
+}
+
+void Trainer::resume(Checkpoint ckpt) {
+  load_weights(*unet_, ckpt.model, "checkpoint model");
+  load_weights(*ema_, ckpt.ema, "checkpoint ema");
+  adam_->load_state(ckpt.optimizer);
+  restore_rng(ckpt.rng, device_);
+  batcher_->seek(std::stoll(ckpt.extra.at("data_epoch")), std::stoll(ckpt.extra.at("data_cursor")));
+  if (online_ && !ckpt.schedule.empty()) online_->load_state(ckpt.schedule);
+  step_ = ckpt.step;
+  spdlog::info("resumed at step {}", step_);
+}
+
+void Trainer::save() {
+  sums_->check_finite(step_, run_dir_);  // a diverged loss never reaches a checkpoint
+  Checkpoint ckpt;
+  ckpt.step = step_;
+  ckpt.config_yaml = to_yaml(config_);
+  ckpt.model = named_weights(*unet_);
+  ckpt.ema = named_weights(*ema_);
+  ckpt.optimizer = adam_->state();
+  ckpt.rng = rng_states(device_);
+  ckpt.extra = {{"data_epoch", std::to_string(batcher_->epoch())}, {"data_cursor", std::to_string(batcher_->cursor())}};
+  if (online_) ckpt.schedule = online_->state();
+  write_rotated_checkpoint(run_dir_, ckpt, tc_.keep_last);
+}
+
+// EMA samples for grids and evaluations; a learned grid that is not ready yet is the uniform one.
+sample::Generated Trainer::ema_samples(uint64_t seed, int64_t num) const {
+  sample::LearnedSchedule learned;
+  if (online_ && online_->ready()) learned.state = online_->state();
+  learned.uniform_until_ready = true;
+  return sample::generate(model::unet_eps_model(ema_, autocast_, config_.sample.skip_tuning), schedule_, config_.sample,
+                          {config_.data.channels, config_.data.image_size, config_.data.image_size}, device_, seed, num,
+                          {}, false, learned);
+}
+
+void Trainer::sample_grid() {
+  if (tc_.sample_num <= 0) return;
+  sums_->check_finite(step_, run_dir_);
+  const std::string path = run_dir_ + "/samples/step_" + std::to_string(step_) + ".png";
+  sample::write_grid(path, ema_samples(config_.seed, tc_.sample_num).samples);
+  spdlog::info("samples {}", path);
+}
+
+void Trainer::evaluate() {
+  sums_->check_finite(step_, run_dir_);
+  metrics_line(evaluation_->measure(ema_samples(config_.seed + 1, evaluation_->num()), step_));
+}
+
+// grad_accum micro-batches of L_simple [+ L_skip], clipping, Adam (with warm-up) and the EMA.
+void Trainer::optimiser_step() {
+  adam_->zero_grad();
+  for (int micro = 0; micro < tc_.grad_accum; ++micro) {
+    auto x0 = batcher_->next();
+    last_x0_ = x0;
+    auto t = diffusion::sample_timesteps(tc_.batch_size, schedule_.num_timesteps(), tc_.antithetic, device_);
+    diffusion::LossTerms terms;
+    {
+      compat::CudaAutocast guard(autocast_, torch::kBFloat16);
+      terms = (*loss_)([&](const torch::Tensor& x, const torch::Tensor& tt) { return unet_->forward(x, tt); }, x0, t);
+    }
+    (terms.loss / tc_.grad_accum).backward();
+    sums_->add_micro_batch(terms, tc_.grad_accum);
+  }
+  lr_ = tc_.warmup > 0 ? tc_.lr * std::min(1.0, static_cast<double>(step_ + 1) / tc_.warmup) : tc_.lr;
+  sums_->add_step(clip_grad_norm(unet_->parameters(), tc_.grad_clip));
+  adam_->step(lr_);
+  ema_update(*ema_, *unet_, tc_.ema_decay);
+  ++step_;
+}
+
+// Algorithm 2's update on the EMA model and the last micro-batch, with its own generator (the
+// training RNG stream is untouched); a few evaluations, too few for CUDA graphs to pay.
+void Trainer::update_online_schedule() {
+  sums_->check_finite(step_, run_dir_);
+  auto gen = at::detail::createCPUGenerator(config_.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step_));
+  auto ema_model = model::unet_eps_model(ema_, autocast_, {}, /*cuda_graphs=*/false);
+  const auto& ls = tc_.learned_schedule;
+  if (online_->update(ema_model, last_x0_.slice(0, 0, ls.batch), ls.pairs, gen))
+    metrics_line({{"step", step_}, {"schedule_timesteps", online_->timesteps()},
+                  {"schedule_cost", online_->mean_cost()}, {"schedule_nfe", online_->nfe()}});
+}
+
+void Trainer::write_log_line() {
+  const auto line = sums_->take_line(step_, lr_, tc_.batch_size * tc_.grad_accum, run_dir_);
+  metrics_line(line);
+  char loss_text[48];
+  std::snprintf(loss_text, sizeof loss_text, "loss %.4f", line["loss"].get<double>());
+  logged_loss_ = loss_text;
+}
+
+TrainResult Trainer::run() {
+  metrics_.open(run_dir_ + "/metrics.jsonl", std::ios::app);
+  if (tc_.eval_every > 0) evaluation_.emplace(tc_, dataset_.images, device_);
+  sums_ = std::make_unique<IntervalSums>(device_);  // (its clock starts now)
+  StopSignals signals;
+  const int64_t start_step = step_;
+  Progress progress("train", tc_.steps - start_step, "step");
+  unet_->train();
+  auto every = [&](int64_t n) { return n > 0 && step_ % n == 0 && step_ != tc_.steps; };
+
+  while (step_ < tc_.steps) {
+    if (signals.requested()) {
+      spdlog::warn("signal {} received: writing a checkpoint at step {} and stopping", signals.signal(), step_);
+      save();
+      return {run_dir_, step_, true};
+    }
+    optimiser_step();
+    if (online_ && step_ % tc_.learned_schedule.every == 0) update_online_schedule();
+    progress.update(step_ - start_step, logged_loss_);
+    if (step_ % tc_.log_every == 0 || step_ == tc_.steps) write_log_line();
+    if (every(tc_.ckpt_every)) save();
+    if (every(tc_.sample_every)) {
+      sample_grid();
+      unet_->train();
+    }
+    if (evaluation_ && every(tc_.eval_every)) {
+      evaluate();
+      unet_->train();
+    }
+  }
+  progress.finish();
+  if (step_ > start_step || !fs::exists(latest_checkpoint(run_dir_))) save();
+  sample_grid();
+  if (evaluation_ && step_ > start_step) evaluate();
+  return {run_dir_, step_, false};
+}
+
+}  // namespace
+
 TrainResult run_training(const Config& given, const TrainOptions& opts) {
   const std::string run_dir = opts.run_dir.empty() ? "runs/" + given.name : opts.run_dir;
   Config config = given;
@@ -199,184 +415,16 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
     fs::remove_all(run_dir);
   }
   if (opts.steps >= 0) config.train.steps = opts.steps;
-  const auto& tc = config.train;
 
   fs::create_directories(checkpoint_dir(run_dir));
   fs::create_directories(run_dir + "/samples");
   write_file_atomic(run_dir + "/config.yaml", to_yaml(config));
   LogFile log_file(run_dir + "/log.txt");
-  const std::string metrics_path = run_dir + "/metrics.jsonl";
-  if (opts.resume) truncate_metrics(metrics_path, resumed.step);
+  if (opts.resume) truncate_metrics(run_dir + "/metrics.jsonl", resumed.step);
 
-  set_cpu_threads(config.threads);
-  const torch::Device device = resolve_device(config.device);
-  const bool autocast = model::bf16_autocast(config, device);
-  torch::manual_seed(config.seed);
-  spdlog::info("run {}: {} on {} ({} threads{})", run_dir, opts.resume ? "resuming" : "training", device.str(),
-               torch::get_num_threads(), autocast ? ", bf16 autocast" : "");
-
-  auto dataset = data::load_dataset(config.data);
-  spdlog::info("data: {} images of {}x{}x{} from {}", dataset.images.size(0), dataset.images.size(1),
-               dataset.images.size(2), dataset.images.size(3), dataset.source);
-  data::Batcher batcher(dataset, device, tc.batch_size, config.seed, config.data.random_flip);
-
-  model::UNet unet(config.model, config.data.channels, config.data.image_size);
-  model::UNet ema(config.model, config.data.channels, config.data.image_size);
-  unet->to(device);
-  ema->to(device);
-  unet->set_memory_format(model::preferred_memory_format(device));
-  ema->set_memory_format(model::preferred_memory_format(device));
-  copy_weights(*ema, *unet);
-  ema->eval();
-  spdlog::info("model: {:.2f} M parameters, {} long skips", model::count_parameters(*unet) / 1e6,
-               model::num_skips(config.model));
-
-  NamedTensors params;
-  for (const auto& item : unet->named_parameters()) params.emplace_back(item.key(), item.value());
-  Adam adam(params, {tc.beta1, tc.beta2, tc.eps, tc.weight_decay, tc.optimizer == "adamw"});
-
-  NoiseSchedule schedule(config.diffusion);
-  if (config.sample.timesteps == "learned" && tc.learned_schedule.every == 0)
-    throw ConfigError("sample.timesteps = learned during training needs train.learned_schedule.every > 0");
-  // A bad sample section fails now, not after training.
-  sample::plan_sampling(config.sample, schedule, {{}, "", /*uniform_until_ready=*/true});
-  std::unique_ptr<sample::OnlineScheduleEstimator> online;
-  if (tc.learned_schedule.every > 0) {
-    const auto& ls = tc.learned_schedule;
-    online = std::make_unique<sample::OnlineScheduleEstimator>(schedule, ls.levels, config.sample.steps,
-                                                               ls.min_estimates, ls.gamma);
-    // Overhead: 2·pairs·batch network evaluations every `every` steps, against 3 passes (forward
-    // and backward) of batch_size·grad_accum images per step.
-    spdlog::info("learned schedule: {} pairs x {} images every {} steps (~{:.1f} % of the training compute)",
-                 ls.pairs, ls.batch, ls.every,
-                 100.0 * 2 * ls.pairs * ls.batch / (3.0 * ls.every * tc.batch_size * tc.grad_accum));
-  }
-  diffusion::DiffusionLoss loss_fn(config.loss, schedule, device);
-
-  int64_t step = 0;
-  if (opts.resume) {
-    load_weights(*unet, resumed.model, "checkpoint model");
-    load_weights(*ema, resumed.ema, "checkpoint ema");
-    adam.load_state(resumed.optimizer);
-    restore_rng(resumed.rng, device);
-    batcher.seek(std::stoll(resumed.extra.at("data_epoch")), std::stoll(resumed.extra.at("data_cursor")));
-    if (online && !resumed.schedule.empty()) online->load_state(resumed.schedule);
-    step = resumed.step;
-    resumed = Checkpoint{};
-    spdlog::info("resumed at step {}", step);
-  }
-
-  auto save = [&](int64_t at_step) {
-    Checkpoint ckpt;
-    ckpt.step = at_step;
-    ckpt.config_yaml = to_yaml(config);
-    ckpt.model = named_weights(*unet);
-    ckpt.ema = named_weights(*ema);
-    ckpt.optimizer = adam.state();
-    ckpt.rng = rng_states(device);
-    ckpt.extra = {{"data_epoch", std::to_string(batcher.epoch())}, {"data_cursor", std::to_string(batcher.cursor())}};
-    if (online) ckpt.schedule = online->state();
-    write_rotated_checkpoint(run_dir, ckpt, tc.keep_last);
-  };
-
-  std::ofstream metrics(metrics_path, std::ios::app);
-  // EMA samples for grids and evaluations; a learned grid that is not ready yet is the uniform one.
-  std::optional<TrainingEvaluation> evaluation;
-  if (tc.eval_every > 0) evaluation.emplace(tc, dataset.images, device);
-  const std::vector<int64_t> image_shape{config.data.channels, config.data.image_size, config.data.image_size};
-  auto ema_samples = [&](uint64_t seed, int64_t num) {
-    const sample::LearnedSchedule learned{online && online->ready() ? online->state() : NamedTensors{}, "", true};
-    return sample::generate(model::unet_eps_model(ema, autocast, config.sample.skip_tuning), schedule, config.sample,
-                            image_shape, device, seed, num, {}, false, learned);
-  };
-  auto evaluate = [&](int64_t at_step) {
-    metrics << evaluation->measure(ema_samples(config.seed + 1, evaluation->num()), at_step).dump() << "\n" << std::flush;
-  };
-  auto sample_grid = [&](int64_t at_step) {
-    if (tc.sample_num <= 0) return;
-    const std::string path = run_dir + "/samples/step_" + std::to_string(at_step) + ".png";
-    sample::write_grid(path, ema_samples(config.seed, tc.sample_num).samples);
-    spdlog::info("samples {}", path);
-  };
-
-  StopSignals signals;
-  const int64_t start_step = step;
-  Progress progress("train", tc.steps - start_step, "step");
-  IntervalSums sums(device);
-  auto params_only = unet->parameters();
-  torch::Tensor last_x0;
-  std::string logged_loss;
-  unet->train();
-
-  while (step < tc.steps) {
-    if (signals.requested()) {
-      spdlog::warn("signal {} received: writing a checkpoint at step {} and stopping", signals.signal(), step);
-      sums.check_finite(step, run_dir);
-      save(step);
-      return {run_dir, step, true};
-    }
-    adam.zero_grad();
-    for (int micro = 0; micro < tc.grad_accum; ++micro) {
-      auto x0 = batcher.next();
-      last_x0 = x0;
-      auto t = diffusion::sample_timesteps(tc.batch_size, schedule.num_timesteps(), tc.antithetic, device);
-      diffusion::LossTerms terms;
-      {
-        compat::CudaAutocast guard(autocast, torch::kBFloat16);
-        terms = loss_fn([&](const torch::Tensor& x, const torch::Tensor& tt) { return unet->forward(x, tt); }, x0, t);
-      }
-      (terms.loss / tc.grad_accum).backward();
-      sums.add_micro_batch(terms, tc.grad_accum);
-    }
-    const double lr = tc.warmup > 0 ? tc.lr * std::min(1.0, static_cast<double>(step + 1) / tc.warmup) : tc.lr;
-    sums.add_step(clip_grad_norm(params_only, tc.grad_clip));
-    adam.step(lr);
-    ema_update(*ema, *unet, tc.ema_decay);
-    ++step;
-    if (online && step % tc.learned_schedule.every == 0) {
-      // On the EMA model and the last micro-batch, with its own generator (the training RNG
-      // stream is untouched); a few evaluations, too few for CUDA graphs to pay.
-      sums.check_finite(step, run_dir);
-      auto gen = at::detail::createCPUGenerator(config.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step));
-      auto ema_model = model::unet_eps_model(ema, autocast, {}, /*cuda_graphs=*/false);
-      if (online->update(ema_model, last_x0.slice(0, 0, tc.learned_schedule.batch), tc.learned_schedule.pairs, gen)) {
-        nlohmann::ordered_json line{{"step", step}, {"schedule_timesteps", online->timesteps()},
-                                    {"schedule_cost", online->mean_cost()}, {"schedule_nfe", online->nfe()}};
-        metrics << line.dump() << "\n" << std::flush;
-      }
-    }
-    progress.update(step - start_step, logged_loss);
-
-    if (step % tc.log_every == 0 || step == tc.steps) {
-      const auto line = sums.take_line(step, lr, tc.batch_size * tc.grad_accum, run_dir);
-      metrics << line.dump() << "\n" << std::flush;
-      char loss_text[48];
-      std::snprintf(loss_text, sizeof loss_text, "loss %.4f", line["loss"].get<double>());
-      logged_loss = loss_text;
-    }
-    if (step % tc.ckpt_every == 0 && step != tc.steps) {
-      sums.check_finite(step, run_dir);
-      save(step);
-    }
-    if (tc.sample_every > 0 && step % tc.sample_every == 0 && step != tc.steps) {
-      sums.check_finite(step, run_dir);
-      sample_grid(step);
-      unet->train();
-    }
-    if (evaluation && step % tc.eval_every == 0 && step != tc.steps) {
-      sums.check_finite(step, run_dir);
-      evaluate(step);
-      unet->train();
-    }
-  }
-  progress.finish();
-  if (step > start_step || !fs::exists(latest_checkpoint(run_dir))) {
-    sums.check_finite(step, run_dir);
-    save(step);
-  }
-  sample_grid(step);
-  if (evaluation && step > start_step) evaluate(step);
-  return {run_dir, step, false};
+  Trainer trainer(std::move(config), run_dir, opts.resume);
+  if (opts.resume) trainer.resume(std::move(resumed));
+  return trainer.run();
 }
 
 }  // namespace s2dm::train
