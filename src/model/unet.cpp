@@ -119,24 +119,28 @@ UNetImpl::UNetImpl(const ModelConfig& config, int64_t channels, int64_t resoluti
 
   conv_in = register_module("conv_in", conv(channels, ch, 3, 1, 1));
 
+  // A res block (and its attention block, at the attention resolutions) of a level at the
+  // current resolution; the level's width becomes `out`.
+  int64_t res = resolution, block_in = ch;
+  auto add_block = [&](Level& level, nn::ModuleList& blocks, nn::ModuleList& attns, int64_t in, int64_t out) {
+    level.blocks.push_back(ResnetBlock(in, out, temb_ch, config.dropout));
+    blocks->push_back(level.blocks.back());
+    macs += block_macs(in, out, res);
+    block_in = out;
+    if (has_attn(res)) {
+      level.attns.push_back(AttnBlock(out));
+      attns->push_back(level.attns.back());
+      macs += attn_macs(out, res);
+    }
+  };
+
   // Encoder. Every feature it pushes onto the skip stack is one long skip (skip_channels).
   auto down = nn::ModuleList();
-  int64_t res = resolution, block_in = ch;
   for (int l = 0; l < levels; ++l) {
     Level level;
     auto blocks = nn::ModuleList(), attns = nn::ModuleList();
     const int64_t block_out = ch * config.ch_mult[l];
-    for (int b = 0; b < nblocks; ++b) {
-      level.blocks.push_back(ResnetBlock(block_in, block_out, temb_ch, config.dropout));
-      blocks->push_back(level.blocks.back());
-      macs += block_macs(block_in, block_out, res);
-      block_in = block_out;
-      if (has_attn(res)) {
-        level.attns.push_back(AttnBlock(block_in));
-        attns->push_back(level.attns.back());
-        macs += attn_macs(block_in, res);
-      }
-    }
+    for (int b = 0; b < nblocks; ++b) add_block(level, blocks, attns, block_in, block_out);
     auto module = container();
     module->register_module("block", blocks);
     module->register_module("attn", attns);
@@ -170,17 +174,7 @@ UNetImpl::UNetImpl(const ModelConfig& config, int64_t channels, int64_t resoluti
     Level& level = up_levels_[l];
     auto blocks = nn::ModuleList(), attns = nn::ModuleList();
     const int64_t block_out = ch * config.ch_mult[l];
-    for (int b = 0; b <= nblocks; ++b) {
-      level.blocks.push_back(ResnetBlock(block_in + skip_channels_[skip], block_out, temb_ch, config.dropout));
-      blocks->push_back(level.blocks.back());
-      macs += block_macs(block_in + skip_channels_[skip++], block_out, res);
-      block_in = block_out;
-      if (has_attn(res)) {
-        level.attns.push_back(AttnBlock(block_in));
-        attns->push_back(level.attns.back());
-        macs += attn_macs(block_in, res);
-      }
-    }
+    for (int b = 0; b <= nblocks; ++b) add_block(level, blocks, attns, block_in + skip_channels_[skip++], block_out);
     auto module = container();
     module->register_module("block", blocks);
     module->register_module("attn", attns);
