@@ -12,6 +12,7 @@
 
 #include "s2dm/core/device.h"
 #include "s2dm/core/errors.h"
+#include "s2dm/core/registry.h"
 #include "s2dm/io/file_io.h"
 #include "s2dm/io/image_io.h"
 
@@ -172,12 +173,6 @@ std::vector<std::string> image_files(const std::string& dir) {
   return files;
 }
 
-std::string default_path(const std::string& dataset) {
-  if (dataset == "fmnist") return "/usr/share/datasets/fashion-mnist";
-  if (dataset == "cifar10") return "data/cifar10/cifar-10-batches-bin";
-  if (dataset == "celeba") return "data/celeba/img_align_celeba";
-  return "data/images";
-}
 
 ImageSet read_fashion_mnist(const std::string& dir, bool train, int size) {
   std::string prefix = dir + "/" + (train ? "train" : "t10k");
@@ -242,21 +237,47 @@ ImageSet read_image_folder(const std::string& dir, int size, int channels, const
   return {cached_decode(files, size, channels, cache_path, decode), {}, dir};
 }
 
+namespace {
+
+std::string labelled_names() {
+  std::string names;
+  for (const auto& d : datasets())
+    if (d.labelled) names += (names.empty() ? "" : ", ") + d.name;
+  return names;
+}
+
+}  // namespace
+
+const std::vector<DatasetInfo>& datasets() {
+  static const std::vector<DatasetInfo> registry{
+      {"fmnist", "/usr/share/datasets/fashion-mnist", true,
+       [](const std::string& path, const DataConfig& c, bool train) { return read_fashion_mnist(path, train, c.image_size); }},
+      {"cifar10", "data/cifar10/cifar-10-batches-bin", true,
+       [](const std::string& path, const DataConfig& c, bool train) {
+         if (c.image_size != 32) throw DataError("data.image_size = " + std::to_string(c.image_size) + ": CIFAR10 is 32x32");
+         return read_cifar10(path, train);
+       }},
+      {"celeba", "data/celeba/img_align_celeba", false,
+       [](const std::string& path, const DataConfig& c, bool) { return read_celeba(path, c.image_size, c.cache); }},
+      {"folder", "data/images", false,
+       [](const std::string& path, const DataConfig& c, bool) {
+         return read_image_folder(path, c.image_size, c.channels, c.cache);
+       }},
+  };
+  return registry;
+}
+
+const DatasetInfo& find_dataset(const std::string& name) {
+  return find_by_name(datasets(), name, "data set", "data sets");
+}
+
+std::string default_path(const std::string& dataset) { return find_dataset(dataset).default_path; }
+
 ImageSet load_dataset(const DataConfig& c, bool train) {
-  std::string path = c.path.empty() ? default_path(c.dataset) : c.path;
-  if (!train && c.dataset != "fmnist" && c.dataset != "cifar10")
-    throw DataError("data.dataset = " + c.dataset + " has no test split (fmnist and cifar10 have)");
-  ImageSet set;
-  if (c.dataset == "fmnist") {
-    set = read_fashion_mnist(path, train, c.image_size);
-  } else if (c.dataset == "cifar10") {
-    set = read_cifar10(path, train);
-    if (c.image_size != 32) throw DataError("data.image_size = " + std::to_string(c.image_size) + ": CIFAR10 is 32x32");
-  } else if (c.dataset == "celeba") {
-    set = read_celeba(path, c.image_size, c.cache);
-  } else {
-    set = read_image_folder(path, c.image_size, c.channels, c.cache);
-  }
+  const auto& info = find_dataset(c.dataset);
+  const std::string path = c.path.empty() ? info.default_path : c.path;
+  if (!train && !info.labelled) throw DataError("data.dataset = " + c.dataset + " has no test split (" + labelled_names() + " have)");
+  ImageSet set = info.read(path, c, train);
   if (set.images.size(1) != c.channels)
     throw DataError(path + ": " + c.dataset + " has " + std::to_string(set.images.size(1)) +
                     " channel(s), data.channels = " + std::to_string(c.channels));

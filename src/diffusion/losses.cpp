@@ -4,7 +4,7 @@
 
 #include <cmath>
 
-#include "s2dm/core/errors.h"
+#include "s2dm/core/registry.h"
 
 namespace s2dm::diffusion {
 
@@ -57,17 +57,7 @@ const std::vector<LossInfo>& losses() {
   return registry;
 }
 
-const LossInfo& find_loss(const std::string& name) {
-  std::vector<std::string> names;
-  for (const auto& l : losses()) {
-    if (l.name == name) return l;
-    names.push_back(l.name);
-  }
-  std::string msg = "unknown loss '" + name + "'";
-  auto near = closest_match(name, names);
-  if (!near.empty()) msg += " (did you mean '" + near + "'?)";
-  throw ConfigError(msg);
-}
+const LossInfo& find_loss(const std::string& name) { return find_by_name(losses(), name, "loss", "losses"); }
 
 DiffusionLoss::DiffusionLoss(const LossConfig& config, const NoiseSchedule& schedule,
                              const torch::Device& device)

@@ -225,7 +225,7 @@ void check_settings(const Reader& r, const Experiment& e, int sweep_line) {
       const std::string where = r.path() + (sweep_line ? ":" + std::to_string(sweep_line) : "") + ": model '" + m.name + "', " +
                                 s.label() + ": ";
       const SampleConfig c = sample_config(e, m, s);
-      if (c.timesteps == "learned" && c.steps >= e.schedule.levels)
+      if (sample::uses_learned_schedule(c) && c.steps >= e.schedule.levels)
         throw ConfigError(where + "timesteps learned with " + std::to_string(c.steps) + " steps needs schedule.levels > " +
                           std::to_string(c.steps));
       try {
@@ -313,7 +313,7 @@ Experiment load_experiment(const std::string& path) {
   read_schedule(r, root["schedule"], e);
   if (e.metric.features == "classifier") {
     const auto& data = e.models.front().config.data;
-    if (data.dataset != "fmnist" && data.dataset != "cifar10")
+    if (!data::find_dataset(data.dataset).labelled)
       r.fail(root["metric"], "metric.features = classifier trains on labelled data (fmnist, cifar10), not " + data.dataset);
   }
   check_settings(r, e, sweep_line);

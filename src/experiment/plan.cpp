@@ -14,6 +14,7 @@
 #include "s2dm/core/progress.h"
 #include "s2dm/io/checkpoint.h"
 #include "s2dm/model/unet.h"
+#include "s2dm/sample/generate.h"
 #include "s2dm/sample/samplers.h"
 #include "s2dm/train/train.h"
 
@@ -104,7 +105,7 @@ std::string learned_schedule_file(const Experiment& e, const ModelSpec& m, const
 std::vector<int> learned_steps(const std::vector<Unit>& units, const ModelSpec& m) {
   std::set<int> steps;
   for (const auto& u : units)
-    if (u.model == &m && u.config.timesteps == "learned") steps.insert(u.config.steps);
+    if (u.model == &m && sample::uses_learned_schedule(u.config)) steps.insert(u.config.steps);
   return {steps.begin(), steps.end()};
 }
 
@@ -134,7 +135,7 @@ Plan plan_units(const Experiment& e, const Measurer& measurer) {
       }
     }
   for (auto& u : units)
-    if (u.config.timesteps == "learned") {
+    if (sample::uses_learned_schedule(u.config)) {
       // The schedule file (and so the key) depends on every learned step count of the model.
       const auto file = learned_schedule_file(e, *u.model, learned_steps(units, *u.model));
       u.key = hash_key(u.key + "\nlearned " + file);

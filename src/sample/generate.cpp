@@ -45,7 +45,7 @@ SamplingPlan plan_sampling(const SampleConfig& c, const NoiseSchedule& schedule,
   plan.options = sampler_options(c);
   check_options(*plan.sampler, plan.options);
   std::vector<double> timesteps;
-  if (c.timesteps == "learned") {
+  if (uses_learned_schedule(c)) {
     timesteps = learned_timesteps(learned, c, schedule);
   } else if (c.timesteps.rfind("learned:", 0) == 0) {
     timesteps = read_schedule_file(c.timesteps.substr(8), c.steps, schedule.num_timesteps());

@@ -8,6 +8,7 @@
 
 #include "s2dm/core/config.h"
 #include "s2dm/core/errors.h"
+#include "s2dm/core/registry.h"
 
 namespace s2dm::sample {
 
@@ -40,27 +41,33 @@ torch::Tensor sample_lambda_ddim(const EpsModel&, torch::Tensor, const Grid&, co
 const std::vector<SamplerInfo>& samplers() {
   auto steps = [](int s) { return s; };
   auto plus_one = [](int s) { return s + 1; };
+  auto first = [](int) { return 1; };
+  auto second = [](int) { return 2; };
+  auto none = [](int) { return 0; };
+  // A multistep method whose ε extrapolation is exact for polynomials of degree r is of order
+  // r + 1; the PNDM family is second order on grids not uniform in ρ.
+  auto multistep = [](int r) { return r + 1; };
   static const std::vector<SamplerInfo> registry{
       {"ddim", "DDIM (Song et al. 2021); eta 0 is the probability-flow ODE", {"eta", "clip_denoised"}, sample_ddim, steps,
-       false, -1, -1, -1},
+       false, -1, -1, -1, first},
       {"ddpm", "DDPM ancestral sampling (DDIM with eta 1); variance small (β̃) or large (σ̂)", {"variance", "clip_denoised"},
-       sample_ddpm, steps, true, -1, -1, -1},
+       sample_ddpm, steps, true, -1, -1, -1, none},
       {"pndm", "F-PNDM: 3 pseudo Runge-Kutta steps, then 4th-order pseudo linear multistep", {}, sample_pndm,
-       [](int s) { return s < 3 ? 4 * s : s + 9; }, false, -1, -1, -1},
+       [](int s) { return s < 3 ? 4 * s : s + 9; }, false, -1, -1, -1, second},
       {"spndm", "S-PNDM: a pseudo improved-Euler step, then 2nd-order pseudo linear multistep", {}, sample_spndm,
-       plus_one, false, -1, -1, -1},
+       plus_one, false, -1, -1, -1, second},
       {"plms", "PLMS (LDM / diffusers skip_prk_steps): Euler restart, then Adams-Bashforth 2, 3, 4", {}, sample_plms,
-       plus_one, false, -1, -1, -1},
+       plus_one, false, -1, -1, -1, second},
       {"deis", "DEIS tAB: exponential integrator, Lagrange extrapolation of ε in t (order 0 = DDIM)", {"order"},
-       sample_deis, steps, false, 0, 3, 3},
+       sample_deis, steps, false, 0, 3, 3, multistep},
       {"deis-rho", "DEIS ρAB: Adams-Bashforth in ρ = σ/α with exact polynomial integrals", {"order"}, sample_deis_rho,
-       steps, false, 1, 3, 3},
+       steps, false, 1, 3, 3, multistep},
       {"deis-logrho", "DEIS multistep with ε polynomial in log ρ (diffusers' DEIS)", {"order", "lower_order_final"},
-       sample_deis_logrho, steps, false, 1, 3, 3},
+       sample_deis_logrho, steps, false, 1, 3, 3, multistep},
       {"dpmpp-2m", "DPM-Solver++(2M): 2nd-order multistep on x̂₀ in λ = log(α/σ)", {"lower_order_final"},
-       sample_dpmpp_2m, steps, false, -1, -1, -1},
+       sample_dpmpp_2m, steps, false, -1, -1, -1, second},
       {"lambda-ddim", "λ-DDIM, the conjugate integrator (Pandey et al. 2023); lambda 0 = DDIM", {"lambda"},
-       sample_lambda_ddim, steps, false, -1, -1, -1},
+       sample_lambda_ddim, steps, false, -1, -1, -1, first},
   };
   return registry;
 }
@@ -85,17 +92,7 @@ SamplerOptions sampler_options(const SampleConfig& c) {
 }
 
 const SamplerInfo& find_sampler(const std::string& name) {
-  std::vector<std::string> names;
-  for (const auto& s : samplers()) {
-    if (s.name == name) return s;
-    names.push_back(s.name);
-  }
-  std::string msg = "unknown sampler '" + name + "'";
-  auto near = closest_match(name, names);
-  if (!near.empty()) msg += " (did you mean '" + near + "'?)";
-  std::string all;
-  for (const auto& n : names) all += (all.empty() ? "" : ", ") + n;
-  throw ConfigError(msg + "; samplers: " + all);
+  return find_by_name(samplers(), name, "sampler", "samplers");
 }
 
 void check_options(const SamplerInfo& sampler, const SamplerOptions& options) {

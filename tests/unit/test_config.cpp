@@ -101,6 +101,57 @@ TEST(Config, SetOverridesAndTheirErrors) {
   EXPECT_NE(error_of("", {"nonsense"}).find("expected section.key=value"), std::string::npos);
 }
 
+TEST(Config, OverridesApplyToTheStruct) {
+  auto c = parse_config("sample:\n  steps: 7\n  skip_tuning:\n    rho_bottom: 0.8\n    t_max: 400\n", "x.yaml");
+  // A key overrides that key; a whole section given as a value replaces the section.
+  s2dm::apply_overrides(c, {"sample.eta=0.5", "sample.skip_tuning.t_max=300"}, "here");
+  EXPECT_EQ(c.sample.steps, 7);
+  EXPECT_DOUBLE_EQ(c.sample.eta, 0.5);
+  EXPECT_DOUBLE_EQ(c.sample.skip_tuning.rho_bottom, 0.8);
+  EXPECT_DOUBLE_EQ(c.sample.skip_tuning.t_max, 300);
+  s2dm::apply_overrides(c, {"sample.skip_tuning={rho_top: 0.9}"}, "here");
+  EXPECT_DOUBLE_EQ(c.sample.skip_tuning.rho_bottom, 1.0);
+  EXPECT_DOUBLE_EQ(c.sample.skip_tuning.rho_top, 0.9);
+  EXPECT_DOUBLE_EQ(c.sample.skip_tuning.t_max, 1e9);
+  s2dm::apply_overrides(c, {"sample.skip_tuning={}"}, "here");
+  EXPECT_FALSE(c.sample.skip_tuning.active());
+  try {
+    s2dm::apply_overrides(c, {"sample.steps=0"}, "here");
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("--set sample.steps=0: sample.steps = 0 is out of range"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(Config, CheckConfigChecksValuesSetInCode) {
+  auto c = parse_config("", "x.yaml");
+  EXPECT_NO_THROW(s2dm::check_config(c, "the command line"));
+  c.sample.batch = 0;
+  try {
+    s2dm::check_config(c, "the command line");
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_STREQ(e.what(), "the command line: sample.batch = 0 is out of range [1, 1048576]");
+  }
+  c.sample.batch = 8;
+  c.sample.skip_tuning.rho = {1.0, 20.0};
+  EXPECT_THROW(s2dm::check_config(c, "x"), ConfigError);  // inside a section too
+  c.sample.skip_tuning.rho.clear();
+  c.sample.steps = 2000;  // a relation between keys: more steps than timesteps
+  EXPECT_THROW(s2dm::check_config(c, "x"), ConfigError);
+}
+
+TEST(Config, ResetSampleKeysRestoresTheirDefaults) {
+  auto c = parse_config("sample:\n  eta: 0.3\n  order: 2\n  steps: 9\n  skip_tuning:\n    rho_top: 0.5\n", "x.yaml");
+  s2dm::reset_sample_keys(c.sample, {"eta", "skip_tuning"});
+  const s2dm::SampleConfig defaults;
+  EXPECT_EQ(c.sample.eta, defaults.eta);
+  EXPECT_EQ(c.sample.skip_tuning.rho_top, defaults.skip_tuning.rho_top);
+  EXPECT_EQ(c.sample.order, 2);
+  EXPECT_EQ(c.sample.steps, 9);
+}
+
 TEST(Config, NestedSkipTuningSection) {
   auto c = parse_config("sample:\n  skip_tuning:\n    rho_bottom: 0.8\n    rho: [1.0, 0.9]\n", "x.yaml",
                         {"sample.skip_tuning.t_max=500"});

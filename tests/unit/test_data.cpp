@@ -129,6 +129,17 @@ TEST(ImageFolder, ReadsPngAndJpegAndRejectsJunk) {
   EXPECT_NE(msg.find("no PNG or JPEG"), std::string::npos) << msg;
 }
 
+TEST(Datasets, RegistryNamesEveryConfigChoice) {
+  // Every data.dataset the config accepts has a reader, and only fmnist and cifar10 have labels.
+  for (const char* name : {"fmnist", "cifar10", "celeba", "folder"}) {
+    EXPECT_NO_THROW(s2dm::parse_config(std::string("data:\n  dataset: ") + name + "\n", "x.yaml")) << name;
+    EXPECT_EQ(s2dm::data::find_dataset(name).labelled, std::string(name) == "fmnist" || std::string(name) == "cifar10");
+  }
+  EXPECT_EQ(s2dm::data::datasets().size(), 4u);
+  EXPECT_THROW(s2dm::data::find_dataset("mnist"), s2dm::ConfigError);
+  EXPECT_EQ(s2dm::data::default_path("fmnist"), "/usr/share/datasets/fashion-mnist");
+}
+
 TEST(Datasets, LoadDatasetAppliesLimitAndChecksChannels) {
   TempDir dir;
   s2dm::testing::write_fake_fmnist(dir.path(), 10);

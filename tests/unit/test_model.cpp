@@ -176,6 +176,20 @@ TEST(UNet, TimestepEmbeddingMatchesFormula) {
   }
 }
 
+TEST(Losses, RegistryByName) {
+  std::vector<std::string> names;
+  for (const auto& l : diffusion::losses()) names.push_back(l.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"simple", "s2dm"}));
+  EXPECT_FALSE(diffusion::find_loss("simple").second_noise);
+  EXPECT_TRUE(diffusion::find_loss("s2dm").second_noise);
+  try {
+    diffusion::find_loss("s2md");
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("did you mean 's2dm'"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Losses, AntitheticTimesteps) {
   torch::manual_seed(0);
   auto t = diffusion::sample_timesteps(8, 1000, true, torch::kCPU);

@@ -9,6 +9,8 @@
 #include "../analytic_models.h"
 #include "../test_util.h"
 #include "s2dm/core/errors.h"
+#include "s2dm/io/checkpoint.h"
+#include "s2dm/io/file_io.h"
 #include "s2dm/model/model_source.h"
 #include "s2dm/sample/generate.h"
 #include "s2dm/diffusion/noise_schedule.h"
@@ -142,15 +144,18 @@ TEST(Samplers, DeterministicSamplersConvergeAtTheirOrder) {
     SamplerOptions options;
     double order;  // the theoretical order
   };
+  // Every deterministic sampler at every multistep order, against the order it declares.
+  std::vector<Case> cases;
+  const SamplerOptions defaults;
+  for (const auto& s : samplers()) {
+    if (s.stochastic) continue;
+    if (s.max_order < 0) cases.push_back({s.name, defaults, static_cast<double>(s.accuracy(-1))});
+    for (int order = std::max(s.min_order, 0); order <= s.max_order; ++order)
+      cases.push_back({s.name, with_order(order), static_cast<double>(s.accuracy(order))});
+  }
   SamplerOptions lam;
   lam.lambda = 0.5;
-  const std::vector<Case> cases{
-      {"ddim", {}, 1},           {"lambda-ddim", lam, 1},           {"deis", with_order(0), 1},
-      {"deis", with_order(1), 2}, {"deis", with_order(2), 3},        {"deis", with_order(3), 4},
-      {"deis-rho", with_order(1), 2}, {"deis-rho", with_order(3), 4}, {"deis-logrho", with_order(2), 3},
-      {"deis-logrho", with_order(3), 4}, {"dpmpp-2m", {}, 2},        {"pndm", {}, 2},
-      {"spndm", {}, 2},          {"plms", {}, 2},
-  };
+  cases.push_back({"lambda-ddim", lam, 1});
   s2dm::testing::Gaussian g{0.3, 0.5, &linear()};
   auto model = g.model();
   torch::manual_seed(0);
@@ -162,7 +167,8 @@ TEST(Samplers, DeterministicSamplersConvergeAtTheirOrder) {
     for (int S : {10, 20, 40, 80})
       errors.push_back((run_sampler(find_sampler(c.sampler), model, xT, logsnr_grid(S), c.options).x - exact)
                            .abs().max().item<double>());
-    const std::string label = c.sampler + " order " + std::to_string(c.options.order);
+    const std::string label =
+        c.sampler + " order " + std::to_string(c.options.order) + (c.options.lambda ? " lambda" : "");
     for (size_t i = c.order == 1 ? 1 : 3; i < errors.size(); ++i) {
       const double observed = std::log2(errors[i - 1] / errors[i]);
       const std::string where = label + " S=" + std::to_string(10 << i) + ": " + std::to_string(errors[i - 1]) +
@@ -178,7 +184,8 @@ TEST(Samplers, DeterministicSamplersConvergeAtTheirOrder) {
   }
   // Higher order pays: at 80 steps every multistep method beats DDIM by a wide margin.
   for (const auto& c : cases) {
-    const std::string label = c.sampler + " order " + std::to_string(c.options.order);
+    const std::string label =
+        c.sampler + " order " + std::to_string(c.options.order) + (c.options.lambda ? " lambda" : "");
     if (c.order > 1) {
       EXPECT_LT(final_error[label], final_error["ddim order -1"] / 5) << label;
     }
@@ -316,6 +323,45 @@ TEST(SkipTuning, AppliesOnlyInsideItsTimeRange) {
   EXPECT_TRUE(torch::equal(plain(x, at(700)), plain(x, at(700))));  // the untuned model stays untuned
   st.rho = {1.0, 2.0};
   EXPECT_THROW(model::unet_eps_model(net, false, st), ConfigError);
+}
+
+// The model source: exactly one of checkpoint, weights or script; the config (with overrides)
+// before any network; the loaded ε-model equals the UNet's.
+TEST(ModelSource, ResolvesOneSourceAndLoadsIt) {
+  s2dm::testing::TempDir dir;
+  Config config;
+  config.model = s2dm::testing::tiny_unet({});
+  config.data.channels = 1;
+  config.data.image_size = 8;
+  torch::manual_seed(6);
+  model::UNet net(config.model, 1, 8);
+  save_safetensors(dir / "w.safetensors", named_weights(*net));
+  s2dm::write_file_atomic(dir / "c.yaml", to_yaml(config));
+
+  model::ModelRef ref;
+  EXPECT_THROW(model::resolve_model(ref), UsageError);
+  ref.weights = dir / "w.safetensors";
+  EXPECT_THROW(model::resolve_model(ref), UsageError);  // weights need a config
+  ref.script = "m.pt";
+  ref.config = dir / "c.yaml";
+  EXPECT_THROW(model::resolve_model(ref), UsageError);  // two sources
+  ref.script.clear();
+  const auto source = model::resolve_model(ref, {"sample.steps=3"});
+  EXPECT_EQ(source.config.sample.steps, 3);
+  EXPECT_EQ(source.origin, ref.weights);
+
+  const model::LoadedModel loaded(source, torch::kCPU);
+  auto x = torch::randn({2, 1, 8, 8});
+  auto t = torch::full({2}, 300.0);
+  EXPECT_TRUE(torch::equal(loaded.eps()(x, t), model::unet_eps_model(net, false)(x, t)));
+  SkipTuningConfig st;
+  st.rho = {1.0, 0.5};
+  EXPECT_THROW(model::check_skip_tuning(source, st), ConfigError);  // the model has 4 skips
+  st.rho = {1.0, 0.5, 0.5, 1.0};
+  EXPECT_NO_THROW(model::check_skip_tuning(source, st));
+  model::ModelSource script;
+  script.script = "m.pt";
+  EXPECT_THROW(model::check_skip_tuning(script, st), UsageError);  // a TorchScript module has no skips
 }
 
 TEST(CudaGraphs, ReplaysEqualEagerEvaluations) {

@@ -4,6 +4,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,18 @@ struct ImageSet {
   torch::Tensor labels;  // int64 [N], or undefined when the data set has none
   std::string source;    // where it came from, for logs
 };
+
+// A data set by name (data.dataset). Adding one = its reader and a line in data.cpp's registry
+// (and its name in core/config.cpp's list of data sets).
+struct DatasetInfo {
+  std::string name;
+  std::string default_path;  // where it is looked for when data.path is empty
+  bool labelled;             // has labels and a test split (classifier features, reference test)
+  std::function<ImageSet(const std::string& path, const DataConfig& config, bool train)> read;
+};
+const std::vector<DatasetInfo>& datasets();
+// Throws ConfigError for an unknown name.
+const DatasetInfo& find_dataset(const std::string& name);
 
 // The data set `config` names, cropped/resized/padded to its image size and channel count,
 // limited to `config.limit` images. `train` = false reads the test split (fmnist and cifar10

@@ -21,6 +21,10 @@ struct LearnedSchedule {
   bool uniform_until_ready = false;  // during training: no state yet means the uniform grid
 };
 
+// Whether the settings ask for the model's own learned grid ("learned"), which its source must
+// provide (a checkpoint's state, an online estimate, or a schedule file the driver estimates).
+inline bool uses_learned_schedule(const SampleConfig& config) { return config.timesteps == "learned"; }
+
 // The sampling settings of a config, resolved and checked (sampler name, its options, the time
 // grid), so that a bad setting fails before any work. Time grids: timesteps.h's, "learned" (from
 // `learned`) and "learned:FILE" (a schedule file).

@@ -54,6 +54,9 @@ struct SamplerInfo {
   std::function<int(int steps)> nfe;       // network evaluations for S steps
   bool stochastic;
   int min_order, max_order, default_order; // -1 each when it has no order
+  // Deterministic samplers: the order of accuracy on the probability-flow ODE at a multistep
+  // order (-1 for samplers without one); the convergence test checks every sampler against it.
+  std::function<int(int order)> accuracy;
 };
 const std::vector<SamplerInfo>& samplers();
 // Every key some sampler reads (the union of their `options`).
