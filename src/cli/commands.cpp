@@ -146,13 +146,19 @@ void apply_sample_flags(const cxxopts::ParseResult& r, Config& config) {
   if (r.count("skip-tuning")) {
     const auto text = r["skip-tuning"].as<std::string>();
     const auto comma = text.find(',');
-    try {
-      s.skip_tuning = SkipTuningConfig{};
-      s.skip_tuning.rho_bottom = std::stod(text.substr(0, comma));
-      s.skip_tuning.rho_top = comma == std::string::npos ? 1.0 : std::stod(text.substr(comma + 1));
-    } catch (const std::logic_error&) {
-      throw UsageError("--skip-tuning " + text + ": expected RHO_BOTTOM[,RHO_TOP], two numbers");
-    }
+    auto number = [&](const std::string& piece) {
+      size_t used = 0;
+      double value = 0;
+      try {
+        value = std::stod(piece, &used);
+      } catch (const std::logic_error&) {
+      }
+      if (used == 0 || used != piece.size())
+        throw UsageError("--skip-tuning " + text + ": expected RHO_BOTTOM[,RHO_TOP], one or two numbers");
+      return value;
+    };
+    s.skip_tuning.rho_bottom = number(text.substr(0, comma));
+    s.skip_tuning.rho_top = comma == std::string::npos ? 1.0 : number(text.substr(comma + 1));
   }
   check_config(config, "the command line");
 }
@@ -220,7 +226,7 @@ int sample(int argc, char** argv) {
   sample::LearnedSchedule learned;
   learned.state = source.learned;
   const auto plan = sample::plan_sampling(config.sample, schedule, learned);  // fail before any work
-  model::check_skip_tuning(source, config.sample.skip_tuning);
+  model::check_skip_tuning(config.model, config.sample.skip_tuning, !source.script.empty());
   torch::Tensor noise;
   if (r->count("noise")) noise = read_noise((*r)["noise"].as<std::string>());
   set_cpu_threads(config.threads);

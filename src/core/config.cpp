@@ -179,7 +179,7 @@ std::string violation(const std::string&, const T&, const Any&) {
 
 template <class T, class R>
 std::string violation(const std::string& name, const T& value, const Range<R>& r) {
-  auto outside = [&](R x) { return x < r.lo || x > r.hi; };
+  auto outside = [&](R x) { return !(x >= r.lo && x <= r.hi); };  // (NaN is outside)
   bool bad = false;
   if constexpr (std::is_same_v<T, std::vector<int>> || std::is_same_v<T, std::vector<double>>) {
     for (auto x : value) bad = bad || outside(x);
@@ -443,12 +443,13 @@ std::string closest_match(const std::string& word, const std::vector<std::string
 
 namespace {
 
-// Binds "section.key=value" overrides onto `config`: each value is read as YAML, keys and values
-// are checked as a file's are, and errors name the --set.
-void bind_overrides(Config& config, const std::vector<std::string>& overrides, const std::string& origin) {
-  if (overrides.empty()) return;
-  YAML::Node root(YAML::NodeType::Map);
-  std::map<std::string, std::string> overridden;  // "section.key" -> the --set text
+// Puts "section.key=value" overrides (each value read as YAML) into the tree `root`, creating the
+// sections they name; returns the --set text by key, for errors. With `null_is_default`, a null
+// value stands for the key's default (binding onto a config that is not fresh needs it said).
+std::map<std::string, std::string> merge_overrides(YAML::Node& root, const std::vector<std::string>& overrides,
+                                                   bool null_is_default) {
+  std::map<std::string, std::string> overridden;
+  YAML::Node defaults;
   for (const auto& item : overrides) {
     auto eq = item.find('=');
     if (eq == std::string::npos || eq == 0)
@@ -467,6 +468,12 @@ void bind_overrides(Config& config, const std::vector<std::string>& overrides, c
       parts.push_back(key.substr(start, dot - start));
       if (dot == std::string::npos) break;
     }
+    if (null_is_default && (!parsed || parsed.IsNull())) {
+      if (!defaults.IsMap()) defaults = YAML::Load(to_yaml(Config{}));
+      YAML::Node at = defaults;  // (reset, not =: yaml-cpp's = would write into `defaults`)
+      for (const auto& part : parts) at.reset(at.IsMap() ? at[part] : YAML::Node());
+      if (at && !at.IsNull()) parsed = YAML::Clone(at);
+    }
     std::vector<YAML::Node> path{root};
     for (size_t i = 0; i + 1 < parts.size(); ++i) {
       YAML::Node next = path.back()[parts[i]];
@@ -478,7 +485,7 @@ void bind_overrides(Config& config, const std::vector<std::string>& overrides, c
     path.back()[parts.back()] = parsed;
     overridden[key] = item;
   }
-  Binder(root, "", YamlReader(origin, std::move(overridden))).bind(config);
+  return overridden;
 }
 
 }  // namespace
@@ -493,9 +500,11 @@ Config parse_config(const std::string& yaml_text, const std::string& origin,
   }
   if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
   if (!root.IsMap()) throw ConfigError(origin + ": expected a mapping of sections at the top level");
+  // The overrides replace what the file says before anything is read, so a value they replace
+  // is never checked.
+  const YamlReader reader(origin, merge_overrides(root, overrides, false));
   Config config;
-  Binder(root, "", YamlReader(origin)).bind(config);
-  bind_overrides(config, overrides, origin);
+  Binder(root, "", reader).bind(config);
   validate_whole(config, origin);
   return config;
 }
@@ -511,7 +520,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 }
 
 void apply_overrides(Config& config, const std::vector<std::string>& overrides, const std::string& origin) {
-  bind_overrides(config, overrides, origin);
+  YAML::Node root(YAML::NodeType::Map);
+  const YamlReader reader(origin, merge_overrides(root, overrides, true));
+  Binder(root, "", reader).bind(config);
   validate_whole(config, origin);
 }
 

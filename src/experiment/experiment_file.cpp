@@ -12,7 +12,7 @@
 #include "s2dm/experiment/experiment.h"
 #include "s2dm/io/checkpoint.h"
 #include "s2dm/core/device.h"
-#include "s2dm/model/unet.h"
+#include "s2dm/model/model_source.h"
 #include "s2dm/sample/generate.h"
 
 namespace s2dm::experiment {
@@ -231,7 +231,7 @@ void check_settings(const Reader& r, const Experiment& e, int sweep_line) {
       try {
         // (The learned schedule is estimated when the model runs: the uniform grid stands in.)
         sample::plan_sampling(c, schedule, {{}, "", /*uniform_until_ready=*/true});
-        if (c.skip_tuning.active()) model::skip_tuning_scales(c.skip_tuning, model::num_skips(m.config.model));
+        model::check_skip_tuning(m.config.model, c.skip_tuning);
       } catch (const ConfigError& err) {
         throw ConfigError(where + err.what());
       }

@@ -39,6 +39,9 @@ std::string file_identity(const std::string& path) {
 
 std::string model_dir(const Experiment& e, const ModelSpec& m) { return e.out + "/models/" + m.name; }
 
+namespace {
+
+// What an earlier run left in a train model's run directory.
 TrainState train_state(const Experiment& e, const ModelSpec& m) {
   TrainState s;
   s.run_dir = model_dir(e, m);
@@ -59,8 +62,6 @@ TrainState train_state(const Experiment& e, const ModelSpec& m) {
   }
   return s;
 }
-
-namespace {
 
 // Seconds per image per network evaluation of a model's UNet (random weights), for the estimate.
 double eval_seconds_per_image(const Config& config, int64_t batch, const torch::Device& device) {
@@ -112,6 +113,15 @@ std::vector<int> learned_steps(const std::vector<Unit>& units, const ModelSpec& 
 Plan plan_units(const Experiment& e, const Measurer& measurer) {
   Plan plan;
   auto& units = plan.units;
+  // A unit's folder and metric file follow from its key; what exists there is what an earlier
+  // run finished.
+  auto place = [&](Unit& u, const std::string& key) {
+    u.key = key;
+    u.dir = e.out + "/units/" + u.model->name + "/" + u.key;
+    u.metric_key = hash_key(u.key + "\n" + measurer.identity() + "\n" + measurer.reference_identity(*u.model));
+    u.has_samples = fs::exists(u.dir + "/samples.npz") && fs::exists(u.dir + "/sample.json");
+    u.has_metric = fs::exists(u.metric_file());
+  };
   for (const auto& m : e.models)
     for (const auto& s : e.settings) {
       const SampleConfig config = sample_config(e, m, s);
@@ -124,37 +134,30 @@ Plan plan_units(const Experiment& e, const Measurer& measurer) {
         u.setting = &s;
         u.seed = seed;
         u.config = config;
-        std::string text = settings_text + "seed " + std::to_string(seed);
-        u.key = hash_key(text);
-        u.dir = e.out + "/units/" + m.name + "/" + u.key;
-        u.metric_key = hash_key(u.key + "\n" + measurer.identity() + "\n" + measurer.reference_identity(m));
-        u.nfe = sample::find_sampler(u.config.sampler).nfe(u.config.steps);
-        u.has_samples = fs::exists(u.dir + "/samples.npz") && fs::exists(u.dir + "/sample.json");
-        u.has_metric = fs::exists(u.metric_file());
+        u.nfe = sample::find_sampler(config.sampler).nfe(config.steps);
+        place(u, hash_key(settings_text + "seed " + std::to_string(seed)));
         units.push_back(std::move(u));
       }
     }
+  // A learned grid's file (and so the key) depends on every learned step count of the model.
+  std::map<const ModelSpec*, std::string> learned_files;
   for (auto& u : units)
     if (sample::uses_learned_schedule(u.config)) {
-      // The schedule file (and so the key) depends on every learned step count of the model.
-      const auto file = learned_schedule_file(e, *u.model, learned_steps(units, *u.model));
-      u.key = hash_key(u.key + "\nlearned " + file);
-      u.dir = e.out + "/units/" + u.model->name + "/" + u.key;
-      u.metric_key = hash_key(u.key + "\n" + measurer.identity() + "\n" + measurer.reference_identity(*u.model));
-      u.has_samples = fs::exists(u.dir + "/samples.npz") && fs::exists(u.dir + "/sample.json");
-      u.has_metric = fs::exists(u.metric_file());
+      auto& file = learned_files[u.model];
+      if (file.empty()) file = learned_schedule_file(e, *u.model, learned_steps(units, *u.model));
+      place(u, hash_key(u.key + "\nlearned " + file));
     }
-
+  for (const auto& m : e.models)
+    if (!m.train_config.empty()) plan.states[m.name] = train_state(e, m);
   return plan;
 }
 
-RunSummary show_plan(const Experiment& e, Plan& plan, const torch::Device& device,
+RunSummary show_plan(const Experiment& e, const Plan& plan, const torch::Device& device,
                      const std::function<bool(const ModelSpec&)>& selected) {
   // The plan and a rough estimate, from one timed network evaluation per model.
   RunSummary summary;
   double total_seconds = 0;
-  auto& units = plan.units;
-  auto& states = plan.states;
+  const auto& units = plan.units;
   std::printf("experiment %s: %zu models × %zu settings × %zu seeds = %zu units, %s samples each, %s; output %s\n",
               e.name.c_str(), e.models.size(), e.settings.size(), e.seeds.size(), units.size(),
               std::to_string(e.metric.num_samples).c_str(), e.metric.features.c_str(), e.out.c_str());
@@ -175,7 +178,7 @@ RunSummary show_plan(const Experiment& e, Plan& plan, const torch::Device& devic
     std::string training = "checkpoint " + m.checkpoint;
     int64_t train_steps = 0;
     if (!m.train_config.empty()) {
-      const auto& state = states[m.name] = train_state(e, m);
+      const auto& state = plan.states.at(m.name);
       if (state.trained()) {
         training = "trained (" + std::to_string(state.step) + " steps)";
       } else if (todo == 0) {

@@ -42,7 +42,6 @@ struct TrainState {
 };
 
 std::string model_dir(const Experiment& e, const ModelSpec& m);
-TrainState train_state(const Experiment& e, const ModelSpec& m);
 
 // The metric's feature space and reference statistics (cached under the output folder), loaded
 // when first needed.
@@ -68,11 +67,12 @@ struct Plan {
   std::vector<Unit> units;
   std::map<std::string, TrainState> states;  // by model name, for the models to train
 };
-// Every unit of the experiment, keyed, with what an earlier run left of it.
+// Every unit of the experiment, keyed, with what an earlier run left of it, and the state of each
+// train model's run.
 Plan plan_units(const Experiment& e, const Measurer& measurer);
-// Prints the plan and a rough time estimate (one timed network evaluation per model); fills
-// `plan.states`. `selected` says which models run (--only).
-RunSummary show_plan(const Experiment& e, Plan& plan, const torch::Device& device,
+// Prints the plan and a rough time estimate (one timed network evaluation per model).
+// `selected` says which models run (--only).
+RunSummary show_plan(const Experiment& e, const Plan& plan, const torch::Device& device,
                      const std::function<bool(const ModelSpec&)>& selected);
 
 // The offline learned schedule of a model for every step count its "learned" settings use,

@@ -130,7 +130,7 @@ std::vector<Figure> metric_plots(const ReportSpec& e, const std::vector<ResultRo
     for (const auto& model : a.models) {
       auto it = a.grids.find({model, group});
       if (it == a.grids.end()) continue;
-      const Grid& g = it->second;
+      const ResultGrid& g = it->second;
       std::vector<Series> series;
       Figure f;
       for (size_t i = 0; i < g.labels.size(); ++i) {

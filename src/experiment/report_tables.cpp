@@ -47,9 +47,6 @@ std::string group_of(const ResultRow& row, const std::string& rows_key) {
   return label;
 }
 
-
-
-
 }  // namespace
 
 Arranged arrange(const std::vector<ResultRow>& rows, const std::string& rows_key) {
@@ -71,11 +68,10 @@ Arranged arrange(const std::vector<ResultRow>& rows, const std::string& rows_key
   return a;
 }
 
-
 namespace {
 
 // Decimals for a table: about four significant digits for its smallest value, two at least.
-int table_decimals(const Grid& g) {
+int table_decimals(const ResultGrid& g) {
   double smallest = 0;
   for (const auto& [cell, values] : g.values) {
     const double m = std::abs(spread(values).mean);
@@ -92,111 +88,118 @@ std::string cell_text(const std::vector<double>& values, int decimals) {
   return s.n > 1 ? format_number(s.mean, decimals) + " ± " + format_number(s.std, decimals) : format_number(s.mean, decimals);
 }
 
+std::vector<std::string> steps_header(const std::string& first, const ResultGrid& g) {
+  std::vector<std::string> header{first};
+  for (int s : g.steps) header.push_back(std::to_string(s) + " steps");
+  return header;
+}
+
+// A model's values: rows × steps, with the NFE of each cell in the note.
+Table values_table(const Arranged& a, const std::string& title, const ResultGrid& g, const std::string& seeds) {
+  Table t;
+  t.title = title;
+  t.header = steps_header(a.metric + " ↓", g);
+  const int decimals = table_decimals(g);
+  std::string nfe;
+  for (const auto& label : g.labels) {
+    std::vector<std::string> row{label};
+    std::string list;
+    for (int s : g.steps) {
+      auto v = g.values.find({label, s});
+      row.push_back(v == g.values.end() ? "–" : cell_text(v->second, decimals));
+      auto n = g.nfe.find({label, s});
+      if (n != g.nfe.end()) list += (list.empty() ? "" : "/") + std::to_string(n->second);
+    }
+    t.rows.push_back(row);
+    nfe += (nfe.empty() ? "" : "; ") + label + " " + list;
+  }
+  t.note = "NFE: " + nfe + "." + seeds;
+  return t;
+}
+
+// The relative improvement of `model` over the baseline, marked † where it is within the spread.
+Table improvement_table(const ReportSpec& e, const Arranged& a, const std::string& title, const std::string& model,
+                        const ResultGrid& g, const ResultGrid& base) {
+  Table t;
+  t.title = title + ": relative improvement";
+  t.header = steps_header(e.table_rows, g);
+  bool any_within = false;
+  for (const auto& label : g.labels) {
+    std::vector<std::string> row{label};
+    for (int s : g.steps) {
+      auto m = g.values.find({label, s});
+      auto b = base.values.find({label, s});
+      if (m == g.values.end() || b == base.values.end()) {
+        row.push_back("–");
+        continue;
+      }
+      const auto sm = spread(m->second), sb = spread(b->second);
+      std::string text = (sb.mean > sm.mean ? "+" : "") + format_number(100.0 * (sb.mean - sm.mean) / sb.mean, 1) + " %";
+      if (sm.n > 1 && sb.n > 1 && std::abs(sb.mean - sm.mean) <= std::max(sm.std, sb.std)) {
+        text += " †";
+        any_within = true;
+      }
+      row.push_back(text);
+    }
+    t.rows.push_back(row);
+  }
+  t.note = "(" + e.baseline + " − " + model + ") / " + e.baseline + " of " + a.metric + ": positive means " + model +
+           " is better." +
+           (any_within ? " † the difference is within the spread across seeds (|Δ| ≤ the larger standard deviation)." : "");
+  return t;
+}
+
+// Seeds fix the initial noise of every image, so both models start from the same x_T: the
+// per-seed differences are paired, and their spread is the sharper test.
+Table paired_table(const ReportSpec& e, const std::string& title, const std::string& model, const ResultGrid& g,
+                   const ResultGrid& base) {
+  Table p;
+  p.title = title + ": paired difference";
+  p.header = steps_header(e.table_rows, g);
+  const int decimals = table_decimals(g);
+  for (const auto& label : g.labels) {
+    std::vector<std::string> row{label};
+    for (int s : g.steps) {
+      auto m = g.by_seed.find({label, s});
+      auto b = base.by_seed.find({label, s});
+      std::vector<double> diffs;
+      if (m != g.by_seed.end() && b != base.by_seed.end())
+        for (const auto& [seed, value] : m->second)
+          if (b->second.count(seed)) diffs.push_back(b->second.at(seed) - value);
+      if (diffs.size() < 2) {
+        row.push_back("–");
+        continue;
+      }
+      const int better = static_cast<int>(std::count_if(diffs.begin(), diffs.end(), [](double x) { return x > 0; }));
+      row.push_back(cell_text(diffs, decimals) + " (" + std::to_string(better) + "/" + std::to_string(diffs.size()) + ")");
+    }
+    p.rows.push_back(row);
+  }
+  p.note = "Δ = " + e.baseline + " − " + model + " per seed (the same initial noise for both), mean ± standard "
+           "deviation over seeds; in brackets the seeds where " + model + " is better.";
+  return p;
+}
+
 }  // namespace
 
 std::vector<Table> build_tables(const ReportSpec& e, const std::vector<ResultRow>& rows) {
   const Arranged a = arrange(rows, e.table_rows);
   std::vector<Table> tables;
-  const std::string seeds = e.num_seeds > 1 ? " (mean ± standard deviation over " + std::to_string(e.num_seeds) +
-                                                     " seeds)"
-                                               : "";
+  const std::string seeds =
+      e.num_seeds > 1 ? " (mean ± standard deviation over " + std::to_string(e.num_seeds) + " seeds)" : "";
   for (const auto& group : a.groups) {
     const std::string in_group = group.empty() ? "" : " — " + group;
-    for (const auto& model : a.models) {
-      auto it = a.grids.find({model, group});
-      if (it == a.grids.end()) continue;
-      const Grid& g = it->second;
-      Table t;
-      t.title = model + in_group;
-      t.header.push_back(a.metric + " ↓");
-      for (int s : g.steps) t.header.push_back(std::to_string(s) + " steps");
-      const int decimals = table_decimals(g);
-      for (const auto& label : g.labels) {
-        std::vector<std::string> row{label};
-        for (int s : g.steps) {
-          auto v = g.values.find({label, s});
-          row.push_back(v == g.values.end() ? "–" : cell_text(v->second, decimals));
-        }
-        t.rows.push_back(row);
-      }
-      std::string nfe;
-      for (const auto& label : g.labels) {
-        std::string list;
-        for (int s : g.steps) {
-          auto n = g.nfe.find({label, s});
-          if (n != g.nfe.end()) list += (list.empty() ? "" : "/") + std::to_string(n->second);
-        }
-        nfe += (nfe.empty() ? "" : "; ") + label + " " + list;
-      }
-      t.note = "NFE: " + nfe + "." + seeds;
-      tables.push_back(t);
-    }
-    // The relative improvement of every other model over the baseline.
+    for (const auto& model : a.models)
+      if (auto it = a.grids.find({model, group}); it != a.grids.end())
+        tables.push_back(values_table(a, model + in_group, it->second, seeds));
     auto base = a.grids.find({e.baseline, group});
     if (e.baseline.empty() || base == a.grids.end()) continue;
     for (const auto& model : a.models) {
       auto it = a.grids.find({model, group});
       if (model == e.baseline || it == a.grids.end()) continue;
-      const Grid& g = it->second;
-      Table t;
-      t.title = model + " vs " + e.baseline + in_group + ": relative improvement";
-      t.header.push_back(e.table_rows);
-      for (int s : g.steps) t.header.push_back(std::to_string(s) + " steps");
-      bool any_within = false;
-      for (const auto& label : g.labels) {
-        std::vector<std::string> row{label};
-        for (int s : g.steps) {
-          auto m = g.values.find({label, s});
-          auto b = base->second.values.find({label, s});
-          if (m == g.values.end() || b == base->second.values.end()) {
-            row.push_back("–");
-            continue;
-          }
-          const auto sm = spread(m->second), sb = spread(b->second);
-          std::string text = (sb.mean > sm.mean ? "+" : "") + format_number(100.0 * (sb.mean - sm.mean) / sb.mean, 1) + " %";
-          if (sm.n > 1 && sb.n > 1 && std::abs(sb.mean - sm.mean) <= std::max(sm.std, sb.std)) {
-            text += " †";
-            any_within = true;
-          }
-          row.push_back(text);
-        }
-        t.rows.push_back(row);
-      }
-      t.note = "(" + e.baseline + " − " + model + ") / " + e.baseline + " of " + a.metric +
-               ": positive means " + model + " is better." +
-               (any_within ? " † the difference is within the spread across seeds (|Δ| ≤ the larger standard deviation)."
-                           : "");
-      tables.push_back(t);
-
-      // Seeds fix the initial noise of every image, so both models start from the same x_T: the
-      // per-seed differences are paired, and their spread is the sharper test.
-      if (e.num_seeds < 2) continue;
-      Table p;
-      p.title = model + " vs " + e.baseline + in_group + ": paired difference";
-      p.header = t.header;
-      const int decimals = table_decimals(g);
-      for (const auto& label : g.labels) {
-        std::vector<std::string> row{label};
-        for (int s : g.steps) {
-          auto m = g.by_seed.find({label, s});
-          auto b = base->second.by_seed.find({label, s});
-          std::vector<double> diffs;
-          if (m != g.by_seed.end() && b != base->second.by_seed.end())
-            for (const auto& [seed, value] : m->second)
-              if (b->second.count(seed)) diffs.push_back(b->second.at(seed) - value);
-          if (diffs.size() < 2) {
-            row.push_back("–");
-            continue;
-          }
-          const auto d = spread(diffs);
-          const int better = static_cast<int>(std::count_if(diffs.begin(), diffs.end(), [](double x) { return x > 0; }));
-          row.push_back(cell_text(diffs, decimals) + " (" + std::to_string(better) + "/" + std::to_string(d.n) + ")");
-        }
-        p.rows.push_back(row);
-      }
-      p.note = "Δ = " + e.baseline + " − " + model + " per seed (the same initial noise for both), mean ± standard "
-               "deviation over seeds; in brackets the seeds where " + model + " is better.";
-      tables.push_back(p);
+      const std::string title = model + " vs " + e.baseline + in_group;
+      tables.push_back(improvement_table(e, a, title, model, it->second, base->second));
+      if (e.num_seeds > 1) tables.push_back(paired_table(e, title, model, it->second, base->second));
     }
   }
   return tables;

@@ -27,7 +27,7 @@ struct Spread {
 Spread spread(const std::vector<double>& v);
 
 // The results arranged as the papers' tables: per model and group, row (sampler) × steps → values.
-struct Grid {
+struct ResultGrid {
   std::vector<std::string> labels;    // the rows, in order of first appearance
   std::vector<int> steps;             // increasing
   std::map<std::pair<std::string, int>, std::vector<double>> values;
@@ -36,7 +36,7 @@ struct Grid {
 };
 struct Arranged {
   std::vector<std::string> models, groups;  // in order of first appearance
-  std::map<std::pair<std::string, std::string>, Grid> grids;  // (model, group)
+  std::map<std::pair<std::string, std::string>, ResultGrid> grids;  // (model, group)
   std::string metric;
 };
 // The rows arranged by model and group; rows_key: the sampler or a swept key.

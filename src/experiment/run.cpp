@@ -209,7 +209,7 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
     ref.checkpoint = m.checkpoint;
     ref.ema = m.ema;
     if (!m.train_config.empty()) {
-      const auto& state = plan.states[m.name];
+      const auto& state = plan.states.at(m.name);
       if (!ensure_trained(m, state, summary)) {
         summary.interrupted = true;
         break;

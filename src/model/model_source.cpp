@@ -110,7 +110,6 @@ EpsModel unet_eps_model(UNet unet, bool bf16, const SkipTuningConfig& skip_tunin
   std::vector<double> tuned;
   if (skip_tuning.active()) tuned = skip_tuning_scales(skip_tuning, net->num_skips());
   const double t_min = skip_tuning.t_min, t_max = skip_tuning.t_max;
-  bf16 = bf16 && device.is_cuda();
 #if S2DM_WITH_CUDA
   auto graphed = cuda_graphs && device.is_cuda() ? std::make_shared<GraphedForward>() : nullptr;
 #else
@@ -120,7 +119,10 @@ EpsModel unet_eps_model(UNet unet, bool bf16, const SkipTuningConfig& skip_tunin
   return [=](const torch::Tensor& x, const torch::Tensor& t) {
     torch::NoGradGuard no_grad;
     // Samplers evaluate one time per batch, so its first entry decides.
-    const bool in_window = !tuned.empty() && t[0].item<double>() >= t_min && t[0].item<double>() <= t_max;
+    const bool in_window = !tuned.empty() && [&] {
+      const double time = t[0].item<double>();
+      return time >= t_min && time <= t_max;
+    }();
     const auto& scales = in_window ? tuned : none;
     auto x_in = x.to(device, torch::kFloat32), t_in = t.to(device, torch::kFloat32);
 #if S2DM_WITH_CUDA
@@ -148,7 +150,8 @@ ModelSource resolve_model(const ModelRef& ref, const std::vector<std::string>& o
     m.learned = std::move(ckpt.schedule);
     return m;
   }
-  if (ref.config.empty()) throw UsageError("--weights and --model-script need --config (shape and schedule)");
+  if (ref.config.empty())
+    throw UsageError(std::string(ref.script.empty() ? "--weights" : "--model-script") + " needs --config (shape and schedule)");
   m.config = load_config(ref.config, overrides);
   if (!ref.script.empty()) {
     m.script = m.origin = ref.script;
@@ -163,11 +166,11 @@ ModelSource resolve_model(const ModelRef& ref, const std::vector<std::string>& o
   return m;
 }
 
-void check_skip_tuning(const ModelSource& source, const SkipTuningConfig& skip_tuning) {
+void check_skip_tuning(const ModelConfig& model, const SkipTuningConfig& skip_tuning, bool torchscript) {
   if (!skip_tuning.active()) return;
-  if (!source.script.empty())
+  if (torchscript)
     throw UsageError("Skip-Tuning needs the UNet's skips: it works with --checkpoint and --weights, not --model-script");
-  skip_tuning_scales(skip_tuning, num_skips(source.config.model));
+  skip_tuning_scales(skip_tuning, num_skips(model));
 }
 
 LoadedModel::LoadedModel(const ModelSource& source, const torch::Device& device)
@@ -183,10 +186,8 @@ LoadedModel::LoadedModel(const ModelSource& source, const torch::Device& device)
 }
 
 EpsModel LoadedModel::eps(const SkipTuningConfig& skip_tuning, bool cuda_graphs) const {
-  if (script_) {
-    if (skip_tuning.active()) throw UsageError("Skip-Tuning needs the UNet's skips, which a TorchScript model does not expose");
-    return script_;
-  }
+  check_skip_tuning(config_.model, skip_tuning, bool(script_));
+  if (script_) return script_;
   return unet_eps_model(unet_, bf16_autocast(config_, device_), skip_tuning, cuda_graphs);
 }
 

@@ -190,6 +190,8 @@ namespace {
 class Trainer {
  public:
   Trainer(Config config, std::string run_dir, bool resuming);
+  Trainer(const Trainer&) = delete;  // (members refer to each other)
+  Trainer& operator=(const Trainer&) = delete;
   // Continues from a checkpoint of this run (weights, optimiser, RNG, data position, schedule).
   void resume(Checkpoint ckpt);
   TrainResult run();

@@ -190,7 +190,7 @@ TEST_F(Cli, BadInputGivesExitCode2AndNamesTheCulprit) {
   expect_user_error(run("sample --checkpoint " + ckpt + " --steps 5000 --out " + (dir / "o")), "sample.steps");
   expect_user_error(run("sample --checkpoint " + ckpt + " --batch 0 --out " + (dir / "o")),
                     "the command line: sample.batch = 0 is out of range");
-  expect_user_error(run("sample --checkpoint " + ckpt + " --skip-tuning 0.5,x --out " + (dir / "o")), "RHO_BOTTOM[,RHO_TOP]");
+  expect_user_error(run("sample --checkpoint " + ckpt + " --skip-tuning 0.5,x --out " + (dir / "o")), "RHO_BOTTOM[,RHO_TOP], one or two numbers");
   expect_user_error(run("sample --checkpoint " + ckpt + " --timesteps quadratic --out " + (dir / "o")), "did you mean 'quad'");
   expect_user_error(run("sample --checkpoint " + ckpt), "--out");
   save_npy(dir / "bad.npy", NpyArray{"<f8", {1, 1, 32, 32}, std::string(8 * 1024, '\0')});

@@ -115,6 +115,10 @@ TEST(Config, OverridesApplyToTheStruct) {
   EXPECT_DOUBLE_EQ(c.sample.skip_tuning.t_max, 1e9);
   s2dm::apply_overrides(c, {"sample.skip_tuning={}"}, "here");
   EXPECT_FALSE(c.sample.skip_tuning.active());
+  s2dm::apply_overrides(c, {"sample.steps=~"}, "here");  // null: the default
+  EXPECT_EQ(c.sample.steps, s2dm::SampleConfig{}.steps);
+  // A file's value that an override replaces is never read.
+  EXPECT_DOUBLE_EQ(parse_config("train:\n  lr: fast\n", "x.yaml", {"train.lr=0.1"}).train.lr, 0.1);
   try {
     s2dm::apply_overrides(c, {"sample.steps=0"}, "here");
     ADD_FAILURE() << "no error";

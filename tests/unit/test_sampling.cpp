@@ -356,12 +356,11 @@ TEST(ModelSource, ResolvesOneSourceAndLoadsIt) {
   EXPECT_TRUE(torch::equal(loaded.eps()(x, t), model::unet_eps_model(net, false)(x, t)));
   SkipTuningConfig st;
   st.rho = {1.0, 0.5};
-  EXPECT_THROW(model::check_skip_tuning(source, st), ConfigError);  // the model has 4 skips
+  EXPECT_THROW(model::check_skip_tuning(source.config.model, st), ConfigError);  // the model has 4 skips
+  EXPECT_THROW(loaded.eps(st), ConfigError);
   st.rho = {1.0, 0.5, 0.5, 1.0};
-  EXPECT_NO_THROW(model::check_skip_tuning(source, st));
-  model::ModelSource script;
-  script.script = "m.pt";
-  EXPECT_THROW(model::check_skip_tuning(script, st), UsageError);  // a TorchScript module has no skips
+  EXPECT_NO_THROW(model::check_skip_tuning(source.config.model, st));
+  EXPECT_THROW(model::check_skip_tuning(source.config.model, st, /*torchscript=*/true), UsageError);
 }
 
 TEST(CudaGraphs, ReplaysEqualEagerEvaluations) {

@@ -41,12 +41,12 @@ ModelSource resolve_model(const ModelRef& ref, const std::vector<std::string>& o
 // (the CPU always computes in float32).
 bool bf16_autocast(const Config& config, const torch::Device& device);
 
-// Checks that the config's Skip-Tuning suits the model (a factor list needs one factor per long
-// skip; a TorchScript module has no skips to scale). Throws ConfigError / UsageError.
-void check_skip_tuning(const ModelSource& source, const SkipTuningConfig& skip_tuning);
+// Checks that Skip-Tuning suits the model before any work: a factor list needs one factor per long
+// skip, and a TorchScript module has no skips to scale. Throws ConfigError / UsageError.
+void check_skip_tuning(const ModelConfig& model, const SkipTuningConfig& skip_tuning, bool torchscript = false);
 
 // The UNet as an ε-model on its device (eval mode, no grad, its preferred memory format), under
-// bf16 autocast when `bf16` is set; returns float32. With active `skip_tuning`, the skips are
+// bf16 autocast when `bf16` is set (bf16_autocast says when); returns float32. With active `skip_tuning`, the skips are
 // scaled for timesteps in [t_min, t_max] (throws ConfigError for a factor list of the wrong
 // length); the network itself is left unchanged, so several ε-models may share it. On CUDA,
 // evaluations replay CUDA graphs unless `cuda_graphs` is false.
