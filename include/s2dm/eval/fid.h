@@ -1,6 +1,7 @@
 #pragma once
-// Fréchet distance and KID between feature sets (docs/algorithms.md §6), their statistics files, and
-// feature extraction with the FID Inception.
+// Fréchet distance and KID between feature sets (docs/algorithms.md §6), their statistics files,
+// the feature spaces (the FID Inception, data classifiers) and the one measurement that s2dm fid,
+// training-time evaluation and the experiment driver share.
 #include <torch/types.h>
 
 #include <functional>

@@ -1,6 +1,7 @@
 #pragma once
-// Producing samples from a model: initial noise, batching, the sampler, and the output files
-// (numbered PNGs, samples.npz with arr_0 uint8 NHWC, grid.png, optionally float32 NCHW .npy).
+// Producing samples from a model: the sampling plan, initial noise, batching, the sampler, and
+// the output files (numbered PNGs, samples.npz with arr_0 uint8 NHWC, grid.png, optionally
+// float32 NCHW .npy).
 #include <torch/types.h>
 
 #include <functional>
