@@ -214,6 +214,7 @@ class Trainer {
   data::ImageSet dataset_;
   std::unique_ptr<data::Batcher> batcher_;
   model::UNet unet_{nullptr}, ema_{nullptr};
+  std::vector<torch::Tensor> params_;  // unet_'s, for clipping
   std::unique_ptr<Adam> adam_;
   NoiseSchedule schedule_;
   std::unique_ptr<sample::OnlineScheduleEstimator> online_;
@@ -252,6 +253,7 @@ Trainer::Trainer(Config config, std::string run_dir, bool resuming)
   spdlog::info("model: {:.2f} M parameters, {} long skips", model::count_parameters(*unet_) / 1e6,
                model::num_skips(config_.model));
 
+  params_ = unet_->parameters();
   NamedTensors params;
   for (const auto& item : unet_->named_parameters()) params.emplace_back(item.key(), item.value());
   adam_ = std::make_unique<Adam>(params, AdamOptions{tc_.beta1, tc_.beta2, tc_.eps, tc_.weight_decay, tc_.optimizer == "adamw"});
@@ -337,7 +339,7 @@ void Trainer::optimiser_step() {
     sums_->add_micro_batch(terms, tc_.grad_accum);
   }
   lr_ = tc_.warmup > 0 ? tc_.lr * std::min(1.0, static_cast<double>(step_ + 1) / tc_.warmup) : tc_.lr;
-  sums_->add_step(clip_grad_norm(unet_->parameters(), tc_.grad_clip));
+  sums_->add_step(clip_grad_norm(params_, tc_.grad_clip));
   adam_->step(lr_);
   ema_update(*ema_, *unet_, tc_.ema_decay);
   ++step_;
