@@ -4,8 +4,8 @@
 #   --tests    what only the tests use: Chromium, which renders the experiment report headless
 #              (its test skips where it is absent)
 #   --chroots  the host tools of scripts/test_torch2.sh (debootstrap, rsync)
-#   --cuda     LibTorch with CUDA (libtorch-cuda-dev and nvidia-cuda-toolkit, Debian 13 or
-#              later, contrib) instead of the CPU LibTorch
+#   --cuda     LibTorch with CUDA (libtorch-cuda-dev, nvidia-cuda-toolkit and NCCL's headers,
+#              Debian 13 or later, contrib) instead of the CPU LibTorch
 set -euo pipefail
 
 torch=(libtorch-dev)
@@ -14,7 +14,7 @@ for arg in "$@"; do
   case "$arg" in
     --tests) extra+=(chromium) ;;
     --chroots) extra+=(debootstrap rsync) ;;
-    --cuda) torch=(libtorch-cuda-dev nvidia-cuda-toolkit) ;;
+    --cuda) torch=(libtorch-cuda-dev nvidia-cuda-toolkit libnccl-dev) ;;
     *) echo "setup: unknown option '$arg' (--tests, --chroots, --cuda)" >&2; exit 2 ;;
   esac
 done
@@ -22,6 +22,7 @@ done
 packages=(
   build-essential cmake ninja-build pkg-config
   "${torch[@]}"           # LibTorch (and with CUDA, the toolkit its CMake package needs)
+  libgloo-dev             # the headers of c10d's Gloo process group (data-parallel training)
   libopenblas0-pthread    # fast BLAS/LAPACK behind LibTorch (the reference BLAS makes FID 10x slower)
   libyaml-cpp-dev libspdlog-dev libfmt-dev libcxxopts-dev nlohmann-json3-dev
   libgtest-dev libbenchmark-dev

@@ -17,6 +17,8 @@
 #include "s2dm/sample/samplers.h"
 #include "s2dm/model/model_source.h"
 #include "s2dm/train/train.h"
+#include "s2dm/dist/launcher.h"
+#include "s2dm/dist/process_group.h"
 #include "s2dm/model/unet.h"
 
 namespace s2dm::cli {
@@ -71,6 +73,9 @@ int info(int argc, char** argv) {
   if (!r) return 0;
   set_cpu_threads((*r)["threads"].as<int>());
   std::cout << runtime_info(resolve_device((*r)["device"].as<std::string>()));
+  std::string backends;
+  for (const auto& b : dist::available_backends()) backends += (backends.empty() ? "" : ", ") + b;
+  std::cout << "distributed:    " << backends << " (c10d; s2dm train --nproc N, torchrun or srun)\n";
   if (r->count("checkpoint")) {
     const auto path = (*r)["checkpoint"].as<std::string>();
     auto ckpt = load_checkpoint(path);
@@ -92,7 +97,9 @@ int train(int argc, char** argv) {
       "device", "auto | cpu | cuda | cuda:N", cxxopts::value<std::string>())(
       "set", "override a config value: section.key=value (repeatable)", cxxopts::value<std::vector<std::string>>())(
       "resume", "continue the run in --run-dir from its latest checkpoint")(
-      "overwrite", "replace an existing run directory");
+      "overwrite", "replace an existing run directory")(
+      "nproc", "train data-parallel as N processes on this machine (one per GPU; on the CPU they share the cores)",
+      cxxopts::value<int>());
   auto r = parse_options(options, argc, argv);
   if (!r) return 0;
   train::TrainOptions opts;
@@ -111,9 +118,20 @@ int train(int argc, char** argv) {
   }
   if (r->count("run-dir")) opts.run_dir = (*r)["run-dir"].as<std::string>();
   else if (opts.resume && !r->count("config")) throw UsageError("train: --resume needs --run-dir or --config");
+  if (r->count("nproc")) {  // the same command line, without --nproc, as each rank's
+    std::vector<std::string> args;
+    for (int i = 0; i < argc; ++i) {
+      const std::string arg = argv[i];
+      if (arg == "--nproc") ++i;
+      else if (arg.rfind("--nproc=", 0) != 0) args.push_back(arg);
+    }
+    return dist::launch_local_group((*r)["nproc"].as<int>(), args);
+  }
   auto result = train::run_training(config, opts);
-  std::cout << "run directory: " << result.run_dir << "\ncheckpoint:    " << train::latest_checkpoint(result.run_dir)
-            << "\nstep:          " << result.step << "\n";
+  const char* rank = std::getenv("RANK");
+  if (!rank || std::string(rank) == "0")
+    std::cout << "run directory: " << result.run_dir << "\ncheckpoint:    " << train::latest_checkpoint(result.run_dir)
+              << "\nstep:          " << result.step << "\n";
   return result.interrupted ? 130 : 0;
 }
 

@@ -77,6 +77,13 @@ void visit(V& v, LearnedScheduleConfig& c) {
 }
 
 template <class V>
+void visit(V& v, DistributedConfig& c) {
+  v("backend", c.backend, OneOf{{"auto", "gloo", "nccl"}});
+  v("timeout", c.timeout, Range<double>{1.0, 7 * 24 * 3600.0});
+  v("bucket_mb", c.bucket_mb, Range<double>{0.01, 4096.0});
+}
+
+template <class V>
 void visit(V& v, TrainConfig& c) {
   constexpr auto kMax = std::numeric_limits<int64_t>::max();
   v("steps", c.steps, Range<int64_t>{0, kMax});
@@ -102,6 +109,7 @@ void visit(V& v, TrainConfig& c) {
   v("eval_num", c.eval_num, Range<int>{2, 1000000});
   v("eval_features", c.eval_features, Any{});
   v.section("learned_schedule", c.learned_schedule);
+  v.section("distributed", c.distributed);
 }
 
 template <class V>

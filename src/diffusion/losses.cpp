@@ -91,13 +91,15 @@ torch::Tensor DiffusionLoss::skip_coefficient(const torch::Tensor& t) const {
   return skip_coef_.to(t.device()).index_select(0, t);
 }
 
-LossTerms DiffusionLoss::operator()(const EpsModel& model, const torch::Tensor& x0,
-                                    const torch::Tensor& t) const {
+LossTerms DiffusionLoss::operator()(const EpsModel& model, const torch::Tensor& x0, const torch::Tensor& t,
+                                    Rows rows) const {
   auto eps1 = torch::randn_like(x0);
   torch::Tensor eps2;
   if (info_->second_noise) eps2 = config_.noise == "shared" ? eps1 : torch::randn_like(x0);
-  auto eps_hat = model(noised(x0, t, eps1), t.to(torch::kFloat32));
-  return combine(eps1, eps2, eps_hat, t);
+  if (rows.end < 0) return combine(eps1, eps2, model(noised(x0, t, eps1), t.to(torch::kFloat32)), t);
+  auto keep = [&](const torch::Tensor& a) { return a.defined() ? a.slice(0, rows.begin, rows.end) : a; };
+  auto x0_rows = keep(x0), t_rows = keep(t), eps1_rows = keep(eps1);
+  return combine(eps1_rows, keep(eps2), model(noised(x0_rows, t_rows, eps1_rows), t_rows.to(torch::kFloat32)), t_rows);
 }
 
 LossTerms DiffusionLoss::combine(const torch::Tensor& eps1, const torch::Tensor& eps2,

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <regex>
+#include <thread>
 
 #include "s2dm/io/checkpoint.h"
 #include "s2dm/core/compat.h"
@@ -25,6 +26,7 @@
 #include "s2dm/core/progress.h"
 #include "s2dm/sample/learned_schedule.h"
 #include "s2dm/core/stop_signals.h"
+#include "s2dm/dist/process_group.h"
 #include "s2dm/model/unet.h"
 
 namespace s2dm::train {
@@ -69,9 +71,11 @@ void truncate_metrics(const std::string& path, int64_t step) {
 
 // The logged quantities summed over the steps since the last log line, on the device: the
 // loop reads them (one host sync) only to log or before a checkpoint, never per micro-batch.
+// Under data parallelism each rank sums its own rows; reading all-reduces the sums, so every
+// rank reads the same (global) values at the same steps.
 class IntervalSums {
  public:
-  explicit IntervalSums(const torch::Device& device) : device_(device) { reset(); }
+  IntervalSums(const torch::Device& device, dist::ProcessGroup* group) : device_(device), group_(group) { reset(); }
 
   void add_micro_batch(const diffusion::LossTerms& terms, int grad_accum) {
     loss_.add_(terms.loss.detach(), 1.0 / grad_accum);
@@ -87,7 +91,7 @@ class IntervalSums {
   // A diverged loss never reaches a checkpoint: throws when any step since the last log line
   // had a NaN or infinite loss.
   void check_finite(int64_t step, const std::string& run_dir) const {
-    const double loss = loss_.item<double>();
+    const double loss = totals()[0];
     if (!std::isfinite(loss))
       throw std::runtime_error("loss is " + std::to_string(loss) + " at a step in (" + std::to_string(step - steps_) +
                                ", " + std::to_string(step) + "] (diverged; lower train.lr?); the last good checkpoint is kept in " +
@@ -99,11 +103,12 @@ class IntervalSums {
     check_finite(step, run_dir);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
     const auto n = static_cast<double>(std::max<int64_t>(steps_, 1));
-    const auto skip_count = skip_count_.item<int64_t>();
+    const auto sums = totals();
+    const auto skip_count = static_cast<int64_t>(sums[3]);
     nlohmann::ordered_json line{{"step", step},
-                                {"loss", loss_.item<double>() / n},
-                                {"loss_simple", simple_.item<double>() / n},
-                                {"loss_skip", skip_count ? skip_sum_.item<double>() / static_cast<double>(skip_count) : 0.0},
+                                {"loss", sums[0] / n},
+                                {"loss_simple", sums[1] / n},
+                                {"loss_skip", skip_count ? sums[2] / static_cast<double>(skip_count) : 0.0},
                                 {"lr", lr},
                                 {"grad_norm", grad_norm_.item<double>() / n},
                                 {"images_per_sec", static_cast<double>(steps_ * images_per_step) / secs}};
@@ -112,6 +117,20 @@ class IntervalSums {
   }
 
  private:
+  // loss, loss_simple (means over the ranks), skip_sum and skip_count (sums over the ranks).
+  std::array<double, 4> totals() const {
+    auto packed = torch::stack({loss_.to(torch::kFloat64), simple_.to(torch::kFloat64), skip_sum_.to(torch::kFloat64),
+                                skip_count_.to(torch::kFloat64)});
+    if (group_) {
+      std::vector<torch::Tensor> one{packed};
+      group_->all_reduce_sum(one);
+      packed.narrow(0, 0, 2).div_(group_->size());
+    }
+    packed = packed.cpu();
+    const double* v = packed.data_ptr<double>();
+    return {v[0], v[1], v[2], v[3]};
+  }
+
   void reset() {
     auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device_);
     loss_ = torch::zeros({}, f32);
@@ -124,6 +143,7 @@ class IntervalSums {
   }
 
   torch::Device device_;
+  dist::ProcessGroup* group_;
   torch::Tensor loss_, simple_, skip_sum_, skip_count_, grad_norm_;
   int64_t steps_ = 0;
   std::chrono::steady_clock::time_point start_;
@@ -187,9 +207,11 @@ std::string latest_checkpoint(const std::string& run_dir) { return checkpoint_di
 namespace {
 
 // A training run: the networks, the optimiser, the data and the loop's steps, each a method.
+// With a process group (data parallelism) every rank runs the same loop on its rows of each
+// batch; rank 0 alone writes the run directory.
 class Trainer {
  public:
-  Trainer(Config config, std::string run_dir, bool resuming);
+  Trainer(Config config, std::string run_dir, bool resuming, dist::ProcessGroup* group);
   Trainer(const Trainer&) = delete;  // (members refer to each other)
   Trainer& operator=(const Trainer&) = delete;
   // Continues from a checkpoint of this run (weights, optimiser, RNG, data position, schedule).
@@ -197,18 +219,29 @@ class Trainer {
   TrainResult run();
 
  private:
+  void synchronise_weights();
+  bool stop_agreed(const StopSignals& signals);
+  void check_weights_agree();
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, int micro);
   void optimiser_step();
   void update_online_schedule();
   void write_log_line();
   void save();
-  sample::Generated ema_samples(uint64_t seed, int64_t num) const;
+  sample::Generated ema_samples(uint64_t seed, int64_t num, const torch::Tensor& noise = {}) const;
   void sample_grid();
   void evaluate();
-  void metrics_line(const nlohmann::ordered_json& line) { metrics_ << line.dump() << "\n" << std::flush; }
+  void metrics_line(const nlohmann::ordered_json& line) {
+    if (writes_) metrics_ << line.dump() << "\n" << std::flush;
+  }
 
   const Config config_;
   const TrainConfig& tc_ = config_.train;
   const std::string run_dir_;
+  dist::ProcessGroup* const group_;  // null: one process
+  const bool writes_;                // rank 0 (or the only process) writes the run directory
+  const bool resuming_;
+  diffusion::Rows rows_;             // this rank's rows of each micro-batch
+  std::unique_ptr<dist::GradientAverager> averager_;
   torch::Device device_{torch::kCPU};
   bool autocast_ = false;
   data::ImageSet dataset_;
@@ -228,14 +261,28 @@ class Trainer {
   std::string logged_loss_;
 };
 
-Trainer::Trainer(Config config, std::string run_dir, bool resuming)
-    : config_(std::move(config)), run_dir_(std::move(run_dir)), schedule_(config_.diffusion) {
-  set_cpu_threads(config_.threads);
+Trainer::Trainer(Config config, std::string run_dir, bool resuming, dist::ProcessGroup* group)
+    : config_(std::move(config)),
+      run_dir_(std::move(run_dir)),
+      group_(group),
+      writes_(!group || group->rank() == 0),
+      resuming_(resuming),
+      schedule_(config_.diffusion) {
+  // Ranks on one machine share its cores.
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  set_cpu_threads(config_.threads > 0 || !group_ ? config_.threads : std::max(1, cores / group_->local_size()));
   device_ = resolve_device(config_.device);
+  if (group_ && device_.is_cuda()) device_ = torch::Device(torch::kCUDA, group_->local_rank());  // one GPU per rank
   autocast_ = model::bf16_autocast(config_, device_);
   torch::manual_seed(config_.seed);
   spdlog::info("run {}: {} on {} ({} threads{})", run_dir_, resuming ? "resuming" : "training", device_.str(),
                torch::get_num_threads(), autocast_ ? ", bf16 autocast" : "");
+  if (group_) {
+    const int64_t share = tc_.batch_size / group_->size();
+    rows_ = {group_->rank() * share, (group_->rank() + 1) * share};
+    spdlog::info("data parallel: rank {} of {} ({}), rows [{}, {}) of each batch of {}", group_->rank(),
+                 group_->size(), group_->backend(), rows_.begin, rows_.end, tc_.batch_size);
+  }
 
   dataset_ = data::load_dataset(config_.data);
   spdlog::info("data: {} images of {}x{}x{} from {}", dataset_.images.size(0), dataset_.images.size(1),
@@ -257,6 +304,9 @@ Trainer::Trainer(Config config, std::string run_dir, bool resuming)
   NamedTensors params;
   for (const auto& item : unet_->named_parameters()) params.emplace_back(item.key(), item.value());
   adam_ = std::make_unique<Adam>(params, AdamOptions{tc_.beta1, tc_.beta2, tc_.eps, tc_.weight_decay, tc_.optimizer == "adamw"});
+  if (group_)
+    averager_ = std::make_unique<dist::GradientAverager>(*group_, params_,
+                                                         static_cast<int64_t>(tc_.distributed.bucket_mb * 1e6));
 
   if (sample::uses_learned_schedule(config_.sample) && tc_.learned_schedule.every == 0)
     throw ConfigError("sample.timesteps = learned during training needs train.learned_schedule.every > 0");
@@ -288,6 +338,7 @@ void Trainer::resume(Checkpoint ckpt) {
 
 void Trainer::save() {
   sums_->check_finite(step_, run_dir_);  // a diverged loss never reaches a checkpoint
+  if (!writes_) return;
   Checkpoint ckpt;
   ckpt.step = step_;
   ckpt.config_yaml = to_yaml(config_);
@@ -301,26 +352,52 @@ void Trainer::save() {
 }
 
 // EMA samples for grids and evaluations; a learned grid that is not ready yet is the uniform one.
-sample::Generated Trainer::ema_samples(uint64_t seed, int64_t num) const {
+sample::Generated Trainer::ema_samples(uint64_t seed, int64_t num, const torch::Tensor& noise) const {
   sample::LearnedSchedule learned;
   if (online_ && online_->ready()) learned.state = online_->state();
   learned.uniform_until_ready = true;
   return sample::generate(model::unet_eps_model(ema_, autocast_, config_.sample.skip_tuning), schedule_, config_.sample,
                           {config_.data.channels, config_.data.image_size, config_.data.image_size}, device_, seed, num,
-                          {}, false, learned);
+                          noise, false, learned);
 }
 
 void Trainer::sample_grid() {
   if (tc_.sample_num <= 0) return;
   sums_->check_finite(step_, run_dir_);
+  if (!writes_) return;
   const std::string path = run_dir_ + "/samples/step_" + std::to_string(step_) + ".png";
   sample::write_grid(path, ema_samples(config_.seed, tc_.sample_num).samples);
   spdlog::info("samples {}", path);
 }
 
+// Under data parallelism each rank samples its share (image i depends only on the seed and i)
+// and rank 0 measures them all.
 void Trainer::evaluate() {
   sums_->check_finite(step_, run_dir_);
-  metrics_line(evaluation_->measure(ema_samples(config_.seed + 1, evaluation_->num()), step_));
+  const uint64_t seed = config_.seed + 1;
+  if (!group_) {
+    metrics_line(evaluation_->measure(ema_samples(seed, tc_.eval_num), step_));
+    return;
+  }
+  const int64_t share = (tc_.eval_num + group_->size() - 1) / group_->size();
+  const std::vector<int64_t> shape{config_.data.channels, config_.data.image_size, config_.data.image_size};
+  auto mine = ema_samples(seed, share, sample::initial_noise(group_->rank() * share, share, shape, seed));
+  auto all = group_->all_gather(mine.samples.to(device_)).flatten(0, 1).slice(0, 0, tc_.eval_num).cpu();
+  if (writes_) metrics_line(evaluation_->measure({all, mine.nfe, mine.seconds}, step_));
+}
+
+// The UNet on a micro-batch. Under data parallelism dropout draws from a stream of its own per
+// (seed, step, micro-batch, rank): the ranks' masks are independent, and the training stream
+// (flips, timesteps, noises of the whole batch) stays the same on every rank.
+torch::Tensor Trainer::forward(const torch::Tensor& x, const torch::Tensor& t, int micro) {
+  if (!group_ || config_.model.dropout == 0) return unet_->forward(x, t);
+  auto generator = compat::default_generator(device_);
+  const auto training_stream = generator.get_state();
+  generator.set_current_seed(config_.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step_ * 1024 + micro) * 4099 +
+                             static_cast<uint64_t>(group_->rank()) + 1);
+  auto out = unet_->forward(x, t);
+  generator.set_state(training_stream);
+  return out;
 }
 
 // grad_accum micro-batches of L_simple [+ L_skip], clipping, Adam (with warm-up) and the EMA.
@@ -333,11 +410,13 @@ void Trainer::optimiser_step() {
     diffusion::LossTerms terms;
     {
       compat::CudaAutocast guard(autocast_, torch::kBFloat16);
-      terms = (*loss_)([&](const torch::Tensor& x, const torch::Tensor& tt) { return unet_->forward(x, tt); }, x0, t);
+      terms = (*loss_)([&](const torch::Tensor& x, const torch::Tensor& tt) { return forward(x, tt, micro); }, x0, t,
+                       rows_);
     }
     (terms.loss / tc_.grad_accum).backward();
     sums_->add_micro_batch(terms, tc_.grad_accum);
   }
+  if (averager_) averager_->average();
   lr_ = tc_.warmup > 0 ? tc_.lr * std::min(1.0, static_cast<double>(step_ + 1) / tc_.warmup) : tc_.lr;
   sums_->add_step(clip_grad_norm(params_, tc_.grad_clip));
   adam_->step(lr_);
@@ -365,41 +444,103 @@ void Trainer::write_log_line() {
   logged_loss_ = loss_text;
 }
 
+// Rank 0's weights on every rank (as DistributedDataParallel starts): the ranks agree from the
+// first step whatever each one built or read.
+void Trainer::synchronise_weights() {
+  std::vector<torch::Tensor> tensors;
+  for (auto* net : {&unet_, &ema_}) {
+    for (auto& p : (*net)->parameters()) tensors.push_back(p.data());
+    for (auto& b : (*net)->buffers()) tensors.push_back(b);
+  }
+  torch::NoGradGuard no_grad;
+  group_->broadcast(tensors);
+}
+
+// A stop request (SIGINT/SIGTERM) on any rank stops every rank at the same step.
+bool Trainer::stop_agreed(const StopSignals& signals) {
+  if (!group_ || group_->size() == 1) return signals.requested();
+  std::vector<torch::Tensor> flag{torch::full({1}, signals.requested() ? 1.0f : 0.0f, torch::TensorOptions(device_))};
+  group_->all_reduce_sum(flag);
+  return flag[0].item<float>() > 0;
+}
+
+// The end of a data-parallel run proves the ranks' weights equal: a checksum of every
+// parameter, compared over the ranks.
+void Trainer::check_weights_agree() {
+  std::vector<torch::Tensor> sums;
+  for (const auto& p : unet_->parameters()) sums.push_back(p.detach().to(torch::kFloat64).sum());
+  const auto all = group_->all_gather(torch::stack(sums)).cpu();
+  for (int r = 1; r < group_->size(); ++r)
+    if (!torch::equal(all[r], all[0]))
+      throw std::runtime_error("the weights of rank " + std::to_string(r) + " differ from rank 0's after step " +
+                               std::to_string(step_) + " (an internal error: the ranks drifted apart)");
+  spdlog::info("weights identical on all {} ranks (checksum {:.17g})", group_->size(), all[0].sum().item<double>());
+}
+
 TrainResult Trainer::run() {
-  metrics_.open(run_dir_ + "/metrics.jsonl", std::ios::app);
-  if (tc_.eval_every > 0) evaluation_.emplace(tc_, dataset_.images, device_);
-  sums_ = std::make_unique<IntervalSums>(device_);  // (its clock starts now)
+  if (writes_) metrics_.open(run_dir_ + "/metrics.jsonl", std::ios::app);
+  if (writes_ && tc_.eval_every > 0) evaluation_.emplace(tc_, dataset_.images, device_);
+  if (group_) synchronise_weights();
+  sums_ = std::make_unique<IntervalSums>(device_, group_);  // (its clock starts now)
   StopSignals signals;
   const int64_t start_step = step_;
-  Progress progress("train", tc_.steps - start_step, "step");
+  std::optional<Progress> progress;
+  if (writes_) progress.emplace("train", tc_.steps - start_step, "step");
   unet_->train();
   auto every = [&](int64_t n) { return n > 0 && step_ % n == 0 && step_ != tc_.steps; };
 
   while (step_ < tc_.steps) {
-    if (signals.requested()) {
-      spdlog::warn("signal {} received: writing a checkpoint at step {} and stopping", signals.signal(), step_);
+    if (stop_agreed(signals)) {
+      spdlog::warn("{}: writing a checkpoint at step {} and stopping",
+                   signals.requested() ? "signal " + std::to_string(signals.signal()) + " received" : "another rank was signalled",
+                   step_);
       save();
       return {run_dir_, step_, true};
     }
     optimiser_step();
     if (online_ && step_ % tc_.learned_schedule.every == 0) update_online_schedule();
-    progress.update(step_ - start_step, logged_loss_);
+    if (progress) progress->update(step_ - start_step, logged_loss_);
     if (step_ % tc_.log_every == 0 || step_ == tc_.steps) write_log_line();
     if (every(tc_.ckpt_every)) save();
     if (every(tc_.sample_every)) {
       sample_grid();
       unet_->train();
     }
-    if (evaluation_ && every(tc_.eval_every)) {
+    if (tc_.eval_every > 0 && every(tc_.eval_every)) {
       evaluate();
       unet_->train();
     }
   }
-  progress.finish();
-  if (step_ > start_step || !fs::exists(latest_checkpoint(run_dir_))) save();
+  if (progress) progress->finish();
+  if (step_ > start_step || !resuming_) save();
   sample_grid();
-  if (evaluation_ && step_ > start_step) evaluate();
+  if (tc_.eval_every > 0 && step_ > start_step) evaluate();
+  if (group_) check_weights_agree();
   return {run_dir_, step_, false};
+}
+
+// The process group of a data-parallel run, from the launch environment; null for one process.
+std::unique_ptr<dist::ProcessGroup> join_group(const Config& config) {
+  const auto launch = dist::launch_from_environment();
+  if (!launch) return nullptr;
+  spdlog::set_pattern("[%H:%M:%S] [rank " + std::to_string(launch->rank) + "] %^%l%$ %v");
+  if (launch->rank > 0) spdlog::set_level(spdlog::level::warn);  // rank 0 tells the story
+  const auto& dc = config.train.distributed;
+  if (config.train.batch_size % launch->world_size != 0)
+    throw ConfigError("train.batch_size=" + std::to_string(config.train.batch_size) + " is not divisible by WORLD_SIZE=" +
+                      std::to_string(launch->world_size) + " (each rank takes an equal share of every batch)");
+  const bool cuda = resolve_device(config.device).is_cuda();
+  std::string backend = dc.backend == "auto" ? (cuda ? "nccl" : "gloo") : dc.backend;
+  if (backend == "nccl" && !cuda)
+    throw ConfigError("train.distributed.backend=nccl needs CUDA devices, but device '" + config.device +
+                      "' is the CPU here (use gloo)");
+  auto group = std::make_unique<dist::ProcessGroup>(
+      *launch, backend, std::chrono::milliseconds(static_cast<int64_t>(dc.timeout * 1000)));
+  // Every rank must train the same thing (threads may differ between machines).
+  Config shared = config;
+  shared.threads = 0;
+  group->check_same("configs", to_yaml(shared));
+  return group;
 }
 
 }  // namespace
@@ -408,25 +549,30 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
   const std::string run_dir = opts.run_dir.empty() ? "runs/" + given.name : opts.run_dir;
   Config config = given;
   Checkpoint resumed;
-  if (opts.resume) {
+  if (opts.resume) {  // (every rank reads the checkpoint: on several machines, from a shared file system)
     const std::string path = latest_checkpoint(run_dir);
     if (!fs::exists(path)) throw CheckpointError(path + ": no checkpoint to resume from");
     resumed = load_checkpoint(path);
     config = parse_config(resumed.config_yaml, path + " (config)", opts.overrides);
-  } else if (fs::exists(run_dir) && !fs::is_empty(run_dir)) {
-    if (!opts.overwrite)
-      throw ConfigError(run_dir + ": run directory exists (use --resume to continue it or --overwrite to replace it)");
-    fs::remove_all(run_dir);
   }
   if (opts.steps >= 0) config.train.steps = opts.steps;
+  const auto group = join_group(config);
 
-  fs::create_directories(checkpoint_dir(run_dir));
-  fs::create_directories(run_dir + "/samples");
-  write_file_atomic(run_dir + "/config.yaml", to_yaml(config));
-  LogFile log_file(run_dir + "/log.txt");
-  if (opts.resume) truncate_metrics(run_dir + "/metrics.jsonl", resumed.step);
+  std::optional<LogFile> log_file;
+  if (!group || group->rank() == 0) {  // rank 0 alone writes the run directory
+    if (!opts.resume && fs::exists(run_dir) && !fs::is_empty(run_dir)) {
+      if (!opts.overwrite)
+        throw ConfigError(run_dir + ": run directory exists (use --resume to continue it or --overwrite to replace it)");
+      fs::remove_all(run_dir);
+    }
+    fs::create_directories(checkpoint_dir(run_dir));
+    fs::create_directories(run_dir + "/samples");
+    write_file_atomic(run_dir + "/config.yaml", to_yaml(config));
+    log_file.emplace(run_dir + "/log.txt");
+    if (opts.resume) truncate_metrics(run_dir + "/metrics.jsonl", resumed.step);
+  }
 
-  Trainer trainer(std::move(config), run_dir, opts.resume);
+  Trainer trainer(std::move(config), run_dir, opts.resume, group.get());
   if (opts.resume) trainer.resume(std::move(resumed));
   return trainer.run();
 }

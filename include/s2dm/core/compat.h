@@ -107,6 +107,18 @@ inline void fused_adam(std::vector<torch::Tensor>& params, std::vector<torch::Te
 #endif
 }
 
+// c10d's TCPStore: LibTorch 2.3 on defaults to a libuv server; s2dm uses the classic one, which
+// every version has and which behaves the same on all of them. (A template: the c10d headers
+// stay out of this one.)
+template <class TCPStoreOptions>
+void classic_tcp_store(TCPStoreOptions& options) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 3)
+  options.useLibUV = false;
+#else
+  (void)options;
+#endif
+}
+
 inline std::string torch_version() {
   return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
          std::to_string(TORCH_VERSION_PATCH);

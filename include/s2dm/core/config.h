@@ -51,6 +51,13 @@ struct LearnedScheduleConfig {
   int pairs = 4;            // level pairs per estimate (2 network evaluations each per image)
 };
 
+// Data-parallel training over several processes (docs/design.md, "Training on several devices").
+struct DistributedConfig {
+  std::string backend = "auto";  // auto (nccl on CUDA, gloo on the CPU) | gloo | nccl
+  double timeout = 300;          // seconds a rank waits for its peers before the run stops
+  double bucket_mb = 25;         // gradient all-reduce bucket size
+};
+
 struct TrainConfig {
   int64_t steps = 800000;
   int batch_size = 128;
@@ -75,6 +82,7 @@ struct TrainConfig {
   int eval_num = 1000;             // samples per evaluation (and at most 10x that many data images)
   std::string eval_features;       // inception[:WEIGHTS] | classifier:PATH (required with eval_every)
   LearnedScheduleConfig learned_schedule;
+  DistributedConfig distributed;
 };
 
 // Skip-Tuning (Ma et al. 2024): the UNet's long skips, numbered i = 0 (deepest) ... k (top),

@@ -44,12 +44,19 @@ const std::vector<LossInfo>& losses();
 // Throws ConfigError (with a "did you mean") for an unknown name.
 const LossInfo& find_loss(const std::string& name);
 
+// The rows [begin, end) of a batch that one process of a data-parallel group evaluates: every
+// rank draws the whole batch's noise, as one process would, and keeps its rows (end < 0: all).
+struct Rows {
+  int64_t begin = 0, end = -1;
+};
+
 class DiffusionLoss {
  public:
   DiffusionLoss(const LossConfig& config, const NoiseSchedule& schedule, const torch::Device& device);
 
-  // Noises x0 at t with fresh ε₁ (and ε₂ for L_skip), evaluates the model once and combines.
-  LossTerms operator()(const EpsModel& model, const torch::Tensor& x0, const torch::Tensor& t) const;
+  // Noises x0 at t with fresh ε₁ (and ε₂ for L_skip), evaluates the model once on `rows` and
+  // combines.
+  LossTerms operator()(const EpsModel& model, const torch::Tensor& x0, const torch::Tensor& t, Rows rows = {}) const;
 
   // x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε.
   torch::Tensor noised(const torch::Tensor& x0, const torch::Tensor& t, const torch::Tensor& eps) const;

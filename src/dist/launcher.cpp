@@ -1,0 +1,141 @@
+#include "s2dm/dist/launcher.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/wait.h>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <thread>
+
+#include "s2dm/core/compat.h"
+#include "s2dm/core/errors.h"
+
+extern char** environ;
+
+namespace s2dm::dist {
+namespace {
+
+volatile std::sig_atomic_t g_forward = 0;
+extern "C" void on_launcher_signal(int sig) { g_forward = sig; }
+
+// The environment of rank `rank`: ours, without any group variables, plus the group's.
+std::vector<std::string> rank_environment(int rank, int nproc, int port) {
+  static const char* kGroupVariables[] = {"RANK=", "WORLD_SIZE=", "LOCAL_RANK=", "LOCAL_WORLD_SIZE=", "MASTER_ADDR=",
+                                          "MASTER_PORT=", "S2DM_LAUNCHER_STORE=", "SLURM_PROCID=", "SLURM_NTASKS="};
+  std::vector<std::string> out;
+  for (char** e = environ; *e; ++e) {
+    bool group_variable = false;
+    for (const char* prefix : kGroupVariables) group_variable |= std::strncmp(*e, prefix, std::strlen(prefix)) == 0;
+    if (!group_variable) out.emplace_back(*e);
+  }
+  for (auto [name, value] : {std::pair<const char*, int>{"RANK", rank}, {"LOCAL_RANK", rank}, {"WORLD_SIZE", nproc},
+                             {"LOCAL_WORLD_SIZE", nproc}, {"MASTER_PORT", port}})
+    out.push_back(std::string(name) + "=" + std::to_string(value));
+  out.emplace_back("MASTER_ADDR=127.0.0.1");
+  out.emplace_back("S2DM_LAUNCHER_STORE=1");
+  return out;
+}
+
+std::vector<char*> pointers(std::vector<std::string>& strings) {
+  std::vector<char*> out;
+  for (auto& s : strings) out.push_back(s.data());
+  out.push_back(nullptr);
+  return out;
+}
+
+constexpr int kInterrupted = 130;  // a rank stopped by a signal after writing its checkpoint
+
+int exit_code(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status); }
+
+}  // namespace
+
+int launch_local_group(int nproc, const std::vector<std::string>& args) {
+  if (nproc < 1) throw UsageError("--nproc must be at least 1");
+  if (std::getenv("RANK") || std::getenv("WORLD_SIZE"))
+    throw UsageError("--nproc inside a launched group (RANK/WORLD_SIZE are set): launch with one or the other");
+  // The launcher serves the store (on a port the kernel picks, so no race for a free one); the
+  // ranks connect to it as clients.
+  c10d::TCPStoreOptions options;
+  options.port = 0;
+  options.isServer = true;
+  options.numWorkers = nproc;
+  options.waitWorkers = false;
+  compat::classic_tcp_store(options);
+  c10d::TCPStore store("127.0.0.1", options);
+  const int port = store.getPort();
+  spdlog::info("launching {} ranks on this machine (store on 127.0.0.1:{})", nproc, port);
+
+  std::vector<std::string> argv_strings{"s2dm"};
+  argv_strings.insert(argv_strings.end(), args.begin(), args.end());
+  auto argv = pointers(argv_strings);
+  // Everything a child needs is built before fork: between fork and exec only exec runs.
+  std::vector<std::vector<std::string>> envs;
+  std::vector<std::vector<char*>> envps;
+  for (int r = 0; r < nproc; ++r) envs.push_back(rank_environment(r, nproc, port));
+  for (auto& e : envs) envps.push_back(pointers(e));
+
+  struct sigaction action {};
+  action.sa_handler = on_launcher_signal;
+  sigemptyset(&action.sa_mask);
+  struct sigaction old_int {}, old_term {};
+  sigaction(SIGINT, &action, &old_int);
+  sigaction(SIGTERM, &action, &old_term);
+
+  std::vector<pid_t> pids(nproc, -1);
+  for (int r = 0; r < nproc; ++r) {
+    pids[r] = fork();
+    if (pids[r] == 0) {
+      execve("/proc/self/exe", argv.data(), envps[r].data());
+      _exit(127);
+    }
+    if (pids[r] < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
+  }
+
+  // Waits for every rank. When one fails, the others are asked to stop (SIGTERM; they also see
+  // the lost peer in their next collective) and killed if still there after a grace period.
+  int worst = 0, running = nproc;
+  auto kill_at = std::chrono::steady_clock::time_point::max();  // (max: nobody to kill)
+  while (running > 0) {
+    if (g_forward) {
+      const int sig = g_forward;
+      g_forward = 0;
+      spdlog::warn("signal {}: forwarding it to the ranks", sig);
+      for (pid_t pid : pids)
+        if (pid > 0) kill(pid, sig);
+    }
+    if (std::chrono::steady_clock::now() > kill_at) {
+      for (pid_t pid : pids)
+        if (pid > 0) kill(pid, SIGKILL);
+      kill_at = std::chrono::steady_clock::time_point::max();
+    }
+    int status = 0;
+    const pid_t done = waitpid(-1, &status, WNOHANG);
+    if (done <= 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      continue;
+    }
+    for (int r = 0; r < nproc; ++r) {
+      if (pids[r] != done) continue;
+      pids[r] = -1;
+      --running;
+      const int code = exit_code(status);
+      worst = std::max(worst, code);
+      if (code == 0 || code == kInterrupted) break;
+      spdlog::error("rank {} {} {}", r, WIFEXITED(status) ? "exited with code" : "was killed by signal",
+                    WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+      if (running > 0 && kill_at == std::chrono::steady_clock::time_point::max()) {
+        for (pid_t pid : pids)
+          if (pid > 0) kill(pid, SIGTERM);
+        kill_at = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      }
+    }
+  }
+  sigaction(SIGINT, &old_int, nullptr);
+  sigaction(SIGTERM, &old_term, nullptr);
+  return worst;
+}
+
+}  // namespace s2dm::dist

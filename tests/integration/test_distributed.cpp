@@ -1,0 +1,200 @@
+// Data-parallel training on c10d's Gloo group, end to end on the tiny config (1 thread per rank):
+// N ranks train as one process does, checkpoints move between world sizes, a killed rank stops
+// the others in bounded time, and bad launches are user errors.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <nlohmann/json.hpp>
+
+#include "../test_util.h"
+#include "s2dm/io/checkpoint.h"
+
+using namespace s2dm;
+using s2dm::testing::expect_user_error;
+using s2dm::testing::read_bytes;
+using s2dm::testing::Result;
+using s2dm::testing::run;
+using s2dm::testing::run_shell;
+using s2dm::testing::TempDir;
+
+namespace {
+
+const std::string kTiny = std::string(S2DM_SOURCE_DIR) + "/tests/configs/tiny.yaml";
+
+// A loopback port nobody listens on now (the kernel's pick).
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// The largest |a - b| of a tensor relative to its largest |a|, over every tensor of a checkpoint part.
+double max_relative_difference(const NamedTensors& a, const NamedTensors& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double worst = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    EXPECT_EQ(a[i].first, b[i].first);
+    const double scale = std::max(a[i].second.abs().max().item<double>(), 1e-12);
+    worst = std::max(worst, (a[i].second - b[i].second).abs().max().item<double>() / scale);
+  }
+  return worst;
+}
+
+class DataParallel : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::filesystem::create_directories(dir / "fmnist");
+    s2dm::testing::write_fake_fmnist(dir / "fmnist", 16);
+    // Dropout off: its masks are drawn per rank, so only without it are N ranks one process.
+    // Adam's eps 1e-4 rather than 1e-8: some gradients are zero up to rounding (~1e-10, e.g. of a
+    // convolution's bias that a GroupNorm cancels), and eps 1e-8 turns them into steps of ±lr,
+    // so the order of summation alone would move those weights by O(lr). With eps 1e-4 an update
+    // is linear in such gradients, and the weights agree to ~1e-7 (relative), 100x inside the bound.
+    common = "--config " + kTiny + " --set data.path=" + (dir / "fmnist") +
+             " --set model.dropout=0 --set train.eps=1e-4 --set train.distributed.timeout=30 ";
+  }
+
+  // Starts `world` ranks as torchrun would (its environment variables), rank r with
+  // `args(r)`, and waits for all; rank r's result is element r.
+  std::vector<Result> launch(int world, const std::function<std::string(int)>& args) {
+    const int port = free_port();
+    std::string script = "cd " + dir.path() + "; ";
+    for (int r = 0; r < world; ++r)
+      script += "(RANK=" + std::to_string(r) + " WORLD_SIZE=" + std::to_string(world) + " LOCAL_RANK=" +
+                std::to_string(r) + " LOCAL_WORLD_SIZE=" + std::to_string(world) +
+                " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " " + S2DM_BINARY + " " + args(r) +
+                " > rank" + std::to_string(r) + ".log 2>&1; echo $? > rank" + std::to_string(r) + ".code) & ";
+    run_shell(script + "wait");
+    std::vector<Result> out;
+    for (int r = 0; r < world; ++r)
+      out.push_back({std::stoi(read_bytes(dir / ("rank" + std::to_string(r) + ".code"))),
+                     read_bytes(dir / ("rank" + std::to_string(r) + ".log"))});
+    return out;
+  }
+
+  Checkpoint latest(const std::string& run_dir) { return load_checkpoint(run_dir + "/checkpoints/latest.ckpt"); }
+
+  // Both runs ended at `step` with the same weights up to the order of float summation.
+  void expect_same_training(const std::string& a_dir, const std::string& b_dir, int64_t step) {
+    auto a = latest(a_dir), b = latest(b_dir);
+    EXPECT_EQ(a.step, step);
+    EXPECT_EQ(b.step, step);
+    EXPECT_LT(max_relative_difference(a.model, b.model), 1e-5);
+    EXPECT_LT(max_relative_difference(a.ema, b.ema), 1e-5);
+  }
+
+  TempDir dir;
+  std::string common;
+};
+
+}  // namespace
+
+TEST_F(DataParallel, TwoRanksTrainAsOneProcess) {
+  ASSERT_EQ(run("train " + common + "--steps 5 --run-dir " + (dir / "one")).code, 0);
+  // Rank 1 is given a run directory of its own: it must write nothing there.
+  auto ranks = launch(2, [&](int r) { return "train " + common + "--steps 5 --run-dir " + (dir / (r ? "other" : "two")); });
+  ASSERT_EQ(ranks[0].code, 0) << ranks[0].output;
+  ASSERT_EQ(ranks[1].code, 0) << ranks[1].output;
+  EXPECT_NE(ranks[0].output.find("weights identical on all 2 ranks"), std::string::npos) << ranks[0].output;
+  EXPECT_FALSE(std::filesystem::exists(dir / "other"));
+  expect_same_training(dir / "one", dir / "two", 5);
+
+  // The logged loss is the whole batch's: the same as one process's.
+  auto last_line = [&](const std::string& run_dir) {
+    auto text = read_bytes(run_dir + "/metrics.jsonl");
+    text.pop_back();
+    return nlohmann::json::parse(text.substr(text.rfind('\n') + 1));
+  };
+  EXPECT_NEAR(last_line(dir / "one")["loss"].get<double>(), last_line(dir / "two")["loss"].get<double>(), 1e-5);
+}
+
+TEST_F(DataParallel, CheckpointsResumeAcrossWorldSizes) {
+  ASSERT_EQ(run("train " + common + "--steps 6 --run-dir " + (dir / "straight")).code, 0);
+  // 2 ranks (started by --nproc) to step 3, then one process to step 6.
+  auto r = run("train " + common + "--steps 3 --nproc 2 --run-dir " + (dir / "two_then_one"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run("train --resume --steps 6 --run-dir " + (dir / "two_then_one"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  expect_same_training(dir / "straight", dir / "two_then_one", 6);
+  // One process to step 3, then 2 ranks to step 6.
+  ASSERT_EQ(run("train " + common + "--steps 3 --run-dir " + (dir / "one_then_two")).code, 0);
+  r = run("train --resume --steps 6 --nproc 2 --run-dir " + (dir / "one_then_two"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  expect_same_training(dir / "straight", dir / "one_then_two", 6);
+  auto metrics = read_bytes(dir / "one_then_two/metrics.jsonl");
+  EXPECT_EQ(std::count(metrics.begin(), metrics.end(), '\n'), 6);
+}
+
+TEST_F(DataParallel, KilledRankStopsTheOthersAndTheCheckpointResumes) {
+  const int port = free_port();
+  const std::string rank_env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " ";
+  const std::string train = std::string(S2DM_BINARY) + " train " + common + "--set train.steps=1000000 --run-dir run";
+  // Rank 1 is killed once rank 0 has written the checkpoint of step 6; rank 0 must then stop
+  // with an error naming rank 1, well within the timeout.
+  auto r = run_shell("cd " + dir.path() + "; RANK=0 " + rank_env + train + " > rank0.log 2>&1 & p0=$!; " +
+                     "RANK=1 " + rank_env + train + " > rank1.log 2>&1 & p1=$!; " +
+                     "for i in $(seq 1200); do [ -f run/checkpoints/step_6.ckpt ] && break; sleep 0.1; done; " +
+                     "kill -9 $p1; start=$(date +%s); wait $p0; echo code=$? seconds=$(( $(date +%s) - start ))");
+  const auto log = read_bytes(dir / "rank0.log");
+  EXPECT_NE(r.output.find("code=1 "), std::string::npos) << r.output << log;
+  EXPECT_NE(log.find("error: rank 0: lost contact with rank 1"), std::string::npos) << log;
+  const int seconds = std::stoi(r.output.substr(r.output.find("seconds=") + 8));
+  EXPECT_LT(seconds, 30) << "rank 0 took " << seconds << " s to notice";
+  // The last checkpoint is whole and resumes (on one process).
+  const auto step = latest(dir / "run").step;
+  EXPECT_GE(step, 6);
+  auto resumed = run("train --resume --steps " + std::to_string(step + 2) + " --run-dir " + (dir / "run"));
+  ASSERT_EQ(resumed.code, 0) << resumed.output;
+  EXPECT_EQ(latest(dir / "run").step, step + 2);
+}
+
+TEST_F(DataParallel, MismatchedConfigsAreRefused) {
+  auto ranks = launch(2, [&](int r) { return "train " + common + "--steps 2 --run-dir run" + (r ? " --set seed=8" : ""); });
+  for (const auto& rank : ranks) expect_user_error(rank, "have different configs: line 2 is 'seed:");
+  EXPECT_FALSE(std::filesystem::exists(dir / "run"));
+}
+
+TEST_F(DataParallel, BadLaunchesAreUserErrors) {
+  const std::string train = std::string(S2DM_BINARY) + " train " + common + "--steps 5 --run-dir " + (dir / "run");
+  const std::string port = std::to_string(free_port());
+  auto env = [&](const std::string& vars, const std::string& extra = "") {
+    return run_shell(vars + " " + train + " " + extra);
+  };
+  expect_user_error(env("RANK=0 WORLD_SIZE=3 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + port), "WORLD_SIZE=3");
+  expect_user_error(env("RANK=0 WORLD_SIZE=2"), "MASTER_ADDR is not set");
+  expect_user_error(env("RANK=two WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + port), "RANK='two'");
+  expect_user_error(env("RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=99999"), "MASTER_PORT='99999'");
+  // Nobody serves the store: rank 1 gives up after the timeout.
+  expect_user_error(env("RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + port, "--set train.distributed.timeout=2"),
+                    "MASTER_ADDR=127.0.0.1 MASTER_PORT=" + port + ": no store answered");
+  // The port is taken: rank 0 cannot serve the store there.
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_ANY);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  listen(fd, 1);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  const std::string taken = std::to_string(ntohs(addr.sin_port));
+  expect_user_error(env("RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + taken), "MASTER_PORT=" + taken);
+  close(fd);
+  expect_user_error(env("RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + port, "--set train.distributed.backend=nccl"),
+                    "train.distributed.backend=nccl needs CUDA");
+  expect_user_error(env("RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + port, "--nproc 2"),
+                    "--nproc inside a launched group");
+  EXPECT_FALSE(std::filesystem::exists(dir / "run"));
+}
