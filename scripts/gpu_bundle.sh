@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 debs=(
   libyaml-cpp-dev libyaml-cpp0.7 libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 libcxxopts-dev
   nlohmann-json3-dev libgtest-dev libbenchmark-dev libbenchmark1debian libstb-dev libstb0
+  libgloo-dev  # headers of c10d's Gloo process group (the library itself is inside LibTorch)
 )
 mkdir -p gpu_bundle/debs gpu_bundle/fashion-mnist
 (cd gpu_bundle/debs && apt-get download "${debs[@]}")

@@ -24,9 +24,11 @@ torch_prefix=$("$python" -c 'import torch; print(torch.utils.cmake_prefix_path)'
   | tee "$results/device.txt"
 
 step "configure and build"
+# NCCL's header (for c10d's NCCL group) comes with pip's nvidia-nccl package, beside PyTorch.
+nccl_include=$("$python" -c 'import os, nvidia.nccl as n; print(os.path.join(list(n.__path__)[0], "include"))' 2>/dev/null || true)
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$torch_prefix;$prefix/usr;$multiarch/cmake" \
-  -DCMAKE_INCLUDE_PATH="$prefix/usr/include" -DCMAKE_LIBRARY_PATH="$multiarch" \
+  -DCMAKE_INCLUDE_PATH="$prefix/usr/include;$nccl_include" -DCMAKE_LIBRARY_PATH="$multiarch" \
   -DCMAKE_CUDA_ARCHITECTURES=native 2>&1 | tee "$results/configure.txt" | tail -5
 cmake --build build-gpu -j "$jobs" 2>&1 | tee "$results/build.txt" | tail -5
 [ -x build-gpu/s2dm ] || { echo "build failed: see $results/build.txt"; exit 1; }
@@ -63,6 +65,10 @@ for batch in 1 64 1024; do
   bench "cifar10_eval_b${batch}_no-cuda-graphs" configs/train/cifar10_ddpm.yaml $batch bf16 S2DM_BENCH_CUDA_GRAPHS=0
 done
 
+step "data parallel: one rank of an NCCL group against no group (CIFAR10 UNet, batch 128)"
+DEVICE=cuda BATCH=128 STEPS=40 NPROC=$(nvidia-smi -L 2>/dev/null | wc -l) bash bench/data_parallel.sh build-gpu 2>&1 |
+  tee "$results/data_parallel.txt"
+
 step "a short real training run on Fashion-MNIST"
 build-gpu/s2dm train --config configs/train/fmnist.yaml --set data.path=gpu_bundle/fashion-mnist \
   --set train.steps=3000 --run-dir "$results/fmnist_run" --overwrite 2>&1 | tail -5 | tee "$results/fmnist_train.txt"
@@ -98,4 +104,5 @@ for name in sorted(os.path.basename(p)[5:-5] for p in glob.glob(f"{r}/s2dm_*.jso
     theirs = t.get(tkey, float("nan"))
     print(f"{name:40s} {ours:11.1f} {theirs:12.1f} {ours / theirs if theirs else float('nan'):6.2f} {mfu:6.1%} {t.get('peak_gib', 0):15.2f}")
 PY
+cat "$results/data_parallel.txt" 2>/dev/null
 tail -3 "$results/tests.txt"

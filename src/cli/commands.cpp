@@ -75,7 +75,8 @@ int info(int argc, char** argv) {
   std::cout << runtime_info(resolve_device((*r)["device"].as<std::string>()));
   std::string backends;
   for (const auto& b : dist::available_backends()) backends += (backends.empty() ? "" : ", ") + b;
-  std::cout << "distributed:    " << backends << " (c10d; s2dm train --nproc N, torchrun or srun)\n";
+  std::cout << "distributed:    " << (backends.empty() ? "none (no Gloo headers at build time: libgloo-dev)" : backends)
+            << " (c10d; s2dm train --nproc N, torchrun or srun)\n";
   if (r->count("checkpoint")) {
     const auto path = (*r)["checkpoint"].as<std::string>();
     auto ckpt = load_checkpoint(path);

@@ -2,7 +2,9 @@
 
 #include <spdlog/spdlog.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#ifdef S2DM_WITH_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef S2DM_WITH_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
@@ -46,7 +48,7 @@ void fill_master(Launch& launch) {
   launch.master_port = env_int("MASTER_PORT", std::nullopt, 1, 65535);
 }
 
-bool is_loopback(const std::string& host) {
+[[maybe_unused]] bool is_loopback(const std::string& host) {
   return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
 }
 
@@ -76,11 +78,14 @@ std::optional<Launch> launch_from_environment() {
 }
 
 std::vector<std::string> available_backends() {
-#ifdef S2DM_WITH_NCCL
-  return {"gloo", "nccl"};
-#else
-  return {"gloo"};
+  std::vector<std::string> out;
+#ifdef S2DM_WITH_GLOO
+  out.emplace_back("gloo");
 #endif
+#ifdef S2DM_WITH_NCCL
+  out.emplace_back("nccl");
+#endif
+  return out;
 }
 
 // The group's collectives behind one interface: LibTorch 1.13's Gloo and NCCL groups derive
@@ -165,9 +170,13 @@ ProcessGroup::ProcessGroup(const Launch& launch, const std::string& backend, std
   m.backend = backend;
   m.timeout = timeout;
   const auto backends = available_backends();
-  if (std::find(backends.begin(), backends.end(), backend) == backends.end())
-    throw ConfigError("train.distributed.backend: '" + backend + "' is not in this LibTorch build (it has " +
-                      backends.front() + (backends.size() > 1 ? ", " + backends.back() : std::string()) + ")");
+  if (std::find(backends.begin(), backends.end(), backend) == backends.end()) {
+    std::string have;
+    for (const auto& b : backends) have += (have.empty() ? "" : ", ") + b;
+    throw ConfigError("train.distributed.backend: '" + backend + "' is not in this build (it has " +
+                      (have.empty() ? "none: gloo needs libgloo-dev's headers, nccl a CUDA LibTorch and nccl.h" : have) +
+                      "; see s2dm info)");
+  }
 
   c10d::TCPStoreOptions options;
   options.port = static_cast<uint16_t>(launch.master_port);
@@ -189,6 +198,7 @@ ProcessGroup::ProcessGroup(const Launch& launch, const std::string& backend, std
   }
 
   if (backend == "gloo") {
+#ifdef S2DM_WITH_GLOO
     auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
     const char* interface = std::getenv("GLOO_SOCKET_IFNAME");
     if (interface && *interface)
@@ -201,6 +211,7 @@ ProcessGroup::ProcessGroup(const Launch& launch, const std::string& backend, std
       m.group = std::make_unique<GroupCollectives<c10d::ProcessGroupGloo>>(
           c10::make_intrusive<c10d::ProcessGroupGloo>(m.store, launch.rank, launch.world_size, opts));
     });
+#endif
   } else {
 #ifdef S2DM_WITH_NCCL
     auto opts = c10d::ProcessGroupNCCL::Options::create();

@@ -83,8 +83,10 @@ class IntervalSums {
     skip_sum_.add_(terms.skip_sum);
     skip_count_.add_(terms.skip_count);
   }
-  void add_step(const torch::Tensor& grad_norm) {
+  // `allreduce_seconds`: the step's gradient averaging over the ranks (0 for one process).
+  void add_step(const torch::Tensor& grad_norm, double allreduce_seconds) {
     grad_norm_.add_(grad_norm);
+    allreduce_seconds_ += allreduce_seconds;
     ++steps_;
   }
 
@@ -112,6 +114,7 @@ class IntervalSums {
                                 {"lr", lr},
                                 {"grad_norm", grad_norm_.item<double>() / n},
                                 {"images_per_sec", static_cast<double>(steps_ * images_per_step) / secs}};
+    if (group_) line["allreduce_seconds"] = allreduce_seconds_ / n;
     reset();
     return line;
   }
@@ -138,6 +141,7 @@ class IntervalSums {
     skip_sum_ = torch::zeros({}, f32);
     grad_norm_ = torch::zeros({}, f32);
     skip_count_ = torch::zeros({}, f32.dtype(torch::kLong));
+    allreduce_seconds_ = 0;
     steps_ = 0;
     start_ = std::chrono::steady_clock::now();
   }
@@ -145,6 +149,7 @@ class IntervalSums {
   torch::Device device_;
   dist::ProcessGroup* group_;
   torch::Tensor loss_, simple_, skip_sum_, skip_count_, grad_norm_;
+  double allreduce_seconds_ = 0;
   int64_t steps_ = 0;
   std::chrono::steady_clock::time_point start_;
 };
@@ -416,9 +421,13 @@ void Trainer::optimiser_step() {
     (terms.loss / tc_.grad_accum).backward();
     sums_->add_micro_batch(terms, tc_.grad_accum);
   }
-  if (averager_) averager_->average();
+  double allreduce_seconds = 0;
+  if (averager_) {
+    averager_->average();
+    allreduce_seconds = averager_->last_seconds();
+  }
   lr_ = tc_.warmup > 0 ? tc_.lr * std::min(1.0, static_cast<double>(step_ + 1) / tc_.warmup) : tc_.lr;
-  sums_->add_step(clip_grad_norm(params_, tc_.grad_clip));
+  sums_->add_step(clip_grad_norm(params_, tc_.grad_clip), allreduce_seconds);
   adam_->step(lr_);
   ema_update(*ema_, *unet_, tc_.ema_decay);
   ++step_;

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <filesystem>
 #include <functional>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "../test_util.h"
@@ -197,4 +198,39 @@ TEST_F(DataParallel, BadLaunchesAreUserErrors) {
   expect_user_error(env("RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + port, "--nproc 2"),
                     "--nproc inside a launched group");
   EXPECT_FALSE(std::filesystem::exists(dir / "run"));
+}
+
+TEST_F(DataParallel, EvaluationAndOnlineScheduleUnderTwoRanks) {
+  // Each rank samples its share of the evaluation images (5: the shares are padded) and rank 0
+  // measures them all; the online schedule runs on every rank and rank 0 writes it. lr = 0 keeps
+  // the weights equal on both sides, so the FDs differ only by the batches' float rounding
+  // (~1e-5 relative). (Trained weights differ by ~1e-7, which FD of 5 images — a difference of
+  // near-singular covariances' traces — would amplify to ~1 %.)
+  s2dm::testing::write_fake_fmnist(dir / "fmnist", 16, "t10k");
+  s2dm::testing::write_bytes(dir / "data.yaml", "data:\n  dataset: fmnist\n  path: " + (dir / "fmnist") + "\n");
+  auto r = run("train-classifier --data " + (dir / "data.yaml") + " --out " + (dir / "c.safetensors") + " --epochs 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string extra = "--set train.lr=0 --set train.eval_every=3 --set train.eval_num=5 --set train.eval_features=classifier:" +
+                            (dir / "c.safetensors") +
+                            " --set train.learned_schedule.every=1 --set train.learned_schedule.levels=8"
+                            " --set train.learned_schedule.min_estimates=1 --set train.learned_schedule.pairs=7"
+                            " --set train.learned_schedule.batch=2 --set sample.timesteps=learned";
+  r = run("train " + common + extra + " --run-dir " + (dir / "one"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run("train " + common + extra + " --nproc 2 --run-dir " + (dir / "two"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto evaluations = [&](const std::string& run_dir) {
+    std::vector<double> fd;
+    std::istringstream lines(read_bytes(run_dir + "/metrics.jsonl"));
+    for (std::string line; std::getline(lines, line);)
+      if (auto j = nlohmann::json::parse(line); j.contains("fd")) fd.push_back(j["fd"].get<double>());
+    return fd;
+  };
+  const auto one = evaluations(dir / "one"), two = evaluations(dir / "two");
+  ASSERT_EQ(one.size(), 2u);
+  ASSERT_EQ(two.size(), 2u);
+  for (size_t i = 0; i < one.size(); ++i) EXPECT_NEAR(one[i], two[i], 1e-3 * std::abs(one[i])) << i;
+  auto a = latest(dir / "one"), b = latest(dir / "two");
+  ASSERT_FALSE(b.schedule.empty());
+  EXPECT_EQ(a.schedule.size(), b.schedule.size());
 }

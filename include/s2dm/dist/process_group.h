@@ -76,7 +76,8 @@ class GradientAverager {
  public:
   GradientAverager(ProcessGroup& group, std::vector<torch::Tensor> params, int64_t bucket_bytes);
   void average();
-  // Seconds spent in the last average() (copies and communication).
+  // Seconds the last average() took on the host (copies and communication; on a GPU, where NCCL
+  // runs asynchronously, the time to issue them).
   double last_seconds() const { return last_seconds_; }
 
  private:
