@@ -4,25 +4,25 @@
 #   --tests    what only the tests use: Chromium, which renders the experiment report headless
 #              (its test skips where it is absent)
 #   --chroots  the host tools of scripts/test_torch2.sh (debootstrap, rsync)
-#   --cuda     LibTorch with CUDA (libtorch-cuda-dev, nvidia-cuda-toolkit and NCCL's headers,
-#              Debian 13 or later, contrib) instead of the CPU LibTorch
+#   --cuda     LibTorch with CUDA (libtorch-cuda-dev, nvidia-cuda-toolkit, the headers of NCCL
+#              and of the CUDA build of Gloo, Debian 13 or later, contrib) instead of the CPU
+#              LibTorch
 set -euo pipefail
 
-torch=(libtorch-dev)
+torch=(libtorch-dev libgloo-dev)  # (Gloo's headers: c10d's Gloo process group, data-parallel training)
 extra=()
 for arg in "$@"; do
   case "$arg" in
     --tests) extra+=(chromium) ;;
     --chroots) extra+=(debootstrap rsync) ;;
-    --cuda) torch=(libtorch-cuda-dev nvidia-cuda-toolkit libnccl-dev) ;;
+    --cuda) torch=(libtorch-cuda-dev nvidia-cuda-toolkit libnccl-dev libgloo-cuda-dev) ;;
     *) echo "setup: unknown option '$arg' (--tests, --chroots, --cuda)" >&2; exit 2 ;;
   esac
 done
 
 packages=(
   build-essential cmake ninja-build pkg-config
-  "${torch[@]}"           # LibTorch (and with CUDA, the toolkit its CMake package needs)
-  libgloo-dev             # the headers of c10d's Gloo process group (data-parallel training)
+  "${torch[@]}"           # LibTorch (and with CUDA, the toolkit its CMake package needs), c10d's headers
   libopenblas0-pthread    # fast BLAS/LAPACK behind LibTorch (the reference BLAS makes FID 10x slower)
   libyaml-cpp-dev libspdlog-dev libfmt-dev libcxxopts-dev nlohmann-json3-dev
   libgtest-dev libbenchmark-dev

@@ -232,7 +232,9 @@ class Trainer {
   void update_online_schedule();
   void write_log_line();
   void save();
-  sample::Generated ema_samples(uint64_t seed, int64_t num, const torch::Tensor& noise = {}) const;
+  void write_checkpoint();
+  sample::Generated ema_samples(uint64_t seed, int64_t num) const;
+  void wait_for_rank0();
   void sample_grid();
   void evaluate();
   void metrics_line(const nlohmann::ordered_json& line) {
@@ -343,7 +345,11 @@ void Trainer::resume(Checkpoint ckpt) {
 
 void Trainer::save() {
   sums_->check_finite(step_, run_dir_);  // a diverged loss never reaches a checkpoint
-  if (!writes_) return;
+  if (writes_) write_checkpoint();
+  wait_for_rank0();
+}
+
+void Trainer::write_checkpoint() {
   Checkpoint ckpt;
   ckpt.step = step_;
   ckpt.config_yaml = to_yaml(config_);
@@ -356,39 +362,47 @@ void Trainer::save() {
   write_rotated_checkpoint(run_dir_, ckpt, tc_.keep_last);
 }
 
-// EMA samples for grids and evaluations; a learned grid that is not ready yet is the uniform one.
-sample::Generated Trainer::ema_samples(uint64_t seed, int64_t num, const torch::Tensor& noise) const {
+// EMA samples [0, num) of `seed` for grids and evaluations; a learned grid that is not ready yet
+// is the uniform one. Under data parallelism each rank samples its share (image i depends only on
+// the seed and i) and every rank receives them all.
+sample::Generated Trainer::ema_samples(uint64_t seed, int64_t num) const {
   sample::LearnedSchedule learned;
   if (online_ && online_->ready()) learned.state = online_->state();
   learned.uniform_until_ready = true;
-  return sample::generate(model::unet_eps_model(ema_, autocast_, config_.sample.skip_tuning), schedule_, config_.sample,
-                          {config_.data.channels, config_.data.image_size, config_.data.image_size}, device_, seed, num,
-                          noise, false, learned);
+  const std::vector<int64_t> shape{config_.data.channels, config_.data.image_size, config_.data.image_size};
+  auto generate = [&](int64_t count, const torch::Tensor& noise) {
+    return sample::generate(model::unet_eps_model(ema_, autocast_, config_.sample.skip_tuning), schedule_,
+                            config_.sample, shape, device_, seed, count, noise, false, learned);
+  };
+  if (!group_) return generate(num, {});
+  const int64_t share = (num + group_->size() - 1) / group_->size();  // (the last share padded)
+  auto mine = generate(share, sample::initial_noise(group_->rank() * share, share, shape, seed));
+  mine.samples = group_->all_gather(mine.samples.to(device_)).flatten(0, 1).slice(0, 0, num).cpu();
+  return mine;
+}
+
+// Rank 0's own work (writing a checkpoint, measuring FD) may outlast train.distributed.timeout,
+// which bounds waiting for a peer that is alive but silent: the others wait for it here, up to a
+// day. (A rank that dies is still noticed at once: its connections close.)
+void Trainer::wait_for_rank0() {
+  if (group_ && group_->size() > 1) group_->barrier(std::chrono::hours(24));
 }
 
 void Trainer::sample_grid() {
   if (tc_.sample_num <= 0) return;
   sums_->check_finite(step_, run_dir_);
+  const auto samples = ema_samples(config_.seed, tc_.sample_num).samples;
   if (!writes_) return;
   const std::string path = run_dir_ + "/samples/step_" + std::to_string(step_) + ".png";
-  sample::write_grid(path, ema_samples(config_.seed, tc_.sample_num).samples);
+  sample::write_grid(path, samples);
   spdlog::info("samples {}", path);
 }
 
-// Under data parallelism each rank samples its share (image i depends only on the seed and i)
-// and rank 0 measures them all.
 void Trainer::evaluate() {
   sums_->check_finite(step_, run_dir_);
-  const uint64_t seed = config_.seed + 1;
-  if (!group_) {
-    metrics_line(evaluation_->measure(ema_samples(seed, tc_.eval_num), step_));
-    return;
-  }
-  const int64_t share = (tc_.eval_num + group_->size() - 1) / group_->size();
-  const std::vector<int64_t> shape{config_.data.channels, config_.data.image_size, config_.data.image_size};
-  auto mine = ema_samples(seed, share, sample::initial_noise(group_->rank() * share, share, shape, seed));
-  auto all = group_->all_gather(mine.samples.to(device_)).flatten(0, 1).slice(0, 0, tc_.eval_num).cpu();
-  if (writes_) metrics_line(evaluation_->measure({all, mine.nfe, mine.seconds}, step_));
+  const auto generated = ema_samples(config_.seed + 1, tc_.eval_num);
+  if (writes_) metrics_line(evaluation_->measure(generated, step_));
+  wait_for_rank0();
 }
 
 // The UNet on a micro-batch. Under data parallelism dropout draws from a stream of its own per
@@ -489,6 +503,7 @@ void Trainer::check_weights_agree() {
 TrainResult Trainer::run() {
   if (writes_) metrics_.open(run_dir_ + "/metrics.jsonl", std::ios::app);
   if (writes_ && tc_.eval_every > 0) evaluation_.emplace(tc_, dataset_.images, device_);
+  wait_for_rank0();  // (the reference features)
   if (group_) synchronise_weights();
   sums_ = std::make_unique<IntervalSums>(device_, group_);  // (its clock starts now)
   StopSignals signals;

@@ -169,6 +169,9 @@ TEST_F(DataParallel, MismatchedConfigsAreRefused) {
 }
 
 TEST_F(DataParallel, BadLaunchesAreUserErrors) {
+  auto info = run("info");
+  EXPECT_NE(info.output.find("distributed:    gloo"), std::string::npos) << info.output;
+
   const std::string train = std::string(S2DM_BINARY) + " train " + common + "--steps 5 --run-dir " + (dir / "run");
   const std::string port = std::to_string(free_port());
   auto env = [&](const std::string& vars, const std::string& extra = "") {
