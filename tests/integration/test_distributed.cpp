@@ -68,16 +68,20 @@ class DataParallel : public ::testing::Test {
              " --set model.dropout=0 --set train.eps=1e-4 --set train.distributed.timeout=30 ";
   }
 
-  // Starts `world` ranks as torchrun would (its environment variables), rank r with
-  // `args(r)`, and waits for all; rank r's result is element r.
-  std::vector<Result> launch(int world, const std::function<std::string(int)>& args) {
+  // Starts `world` ranks with the environment variables torchrun (or with `slurm`, srun) gives
+  // them, rank r with `args(r)`, and waits for all; rank r's result is element r.
+  std::vector<Result> launch(int world, const std::function<std::string(int)>& args, bool slurm = false) {
     const int port = free_port();
     std::string script = "cd " + dir.path() + "; ";
-    for (int r = 0; r < world; ++r)
-      script += "(RANK=" + std::to_string(r) + " WORLD_SIZE=" + std::to_string(world) + " LOCAL_RANK=" +
-                std::to_string(r) + " LOCAL_WORLD_SIZE=" + std::to_string(world) +
-                " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " " + S2DM_BINARY + " " + args(r) +
-                " > rank" + std::to_string(r) + ".log 2>&1; echo $? > rank" + std::to_string(r) + ".code) & ";
+    for (int r = 0; r < world; ++r) {
+      const std::string rank = std::to_string(r), size = std::to_string(world);
+      const std::string place = slurm ? "SLURM_PROCID=" + rank + " SLURM_NTASKS=" + size + " SLURM_LOCALID=" + rank +
+                                            " SLURM_NTASKS_PER_NODE=" + size
+                                      : "RANK=" + rank + " WORLD_SIZE=" + size + " LOCAL_RANK=" + rank +
+                                            " LOCAL_WORLD_SIZE=" + size;
+      script += "(" + place + " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " " + S2DM_BINARY + " " +
+                args(r) + " > rank" + rank + ".log 2>&1; echo $? > rank" + rank + ".code) & ";
+    }
     run_shell(script + "wait");
     std::vector<Result> out;
     for (int r = 0; r < world; ++r)
@@ -139,6 +143,15 @@ TEST_F(DataParallel, CheckpointsResumeAcrossWorldSizes) {
   EXPECT_EQ(std::count(metrics.begin(), metrics.end(), '\n'), 6);
 }
 
+TEST_F(DataParallel, NprocForwardsSignalsAndEveryRankStopsAtOneStep) {
+  // timeout sends SIGTERM to the launcher after 8 s; it forwards it, the ranks agree on a step,
+  // rank 0 writes its checkpoint, and every rank exits with 130.
+  auto r = run_shell("timeout --preserve-status -s TERM 8 " + std::string(S2DM_BINARY) + " train " + common +
+                     "--set train.steps=1000000 --set train.ckpt_every=1000000 --nproc 2 --run-dir " + (dir / "run"));
+  EXPECT_EQ(r.code, 130) << r.output;
+  EXPECT_GT(latest(dir / "run").step, 0) << r.output;
+}
+
 TEST_F(DataParallel, KilledRankStopsTheOthersAndTheCheckpointResumes) {
   const int port = free_port();
   const std::string rank_env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " ";
@@ -163,7 +176,9 @@ TEST_F(DataParallel, KilledRankStopsTheOthersAndTheCheckpointResumes) {
 }
 
 TEST_F(DataParallel, MismatchedConfigsAreRefused) {
-  auto ranks = launch(2, [&](int r) { return "train " + common + "--steps 2 --run-dir run" + (r ? " --set seed=8" : ""); });
+  // (Launched as srun does: the ranks find each other, then refuse to train.)
+  auto ranks = launch(2, [&](int r) { return "train " + common + "--steps 2 --run-dir run" + (r ? " --set seed=8" : ""); },
+                      /*slurm=*/true);
   for (const auto& rank : ranks) expect_user_error(rank, "have different configs: line 2 is 'seed:");
   EXPECT_FALSE(std::filesystem::exists(dir / "run"));
 }
