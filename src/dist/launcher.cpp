@@ -1,6 +1,7 @@
 #include "s2dm/dist/launcher.h"
 
 #include <spdlog/spdlog.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <unistd.h>
@@ -85,9 +86,16 @@ int launch_local_group(int nproc, const std::vector<std::string>& args) {
   sigaction(SIGTERM, &action, &old_term);
 
   std::vector<pid_t> pids(nproc, -1);
+  const pid_t launcher = getpid();
   for (int r = 0; r < nproc; ++r) {
     pids[r] = fork();
     if (pids[r] == 0) {
+      // Each rank in a process group of its own: a terminal's Ctrl-C (or `timeout`) reaches the
+      // launcher alone, which forwards it once. And a rank goes when the launcher goes, even by
+      // SIGKILL.
+      setpgid(0, 0);
+      prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (getppid() != launcher) _exit(1);
       execve("/proc/self/exe", argv.data(), envps[r].data());
       _exit(127);
     }
