@@ -143,7 +143,6 @@ struct ProcessGroup::Impl {
     std::string first_line = cause.substr(0, cause.find('\n'));
     std::string lost;
     try {
-      store->setTimeout(std::chrono::seconds(2));
       store->set("alive/" + std::to_string(launch.rank), std::vector<uint8_t>{1});
       const auto deadline = std::chrono::steady_clock::now() + std::min<std::chrono::milliseconds>(timeout, std::chrono::seconds(3));
       std::vector<int> missing;
