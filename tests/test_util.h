@@ -103,6 +103,11 @@ inline Result run_shell(const std::string& cmd) {
 inline Result run(const std::string& args) { return run_shell(std::string(S2DM_BINARY) + " " + args); }
 #endif
 
+#ifdef S2DM_SOURCE_DIR
+// The test-size training config: a tiny UNet that trains a step in well under a second.
+inline const std::string kTiny = std::string(S2DM_SOURCE_DIR) + "/tests/configs/tiny.yaml";
+#endif
+
 // A user error: exit code 2 and a one-line message containing `needle`.
 inline void expect_user_error(const Result& r, const std::string& needle) {
   EXPECT_EQ(r.code, 2) << r.output;

@@ -23,7 +23,7 @@ using s2dm::testing::Result;
 using s2dm::testing::run;
 using s2dm::testing::run_shell;
 
-const std::string kTiny = std::string(S2DM_SOURCE_DIR) + "/tests/configs/tiny.yaml";
+using s2dm::testing::kTiny;
 
 // A scratch directory with fake Fashion-MNIST files and the tiny config pointing at them.
 class Cli : public ::testing::Test {

@@ -29,7 +29,7 @@ using s2dm::testing::TempDir;
 
 namespace {
 
-const std::string kTiny = std::string(S2DM_SOURCE_DIR) + "/tests/configs/tiny.yaml";
+using s2dm::testing::kTiny;
 
 // A loopback port nobody listens on now (the kernel's pick).
 int free_port() {

@@ -30,7 +30,7 @@ using s2dm::testing::write_bytes;
 
 namespace {
 
-const std::string kTiny = std::string(S2DM_SOURCE_DIR) + "/tests/configs/tiny.yaml";
+using s2dm::testing::kTiny;
 
 struct Knobs {
   std::string seeds = "[0, 1]";
