@@ -129,8 +129,7 @@ int train(int argc, char** argv) {
     return dist::launch_local_group((*r)["nproc"].as<int>(), args);
   }
   auto result = train::run_training(config, opts);
-  const char* rank = std::getenv("RANK");
-  if (!rank || std::string(rank) == "0")
+  if (result.rank == 0)  // (rank 0 speaks for a data-parallel group)
     std::cout << "run directory: " << result.run_dir << "\ncheckpoint:    " << train::latest_checkpoint(result.run_dir)
               << "\nstep:          " << result.step << "\n";
   return result.interrupted ? 130 : 0;

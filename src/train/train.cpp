@@ -598,7 +598,9 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
 
   Trainer trainer(std::move(config), run_dir, opts.resume, group.get());
   if (opts.resume) trainer.resume(std::move(resumed));
-  return trainer.run();
+  auto result = trainer.run();
+  result.rank = group ? group->rank() : 0;
+  return result;
 }
 
 }  // namespace s2dm::train

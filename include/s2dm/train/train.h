@@ -22,6 +22,7 @@ struct TrainResult {
   std::string run_dir;
   int64_t step = 0;
   bool interrupted = false;  // stopped by a signal (a checkpoint was written)
+  int rank = 0;              // this process's rank in a data-parallel group (0 when alone)
 };
 
 // `config` is ignored on resume (the run directory's checkpoint carries the config).
