@@ -20,21 +20,35 @@ namespace fs = std::filesystem;
 
 int schedule(int argc, char** argv) {
   cxxopts::Options options("s2dm schedule",
-                           "Estimate the score-optimal time schedule (Williams et al. 2024) of a model on its data.");
+                           "Find a model's time grids: score-optimal (Williams et al. 2024, from its data) or dp "
+                           "(solver-aware: the least error of a given sampler against the model's own trajectories).");
   options.add_options()("checkpoint", "s2dm checkpoint (EMA weights)", cxxopts::value<std::string>())(
       "model-script", "TorchScript ε-model forward(x, t) (with --config)", cxxopts::value<std::string>())(
       "config", "config for --model-script (shape, schedule)", cxxopts::value<std::string>())(
-      "data", "data config (its training set) or a folder of images", cxxopts::value<std::string>())(
+      "method", "score | dp", cxxopts::value<std::string>()->default_value("score"))(
+      "data", "score: data config (its training set) or a folder of images", cxxopts::value<std::string>())(
+      "sampler", "dp: the sampler to fit the grids to (default: the config's)", cxxopts::value<std::string>())(
+      "order", "dp: its multistep order (default: the config's)", cxxopts::value<int>())(
       "steps", "step counts S to produce grids for", cxxopts::value<std::vector<int>>()->default_value("10,20,50"))(
-      "levels", "fine grid of noise levels the cost is estimated on", cxxopts::value<int>()->default_value("1000"))(
-      "samples", "data images averaged over", cxxopts::value<int64_t>()->default_value("256"))(
+      "levels", "fine grid of noise levels (score: 1000; dp: 100 candidates)", cxxopts::value<int>())(
+      "samples", "score: data images averaged over (256); dp: reference trajectories (64)", cxxopts::value<int64_t>())(
+      "sweeps", "dp: coordinate-search rounds with the full sampler (default: 2 for multistep samplers, else 0)",
+      cxxopts::value<int>()->default_value("-1"))(
       "batch", "batch size", cxxopts::value<int64_t>()->default_value("64"))(
-      "seed", "random seed (data subset and the common noise)", cxxopts::value<uint64_t>()->default_value("0"))(
+      "seed", "random seed (score: data subset and noise; dp: the reference noise)",
+      cxxopts::value<uint64_t>()->default_value("0"))(
       "device", "auto | cpu | cuda", cxxopts::value<std::string>()->default_value("auto"))(
       "out", "schedule.yaml to write (schedule.png beside it)", cxxopts::value<std::string>());
   auto r = parse_options(options, argc, argv);
   if (!r) return 0;
-  if (!r->count("out") || !r->count("data")) throw UsageError("schedule: --data and --out are required");
+  const std::string method = (*r)["method"].as<std::string>();
+  if (method != "score" && method != "dp") throw UsageError("schedule: --method '" + method + "' is not one of score, dp");
+  const bool dp = method == "dp";
+  if (!r->count("out")) throw UsageError("schedule: --out is required");
+  if (!dp && !r->count("data")) throw UsageError("schedule: --method score needs --data");
+  if (dp && r->count("data")) throw UsageError("schedule: --method dp needs no --data (it follows the model's own trajectories)");
+  if (!dp && (r->count("sampler") || r->count("order")))
+    throw UsageError("schedule: --sampler and --order are for --method dp (the score-optimal grid knows no sampler)");
   if (r->count("checkpoint") == r->count("model-script"))
     throw UsageError("schedule: give --checkpoint C or --model-script M.pt --config F.yaml");
 
@@ -42,16 +56,46 @@ int schedule(int argc, char** argv) {
   if (r->count("checkpoint")) ref.checkpoint = (*r)["checkpoint"].as<std::string>();
   if (r->count("model-script")) ref.script = (*r)["model-script"].as<std::string>();
   if (r->count("config")) ref.config = (*r)["config"].as<std::string>();
-  const auto source = model::resolve_model(ref);
+  std::vector<std::string> overrides;
+  if (r->count("sampler")) overrides.push_back("sample.sampler=" + (*r)["sampler"].as<std::string>());
+  if (r->count("order")) overrides.push_back("sample.order=" + std::to_string((*r)["order"].as<int>()));
+  const auto source = model::resolve_model(ref, overrides);
   const Config& config = source.config;
   const std::string& origin = source.origin;
   NoiseSchedule noise_schedule(config.diffusion);
-  const int levels = (*r)["levels"].as<int>();
+  const int levels = r->count("levels") ? (*r)["levels"].as<int>() : dp ? 100 : 1000;
+  const int64_t samples = r->count("samples") ? (*r)["samples"].as<int64_t>() : dp ? 64 : 256;
   auto steps = (*r)["steps"].as<std::vector<int>>();
   for (int s : steps)
-    if (s < 1 || s > levels - 1)
-      throw ConfigError("--steps " + std::to_string(s) + " needs at least " + std::to_string(s + 1) + " levels (--levels " +
+    if (s < 1 || s > levels)
+      throw ConfigError("--steps " + std::to_string(s) + " needs at least " + std::to_string(s) + " levels (--levels " +
                         std::to_string(levels) + ")");
+  const std::vector<int64_t> shape{config.data.channels, config.data.image_size, config.data.image_size};
+  const std::string out = (*r)["out"].as<std::string>();
+  const std::string plot = sample::schedule_plot_path(out);
+  const uint64_t seed = (*r)["seed"].as<uint64_t>();
+  const int64_t batch = (*r)["batch"].as<int64_t>();
+
+  if (dp) {
+    const auto device = resolve_device((*r)["device"].as<std::string>());
+    set_cpu_threads(config.threads);
+    const model::LoadedModel model(source, device);
+    sample::DpOptions o;
+    o.levels = levels;
+    o.samples = samples;
+    o.search_samples = std::min<int64_t>(samples, 32);
+    o.sweeps = (*r)["sweeps"].as<int>();
+    o.batch = batch;
+    o.seed = seed;
+    const auto file = sample::search_dp_schedule(model.eps_fp32(), noise_schedule, config.sample, shape, steps, o,
+                                                 device, out);
+    std::cout << "wrote " << out << " (" << file.description() << ": " << steps.size() << " grids, "
+              << file.levels.size() << " candidate levels, " << samples << " trajectories, " << file.nfe
+              << " network evaluations) and " << plot << "\n";
+    for (const auto& [s, e] : file.end_error) std::cout << "  " << s << " steps: end-point RMS error " << e << "\n";
+    std::cout << "use: s2dm sample --sampler " << file.sampler << " --timesteps learned:" << out << " --steps S\n";
+    return 0;
+  }
   // The data, checked against the model's input shape.
   const std::string data_arg = (*r)["data"].as<std::string>();
   data::ImageSet data;
@@ -60,18 +104,15 @@ int schedule(int argc, char** argv) {
   } else {
     data = data::load_dataset(load_config(data_arg).data);
   }
-  const std::vector<int64_t> shape{config.data.channels, config.data.image_size, config.data.image_size};
   if (data.images.sizes().slice(1).vec() != shape)
     throw DataError(data_arg + ": images of " + c10::str(data.images.sizes().slice(1)) + " but the model (" + origin +
                     ") takes " + c10::str(c10::IntArrayRef(shape)));
   const auto device = resolve_device((*r)["device"].as<std::string>());
   set_cpu_threads(config.threads);
   const model::LoadedModel model(source, device);
-  const std::string out = (*r)["out"].as<std::string>();
-  const int64_t n = std::min<int64_t>((*r)["samples"].as<int64_t>(), data.images.size(0));
-  auto cost = sample::learn_schedule(model.eps(), noise_schedule, data.images, levels, n, (*r)["seed"].as<uint64_t>(),
-                                     (*r)["batch"].as<int64_t>(), steps, device, out);
-  const std::string plot = sample::schedule_plot_path(out);
+  const int64_t n = std::min<int64_t>(samples, data.images.size(0));
+  auto cost = sample::learn_schedule(model.eps_fp32(), noise_schedule, data.images, levels, n, seed, batch, steps,
+                                     device, out);
   std::cout << "wrote " << out << " (" << steps.size() << " grids, " << levels << " levels, " << n << " images, "
             << cost.nfe << " network evaluations) and " << plot << "\nuse: s2dm sample --timesteps learned:" << out
             << " --steps S\n";

@@ -97,7 +97,8 @@ SampleConfig effective_settings(SampleConfig c) {
 }  // namespace
 
 std::string learned_schedule_file(const Experiment& e, const ModelSpec& m, const std::vector<int>& steps) {
-  std::string text = m.key + "\n" + std::to_string(e.schedule.levels) + "|" + std::to_string(e.schedule.samples) + "|" +
+  // ("format 2": grids of S evaluations ending at t = 0; files of the earlier format are remade.)
+  std::string text = m.key + "\nformat 2\n" + std::to_string(e.schedule.levels) + "|" + std::to_string(e.schedule.samples) + "|" +
                      std::to_string(e.schedule.seed);
   for (int s : steps) text += "|" + std::to_string(s);
   return e.out + "/schedules/" + m.name + "-" + hash_key(text) + ".yaml";

@@ -87,7 +87,7 @@ sample::LearnedSchedule learned_schedule(const Experiment& e, const ModelSpec& m
     spdlog::info("{}: estimating the score-optimal schedule ({} levels, {} images)", m.name, e.schedule.levels,
                  e.schedule.samples);
     auto images = data::load_dataset(m.config.data).images;
-    sample::learn_schedule(loaded.eps(), schedule, images, e.schedule.levels, e.schedule.samples, e.schedule.seed,
+    sample::learn_schedule(loaded.eps_fp32(), schedule, images, e.schedule.levels, e.schedule.samples, e.schedule.seed,
                            e.schedule.batch, steps, device, learned.file);
   }
   return learned;

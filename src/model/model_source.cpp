@@ -191,4 +191,9 @@ EpsModel LoadedModel::eps(const SkipTuningConfig& skip_tuning, bool cuda_graphs)
   return unet_eps_model(unet_, bf16_autocast(config_, device_), skip_tuning, cuda_graphs);
 }
 
+EpsModel LoadedModel::eps_fp32() const {
+  if (script_) return script_;
+  return unet_eps_model(unet_, /*bf16=*/false);
+}
+
 }  // namespace s2dm::model

@@ -32,7 +32,7 @@ torch::Tensor initial_noise(int64_t first, int64_t count, const std::vector<int6
 namespace {
 
 std::vector<double> learned_timesteps(const LearnedSchedule& learned, const SampleConfig& c, const NoiseSchedule& schedule) {
-  if (!learned.file.empty()) return read_schedule_file(learned.file, c.steps, schedule.num_timesteps());
+  if (!learned.file.empty()) return read_schedule_file(learned.file, schedule.num_timesteps()).grid(c.steps);
   if (learned.state.empty() && learned.uniform_until_ready) return make_timesteps("uniform", c.steps, schedule);
   return timesteps_from_state(learned.state, c.steps);
 }
@@ -48,7 +48,11 @@ SamplingPlan plan_sampling(const SampleConfig& c, const NoiseSchedule& schedule,
   if (uses_learned_schedule(c)) {
     timesteps = learned_timesteps(learned, c, schedule);
   } else if (c.timesteps.rfind("learned:", 0) == 0) {
-    timesteps = read_schedule_file(c.timesteps.substr(8), c.steps, schedule.num_timesteps());
+    const auto file = read_schedule_file(c.timesteps.substr(8), schedule.num_timesteps());
+    timesteps = file.grid(c.steps);
+    if (file.method == "dp" && (file.sampler != c.sampler || (file.order >= 0 && file.order != c.order)))
+      plan.warning = file.origin + " holds grids searched for " + file.description() + ", used here with " + c.sampler +
+                     (c.order >= 0 ? " (order " + std::to_string(c.order) + ")" : "");
   } else {
     timesteps = make_timesteps(c.timesteps, c.steps, schedule, c.karras_rho);
     const auto& named = timestep_grids();

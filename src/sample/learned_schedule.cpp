@@ -63,6 +63,10 @@ double pair_cost(const EpsModel& model, const NoiseSchedule& schedule, const tor
   return (e_here - (ve / ve_next) * e_next).to(torch::kFloat64).square().sum().item<double>();
 }
 
+torch::Tensor vector_tensor(const std::vector<double>& v) {
+  return v.empty() ? torch::zeros({0}, torch::kFloat64) : torch::tensor(v, torch::kFloat64);
+}
+
 std::vector<double> uniform_levels(int num_levels, int T) {
   std::vector<double> levels;
   for (int i = 0; i < num_levels; ++i) levels.push_back((T - 1.0) * i / (num_levels - 1));
@@ -99,12 +103,12 @@ ScheduleCost estimate_schedule_cost(const EpsModel& model, const NoiseSchedule& 
   return out;
 }
 
-std::vector<double> optimal_timesteps(const std::vector<double>& levels, const std::vector<double>& cost, int steps) {
+std::vector<double> optimal_timesteps(const std::vector<double>& levels, const std::vector<double>& cost, int intervals) {
   const size_t n = levels.size();
   if (cost.size() + 1 != n) throw ConfigError("schedule: cost and levels disagree in length");
-  if (steps < 1 || steps > static_cast<int>(n) - 1)
-    throw ConfigError("steps = " + std::to_string(steps) + " needs a finer grid: the schedule has " +
-                      std::to_string(n) + " levels (at most " + std::to_string(n - 1) + " steps)");
+  if (intervals < 1 || intervals > static_cast<int>(n) - 1)
+    throw ConfigError(std::to_string(intervals) + " intervals need a finer grid: the schedule has " + std::to_string(n) +
+                      " levels (at most " + std::to_string(n - 1) + ")");
   // Λ(t_i) = Σ_{j<i} √L_j, made strictly increasing (a zero cost would make Λ flat).
   std::vector<double> lambda(n, 0.0);
   double total = 0;
@@ -113,13 +117,21 @@ std::vector<double> optimal_timesteps(const std::vector<double>& levels, const s
   for (size_t i = 0; i + 1 < n; ++i) lambda[i + 1] = lambda[i] + std::sqrt(std::max(0.0, cost[i])) + floor;
   for (auto& l : lambda) l /= lambda.back();  // scale-free: a constant factor on the cost cancels
   Pchip inverse(lambda, levels);
-  std::vector<double> ts(steps + 1);
-  for (int k = 0; k <= steps; ++k) ts[steps - k] = inverse(static_cast<double>(k) / steps);
+  std::vector<double> ts(intervals + 1);
+  for (int k = 0; k <= intervals; ++k) ts[intervals - k] = inverse(static_cast<double>(k) / intervals);
   ts.front() = levels.back();  // endpoints fixed
   ts.back() = levels.front();
-  for (int k = 1; k <= steps; ++k)
+  for (int k = 1; k <= intervals; ++k)
     if (!(ts[k] < ts[k - 1])) throw ConfigError("schedule: the optimised grid is not strictly decreasing");
   return ts;
+}
+
+std::vector<double> score_grid(const std::vector<double>& levels, const std::vector<double>& cost, int steps) {
+  if (steps < 1 || steps > static_cast<int>(levels.size()))
+    throw ConfigError("steps = " + std::to_string(steps) + " needs a finer grid: the schedule has " +
+                      std::to_string(levels.size()) + " levels");
+  if (steps == 1) return {levels.back()};
+  return optimal_timesteps(levels, cost, steps - 1);
 }
 
 OnlineScheduleEstimator::OnlineScheduleEstimator(const NoiseSchedule& schedule, int num_levels, int steps,
@@ -128,19 +140,13 @@ OnlineScheduleEstimator::OnlineScheduleEstimator(const NoiseSchedule& schedule, 
       sum_(num_levels - 1, 0.0), count_(num_levels - 1, 0), steps_(steps), min_estimates_(min_estimates),
       gamma_(gamma) {
   if (num_levels < 3) throw ConfigError("learned_schedule.levels must be at least 3");
-  if (steps < 1 || steps > num_levels - 1)
-    throw ConfigError("learned_schedule: sample.steps = " + std::to_string(steps) + " needs more than " +
-                      std::to_string(num_levels) + " levels");
+  if (steps < 1 || steps > num_levels)
+    throw ConfigError("learned_schedule: sample.steps = " + std::to_string(steps) + " needs at least " +
+                      std::to_string(steps) + " levels (levels = " + std::to_string(num_levels) + ")");
 }
 
 bool OnlineScheduleEstimator::ready() const {
   return std::all_of(count_.begin(), count_.end(), [&](int64_t c) { return c >= min_estimates_; });
-}
-
-std::vector<double> OnlineScheduleEstimator::mean_cost() const {
-  std::vector<double> mean(sum_.size());
-  for (size_t i = 0; i < sum_.size(); ++i) mean[i] = count_[i] ? sum_[i] / static_cast<double>(count_[i]) : 0.0;
-  return mean;
 }
 
 bool OnlineScheduleEstimator::update(const EpsModel& model, const torch::Tensor& x0, int pairs, at::Generator& gen) {
@@ -154,7 +160,11 @@ bool OnlineScheduleEstimator::update(const EpsModel& model, const torch::Tensor&
     nfe_ += 2 * data.size(0);
   }
   if (!ready()) return false;
-  auto optimum = optimal_timesteps(levels_, mean_cost(), steps_);
+  cost_.resize(sum_.size());
+  for (size_t i = 0; i < sum_.size(); ++i) cost_[i] = sum_[i] / static_cast<double>(count_[i]);
+  std::fill(sum_.begin(), sum_.end(), 0.0);  // the next update waits for estimates of the model as it will be
+  std::fill(count_.begin(), count_.end(), 0);
+  auto optimum = score_grid(levels_, cost_, steps_);
   if (timesteps_.empty()) {
     timesteps_ = optimum;
   } else {
@@ -167,7 +177,8 @@ std::vector<std::pair<std::string, torch::Tensor>> OnlineScheduleEstimator::stat
   return {{"levels", torch::tensor(levels_, torch::kFloat64)},
           {"sum", torch::tensor(sum_, torch::kFloat64)},
           {"count", torch::tensor(count_, torch::kLong)},
-          {"timesteps", timesteps_.empty() ? torch::zeros({0}, torch::kFloat64) : torch::tensor(timesteps_, torch::kFloat64)},
+          {"cost", vector_tensor(cost_)},
+          {"timesteps", vector_tensor(timesteps_)},
           {"steps", torch::tensor(static_cast<int64_t>(steps_), torch::kLong)},
           {"nfe", torch::tensor(nfe_, torch::kLong)}};
 }
@@ -185,36 +196,53 @@ std::vector<double> to_vector(const torch::Tensor& t) {
   return {c.data_ptr<double>(), c.data_ptr<double>() + c.numel()};
 }
 
+// Checkpoints written before the estimator kept its last cost ("cost") hold lifetime sums and a
+// grid of S+1 points that stopped short of t = 0: their cost is taken as the lifetime mean and the
+// grid recomputed from it.
+std::vector<double> last_cost(const std::vector<std::pair<std::string, torch::Tensor>>& state) {
+  for (const auto& [n, t] : state)
+    if (n == "cost") return to_vector(t);
+  auto sums = to_vector(state_entry(state, "sum"));
+  auto counts = to_vector(state_entry(state, "count"));
+  for (size_t i = 0; i < sums.size(); ++i) {
+    if (counts[i] == 0) return {};
+    sums[i] /= counts[i];
+  }
+  return sums;
+}
+
+bool holds_current_grid(const std::vector<std::pair<std::string, torch::Tensor>>& state) {
+  return std::any_of(state.begin(), state.end(), [](const auto& e) { return e.first == "cost"; });
+}
+
 }  // namespace
 
 void OnlineScheduleEstimator::load_state(const std::vector<std::pair<std::string, torch::Tensor>>& state) {
   if (to_vector(state_entry(state, "levels")) != levels_)
     throw CheckpointError("the checkpoint's learned schedule uses other levels than train.learned_schedule.levels");
-  sum_ = to_vector(state_entry(state, "sum"));
-  auto counts = state_entry(state, "count").to(torch::kLong).contiguous();
-  count_.assign(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
-  timesteps_ = to_vector(state_entry(state, "timesteps"));
   nfe_ = state_entry(state, "nfe").item<int64_t>();
+  cost_ = last_cost(state);
+  if (holds_current_grid(state)) {
+    sum_ = to_vector(state_entry(state, "sum"));
+    auto counts = state_entry(state, "count").to(torch::kLong).contiguous();
+    count_.assign(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
+    timesteps_ = to_vector(state_entry(state, "timesteps"));
+  } else {
+    std::fill(sum_.begin(), sum_.end(), 0.0);
+    std::fill(count_.begin(), count_.end(), 0);
+    timesteps_ = cost_.empty() ? std::vector<double>{} : score_grid(levels_, cost_, steps_);
+  }
 }
 
 std::vector<double> timesteps_from_state(const std::vector<std::pair<std::string, torch::Tensor>>& state, int steps) {
   if (state.empty()) throw ConfigError("--timesteps learned: this checkpoint carries no learned schedule "
                                        "(train with train.learned_schedule.every > 0, or use learned:FILE)");
-  auto levels = to_vector(state_entry(state, "levels"));
-  auto counts = state_entry(state, "count").to(torch::kLong);
-  if (counts.min().item<int64_t>() == 0)
-    throw ConfigError("--timesteps learned: the checkpoint's schedule has not seen every level yet");
-  std::vector<double> ts;
-  if (state_entry(state, "steps").item<int64_t>() == steps && state_entry(state, "timesteps").numel() > 0) {
-    ts = to_vector(state_entry(state, "timesteps"));
-  } else {
-    auto sums = to_vector(state_entry(state, "sum"));
-    auto c = counts.to(torch::kFloat64).contiguous();
-    for (size_t i = 0; i < sums.size(); ++i) sums[i] /= c.data_ptr<double>()[i];
-    ts = optimal_timesteps(levels, sums, steps);
-  }
-  ts.pop_back();  // the end point is the sampler's
-  return ts;
+  const auto cost = last_cost(state);
+  if (cost.empty()) throw ConfigError("--timesteps learned: the checkpoint's schedule has not seen every level yet");
+  if (holds_current_grid(state) && state_entry(state, "steps").item<int64_t>() == steps &&
+      state_entry(state, "timesteps").numel() == steps)
+    return to_vector(state_entry(state, "timesteps"));
+  return score_grid(to_vector(state_entry(state, "levels")), cost, steps);
 }
 
 }  // namespace s2dm::sample

@@ -18,59 +18,103 @@
 namespace s2dm::sample {
 namespace fs = std::filesystem;
 
-void write_schedule_file(const std::string& path, const ScheduleCost& cost,
-                         const std::map<int, std::vector<double>>& timesteps, int num_timesteps) {
+namespace {
+
+void write_list(std::ostringstream& out, const std::vector<double>& v) {
+  out << "[";
+  for (size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << v[i];
+  out << "]";
+}
+
+}  // namespace
+
+void write_schedule_file(const std::string& path, const ScheduleFile& f, int num_timesteps) {
   std::ostringstream out;
-  out.precision(10);
-  out << "# s2dm learned schedule (Williams et al. 2024): S+1 timesteps per S, from T-1 to 0\n";
-  out << "num_timesteps: " << num_timesteps << "\nnfe: " << cost.nfe << "\ntimesteps:\n";
-  for (const auto& [s, ts] : timesteps) {
-    out << "  " << s << ": [";
-    for (size_t i = 0; i < ts.size(); ++i) out << (i ? ", " : "") << ts[i];
-    out << "]\n";
+  out.precision(17);  // round-trips doubles
+  out << "# s2dm time grids (" << f.description() << "): S network evaluations per S, from T-1 down to 0;\n"
+      << "# the sampler's end step follows, as on every grid\n";
+  out << "format: 2\nmethod: " << f.method << "\n";
+  if (!f.sampler.empty()) out << "sampler: " << f.sampler << "\n";
+  if (f.order >= 0) out << "order: " << f.order << "\n";
+  out << "num_timesteps: " << num_timesteps << "\nnfe: " << f.nfe << "\ntimesteps:\n";
+  for (const auto& [s, ts] : f.timesteps) {
+    out << "  " << s << ": ";
+    write_list(out, ts);
+    out << "\n";
   }
-  auto list = [&](const char* name, const std::vector<double>& v) {
-    out << name << ": [";
-    for (size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << v[i];
-    out << "]\n";
-  };
-  list("levels", cost.levels);
-  list("cost", cost.cost);
+  if (!f.end_error.empty()) {
+    out << "end_error:\n";
+    for (const auto& [s, e] : f.end_error) out << "  " << s << ": " << e << "\n";
+  }
+  out << "levels: ";
+  write_list(out, f.levels);
+  out << "\ncost: ";
+  write_list(out, f.cost);
+  out << "\n";
   write_file_atomic(path, out.str());
 }
 
-std::vector<double> read_schedule_file(const std::string& path, int steps, int num_timesteps) {
+ScheduleFile read_schedule_file(const std::string& path, int num_timesteps) {
   YAML::Node root;
   try {
     root = YAML::LoadFile(path);
   } catch (const YAML::Exception& e) {
     throw ConfigError(path + ": cannot read schedule (" + e.msg + ")");
   }
-  if (!root["timesteps"] || !root["num_timesteps"]) throw ConfigError(path + ": not an s2dm schedule file");
-  if (root["num_timesteps"].as<int>() != num_timesteps)
-    throw ConfigError(path + ": made for T = " + root["num_timesteps"].as<std::string>() + ", the model has T = " +
-                      std::to_string(num_timesteps));
-  auto node = root["timesteps"][steps];
-  if (!node) {
-    std::string have;
-    for (const auto& kv : root["timesteps"]) have += (have.empty() ? "" : ", ") + kv.first.as<std::string>();
-    throw ConfigError(path + ": no schedule for " + std::to_string(steps) + " steps (it has " + have + ")");
+  if (!root.IsMap() || !root["timesteps"] || !root["num_timesteps"]) throw ConfigError(path + ": not an s2dm schedule file");
+  ScheduleFile f;
+  f.origin = path;
+  try {
+    if (!root["format"] || root["format"].as<int>() != 2)
+      throw ConfigError(path + ": written by an earlier s2dm, whose grids stopped short of t = 0; make it again "
+                        "with s2dm schedule");
+    if (root["num_timesteps"].as<int>() != num_timesteps)
+      throw ConfigError(path + ": made for T = " + root["num_timesteps"].as<std::string>() + ", the model has T = " +
+                        std::to_string(num_timesteps));
+    f.method = root["method"] ? root["method"].as<std::string>() : "score";
+    if (root["sampler"]) f.sampler = root["sampler"].as<std::string>();
+    if (root["order"]) f.order = root["order"].as<int>();
+    if (root["nfe"]) f.nfe = root["nfe"].as<int64_t>();
+    for (const auto& kv : root["timesteps"]) {
+      const int steps = kv.first.as<int>();
+      auto ts = kv.second.as<std::vector<double>>();
+      if (static_cast<int>(ts.size()) != steps)
+        throw ConfigError(path + ": the " + std::to_string(steps) + "-step grid has " + std::to_string(ts.size()) +
+                          " times");
+      f.timesteps[steps] = ts;  // (make_grid checks the times when a sampler uses them)
+    }
+    if (root["levels"]) f.levels = root["levels"].as<std::vector<double>>();
+    if (root["cost"]) f.cost = root["cost"].as<std::vector<double>>();
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(path + ": malformed schedule file (" + e.msg + ")");
   }
-  auto ts = node.as<std::vector<double>>();
-  if (static_cast<int>(ts.size()) != steps + 1) throw ConfigError(path + ": the " + std::to_string(steps) + "-step schedule is malformed");
-  ts.pop_back();  // the end point is the sampler's
-  return ts;
+  return f;
+}
+
+std::vector<double> ScheduleFile::grid(int steps) const {
+  auto it = timesteps.find(steps);
+  if (it == timesteps.end()) {
+    std::string have;
+    for (const auto& kv : timesteps) have += (have.empty() ? "" : ", ") + std::to_string(kv.first);
+    throw ConfigError(origin + ": no schedule for " + std::to_string(steps) + " steps (it has " + have + ")");
+  }
+  return it->second;
+}
+
+std::string ScheduleFile::description() const {
+  if (method != "dp") return method;
+  return "dp for " + sampler + (order >= 0 ? " (order " + std::to_string(order) + ")" : "");
 }
 
 namespace {
 
-// The cost curve (log scale, top) and, below it, the learned grid for the first S (black)
-// against the uniform (grey) and quadratic (blue) grids, one row of markers each.
-void write_schedule_plot(const std::string& path, const sample::ScheduleCost& cost, const std::vector<double>& learned,
-                         int steps, const NoiseSchedule& schedule) {
+// The file's curve (log scale, top) and, below it, its grid for the first S (black) against the
+// uniform (grey) and quadratic (blue) grids, one row of markers each.
+void write_schedule_plot(const std::string& path, const ScheduleFile& file, const NoiseSchedule& schedule) {
   std::vector<double> mid;
-  for (size_t i = 0; i + 1 < cost.levels.size(); ++i) mid.push_back(0.5 * (cost.levels[i] + cost.levels[i + 1]));
-  auto curve = line_plot({{mid, cost.cost, {200, 30, 30}, false}}, 640, 300, true);
+  for (size_t i = 0; i + 1 < file.levels.size(); ++i) mid.push_back(0.5 * (file.levels[i] + file.levels[i + 1]));
+  auto curve = line_plot({{mid, file.cost, {200, 30, 30}, false}}, 640, 300, true);
+  const auto& [steps, learned] = *file.timesteps.begin();
   auto row = [&](const std::vector<double>& ts, std::array<uint8_t, 3> color) {
     // A fixed x range [0, T-1] via two invisible anchors.
     Series s{ts, std::vector<double>(ts.size(), 0.0), color, true};
@@ -102,11 +146,33 @@ ScheduleCost learn_schedule(const EpsModel& model, const NoiseSchedule& schedule
   num = std::min<int64_t>(num, images.size(0));
   auto x0 = data::to_model_range(images.index_select(0, torch::randperm(images.size(0), gen, torch::kLong).slice(0, 0, num)));
   auto cost = estimate_schedule_cost(model, schedule, x0.to(device), num_levels, seed, batch);
-  std::map<int, std::vector<double>> grids;
-  for (int s : steps) grids[s] = optimal_timesteps(cost.levels, cost.cost, s);
-  write_schedule_file(out, cost, grids, schedule.num_timesteps());
-  write_schedule_plot(schedule_plot_path(out), cost, grids.begin()->second, grids.begin()->first, schedule);
+  ScheduleFile file;
+  file.nfe = cost.nfe;
+  file.levels = cost.levels;
+  file.cost = cost.cost;
+  for (int s : steps) file.timesteps[s] = score_grid(cost.levels, cost.cost, s);
+  write_schedule_file(out, file, schedule.num_timesteps());
+  write_schedule_plot(schedule_plot_path(out), file, schedule);
   return cost;
+}
+
+ScheduleFile search_dp_schedule(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& sampling,
+                                const std::vector<int64_t>& image_shape, const std::vector<int>& steps,
+                                const DpOptions& options, const torch::Device& device, const std::string& out) {
+  if (steps.empty()) throw ConfigError("dp schedule: no step counts");
+  const auto dp = dp_schedule(model, schedule, sampling, image_shape, steps, options, device);
+  ScheduleFile file;
+  file.method = "dp";
+  file.sampler = sampling.sampler;
+  file.order = sampling.order;
+  file.nfe = dp.nfe;
+  file.timesteps = dp.grids;
+  file.levels = dp.levels;
+  file.cost = dp.step_error;
+  file.end_error = dp.end_error;
+  write_schedule_file(out, file, schedule.num_timesteps());
+  write_schedule_plot(schedule_plot_path(out), file, schedule);
+  return file;
 }
 
 }  // namespace s2dm::sample

@@ -367,7 +367,7 @@ void Trainer::write_checkpoint() {
 // the seed and i) and every rank receives them all.
 sample::Generated Trainer::ema_samples(uint64_t seed, int64_t num) const {
   sample::LearnedSchedule learned;
-  if (online_ && online_->ready()) learned.state = online_->state();
+  if (online_ && online_->has_schedule()) learned.state = online_->state();
   learned.uniform_until_ready = true;
   const std::vector<int64_t> shape{config_.data.channels, config_.data.image_size, config_.data.image_size};
   auto generate = [&](int64_t count, const torch::Tensor& noise) {
@@ -448,15 +448,16 @@ void Trainer::optimiser_step() {
 }
 
 // Algorithm 2's update on the EMA model and the last micro-batch, with its own generator (the
-// training RNG stream is untouched); a few evaluations, too few for CUDA graphs to pay.
+// training RNG stream is untouched); a few evaluations, too few for CUDA graphs to pay. In fp32
+// whatever the training precision, as LoadedModel::eps_fp32 (which says why).
 void Trainer::update_online_schedule() {
   sums_->check_finite(step_, run_dir_);
   auto gen = at::detail::createCPUGenerator(config_.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step_));
-  auto ema_model = model::unet_eps_model(ema_, autocast_, {}, /*cuda_graphs=*/false);
+  auto ema_model = model::unet_eps_model(ema_, /*bf16=*/false, {}, /*cuda_graphs=*/false);
   const auto& ls = tc_.learned_schedule;
   if (online_->update(ema_model, last_x0_.slice(0, 0, ls.batch), ls.pairs, gen))
     metrics_line({{"step", step_}, {"schedule_timesteps", online_->timesteps()},
-                  {"schedule_cost", online_->mean_cost()}, {"schedule_nfe", online_->nfe()}});
+                  {"schedule_cost", online_->cost()}, {"schedule_nfe", online_->nfe()}});
 }
 
 void Trainer::write_log_line() {

@@ -337,6 +337,31 @@ TEST_F(Cli, LearnedScheduleEndToEnd) {
                                                    "\n  image_size: 16\n  channels: 3\nmodel:\n  attn_resolutions: []\n");
   expect_user_error(run(base + "--data " + (dir / "rgb.yaml") + " --steps 5 --out " + (dir / "x.yaml")), "model");
   EXPECT_FALSE(std::filesystem::exists(dir / "x.yaml"));
+
+  // The solver-aware dp grid: no data, a sampler and its order; the file says what it was made for.
+  const std::string dp = "schedule --method dp --model-script " + fixtures + "gaussian_eps.pt --config " + kTiny +
+                         " --levels 30 --samples 4 --device cpu --steps 3,5 ";
+  r = run(dp + "--sampler deis --order 2 --sweeps 1 --out " + (dir / "dp/d.yaml"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("dp for deis (order 2)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("5 steps: end-point RMS error"), std::string::npos) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(dir / "dp/d.png"));
+  text = s2dm::testing::read_bytes(dir / "dp/d.yaml");
+  for (const char* key : {"method: dp", "sampler: deis", "order: 2", "  3: [999", "end_error:", "format: 2"})
+    EXPECT_NE(text.find(key), std::string::npos) << key << " in " << text;
+  const std::string sample = "sample --model-script " + fixtures + "gaussian_eps.pt --config " + kTiny +
+                             " --num 2 --no-png --steps 5 --timesteps learned:" + (dir / "dp/d.yaml");
+  r = run(sample + " --sampler deis --order 2 --out " + (dir / "dps"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(r.output.find("searched for"), std::string::npos) << r.output;
+  r = run(sample + " --sampler ddim --out " + (dir / "dps2"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("searched for dp for deis (order 2), used here with ddim"), std::string::npos) << r.output;
+  expect_user_error(run(dp + "--sampler ddpm --out " + (dir / "y.yaml")), "stochastic");
+  expect_user_error(run(dp + "--data " + (dir / "data.yaml") + " --out " + (dir / "y.yaml")), "no --data");
+  expect_user_error(run(base + "--data " + (dir / "data.yaml") + " --sampler deis --out " + (dir / "y.yaml")), "--method dp");
+  expect_user_error(run(base + "--method other --data " + (dir / "data.yaml") + " --out " + (dir / "y.yaml")), "score, dp");
+  EXPECT_FALSE(std::filesystem::exists(dir / "y.yaml"));
 }
 
 TEST_F(Cli, OnlineScheduleDuringTrainingResumesAndSamples) {

@@ -354,6 +354,19 @@ TEST(ModelSource, ResolvesOneSourceAndLoadsIt) {
   auto x = torch::randn({2, 1, 8, 8});
   auto t = torch::full({2}, 300.0);
   EXPECT_TRUE(torch::equal(loaded.eps()(x, t), model::unet_eps_model(net, false)(x, t)));
+  EXPECT_TRUE(torch::equal(loaded.eps_fp32()(x, t), loaded.eps()(x, t)));  // the CPU computes in float32
+  if (torch::cuda::is_available()) {
+    // Schedule estimation and search run in float32 whatever train.precision says (bf16 here).
+    ASSERT_EQ(source.config.train.precision, "bf16");
+    const model::LoadedModel on_gpu(source, torch::kCUDA);
+    model::UNet copy(config.model, 1, 8);
+    load_weights(*copy, source.weights, "w");
+    copy->to(torch::kCUDA);
+    auto xg = x.to(torch::kCUDA), tg = t.to(torch::kCUDA);
+    const auto fp32 = model::unet_eps_model(copy, false, {}, false)(xg, tg);
+    EXPECT_TRUE(torch::allclose(on_gpu.eps_fp32()(xg, tg), fp32, 1e-5, 1e-5));
+    EXPECT_FALSE(torch::allclose(on_gpu.eps()(xg, tg), fp32, 1e-5, 1e-5)) << "bf16 autocast left no trace";
+  }
   SkipTuningConfig st;
   st.rho = {1.0, 0.5};
   EXPECT_THROW(model::check_skip_tuning(source.config.model, st), ConfigError);  // the model has 4 skips

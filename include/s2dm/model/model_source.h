@@ -60,6 +60,10 @@ class LoadedModel {
   LoadedModel(const ModelSource& source, const torch::Device& device);
   // The ε-model with the config's precision and the given Skip-Tuning.
   EpsModel eps(const SkipTuningConfig& skip_tuning = {}, bool cuda_graphs = true) const;
+  // The ε-model in float32 whatever the config's precision. Schedule estimation and search use it:
+  // they compare ε at neighbouring noise levels, which differ by about 0.5 % per pixel at 1000
+  // levels, bf16's resolution, so bf16 would flatten the cost they measure.
+  EpsModel eps_fp32() const;
   const UNet& unet() const { return unet_; }
 
  private:

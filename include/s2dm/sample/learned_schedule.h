@@ -36,26 +36,36 @@ struct ScheduleCost {
 ScheduleCost estimate_schedule_cost(const EpsModel& model, const NoiseSchedule& schedule, const torch::Tensor& x0,
                                     int num_levels, uint64_t seed, int64_t batch, bool show_progress = true);
 
-// Their Algorithm 1: S+1 decreasing times from T-1 to 0 with equal Λ between neighbours. Throws
-// ConfigError when S is not in [1, levels - 1]. Multiplying the cost by a constant changes nothing.
-std::vector<double> optimal_timesteps(const std::vector<double>& levels, const std::vector<double>& cost, int steps);
+// Their Algorithm 1: `intervals`+1 decreasing times from T-1 to 0 with equal Λ between neighbours.
+// Throws ConfigError when `intervals` is not in [1, levels - 1]. Multiplying the cost by a
+// constant changes nothing.
+std::vector<double> optimal_timesteps(const std::vector<double>& levels, const std::vector<double>& cost, int intervals);
+
+// The score-optimal grid of S network evaluations, on the footing of every other grid: S times
+// from T-1 down to t = 0 (S-1 intervals of equal cost), after which the sampler takes its end
+// step (to ᾱ = 1) as it does for uniform, quad or log-SNR grids. S = 1 is {T-1}.
+std::vector<double> score_grid(const std::vector<double>& levels, const std::vector<double>& cost, int steps);
 
 // Their Algorithm 2, during training: cost estimates for random level pairs accumulate per pair;
-// once every pair has `min_estimates`, the schedule for `steps` moves towards the optimum of the
-// mean cost, t ← γ t* + (1-γ) t (the first time it jumps there).
+// once every pair has `min_estimates` estimates since the last update, the schedule for `steps`
+// moves towards the optimum of their mean, t ← γ t* + (1-γ) t (the first time it jumps there),
+// and the counts start again, so that each update sees the model as it is now, not costs from
+// early training.
 class OnlineScheduleEstimator {
  public:
   OnlineScheduleEstimator(const NoiseSchedule& schedule, int num_levels, int steps, int min_estimates, double gamma);
   // Estimates the cost of `pairs` level pairs drawn from `generator` on the batch x0 (no grad;
   // the noise comes from `generator` too). Returns true when the schedule moved.
   bool update(const EpsModel& model, const torch::Tensor& x0, int pairs, at::Generator& generator);
-  bool ready() const;
-  std::vector<double> mean_cost() const;
+  bool ready() const;  // every pair has `min_estimates` new estimates
+  bool has_schedule() const { return !timesteps_.empty(); }
+  const std::vector<double>& cost() const { return cost_; }  // the mean cost of the last update
   const std::vector<double>& levels() const { return levels_; }
   const std::vector<double>& timesteps() const { return timesteps_; }  // empty until ready
   int steps() const { return steps_; }
   int64_t nfe() const { return nfe_; }
-  // For checkpoints: "sum", "count", "timesteps", "levels", "steps" as tensors.
+  // For checkpoints: "levels", "sum", "count" (since the last update), "cost", "timesteps",
+  // "steps", "nfe" as tensors.
   std::vector<std::pair<std::string, torch::Tensor>> state() const;
   void load_state(const std::vector<std::pair<std::string, torch::Tensor>>& state);
 
@@ -63,14 +73,15 @@ class OnlineScheduleEstimator {
   const NoiseSchedule& schedule_;
   std::vector<double> levels_, sum_;
   std::vector<int64_t> count_;
-  std::vector<double> timesteps_;
+  std::vector<double> cost_, timesteps_;
   int steps_, min_estimates_;
   double gamma_;
   int64_t nfe_ = 0;
 };
 
-// The grid for S steps from a checkpoint's schedule state: its smoothed timesteps when S is the
-// estimator's S, else the optimum of its mean cost. Throws ConfigError when it holds none yet.
+// The grid for S steps (score_grid's footing) from a checkpoint's schedule state: its smoothed
+// timesteps when S is the estimator's S, else the optimum of its last mean cost. Throws
+// ConfigError when it holds none yet.
 std::vector<double> timesteps_from_state(const std::vector<std::pair<std::string, torch::Tensor>>& state, int steps);
 
 }  // namespace s2dm::sample

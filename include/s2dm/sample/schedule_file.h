@@ -1,7 +1,7 @@
 #pragma once
-// Schedule files: what `s2dm schedule` writes (the S-step grids of a model's score-optimal
-// schedule, with the cost they came from) and a plot beside each. Read back by timesteps
-// "learned:FILE" and by the experiment driver.
+// Schedule files: what `s2dm schedule` writes (the S-step grids of a model's score-optimal or
+// solver-aware dp schedule, with the curve they came from) and a plot beside each. Read back by
+// timesteps "learned:FILE" and by the experiment driver.
 #include <torch/types.h>
 
 #include <map>
@@ -10,16 +10,34 @@
 
 #include "s2dm/diffusion/noise_schedule.h"
 #include "s2dm/model/eps_model.h"
+#include "s2dm/sample/dp_schedule.h"
 #include "s2dm/sample/learned_schedule.h"
 
 namespace s2dm::sample {
 
-// schedule.yaml: timesteps per S, levels, cost and NFE; read back by --timesteps learned:FILE.
-void write_schedule_file(const std::string& path, const ScheduleCost& cost,
-                         const std::map<int, std::vector<double>>& timesteps, int num_timesteps);
-// The S steps of a schedule file (dropping the final 0, which the end point replaces). Throws
-// ConfigError when the file lacks S or was made for another T.
-std::vector<double> read_schedule_file(const std::string& path, int steps, int num_timesteps);
+// A schedule file's contents. Every grid holds S evaluation times from T-1 down to 0; the
+// sampler's end step follows, as on every other grid.
+struct ScheduleFile {
+  std::string method = "score";                  // score (Williams et al.) | dp (solver-aware)
+  std::string sampler;                           // dp: the sampler the grids were searched for,
+  int order = -1;                                //     and its order (-1: the sampler's default)
+  int64_t nfe = 0;                               // network evaluations spent
+  std::map<int, std::vector<double>> timesteps;  // S -> its grid
+  std::vector<double> levels, cost;  // score: cost between neighbouring levels; dp: error of one-level jumps
+  std::map<int, double> end_error;   // dp: the sampler's RMS end-point error on each grid
+  std::string origin;                // the file read, for messages
+
+  // The grid for S steps. Throws ConfigError naming the file when it holds none.
+  std::vector<double> grid(int steps) const;
+  // "score" or e.g. "dp for deis (order 3)", for messages.
+  std::string description() const;
+};
+
+// schedule.yaml, read back by --timesteps learned:FILE.
+void write_schedule_file(const std::string& path, const ScheduleFile& file, int num_timesteps);
+// Throws ConfigError when the file is not a schedule file, was made for another T, or by an s2dm
+// whose grids stopped short of t = 0 (before format 2).
+ScheduleFile read_schedule_file(const std::string& path, int num_timesteps);
 
 // What `s2dm schedule` does: the cost on `num_levels` levels, averaged over `num` images drawn
 // (by `seed`) from `images` (uint8 NCHW), the grids for each S in `steps`, written as `out`
@@ -28,6 +46,12 @@ std::vector<double> read_schedule_file(const std::string& path, int steps, int n
 ScheduleCost learn_schedule(const EpsModel& model, const NoiseSchedule& schedule, const torch::Tensor& images,
                             int num_levels, int64_t num, uint64_t seed, int64_t batch, const std::vector<int>& steps,
                             const torch::Device& device, const std::string& out);
+// What `s2dm schedule --method dp` does: dp_schedule for `sampling` (sampler, order, end point),
+// written as `out` with a plot beside it (the one-level jump error, then the dp grid of the first
+// S against the uniform and quadratic grids).
+ScheduleFile search_dp_schedule(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& sampling,
+                                const std::vector<int64_t>& image_shape, const std::vector<int>& steps,
+                                const DpOptions& options, const torch::Device& device, const std::string& out);
 // The plot path beside a schedule file.
 std::string schedule_plot_path(const std::string& schedule_file);
 

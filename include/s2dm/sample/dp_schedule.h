@@ -1,0 +1,63 @@
+#pragma once
+// Solver-aware optimal time grids ("dp"), after the trajectory-regularity line of work (GITS,
+// Chen et al. 2024; docs/algorithms.md §5): for one sampler, the grid of S network evaluations
+// whose steps make the least error against the model's own trajectories.
+//
+//  1. Reference trajectories: x_T ~ N(0, I) (the samples' own seeded noise) integrated from T-1
+//     to the end point by a third-order multistep solver on a fine grid that contains every
+//     candidate level, keeping the state at each candidate.
+//  2. The cost of a jump i → j between candidates: the RMS error of one first-order
+//     (exponential-integrator, = DDIM) step from the reference state at i against the reference
+//     state at j.
+//  3. Dynamic programming: the path of S-1 jumps from T-1 to 0 with the least total cost; the
+//     sampler's end step from t = 0 follows, as on every grid.
+//  4. Multistep samplers use ε from earlier grid points, which a pairwise cost cannot see:
+//     `sweeps` rounds of coordinate search then move single grid points among the candidates,
+//     keeping a move when the full sampler's end-point error against the reference falls (real
+//     network evaluations on `search_samples` trajectories).
+#include <torch/types.h>
+
+#include <map>
+#include <vector>
+
+#include "s2dm/core/config.h"
+#include "s2dm/diffusion/noise_schedule.h"
+#include "s2dm/model/eps_model.h"
+
+namespace s2dm::sample {
+
+struct DpOptions {
+  int levels = 100;             // candidate times from 0 to T-1: half uniform in t, half in log-SNR
+  int substeps = 4;             // reference solver steps per candidate interval
+  int64_t samples = 64;         // reference trajectories for the jump costs
+  int64_t search_samples = 32;  // of them, the ones the coordinate search runs the sampler on
+  int sweeps = -1;              // coordinate-search rounds; -1: 2 for multistep samplers, 0 for one-step ones
+  int64_t batch = 64;           // network batch
+  uint64_t seed = 0;            // the reference noise (initial_noise's seed)
+  bool show_progress = true;
+};
+
+struct DpSchedule {
+  std::vector<double> levels;          // the candidates, increasing from 0 to T-1
+  std::vector<double> step_error;      // the cost of each one-level jump (levels - 1 values)
+  std::map<int, std::vector<double>> grids;        // S → S evaluation times, T-1 ... 0
+  std::map<int, double> end_error;     // S → the sampler's RMS end-point error on the grid (search samples)
+  int64_t nfe = 0;                     // network evaluations spent
+};
+
+// The candidate levels: `count` increasing times from 0 to T-1, half uniform in t and half uniform
+// in log-SNR (dense where the noise is small), merged and kept at least 0.25 apart.
+std::vector<double> dp_candidate_levels(const NoiseSchedule& schedule, int count);
+
+// The cheapest path of `jumps` jumps from the last candidate to the first, where cost[i][j]
+// (i > j) is the cost of jumping from candidate i to candidate j. Returns candidate indices,
+// decreasing. Throws ConfigError when jumps is not in [1, candidates - 1].
+std::vector<int> cheapest_path(const std::vector<std::vector<double>>& cost, int jumps);
+
+// The dp grids of `sampling` (its sampler, order and end point; deterministic samplers only,
+// else ConfigError) for each S in `steps`, for images of `image_shape` ([C, H, W]).
+DpSchedule dp_schedule(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& sampling,
+                       const std::vector<int64_t>& image_shape, const std::vector<int>& steps, const DpOptions& options,
+                       const torch::Device& device);
+
+}  // namespace s2dm::sample

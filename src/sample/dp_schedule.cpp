@@ -1,0 +1,198 @@
+// Solver-aware optimal grids: reference trajectories, jump costs, the cheapest path, and the
+// coordinate search with the full sampler (dp_schedule.h says what each step is for).
+#include "s2dm/sample/dp_schedule.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "s2dm/core/errors.h"
+#include "s2dm/core/progress.h"
+#include "s2dm/sample/generate.h"
+#include "s2dm/sample/samplers.h"
+#include "s2dm/sample/timesteps.h"
+
+namespace s2dm::sample {
+
+std::vector<double> dp_candidate_levels(const NoiseSchedule& schedule, int count) {
+  const int T = schedule.num_timesteps();
+  if (count < 2) throw ConfigError("dp: levels = " + std::to_string(count) + " must be at least 2");
+  std::vector<double> all;
+  const int in_t = count - count / 2, in_snr = count / 2;
+  for (int i = 0; i < in_t; ++i) all.push_back(in_t > 1 ? (T - 1.0) * i / (in_t - 1) : 0.0);
+  auto log_snr = [&](double t) { const double a = schedule.alpha_bar(t); return std::log(a / (1 - a)); };
+  const double hi = log_snr(0), lo = log_snr(T - 1);
+  for (int i = 1; i + 1 < in_snr; ++i) {
+    const double l = hi + (lo - hi) * i / (in_snr - 1);
+    all.push_back(time_of_alpha_bar(schedule, 1 / (1 + std::exp(-l))));
+  }
+  std::sort(all.begin(), all.end());
+  std::vector<double> levels{0.0};
+  for (double t : all)
+    if (t - levels.back() >= 0.25 && T - 1.0 - t >= 0.25) levels.push_back(t);
+  levels.push_back(T - 1.0);
+  return levels;
+}
+
+std::vector<int> cheapest_path(const std::vector<std::vector<double>>& cost, int jumps) {
+  const int n = static_cast<int>(cost.size());
+  if (jumps < 1 || jumps > n - 1)
+    throw ConfigError("dp: " + std::to_string(jumps) + " jumps need more candidate levels (there are " +
+                      std::to_string(n) + ")");
+  const double inf = std::numeric_limits<double>::infinity();
+  // best[m][j]: the least cost of reaching candidate j from the last one in m jumps; from[m][j]
+  // the candidate it came from.
+  std::vector<std::vector<double>> best(jumps + 1, std::vector<double>(n, inf));
+  std::vector<std::vector<int>> from(jumps + 1, std::vector<int>(n, -1));
+  best[0][n - 1] = 0.0;
+  for (int m = 1; m <= jumps; ++m)
+    for (int j = 0; j < n; ++j)
+      for (int i = j + 1; i < n; ++i)
+        if (best[m - 1][i] + cost[i][j] < best[m][j]) {
+          best[m][j] = best[m - 1][i] + cost[i][j];
+          from[m][j] = i;
+        }
+  std::vector<int> path{0};
+  for (int m = jumps; m > 0; --m) path.push_back(from[m][path.back()]);
+  std::reverse(path.begin(), path.end());
+  return path;
+}
+
+namespace {
+
+// The states of the reference trajectories at every candidate level ([levels, n, D], float64,
+// CPU; index k is levels[k]) and at the end point ([n, D]).
+struct Reference {
+  torch::Tensor states, eps, end;
+};
+
+Reference reference_trajectories(const EpsModel& model, const NoiseSchedule& schedule, const torch::Tensor& noise,
+                                 const std::vector<double>& levels, const DpOptions& o, const std::string& final_alpha,
+                                 const torch::Device& device, int64_t& nfe) {
+  const int n_levels = static_cast<int>(levels.size());
+  std::vector<double> fine;  // decreasing, candidate k at index (n_levels - 1 - k) * substeps
+  for (int k = n_levels - 1; k > 0; --k)
+    for (int s = 0; s < o.substeps; ++s) fine.push_back(levels[k] + (levels[k - 1] - levels[k]) * s / o.substeps);
+  fine.push_back(0.0);
+  const Grid grid = make_grid(fine, schedule, final_alpha);
+  const auto& solver = find_sampler("deis");
+  SamplerOptions third_order;
+  third_order.order = 3;
+  const int64_t n = noise.size(0), dim = noise[0].numel();
+  Reference ref{torch::empty({n_levels, n, dim}, torch::kFloat64), torch::empty({n_levels, n, dim}, torch::kFloat64),
+                torch::empty({n, dim}, torch::kFloat64)};
+  Progress progress("dp reference", n, "trajectory");
+  for (int64_t first = 0; first < n; first += o.batch) {
+    const int64_t count = std::min(o.batch, n - first);
+    auto keep = [&](int k, const torch::Tensor& x) {
+      ref.states[k].slice(0, first, first + count).copy_(x.reshape({count, dim}).to(torch::kCPU, torch::kFloat64));
+    };
+    auto x = noise.slice(0, first, first + count).to(device);
+    keep(n_levels - 1, x);
+    auto run = run_sampler(solver, model, x, grid, third_order, [&](const StepInfo& step) {
+      const int f = step.index + 1;
+      if (f % o.substeps == 0 && f / o.substeps < n_levels) keep(n_levels - 1 - f / o.substeps, step.x);
+    });
+    ref.end.slice(0, first, first + count).copy_(run.x.reshape({count, dim}).to(torch::kCPU, torch::kFloat64));
+    nfe += run.nfe * count;
+    for (int k = 0; k < n_levels; ++k) {  // ε at each candidate's reference state
+      auto xk = ref.states[k].slice(0, first, first + count).reshape(noise.slice(0, 0, count).sizes());
+      auto e = eval_eps(model, xk.to(device, torch::kFloat32), levels[k]);
+      ref.eps[k].slice(0, first, first + count).copy_(e.reshape({count, dim}).to(torch::kCPU, torch::kFloat64));
+    }
+    nfe += n_levels * count;
+    if (o.show_progress) progress.update(first + count);
+  }
+  if (o.show_progress) progress.finish();
+  return ref;
+}
+
+// cost[i][j], i > j: the RMS error of one first-order step from the reference state at level i
+// to level j, against the reference state at j.
+std::vector<std::vector<double>> jump_costs(const Reference& ref, const std::vector<double>& levels,
+                                            const NoiseSchedule& schedule) {
+  const int n_levels = static_cast<int>(levels.size());
+  const double n = static_cast<double>(ref.states.size(1));
+  std::vector<std::vector<double>> cost(n_levels, std::vector<double>(n_levels, 0.0));
+  for (int i = 1; i < n_levels; ++i) {
+    const double a = schedule.alpha_bar(levels[i]);
+    for (int j = 0; j < i; ++j) {
+      auto error = transfer(ref.states[i], ref.eps[i], a, schedule.alpha_bar(levels[j])) - ref.states[j];
+      cost[i][j] = std::sqrt(error.square().sum().item<double>() / n);
+    }
+  }
+  return cost;
+}
+
+}  // namespace
+
+DpSchedule dp_schedule(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& sampling,
+                       const std::vector<int64_t>& image_shape, const std::vector<int>& steps, const DpOptions& o,
+                       const torch::Device& device) {
+  const SamplerInfo& sampler = find_sampler(sampling.sampler);
+  const SamplerOptions options = sampler_options(sampling);
+  check_options(sampler, options);
+  if (sampler.stochastic || options.eta != 0)
+    throw ConfigError("dp grids are searched for deterministic samplers; '" + sampler.name + "'" +
+                      (options.eta != 0 ? " with eta = " + std::to_string(options.eta) : "") + " is stochastic");
+  if (o.substeps < 1 || o.samples < 1 || o.batch < 1 || o.search_samples < 1)
+    throw ConfigError("dp: substeps, samples, search samples and batch must be positive");
+  for (int s : steps)
+    if (s < 1 || s > o.levels) throw ConfigError("dp: steps = " + std::to_string(s) + " needs levels >= steps");
+  const int order = options.order >= 0 ? options.order : sampler.default_order;
+  const int sweeps = o.sweeps >= 0 ? o.sweeps : sampler.accuracy(order) > 1 ? 2 : 0;
+
+  DpSchedule out;
+  out.levels = dp_candidate_levels(schedule, o.levels);
+  auto noise = initial_noise(0, o.samples, image_shape, o.seed);
+  const auto ref = reference_trajectories(model, schedule, noise, out.levels, o, sampling.final_alpha, device, out.nfe);
+  const auto cost = jump_costs(ref, out.levels, schedule);
+  for (size_t k = 0; k + 1 < out.levels.size(); ++k) out.step_error.push_back(cost[k + 1][k]);
+
+  // The full sampler's RMS end-point error on a grid of candidate indices (decreasing).
+  const int64_t m = std::min(o.search_samples, o.samples);
+  auto search_noise = noise.slice(0, 0, m), search_end = ref.end.slice(0, 0, m);
+  auto end_error = [&](const std::vector<int>& path) {
+    std::vector<double> ts;
+    for (int k : path) ts.push_back(out.levels[k]);
+    const Grid grid = make_grid(ts, schedule, sampling.final_alpha);
+    double sum = 0;
+    for (int64_t first = 0; first < m; first += o.batch) {
+      const int64_t count = std::min(o.batch, m - first);
+      auto run = run_sampler(sampler, model, search_noise.slice(0, first, first + count).to(device), grid, options);
+      out.nfe += run.nfe * count;
+      auto x = run.x.reshape({count, -1}).to(torch::kCPU, torch::kFloat64);
+      sum += (x - search_end.slice(0, first, first + count)).square().sum().item<double>();
+    }
+    return std::sqrt(sum / static_cast<double>(m));
+  };
+
+  const int top = static_cast<int>(out.levels.size()) - 1;
+  for (int S : steps) {
+    std::vector<int> path = S == 1 ? std::vector<int>{top} : cheapest_path(cost, S - 1);
+    double error = end_error(path);
+    Progress progress("dp search, " + std::to_string(S) + " steps", sweeps, "sweep");
+    for (int sweep = 0; sweep < sweeps; ++sweep) {
+      for (int delta : {4, 2, 1})
+        for (int p = 1; p + 1 < S; ++p)
+          for (int direction : {-1, 1}) {
+            const int moved = path[p] + direction * delta;
+            if (moved <= path[p + 1] || moved >= path[p - 1]) continue;
+            auto trial = path;
+            trial[p] = moved;
+            const double e = end_error(trial);
+            if (e < error) path = std::move(trial), error = e;
+          }
+      if (o.show_progress) progress.update(sweep + 1);
+    }
+    std::vector<double> ts;
+    for (int k : path) ts.push_back(out.levels[k]);
+    out.grids[S] = ts;
+    out.end_error[S] = error;
+  }
+  return out;
+}
+
+}  // namespace s2dm::sample
