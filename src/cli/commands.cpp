@@ -204,8 +204,8 @@ int samplers(int argc, char** argv) {
     std::printf("  %s\n", s.description.c_str());
   }
   std::printf("\nNFE: network evaluations per image for S steps. Time grids (--timesteps): uniform, quad, linspace,\n"
-              "trailing, leading, logsnr, karras (sample.karras_rho), a list 999,500,0 or file:PATH;\n"
-              "sample.final_alpha one|first.\n");
+              "trailing, leading, logsnr, karras (sample.karras_rho), a list 999,500,0, file:PATH, learned (a\n"
+              "checkpoint's online score grid) or learned:FILE (s2dm schedule: score or dp); sample.final_alpha one|first.\n");
   return 0;
 }
 
@@ -222,7 +222,7 @@ int sample(int argc, char** argv) {
       "lambda", "lambda of lambda-ddim", cxxopts::value<double>())(
       "skip-tuning", "Skip-Tuning: RHO_BOTTOM[,RHO_TOP] (deepest and top skip factors; RHO_TOP defaults to 1)",
       cxxopts::value<std::string>())(
-      "timesteps", "time grid: uniform|quad|linspace|trailing|leading|logsnr|karras|999,500,0|file:PATH",
+      "timesteps", "time grid: uniform|quad|linspace|trailing|leading|logsnr|karras|999,500,0|file:PATH|learned|learned:FILE",
       cxxopts::value<std::string>())(
       "num", "number of images", cxxopts::value<int64_t>())("batch", "batch size", cxxopts::value<int>())(
       "seed", "random seed", cxxopts::value<uint64_t>())(

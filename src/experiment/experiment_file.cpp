@@ -113,9 +113,29 @@ void read_models(const Reader& r, const YAML::Node& node, Experiment& e) {
   }
 }
 
-// Sweep values as the text of a --set value; Skip-Tuning "none" is the empty section.
+// Sweep values as the text of a --set value; Skip-Tuning "none" is the empty section, and so is
+// "tuned" until the search has found its ρ.
 std::string override_text(const std::string& key, const std::string& value) {
-  return key == "skip_tuning" && value == "none" ? "{}" : value;
+  return key == "skip_tuning" && (value == "none" || value == "tuned") ? "{}" : value;
+}
+
+void read_tune_skip(const Reader& r, const YAML::Node& node, Experiment& e) {
+  if (!node) return;
+  r.check_keys(node, "tune_skip", {"range", "points", "refine", "rho_top", "proxy_samples", "seed"});
+  auto& t = e.tune_skip;
+  if (const auto range = node["range"]) {
+    if (!range.IsSequence() || range.size() != 2) r.fail(range, "tune_skip.range: expected [lo, hi]");
+    t.lo = r.scalar<double>(range[0], "tune_skip.range", "a number");
+    t.hi = r.scalar<double>(range[1], "tune_skip.range", "a number");
+    if (!(t.lo < t.hi)) r.fail(range, "tune_skip.range: expected [lo, hi] with lo < hi");
+  }
+  if (node["points"]) t.points = r.scalar<int>(node["points"], "tune_skip.points", "an integer");
+  if (node["refine"]) t.refine = r.scalar<int>(node["refine"], "tune_skip.refine", "an integer");
+  if (node["rho_top"]) t.rho_top = r.scalar<double>(node["rho_top"], "tune_skip.rho_top", "a number");
+  if (node["proxy_samples"]) t.proxy_samples = r.scalar<int64_t>(node["proxy_samples"], "tune_skip.proxy_samples", "an integer");
+  if (node["seed"]) t.seed = r.scalar<uint64_t>(node["seed"], "tune_skip.seed", "a non-negative integer");
+  if (t.points < 2 || t.refine < 0 || t.proxy_samples < 2)
+    r.fail(node, "tune_skip: points must be at least 2, refine at least 0, proxy_samples at least 2");
 }
 
 void read_sweep(const Reader& r, const YAML::Node& node, Experiment& e, int& sweep_line) {
@@ -207,8 +227,16 @@ void read_metric(const Reader& r, const YAML::Node& node, Experiment& e) {
 
 void read_schedule(const Reader& r, const YAML::Node& node, Experiment& e) {
   if (!node) return;
-  r.check_keys(node, "schedule", {"levels", "samples", "batch", "seed"});
+  r.check_keys(node, "schedule", {"levels", "samples", "batch", "seed", "dp"});
   auto& s = e.schedule;
+  if (const auto dp = node["dp"]) {
+    r.check_keys(dp, "schedule.dp", {"levels", "samples", "sweeps"});
+    if (dp["levels"]) s.dp.levels = r.scalar<int>(dp["levels"], "schedule.dp.levels", "an integer");
+    if (dp["samples"]) s.dp.samples = r.scalar<int64_t>(dp["samples"], "schedule.dp.samples", "an integer");
+    if (dp["sweeps"]) s.dp.sweeps = r.scalar<int>(dp["sweeps"], "schedule.dp.sweeps", "an integer");
+    if (s.dp.levels < 2 || s.dp.samples < 1 || s.dp.sweeps < -1)
+      r.fail(dp, "schedule.dp: levels must be at least 2, samples positive, sweeps -1 (default) or more");
+  }
   if (node["levels"]) s.levels = r.scalar<int>(node["levels"], "schedule.levels", "an integer");
   if (node["samples"]) s.samples = r.scalar<int64_t>(node["samples"], "schedule.samples", "an integer");
   if (node["batch"]) s.batch = r.scalar<int64_t>(node["batch"], "schedule.batch", "an integer");
@@ -228,8 +256,15 @@ void check_settings(const Reader& r, const Experiment& e, int sweep_line) {
       if (sample::uses_learned_schedule(c) && c.steps >= e.schedule.levels)
         throw ConfigError(where + "timesteps learned with " + std::to_string(c.steps) + " steps needs schedule.levels > " +
                           std::to_string(c.steps));
+      if (sample::uses_dp_schedule(c)) {
+        if (c.steps > e.schedule.dp.levels)
+          throw ConfigError(where + "timesteps dp with " + std::to_string(c.steps) + " steps needs schedule.dp.levels >= " +
+                            std::to_string(c.steps));
+        if (sample::find_sampler(c.sampler).stochastic || c.eta != 0)
+          throw ConfigError(where + "timesteps dp needs a deterministic sampler (dp grids follow the ODE's trajectories)");
+      }
       try {
-        // (The learned schedule is estimated when the model runs: the uniform grid stands in.)
+        // (Learned and dp grids are found when the model runs: the uniform grid stands in.)
         sample::plan_sampling(c, schedule, {{}, "", /*uniform_until_ready=*/true});
         model::check_skip_tuning(m.config.model, c.skip_tuning);
       } catch (const ConfigError& err) {
@@ -240,6 +275,32 @@ void check_settings(const Reader& r, const Experiment& e, int sweep_line) {
 }
 
 }  // namespace
+
+bool tunes_skips(const Experiment& e, const Setting& s) {
+  auto is_tuned = [](const std::map<std::string, std::string>& values) {
+    auto it = values.find("skip_tuning");
+    return it != values.end() && it->second == "tuned";
+  };
+  return is_tuned(s.values) || (!s.values.count("skip_tuning") && is_tuned(e.sample));
+}
+
+std::vector<std::pair<double, double>> search_minimum(const std::function<double(double)>& f, double lo, double hi,
+                                                     int points, int refine) {
+  std::map<double, double> tried;
+  auto at = [&](double x) {
+    auto it = tried.find(x);
+    return it != tried.end() ? it->second : tried[x] = f(x);
+  };
+  double spacing = (hi - lo) / (points - 1);
+  for (int i = 0; i < points; ++i) at(i + 1 == points ? hi : lo + i * spacing);
+  for (int round = 0; round < refine; ++round) {
+    spacing /= 2;
+    const double best = std::min_element(tried.begin(), tried.end(), [](auto& a, auto& b) { return a.second < b.second; })->first;
+    for (double x : {best - spacing, best + spacing})
+      if (x >= lo && x <= hi) at(x);
+  }
+  return {tried.begin(), tried.end()};
+}
 
 SampleConfig sample_config(const Experiment& e, const ModelSpec& m, const Setting& s) {
   std::vector<std::string> overrides;
@@ -267,7 +328,7 @@ Experiment load_experiment(const std::string& path) {
   }
   Reader r(path);
   r.check_keys(root, "", {"name", "out", "device", "threads", "seeds", "models", "baseline", "sample", "sweep", "metric", "schedule",
-                      "table"});
+                      "tune_skip", "table"});
   Experiment e;
   e.path = path;
   e.name = root["name"] ? r.scalar<std::string>(root["name"], "name", "a string") : fs::path(path).stem().string();
@@ -311,6 +372,7 @@ Experiment load_experiment(const std::string& path) {
   }
   read_metric(r, root["metric"], e);
   read_schedule(r, root["schedule"], e);
+  read_tune_skip(r, root["tune_skip"], e);
   if (e.metric.features == "classifier") {
     const auto& data = e.models.front().config.data;
     if (!data::find_dataset(data.dataset).labelled)

@@ -96,19 +96,43 @@ SampleConfig effective_settings(SampleConfig c) {
 
 }  // namespace
 
-std::string learned_schedule_file(const Experiment& e, const ModelSpec& m, const std::vector<int>& steps) {
-  // ("format 2": grids of S evaluations ending at t = 0; files of the earlier format are remade.)
-  std::string text = m.key + "\nformat 2\n" + std::to_string(e.schedule.levels) + "|" + std::to_string(e.schedule.samples) + "|" +
-                     std::to_string(e.schedule.seed);
-  for (int s : steps) text += "|" + std::to_string(s);
-  return e.out + "/schedules/" + m.name + "-" + hash_key(text) + ".yaml";
+namespace {
+
+// What a unit's grid file depends on besides the model and its step counts: the method and its
+// settings, and for dp the sampler settings the grid is searched for (Skip-Tuning included, as it
+// changes the model). Empty for grids that need no file.
+std::string grid_family(const Experiment& e, const SampleConfig& config) {
+  const auto& s = e.schedule;
+  if (sample::uses_learned_schedule(config))
+    return "score " + std::to_string(s.levels) + "|" + std::to_string(s.samples) + "|" + std::to_string(s.seed);
+  if (!sample::uses_dp_schedule(config)) return "";
+  Config c;
+  c.sample = effective_settings(config);
+  c.sample.steps = SampleConfig{}.steps;
+  return "dp " + std::to_string(s.dp.levels) + "|" + std::to_string(s.dp.samples) + "|" + std::to_string(s.dp.sweeps) +
+         "|" + std::to_string(s.seed) + "\n" + to_yaml(c);
 }
 
-std::vector<int> learned_steps(const std::vector<Unit>& units, const ModelSpec& m) {
-  std::set<int> steps;
-  for (const auto& u : units)
-    if (u.model == &m && sample::uses_learned_schedule(u.config)) steps.insert(u.config.steps);
-  return {steps.begin(), steps.end()};
+}  // namespace
+
+std::vector<GridFile> grid_files(const Experiment& e, const std::vector<Unit>& units) {
+  std::vector<std::string> family;
+  std::map<std::pair<const ModelSpec*, std::string>, std::set<int>> steps;
+  for (const auto& u : units) {
+    family.push_back(grid_family(e, u.config));
+    if (!family.back().empty()) steps[{u.model, family.back()}].insert(u.config.steps);
+  }
+  std::vector<GridFile> out(units.size());
+  for (size_t i = 0; i < units.size(); ++i) {
+    if (family[i].empty()) continue;
+    const auto& shared = steps.at({units[i].model, family[i]});
+    out[i].steps.assign(shared.begin(), shared.end());
+    // ("format 2": grids of S evaluations ending at t = 0; files of the earlier format are remade.)
+    std::string text = units[i].model->key + "\nformat 2\n" + family[i];
+    for (int s : out[i].steps) text += "|" + std::to_string(s);
+    out[i].path = e.out + "/schedules/" + units[i].model->name + "-" + hash_key(text) + ".yaml";
+  }
+  return out;
 }
 
 Plan plan_units(const Experiment& e, const Measurer& measurer) {
@@ -140,14 +164,26 @@ Plan plan_units(const Experiment& e, const Measurer& measurer) {
         units.push_back(std::move(u));
       }
     }
-  // A learned grid's file (and so the key) depends on every learned step count of the model.
-  std::map<const ModelSpec*, std::string> learned_files;
-  for (auto& u : units)
-    if (sample::uses_learned_schedule(u.config)) {
-      auto& file = learned_files[u.model];
-      if (file.empty()) file = learned_schedule_file(e, *u.model, learned_steps(units, *u.model));
-      place(u, hash_key(u.key + "\nlearned " + file));
-    }
+  // A learned or dp grid's file (and so the key) depends on every step count that shares it.
+  const auto files = grid_files(e, units);
+  for (size_t i = 0; i < units.size(); ++i)
+    if (!files[i].path.empty()) place(units[i], hash_key(units[i].key + "\nlearned " + files[i].path));
+  // A tuned unit's ρ (and so its key) comes from its search: the model, the settings and grid it
+  // samples with, the proxy's feature space and reference, and the search itself.
+  const auto& t = e.tune_skip;
+  const std::string search = std::to_string(t.lo) + "|" + std::to_string(t.hi) + "|" + std::to_string(t.points) + "|" +
+                             std::to_string(t.refine) + "|" + std::to_string(t.rho_top) + "|" +
+                             std::to_string(t.proxy_samples) + "|" + std::to_string(t.seed);
+  for (size_t i = 0; i < units.size(); ++i) {
+    auto& u = units[i];
+    if (!tunes_skips(e, *u.setting)) continue;
+    Config c;
+    c.sample = effective_settings(u.config);
+    const std::string text = u.model->key + "\n" + to_yaml(c) + files[i].path + "\n" + measurer.identity() + "\n" +
+                             measurer.reference_identity(*u.model) + "\n" + search;
+    u.tuning_file = e.out + "/tuning/" + u.model->name + "-" + hash_key(text) + ".json";
+    place(u, hash_key(u.key + "\ntuned " + u.tuning_file));
+  }
   for (const auto& m : e.models)
     if (!m.train_config.empty()) plan.states[m.name] = train_state(e, m);
   return plan;

@@ -28,6 +28,7 @@ struct Unit {
   std::string key, metric_key, dir;
   int64_t nfe = 0;
   bool has_samples = false, has_metric = false;
+  std::string tuning_file;  // skip_tuning: tuned: the Skip-Tuning search's result (shared by the seeds)
   std::string metric_file() const { return dir + "/metric-" + metric_key + ".json"; }
 };
 
@@ -75,9 +76,13 @@ Plan plan_units(const Experiment& e, const Measurer& measurer);
 RunSummary show_plan(const Experiment& e, const Plan& plan, const torch::Device& device,
                      const std::function<bool(const ModelSpec&)>& selected);
 
-// The offline learned schedule of a model for every step count its "learned" settings use,
-// estimated once and kept beside the model; the step counts.
-std::string learned_schedule_file(const Experiment& e, const ModelSpec& m, const std::vector<int>& steps);
-std::vector<int> learned_steps(const std::vector<Unit>& units, const ModelSpec& m);
+// The file each unit's learned or dp grid comes from: the model's score-optimal schedule, or its
+// dp grids for the unit's sampler settings, for every step count of the units that share it
+// (found once, kept under schedules/). Empty for grids that need no file.
+struct GridFile {
+  std::string path;
+  std::vector<int> steps;
+};
+std::vector<GridFile> grid_files(const Experiment& e, const std::vector<Unit>& units);
 
 }  // namespace s2dm::experiment

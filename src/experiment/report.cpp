@@ -276,14 +276,27 @@ void write_report(const ReportSpec& e, const ReportInputs& in) {
   }
   if (auto f = loss_plot(in.training_metrics, plots, e.name)) h << "<h2>Training</h2>\n" << figure_html(*f);
   if (!in.schedule_plots.empty()) {
-    h << "<h2>Learned schedules</h2>\n";
-    for (const auto& [model, png] : in.schedule_plots) {
-      const std::string copy = plots + "/" + slug(e.name + "_" + model) + "_learned_schedule.png";
+    h << "<h2>Learned grids</h2>\n";
+    for (const auto& [label, png] : in.schedule_plots) {
+      const std::string copy = plots + "/" + slug(e.name + "_" + label) + "_grid.png";
       if (fs::absolute(png) != fs::absolute(copy)) fs::copy_file(png, copy, fs::copy_options::overwrite_existing);
-      Figure f{model, copy,
-               "Top: the estimated cost between neighbouring noise levels (log scale) against t. Below: the learned grid, "
-               "the uniform grid and the quadratic grid for the smallest step count.",
-               {{"learned", {0, 0, 0}}, {"uniform", {140, 140, 140}}, {"quad", {40, 80, 200}}}};
+      Figure f{label, copy,
+               "Top, against t (log scale): for the score-optimal grid the estimated corrector cost between "
+               "neighbouring noise levels; for a dp grid the error of one first-order step between neighbouring "
+               "candidate levels. Below: the grid for the smallest step count, the uniform grid and the quadratic grid.",
+               {{"this grid", {0, 0, 0}}, {"uniform", {140, 140, 140}}, {"quad", {40, 80, 200}}}};
+      h << figure_html(f);
+    }
+  }
+  if (!in.tuning_plots.empty()) {
+    h << "<h2>Skip-Tuning search</h2>\n";
+    for (const auto& [label, png] : in.tuning_plots) {
+      const std::string copy = plots + "/" + slug(e.name + "_" + label) + "_tuning.png";
+      if (fs::absolute(png) != fs::absolute(copy)) fs::copy_file(png, copy, fs::copy_options::overwrite_existing);
+      Figure f{label, copy,
+               "The proxy distance (few samples, the same initial noise for every candidate) against ρ_bottom; the "
+               "square marks the winner, measured on the full metric in the tables.",
+               {{"proxy", {200, 30, 30}}, {"winner", {0, 0, 0}}}};
       h << figure_html(f);
     }
   }

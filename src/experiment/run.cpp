@@ -16,6 +16,8 @@
 #include "s2dm/data/data.h"
 #include "s2dm/experiment/report.h"
 #include "s2dm/io/file_io.h"
+#include "s2dm/io/image_io.h"
+#include "s2dm/io/plot.h"
 #include "s2dm/model/model_source.h"
 #include "s2dm/sample/generate.h"
 #include "s2dm/sample/schedule_file.h"
@@ -74,23 +76,86 @@ bool ensure_trained(const ModelSpec& m, const TrainState& state, RunSummary& sum
   return !result.interrupted;
 }
 
-// The model's learned schedule file for the step counts its units use, estimated when missing.
-sample::LearnedSchedule learned_schedule(const Experiment& e, const ModelSpec& m, const std::vector<Unit>& units,
-                                         const model::LoadedModel& loaded, const NoiseSchedule& schedule,
-                                         const torch::Device& device) {
-  sample::LearnedSchedule learned;
-  const auto steps = learned_steps(units, m);
-  if (steps.empty()) return learned;
-  learned.file = learned_schedule_file(e, m, steps);
-  if (!fs::exists(learned.file)) {
-    fs::create_directories(fs::path(learned.file).parent_path());
+std::string tuning_plot_path(const std::string& tuning_file) {
+  return fs::path(tuning_file).replace_extension(".png").string();
+}
+
+// The unit's learned or dp grid file (none for other grids), found when missing: the model's
+// score-optimal schedule from its data, or its dp grids for the unit's sampler settings.
+sample::LearnedSchedule grid_source(const Experiment& e, const Unit& u, const GridFile& file,
+                                    const model::LoadedModel& loaded, const NoiseSchedule& schedule,
+                                    const torch::Device& device) {
+  sample::LearnedSchedule source;
+  source.file = file.path;
+  if (file.path.empty() || fs::exists(file.path)) return source;
+  const ModelSpec& m = *u.model;
+  fs::create_directories(fs::path(file.path).parent_path());
+  if (sample::uses_learned_schedule(u.config)) {
     spdlog::info("{}: estimating the score-optimal schedule ({} levels, {} images)", m.name, e.schedule.levels,
                  e.schedule.samples);
     auto images = data::load_dataset(m.config.data).images;
     sample::learn_schedule(loaded.eps_fp32(), schedule, images, e.schedule.levels, e.schedule.samples, e.schedule.seed,
-                           e.schedule.batch, steps, device, learned.file);
+                           e.schedule.batch, file.steps, device, file.path);
+  } else {
+    spdlog::info("{}: searching the dp grids for {} ({} candidate levels, {} trajectories)", m.name, u.setting->label(),
+                 e.schedule.dp.levels, e.schedule.dp.samples);
+    sample::DpOptions o;
+    o.levels = e.schedule.dp.levels;
+    o.samples = e.schedule.dp.samples;
+    o.search_samples = std::min<int64_t>(o.samples, o.search_samples);
+    o.sweeps = e.schedule.dp.sweeps;
+    o.batch = e.schedule.batch;
+    o.seed = e.schedule.seed;
+    const std::vector<int64_t> shape{m.config.data.channels, m.config.data.image_size, m.config.data.image_size};
+    sample::search_dp_schedule(loaded.eps_fp32(u.config.skip_tuning), schedule, u.config, shape, file.steps, o, device,
+                               file.path);
   }
-  return learned;
+  return source;
+}
+
+// The Skip-Tuning of a unit with skip_tuning: tuned: its search's winner, searched when its file is
+// missing (tune_skip: ρ_bottom on the proxy, with common random numbers), written with the curve
+// and a plot of it beside.
+SkipTuningConfig tuned_skips(const Experiment& e, const Unit& u, const model::LoadedModel& loaded,
+                             const NoiseSchedule& schedule, const sample::LearnedSchedule& learned, Measurer& measurer,
+                             const torch::Device& device) {
+  const auto& t = e.tune_skip;
+  SkipTuningConfig skips = u.config.skip_tuning;
+  skips.rho_top = t.rho_top;
+  if (!fs::exists(u.tuning_file)) {
+    const ModelSpec& m = *u.model;
+    spdlog::info("{} | {}: searching ρ_bottom in [{}, {}] on {} proxy samples", m.name, u.setting->label(), t.lo, t.hi,
+                 t.proxy_samples);
+    const std::vector<int64_t> shape{m.config.data.channels, m.config.data.image_size, m.config.data.image_size};
+    const auto curve = search_minimum(
+        [&](double rho) {
+          SampleConfig c = u.config;
+          c.skip_tuning = skips;
+          c.skip_tuning.rho_bottom = rho;
+          const auto generated = sample::generate(loaded.eps(c.skip_tuning), schedule, c, shape, device, t.seed,
+                                                  t.proxy_samples, {}, false, learned);
+          const auto features = eval::feature_set(measurer.extractor(), data::to_uint8(generated.samples),
+                                                  e.metric.batch, device, false);
+          const double fd = eval::distance(features, measurer.reference(m), false).fd;
+          spdlog::info("  ρ_bottom {:.4f}: proxy {} {:.4f}", rho, measurer.extractor().distance_label(), fd);
+          return fd;
+        },
+        t.lo, t.hi, t.points, t.refine);
+    auto best = *std::min_element(curve.begin(), curve.end(), [](auto& a, auto& b) { return a.second < b.second; });
+    if (best.first == t.lo)
+      spdlog::warn("{} | {}: the proxy is still falling at ρ_bottom = {} (the range's end): widen tune_skip.range", m.name,
+                   u.setting->label(), t.lo);
+    json record{{"rho_bottom", best.first}, {"rho_top", t.rho_top}, {"proxy_fd", best.second},
+                {"proxy_samples", t.proxy_samples}, {"metric", measurer.extractor().distance_label()},
+                {"curve", curve}};
+    fs::create_directories(fs::path(u.tuning_file).parent_path());
+    std::vector<double> x, y;
+    for (const auto& [rho, fd] : curve) x.push_back(rho), y.push_back(fd);
+    write_png(tuning_plot_path(u.tuning_file), line_plot({{x, y, {200, 30, 30}, false}, {{best.first}, {best.second}, {0, 0, 0}, true}}));
+    write_file_atomic(u.tuning_file, record.dump(2) + "\n");
+  }
+  skips.rho_bottom = read_json(u.tuning_file).at("rho_bottom").get<double>();
+  return skips;
 }
 
 // Samples a unit (unless an earlier run did) and measures it into its metric file. Returns false
@@ -142,10 +207,17 @@ int write_outputs(const Experiment& e, const std::vector<Unit>& units, ReportInp
   for (const auto& m : e.models) {
     if (!m.train_config.empty() && fs::exists(model_dir(e, m) + "/metrics.jsonl"))
       inputs.training_metrics[m.name] = model_dir(e, m) + "/metrics.jsonl";
-    if (const auto steps = learned_steps(units, m); !steps.empty()) {
-      const auto plot = sample::schedule_plot_path(learned_schedule_file(e, m, steps));
-      if (fs::exists(plot)) inputs.schedule_plots[m.name] = plot;
-    }
+  }
+  const auto files = grid_files(e, units);
+  for (size_t i = 0; i < units.size(); ++i) {
+    const auto plot = sample::schedule_plot_path(files[i].path);
+    if (files[i].path.empty() || !fs::exists(plot)) continue;
+    const auto file = sample::read_schedule_file(files[i].path, NoiseSchedule(units[i].model->config.diffusion).num_timesteps());
+    std::string label = units[i].model->name + ": " + (file.method == "dp" ? file.description() : "score-optimal");
+    if (file.method == "dp")  // the other settings it was searched for (e.g. Skip-Tuning)
+      for (const auto& [key, value] : units[i].setting->values)
+        if (key != "sampler" && key != "steps" && key != "timesteps") label += ", " + key + "=" + value;
+    inputs.schedule_plots.emplace(label, plot);
   }
   int done = 0;
   for (const auto& u : units) done += u.has_metric;
@@ -162,6 +234,18 @@ int write_outputs(const Experiment& e, const std::vector<Unit>& units, ReportInp
     } else {
       inputs.notes.push_back(m.name + ": checkpoint " + m.checkpoint + (m.ema ? " (EMA weights)" : " (raw weights)"));
     }
+  }
+  for (const auto& u : units) {
+    if (u.tuning_file.empty() || !fs::exists(u.tuning_file) || u.seed != units.front().seed) continue;
+    const auto record = read_json(u.tuning_file);
+    const std::string label = u.model->name + " | " + u.setting->label();
+    inputs.tuning_plots[label] = tuning_plot_path(u.tuning_file);
+    char line[200];
+    std::snprintf(line, sizeof line, ": Skip-Tuning ρ_bottom = %.4g (ρ_top %.3g), proxy %s %.4g on %lld samples",
+                  record.at("rho_bottom").get<double>(), record.at("rho_top").get<double>(),
+                  record.at("metric").get<std::string>().c_str(), record.at("proxy_fd").get<double>(),
+                  static_cast<long long>(record.at("proxy_samples").get<int64_t>()));
+    inputs.notes.push_back(label + line);
   }
   write_report(report_spec(e), inputs);
   return done;
@@ -218,7 +302,7 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
     }
     const model::LoadedModel loaded(model::resolve_model(ref), device);
     const NoiseSchedule schedule(m.config.diffusion);
-    const auto learned = learned_schedule(e, m, units, loaded, schedule, device);
+    const auto files = grid_files(e, units);
 
     for (Unit* u : pending) {
       if (stop.requested()) break;
@@ -226,6 +310,8 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
         u->has_metric = true;
         continue;
       }
+      const auto learned = grid_source(e, *u, files[u - units.data()], loaded, schedule, device);
+      if (!u->tuning_file.empty()) u->config.skip_tuning = tuned_skips(e, *u, loaded, schedule, learned, measurer, device);
       if (!run_unit(e, *u, loaded, schedule, learned, measurer, device, stop)) break;
       ++summary.units_run;
       collect();

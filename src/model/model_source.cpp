@@ -191,9 +191,10 @@ EpsModel LoadedModel::eps(const SkipTuningConfig& skip_tuning, bool cuda_graphs)
   return unet_eps_model(unet_, bf16_autocast(config_, device_), skip_tuning, cuda_graphs);
 }
 
-EpsModel LoadedModel::eps_fp32() const {
+EpsModel LoadedModel::eps_fp32(const SkipTuningConfig& skip_tuning) const {
+  check_skip_tuning(config_.model, skip_tuning, bool(script_));
   if (script_) return script_;
-  return unet_eps_model(unet_, /*bf16=*/false);
+  return unet_eps_model(unet_, /*bf16=*/false, skip_tuning);
 }
 
 }  // namespace s2dm::model

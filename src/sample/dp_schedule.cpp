@@ -77,7 +77,7 @@ Reference reference_trajectories(const EpsModel& model, const NoiseSchedule& sch
     for (int s = 0; s < o.substeps; ++s) fine.push_back(levels[k] + (levels[k - 1] - levels[k]) * s / o.substeps);
   fine.push_back(0.0);
   const Grid grid = make_grid(fine, schedule, final_alpha);
-  const auto& solver = find_sampler("deis");
+  const SamplerInfo* solver = &find_sampler("deis");  // (a pointer: GCC 14 warns on a reference here)
   SamplerOptions third_order;
   third_order.order = 3;
   const int64_t n = noise.size(0), dim = noise[0].numel();
@@ -91,7 +91,7 @@ Reference reference_trajectories(const EpsModel& model, const NoiseSchedule& sch
     };
     auto x = noise.slice(0, first, first + count).to(device);
     keep(n_levels - 1, x);
-    auto run = run_sampler(solver, model, x, grid, third_order, [&](const StepInfo& step) {
+    auto run = run_sampler(*solver, model, x, grid, third_order, [&](const StepInfo& step) {
       const int f = step.index + 1;
       if (f % o.substeps == 0 && f / o.substeps < n_levels) keep(n_levels - 1 - f / o.substeps, step.x);
     });

@@ -34,6 +34,9 @@ namespace {
 std::vector<double> learned_timesteps(const LearnedSchedule& learned, const SampleConfig& c, const NoiseSchedule& schedule) {
   if (!learned.file.empty()) return read_schedule_file(learned.file, schedule.num_timesteps()).grid(c.steps);
   if (learned.state.empty() && learned.uniform_until_ready) return make_timesteps("uniform", c.steps, schedule);
+  if (uses_dp_schedule(c))
+    throw ConfigError("timesteps dp: the experiment driver searches dp grids; elsewhere make them with s2dm schedule "
+                      "--method dp --sampler " + c.sampler + " and sample with --timesteps learned:FILE");
   return timesteps_from_state(learned.state, c.steps);
 }
 
@@ -45,7 +48,7 @@ SamplingPlan plan_sampling(const SampleConfig& c, const NoiseSchedule& schedule,
   plan.options = sampler_options(c);
   check_options(*plan.sampler, plan.options);
   std::vector<double> timesteps;
-  if (uses_learned_schedule(c)) {
+  if (uses_learned_schedule(c) || uses_dp_schedule(c)) {
     timesteps = learned_timesteps(learned, c, schedule);
   } else if (c.timesteps.rfind("learned:", 0) == 0) {
     const auto file = read_schedule_file(c.timesteps.substr(8), schedule.num_timesteps());

@@ -117,7 +117,7 @@ std::vector<double> make_timesteps(const std::string& spec, int S, const NoiseSc
   } else {
     std::string msg = "unknown time grid '" + spec +
                       "' (uniform, quad, linspace, trailing, leading, logsnr, karras, a list like 999,500,0, file:PATH, "
-                      "learned or learned:SCHEDULE.yaml)";
+                      "learned, dp or learned:SCHEDULE.yaml)";
     auto near = closest_match(spec, timestep_grids());
     if (!near.empty()) msg += "; did you mean '" + near + "'?";
     throw ConfigError(msg);

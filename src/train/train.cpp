@@ -317,6 +317,9 @@ Trainer::Trainer(Config config, std::string run_dir, bool resuming, dist::Proces
 
   if (sample::uses_learned_schedule(config_.sample) && tc_.learned_schedule.every == 0)
     throw ConfigError("sample.timesteps = learned during training needs train.learned_schedule.every > 0");
+  if (sample::uses_dp_schedule(config_.sample))
+    throw ConfigError("sample.timesteps = dp: dp grids are searched after training (s2dm schedule --method dp, or the "
+                      "experiment driver); train with another grid");
   // A bad sample section fails now, not after training.
   sample::plan_sampling(config_.sample, schedule_, {{}, "", /*uniform_until_ready=*/true});
   if (tc_.learned_schedule.every > 0) {

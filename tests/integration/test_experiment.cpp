@@ -263,33 +263,103 @@ TEST_F(Experiment, BadFilesFailBeforeAnyWork) {
   expect_bad("sampler: [ddim, deis]", "sampler: [ddim, deis]\n  timesteps: [learned]\n  steps_: 1",
              "unknown key 'sweep.steps_'");
   expect_bad("baseline: base", "baseline: base\ntable: {rows: eta}", "table.rows = 'eta': expected sampler or a swept key");
+  expect_bad("sampler: [ddim, deis]", "sampler: [ddim, ddpm]\n  timesteps: [dp]", "deterministic sampler");
+  expect_bad("baseline: base\nsample:\n  batch: 8\nsweep:\n  sampler: [ddim, deis]",
+             "baseline: base\nschedule: {dp: {levels: 3}}\nsample:\n  batch: 8\nsweep:\n  sampler: [ddim, deis]\n"
+             "  timesteps: [dp]",
+             "timesteps dp with 4 steps needs schedule.dp.levels >= 4");
+  expect_bad("baseline: base", "baseline: base\nschedule: {dp: {level: 2}}", "schedule.dp.level");
 }
 
-// Skip-Tuning and the learned schedule as sweep axes: the schedule is estimated once, drawn, and
-// used; scaled skips change the samples.
-TEST_F(Experiment, SweepsSkipTuningAndLearnedSchedules) {
+// Skip-Tuning and the learned grids as sweep axes: the score-optimal schedule is estimated once
+// per model, the dp grid once per sampler setting (Skip-Tuning changes the model it follows); each
+// is drawn and used; scaled skips change the samples.
+TEST_F(Experiment, SweepsSkipTuningAndLearnedGrids) {
   const std::string path =
       write_one_model("axes", "{sampler: ddim, steps: 3, batch: 8}",
-                      "  timesteps: [uniform, learned]\n  skip_tuning: [none, {rho_bottom: 0.5, rho_top: 1.0}]\n",
+                      "  timesteps: [uniform, learned, dp]\n  skip_tuning: [none, {rho_bottom: 0.5, rho_top: 1.0}]\n",
                       "{features: classifier, num_samples: 16, reference_num: 64, classifier_epochs: 1}",
-                      "schedule: {levels: 20, samples: 16, batch: 8}\ntable: {rows: timesteps}\n");
+                      "schedule: {levels: 20, samples: 16, batch: 8, dp: {levels: 12, samples: 4}}\n"
+                      "table: {rows: timesteps}\n");
   auto r = run("run " + path);
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_EQ(units_run(r.output), 4) << r.output;
-  EXPECT_EQ(csv_rows(out() + "/results.csv"), 4);
-  EXPECT_TRUE(fs::exists(out() + "/plots/axes_m_learned_schedule.png"));
+  EXPECT_EQ(units_run(r.output), 6) << r.output;
+  EXPECT_EQ(csv_rows(out() + "/results.csv"), 6);
+  int files = 0, plots = 0;
+  for (const auto& entry : fs::directory_iterator(out() + "/schedules")) files += entry.path().extension() == ".yaml";
+  for (const auto& entry : fs::directory_iterator(out() + "/plots"))
+    plots += entry.path().string().find("_grid.png") != std::string::npos;
+  EXPECT_EQ(files, 3);  // score; dp without and with Skip-Tuning
+  EXPECT_EQ(plots, 3);
   const std::string html = read_bytes(out() + "/report/index.html");
-  EXPECT_NE(html.find("Learned schedules"), std::string::npos);
-  // One table per Skip-Tuning setting, the grids as rows; the four sets of samples all differ.
+  EXPECT_NE(html.find("Learned grids"), std::string::npos);
+  EXPECT_NE(html.find("m: dp for ddim"), std::string::npos);
+  // One table per Skip-Tuning setting, the grids as rows; the six sets of samples all differ.
   const std::string md = read_bytes(out() + "/results.md");
   EXPECT_NE(md.find("### m — skip_tuning={rho_bottom: 0.5, rho_top: 1.0}\n"), std::string::npos) << md;
   EXPECT_NE(md.find("\n| learned | "), std::string::npos) << md;
+  EXPECT_NE(md.find("\n| dp | "), std::string::npos) << md;
   // (DDIM's uniform grid, range(0, T, T // S), has 4 points for S = 3.)
-  EXPECT_NE(md.find("NFE: uniform 4; learned 3."), std::string::npos) << md;
+  EXPECT_NE(md.find("NFE: uniform 4; learned 3; dp 3."), std::string::npos) << md;
   std::set<std::string> samples;
   for (const auto& entry : fs::recursive_directory_iterator(out() + "/units"))
     if (entry.path().filename() == "samples.npz") samples.insert(read_bytes(entry.path().string()));
-  EXPECT_EQ(samples.size(), 4u);
+  EXPECT_EQ(samples.size(), 6u);
+  // A second run finds everything done, the grid files included.
+  r = run("run " + path);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(units_run(r.output), 0) << r.output;
+  EXPECT_EQ(r.output.find("searching the dp grids"), std::string::npos) << r.output;
+}
+
+// skip_tuning: tuned: ρ_bottom is searched once per setting (shared by the seeds) on the proxy,
+// the winner sampled and measured like any unit; the curve is drawn and the result noted.
+TEST_F(Experiment, TunesSkipsOnTheProxyAndMeasuresTheWinner) {
+  const std::string path =
+      write_one_model("tune", "{sampler: ddim, steps: 3, batch: 8}", "  skip_tuning: [none, tuned]\n",
+                      "{features: classifier, num_samples: 16, reference_num: 64, classifier_epochs: 1}",
+                      "seeds: [0, 1]\ntune_skip: {range: [0.5, 1.0], points: 3, refine: 1, proxy_samples: 8}\n"
+                      "table: {rows: skip_tuning}\n");
+  auto r = run("run " + path);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(units_run(r.output), 4) << r.output;
+  std::vector<fs::path> records;
+  for (const auto& entry : fs::directory_iterator(out() + "/tuning"))
+    if (entry.path().extension() == ".json") records.push_back(entry.path());
+  ASSERT_EQ(records.size(), 1u);  // one search for both seeds
+  const std::string record = read_bytes(records[0].string());
+  const std::regex rho("\"rho_bottom\": ([0-9.]+)");
+  std::smatch match;
+  ASSERT_TRUE(std::regex_search(record, match, rho)) << record;
+  const double best = std::stod(match[1]);
+  EXPECT_GE(best, 0.5);
+  EXPECT_LE(best, 1.0);
+  EXPECT_TRUE(fs::exists(fs::path(records[0]).replace_extension(".png")));
+  EXPECT_NE(r.output.find("ρ_bottom 0.7500: proxy"), std::string::npos) << r.output;  // the even grid's middle
+  const std::string html = read_bytes(out() + "/report/index.html");
+  EXPECT_NE(html.find("Skip-Tuning search"), std::string::npos);
+  EXPECT_NE(html.find("Skip-Tuning ρ_bottom = "), std::string::npos);
+  EXPECT_NE(read_bytes(out() + "/results.md").find("\n| tuned | "), std::string::npos);
+  r = run("run " + path);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(units_run(r.output), 0) << r.output;
+  EXPECT_EQ(r.output.find("searching ρ_bottom"), std::string::npos) << r.output;
+}
+
+TEST(ExperimentSearch, FindsTheMinimumToTheRefinedSpacing) {
+  int calls = 0;
+  auto parabola = [&](double x) { ++calls; return (x - 0.37) * (x - 0.37); };
+  auto tried = s2dm::experiment::search_minimum(parabola, 0.2, 1.0, 9, 3);
+  EXPECT_EQ(calls, 15);  // 9 even points, then two per refinement
+  EXPECT_EQ(tried.size(), 15u);
+  auto best = *std::min_element(tried.begin(), tried.end(), [](auto& a, auto& b) { return a.second < b.second; });
+  EXPECT_NEAR(best.first, 0.37, 0.1 / 8);
+  for (size_t i = 1; i < tried.size(); ++i) EXPECT_LT(tried[i - 1].first, tried[i].first);
+  // A minimum at the range's end: the refinement stays inside the range.
+  tried = s2dm::experiment::search_minimum([](double x) { return x; }, 0.2, 1.0, 5, 2);
+  EXPECT_EQ(tried.front().first, 0.2);
+  EXPECT_EQ(tried.size(), 7u);
+  for (const auto& [x, y] : tried) EXPECT_GE(x, 0.2);
 }
 
 // The tables' numbers: mean ± sample standard deviation over seeds, and the relative

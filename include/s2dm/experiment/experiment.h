@@ -5,6 +5,7 @@
 // is keyed by a hash of everything that determines its result), and writes results.csv,
 // results.md, plots and report/index.html (report.h).
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -40,12 +41,31 @@ struct MetricSpec {
   int classifier_epochs = 2;           // for features: classifier (trained on the data)
 };
 
-// Offline score-optimal schedules for timesteps "learned" (s2dm schedule's settings).
+// Offline grids found from each model: score-optimal for timesteps "learned", dp for timesteps
+// "dp" (s2dm schedule's settings).
 struct ScheduleSpec {
   int levels = 100;
   int64_t samples = 256;
   int64_t batch = 64;
   uint64_t seed = 0;
+  struct {
+    int levels = 100;      // candidate levels
+    int64_t samples = 64;  // reference trajectories
+    int sweeps = -1;       // coordinate-search rounds (-1: the sampler's default)
+  } dp;                    // (batch and seed are the ones above)
+};
+
+// The Skip-Tuning search for settings with `skip_tuning: tuned` (Ma et al. 2024): ρ_bottom is
+// searched in [lo, hi] (ρ_top fixed) on a cheap proxy, the Fréchet distance of `proxy_samples`
+// samples in the metric's feature space with the same initial noise for every candidate; the
+// winner is then measured like any unit, on the full metric.
+struct TuneSkipSpec {
+  double lo = 0.2, hi = 1.0;   // the range of ρ_bottom
+  int points = 9;              // an even grid over the range first ...
+  int refine = 3;              // ... then this many halvings of the spacing around the best
+  double rho_top = 1.0;
+  int64_t proxy_samples = 256;
+  uint64_t seed = 12345;       // the proxy's initial noise
 };
 
 struct Experiment {
@@ -62,6 +82,7 @@ struct Experiment {
   std::vector<std::string> sweep_keys;        // the swept keys, in file order
   MetricSpec metric;
   ScheduleSpec schedule;
+  TuneSkipSpec tune_skip;
   std::string table_rows = "sampler";         // what the tables' rows are: sampler or a swept key
 };
 
@@ -73,6 +94,14 @@ Experiment load_experiment(const std::string& path);
 // The sample config of `model` at `setting`: the model's config, the experiment's fixed sample
 // settings, then the setting's values. Throws ConfigError naming the experiment file.
 SampleConfig sample_config(const Experiment& experiment, const ModelSpec& model, const Setting& setting);
+
+// Whether a setting asks for the Skip-Tuning search (skip_tuning: tuned, swept or fixed).
+bool tunes_skips(const Experiment& experiment, const Setting& setting);
+
+// The minimum of f on [lo, hi]: f at `points` even points, then `refine` rounds that try the
+// midpoints on either side of the best so far. Returns every (x, f(x)) tried, sorted by x.
+std::vector<std::pair<double, double>> search_minimum(const std::function<double(double)>& f, double lo, double hi,
+                                                     int points, int refine);
 
 struct RunOptions {
   bool dry_run = false;               // print the plan and the estimate, do nothing

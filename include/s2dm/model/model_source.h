@@ -63,7 +63,7 @@ class LoadedModel {
   // The ε-model in float32 whatever the config's precision. Schedule estimation and search use it:
   // they compare ε at neighbouring noise levels, which differ by about 0.5 % per pixel at 1000
   // levels, bf16's resolution, so bf16 would flatten the cost they measure.
-  EpsModel eps_fp32() const;
+  EpsModel eps_fp32(const SkipTuningConfig& skip_tuning = {}) const;
   const UNet& unet() const { return unet_; }
 
  private:

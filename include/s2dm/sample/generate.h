@@ -15,16 +15,19 @@
 
 namespace s2dm::sample {
 
-// Where timesteps "learned" come from. plan_sampling is the one place that resolves them.
+// Where timesteps "learned" and "dp" come from. plan_sampling is the one place that resolves them.
 struct LearnedSchedule {
   NamedTensors state;                // a checkpoint's (or the online estimator's) schedule state ...
   std::string file;                  // ... or a schedule file (s2dm schedule, the experiment driver)
-  bool uniform_until_ready = false;  // during training: no state yet means the uniform grid
+  bool uniform_until_ready = false;  // no state or file yet: the uniform grid stands in
 };
 
-// Whether the settings ask for the model's own learned grid ("learned"), which its source must
-// provide (a checkpoint's state, an online estimate, or a schedule file the driver estimates).
+// Whether the settings ask for the model's own score-optimal grid ("learned"), which its source
+// must provide (a checkpoint's state, an online estimate, or a schedule file the driver estimates).
 inline bool uses_learned_schedule(const SampleConfig& config) { return config.timesteps == "learned"; }
+// Whether they ask for the model's dp grid for their sampler ("dp"): a schedule file the
+// experiment driver searches (elsewhere: s2dm schedule --method dp, then learned:FILE).
+inline bool uses_dp_schedule(const SampleConfig& config) { return config.timesteps == "dp"; }
 
 // The sampling settings of a config, resolved and checked (sampler name, its options, the time
 // grid), so that a bad setting fails before any work. Time grids: timesteps.h's, "learned" (from
