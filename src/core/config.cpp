@@ -87,6 +87,7 @@ template <class V>
 void visit(V& v, TrainConfig& c) {
   constexpr auto kMax = std::numeric_limits<int64_t>::max();
   v("steps", c.steps, Range<int64_t>{0, kMax});
+  v("max_minutes", c.max_minutes, Range<double>{0.0, 1e9});
   v("batch_size", c.batch_size, Range<int>{1, 1 << 20});
   v("optimizer", c.optimizer, OneOf{{"adam", "adamw"}});
   v("lr", c.lr, Range<double>{0.0, 10.0});

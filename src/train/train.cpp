@@ -225,7 +225,12 @@ class Trainer {
 
  private:
   void synchronise_weights();
-  bool stop_agreed(const StopSignals& signals);
+  struct Stop {
+    bool signalled = false;    // SIGINT/SIGTERM on some rank
+    bool out_of_time = false;  // train.max_minutes spent on some rank
+  };
+  Stop stop_agreed(const StopSignals& signals) const;
+  double training_seconds() const;
   void check_weights_agree();
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, int micro);
   void optimiser_step();
@@ -263,6 +268,8 @@ class Trainer {
   std::ofstream metrics_;
   std::unique_ptr<IntervalSums> sums_;
   int64_t step_ = 0;
+  double seconds_before_ = 0;  // training time of the runs this one resumes
+  std::chrono::steady_clock::time_point clock_start_ = std::chrono::steady_clock::now();
   double lr_ = 0;
   torch::Tensor last_x0_;
   std::string logged_loss_;
@@ -343,6 +350,7 @@ void Trainer::resume(Checkpoint ckpt) {
   batcher_->seek(std::stoll(ckpt.extra.at("data_epoch")), std::stoll(ckpt.extra.at("data_cursor")));
   if (online_ && !ckpt.schedule.empty()) online_->load_state(ckpt.schedule);
   step_ = ckpt.step;
+  if (const auto it = ckpt.extra.find("train_seconds"); it != ckpt.extra.end()) seconds_before_ = std::stod(it->second);
   spdlog::info("resumed at step {}", step_);
 }
 
@@ -360,7 +368,9 @@ void Trainer::write_checkpoint() {
   ckpt.ema = named_weights(*ema_);
   ckpt.optimizer = adam_->state();
   ckpt.rng = rng_states(device_);
-  ckpt.extra = {{"data_epoch", std::to_string(batcher_->epoch())}, {"data_cursor", std::to_string(batcher_->cursor())}};
+  ckpt.extra = {{"data_epoch", std::to_string(batcher_->epoch())},
+                {"data_cursor", std::to_string(batcher_->cursor())},
+                {"train_seconds", std::to_string(training_seconds())}};
   if (online_) ckpt.schedule = online_->state();
   write_rotated_checkpoint(run_dir_, ckpt, tc_.keep_last);
 }
@@ -483,12 +493,21 @@ void Trainer::synchronise_weights() {
   group_->broadcast(tensors);
 }
 
-// A stop request (SIGINT/SIGTERM) on any rank stops every rank at the same step.
-bool Trainer::stop_agreed(const StopSignals& signals) {
-  if (!group_ || group_->size() == 1) return signals.requested();
-  std::vector<torch::Tensor> flag{torch::full({1}, signals.requested() ? 1.0f : 0.0f, torch::TensorOptions(device_))};
-  group_->all_reduce_sum(flag);
-  return flag[0].item<float>() > 0;
+// Wall-clock seconds in the training loop, over this run and the runs it resumes.
+double Trainer::training_seconds() const {
+  return seconds_before_ + std::chrono::duration<double>(std::chrono::steady_clock::now() - clock_start_).count();
+}
+
+// A stop request (SIGINT/SIGTERM) or a spent time budget on any rank stops every rank at the same
+// step (the ranks' clocks differ a little).
+Trainer::Stop Trainer::stop_agreed(const StopSignals& signals) const {
+  const Stop local{signals.requested(), tc_.max_minutes > 0 && training_seconds() >= 60 * tc_.max_minutes};
+  if (!group_ || group_->size() == 1) return local;
+  std::vector<torch::Tensor> flags{
+      torch::tensor({local.signalled ? 1.0f : 0.0f, local.out_of_time ? 1.0f : 0.0f}, torch::TensorOptions(device_))};
+  group_->all_reduce_sum(flags);
+  const auto agreed = flags[0].cpu();
+  return {agreed[0].item<float>() > 0, agreed[1].item<float>() > 0};
 }
 
 // The end of a data-parallel run proves the ranks' weights equal: a checksum of every
@@ -517,13 +536,19 @@ TrainResult Trainer::run() {
   unet_->train();
   auto every = [&](int64_t n) { return n > 0 && step_ % n == 0 && step_ != tc_.steps; };
 
+  clock_start_ = std::chrono::steady_clock::now();
   while (step_ < tc_.steps) {
-    if (stop_agreed(signals)) {
+    const Stop stop = stop_agreed(signals);
+    if (stop.signalled) {
       spdlog::warn("{}: writing a checkpoint at step {} and stopping",
                    signals.requested() ? "signal " + std::to_string(signals.signal()) + " received" : "another rank was signalled",
                    step_);
       save();
       return {run_dir_, step_, true};
+    }
+    if (stop.out_of_time) {  // a finished run, shorter than train.steps
+      spdlog::info("train.max_minutes={:g} spent: training ends at step {} of {}", tc_.max_minutes, step_, tc_.steps);
+      break;
     }
     optimiser_step();
     if (online_ && step_ % tc_.learned_schedule.every == 0) update_online_schedule();

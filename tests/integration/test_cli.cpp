@@ -392,6 +392,21 @@ TEST_F(Cli, OnlineScheduleDuringTrainingResumesAndSamples) {
                     "carries no learned schedule");
 }
 
+TEST_F(Cli, TimeBudgetEndsTrainingAsAFinishedRun) {
+  // Far more steps than 1.2 s allows: the budget ends the run (exit 0, a final checkpoint and
+  // grid), and a resume of the finished run trains no further (the time is counted over resumes).
+  const std::string run_dir = dir / "budget";
+  const auto out = train(run_dir, "--set train.steps=1000000 --set train.max_minutes=0.02");
+  EXPECT_NE(out.find("train.max_minutes=0.02 spent"), std::string::npos) << out;
+  auto ckpt = load_checkpoint(run_dir + "/checkpoints/latest.ckpt");
+  EXPECT_GE(ckpt.step, 1);
+  EXPECT_LT(ckpt.step, 1000000);
+  EXPECT_GE(std::stod(ckpt.extra.at("train_seconds")), 1.2);
+  auto r = run("train --resume --run-dir " + run_dir);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(load_checkpoint(run_dir + "/checkpoints/latest.ckpt").step, ckpt.step);
+}
+
 TEST_F(Cli, SigtermWritesACheckpoint) {
   const std::string run_dir = dir / "sig";
   // timeout sends SIGTERM after 6 s and, with --preserve-status, passes on s2dm's exit code.

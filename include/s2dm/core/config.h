@@ -60,6 +60,7 @@ struct DistributedConfig {
 
 struct TrainConfig {
   int64_t steps = 800000;
+  double max_minutes = 0;   // training ends after this much wall-clock time, or at `steps` (0 = no limit)
   int batch_size = 128;
   std::string optimizer = "adam";  // adam | adamw
   double lr = 2e-4;
