@@ -64,7 +64,7 @@ const std::vector<SamplerInfo>& samplers() {
        steps, false, 1, 3, 3, multistep},
       {"deis-logrho", "DEIS multistep with ε polynomial in log ρ (diffusers' DEIS)", {"order", "lower_order_final"},
        sample_deis_logrho, steps, false, 1, 3, 3, multistep},
-      {"dpmpp-2m", "DPM-Solver++(2M): 2nd-order multistep on x̂₀ in λ = log(α/σ)", {"lower_order_final"},
+      {"dpmpp-2m", "DPM-Solver++(2M): 2nd-order multistep on x̂₀ in λ = log(α/σ)", {"lower_order_final", "clip_denoised"},
        sample_dpmpp_2m, steps, false, -1, -1, -1, second},
       {"lambda-ddim", "λ-DDIM, the conjugate integrator (Pandey et al. 2023); lambda 0 = DDIM", {"lambda"},
        sample_lambda_ddim, steps, false, -1, -1, -1, first},

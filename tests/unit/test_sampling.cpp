@@ -255,6 +255,20 @@ TEST(Samplers, IdentitiesHoldToRounding) {
   EXPECT_NEAR(noise.var().item<double>() / var, 1.0, 0.02);
 }
 
+TEST(Samplers, ClippingKeepsTheDataPredictionInRange) {
+  // ε̂ = 0 makes x̂₀ = x/√ᾱ, far outside [-1, 1] at high noise: unclipped, DDIM and DPM-Solver++
+  // end outside the data range; clipped, both end on a clipped x̂₀, inside it.
+  EpsModel zero = [](const torch::Tensor& x, const torch::Tensor&) { return torch::zeros_like(x); };
+  auto xT = torch::randn({64, 1, 2, 2}, torch::kFloat64);
+  auto grid = make_grid(grid_of("logsnr", 10), linear(), "one");
+  SamplerOptions clipped;
+  clipped.clip_denoised = true;
+  for (const char* name : {"ddim", "dpmpp-2m"}) {
+    EXPECT_GT(run_sampler(find_sampler(name), zero, xT, grid, {}).x.abs().max().item<double>(), 2.0) << name;
+    EXPECT_LE(run_sampler(find_sampler(name), zero, xT, grid, clipped).x.abs().max().item<double>(), 1.0) << name;
+  }
+}
+
 TEST(Samplers, StochasticSamplersAreSeeded) {
   s2dm::testing::Gaussian g{0.3, 0.5, &linear()};
   auto model = g.model();

@@ -16,7 +16,7 @@ namespace s2dm::sample {
 
 struct SamplerOptions {
   double eta = 0.0;                // DDIM stochasticity (0 deterministic, 1 = DDPM ancestral)
-  bool clip_denoised = false;      // clip x̂₀ to [-1, 1] (DDIM/DDPM)
+  bool clip_denoised = false;      // clip x̂₀ to [-1, 1] (DDIM/DDPM, DPM-Solver++)
   uint64_t noise_seed = 0;         // per-step noise of stochastic samplers
   int order = -1;                  // multistep order (-1 = the sampler's default)
   double lambda = 0.0;             // λ of λ-DDIM

@@ -1,5 +1,7 @@
 // DPM-Solver++(2M) (Lu et al. 2022; LuChengTHU/dpm-solver, k-diffusion's sample_dpmpp_2m):
-// a second-order multistep solver in λ = log(α/σ) on the data prediction D = x̂₀.
+// a second-order multistep solver in λ = log(α/σ) on the data prediction D = x̂₀. With
+// clip_denoised, D is clipped to [-1, 1] before it enters the step (the static thresholding of the
+// paper's pixel-space setting, diffusers' clip_sample for this solver).
 #include <torch/torch.h>
 
 #include <cmath>
@@ -18,6 +20,7 @@ torch::Tensor sample_dpmpp_2m(const EpsModel& model, torch::Tensor x, const Grid
     const double alpha = std::sqrt(a), sigma = std::sqrt(1 - a);
     const double alpha_next = std::sqrt(a_next), sigma_next = std::sqrt(1 - a_next);
     auto denoised = predict_x0(x, eval_eps(model, x, grid.t[i]), a);
+    if (options.clip_denoised) denoised = denoised.clamp(-1.0, 1.0);
     if (sigma_next == 0.0) {
       x = denoised;  // the step to ᾱ = 1 ends on the data prediction (h = ∞)
     } else {
