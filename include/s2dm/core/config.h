@@ -51,7 +51,7 @@ struct LearnedScheduleConfig {
   int pairs = 4;            // level pairs per estimate (2 network evaluations each per image)
 };
 
-// Data-parallel training over several processes (docs/design.md, "Training on several devices").
+// Data-parallel training over several processes (docs/design.md, "Data parallelism").
 struct DistributedConfig {
   std::string backend = "auto";  // auto (nccl on CUDA, gloo on the CPU) | gloo | nccl
   double timeout = 300;          // seconds a rank waits for its peers before the run stops
