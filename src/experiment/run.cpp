@@ -270,7 +270,7 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
   RunSummary summary = show_plan(e, plan, device, selected);
   if (options.dry_run) return summary;
 
-  fs::create_directories(e.out);
+  const DirectoryLock lock(e.out);  // one driver per output directory
   write_file_atomic(e.out + "/experiment.yaml", read_file_bytes(e.path));
   LogFile log_file(e.out + "/log.txt");
   ReportInputs inputs;

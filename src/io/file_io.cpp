@@ -1,6 +1,8 @@
 #include "s2dm/io/file_io.h"
 
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <sys/file.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -55,6 +57,62 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
     ::unlink(tmp.c_str());
     throw IoError(path + ": rename failed (" + why + ")");
   }
+  sync_directory(parent.empty() ? "." : parent.string());
+}
+
+void sync_directory(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw IoError(dir + ": cannot open directory (" + std::strerror(errno) + ")");
+  // (EINVAL: a file system that cannot sync directories, which is no failure)
+  const int error = ::fsync(fd) != 0 && errno != EINVAL ? errno : 0;
+  ::close(fd);
+  if (error != 0) throw IoError(dir + ": flush failed (" + std::strerror(error) + ")");
+}
+
+namespace {
+
+std::string host_name() {
+  char name[256] = {};
+  return ::gethostname(name, sizeof name - 1) == 0 ? name : "unknown host";
+}
+
+// The whole (small) lock file: its holder's description.
+std::string lock_holder(int fd) {
+  char buffer[512];
+  const ssize_t n = ::pread(fd, buffer, sizeof buffer, 0);
+  std::string text(buffer, n > 0 ? static_cast<size_t>(n) : 0);
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\0')) text.pop_back();
+  return text;
+}
+
+}  // namespace
+
+DirectoryLock::DirectoryLock(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  const std::string path = dir + "/" + kFileName;
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw IoError(path + ": cannot open (" + std::strerror(errno) + ")");
+  const std::string previous = lock_holder(fd_);
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    ::close(fd_);
+    if (err == EWOULDBLOCK)
+      throw ConfigError(dir + ": in use by another s2dm process (" + (previous.empty() ? "starting" : previous) +
+                        "; lock file " + path + ")");
+    throw IoError(path + ": cannot lock (" + std::strerror(err) + ")");
+  }
+  // A holder that ended normally emptied the file: text here was left by a process that died.
+  if (!previous.empty()) spdlog::warn("{}: taking over the lock of {}, which is no longer running", dir, previous);
+  const std::string me = "pid " + std::to_string(::getpid()) + " on " + host_name() + "\n";
+  if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size()))
+    spdlog::warn("{}: cannot record the holder ({})", path, std::strerror(errno));
+}
+
+DirectoryLock::~DirectoryLock() {
+  // Empty means released cleanly; should this fail, the next holder merely warns of a stale lock.
+  [[maybe_unused]] const int truncated = ::ftruncate(fd_, 0);
+  ::close(fd_);  // releases the lock
 }
 
 uint32_t crc32_of(const void* data, size_t size, uint32_t crc) {

@@ -154,18 +154,18 @@ class IntervalSums {
   std::chrono::steady_clock::time_point start_;
 };
 
-// Writes step_<N>.ckpt, points latest.ckpt at it (a hard link swapped in atomically) and keeps
-// the newest `keep_last` step files.
+// Writes latest.ckpt, links step_<N>.ckpt to it and keeps the newest `keep_last` step files.
+// latest.ckpt comes first, written atomically: whenever the process dies, it is the newest
+// complete checkpoint.
 void write_rotated_checkpoint(const std::string& run_dir, const Checkpoint& ckpt, int keep_last) {
-  const std::string dir = checkpoint_dir(run_dir);
+  const std::string dir = checkpoint_dir(run_dir), latest = latest_checkpoint(run_dir);
   const std::string path = dir + "/step_" + std::to_string(ckpt.step) + ".ckpt";
-  save_checkpoint(path, ckpt);
-  const std::string tmp = dir + "/latest.ckpt.tmp";
+  save_checkpoint(latest, ckpt);
   std::error_code ec;
-  fs::remove(tmp, ec);
-  fs::create_hard_link(path, tmp, ec);
-  if (ec) fs::copy_file(path, tmp, fs::copy_options::overwrite_existing);
-  fs::rename(tmp, latest_checkpoint(run_dir));
+  fs::remove(path, ec);
+  fs::create_hard_link(latest, path, ec);
+  if (ec) fs::copy_file(latest, path, fs::copy_options::overwrite_existing);
+  sync_directory(dir);
   std::vector<std::pair<int64_t, fs::path>> steps;
   for (const auto& e : fs::directory_iterator(dir))
     if (step_of(e.path()) >= 0) steps.emplace_back(step_of(e.path()), e.path());
@@ -572,6 +572,25 @@ TrainResult Trainer::run() {
   return {run_dir_, step_, false};
 }
 
+// A run killed before its first checkpoint (its config.yaml written, no checkpoint) holds nothing
+// worth protecting: the same command starts it again.
+bool stopped_before_first_checkpoint(const std::string& run_dir) {
+  return fs::exists(run_dir + "/config.yaml") && !fs::exists(latest_checkpoint(run_dir));
+}
+
+bool has_entries(const std::string& dir) {
+  if (!fs::exists(dir)) return false;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename() != DirectoryLock::kFileName) return true;
+  return false;
+}
+
+// Empties a run directory but for its lock file, which this process holds.
+void clear_directory(const std::string& dir) {
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename() != DirectoryLock::kFileName) fs::remove_all(e.path());
+}
+
 // The process group of a data-parallel run, from the launch environment; null for one process.
 std::unique_ptr<dist::ProcessGroup> join_group(const Config& config) {
   const auto launch = dist::launch_from_environment();
@@ -600,33 +619,45 @@ std::unique_ptr<dist::ProcessGroup> join_group(const Config& config) {
 
 TrainResult run_training(const Config& given, const TrainOptions& opts) {
   const std::string run_dir = opts.run_dir.empty() ? "runs/" + given.name : opts.run_dir;
+  const std::string checkpoint = latest_checkpoint(run_dir);
+  if (opts.resume && !fs::exists(checkpoint) && !stopped_before_first_checkpoint(run_dir))
+    throw CheckpointError(checkpoint + ": no checkpoint to resume from");
   Config config = given;
   Checkpoint resumed;
-  if (opts.resume) {  // (every rank reads the checkpoint: on several machines, from a shared file system)
-    const std::string path = latest_checkpoint(run_dir);
-    if (!fs::exists(path)) throw CheckpointError(path + ": no checkpoint to resume from");
-    resumed = load_checkpoint(path);
-    config = parse_config(resumed.config_yaml, path + " (config)", opts.overrides);
+  bool resume = opts.resume;
+  if (resume) {  // (every rank reads the checkpoint: on several machines, from a shared file system)
+    if (fs::exists(checkpoint)) {
+      resumed = load_checkpoint(checkpoint);
+      config = parse_config(resumed.config_yaml, checkpoint + " (config)", opts.overrides);
+    } else {  // stopped before its first checkpoint: started again below, from the config it ran
+      config = load_config(run_dir + "/config.yaml", opts.overrides);
+      resume = false;
+    }
   }
   if (opts.steps >= 0) config.train.steps = opts.steps;
   const auto group = join_group(config);
 
+  // Rank 0 alone writes the run directory; a launch refused above leaves none behind.
+  std::optional<DirectoryLock> lock;
   std::optional<LogFile> log_file;
-  if (!group || group->rank() == 0) {  // rank 0 alone writes the run directory
-    if (!opts.resume && fs::exists(run_dir) && !fs::is_empty(run_dir)) {
-      if (!opts.overwrite)
+  if (!group || group->rank() == 0) {
+    lock.emplace(run_dir);
+    if (!resume && has_entries(run_dir)) {
+      if (stopped_before_first_checkpoint(run_dir))
+        spdlog::warn("{}: stopped before its first checkpoint, so there is nothing to continue: starting it again", run_dir);
+      else if (!opts.overwrite)
         throw ConfigError(run_dir + ": run directory exists (use --resume to continue it or --overwrite to replace it)");
-      fs::remove_all(run_dir);
+      clear_directory(run_dir);
     }
     fs::create_directories(checkpoint_dir(run_dir));
     fs::create_directories(run_dir + "/samples");
     write_file_atomic(run_dir + "/config.yaml", to_yaml(config));
     log_file.emplace(run_dir + "/log.txt");
-    if (opts.resume) truncate_metrics(run_dir + "/metrics.jsonl", resumed.step);
+    if (resume) truncate_metrics(run_dir + "/metrics.jsonl", resumed.step);
   }
 
-  Trainer trainer(std::move(config), run_dir, opts.resume, group.get());
-  if (opts.resume) trainer.resume(std::move(resumed));
+  Trainer trainer(std::move(config), run_dir, resume, group.get());
+  if (resume) trainer.resume(std::move(resumed));
   auto result = trainer.run();
   result.rank = group ? group->rank() : 0;
   return result;

@@ -407,6 +407,62 @@ TEST_F(Cli, TimeBudgetEndsTrainingAsAFinishedRun) {
   EXPECT_EQ(load_checkpoint(run_dir + "/checkpoints/latest.ckpt").step, ckpt.step);
 }
 
+TEST_F(Cli, OneWriterPerRunDirectoryAndARunKilledBeforeItsFirstCheckpointStartsAgain) {
+  // A first run, far from its first checkpoint, holds the run directory: a second on it is
+  // refused (exit 2, naming the holder). Killed with SIGKILL, it leaves its lock file and no
+  // checkpoint: the same command then takes the lock over and starts the run again.
+  const std::string run_dir = dir / "held";
+  const std::string command = std::string(S2DM_BINARY) + " train --config " + kTiny + " " + data + " --run-dir " + run_dir;
+  auto r = run_shell("(" + command + " --set train.steps=1000000 --set train.ckpt_every=1000000 > /dev/null 2>&1 & " +
+                     "first=$!; for i in $(seq 300); do [ -f " + run_dir + "/config.yaml ] && break; sleep 0.1; done; " +
+                     command + "; echo \"second: $?\"; kill -9 $first; wait $first; true)");
+  EXPECT_NE(r.output.find("in use by another s2dm process (pid "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("second: 2"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(run_dir + "/checkpoints/latest.ckpt"));
+  const auto out = train(run_dir);
+  EXPECT_NE(out.find("taking over the lock of pid "), std::string::npos) << out;
+  EXPECT_NE(out.find("stopped before its first checkpoint"), std::string::npos) << out;
+  EXPECT_TRUE(std::filesystem::exists(run_dir + "/checkpoints/latest.ckpt"));
+  // --resume of a run stopped before its first checkpoint starts it too, from its config.yaml.
+  std::filesystem::remove_all(run_dir + "/checkpoints");
+  r = run("train --resume --run-dir " + run_dir);
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(run_dir + "/checkpoints/latest.ckpt"));
+}
+
+TEST_F(Cli, AFullDiskKeepsThePreviousCheckpointAndLeavesNoHalfWrittenFile) {
+  // RLIMIT_FSIZE stands in for a full disk (any user can set it, no mount needed): with SIGXFSZ
+  // ignored, a write past it fails with EFBIG where a full disk fails with ENOSPC.
+  const std::string run_dir = dir / "full", latest = run_dir + "/checkpoints/latest.ckpt";
+  train(run_dir);
+  const std::string before = s2dm::testing::read_bytes(latest);
+  ASSERT_GT(before.size(), 2000u * 512);  // larger than the limit below (dash counts 512-byte blocks)
+  const std::string limited = "ulimit -f 2000; trap '' XFSZ; " + std::string(S2DM_BINARY);
+  auto r = run_shell(limited + " train --resume --run-dir " + run_dir + " --steps 9");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find(latest + ": write failed (File too large)"), std::string::npos) << r.output;
+  EXPECT_EQ(s2dm::testing::read_bytes(latest), before);  // still step 6, whole
+  auto leftovers = [](const std::string& where) {
+    std::string found;
+    for (const auto& e : std::filesystem::recursive_directory_iterator(where))
+      if (e.path().filename().string().find(".tmp") != std::string::npos) found += e.path().string() + " ";
+    return found;
+  };
+  EXPECT_EQ(leftovers(run_dir), "");
+  r = run("train --resume --run-dir " + run_dir + " --steps 9");  // room again: it goes on
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(load_checkpoint(latest).step, 9);
+
+  // samples.npz (3 KB here) past a 2 KB limit: refused, nothing under its name.
+  const std::string out = dir / "full_samples";
+  r = run_shell("ulimit -f 4; trap '' XFSZ; " + std::string(S2DM_BINARY) + " sample --checkpoint " + latest +
+                " --num 3 --steps 2 --no-png --out " + out);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("write failed (File too large)"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(out + "/samples.npz"));
+  EXPECT_EQ(leftovers(out), "");
+}
+
 TEST_F(Cli, SigtermWritesACheckpoint) {
   const std::string run_dir = dir / "sig";
   // timeout sends SIGTERM after 6 s and, with --preserve-status, passes on s2dm's exit code.

@@ -1,10 +1,12 @@
 // safetensors, checkpoints, npy/npz, images.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include "../test_util.h"
 #include "s2dm/io/checkpoint.h"
 #include "s2dm/core/errors.h"
+#include "s2dm/io/file_io.h"
 #include "s2dm/io/image_io.h"
 #include "s2dm/io/npy.h"
 #include "s2dm/io/safetensors.h"
@@ -215,4 +217,23 @@ TEST(Images, TileAndCrop) {
   EXPECT_EQ(c.pixels, (std::vector<uint8_t>{5, 6, 9, 10}));
   EXPECT_THROW(crop(img, 3, 0, 2, 2), DataError);
   EXPECT_EQ(center_crop_square(img).width, 3);
+}
+
+TEST(DirectoryLock, OneHolderAtATimeAndAStaleLockIsTakenOver) {
+  s2dm::testing::TempDir dir;
+  const std::string run = dir / "run", lock_file = run + "/.lock";
+  {
+    DirectoryLock first(run);  // creates the directory
+    EXPECT_NE(read_file_bytes(lock_file).find("pid " + std::to_string(::getpid()) + " on "), std::string::npos);
+    try {  // (flock locks belong to open files: a second one in this process conflicts too)
+      DirectoryLock second(run);
+      ADD_FAILURE() << "a second holder was let in";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("in use by another s2dm process (pid "), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(read_file_bytes(lock_file), "");  // released cleanly
+  s2dm::testing::write_bytes(lock_file, "pid 1 on elsewhere\n");  // left by a killed process
+  DirectoryLock again(run);
+  EXPECT_NE(read_file_bytes(lock_file).find("pid " + std::to_string(::getpid())), std::string::npos);
 }
