@@ -31,11 +31,20 @@ double Progress::rate() const {
   return elapsed > 0 ? static_cast<double>(done_) / elapsed : 0.0;
 }
 
+void Progress::end_within(double seconds) {
+  deadline_ = std::chrono::steady_clock::now() +
+              std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(seconds));
+}
+
 std::string Progress::line(const std::string& extra) const {
   double r = rate();
   char buf[160];
   if (total_ > 0) {
     double eta = r > 0 ? static_cast<double>(total_ - done_) / r : -1;
+    if (deadline_) {
+      const double left = std::chrono::duration<double>(*deadline_ - std::chrono::steady_clock::now()).count();
+      eta = eta < 0 ? std::max(left, 0.0) : std::clamp(left, 0.0, eta);
+    }
     std::snprintf(buf, sizeof buf, "%s %ld/%ld (%3.0f%%) %.2f %s/s ETA %s", label_.c_str(),
                   long(done_), long(total_), 100.0 * static_cast<double>(done_) / static_cast<double>(total_), r,
                   unit_.c_str(), format_duration(eta).c_str());

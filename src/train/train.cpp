@@ -533,6 +533,7 @@ TrainResult Trainer::run() {
   const int64_t start_step = step_;
   std::optional<Progress> progress;
   if (writes_) progress.emplace("train", tc_.steps - start_step, "step");
+  if (progress && tc_.max_minutes > 0) progress->end_within(60 * tc_.max_minutes - seconds_before_);
   unet_->train();
   auto every = [&](int64_t n) { return n > 0 && step_ % n == 0 && step_ != tc_.steps; };
 

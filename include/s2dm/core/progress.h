@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace spdlog::sinks {
@@ -22,12 +23,15 @@ class Progress {
   void finish(const std::string& extra = "");
   // Units per second since construction.
   double rate() const;
+  // The work ends `seconds` from now at the latest (a time budget): the ETA says so.
+  void end_within(double seconds);
 
  private:
   std::string line(const std::string& extra) const;
   std::string label_, unit_;
   int64_t total_, done_ = 0;
   std::chrono::steady_clock::time_point start_, last_print_;
+  std::optional<std::chrono::steady_clock::time_point> deadline_;
   bool tty_;
 };
 
