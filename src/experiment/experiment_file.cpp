@@ -127,7 +127,7 @@ void read_tune_skip(const Reader& r, const YAML::Node& node, Experiment& e) {
     if (!range.IsSequence() || range.size() != 2) r.fail(range, "tune_skip.range: expected [lo, hi]");
     t.lo = r.scalar<double>(range[0], "tune_skip.range", "a number");
     t.hi = r.scalar<double>(range[1], "tune_skip.range", "a number");
-    if (!(t.lo < t.hi)) r.fail(range, "tune_skip.range: expected [lo, hi] with lo < hi");
+    if (!(0 <= t.lo && t.lo < t.hi)) r.fail(range, "tune_skip.range: expected [lo, hi] with 0 <= lo < hi");
   }
   if (node["points"]) t.points = r.scalar<int>(node["points"], "tune_skip.points", "an integer");
   if (node["refine"]) t.refine = r.scalar<int>(node["refine"], "tune_skip.refine", "an integer");

@@ -269,6 +269,7 @@ TEST_F(Experiment, BadFilesFailBeforeAnyWork) {
              "  timesteps: [dp]",
              "timesteps dp with 4 steps needs schedule.dp.levels >= 4");
   expect_bad("baseline: base", "baseline: base\nschedule: {dp: {level: 2}}", "schedule.dp.level");
+  expect_bad("baseline: base", "baseline: base\ntune_skip: {range: [-0.5, 1]}", "expected [lo, hi] with 0 <= lo < hi");
 }
 
 // Skip-Tuning and the learned grids as sweep axes: the score-optimal schedule is estimated once

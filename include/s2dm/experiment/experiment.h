@@ -60,8 +60,8 @@ struct ScheduleSpec {
 // samples in the metric's feature space with the same initial noise for every candidate; the
 // winner is then measured like any unit, on the full metric.
 struct TuneSkipSpec {
-  double lo = 0.2, hi = 1.0;   // the range of ρ_bottom
-  int points = 9;              // an even grid over the range first ...
+  double lo = 0.0, hi = 1.0;   // the range of ρ_bottom (the deepest skip off .. untouched)
+  int points = 11;             // an even grid over the range first ...
   int refine = 3;              // ... then this many halvings of the spacing around the best
   double rho_top = 1.0;
   int64_t proxy_samples = 256;
