@@ -142,7 +142,7 @@ SkipTuningConfig tuned_skips(const Experiment& e, const Unit& u, const model::Lo
         },
         t.lo, t.hi, t.points, t.refine);
     auto best = *std::min_element(curve.begin(), curve.end(), [](auto& a, auto& b) { return a.second < b.second; });
-    if (best.first == t.lo)
+    if (best.first == t.lo && t.lo > 0)  // (at 0 the deepest skip is off: the search's natural end)
       spdlog::warn("{} | {}: the proxy is still falling at ρ_bottom = {} (the range's end): widen tune_skip.range", m.name,
                    u.setting->label(), t.lo);
     json record{{"rho_bottom", best.first}, {"rho_top", t.rho_top}, {"proxy_fd", best.second},
