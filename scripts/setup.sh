@@ -4,6 +4,7 @@
 #   --tests    what only the tests use: Chromium, which renders the experiment report headless
 #              (its test skips where it is absent)
 #   --chroots  the host tools of scripts/test_torch2.sh (debootstrap, rsync)
+#   --fuzz     clang with libFuzzer and the sanitizers' runtimes, for scripts/fuzz.sh
 #   --cuda     LibTorch with CUDA (libtorch-cuda-dev, nvidia-cuda-toolkit, the headers of NCCL
 #              and of the CUDA build of Gloo, Debian 13 or later, contrib) instead of the CPU
 #              LibTorch
@@ -15,8 +16,9 @@ for arg in "$@"; do
   case "$arg" in
     --tests) extra+=(chromium) ;;
     --chroots) extra+=(debootstrap rsync) ;;
+    --fuzz) extra+=(clang libclang-rt-dev llvm) ;;  # (llvm: the symbolizer of sanitizer reports)
     --cuda) torch=(libtorch-cuda-dev nvidia-cuda-toolkit libnccl-dev libgloo-cuda-dev) ;;
-    *) echo "setup: unknown option '$arg' (--tests, --chroots, --cuda)" >&2; exit 2 ;;
+    *) echo "setup: unknown option '$arg' (--tests, --chroots, --fuzz, --cuda)" >&2; exit 2 ;;
   esac
 done
 

@@ -27,7 +27,7 @@ void YamlReader::check_keys(const YAML::Node& node, const std::string& prefix,
   const std::string dotted = prefix.empty() ? "" : prefix + ".";
   if (!node.IsMap()) fail(node, (prefix.empty() ? "the top level" : prefix) + ": expected a mapping of keys", prefix);
   for (const auto& kv : node) {
-    const auto key = kv.first.as<std::string>();
+    const auto key = this->key(kv.first, prefix);
     if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
     std::string msg = "unknown key '" + dotted + key + "'";
     const auto near = closest_match(key, allowed);
@@ -39,6 +39,12 @@ void YamlReader::check_keys(const YAML::Node& node, const std::string& prefix,
     }
     fail(kv.first, msg, dotted + key);
   }
+}
+
+std::string YamlReader::key(const YAML::Node& key, const std::string& prefix) const {
+  if (!key.IsScalar())
+    fail(key, (prefix.empty() ? "the top level" : prefix) + ": a key must be a name, not " + flow(key), prefix);
+  return key.Scalar();
 }
 
 std::string YamlReader::flow(const YAML::Node& node) {

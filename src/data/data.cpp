@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <random>
 #include <thread>
@@ -21,50 +23,77 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string read_gzip(const std::string& path) {
-  if (!fs::exists(path)) throw DataError(path + ": file not found");
-  gzFile f = gzopen(path.c_str(), "rb");
-  if (!f) throw DataError(path + ": cannot open");
-  std::string out;
-  char buf[1 << 16];
-  int n;
-  while ((n = gzread(f, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
-  int err = 0;
-  const char* msg = gzerror(f, &err);
-  bool failed = n < 0 || (err != Z_OK && err != Z_STREAM_END);
-  std::string why = failed ? msg : "";
-  gzclose(f);
-  if (failed) throw DataError(path + ": corrupt or truncated gzip data (" + why + ")");
-  return out;
+// A gzip-compressed file (or a plain one: zlib reads it as it is), read piece by piece.
+class GzipReader {
+ public:
+  explicit GzipReader(const std::string& path) : path_(path) {
+    if (!fs::exists(path)) throw DataError(path + ": file not found");
+    file_ = gzopen(path.c_str(), "rb");
+    if (!file_) throw DataError(path + ": cannot open (" + std::strerror(errno) + ")");
+    std::error_code ec;
+    file_size_ = fs::file_size(path, ec);
+  }
+  ~GzipReader() { gzclose(file_); }
+  GzipReader(const GzipReader&) = delete;
+  GzipReader& operator=(const GzipReader&) = delete;
+
+  // The file's size on disk when it was opened: the payload is at most kMaxDeflateRatio times it.
+  uint64_t file_size() const { return file_size_; }
+
+  // Reads up to `size` bytes into `to`; fewer only at the end of the data.
+  size_t read(char* to, size_t size) {
+    size_t done = 0;
+    while (done < size) {
+      const int n = gzread(file_, to + done, static_cast<unsigned>(std::min<size_t>(size - done, 1u << 30)));
+      if (n < 0) {
+        int err = 0;
+        const char* why = gzerror(file_, &err);
+        throw DataError(path_ + ": corrupt or truncated gzip data (" + why + ")");
+      }
+      if (n == 0) break;
+      done += static_cast<size_t>(n);
+    }
+    return done;
+  }
+
+ private:
+  std::string path_;
+  gzFile file_;
+  uint64_t file_size_ = 0;
+};
+
+uint32_t big_endian32(const char* p) {
+  return static_cast<uint32_t>(static_cast<unsigned char>(p[0])) << 24 |
+         static_cast<uint32_t>(static_cast<unsigned char>(p[1])) << 16 |
+         static_cast<uint32_t>(static_cast<unsigned char>(p[2])) << 8 | static_cast<uint32_t>(static_cast<unsigned char>(p[3]));
 }
 
-uint32_t big_endian32(const std::string& s, size_t at) {
-  return static_cast<uint32_t>(static_cast<unsigned char>(s[at])) << 24 |
-         static_cast<uint32_t>(static_cast<unsigned char>(s[at + 1])) << 16 |
-         static_cast<uint32_t>(static_cast<unsigned char>(s[at + 2])) << 8 |
-         static_cast<uint32_t>(static_cast<unsigned char>(s[at + 3]));
-}
-
-// An idx file (magic 0x0000080D: unsigned bytes, D dimensions) as its dims and payload.
+// An idx file (magic 0x0000080D: unsigned bytes, D dimensions) as its dims and payload. The
+// header is read first and its claim checked against what the file can hold before the payload
+// is allocated.
 std::pair<std::vector<int64_t>, std::string> read_idx(const std::string& path, int expected_dims) {
-  std::string bytes = read_gzip(path);
-  if (bytes.size() < 4) throw DataError(path + ": truncated idx file (no header)");
-  uint32_t magic = big_endian32(bytes, 0);
+  GzipReader in(path);
+  std::string header(4 + 4 * static_cast<size_t>(expected_dims), '\0');
+  const size_t got = in.read(header.data(), header.size());
+  if (got < 4) throw DataError(path + ": truncated idx file (no header)");
+  uint32_t magic = big_endian32(header.data());
   if (magic != 0x0800u + static_cast<uint32_t>(expected_dims))
     throw DataError(path + ": wrong idx magic " + std::to_string(magic) + " (expected " +
                     std::to_string(0x0800 + expected_dims) + ")");
-  size_t header = 4 + 4 * static_cast<size_t>(expected_dims);
-  if (bytes.size() < header) throw DataError(path + ": truncated idx header");
+  if (got < header.size()) throw DataError(path + ": truncated idx header");
   std::vector<int64_t> dims;
-  int64_t count = 1;
-  for (int d = 0; d < expected_dims; ++d) {
-    dims.push_back(big_endian32(bytes, 4 + 4 * d));
-    count *= dims.back();
-  }
-  if (bytes.size() - header != static_cast<size_t>(count))
+  for (int d = 0; d < expected_dims; ++d) dims.push_back(big_endian32(header.data() + 4 + 4 * d));
+  const int64_t count = claimed_bytes(dims, 1, kMaxDeflateRatio * in.file_size());
+  if (count < 0)
+    throw DataError(path + ": header claims more data than the file's " + std::to_string(in.file_size()) +
+                    " bytes can hold (corrupt?)");
+  std::string payload(static_cast<size_t>(count), '\0');
+  const size_t have = in.read(payload.data(), payload.size());
+  char extra;
+  if (have != payload.size() || in.read(&extra, 1) != 0)
     throw DataError(path + ": wrong size: header promises " + std::to_string(count) + " bytes of data, file has " +
-                    std::to_string(bytes.size() - header));
-  return {dims, bytes.substr(header)};
+                    (have < payload.size() ? std::to_string(have) : "more"));
+  return {dims, std::move(payload)};
 }
 
 torch::Tensor bytes_to_tensor(const std::string& bytes, std::vector<int64_t> shape) {

@@ -77,7 +77,7 @@ void read_models(const Reader& r, const YAML::Node& node, Experiment& e) {
     if (const auto set = m["set"]) {
       if (m["checkpoint"]) r.fail(set, where + ".set: overrides apply to train configs, not checkpoints");
       if (set.IsMap()) {
-        for (const auto& kv : set) spec.set.push_back(kv.first.as<std::string>() + "=" + Reader::flow(kv.second));
+        for (const auto& kv : set) spec.set.push_back(r.key(kv.first, where + ".set") + "=" + Reader::flow(kv.second));
       } else if (set.IsSequence()) {
         for (const auto& item : set) spec.set.push_back(r.scalar<std::string>(item, where + ".set", "'section.key=value'"));
       } else {
@@ -156,7 +156,7 @@ void read_sweep(const Reader& r, const YAML::Node& node, Experiment& e, int& swe
     r.check_keys(block, "sweep", allowed);
     std::vector<std::pair<std::string, std::vector<std::string>>> axes;
     for (const auto& kv : block) {
-      const auto key = kv.first.as<std::string>();
+      const auto key = r.key(kv.first, "sweep");
       std::vector<std::string> values;
       // A list holds the axis' values; anything else is its one value (a ρ list is a mapping's member).
       if (kv.second.IsSequence()) {
@@ -168,7 +168,15 @@ void read_sweep(const Reader& r, const YAML::Node& node, Experiment& e, int& swe
       axes.push_back({key, values});
       if (std::find(e.sweep_keys.begin(), e.sweep_keys.end(), key) == e.sweep_keys.end()) e.sweep_keys.push_back(key);
     }
-    // The product of the axes, the first key varying slowest.
+    // The product of the axes, the first key varying slowest; counted first, so that a file
+    // cannot ask for more settings than memory holds.
+    constexpr size_t kMaxSettings = 10000;  // each one samples and measures thousands of images
+    size_t product = 1;
+    for (const auto& axis : axes) {
+      product *= axis.second.size();
+      if (product + e.settings.size() > kMaxSettings)
+        r.fail(block, "sweep: more than " + std::to_string(kMaxSettings) + " settings (the product of the swept values)");
+    }
     std::vector<size_t> index(axes.size(), 0);
     for (bool more = true; more;) {
       Setting s;
@@ -357,7 +365,7 @@ Experiment load_experiment(const std::string& path) {
     auto allowed = sample_config_keys();
     allowed.erase(std::remove(allowed.begin(), allowed.end(), "num"), allowed.end());
     r.check_keys(sample, "sample", allowed);
-    for (const auto& kv : sample) e.sample[kv.first.as<std::string>()] = Reader::flow(kv.second);
+    for (const auto& kv : sample) e.sample[r.key(kv.first, "sample")] = Reader::flow(kv.second);
   }
   int sweep_line = 0;
   read_sweep(r, root["sweep"], e, sweep_line);

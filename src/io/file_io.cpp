@@ -1,6 +1,7 @@
 #include "s2dm/io/file_io.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -26,6 +27,13 @@ std::string read_file_bytes(const std::string& path) {
   return s.str();
 }
 
+namespace {
+
+// write_file_atomic's temporary name: the final name, this infix, the writer's pid.
+constexpr const char* kTemporaryInfix = ".tmp.";
+
+}  // namespace
+
 void write_file_atomic(const std::string& path, const std::string& bytes) {
   namespace fs = std::filesystem;
   auto parent = fs::path(path).parent_path();
@@ -33,7 +41,7 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
     std::error_code ec;
     fs::create_directories(parent, ec);
   }
-  std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  std::string tmp = path + kTemporaryInfix + std::to_string(::getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) throw IoError(path + ": cannot write (" + std::strerror(errno) + ")");
   size_t done = 0;
@@ -90,6 +98,7 @@ std::string lock_holder(int fd) {
 DirectoryLock::DirectoryLock(const std::string& dir) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
+  if (ec) throw IoError(dir + ": cannot create the directory (" + ec.message() + ")");
   const std::string path = dir + "/" + kFileName;
   fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd_ < 0) throw IoError(path + ": cannot open (" + std::strerror(errno) + ")");
@@ -113,6 +122,33 @@ DirectoryLock::~DirectoryLock() {
   // Empty means released cleanly; should this fail, the next holder merely warns of a stale lock.
   [[maybe_unused]] const int truncated = ::ftruncate(fd_, 0);
   ::close(fd_);  // releases the lock
+}
+
+int64_t claimed_bytes(const std::vector<int64_t>& shape, uint64_t item_size, uint64_t limit) {
+  uint64_t bytes = item_size;
+  for (int64_t d : shape) {
+    if (d < 0) return -1;
+    if (bytes != 0 && static_cast<uint64_t>(d) > limit / bytes) return -1;  // bytes * d > limit, without overflow
+    bytes *= static_cast<uint64_t>(d);
+  }
+  return bytes > limit ? -1 : static_cast<int64_t>(bytes);
+}
+
+int remove_dead_writers_temporaries(const std::string& dir) {
+  namespace fs = std::filesystem;
+  int removed = 0;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    const auto at = name.rfind(kTemporaryInfix);
+    if (at == std::string::npos || !it->is_regular_file()) continue;
+    const std::string pid = name.substr(at + std::strlen(kTemporaryInfix));
+    if (pid.empty() || pid.size() > 9 || pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (::kill(std::stoi(pid), 0) == 0 || errno != ESRCH) continue;  // its writer may still be at work
+    std::error_code ignored;
+    if (fs::remove(it->path(), ignored)) ++removed;
+  }
+  return removed;
 }
 
 uint32_t crc32_of(const void* data, size_t size, uint32_t crc) {

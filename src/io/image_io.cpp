@@ -30,6 +30,37 @@ void append_to_string(void* context, void* data, int size) {
   static_cast<std::string*>(context)->append(static_cast<const char*>(data), static_cast<size_t>(size));
 }
 
+uint32_t big_endian32(const std::string& s, size_t at) {
+  uint32_t v = 0;
+  for (size_t i = 0; i < 4; ++i) v = v << 8 | static_cast<unsigned char>(s[at + i]);
+  return v;
+}
+
+// stb allocates what a file claims before reading it (a PNG chunk's length, the pixels of the
+// width and height in the header): check those claims against the file first.
+void check_size_claims(const std::string& bytes, int channels, const std::string& path) {
+  static const std::string kPngSignature("\x89PNG\r\n\x1a\n", 8);
+  if (bytes.compare(0, 8, kPngSignature) == 0) {
+    // Chunks: length (4 bytes, big-endian), type (4), data, CRC (4).
+    for (size_t at = 8; at + 8 <= bytes.size();) {
+      const uint64_t length = big_endian32(bytes, at);
+      if (length + 12 > bytes.size() - at)
+        throw DataError(path + ": PNG chunk claims " + std::to_string(length) + " bytes, more than the file holds (truncated?)");
+      if (bytes.compare(at + 4, 4, "IEND") == 0) break;
+      at += 12 + length;
+    }
+  }
+  int width = 0, height = 0, stored = 0;
+  if (!stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &width,
+                             &height, &stored))
+    return;  // stbi_load says why
+  // Deflate (PNG) expands at most ~1032-fold, JPEG less; a few MB of slack for small files.
+  const int64_t limit = kMaxDeflateRatio * bytes.size() + (16 << 20);
+  if (claimed_bytes({width, height}, std::max(stored, channels), limit) < 0)
+    throw DataError(path + ": claims " + std::to_string(width) + "x" + std::to_string(height) +
+                    " pixels, more than its " + std::to_string(bytes.size()) + " bytes can hold (corrupt?)");
+}
+
 }  // namespace
 
 Image read_image(const std::string& path, int channels) {
@@ -39,6 +70,7 @@ Image read_image(const std::string& path, int channels) {
   } catch (const IoError& e) {
     throw DataError(e.what());
   }
+  check_size_claims(bytes, channels, path);
   int w = 0, h = 0, c = 0;
   unsigned char* data = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()),
                                               static_cast<int>(bytes.size()), &w, &h, &c, channels);

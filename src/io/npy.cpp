@@ -18,8 +18,10 @@ int64_t NpyArray::numel() const {
 }
 
 size_t NpyArray::item_size() const {
-  if (dtype.size() < 3) return 0;
-  return static_cast<size_t>(std::stoul(dtype.substr(2)));
+  // "<f4", "|u1", ...: byte order, kind, then the size in bytes.
+  const std::string digits = dtype.size() < 3 ? "" : dtype.substr(2);
+  if (digits.empty() || digits.size() > 2 || digits.find_first_not_of("0123456789") != std::string::npos) return 0;
+  return static_cast<size_t>(std::stoi(digits));
 }
 
 std::string to_npy_bytes(const NpyArray& a) {
@@ -64,14 +66,14 @@ NpyArray from_npy_bytes(const std::string& bytes, const std::string& origin) {
   if (!std::regex_search(header, m, std::regex("'shape':\\s*\\(([^)]*)\\)"))) throw fail("malformed .npy header");
   std::string dims = m[1];
   std::regex number("\\d+");
-  for (auto it = std::sregex_iterator(dims.begin(), dims.end(), number); it != std::sregex_iterator(); ++it)
+  for (auto it = std::sregex_iterator(dims.begin(), dims.end(), number); it != std::sregex_iterator(); ++it) {
+    if (it->length() > 18) throw fail("malformed .npy header (dimension " + it->str() + ")");
     a.shape.push_back(std::stoll(it->str()));
+  }
   if (a.item_size() == 0) throw fail("unsupported dtype '" + a.dtype + "'");
-  size_t nbytes = static_cast<size_t>(a.numel()) * a.item_size();
-  size_t data_start = start + header_len;
-  if (bytes.size() - data_start < nbytes)
-    throw fail("truncated: expected " + std::to_string(nbytes) + " data bytes, found " +
-               std::to_string(bytes.size() - data_start));
+  const size_t data_start = start + header_len, available = bytes.size() - data_start;
+  const int64_t nbytes = claimed_bytes(a.shape, a.item_size(), available);
+  if (nbytes < 0) throw fail("truncated: its shape claims more data than the " + std::to_string(available) + " bytes it has");
   a.data = bytes.substr(data_start, nbytes);
   return a;
 }
@@ -175,6 +177,9 @@ std::map<std::string, NpyArray> load_npz(const std::string& path) {
     if (local + 30 > bytes.size() || get32(bytes, local) != 0x04034b50) throw fail("corrupt zip member '" + name + "'");
     size_t data_at = local + 30 + get16(bytes, local + 26) + get16(bytes, local + 28);
     if (data_at + csize > bytes.size()) throw fail("truncated member '" + name + "'");
+    if (usize > (method == 8 ? kMaxDeflateRatio * csize + 64 : csize))
+      throw fail("member '" + name + "' claims " + std::to_string(usize) + " bytes, more than its " +
+                 std::to_string(csize) + " stored bytes can hold");
     std::string raw = bytes.substr(data_at, csize);
     if (method == 8) raw = inflate_raw(raw, usize, path);
     else if (method != 0) throw fail("member '" + name + "' uses unsupported compression " + std::to_string(method));

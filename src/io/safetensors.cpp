@@ -96,10 +96,10 @@ Safetensors from_safetensors_bytes(const std::string& bytes, const std::string& 
       auto offsets = entry.at("data_offsets").get<std::vector<uint64_t>>();
       if (offsets.size() != 2 || offsets[0] > offsets[1] || offsets[1] > data_size)
         throw fail("tensor '" + it.key() + "' lies outside the file (truncated?)");
-      auto t = torch::empty(shape, torch::TensorOptions().dtype(type_it->second));
-      size_t nbytes = t.numel() * t.element_size();
-      if (nbytes != offsets[1] - offsets[0])
+      const uint64_t nbytes = offsets[1] - offsets[0];
+      if (claimed_bytes(shape, c10::elementSize(type_it->second), nbytes) != static_cast<int64_t>(nbytes))
         throw fail("tensor '" + it.key() + "': shape and byte range disagree");
+      auto t = torch::empty(shape, torch::TensorOptions().dtype(type_it->second));
       if (nbytes) std::memcpy(t.data_ptr(), bytes.data() + data_start + offsets[0], nbytes);
       ordered.emplace_back(offsets[0], it.key(), t);
     }

@@ -3,9 +3,15 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+
 #include "../test_util.h"
+#include "fuzz_targets.h"
 #include "s2dm/io/checkpoint.h"
 #include "s2dm/core/errors.h"
+#include "s2dm/data/data.h"
 #include "s2dm/io/file_io.h"
 #include "s2dm/io/image_io.h"
 #include "s2dm/io/npy.h"
@@ -236,4 +242,98 @@ TEST(DirectoryLock, OneHolderAtATimeAndAStaleLockIsTakenOver) {
   s2dm::testing::write_bytes(lock_file, "pid 1 on elsewhere\n");  // left by a killed process
   DirectoryLock again(run);
   EXPECT_NE(read_file_bytes(lock_file).find("pid " + std::to_string(::getpid())), std::string::npos);
+}
+
+// A header's size claim is checked against what the file can hold before anything is allocated:
+// each file below claims terabytes (or overflows a 64-bit product) in a few bytes, and is refused
+// at once with a user error, where a reader trusting it would fail to allocate or crash.
+TEST(HeaderClaims, AreCheckedAgainstTheFileBeforeAnythingIsAllocated) {
+  TempDir dir;
+  auto message = [](const std::function<void()>& read) -> std::string {
+    try {
+      read();
+    } catch (const s2dm::Error& e) {
+      return e.what();
+    }
+    return "(accepted)";
+  };
+  auto safetensors = [](const std::string& shape) {
+    std::string json = R"({"x":{"dtype":"F32","shape":)" + shape + R"(,"data_offsets":[0,8]}})";
+    std::string out(8, '\0');
+    out[0] = static_cast<char>(json.size());
+    return out + json + std::string(8, '\0');
+  };
+  for (const char* shape : {"[1000000,1000000]", "[-1,-2]", "[4294967296,4294967296,4294967296]"})
+    EXPECT_NE(message([&] { from_safetensors_bytes(safetensors(shape), "w"); }).find("shape and byte range disagree"),
+              std::string::npos) << shape;
+
+  for (const char* shape : {"(1000000, 1000000)", "(99999999999999999999,)", "(4294967296, 4294967296, 4294967296)"}) {
+    std::string npy = to_npy_bytes({"<f4", {2}, std::string(8, '\0')});
+    npy.replace(npy.find("(2,)"), 4, shape);
+    npy[8] = static_cast<char>(npy.size() - 10 - 8);  // the header length (8 data bytes follow)
+    const auto why = message([&] { from_npy_bytes(npy, "a.npy"); });
+    EXPECT_TRUE(why.find("claims more data") != std::string::npos || why.find("malformed") != std::string::npos)
+        << shape << ": " << why;
+  }
+
+  save_npz(dir / "a.npz", {{"x", {"<f4", {2}, std::string(8, '\0')}}});
+  std::string npz = s2dm::testing::read_bytes(dir / "a.npz");
+  const size_t central = static_cast<unsigned char>(npz[npz.size() - 6]) | static_cast<unsigned char>(npz[npz.size() - 5]) << 8;
+  npz.replace(central + 24, 4, std::string("\xf0\xff\xff\x7f", 4));  // uncompressed size: 2 GB
+  s2dm::testing::write_bytes(dir / "claims.npz", npz);
+  EXPECT_NE(message([&] { load_npz(dir / "claims.npz"); }).find("claims 2147483632 bytes"), std::string::npos);
+
+  using s2dm::testing::big_endian;
+  const std::string images = dir / "train-images-idx3-ubyte.gz";
+  s2dm::testing::write_gzip(dir / "train-labels-idx1-ubyte.gz", big_endian(0x801) + big_endian(1) + "\1");
+  s2dm::testing::write_gzip(images, big_endian(0x803) + big_endian(60000) + big_endian(28000) + big_endian(28000));
+  EXPECT_NE(message([&] { data::read_fashion_mnist(dir.path(), true, 32); }).find("header claims more data than"),
+            std::string::npos);
+  // PNG: a chunk longer than the file (found by the fuzzer: stb allocated it, 500 MB), and a
+  // header claiming 20000x20000 pixels (stb itself refuses more than 2^30 bytes).
+  const std::string fixtures = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/fuzz/image";
+  EXPECT_NE(message([&] { read_image(fixtures + "/png-chunk-claims-500-MB.png", 1); }).find("PNG chunk claims"),
+            std::string::npos);
+  write_png(dir / "small.png", Image{4, 4, 1, std::vector<uint8_t>(16, 7)});
+  std::string png = s2dm::testing::read_bytes(dir / "small.png");
+  png.replace(16, 8, big_endian(20000) + big_endian(20000));  // IHDR's width and height
+  s2dm::testing::write_bytes(dir / "huge.png", png);
+  EXPECT_NE(message([&] { read_image(dir / "huge.png", 3); }).find("claims 20000x20000 pixels"), std::string::npos);
+
+  // A gzip bomb: one image claimed, 64 MB of zeros behind it (64 KB compressed): read no further.
+  s2dm::testing::write_gzip(images, big_endian(0x803) + big_endian(1) + big_endian(28) + big_endian(28) +
+                                        std::string(64 << 20, '\0'));
+  EXPECT_NE(message([&] { data::read_fashion_mnist(dir.path(), true, 32); }).find("promises 784 bytes of data, file has more"),
+            std::string::npos);
+}
+
+// The fuzz targets (fuzz/fuzz_targets.h) in the suite: every seed is a valid input (so the
+// fuzzer starts from files s2dm accepts), and every input the fuzzer ever found a defect with
+// (tests/fixtures/fuzz/TARGET/) is now refused as a user error.
+TEST(FuzzTargets, SeedsAreAcceptedAndEveryFoundInputIsAUserError) {
+  TempDir scratch;
+  const std::string source = S2DM_SOURCE_DIR, findings = source + "/tests/fixtures/fuzz";
+  for (const auto& target : fuzz::target_names()) {
+    const std::string seeds = scratch.path() + "/seeds/" + target;
+    fuzz::write_seeds(target, seeds, source);
+    int seen = 0;
+    for (const auto& seed : std::filesystem::directory_iterator(seeds)) {
+      EXPECT_NO_THROW(fuzz::run_target(target, s2dm::testing::read_bytes(seed.path()), scratch.path() + "/run", source))
+          << target << " seed " << seed.path();
+      ++seen;
+    }
+    EXPECT_GT(seen, 0) << target;
+  }
+  int replayed = 0;
+  if (std::filesystem::exists(findings))
+    for (const auto& entry : std::filesystem::recursive_directory_iterator(findings)) {
+      if (!entry.is_regular_file()) continue;
+      const std::string target = entry.path().parent_path().filename().string();
+      try {
+        fuzz::run_target(target, s2dm::testing::read_bytes(entry.path()), scratch.path() + "/run", source);
+      } catch (const s2dm::Error&) {
+      }  // anything else fails the test
+      ++replayed;
+    }
+  std::printf("[fuzz findings] %d inputs replayed\n", replayed);
 }

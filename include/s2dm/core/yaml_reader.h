@@ -26,6 +26,8 @@ class YamlReader {
   // Rejects a node that is not a mapping, and keys not in `allowed` ("did you mean", else the
   // allowed keys). `prefix` is the section's dotted name ("" at the top).
   void check_keys(const YAML::Node& node, const std::string& prefix, const std::vector<std::string>& allowed) const;
+  // A mapping's key as a name; fails for a key that is itself a mapping or a list ("? [a]: 1").
+  std::string key(const YAML::Node& key, const std::string& prefix) const;
 
   // A scalar of type T; `what` describes it for the error ("an integer").
   template <class T>

@@ -4,12 +4,20 @@
 // power loss leaves either the old file or the new one.
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace s2dm {
 
 // Throws IoError naming the path.
 std::string read_file_bytes(const std::string& path);
 void write_file_atomic(const std::string& path, const std::string& bytes);
+// What a file's header claims, checked before anything is allocated: the bytes of an array of
+// `shape` with `item_size`-byte items, or -1 when a dimension is negative or the array would
+// be larger than `limit` (what the file can hold).
+int64_t claimed_bytes(const std::vector<int64_t>& shape, uint64_t item_size, uint64_t limit);
+// Deflate expands its input at most about 1032-fold: a compressed member or file claiming more
+// than this many bytes per compressed byte is corrupt or malicious.
+inline constexpr uint64_t kMaxDeflateRatio = 1032;
 // Flushes a directory's entries (a rename or a new file in it) to disk.
 void sync_directory(const std::string& dir);
 
@@ -30,6 +38,10 @@ class DirectoryLock {
   int fd_;
 };
 
+// Removes what atomic writes under `dir` (recursively) left behind when their process died
+// before the rename (SIGKILL, power loss): temporary files whose writer is no longer running.
+// Returns how many. Meant for the holder of the directory's lock.
+int remove_dead_writers_temporaries(const std::string& dir);
 // CRC-32 (zlib's) of a byte range.
 uint32_t crc32_of(const void* data, size_t size, uint32_t crc = 0);
 
