@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <cxxopts.hpp>
+#include <filesystem>
 #include <iostream>
 #include <map>
 #include <string>
@@ -67,6 +68,11 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const cxxopts::exceptions::exception& e) {
     std::cerr << "error: " << name << ": " << e.what() << "\n";
+    return 2;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // The file system refused (permissions, read-only, full, gone): the user's to fix, and
+    // e.what() names the path.
+    std::cerr << "error: " << e.what() << "\n";
     return 2;
   } catch (const c10::Error& e) {
     std::cerr << "error: (libtorch) " << e.what_without_backtrace() << "\n";

@@ -522,8 +522,8 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   std::string text;
   try {
     text = read_file_bytes(path);
-  } catch (const IoError&) {
-    throw ConfigError(path + ": cannot open config file");
+  } catch (const IoError& e) {
+    throw ConfigError(e.what());  // "PATH: cannot open (why)"
   }
   return parse_config(text, path, overrides);
 }

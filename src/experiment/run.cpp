@@ -271,6 +271,8 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
   if (options.dry_run) return summary;
 
   const DirectoryLock lock(e.out);  // one driver per output directory
+  if (int n = remove_dead_writers_temporaries(e.out))
+    spdlog::info("{}: removed {} temporary file(s) of an earlier run that was killed while writing", e.out, n);
   write_file_atomic(e.out + "/experiment.yaml", read_file_bytes(e.path));
   LogFile log_file(e.out + "/log.txt");
   ReportInputs inputs;

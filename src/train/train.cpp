@@ -643,6 +643,8 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
   std::optional<LogFile> log_file;
   if (!group || group->rank() == 0) {
     lock.emplace(run_dir);
+    if (int n = remove_dead_writers_temporaries(run_dir))
+      spdlog::info("{}: removed {} temporary file(s) of an earlier run that was killed while writing", run_dir, n);
     if (!resume && has_entries(run_dir)) {
       if (stopped_before_first_checkpoint(run_dir))
         spdlog::warn("{}: stopped before its first checkpoint, so there is nothing to continue: starting it again", run_dir);

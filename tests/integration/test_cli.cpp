@@ -2,10 +2,15 @@
 // export, and exit code 2 with a clear message for each kind of bad input.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <random>
 #include <filesystem>
+#include <fstream>
 
 #include "../test_util.h"
 #include "s2dm/io/checkpoint.h"
@@ -430,6 +435,75 @@ TEST_F(Cli, OneWriterPerRunDirectoryAndARunKilledBeforeItsFirstCheckpointStartsA
   EXPECT_TRUE(std::filesystem::exists(run_dir + "/checkpoints/latest.ckpt"));
 }
 
+TEST_F(Cli, KilledAtRandomMomentsAndResumedEndsBitIdentical) {
+  // SIGKILL at uniformly random moments of a run that checkpoints every step (so a good share of
+  // the kills land inside a checkpoint write), then the restart a user would type (the same
+  // command before the first checkpoint, --resume after), until the run finishes: the final
+  // weights, EMA and optimizer state are bit-identical to an uninterrupted run, metrics.jsonl has
+  // each step once, and no temporary file is left. S2DM_CRASH_TRIALS sets the number of trials
+  // (scripts/crash_test.sh runs more).
+  const char* trials_env = std::getenv("S2DM_CRASH_TRIALS");
+  const int trials = trials_env ? std::atoi(trials_env) : 5;
+  constexpr int kSteps = 8, kKillsPerTrial = 2;
+  const std::string settings = " --set train.ckpt_every=1 --set train.keep_last=2 --steps " + std::to_string(kSteps);
+  auto command = [&](const std::string& run_dir) {
+    return std::string(S2DM_BINARY) + " train --config " + kTiny + " " + data + settings + " --run-dir " + run_dir;
+  };
+  auto restart = [&](const std::string& run_dir) {
+    return std::filesystem::exists(run_dir + "/checkpoints/latest.ckpt")
+               ? std::string(S2DM_BINARY) + " train --resume --run-dir " + run_dir + " --steps " + std::to_string(kSteps)
+               : command(run_dir);
+  };
+  auto temporaries = [](const std::string& where) {
+    int n = 0;
+    for (const auto& e : std::filesystem::recursive_directory_iterator(where))
+      n += e.path().filename().string().find(".tmp.") != std::string::npos;
+    return n;
+  };
+
+  const std::string reference_dir = dir / "reference";
+  const auto start = std::chrono::steady_clock::now();
+  auto r = run_shell(command(reference_dir));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const double run_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto reference = load_checkpoint(reference_dir + "/checkpoints/latest.ckpt");
+
+  const unsigned seed = std::random_device{}();
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> moment(0.0, run_seconds);  // anywhere in a whole run
+  int kills = 0, mid_write = 0, before_first_checkpoint = 0;
+  for (int trial = 0; trial < trials; ++trial) {
+    const std::string run_dir = dir / ("trial" + std::to_string(trial));
+    for (int k = 0; k < kKillsPerTrial; ++k) {
+      char delay[32];
+      std::snprintf(delay, sizeof delay, "%.3f", moment(rng));
+      r = run_shell(restart(run_dir) + " > /dev/null 2>&1 & pid=$!; sleep " + delay +
+                    "; kill -9 $pid 2>/dev/null && echo killed; wait $pid 2>/dev/null; true");
+      if (r.output.find("killed") == std::string::npos) continue;  // it had finished already
+      ++kills;
+      if (std::filesystem::exists(run_dir) && temporaries(run_dir) > 0) ++mid_write;
+      if (!std::filesystem::exists(run_dir + "/checkpoints/latest.ckpt")) ++before_first_checkpoint;
+    }
+    r = run_shell(restart(run_dir));
+    ASSERT_EQ(r.code, 0) << "trial " << trial << " (seed " << seed << "): " << r.output;
+    const auto final_checkpoint = load_checkpoint(run_dir + "/checkpoints/latest.ckpt");
+    EXPECT_EQ(final_checkpoint.step, kSteps);
+    EXPECT_TRUE(same_tensors(final_checkpoint.model, reference.model)) << "trial " << trial << ", seed " << seed;
+    EXPECT_TRUE(same_tensors(final_checkpoint.ema, reference.ema)) << "trial " << trial << ", seed " << seed;
+    EXPECT_TRUE(same_tensors(final_checkpoint.optimizer, reference.optimizer)) << "trial " << trial << ", seed " << seed;
+    const auto metrics = s2dm::testing::read_bytes(run_dir + "/metrics.jsonl");
+    for (int step = 1; step <= kSteps; ++step) {
+      const std::string key = "{\"step\":" + std::to_string(step) + ",";
+      size_t count = 0;
+      for (size_t at = metrics.find(key); at != std::string::npos; at = metrics.find(key, at + 1)) ++count;
+      EXPECT_EQ(count, 1u) << "step " << step << " in trial " << trial << ":\n" << metrics;
+    }
+    EXPECT_EQ(temporaries(run_dir), 0) << "trial " << trial;
+  }
+  std::printf("[crash test] %d trials, %d kills (%d left a half-written temporary file, %d came before the first checkpoint), "
+              "a run takes %.1f s, seed %u\n", trials, kills, mid_write, before_first_checkpoint, run_seconds, seed);
+}
+
 TEST_F(Cli, AFullDiskKeepsThePreviousCheckpointAndLeavesNoHalfWrittenFile) {
   // RLIMIT_FSIZE stands in for a full disk (any user can set it, no mount needed): with SIGXFSZ
   // ignored, a write past it fails with EFBIG where a full disk fails with ENOSPC.
@@ -461,6 +535,75 @@ TEST_F(Cli, AFullDiskKeepsThePreviousCheckpointAndLeavesNoHalfWrittenFile) {
   EXPECT_NE(r.output.find("write failed (File too large)"), std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(out + "/samples.npz"));
   EXPECT_EQ(leftovers(out), "");
+}
+
+TEST_F(Cli, UnreadableReadOnlyAndShrinkingFilesAreUserErrors) {
+  using s2dm::testing::expect_user_error;
+  const std::string run_dir = dir / "ok";
+  train(run_dir);
+  const std::string ckpt = run_dir + "/checkpoints/latest.ckpt", binary = S2DM_BINARY;
+
+  // Permissions: root reads everything, so as root the commands run as nobody (setpriv).
+  const bool root = ::geteuid() == 0;
+  if (root && run_shell("command -v setpriv").code != 0) {
+    std::printf("[note] permission cases not run: root without setpriv\n");
+  } else {
+    const std::string as_user = root ? "setpriv --reuid=65534 --regid=65534 --clear-groups " + binary : binary;
+    std::filesystem::permissions(dir.path(), std::filesystem::perms::all);
+    const std::string config = dir / "private.yaml", locked = dir / "locked";
+    std::filesystem::copy_file(kTiny, config);
+    std::filesystem::permissions(config, std::filesystem::perms::none);
+    expect_user_error(run_shell(as_user + " train --config " + config + " --run-dir " + (dir / "r1")),
+                      config + ": cannot open (Permission denied)");
+    std::filesystem::permissions(config, std::filesystem::perms::owner_read | std::filesystem::perms::others_read);
+    std::filesystem::create_directories(locked);
+    std::filesystem::permissions(locked, std::filesystem::perms::owner_all | std::filesystem::perms::others_read |
+                                             std::filesystem::perms::others_exec);
+    expect_user_error(run_shell(as_user + " train --config " + config + " " + data + " --run-dir " + locked + "/run"),
+                      locked + "/run: cannot create the directory (Permission denied)");
+    std::filesystem::permissions(ckpt, std::filesystem::perms::owner_read);
+    expect_user_error(run_shell(as_user + " sample --checkpoint " + ckpt + " --num 2 --steps 2 --out " + (dir / "s")),
+                      ckpt + ": cannot open (Permission denied)");
+    std::filesystem::permissions(ckpt, std::filesystem::perms::owner_read | std::filesystem::perms::others_read);
+    const std::string images = (dir / "fmnist") + "/train-images-idx3-ubyte.gz";
+    std::filesystem::permissions(images, std::filesystem::perms::none);
+    expect_user_error(run_shell(as_user + " train --config " + config + " " + data + " --run-dir " + (dir / "r2")),
+                      images + ": cannot open");
+    std::filesystem::permissions(images, std::filesystem::perms::owner_read | std::filesystem::perms::others_read);
+  }
+
+  // A read-only file system (a tmpfs mounted read-only; mounting needs root).
+  const std::string readonly = dir / "readonly";
+  std::filesystem::create_directories(readonly);
+  if (run_shell("mount -t tmpfs -o ro,size=1m tmpfs " + readonly).code != 0) {
+    std::printf("[note] read-only file system case not run: cannot mount here\n");
+  } else {
+    expect_user_error(run("train --config " + kTiny + " " + data + " --run-dir " + readonly + "/run"),
+                      readonly + "/run: cannot create the directory (Read-only file system)");
+    expect_user_error(run("sample --checkpoint " + ckpt + " --num 2 --steps 2 --out " + readonly + "/samples"),
+                      "Read-only file system");
+    run_shell("umount " + readonly);
+  }
+
+  // A data file that shrinks while s2dm reads it: whatever the moment, a user error naming it
+  // (s2dm reads files whole, never maps them, so a shrinking file reads as a truncated one).
+  const std::string shrinking = dir / "shrinking";
+  std::filesystem::create_directories(shrinking);
+  constexpr int kImages = 20000;
+  s2dm::testing::write_fake_fmnist(shrinking, kImages);
+  // The images uncompressed (zlib reads a plain file through gzread as it is): 16 MB that take
+  // a while to read and to shrink away, 2 KB at a time.
+  const std::string file = shrinking + "/train-images-idx3-ubyte.gz";
+  {
+    using s2dm::testing::big_endian;
+    std::ofstream out(file, std::ios::binary | std::ios::trunc);
+    out << big_endian(0x803) + big_endian(kImages) + big_endian(28) + big_endian(28)
+        << std::string(static_cast<size_t>(kImages) * 28 * 28, '\x55');
+  }
+  const auto r = run_shell("((while truncate -s -2048 " + file + " 2>/dev/null; do :; done) & shrink=$!; " + binary +
+                           " train --config " + kTiny + " --set data.path=" + shrinking + " --run-dir " +
+                           (dir / "r3") + "; code=$?; kill $shrink 2>/dev/null; wait $shrink; exit $code)");
+  expect_user_error(r, file + ": ");
 }
 
 TEST_F(Cli, SigtermWritesACheckpoint) {
