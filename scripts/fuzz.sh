@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-600}
 shift || true
-case "$seconds" in '' | *[!0-9]*) echo "fuzz: SECONDS must be a whole number, not '$seconds'" >&2; exit 2 ;; esac
+case "$seconds" in '' | *[!0-9]* | 0) echo "fuzz: SECONDS must be a whole number above 0, not '$seconds'" >&2; exit 2 ;; esac
 bash scripts/setup.sh --fuzz
 build=${S2DM_FUZZ_BUILD_DIR:-build-fuzz}
 generator=()

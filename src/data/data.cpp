@@ -98,7 +98,7 @@ std::pair<std::vector<int64_t>, std::string> read_idx(const std::string& path, i
 
 torch::Tensor bytes_to_tensor(const std::string& bytes, std::vector<int64_t> shape) {
   auto t = torch::empty(shape, torch::kUInt8);
-  std::memcpy(t.data_ptr(), bytes.data(), bytes.size());
+  if (!bytes.empty()) std::memcpy(t.data_ptr(), bytes.data(), bytes.size());  // (an empty tensor has no data pointer)
   return t;
 }
 
@@ -207,6 +207,7 @@ ImageSet read_fashion_mnist(const std::string& dir, bool train, int size) {
   std::string prefix = dir + "/" + (train ? "train" : "t10k");
   auto [idims, pixels] = read_idx(prefix + "-images-idx3-ubyte.gz", 3);
   auto [ldims, labels] = read_idx(prefix + "-labels-idx1-ubyte.gz", 1);
+  if (idims[0] == 0) throw DataError(prefix + "-images-idx3-ubyte.gz: holds no images");
   if (idims[0] != ldims[0])
     throw DataError(prefix + "-labels-idx1-ubyte.gz: " + std::to_string(ldims[0]) + " labels for " +
                     std::to_string(idims[0]) + " images");

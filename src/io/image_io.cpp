@@ -9,7 +9,6 @@
 #define STB_IMAGE_IMPLEMENTATION
 #define STBI_ONLY_PNG
 #define STBI_ONLY_JPEG
-#define STB_IMAGE_WRITE_IMPLEMENTATION
 #if defined(__GNUC__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wunused-function"
@@ -36,6 +35,41 @@ uint32_t big_endian32(const std::string& s, size_t at) {
   return v;
 }
 
+// Debian 12's stb_image (2022-09) writes past a Huffman table's arrays when a JPEG's DHT segment
+// declares more than 256 codes (later stb refuses it; found by fuzz/): refuse it first. Walks
+// the marker segments, skipping the entropy-coded data after each start of scan.
+void check_jpeg_huffman_tables(const std::string& bytes, const std::string& path) {
+  auto byte = [&](size_t at) { return static_cast<unsigned char>(bytes[at]); };
+  for (size_t at = 2; at + 4 <= bytes.size();) {
+    if (byte(at) != 0xff) return;  // not a marker where one belongs: stb says why
+    const unsigned marker = byte(at + 1);
+    if (marker == 0xff) {  // fill byte
+      ++at;
+      continue;
+    }
+    if (marker == 0xd9) return;  // end of image
+    if (marker == 0x01 || (marker >= 0xd0 && marker <= 0xd7)) {  // no length
+      at += 2;
+      continue;
+    }
+    const size_t end = at + 2 + (byte(at + 2) << 8 | byte(at + 3));
+    if (end > bytes.size()) return;
+    if (marker == 0xc4)  // DHT: tables of (class and id, 16 code counts, the codes' symbols)
+      for (size_t table = at + 4; table + 17 <= end;) {
+        size_t codes = 0;
+        for (size_t i = 1; i <= 16; ++i) codes += byte(table + i);
+        if (codes > 256)
+          throw DataError(path + ": corrupt JPEG (a Huffman table declares " + std::to_string(codes) +
+                          " codes, at most 256 exist)");
+        table += 17 + codes;
+      }
+    at = end;
+    if (marker == 0xda)  // start of scan: its data runs to the next marker (0xff not followed by 0 or a restart)
+      while (at + 1 < bytes.size() && !(byte(at) == 0xff && byte(at + 1) != 0 && !(byte(at + 1) >= 0xd0 && byte(at + 1) <= 0xd7)))
+        ++at;
+  }
+}
+
 // stb allocates what a file claims before reading it (a PNG chunk's length, the pixels of the
 // width and height in the header): check those claims against the file first.
 void check_size_claims(const std::string& bytes, int channels, const std::string& path) {
@@ -50,6 +84,7 @@ void check_size_claims(const std::string& bytes, int channels, const std::string
       at += 12 + length;
     }
   }
+  if (bytes.compare(0, 2, "\xff\xd8") == 0) check_jpeg_huffman_tables(bytes, path);
   int width = 0, height = 0, stored = 0;
   if (!stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &width,
                              &height, &stored))

@@ -195,6 +195,17 @@ TEST(Images, PngRoundTrip) {
   EXPECT_THROW(read_image(dir / "junk.png", 3), DataError);
 }
 
+TEST(Images, AJpegHuffmanTableOfMoreThan256CodesIsRefused) {
+  // Found by fuzz/: Debian 12's stb_image writes past its Huffman arrays on this file.
+  const std::string file = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/fuzz/image/jpeg-huffman-table-of-more-than-256-codes.jpg";
+  try {
+    read_image(file, 3);
+    FAIL() << "accepted";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("corrupt JPEG (a Huffman table declares"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Images, ResizeByTwoUsesPilTriangleWeights) {
   // Shrinking 4 -> 2 with PIL's bilinear: output 0 = (3/8 a0 + 3/8 a1 + 1/8 a2)/(7/8) at the edge,
   // interior taps 1/8, 3/8, 3/8, 1/8.

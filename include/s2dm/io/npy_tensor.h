@@ -31,7 +31,7 @@ inline torch::Tensor to_tensor(const NpyArray& a, const std::string& origin) {
   else if (a.dtype == "|u1") type = torch::kUInt8;
   else throw DataError(origin + ": unsupported dtype " + a.dtype + " (expected <f4, <f8 or |u1)");
   auto t = torch::empty(a.shape, type);
-  std::memcpy(t.data_ptr(), a.data.data(), a.data.size());
+  if (!a.data.empty()) std::memcpy(t.data_ptr(), a.data.data(), a.data.size());  // (an empty tensor has no data pointer)
   return t;
 }
 
