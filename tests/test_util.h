@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -80,6 +81,22 @@ inline void write_fake_fmnist(const std::string& dir, int n, const std::string& 
   }
   write_gzip(dir + "/" + split + "-images-idx3-ubyte.gz", images);
   write_gzip(dir + "/" + split + "-labels-idx1-ubyte.gz", labels);
+}
+
+// Margin audits of the tests whose bounds sit on a float trajectory (training, Monte-Carlo):
+// S2DM_TEST_SEED=K shifts every seed those tests draw by K (default 0, the seeds CI runs), and
+// each prints "[margin] <what>: <value> (bound <bound>)". S2DM_TEST_THREADS sets the threads of
+// the tests that pin them (default 1).
+inline uint64_t test_seed(uint64_t base) {
+  const char* shift = std::getenv("S2DM_TEST_SEED");
+  return base + (shift ? std::strtoull(shift, nullptr, 10) : 0);
+}
+inline int test_threads() {
+  const char* threads = std::getenv("S2DM_TEST_THREADS");
+  return threads ? std::atoi(threads) : 1;
+}
+inline void print_margin(const std::string& what, double value, const std::string& bound) {
+  std::printf("[margin] %s: %.4g (bound %s)\n", what.c_str(), value, bound.c_str());
 }
 
 struct Result {

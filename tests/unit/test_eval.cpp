@@ -197,7 +197,7 @@ TEST(Classifier, TrainsOnRealFashionMnistAndSeparatesDistributions) {
   const std::string dir = "/usr/share/datasets/fashion-mnist";
   if (!std::filesystem::exists(dir + "/t10k-images-idx3-ubyte.gz"))
     GTEST_SKIP() << "dataset-fashion-mnist is not installed (scripts/setup.sh installs it)";
-  torch::set_num_threads(1);
+  torch::set_num_threads(s2dm::testing::test_threads());
   auto train = data::read_fashion_mnist(dir, true, 32);
   train.images = train.images.slice(0, 0, 12000);
   train.labels = train.labels.slice(0, 0, 12000);
@@ -206,16 +206,18 @@ TEST(Classifier, TrainsOnRealFashionMnistAndSeparatesDistributions) {
   test.labels = test.labels.slice(0, 0, 2000);
   ClassifierSpec spec;
   spec.name = "fmnist-cnn";
-  torch::manual_seed(0);
+  torch::manual_seed(s2dm::testing::test_seed(0));
   Classifier net(spec);
   ClassifierTraining training;
   training.epochs = 2;
+  training.seed = s2dm::testing::test_seed(training.seed);
   const double accuracy = train_classifier(net, train, test, training, torch::kCPU);
   // What the features need is to tell the classes apart, far above chance (0.10). With the
   // learning rate decaying to 0, 12 000 images and 2 epochs reach 0.80-0.83 on every seed and
   // thread count measured (a constant rate ended anywhere in 0.49-0.83); 0.6 leaves a margin
   // no CPU's rounding comes near.
   EXPECT_GT(accuracy, 0.6) << "12 000 images, 2 epochs";
+  s2dm::testing::print_margin("classifier test accuracy", accuracy, "> 0.6");
 
   s2dm::testing::TempDir tmp;
   save_classifier(tmp / "c.safetensors", net, accuracy);
@@ -229,6 +231,7 @@ TEST(Classifier, TrainsOnRealFashionMnistAndSeparatesDistributions) {
   auto noise_stats = feature_stats(extract_features(features, noise, 500, torch::kCPU, false));
   const double same = frechet_distance(half(0), half(1000)), different = frechet_distance(half(0), noise_stats);
   EXPECT_LT(same * 20, different) << same << " vs " << different;
+  s2dm::testing::print_margin("FD(noise) / FD(test half, other half)", different / same, "> 20");
   // Images of another shape are refused.
   EXPECT_THROW(features.fn(torch::zeros({1, 3, 32, 32}, torch::kUInt8)), DataError);
   EXPECT_THROW(make_feature_extractor("classifier:" + (tmp / "none"), torch::kCPU), CheckpointError);
