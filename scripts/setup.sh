@@ -28,7 +28,8 @@ packages=(
   libopenblas0-pthread    # fast BLAS/LAPACK behind LibTorch (the reference BLAS makes FID 10x slower)
   libyaml-cpp-dev libspdlog-dev libfmt-dev libcxxopts-dev nlohmann-json3-dev
   libgtest-dev libbenchmark-dev
-  zlib1g-dev libstb-dev   # gzip/zip, PNG/JPEG decoding and PNG writing
+  zlib1g-dev libstb-dev   # gzip/zip, PNG decoding, PNG and JPEG writing
+  libjpeg-dev             # JPEG decoding (libjpeg-turbo, as PIL decodes)
   dataset-fashion-mnist   # the embedded default data set
 )
 packages+=("${extra[@]}")

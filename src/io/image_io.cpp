@@ -1,26 +1,18 @@
 #include "s2dm/io/image_io.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <csetjmp>
+#include <cstdio>
+
+#include <jpeglib.h>  // (after <cstdio>: it uses FILE and size_t without including them)
+#include <jerror.h>
+#include <stb_image.h>  // (the implementations: stb.cpp)
+#include <stb_image_write.h>
 
 #include "s2dm/core/errors.h"
 #include "s2dm/io/file_io.h"
-
-#define STB_IMAGE_IMPLEMENTATION
-#define STBI_ONLY_PNG
-#define STBI_ONLY_JPEG
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wunused-function"
-#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
-#pragma GCC diagnostic ignored "-Wsign-compare"
-#pragma GCC diagnostic ignored "-Wunused-parameter"
-#endif
-#include <stb_image.h>
-#include <stb_image_write.h>
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
 
 namespace s2dm {
 namespace {
@@ -35,65 +27,102 @@ uint32_t big_endian32(const std::string& s, size_t at) {
   return v;
 }
 
-// Debian 12's stb_image (2022-09) writes past a Huffman table's arrays when a JPEG's DHT segment
-// declares more than 256 codes (later stb refuses it; found by fuzz/): refuse it first. Walks
-// the marker segments, skipping the entropy-coded data after each start of scan.
-void check_jpeg_huffman_tables(const std::string& bytes, const std::string& path) {
-  auto byte = [&](size_t at) { return static_cast<unsigned char>(bytes[at]); };
-  for (size_t at = 2; at + 4 <= bytes.size();) {
-    if (byte(at) != 0xff) return;  // not a marker where one belongs: stb says why
-    const unsigned marker = byte(at + 1);
-    if (marker == 0xff) {  // fill byte
-      ++at;
-      continue;
-    }
-    if (marker == 0xd9) return;  // end of image
-    if (marker == 0x01 || (marker >= 0xd0 && marker <= 0xd7)) {  // no length
-      at += 2;
-      continue;
-    }
-    const size_t end = at + 2 + (byte(at + 2) << 8 | byte(at + 3));
-    if (end > bytes.size()) return;
-    if (marker == 0xc4)  // DHT: tables of (class and id, 16 code counts, the codes' symbols)
-      for (size_t table = at + 4; table + 17 <= end;) {
-        size_t codes = 0;
-        for (size_t i = 1; i <= 16; ++i) codes += byte(table + i);
-        if (codes > 256)
-          throw DataError(path + ": corrupt JPEG (a Huffman table declares " + std::to_string(codes) +
-                          " codes, at most 256 exist)");
-        table += 17 + codes;
-      }
-    at = end;
-    if (marker == 0xda)  // start of scan: its data runs to the next marker (0xff not followed by 0 or a restart)
-      while (at + 1 < bytes.size() && !(byte(at) == 0xff && byte(at + 1) != 0 && !(byte(at + 1) >= 0xd0 && byte(at + 1) <= 0xd7)))
-        ++at;
-  }
+// The pixels an image of width x height x channels needs, checked against what its file can
+// hold before anything is allocated: deflate (PNG) expands at most ~1032-fold, JPEG less; a few
+// MB of slack for small files.
+void check_dimensions(int width, int height, int channels, size_t file_size, const std::string& path) {
+  if (claimed_bytes({width, height}, channels, kMaxDeflateRatio * file_size + (16 << 20)) < 0)
+    throw DataError(path + ": claims " + std::to_string(width) + "x" + std::to_string(height) + " pixels, more than its " +
+                    std::to_string(file_size) + " bytes can hold (corrupt?)");
 }
 
-// stb allocates what a file claims before reading it (a PNG chunk's length, the pixels of the
-// width and height in the header): check those claims against the file first.
-void check_size_claims(const std::string& bytes, int channels, const std::string& path) {
-  static const std::string kPngSignature("\x89PNG\r\n\x1a\n", 8);
-  if (bytes.compare(0, 8, kPngSignature) == 0) {
-    // Chunks: length (4 bytes, big-endian), type (4), data, CRC (4).
-    for (size_t at = 8; at + 8 <= bytes.size();) {
-      const uint64_t length = big_endian32(bytes, at);
-      if (length + 12 > bytes.size() - at)
-        throw DataError(path + ": PNG chunk claims " + std::to_string(length) + " bytes, more than the file holds (truncated?)");
-      if (bytes.compare(at + 4, 4, "IEND") == 0) break;
-      at += 12 + length;
-    }
+// PNG through stb_image, which allocates what a file claims before reading it (a chunk's
+// length, the pixels of the header's size): those claims are checked first.
+Image decode_png(const std::string& bytes, int channels, const std::string& path) {
+  // Chunks: length (4 bytes, big-endian), type (4), data, CRC (4).
+  for (size_t at = 8; at + 8 <= bytes.size();) {
+    const uint64_t length = big_endian32(bytes, at);
+    if (length + 12 > bytes.size() - at)
+      throw DataError(path + ": PNG chunk claims " + std::to_string(length) + " bytes, more than the file holds (truncated?)");
+    if (bytes.compare(at + 4, 4, "IEND") == 0) break;
+    at += 12 + length;
   }
-  if (bytes.compare(0, 2, "\xff\xd8") == 0) check_jpeg_huffman_tables(bytes, path);
-  int width = 0, height = 0, stored = 0;
-  if (!stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &width,
-                             &height, &stored))
-    return;  // stbi_load says why
-  // Deflate (PNG) expands at most ~1032-fold, JPEG less; a few MB of slack for small files.
-  const int64_t limit = kMaxDeflateRatio * bytes.size() + (16 << 20);
-  if (claimed_bytes({width, height}, std::max(stored, channels), limit) < 0)
-    throw DataError(path + ": claims " + std::to_string(width) + "x" + std::to_string(height) +
-                    " pixels, more than its " + std::to_string(bytes.size()) + " bytes can hold (corrupt?)");
+  const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
+  const int size = static_cast<int>(std::min<size_t>(bytes.size(), INT_MAX));
+  int w = 0, h = 0, stored = 0;
+  if (stbi_info_from_memory(data, size, &w, &h, &stored)) check_dimensions(w, h, std::max(stored, channels), bytes.size(), path);
+  unsigned char* pixels = stbi_load_from_memory(data, size, &w, &h, &stored, channels);
+  if (!pixels) throw DataError(path + ": cannot decode PNG (" + stbi_failure_reason() + ")");
+  Image image{w, h, channels, std::vector<uint8_t>(pixels, pixels + static_cast<size_t>(w) * h * channels)};
+  stbi_image_free(pixels);
+  return image;
+}
+
+// libjpeg reports an error through a callback that must not return: it jumps back to the
+// setjmp of the step that called libjpeg, which then returns false.
+struct JpegDecoder {
+  jpeg_decompress_struct info;
+  jpeg_error_mgr errors;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX] = "";
+
+  JpegDecoder() {
+    info.err = jpeg_std_error(&errors);
+    errors.error_exit = jump_back;
+    errors.emit_message = on_message;
+    jpeg_create_decompress(&info);
+    info.client_data = this;
+  }
+  ~JpegDecoder() { jpeg_destroy_decompress(&info); }
+  JpegDecoder(const JpegDecoder&) = delete;
+  JpegDecoder& operator=(const JpegDecoder&) = delete;
+
+  [[noreturn]] static void jump_back(j_common_ptr info) {
+    auto* self = static_cast<JpegDecoder*>(info->client_data);
+    info->err->format_message(info, self->message);
+    std::longjmp(self->jump, 1);
+  }
+  // Warnings (level -1) about damaged data are ignored, as PIL ignores them, except a file
+  // that ends early: a truncated image is an error, not grey rows.
+  static void on_message(j_common_ptr info, int level) {
+    if (level < 0 && info->err->msg_code == JWRN_JPEG_EOF) jump_back(info);
+  }
+};
+
+// The steps that call libjpeg, each with its own setjmp; what they change after it they reach
+// through references, so a jump back clobbers nothing.
+bool read_jpeg_header(JpegDecoder& d, const std::string& bytes) {
+  if (setjmp(d.jump)) return false;
+  jpeg_mem_src(&d.info, reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<unsigned long>(bytes.size()));
+  jpeg_read_header(&d.info, TRUE);
+  return true;
+}
+
+bool read_jpeg_pixels(JpegDecoder& d, Image& image) {
+  if (setjmp(d.jump)) return false;
+  d.info.out_color_space = image.channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
+  jpeg_start_decompress(&d.info);
+  image.width = static_cast<int>(d.info.output_width);
+  image.height = static_cast<int>(d.info.output_height);
+  image.pixels.resize(static_cast<size_t>(image.width) * image.height * image.channels);
+  while (d.info.output_scanline < d.info.output_height) {
+    JSAMPROW row = image.row(static_cast<int>(d.info.output_scanline));
+    jpeg_read_scanlines(&d.info, &row, 1);
+  }
+  jpeg_finish_decompress(&d.info);
+  return true;
+}
+
+// JPEG through libjpeg(-turbo) with its defaults (accurate integer IDCT, fancy upsampling), as
+// PIL decodes it for the reference FID pipelines.
+Image decode_jpeg(const std::string& bytes, int channels, const std::string& path) {
+  JpegDecoder decoder;
+  if (!read_jpeg_header(decoder, bytes)) throw DataError(path + ": cannot decode JPEG (" + decoder.message + ")");
+  check_dimensions(static_cast<int>(std::min<JDIMENSION>(decoder.info.image_width, INT_MAX)),
+                   static_cast<int>(std::min<JDIMENSION>(decoder.info.image_height, INT_MAX)), channels, bytes.size(), path);
+  Image image{0, 0, channels, {}};
+  if (!read_jpeg_pixels(decoder, image)) throw DataError(path + ": cannot decode JPEG (" + decoder.message + ")");
+  return image;
 }
 
 }  // namespace
@@ -105,14 +134,10 @@ Image read_image(const std::string& path, int channels) {
   } catch (const IoError& e) {
     throw DataError(e.what());
   }
-  check_size_claims(bytes, channels, path);
-  int w = 0, h = 0, c = 0;
-  unsigned char* data = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()),
-                                              static_cast<int>(bytes.size()), &w, &h, &c, channels);
-  if (!data) throw DataError(path + ": cannot decode image (" + stbi_failure_reason() + ")");
-  Image img{w, h, channels, std::vector<uint8_t>(data, data + static_cast<size_t>(w) * h * channels)};
-  stbi_image_free(data);
-  return img;
+  static const std::string kPngSignature("\x89PNG\r\n\x1a\n", 8), kJpegStart("\xff\xd8", 2);
+  if (bytes.compare(0, kPngSignature.size(), kPngSignature) == 0) return decode_png(bytes, channels, path);
+  if (bytes.compare(0, kJpegStart.size(), kJpegStart) == 0) return decode_jpeg(bytes, channels, path);
+  throw DataError(path + ": cannot decode image (neither a PNG nor a JPEG file)");
 }
 
 void write_png(const std::string& path, const Image& image) {
