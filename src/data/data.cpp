@@ -102,8 +102,9 @@ torch::Tensor bytes_to_tensor(const std::string& bytes, std::vector<int64_t> sha
   return t;
 }
 
-// ---- decoded-image cache: "S2DMIMG1", n, c, h, w (int64 LE), crc32 (uint32), pixels ----
-constexpr char kCacheMagic[] = "S2DMIMG1";
+// ---- decoded-image cache: "S2DMIMG2", n, c, h, w (int64 LE), crc32 (uint32), pixels ----
+// (2: JPEGs decoded by libjpeg, whose pixels differ slightly from stb's, which made the caches of 1)
+constexpr char kCacheMagic[] = "S2DMIMG2";
 
 torch::Tensor read_cache(const std::string& path, int64_t n, int64_t c, int64_t h, int64_t w) {
   if (!fs::exists(path)) return {};
