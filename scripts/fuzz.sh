@@ -26,6 +26,7 @@ if [ ${#targets[@]} -eq 0 ]; then
   # The binary names its targets when run without one.
   read -r -a targets <<<"$("$fuzzer" 2>&1 | sed -n 's/.*one of: //p')"
 fi
+[ ${#targets[@]} -gt 0 ] || { echo "fuzz: $fuzzer names no targets (does it start?)" >&2; exit 1; }
 mkdir -p "$build/findings"
 # LibTorch's own start-up leaks by design and is not instrumented: leaks are not findings here.
 export ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=0

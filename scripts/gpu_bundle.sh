@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 debs=(
   libyaml-cpp-dev libyaml-cpp0.7 libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 libcxxopts-dev
-  nlohmann-json3-dev libgtest-dev libbenchmark-dev libbenchmark1debian libstb-dev libstb0
+  nlohmann-json3-dev libgtest-dev libbenchmark-dev libbenchmark1debian libstb-dev libstb0 libjpeg-dev libjpeg62-turbo-dev libjpeg62-turbo
   libgloo-dev  # headers of c10d's Gloo process group (the library itself is inside LibTorch)
 )
 mkdir -p gpu_bundle/debs gpu_bundle/fashion-mnist

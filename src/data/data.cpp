@@ -50,7 +50,12 @@ class GzipReader {
         const char* why = gzerror(file_, &err);
         throw DataError(path_ + ": corrupt or truncated gzip data (" + why + ")");
       }
-      if (n == 0) break;
+      if (n == 0) {  // the end, or a file cut short (zlib then reports Z_BUF_ERROR)
+        int err = Z_OK;
+        const char* why = gzerror(file_, &err);
+        if (err != Z_OK && err != Z_STREAM_END) throw DataError(path_ + ": corrupt or truncated gzip data (" + why + ")");
+        break;
+      }
       done += static_cast<size_t>(n);
     }
     return done;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -125,9 +126,10 @@ DirectoryLock::~DirectoryLock() {
 }
 
 int64_t claimed_bytes(const std::vector<int64_t>& shape, uint64_t item_size, uint64_t limit) {
+  if (std::any_of(shape.begin(), shape.end(), [](int64_t d) { return d < 0; })) return -1;
+  if (std::find(shape.begin(), shape.end(), 0) != shape.end()) return 0;  // empty, whatever the other dimensions say
   uint64_t bytes = item_size;
   for (int64_t d : shape) {
-    if (d < 0) return -1;
     if (bytes != 0 && static_cast<uint64_t>(d) > limit / bytes) return -1;  // bytes * d > limit, without overflow
     bytes *= static_cast<uint64_t>(d);
   }

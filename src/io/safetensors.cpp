@@ -92,6 +92,10 @@ Safetensors from_safetensors_bytes(const std::string& bytes, const std::string& 
       auto type_it = std::find_if(dtype_names().begin(), dtype_names().end(),
                                   [&](const auto& p) { return p.first == dtype; });
       if (type_it == dtype_names().end()) throw fail("tensor '" + it.key() + "' has unsupported dtype " + dtype);
+      // Integers only: nlohmann converts a number such as 1e24 with a cast that overflows.
+      for (const char* key : {"shape", "data_offsets"})
+        for (const auto& n : entry.at(key))
+          if (!n.is_number_integer()) throw fail("tensor '" + it.key() + "': " + key + " holds " + n.dump() + ", not an integer");
       auto shape = entry.at("shape").get<std::vector<int64_t>>();
       auto offsets = entry.at("data_offsets").get<std::vector<uint64_t>>();
       if (offsets.size() != 2 || offsets[0] > offsets[1] || offsets[1] > data_size)
