@@ -32,6 +32,10 @@ class GzipReader {
     if (!file_) throw DataError(path + ": cannot open (" + std::strerror(errno) + ")");
     std::error_code ec;
     file_size_ = fs::file_size(path, ec);
+    if (ec) {
+      gzclose(file_);
+      throw DataError(path + ": cannot read (" + ec.message() + ")");
+    }
   }
   ~GzipReader() { gzclose(file_); }
   GzipReader(const GzipReader&) = delete;
@@ -66,12 +70,6 @@ class GzipReader {
   gzFile file_;
   uint64_t file_size_ = 0;
 };
-
-uint32_t big_endian32(const char* p) {
-  return static_cast<uint32_t>(static_cast<unsigned char>(p[0])) << 24 |
-         static_cast<uint32_t>(static_cast<unsigned char>(p[1])) << 16 |
-         static_cast<uint32_t>(static_cast<unsigned char>(p[2])) << 8 | static_cast<uint32_t>(static_cast<unsigned char>(p[3]));
-}
 
 // An idx file (magic 0x0000080D: unsigned bytes, D dimensions) as its dims and payload. The
 // header is read first and its claim checked against what the file can hold before the payload

@@ -21,12 +21,6 @@ void append_to_string(void* context, void* data, int size) {
   static_cast<std::string*>(context)->append(static_cast<const char*>(data), static_cast<size_t>(size));
 }
 
-uint32_t big_endian32(const std::string& s, size_t at) {
-  uint32_t v = 0;
-  for (size_t i = 0; i < 4; ++i) v = v << 8 | static_cast<unsigned char>(s[at + i]);
-  return v;
-}
-
 // The pixels an image of width x height x channels needs, checked against what its file can
 // hold before anything is allocated: deflate (PNG) expands at most ~1032-fold, JPEG less; a few
 // MB of slack for small files.
@@ -41,7 +35,7 @@ void check_dimensions(int width, int height, int channels, size_t file_size, con
 Image decode_png(const std::string& bytes, int channels, const std::string& path) {
   // Chunks: length (4 bytes, big-endian), type (4), data, CRC (4).
   for (size_t at = 8; at + 8 <= bytes.size();) {
-    const uint64_t length = big_endian32(bytes, at);
+    const uint64_t length = big_endian32(bytes.data() + at);
     if (length + 12 > bytes.size() - at)
       throw DataError(path + ": PNG chunk claims " + std::to_string(length) + " bytes, more than the file holds (truncated?)");
     if (bytes.compare(at + 4, 4, "IEND") == 0) break;
@@ -66,14 +60,21 @@ struct JpegDecoder {
   std::jmp_buf jump;
   char message[JMSG_LENGTH_MAX] = "";
 
+  bool created = false;  // false when libjpeg could not start (its message says why)
+
   JpegDecoder() {
     info.err = jpeg_std_error(&errors);
     errors.error_exit = jump_back;
     errors.emit_message = on_message;
-    jpeg_create_decompress(&info);
-    info.client_data = this;
+    info.client_data = this;  // (kept by jpeg_create_decompress, which clears the rest)
+    if (setjmp(jump) == 0) {
+      jpeg_create_decompress(&info);
+      created = true;
+    }
   }
-  ~JpegDecoder() { jpeg_destroy_decompress(&info); }
+  ~JpegDecoder() {
+    if (created) jpeg_destroy_decompress(&info);
+  }
   JpegDecoder(const JpegDecoder&) = delete;
   JpegDecoder& operator=(const JpegDecoder&) = delete;
 
@@ -102,6 +103,10 @@ bool read_jpeg_pixels(JpegDecoder& d, Image& image) {
   if (setjmp(d.jump)) return false;
   d.info.out_color_space = image.channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
   jpeg_start_decompress(&d.info);
+  if (d.info.output_components != image.channels) {  // (libjpeg converts to grey or RGB, or refuses)
+    std::snprintf(d.message, sizeof d.message, "%d components where %d were asked for", d.info.output_components, image.channels);
+    return false;
+  }
   image.width = static_cast<int>(d.info.output_width);
   image.height = static_cast<int>(d.info.output_height);
   image.pixels.resize(static_cast<size_t>(image.width) * image.height * image.channels);
@@ -117,6 +122,7 @@ bool read_jpeg_pixels(JpegDecoder& d, Image& image) {
 // PIL decodes it for the reference FID pipelines.
 Image decode_jpeg(const std::string& bytes, int channels, const std::string& path) {
   JpegDecoder decoder;
+  if (!decoder.created) throw DataError(path + ": cannot start libjpeg (" + decoder.message + ")");
   if (!read_jpeg_header(decoder, bytes)) throw DataError(path + ": cannot decode JPEG (" + decoder.message + ")");
   check_dimensions(static_cast<int>(std::min<JDIMENSION>(decoder.info.image_width, INT_MAX)),
                    static_cast<int>(std::min<JDIMENSION>(decoder.info.image_height, INT_MAX)), channels, bytes.size(), path);

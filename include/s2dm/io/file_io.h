@@ -15,6 +15,12 @@ void write_file_atomic(const std::string& path, const std::string& bytes);
 // `shape` with `item_size`-byte items, or -1 when a dimension is negative or the array would
 // be larger than `limit` (what the file can hold).
 int64_t claimed_bytes(const std::vector<int64_t>& shape, uint64_t item_size, uint64_t limit);
+// The big-endian 32-bit number at `p` (idx headers, PNG chunks).
+inline uint32_t big_endian32(const char* p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v = v << 8 | static_cast<unsigned char>(p[i]);
+  return v;
+}
 // Deflate expands its input at most about 1032-fold: a compressed member or file claiming more
 // than this many bytes per compressed byte is corrupt or malicious.
 inline constexpr uint64_t kMaxDeflateRatio = 1032;
