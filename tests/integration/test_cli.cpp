@@ -560,11 +560,12 @@ TEST_F(Cli, UnreadableReadOnlyAndShrinkingFilesAreUserErrors) {
                       config + ": cannot open (Permission denied)");
     std::filesystem::permissions(config, std::filesystem::perms::owner_read | std::filesystem::perms::others_read);
     std::filesystem::create_directories(locked);
-    std::filesystem::permissions(locked, std::filesystem::perms::owner_all | std::filesystem::perms::others_read |
-                                             std::filesystem::perms::others_exec);
+    // Readable and searchable, writable by nobody (as a non-root owner too).
+    using std::filesystem::perms;
+    std::filesystem::permissions(locked, perms::owner_read | perms::owner_exec | perms::others_read | perms::others_exec);
     expect_user_error(run_shell(as_user + " train --config " + config + " " + data + " --run-dir " + locked + "/run"),
                       locked + "/run: cannot create the directory (Permission denied)");
-    std::filesystem::permissions(ckpt, std::filesystem::perms::owner_read);
+    std::filesystem::permissions(ckpt, std::filesystem::perms::none);
     expect_user_error(run_shell(as_user + " sample --checkpoint " + ckpt + " --num 2 --steps 2 --out " + (dir / "s")),
                       ckpt + ": cannot open (Permission denied)");
     std::filesystem::permissions(ckpt, std::filesystem::perms::owner_read | std::filesystem::perms::others_read);
