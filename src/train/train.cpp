@@ -3,8 +3,10 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -242,8 +244,12 @@ class Trainer {
   void wait_for_rank0();
   void sample_grid();
   void evaluate();
+  // A line that cannot be appended (a full disk) stops the run: the log would otherwise end
+  // silently while training went on.
   void metrics_line(const nlohmann::ordered_json& line) {
-    if (writes_) metrics_ << line.dump() << "\n" << std::flush;
+    if (!writes_) return;
+    metrics_ << line.dump() << "\n" << std::flush;
+    if (!metrics_) throw IoError(run_dir_ + "/metrics.jsonl: cannot append (" + std::strerror(errno) + ")");
   }
 
   const Config config_;
@@ -524,7 +530,10 @@ void Trainer::check_weights_agree() {
 }
 
 TrainResult Trainer::run() {
-  if (writes_) metrics_.open(run_dir_ + "/metrics.jsonl", std::ios::app);
+  if (writes_) {
+    metrics_.open(run_dir_ + "/metrics.jsonl", std::ios::app);
+    if (!metrics_) throw IoError(run_dir_ + "/metrics.jsonl: cannot open (" + std::strerror(errno) + ")");
+  }
   if (writes_ && tc_.eval_every > 0) evaluation_.emplace(tc_, dataset_.images, device_);
   wait_for_rank0();  // (the reference features)
   if (group_) synchronise_weights();

@@ -530,6 +530,16 @@ TEST_F(Cli, AFullDiskKeepsThePreviousCheckpointAndLeavesNoHalfWrittenFile) {
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(load_checkpoint(latest).step, 9);
 
+  // metrics.jsonl filled to a few bytes under the limit: the next line (step 10, before any
+  // checkpoint) cannot be appended, and that stops the run naming the file.
+  const std::string metrics = run_dir + "/metrics.jsonl";
+  const auto room = 2000u * 512 - std::filesystem::file_size(metrics);
+  std::ofstream(metrics, std::ios::app) << "{\"step\":0,\"pad\":\"" << std::string(room - 30, 'x') << "\"}\n";
+  r = run_shell(limited + " train --resume --run-dir " + run_dir + " --steps 12");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find(metrics + ": cannot append (File too large)"), std::string::npos) << r.output;
+  EXPECT_EQ(load_checkpoint(latest).step, 9);
+
   // samples.npz (3 KB here) past a 2 KB limit: refused, nothing under its name.
   const std::string out = dir / "full_samples";
   r = run_shell("ulimit -f 4; trap '' XFSZ; " + std::string(S2DM_BINARY) + " sample --checkpoint " + latest +
