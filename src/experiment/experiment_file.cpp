@@ -11,6 +11,7 @@
 #include "s2dm/eval/fid.h"
 #include "s2dm/experiment/experiment.h"
 #include "s2dm/io/checkpoint.h"
+#include "s2dm/io/file_io.h"
 #include "s2dm/core/device.h"
 #include "s2dm/model/model_source.h"
 #include "s2dm/sample/generate.h"
@@ -86,7 +87,8 @@ void read_models(const Reader& r, const YAML::Node& node, Experiment& e) {
     }
     if (m["train"]) {
       spec.train_config = r.resolve(r.scalar<std::string>(m["train"], where + ".train", "a path"));
-      if (!fs::is_regular_file(spec.train_config)) r.fail(m["train"], where + ".train: " + spec.train_config + " not found");
+      if (auto why = why_not_a_file(spec.train_config); !why.empty())
+        r.fail(m["train"], where + ".train: " + spec.train_config + " " + why);
       try {
         spec.config = load_config(spec.train_config, spec.set);
       } catch (const ConfigError& err) {
@@ -95,13 +97,13 @@ void read_models(const Reader& r, const YAML::Node& node, Experiment& e) {
       spec.key = hash_key("train\n" + training_identity(spec.config));
       const auto& data = spec.config.data;
       const std::string data_path = data.path.empty() ? data::default_path(data.dataset) : data.path;
-      if (!fs::exists(data_path))
+      if (std::error_code ec; !fs::exists(data_path, ec))  // (a path it cannot look at: not there either)
         r.fail(m, where + " ('" + spec.name + "'): its data (" + data.dataset + ") is not at " + data_path +
                       " (data/README.md says how to get it)");
     } else {
       spec.checkpoint = r.resolve(r.scalar<std::string>(m["checkpoint"], where + ".checkpoint", "a path"));
-      if (!fs::is_regular_file(spec.checkpoint))
-        r.fail(m["checkpoint"], where + ".checkpoint: " + spec.checkpoint + " not found");
+      if (auto why = why_not_a_file(spec.checkpoint); !why.empty())
+        r.fail(m["checkpoint"], where + ".checkpoint: " + spec.checkpoint + " " + why);
       const auto ckpt = load_checkpoint(spec.checkpoint);  // verifies it
       spec.config = parse_config(ckpt.config_yaml, spec.checkpoint + " (config)");
       spec.key = hash_key("checkpoint\n" + file_identity(spec.checkpoint) + (spec.ema ? "|ema" : "|raw"));
@@ -222,13 +224,13 @@ void read_metric(const Reader& r, const YAML::Node& node, Experiment& e) {
                                    " (scripts/convert_fid_inception.py makes them; or set $S2DM_INCEPTION_WEIGHTS)");
   } else if (!spec.path.empty()) {
     spec.path = r.resolve(spec.path);
-    if (!fs::is_regular_file(spec.path)) r.fail(node["features"], "metric.features: " + spec.path + " not found");
+    if (auto why = why_not_a_file(spec.path); !why.empty()) r.fail(node["features"], "metric.features: " + spec.path + " " + why);
     m.features = spec.text();
   }
   if (m.reference != "train" && m.reference != "test") {
     m.reference = r.resolve(m.reference);
-    if (!fs::is_regular_file(m.reference))
-      r.fail(node["reference"], "metric.reference: " + m.reference + " not found (expected train, test or a statistics .npz)");
+    if (auto why = why_not_a_file(m.reference); !why.empty())
+      r.fail(node["reference"], "metric.reference: " + m.reference + " " + why + " (expected train, test or a statistics .npz)");
     if (m.kid) r.fail(node["kid"], "metric.kid needs reference features: use reference train or test, not a statistics file");
   }
 }
@@ -327,7 +329,7 @@ SampleConfig sample_config(const Experiment& e, const ModelSpec& m, const Settin
 }
 
 Experiment load_experiment(const std::string& path) {
-  if (!fs::is_regular_file(path)) throw ConfigError(path + ": experiment file not found");
+  if (auto why = why_not_a_file(path); !why.empty()) throw ConfigError(path + ": experiment file " + why);
   YAML::Node root;
   try {
     root = YAML::LoadFile(path);

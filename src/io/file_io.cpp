@@ -28,6 +28,14 @@ std::string read_file_bytes(const std::string& path) {
   return s.str();
 }
 
+std::string why_not_a_file(const std::string& path) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (status.type() == std::filesystem::file_type::not_found) return "not found";
+  if (ec) return "cannot be read (" + ec.message() + ")";
+  return status.type() == std::filesystem::file_type::regular ? "" : "is not a file";
+}
+
 namespace {
 
 // write_file_atomic's temporary name: the final name, this infix, the writer's pid.

@@ -255,6 +255,10 @@ TEST_F(Experiment, BadFilesFailBeforeAnyWork) {
   expect_bad("train: " + kTiny + "\n    set: {loss.type: simple, data.path: " + (dir / "data") + "}",
              "checkpoint: missing.ckpt", "missing.ckpt not found");
   expect_bad("train: " + kTiny + "\n    set: {loss", "train: nowhere.yaml\n    set: {loss", "nowhere.yaml not found");
+  // (a name longer than any file system allows: std::filesystem would throw instead of answering)
+  expect_bad("train: " + kTiny + "\n    set: {loss", "train: " + std::string(300, 'n') + ".yaml\n    set: {loss",
+             ".yaml cannot be read (File name too long)");
+  expect_bad("train: " + kTiny + "\n    set: {loss", "train: " + (dir / "data") + "\n    set: {loss", "data is not a file");
   expect_bad("loss.type: simple", "loss.type: simpel", "loss.type = 'simpel' is not one of simple, s2dm");
   expect_bad("  - name: skip", "  - name: base", "'base' is used twice");
   expect_bad("sample:\n  batch: 8", "sample:\n  steps: 8", "sample.steps is also swept");

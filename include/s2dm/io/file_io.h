@@ -11,6 +11,10 @@ namespace s2dm {
 // Throws IoError naming the path.
 std::string read_file_bytes(const std::string& path);
 void write_file_atomic(const std::string& path, const std::string& bytes);
+// Why `path` is not a regular file ("" when it is one), for a message after the path: "not
+// found", "is not a file", or the system's reason ("cannot be read (File name too long)").
+// Never throws, unlike std::filesystem's queries on a path they cannot look at.
+std::string why_not_a_file(const std::string& path);
 // What a file's header claims, checked before anything is allocated: the bytes of an array of
 // `shape` with `item_size`-byte items, or -1 when a dimension is negative or the array would
 // be larger than `limit` (what the file can hold).
