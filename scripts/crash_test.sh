@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 trials=${1:-20}
 case "$trials" in '' | *[!0-9]*) echo "crash_test: N must be a whole number, not '$trials'" >&2; exit 2 ;; esac
 build=${S2DM_BUILD_DIR:-build}
-[ -x "$build/s2dm_tests" ] || bash scripts/build.sh -DS2DM_BUILD_TESTS=ON
+bash scripts/build.sh -DS2DM_BUILD_TESTS=ON  # (incremental: never a stale test binary)
 S2DM_CRASH_TRIALS=$trials "$build/s2dm_tests" --gtest_filter=Cli.KilledAtRandomMomentsAndResumedEndsBitIdentical

@@ -46,10 +46,10 @@ for target in "${targets[@]}"; do
   if S2DM_FUZZ_TARGET=$target "$fuzzer" "$corpus" "$seeds" -max_total_time="$seconds" -timeout=20 \
       -malloc_limit_mb=128 -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 \
       -artifact_prefix="$build/findings/$target-" >"$log" 2>&1; then
-    grep -E '^stat::number_of_executed_units|^#[0-9]+.*DONE' "$log" | tail -2 | sed "s/^/fuzz: $target: /"
+    grep -E '^stat::number_of_executed_units|^#[0-9]+.*DONE' "$log" | tail -2 | sed "s/^/fuzz: $target: /" || true
   else
     echo "fuzz: $target FOUND A DEFECT (log: $log):" >&2
-    grep -E 'ERROR|SUMMARY|runtime error|not a user error|Test unit written' "$log" | head -8 >&2
+    grep -E 'ERROR|SUMMARY|runtime error|not a user error|Test unit written' "$log" | head -8 >&2 || true
     failed+=("$target")
   fi
 done

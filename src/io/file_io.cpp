@@ -135,12 +135,17 @@ DirectoryLock::~DirectoryLock() {
 
 int64_t claimed_bytes(const std::vector<int64_t>& shape, uint64_t item_size, uint64_t limit) {
   if (std::any_of(shape.begin(), shape.end(), [](int64_t d) { return d < 0; })) return -1;
-  if (std::find(shape.begin(), shape.end(), 0) != shape.end()) return 0;  // empty, whatever the other dimensions say
+  // An empty array holds no bytes, but LibTorch still multiplies its other dimensions (its
+  // strides): those must stay within int64.
+  const bool empty = std::find(shape.begin(), shape.end(), 0) != shape.end();
+  const uint64_t bound = empty ? static_cast<uint64_t>(INT64_MAX) : limit;
   uint64_t bytes = item_size;
   for (int64_t d : shape) {
-    if (bytes != 0 && static_cast<uint64_t>(d) > limit / bytes) return -1;  // bytes * d > limit, without overflow
+    if (d == 0) continue;
+    if (bytes != 0 && static_cast<uint64_t>(d) > bound / bytes) return -1;  // bytes * d > bound, without overflow
     bytes *= static_cast<uint64_t>(d);
   }
+  if (empty) return 0;
   return bytes > limit ? -1 : static_cast<int64_t>(bytes);
 }
 
@@ -151,7 +156,8 @@ int remove_dead_writers_temporaries(const std::string& dir) {
   for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
     const std::string name = it->path().filename().string();
     const auto at = name.rfind(kTemporaryInfix);
-    if (at == std::string::npos || !it->is_regular_file()) continue;
+    std::error_code type_error;
+    if (at == std::string::npos || !it->is_regular_file(type_error)) continue;
     const std::string pid = name.substr(at + std::strlen(kTemporaryInfix));
     if (pid.empty() || pid.size() > 9 || pid.find_first_not_of("0123456789") != std::string::npos) continue;
     if (::kill(std::stoi(pid), 0) == 0 || errno != ESRCH) continue;  // its writer may still be at work

@@ -124,8 +124,10 @@ Image decode_jpeg(const std::string& bytes, int channels, const std::string& pat
   JpegDecoder decoder;
   if (!decoder.created) throw DataError(path + ": cannot start libjpeg (" + decoder.message + ")");
   if (!read_jpeg_header(decoder, bytes)) throw DataError(path + ": cannot decode JPEG (" + decoder.message + ")");
+  // (libjpeg holds the file's components while decoding, more than asked for when read as grey)
   check_dimensions(static_cast<int>(std::min<JDIMENSION>(decoder.info.image_width, INT_MAX)),
-                   static_cast<int>(std::min<JDIMENSION>(decoder.info.image_height, INT_MAX)), channels, bytes.size(), path);
+                   static_cast<int>(std::min<JDIMENSION>(decoder.info.image_height, INT_MAX)),
+                   std::max(channels, decoder.info.num_components), bytes.size(), path);
   Image image{0, 0, channels, {}};
   if (!read_jpeg_pixels(decoder, image)) throw DataError(path + ": cannot decode JPEG (" + decoder.message + ")");
   return image;

@@ -292,8 +292,8 @@ TEST(HeaderClaims, AreCheckedAgainstTheFileBeforeAnythingIsAllocated) {
     }
     return "(accepted)";
   };
-  auto safetensors = [](const std::string& shape) {
-    std::string json = R"({"x":{"dtype":"F32","shape":)" + shape + R"(,"data_offsets":[0,8]}})";
+  auto safetensors = [](const std::string& shape, const std::string& offsets = "[0,8]") {
+    std::string json = R"({"x":{"dtype":"F32","shape":)" + shape + R"(,"data_offsets":)" + offsets + "}}";
     std::string out(8, '\0');
     out[0] = static_cast<char>(json.size());
     return out + json + std::string(8, '\0');
@@ -313,6 +313,12 @@ TEST(HeaderClaims, AreCheckedAgainstTheFileBeforeAnythingIsAllocated) {
   // An empty array claims nothing, whatever its other dimensions.
   EXPECT_EQ(claimed_bytes({3, 0}, 4, 0), 0);
   EXPECT_EQ(claimed_bytes({0, -1}, 4, 0), -1);
+  // ... unless those overflow int64 (LibTorch's strides), as a reviewer's inputs showed.
+  EXPECT_EQ(claimed_bytes({999999999999999999, 999999999999999999, 0}, 4, 0), -1);
+  EXPECT_EQ(claimed_bytes({0, 1LL << 40, 1LL << 40}, 1, 0), -1);
+  EXPECT_NE(message([&] { from_safetensors_bytes(safetensors("[1000000000000000000,1000000000000000000,0]", "[0,0]"), "w"); })
+                .find("shape and byte range disagree"),
+            std::string::npos);
 
   save_npz(dir / "a.npz", {{"x", {"<f4", {2}, std::string(8, '\0')}}});
   std::string npz = s2dm::testing::read_bytes(dir / "a.npz");
@@ -367,11 +373,14 @@ TEST(FuzzTargets, SeedsAreAcceptedAndEveryFoundInputIsAUserError) {
     for (const auto& entry : std::filesystem::recursive_directory_iterator(findings)) {
       if (!entry.is_regular_file()) continue;
       const std::string target = entry.path().parent_path().filename().string();
+      const auto& names = fuzz::target_names();
+      ASSERT_NE(std::find(names.begin(), names.end(), target), names.end()) << entry.path() << ": no target of that name";
       try {
         fuzz::run_target(target, s2dm::testing::read_bytes(entry.path()), scratch.path() + "/run", source);
       } catch (const s2dm::Error&) {
       }  // anything else fails the test
       ++replayed;
     }
+  EXPECT_GT(replayed, 0) << "no findings under " << findings;
   std::printf("[fuzz findings] %d inputs replayed\n", replayed);
 }

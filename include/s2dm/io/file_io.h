@@ -17,7 +17,8 @@ void write_file_atomic(const std::string& path, const std::string& bytes);
 std::string why_not_a_file(const std::string& path);
 // What a file's header claims, checked before anything is allocated: the bytes of an array of
 // `shape` with `item_size`-byte items, or -1 when a dimension is negative or the array would
-// be larger than `limit` (what the file can hold).
+// be larger than `limit` (what the file can hold). An empty array claims 0 bytes unless its
+// other dimensions multiply past int64.
 int64_t claimed_bytes(const std::vector<int64_t>& shape, uint64_t item_size, uint64_t limit);
 // The big-endian 32-bit number at `p` (idx headers, PNG chunks).
 inline uint32_t big_endian32(const char* p) {
