@@ -51,12 +51,22 @@ std::vector<std::string> sets(const cxxopts::ParseResult& r) {
   return out;
 }
 
-torch::Tensor read_noise(const std::string& path) {
+// Initial noise for images of `shape` [C, H, W]: float32 NCHW, at least one image, finite.
+torch::Tensor read_noise(const std::string& path, const std::vector<int64_t>& shape) {
   NpyArray a = load_npy(path);
   if (a.dtype != "<f4" || a.shape.size() != 4)
     throw DataError(path + ": initial noise must be float32 NCHW (dtype <f4, 4 dimensions), got " + a.dtype +
                     " with " + std::to_string(a.shape.size()) + " dimensions");
-  return to_tensor(a, path);
+  if (std::vector<int64_t>(a.shape.begin() + 1, a.shape.end()) != shape) {
+    std::string takes = "[N";
+    for (int64_t d : shape) takes += ", " + std::to_string(d);
+    throw DataError(path + ": initial noise of shape " + c10::str(c10::IntArrayRef(a.shape)) + ", the model takes " +
+                    takes + "]");
+  }
+  if (a.shape[0] == 0) throw DataError(path + ": holds no images (shape " + c10::str(c10::IntArrayRef(a.shape)) + ")");
+  auto noise = to_tensor(a, path);
+  if (!torch::isfinite(noise).all().item<bool>()) throw DataError(path + ": initial noise holds NaN or Inf");
+  return noise;
 }
 
 void write_float_npy(const std::string& path, const torch::Tensor& x) { save_npy(path, to_npy_array(x.to(torch::kFloat32))); }
@@ -71,7 +81,7 @@ int info(int argc, char** argv) {
       "checkpoint", "describe this checkpoint's model", cxxopts::value<std::string>());
   auto r = parse_options(options, argc, argv);
   if (!r) return 0;
-  set_cpu_threads((*r)["threads"].as<int>());
+  set_cpu_threads(bounded(*r, "threads", 0, kMaxThreads));
   std::cout << runtime_info(resolve_device((*r)["device"].as<std::string>()));
   std::string backends;
   for (const auto& b : dist::available_backends()) backends += (backends.empty() ? "" : ", ") + b;
@@ -113,8 +123,8 @@ int train(int argc, char** argv) {
   if (opts.resume && opts.overwrite) throw UsageError("train: --resume and --overwrite exclude each other");
   opts.overrides = sets(*r);
   if (r->count("device")) opts.overrides.push_back("device=" + (*r)["device"].as<std::string>());
-  if (r->count("steps")) opts.steps = (*r)["steps"].as<int64_t>();
-  if (opts.steps < -1) throw UsageError("train: --steps must not be negative");
+  if (r->count("steps")) opts.steps = bounded(*r, "steps", int64_t{0}, std::numeric_limits<int64_t>::max());
+  const int nproc = r->count("nproc") ? bounded(*r, "nproc", 1, dist::kMaxLocalRanks) : 0;
   Config config;
   if (r->count("config")) {
     config = load_config((*r)["config"].as<std::string>(), opts.overrides);
@@ -130,7 +140,7 @@ int train(int argc, char** argv) {
       if (arg == "--nproc") ++i;
       else if (arg.rfind("--nproc=", 0) != 0) args.push_back(arg);
     }
-    return dist::launch_local_group((*r)["nproc"].as<int>(), args);
+    return dist::launch_local_group(nproc, args);
   }
   auto result = train::run_training(config, opts);
   if (result.rank == 0)  // (rank 0 speaks for a data-parallel group)
@@ -193,7 +203,7 @@ int samplers(int argc, char** argv) {
                         cxxopts::value<std::vector<int>>()->default_value("10,20,50,100"));
   auto r = parse_options(options, argc, argv);
   if (!r) return 0;
-  auto steps = (*r)["steps"].as<std::vector<int>>();
+  const auto steps = bounded_list(*r, "steps", 1, kMaxTimesteps);
   std::printf("%-12s %-34s", "sampler", "options");
   for (int s : steps) std::printf(" %6s", ("S=" + std::to_string(s)).c_str());
   std::printf("  description\n");
@@ -240,6 +250,10 @@ int sample(int argc, char** argv) {
   if (!r) return 0;
   if (!r->count("out")) throw UsageError("sample: --out DIR is required");
   const std::string out = (*r)["out"].as<std::string>();
+  sample::check_sample_output(out);
+  if (r->count("save-float"))
+    if (std::error_code ec; fs::is_directory((*r)["save-float"].as<std::string>(), ec))
+      throw UsageError("--save-float " + (*r)["save-float"].as<std::string>() + ": is a directory (expected a .npy file)");
 
   auto source = model::resolve_model(model_ref(*r), sets(*r));
   apply_sample_flags(*r, source.config);
@@ -249,14 +263,15 @@ int sample(int argc, char** argv) {
   learned.state = source.learned;
   const auto plan = sample::plan_sampling(config.sample, schedule, learned);  // fail before any work
   model::check_skip_tuning(config.model, config.sample.skip_tuning, !source.script.empty());
+  const std::vector<int64_t> shape{config.data.channels, config.data.image_size, config.data.image_size};
   torch::Tensor noise;
-  if (r->count("noise")) noise = read_noise((*r)["noise"].as<std::string>());
+  if (r->count("noise")) noise = read_noise((*r)["noise"].as<std::string>(), shape);
   set_cpu_threads(config.threads);
   const torch::Device device = resolve_device(config.device);
   const model::LoadedModel loaded(source, device);
-  auto generated = sample::generate(loaded.eps(config.sample.skip_tuning), schedule, config.sample,
-                                    {config.data.channels, config.data.image_size, config.data.image_size}, device,
+  auto generated = sample::generate(loaded.eps(config.sample.skip_tuning), schedule, config.sample, shape, device,
                                     config.seed, config.sample.num, noise, true, learned);
+  sample::clear_sample_output(out);  // (an earlier output's images, which the new ones may not all replace)
   sample::write_samples(out, generated.samples, !r->count("no-png"));
   if (r->count("save-float")) write_float_npy((*r)["save-float"].as<std::string>(), generated.samples);
   // Record what produced these samples.

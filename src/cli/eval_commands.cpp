@@ -7,6 +7,7 @@
 #include <cxxopts.hpp>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
@@ -97,7 +98,13 @@ Source resolve_source(const std::string& arg, FeatureSpace& space, int64_t num, 
   }
   if (num > 0 && num < images.size(0)) images = images.slice(0, 0, num);
   src.description = arg + " (" + std::to_string(images.size(0)) + " images)";
-  src.set = eval::feature_set(space.extractor(), images, batch, device);
+  if (images.size(0) < 2)
+    throw DataError(arg + ": " + std::to_string(images.size(0)) + " image(s); statistics need at least 2");
+  try {
+    src.set = eval::feature_set(space.extractor(), images, batch, device);
+  } catch (const DataError& e) {  // (the images do not suit the feature network)
+    throw DataError(arg + ": " + e.what());
+  }
   return src;
 }
 
@@ -105,10 +112,24 @@ void common_options(cxxopts::Options& options) {
   options.add_options()("features", "inception[:WEIGHTS.safetensors] or classifier:PATH (default Inception weights: "
                                     "$S2DM_INCEPTION_WEIGHTS or data/inception/pt_inception-2015-12-05-6726825d.safetensors)",
                         cxxopts::value<std::string>()->default_value("inception"))(
-      "num", "use the first N images of each source (0 = all)", cxxopts::value<int64_t>()->default_value("0"))(
+      "num", "use the first N images of each source (0 = all; at least 2)", cxxopts::value<int64_t>()->default_value("0"))(
       "batch", "feature-extraction batch size", cxxopts::value<int64_t>()->default_value("100"))(
       "device", "auto | cpu | cuda", cxxopts::value<std::string>()->default_value("auto"))(
       "threads", "CPU threads (0 = all cores)", cxxopts::value<int>()->default_value("0"));
+}
+
+// The options common_options adds, checked.
+struct CommonOptions {
+  int64_t num, batch;
+  torch::Device device{torch::kCPU};
+};
+CommonOptions common_values(const cxxopts::ParseResult& r) {
+  const int64_t num = r["num"].as<int64_t>();
+  if (num < 0 || num == 1) throw UsageError("--num " + std::to_string(num) + ": expected 0 (every image) or at least 2");
+  CommonOptions o{num, bounded(r, "batch", int64_t{1}, int64_t{kMaxBatch})};
+  set_cpu_threads(bounded(r, "threads", 0, kMaxThreads));
+  o.device = resolve_device(r["device"].as<std::string>());
+  return o;
 }
 
 }  // namespace
@@ -123,11 +144,11 @@ int fid_stats(int argc, char** argv) {
   auto r = parse_options(options, argc, argv);
   if (!r) return 0;
   if (!r->count("source") || !r->count("out")) throw UsageError("fid-stats: SOURCE and --out are required");
-  set_cpu_threads((*r)["threads"].as<int>());
-  const auto device = resolve_device((*r)["device"].as<std::string>());
-  FeatureSpace space((*r)["features"].as<std::string>(), device);
-  auto src = resolve_source((*r)["source"].as<std::string>(), space, (*r)["num"].as<int64_t>(),
-                            (*r)["batch"].as<int64_t>(), device);
+  const auto o = common_values(*r);
+  if (std::error_code ec; fs::is_directory((*r)["out"].as<std::string>(), ec))
+    throw UsageError("--out " + (*r)["out"].as<std::string>() + ": is a directory (expected a .npz file)");
+  FeatureSpace space((*r)["features"].as<std::string>(), o.device);
+  auto src = resolve_source((*r)["source"].as<std::string>(), space, o.num, o.batch, o.device);
   eval::save_stats((*r)["out"].as<std::string>(), src.set.stats, r->count("compress") > 0);
   std::cout << "wrote " << (*r)["out"].as<std::string>() << " from " << src.description << "\n";
   return 0;
@@ -142,13 +163,10 @@ int fid(int argc, char** argv) {
   auto r = parse_options(options, argc, argv);
   if (!r) return 0;
   if (!r->count("a") || !r->count("b")) throw UsageError("fid: two sources A and B are required");
-  set_cpu_threads((*r)["threads"].as<int>());
-  const auto device = resolve_device((*r)["device"].as<std::string>());
-  FeatureSpace space((*r)["features"].as<std::string>(), device);
-  const auto num = (*r)["num"].as<int64_t>();
-  const auto batch = (*r)["batch"].as<int64_t>();
-  auto a = resolve_source((*r)["a"].as<std::string>(), space, num, batch, device);
-  auto b = resolve_source((*r)["b"].as<std::string>(), space, num, batch, device);
+  const auto o = common_values(*r);
+  FeatureSpace space((*r)["features"].as<std::string>(), o.device);
+  auto a = resolve_source((*r)["a"].as<std::string>(), space, o.num, o.batch, o.device);
+  auto b = resolve_source((*r)["b"].as<std::string>(), space, o.num, o.batch, o.device);
   const auto d = eval::distance(a.set, b.set);
   const double value = d.fd;
   nlohmann::ordered_json out{{"fid", value}};
@@ -184,14 +202,15 @@ int train_classifier(int argc, char** argv) {
   auto r = parse_options(options, argc, argv);
   if (!r) return 0;
   if (!r->count("data") || !r->count("out")) throw UsageError("train-classifier: --data and --out are required");
-  set_cpu_threads((*r)["threads"].as<int>());
-  const auto device = resolve_device((*r)["device"].as<std::string>());
   eval::ClassifierTraining training;
-  training.epochs = (*r)["epochs"].as<int>();
-  training.batch = (*r)["batch"].as<int64_t>();
+  training.epochs = bounded(*r, "epochs", 1, 100000);
+  training.batch = bounded(*r, "batch", int64_t{1}, int64_t{kMaxBatch});
   training.seed = (*r)["seed"].as<uint64_t>();
-  eval::train_data_classifier(load_config((*r)["data"].as<std::string>()).data, (*r)["limit"].as<int64_t>(), training,
-                              device, (*r)["out"].as<std::string>());
+  const int64_t limit = bounded(*r, "limit", int64_t{0}, std::numeric_limits<int64_t>::max());
+  set_cpu_threads(bounded(*r, "threads", 0, kMaxThreads));
+  const auto device = resolve_device((*r)["device"].as<std::string>());
+  eval::train_data_classifier(load_config((*r)["data"].as<std::string>()).data, limit, training, device,
+                              (*r)["out"].as<std::string>());
   return 0;
 }
 

@@ -6,6 +6,7 @@
 #include <cxxopts.hpp>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 
 #include "commands.h"
 #include "s2dm/core/config.h"
@@ -33,7 +34,7 @@ int schedule(int argc, char** argv) {
       "levels", "fine grid of noise levels (score: 1000; dp: 100 candidates)", cxxopts::value<int>())(
       "samples", "score: data images averaged over (256); dp: reference trajectories (64)", cxxopts::value<int64_t>())(
       "sweeps", "dp: coordinate-search rounds with the full sampler (default: 2 for multistep samplers, else 0)",
-      cxxopts::value<int>()->default_value("-1"))(
+      cxxopts::value<int>())(
       "batch", "batch size", cxxopts::value<int64_t>()->default_value("64"))(
       "seed", "random seed (score: data subset and noise; dp: the reference noise)",
       cxxopts::value<uint64_t>()->default_value("0"))(
@@ -47,11 +48,23 @@ int schedule(int argc, char** argv) {
   if (!r->count("out")) throw UsageError("schedule: --out is required");
   if (!dp && !r->count("data")) throw UsageError("schedule: --method score needs --data");
   if (dp && r->count("data")) throw UsageError("schedule: --method dp needs no --data (it follows the model's own trajectories)");
-  if (!dp && (r->count("sampler") || r->count("order")))
-    throw UsageError("schedule: --sampler and --order are for --method dp (the score-optimal grid knows no sampler)");
+  if (!dp && (r->count("sampler") || r->count("order") || r->count("sweeps")))
+    throw UsageError("schedule: --sampler, --order and --sweeps are for --method dp (the score-optimal grid knows no "
+                     "sampler)");
   if (r->count("checkpoint") == r->count("model-script"))
     throw UsageError("schedule: give --checkpoint C or --model-script M.pt --config F.yaml");
 
+  // Every count checked before any work.
+  const int levels = r->count("levels") ? bounded(*r, "levels", 3, kMaxTimesteps) : dp ? 100 : 1000;
+  const int64_t samples =
+      r->count("samples") ? bounded(*r, "samples", int64_t{1}, std::numeric_limits<int64_t>::max()) : dp ? 64 : 256;
+  const int sweeps = r->count("sweeps") ? bounded(*r, "sweeps", 0, 1000) : -1;  // (-1: the sampler's default)
+  const int64_t batch = bounded(*r, "batch", int64_t{1}, int64_t{kMaxBatch});
+  const auto steps = bounded_list(*r, "steps", 1, kMaxTimesteps);
+  for (int s : steps)
+    if (s > levels)
+      throw UsageError("--steps " + std::to_string(s) + " needs at least " + std::to_string(s) + " levels (--levels " +
+                       std::to_string(levels) + ")");
   model::ModelRef ref;
   if (r->count("checkpoint")) ref.checkpoint = (*r)["checkpoint"].as<std::string>();
   if (r->count("model-script")) ref.script = (*r)["model-script"].as<std::string>();
@@ -63,18 +76,10 @@ int schedule(int argc, char** argv) {
   const Config& config = source.config;
   const std::string& origin = source.origin;
   NoiseSchedule noise_schedule(config.diffusion);
-  const int levels = r->count("levels") ? (*r)["levels"].as<int>() : dp ? 100 : 1000;
-  const int64_t samples = r->count("samples") ? (*r)["samples"].as<int64_t>() : dp ? 64 : 256;
-  auto steps = (*r)["steps"].as<std::vector<int>>();
-  for (int s : steps)
-    if (s < 1 || s > levels)
-      throw ConfigError("--steps " + std::to_string(s) + " needs at least " + std::to_string(s) + " levels (--levels " +
-                        std::to_string(levels) + ")");
   const std::vector<int64_t> shape{config.data.channels, config.data.image_size, config.data.image_size};
   const std::string out = (*r)["out"].as<std::string>();
   const std::string plot = sample::schedule_plot_path(out);
   const uint64_t seed = (*r)["seed"].as<uint64_t>();
-  const int64_t batch = (*r)["batch"].as<int64_t>();
 
   if (dp) {
     const auto device = resolve_device((*r)["device"].as<std::string>());
@@ -84,7 +89,7 @@ int schedule(int argc, char** argv) {
     o.levels = levels;
     o.samples = samples;
     o.search_samples = std::min<int64_t>(samples, 32);
-    o.sweeps = (*r)["sweeps"].as<int>();
+    o.sweeps = sweeps;
     o.batch = batch;
     o.seed = seed;
     const auto file = sample::search_dp_schedule(model.eps_fp32(), noise_schedule, config.sample, shape, steps, o,

@@ -54,7 +54,7 @@ void visit(V& v, DiffusionConfig& c) {
   v("beta_schedule", c.beta_schedule, OneOf{{"linear", "cosine"}});
   v("beta_start", c.beta_start, Range<double>{1e-12, 0.999});
   v("beta_end", c.beta_end, Range<double>{1e-12, 0.999});
-  v("num_timesteps", c.num_timesteps, Range<int>{2, 100000});
+  v("num_timesteps", c.num_timesteps, Range<int>{2, kMaxTimesteps});
 }
 
 template <class V>
@@ -69,10 +69,10 @@ template <class V>
 void visit(V& v, LearnedScheduleConfig& c) {
   constexpr auto kMax = std::numeric_limits<int64_t>::max();
   v("every", c.every, Range<int64_t>{0, kMax});
-  v("levels", c.levels, Range<int>{3, 100000});
+  v("levels", c.levels, Range<int>{3, kMaxTimesteps});
   v("min_estimates", c.min_estimates, Range<int>{1, 1000000});
   v("gamma", c.gamma, Range<double>{0.0, 1.0});
-  v("batch", c.batch, Range<int>{1, 1 << 20});
+  v("batch", c.batch, Range<int>{1, kMaxBatch});
   v("pairs", c.pairs, Range<int>{1, 100000});
 }
 
@@ -88,7 +88,7 @@ void visit(V& v, TrainConfig& c) {
   constexpr auto kMax = std::numeric_limits<int64_t>::max();
   v("steps", c.steps, Range<int64_t>{0, kMax});
   v("max_minutes", c.max_minutes, Range<double>{0.0, 1e9});
-  v("batch_size", c.batch_size, Range<int>{1, 1 << 20});
+  v("batch_size", c.batch_size, Range<int>{1, kMaxBatch});
   v("optimizer", c.optimizer, OneOf{{"adam", "adamw"}});
   v("lr", c.lr, Range<double>{0.0, 10.0});
   v("beta1", c.beta1, Range<double>{0.0, 0.999999});
@@ -125,7 +125,7 @@ void visit(V& v, SkipTuningConfig& c) {
 template <class V>
 void visit(V& v, SampleConfig& c) {
   v("sampler", c.sampler, Any{});  // checked against the sampler registry where it is used
-  v("steps", c.steps, Range<int>{1, 100000});
+  v("steps", c.steps, Range<int>{1, kMaxTimesteps});
   v("eta", c.eta, Range<double>{0.0, 10.0});
   v("order", c.order, Range<int>{-1, 8});
   v("lambda", c.lambda, Range<double>{-1e6, 1e6});
@@ -134,7 +134,7 @@ void visit(V& v, SampleConfig& c) {
   v("timesteps", c.timesteps, Any{});  // checked by make_timesteps
   v("karras_rho", c.karras_rho, Range<double>{1e-3, 1e3});
   v("num", c.num, Range<int64_t>{1, std::numeric_limits<int64_t>::max()});
-  v("batch", c.batch, Range<int>{1, 1 << 20});
+  v("batch", c.batch, Range<int>{1, kMaxBatch});
   v("clip_denoised", c.clip_denoised, Any{});
   v("final_alpha", c.final_alpha, OneOf{{"one", "first"}});
   v.section("skip_tuning", c.skip_tuning);
@@ -145,7 +145,7 @@ void visit(V& v, Config& c) {
   v("name", c.name, Any{});
   v("seed", c.seed, Range<uint64_t>{0, std::numeric_limits<uint64_t>::max()});
   v("device", c.device, Any{});
-  v("threads", c.threads, Range<int>{0, 4096});
+  v("threads", c.threads, Range<int>{0, kMaxThreads});
   v.section("data", c.data);
   v.section("model", c.model);
   v.section("diffusion", c.diffusion);
@@ -410,6 +410,9 @@ void validate_whole(const Config& c, const std::string& origin) {
   if (c.train.learned_schedule.every > 0 && c.sample.steps >= c.train.learned_schedule.levels)
     fail("train.learned_schedule.levels = " + std::to_string(c.train.learned_schedule.levels) +
          " must exceed sample.steps = " + std::to_string(c.sample.steps));
+  if (c.sample.skip_tuning.t_min > c.sample.skip_tuning.t_max)
+    fail("sample.skip_tuning.t_min = " + show(c.sample.skip_tuning.t_min) + " exceeds sample.skip_tuning.t_max = " +
+         show(c.sample.skip_tuning.t_max) + " (Skip-Tuning would act at no timestep)");
   if (c.sample.steps > c.diffusion.num_timesteps)
     fail("sample.steps = " + std::to_string(c.sample.steps) + " exceeds diffusion.num_timesteps = " +
          std::to_string(c.diffusion.num_timesteps));
@@ -470,6 +473,7 @@ std::map<std::string, std::string> merge_overrides(YAML::Node& root, const std::
     } catch (const YAML::Exception& e) {
       throw ConfigError("--set " + item + ": invalid value: " + e.msg);
     }
+    YamlReader("--set " + item).check_unique_keys(parsed);
     // Walk (and create) the nested mappings named by the dotted key.
     std::vector<std::string> parts;
     for (size_t start = 0, dot;; start = dot + 1) {
@@ -507,14 +511,20 @@ Config parse_config(const std::string& yaml_text, const std::string& origin,
   } catch (const YAML::Exception& e) {
     throw ConfigError(origin + ":" + std::to_string(e.mark.line + 1) + ": invalid YAML: " + e.msg);
   }
-  if (!root || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  if (!root || root.IsNull())
+    throw ConfigError(origin + ": empty config (expected a mapping of sections: data, model, train, ...; {} for every "
+                               "default)");
   if (!root.IsMap()) throw ConfigError(origin + ": expected a mapping of sections at the top level");
+  YamlReader(origin).check_unique_keys(root);
   // The overrides replace what the file says before anything is read, so a value they replace
   // is never checked.
   const YamlReader reader(origin, merge_overrides(root, overrides, false));
   Config config;
   Binder(root, "", reader).bind(config);
-  validate_whole(config, origin);
+  // (A relation between keys may break through a --set: the message names them too.)
+  std::string whole = origin;
+  for (size_t i = 0; i < overrides.size(); ++i) whole += (i ? " --set " : " with --set ") + overrides[i];
+  validate_whole(config, whole);
   return config;
 }
 

@@ -1,11 +1,17 @@
 #include "s2dm/core/progress.h"
 
-#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <string_view>
+
+#include "s2dm/core/errors.h"
 
 namespace s2dm {
 
@@ -73,9 +79,46 @@ void Progress::finish(const std::string& extra) {
   spdlog::info("{}", line(extra));
 }
 
-LogFile::LogFile(const std::string& path) : sink_(std::make_shared<spdlog::sinks::basic_file_sink_mt>(path)) {
-  spdlog::default_logger()->sinks().push_back(sink_);
-}
+// Formats as spdlog's file sinks do; into memory, or appended to a file and flushed per line.
+class LogFile::Sink : public spdlog::sinks::base_sink<std::mutex> {
+ public:
+  ~Sink() override {
+    if (file_) std::fclose(file_);
+  }
+  void open(const std::string& path) {
+    std::lock_guard<std::mutex> guard(mutex_);
+    file_ = std::fopen(path.c_str(), "a");
+    if (!file_) throw IoError(path + ": cannot open (" + std::strerror(errno) + ")");
+    write(kept_);
+    kept_.clear();
+  }
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    spdlog::memory_buf_t line;
+    formatter_->format(msg, line);
+    if (file_) write({line.data(), line.size()});
+    else kept_.append(line.data(), line.size());
+  }
+  void flush_() override {
+    if (file_) std::fflush(file_);
+  }
+
+ private:
+  void write(std::string_view text) {
+    if (text.empty()) return;
+    std::fwrite(text.data(), 1, text.size(), file_);
+    std::fflush(file_);  // (a failed write shows in the run's other files; the log is not worth stopping for)
+  }
+  std::FILE* file_ = nullptr;
+  std::string kept_;
+};
+
+LogFile::LogFile() : sink_(std::make_shared<Sink>()) { spdlog::default_logger()->sinks().push_back(sink_); }
+
+LogFile::LogFile(const std::string& path) : LogFile() { open(path); }
+
+void LogFile::open(const std::string& path) { sink_->open(path); }
 
 LogFile::~LogFile() {
   auto& sinks = spdlog::default_logger()->sinks();

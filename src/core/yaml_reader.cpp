@@ -11,8 +11,10 @@ YamlReader::YamlReader(std::string origin, std::map<std::string, std::string> ov
     : origin_(std::move(origin)), overridden_(std::move(overridden)) {}
 
 void YamlReader::fail(const YAML::Node& at, const std::string& msg, const std::string& key) const {
-  auto it = overridden_.find(key);
-  if (!key.empty() && it != overridden_.end()) throw ConfigError("--set " + it->second + ": " + msg);
+  // A --set names the key, or a section on its path (--set a.b.c=1 for an unknown section 'a').
+  for (const auto& [overridden, text] : overridden_)
+    if (!key.empty() && (overridden == key || overridden.rfind(key + ".", 0) == 0))
+      throw ConfigError("--set " + text + ": " + msg);
   std::string where = origin_;
   if (const int l = line(at); l > 0) where += ":" + std::to_string(l);
   throw ConfigError(where + ": " + msg);
@@ -20,6 +22,24 @@ void YamlReader::fail(const YAML::Node& at, const std::string& msg, const std::s
 
 int YamlReader::line(const YAML::Node& at) const {
   return at.IsDefined() && at.Mark().line >= 0 ? at.Mark().line + 1 : 0;
+}
+
+void YamlReader::check_unique_keys(const YAML::Node& node) const {
+  if (node.IsSequence()) {
+    for (const auto& item : node) check_unique_keys(item);
+  } else if (node.IsMap()) {
+    std::map<std::string, int> seen;  // key -> its first line
+    for (const auto& kv : node) {
+      if (kv.first.IsScalar()) {
+        const auto [at, first] = seen.emplace(kv.first.Scalar(), line(kv.first));
+        if (!first)
+          fail(kv.first, "key '" + kv.first.Scalar() + "' appears twice in one mapping (first on line " +
+                             std::to_string(at->second) + "): YAML keeps one of them, so say it once");
+      }
+      check_unique_keys(kv.first);
+      check_unique_keys(kv.second);
+    }
+  }
 }
 
 void YamlReader::check_keys(const YAML::Node& node, const std::string& prefix,

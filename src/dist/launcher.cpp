@@ -54,7 +54,8 @@ int exit_code(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128
 }  // namespace
 
 int launch_local_group(int nproc, const std::vector<std::string>& args) {
-  if (nproc < 1) throw UsageError("--nproc must be at least 1");
+  if (nproc < 1 || nproc > kMaxLocalRanks)
+    throw UsageError("--nproc " + std::to_string(nproc) + ": out of range [1, " + std::to_string(kMaxLocalRanks) + "]");
   if (std::getenv("RANK") || std::getenv("WORLD_SIZE"))
     throw UsageError("--nproc inside a launched group (RANK/WORLD_SIZE are set): launch with one or the other");
   // The launcher serves the store (on a port the kernel picks, so no race for a free one); the
@@ -103,8 +104,10 @@ int launch_local_group(int nproc, const std::vector<std::string>& args) {
   }
 
   // Waits for every rank. When one fails, the others are asked to stop (SIGTERM; they also see
-  // the lost peer in their next collective) and killed if still there after a grace period.
-  int worst = 0, running = nproc;
+  // the lost peer in their next collective) and killed if still there after a grace period. The
+  // first failure's code is the group's: the others' codes then tell of the launcher's own
+  // signals, not of what went wrong. Without a failure: 130 when a signal stopped a rank, else 0.
+  int first_failure = 0, interrupted = 0, running = nproc;
   auto kill_at = std::chrono::steady_clock::time_point::max();  // (max: nobody to kill)
   while (running > 0) {
     if (g_forward) {
@@ -130,8 +133,10 @@ int launch_local_group(int nproc, const std::vector<std::string>& args) {
       pids[r] = -1;
       --running;
       const int code = exit_code(status);
-      worst = std::max(worst, code);
+      if (code == kInterrupted) interrupted = code;
       if (code == 0 || code == kInterrupted) break;
+      if (first_failure != 0) break;  // (stopped by us, or failing in the failure's wake)
+      first_failure = code;
       spdlog::error("rank {} {} {}", r, WIFEXITED(status) ? "exited with code" : "was killed by signal",
                     WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
       if (running > 0 && kill_at == std::chrono::steady_clock::time_point::max()) {
@@ -143,7 +148,7 @@ int launch_local_group(int nproc, const std::vector<std::string>& args) {
   }
   sigaction(SIGINT, &old_int, nullptr);
   sigaction(SIGTERM, &old_term, nullptr);
-  return worst;
+  return first_failure != 0 ? first_failure : interrupted;
 }
 
 }  // namespace s2dm::dist

@@ -52,6 +52,7 @@ double train_classifier(Classifier& net, const data::ImageSet& train, const data
                         const ClassifierTraining& o, const torch::Device& device) {
   if (!train.labels.defined() || !test.labels.defined())
     throw DataError(train.source + ": a classifier needs labels (fmnist or cifar10)");
+  if (o.batch < 1 || o.epochs < 1) throw ConfigError("classifier training needs a batch and epochs of at least 1");
   torch::manual_seed(o.seed);
   net->to(device);
   NamedTensors params;

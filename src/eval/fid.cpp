@@ -112,6 +112,22 @@ FeatureStats load_stats(const std::string& path) {
   if (s.mu.dim() != 1 || s.sigma.dim() != 2 || s.sigma.size(0) != s.mu.size(0) || s.sigma.size(1) != s.mu.size(0))
     throw DataError(path + ": mu " + c10::str(s.mu.sizes()) + " and sigma " + c10::str(s.sigma.sizes()) +
                     " do not fit together");
+  if (s.mu.size(0) == 0) throw DataError(path + ": statistics of 0-dimensional features");
+  if (!torch::isfinite(s.mu).all().item<bool>() || !torch::isfinite(s.sigma).all().item<bool>())
+    throw DataError(path + ": statistics contain NaN or Inf");
+  // A covariance is symmetric and positive semi-definite; a file whose sigma is not would give a
+  // meaningless (even negative) distance. The tolerances allow for rounding: a float32 file's
+  // rank-deficient covariance (fewer samples than dimensions) has eigenvalues a few 1e-6 of its
+  // largest entry below zero.
+  const double scale = s.sigma.abs().max().item<double>();
+  const double asymmetry = (s.sigma - s.sigma.t()).abs().max().item<double>();
+  if (asymmetry > 1e-5 * scale)
+    throw DataError(path + ": sigma is not symmetric (|sigma - sigma^T| up to " + std::to_string(asymmetry) + ")");
+  // Positive semi-definite: sigma + eps I has a Cholesky factor.
+  const auto shifted = (s.sigma + s.sigma.t()) / 2 +
+                       torch::eye(s.sigma.size(0), s.sigma.options()) * std::max(1e-4 * scale, 1e-300);
+  if (torch::diagonal(s.sigma).min().item<double>() < 0 || std::get<1>(torch::linalg_cholesky_ex(shifted)).item<int>() != 0)
+    throw DataError(path + ": sigma is not positive semi-definite (not a covariance)");
   return s;
 }
 
@@ -170,6 +186,7 @@ torch::Tensor extract_features(const FeatureExtractor& extractor, const torch::T
                                const torch::Device& device, bool show_progress) {
   if (images.dim() != 4 || (images.size(1) != 1 && images.size(1) != 3))
     throw DataError("images must be [N, 1|3, H, W], got " + c10::str(images.sizes()));
+  if (batch < 1) throw ConfigError("feature extraction: batch = " + std::to_string(batch) + " must be at least 1");
   torch::NoGradGuard no_grad;
   compat::NoTf32 fp32;  // (no autocast either: nothing here enables it)
   const int64_t n = images.size(0);

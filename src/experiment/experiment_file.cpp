@@ -2,6 +2,7 @@
 // is resolved here, so that a bad combination fails before any work.
 
 #include <filesystem>
+#include <limits>
 #include <set>
 
 #include "plan.h"
@@ -40,6 +41,8 @@ std::string Setting::label() const {
 namespace {
 
 // ---- Reading the experiment file ----
+
+constexpr int64_t kMaxSamples = std::numeric_limits<int64_t>::max();  // (image counts cost time, not memory)
 
 // A YAML reader that also resolves paths relative to the experiment file's folder.
 class Reader : public YamlReader {
@@ -131,13 +134,12 @@ void read_tune_skip(const Reader& r, const YAML::Node& node, Experiment& e) {
     t.hi = r.scalar<double>(range[1], "tune_skip.range", "a number");
     if (!(0 <= t.lo && t.lo < t.hi)) r.fail(range, "tune_skip.range: expected [lo, hi] with 0 <= lo < hi");
   }
-  if (node["points"]) t.points = r.scalar<int>(node["points"], "tune_skip.points", "an integer");
-  if (node["refine"]) t.refine = r.scalar<int>(node["refine"], "tune_skip.refine", "an integer");
-  if (node["rho_top"]) t.rho_top = r.scalar<double>(node["rho_top"], "tune_skip.rho_top", "a number");
-  if (node["proxy_samples"]) t.proxy_samples = r.scalar<int64_t>(node["proxy_samples"], "tune_skip.proxy_samples", "an integer");
+  if (node["points"]) t.points = r.bounded(node["points"], "tune_skip.points", 2, 1000);
+  if (node["refine"]) t.refine = r.bounded(node["refine"], "tune_skip.refine", 0, 30);
+  if (node["rho_top"]) t.rho_top = r.bounded(node["rho_top"], "tune_skip.rho_top", -10.0, 10.0);
+  if (node["proxy_samples"])
+    t.proxy_samples = r.bounded(node["proxy_samples"], "tune_skip.proxy_samples", int64_t{2}, kMaxSamples);
   if (node["seed"]) t.seed = r.scalar<uint64_t>(node["seed"], "tune_skip.seed", "a non-negative integer");
-  if (t.points < 2 || t.refine < 0 || t.proxy_samples < 2)
-    r.fail(node, "tune_skip: points must be at least 2, refine at least 0, proxy_samples at least 2");
 }
 
 void read_sweep(const Reader& r, const YAML::Node& node, Experiment& e, int& sweep_line) {
@@ -201,16 +203,14 @@ void read_metric(const Reader& r, const YAML::Node& node, Experiment& e) {
   r.check_keys(node, "metric", {"features", "num_samples", "reference", "reference_num", "kid", "batch", "classifier_epochs"});
   auto& m = e.metric;
   if (node["features"]) m.features = r.scalar<std::string>(node["features"], "metric.features", "a string");
-  if (node["num_samples"]) m.num_samples = r.scalar<int64_t>(node["num_samples"], "metric.num_samples", "an integer");
+  if (node["num_samples"]) m.num_samples = r.bounded(node["num_samples"], "metric.num_samples", int64_t{2}, kMaxSamples);
   if (node["reference"]) m.reference = r.scalar<std::string>(node["reference"], "metric.reference", "a string");
-  if (node["reference_num"]) m.reference_num = r.scalar<int64_t>(node["reference_num"], "metric.reference_num", "an integer");
+  if (node["reference_num"])
+    m.reference_num = r.bounded(node["reference_num"], "metric.reference_num", int64_t{2}, kMaxSamples);
   if (node["kid"]) m.kid = r.scalar<bool>(node["kid"], "metric.kid", "true or false");
-  if (node["batch"]) m.batch = r.scalar<int64_t>(node["batch"], "metric.batch", "an integer");
-  if (node["classifier_epochs"]) m.classifier_epochs = r.scalar<int>(node["classifier_epochs"], "metric.classifier_epochs", "an integer");
-  if (m.num_samples < 2) r.fail(node["num_samples"], "metric.num_samples must be at least 2");
-  if (m.reference_num < 2) r.fail(node["reference_num"], "metric.reference_num must be at least 2");
-  if (m.batch < 1) r.fail(node["batch"], "metric.batch must be positive");
-  if (m.classifier_epochs < 1) r.fail(node["classifier_epochs"], "metric.classifier_epochs must be positive");
+  if (node["batch"]) m.batch = r.bounded(node["batch"], "metric.batch", int64_t{1}, int64_t{kMaxBatch});
+  if (node["classifier_epochs"])
+    m.classifier_epochs = r.bounded(node["classifier_epochs"], "metric.classifier_epochs", 1, 100000);
   eval::FeatureSpec spec;
   try {
     spec = eval::parse_feature_spec(m.features);
@@ -241,18 +241,14 @@ void read_schedule(const Reader& r, const YAML::Node& node, Experiment& e) {
   auto& s = e.schedule;
   if (const auto dp = node["dp"]) {
     r.check_keys(dp, "schedule.dp", {"levels", "samples", "sweeps"});
-    if (dp["levels"]) s.dp.levels = r.scalar<int>(dp["levels"], "schedule.dp.levels", "an integer");
-    if (dp["samples"]) s.dp.samples = r.scalar<int64_t>(dp["samples"], "schedule.dp.samples", "an integer");
-    if (dp["sweeps"]) s.dp.sweeps = r.scalar<int>(dp["sweeps"], "schedule.dp.sweeps", "an integer");
-    if (s.dp.levels < 2 || s.dp.samples < 1 || s.dp.sweeps < -1)
-      r.fail(dp, "schedule.dp: levels must be at least 2, samples positive, sweeps -1 (default) or more");
+    if (dp["levels"]) s.dp.levels = r.bounded(dp["levels"], "schedule.dp.levels", 3, kMaxTimesteps);
+    if (dp["samples"]) s.dp.samples = r.bounded(dp["samples"], "schedule.dp.samples", int64_t{1}, kMaxSamples);
+    if (dp["sweeps"]) s.dp.sweeps = r.bounded(dp["sweeps"], "schedule.dp.sweeps", -1, 1000);  // (-1: the default)
   }
-  if (node["levels"]) s.levels = r.scalar<int>(node["levels"], "schedule.levels", "an integer");
-  if (node["samples"]) s.samples = r.scalar<int64_t>(node["samples"], "schedule.samples", "an integer");
-  if (node["batch"]) s.batch = r.scalar<int64_t>(node["batch"], "schedule.batch", "an integer");
+  if (node["levels"]) s.levels = r.bounded(node["levels"], "schedule.levels", 3, kMaxTimesteps);
+  if (node["samples"]) s.samples = r.bounded(node["samples"], "schedule.samples", int64_t{1}, kMaxSamples);
+  if (node["batch"]) s.batch = r.bounded(node["batch"], "schedule.batch", int64_t{1}, int64_t{kMaxBatch});
   if (node["seed"]) s.seed = r.scalar<uint64_t>(node["seed"], "schedule.seed", "a non-negative integer");
-  if (s.levels < 3) r.fail(node["levels"], "schedule.levels must be at least 3");
-  if (s.samples < 1 || s.batch < 1) r.fail(node, "schedule.samples and schedule.batch must be positive");
 }
 
 // Resolves every model × setting now, so that a bad combination fails before any work.
@@ -337,6 +333,7 @@ Experiment load_experiment(const std::string& path) {
     throw ConfigError(path + ":" + std::to_string(err.mark.line + 1) + ": invalid YAML: " + err.msg);
   }
   Reader r(path);
+  r.check_unique_keys(root);
   r.check_keys(root, "", {"name", "out", "device", "threads", "seeds", "models", "baseline", "sample", "sweep", "metric", "schedule",
                       "tune_skip", "table"});
   Experiment e;
@@ -345,8 +342,7 @@ Experiment load_experiment(const std::string& path) {
   if (!is_safe_name(e.name)) r.fail(root["name"], "name = '" + e.name + "': use letters, digits, '_', '-', '.'");
   e.out = root["out"] ? r.scalar<std::string>(root["out"], "out", "a path") : "runs/" + e.name;
   if (root["device"]) e.device = r.scalar<std::string>(root["device"], "device", "a string");
-  if (root["threads"]) e.threads = r.scalar<int>(root["threads"], "threads", "an integer");
-  if (e.threads < 0) r.fail(root["threads"], "threads must not be negative");
+  if (root["threads"]) e.threads = r.bounded(root["threads"], "threads", 0, kMaxThreads);
   if (const auto seeds = root["seeds"]) {
     e.seeds.clear();
     if (seeds.IsSequence()) {

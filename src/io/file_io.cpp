@@ -20,6 +20,8 @@
 namespace s2dm {
 
 std::string read_file_bytes(const std::string& path) {
+  // (An ifstream opens a directory and reads it as empty.)
+  if (std::error_code ec; std::filesystem::is_directory(path, ec)) throw IoError(path + ": is a directory, not a file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw IoError(path + ": cannot open (" + std::strerror(errno) + ")");
   std::ostringstream s;
@@ -38,8 +40,9 @@ std::string why_not_a_file(const std::string& path) {
 
 namespace {
 
-// write_file_atomic's temporary name: the final name, this infix, the writer's pid.
-constexpr const char* kTemporaryInfix = ".tmp.";
+// write_file_atomic's temporary name: the final name, this infix, the writer's pid. The infix is
+// s2dm's own, so that removing dead writers' temporaries never touches another program's files.
+constexpr const char* kTemporaryInfix = ".s2dm-tmp.";
 
 }  // namespace
 
@@ -148,6 +151,8 @@ int64_t claimed_bytes(const std::vector<int64_t>& shape, uint64_t item_size, uin
   if (empty) return 0;
   return bytes > limit ? -1 : static_cast<int64_t>(bytes);
 }
+
+bool is_temporary_name(const std::string& name) { return name.find(kTemporaryInfix) != std::string::npos; }
 
 int remove_dead_writers_temporaries(const std::string& dir) {
   namespace fs = std::filesystem;

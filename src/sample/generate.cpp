@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -79,20 +80,30 @@ Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const S
                       c10::str(c10::IntArrayRef(shape)) + "]");
     num = noise.size(0);
   }
+  if (num < 1) throw ConfigError("no images to sample (" + std::to_string(num) + " asked for)");
+  // A stop request ends the sampling at the next network evaluation, not only between batches
+  // (a batch of a 1000-step sampler takes minutes).
+  struct Stopped {};
+  const EpsModel checked = !stop ? model : EpsModel([&](const torch::Tensor& x, const torch::Tensor& t) {
+    if (stop()) throw Stopped{};
+    return model(x, t);
+  });
   Generated out;
   std::vector<torch::Tensor> parts;
   Progress progress("sampling " + plan.sampler->name + " (" + std::to_string(plan.grid.steps()) + " steps)", num, "img");
   auto start = std::chrono::steady_clock::now();
   for (int64_t first = 0; first < num; first += config.batch) {
-    if (stop && stop()) {
-      out.complete = false;
-      break;
-    }
     int64_t count = std::min<int64_t>(config.batch, num - first);
     auto x = noise.defined() ? noise.slice(0, first, first + count) : initial_noise(first, count, shape, seed);
     SamplerOptions options = plan.options;
     options.noise_seed = seed * 7919ull + static_cast<uint64_t>(first);
-    auto run = run_sampler(*plan.sampler, model, x.to(device, torch::kFloat32), plan.grid, options);
+    SampleRun run;
+    try {
+      run = run_sampler(*plan.sampler, checked, x.to(device, torch::kFloat32), plan.grid, options);
+    } catch (const Stopped&) {
+      out.complete = false;
+      break;
+    }
     out.nfe = run.nfe;
     parts.push_back(run.x.to(torch::kCPU));
     if (show_progress) progress.update(first + count);
@@ -125,7 +136,45 @@ torch::Tensor read_samples_npz(const std::string& path) {
   const auto& a = it->second;
   if (a.dtype != "|u1" || a.shape.size() != 4 || (a.shape[3] != 1 && a.shape[3] != 3))
     throw DataError(path + ": arr_0 must be uint8 NHWC with 1 or 3 channels");
+  if (a.shape[0] == 0 || a.shape[1] == 0 || a.shape[2] == 0)
+    throw DataError(path + ": arr_0 holds no images (shape " + c10::str(c10::IntArrayRef(a.shape)) + ")");
   return to_tensor(a, path).permute({0, 3, 1, 2}).contiguous();
+}
+
+namespace {
+
+// The files of an s2dm sample output in `dir` (numbered PNGs, samples.npz, grid.png, sample.yaml).
+std::vector<std::filesystem::path> sample_output_files(const std::string& dir) {
+  std::vector<std::filesystem::path> files;
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) return files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    const std::string stem = entry.path().stem().string();
+    const bool numbered_png = entry.path().extension() == ".png" && stem.size() >= 6 &&
+                              stem.find_first_not_of("0123456789") == std::string::npos;
+    if (numbered_png || name == "samples.npz" || name == "grid.png" || name == "sample.yaml") files.push_back(entry.path());
+  }
+  return files;
+}
+
+}  // namespace
+
+void check_sample_output(const std::string& dir) {
+  std::error_code ec;
+  if (std::filesystem::exists(dir, ec) && !std::filesystem::is_directory(dir, ec))
+    throw UsageError("--out " + dir + ": exists and is not a directory");
+  const auto files = sample_output_files(dir);
+  if (!files.empty() && !std::filesystem::exists(dir + "/sample.yaml", ec))
+    throw UsageError("--out " + dir + ": holds " + files.front().filename().string() +
+                     " but no sample.yaml, so not an earlier output of s2dm sample: choose another --out");
+}
+
+void clear_sample_output(const std::string& dir) {
+  // sample.yaml last: whenever this stops, what is left is still recognisably an earlier output.
+  auto files = sample_output_files(dir);
+  std::stable_partition(files.begin(), files.end(), [](const auto& f) { return f.filename() != "sample.yaml"; });
+  for (const auto& file : files) std::filesystem::remove(file);
 }
 
 void write_samples(const std::string& dir, const torch::Tensor& samples, bool pngs) {

@@ -81,6 +81,7 @@ ScheduleCost estimate_schedule_cost(const EpsModel& model, const NoiseSchedule& 
   if (num_levels < 3 || num_levels > 100 * T)
     throw ConfigError("levels = " + std::to_string(num_levels) + " must be in [3, " + std::to_string(100 * T) + "]");
   if (x0.dim() != 4 || x0.size(0) < 1) throw DataError("schedule estimation needs data [N, C, H, W]");
+  if (batch < 1) throw ConfigError("schedule estimation: batch = " + std::to_string(batch) + " must be at least 1");
   ScheduleCost out;
   out.levels = uniform_levels(num_levels, T);
   out.cost.assign(num_levels - 1, 0.0);

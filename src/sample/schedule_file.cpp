@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "s2dm/core/errors.h"
+#include "s2dm/core/yaml_reader.h"
 #include "s2dm/data/data.h"
 #include "s2dm/io/file_io.h"
 #include "s2dm/io/image_io.h"
@@ -62,6 +63,7 @@ ScheduleFile read_schedule_file(const std::string& path, int num_timesteps) {
     throw ConfigError(path + ": cannot read schedule (" + e.msg + ")");
   }
   if (!root.IsMap() || !root["timesteps"] || !root["num_timesteps"]) throw ConfigError(path + ": not an s2dm schedule file");
+  YamlReader(path).check_unique_keys(root);
   ScheduleFile f;
   f.origin = path;
   try {

@@ -88,8 +88,10 @@ std::vector<double> make_timesteps(const std::string& spec, int S, const NoiseSc
     throw ConfigError("steps = " + std::to_string(S) + " must be in [1, " + std::to_string(T) + "] (T = " +
                       std::to_string(T) + ")");
   std::vector<double> ts;
-  if (spec == "uniform") {  // range(0, T, T // S), as ermongroup/ddim
-    for (int t = 0; t < T; t += T / S) ts.push_back(t);
+  if (spec == "uniform") {
+    // ⌊i·T/S⌋ for i < S: ermongroup/ddim's range(0, T, T // S) where S divides T, and S
+    // evaluations where it does not (range() would take S + 1 or more: 4 for S = 3).
+    for (int64_t i = 0; i < S; ++i) ts.push_back(static_cast<double>(i * T / S));
   } else if (spec == "quad") {  // (linspace(0, sqrt(0.8 T), S) ** 2).astype(int)
     for (double v : linspace(0.0, std::sqrt(0.8 * T), S)) ts.push_back(std::floor(v * v));
   } else if (spec == "linspace") {  // round(linspace(0, T-1, S))

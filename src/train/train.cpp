@@ -11,7 +11,6 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <regex>
 #include <thread>
 
 #include "s2dm/io/checkpoint.h"
@@ -49,12 +48,23 @@ void restore_rng(const NamedTensors& states, const torch::Device& device) {
   }
 }
 
-int64_t step_of(const fs::path& p) {
-  static const std::regex pattern("step_(\\d+)\\.ckpt");
-  std::smatch m;
-  std::string name = p.filename().string();
-  return std::regex_match(name, m, pattern) ? std::stoll(m[1]) : -1;
-}
+// Keeps the training stream (the default generators) out of work beside training (evaluation,
+// sample grids): such work may draw from them (a feature network's initialisation does), and a
+// run resumed after it must see the stream that an uninterrupted run sees.
+class TrainingStreamGuard {
+ public:
+  explicit TrainingStreamGuard(const torch::Device& device) : device_(device), saved_(rng_states(device)) {}
+  ~TrainingStreamGuard() { restore_rng(saved_, device_); }
+  TrainingStreamGuard(const TrainingStreamGuard&) = delete;
+  TrainingStreamGuard& operator=(const TrainingStreamGuard&) = delete;
+
+ private:
+  torch::Device device_;
+  NamedTensors saved_;
+};
+
+// A signal arrived while the EMA model was sampling (a grid, an evaluation): on every rank.
+struct SamplingInterrupted {};
 
 // Keeps metrics.jsonl consistent with a resumed step: drops lines written after it.
 void truncate_metrics(const std::string& path, int64_t step) {
@@ -161,7 +171,7 @@ class IntervalSums {
 // complete checkpoint.
 void write_rotated_checkpoint(const std::string& run_dir, const Checkpoint& ckpt, int keep_last) {
   const std::string dir = checkpoint_dir(run_dir), latest = latest_checkpoint(run_dir);
-  const std::string path = dir + "/step_" + std::to_string(ckpt.step) + ".ckpt";
+  const std::string path = step_checkpoint(run_dir, ckpt.step);
   save_checkpoint(latest, ckpt);
   std::error_code ec;
   fs::remove(path, ec);
@@ -170,7 +180,7 @@ void write_rotated_checkpoint(const std::string& run_dir, const Checkpoint& ckpt
   sync_directory(dir);
   std::vector<std::pair<int64_t, fs::path>> steps;
   for (const auto& e : fs::directory_iterator(dir))
-    if (step_of(e.path()) >= 0) steps.emplace_back(step_of(e.path()), e.path());
+    if (const int64_t step = step_of(e.path().filename().string()); step >= 0) steps.emplace_back(step, e.path());
   std::sort(steps.begin(), steps.end());
   for (size_t i = 0; i + static_cast<size_t>(keep_last) < steps.size(); ++i) fs::remove(steps[i].second);
   spdlog::info("checkpoint {}", path);
@@ -208,9 +218,6 @@ class TrainingEvaluation {
 
 }  // namespace
 
-std::string checkpoint_dir(const std::string& run_dir) { return run_dir + "/checkpoints"; }
-std::string latest_checkpoint(const std::string& run_dir) { return checkpoint_dir(run_dir) + "/latest.ckpt"; }
-
 namespace {
 
 // A training run: the networks, the optimiser, the data and the loop's steps, each a method.
@@ -224,6 +231,8 @@ class Trainer {
   // Continues from a checkpoint of this run (weights, optimiser, RNG, data position, schedule).
   void resume(Checkpoint ckpt);
   TrainResult run();
+  std::string config_yaml() const { return to_yaml(config_); }
+  int64_t step() const { return step_; }
 
  private:
   void synchronise_weights();
@@ -231,7 +240,8 @@ class Trainer {
     bool signalled = false;    // SIGINT/SIGTERM on some rank
     bool out_of_time = false;  // train.max_minutes spent on some rank
   };
-  Stop stop_agreed(const StopSignals& signals) const;
+  Stop stop_agreed() const;
+  bool any_rank(bool local) const;
   double training_seconds() const;
   void check_weights_agree();
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, int micro);
@@ -279,6 +289,8 @@ class Trainer {
   double lr_ = 0;
   torch::Tensor last_x0_;
   std::string logged_loss_;
+  std::optional<StopSignals> signals_;  // SIGINT/SIGTERM while run() trains
+  int64_t saved_step_ = -1;             // the step of the last checkpoint written or resumed
 };
 
 Trainer::Trainer(Config config, std::string run_dir, bool resuming, dist::ProcessGroup* group)
@@ -355,7 +367,7 @@ void Trainer::resume(Checkpoint ckpt) {
   restore_rng(ckpt.rng, device_);
   batcher_->seek(std::stoll(ckpt.extra.at("data_epoch")), std::stoll(ckpt.extra.at("data_cursor")));
   if (online_ && !ckpt.schedule.empty()) online_->load_state(ckpt.schedule);
-  step_ = ckpt.step;
+  step_ = saved_step_ = ckpt.step;
   if (const auto it = ckpt.extra.find("train_seconds"); it != ckpt.extra.end()) seconds_before_ = std::stod(it->second);
   spdlog::info("resumed at step {}", step_);
 }
@@ -363,6 +375,7 @@ void Trainer::resume(Checkpoint ckpt) {
 void Trainer::save() {
   sums_->check_finite(step_, run_dir_);  // a diverged loss never reaches a checkpoint
   if (writes_) write_checkpoint();
+  saved_step_ = step_;
   wait_for_rank0();
 }
 
@@ -384,6 +397,7 @@ void Trainer::write_checkpoint() {
 // EMA samples [0, num) of `seed` for grids and evaluations; a learned grid that is not ready yet
 // is the uniform one. Under data parallelism each rank samples its share (image i depends only on
 // the seed and i) and every rank receives them all.
+// A signal stops the sampling at its next network evaluation (throws SamplingInterrupted).
 sample::Generated Trainer::ema_samples(uint64_t seed, int64_t num) const {
   sample::LearnedSchedule learned;
   if (online_ && online_->has_schedule()) learned.state = online_->state();
@@ -391,11 +405,18 @@ sample::Generated Trainer::ema_samples(uint64_t seed, int64_t num) const {
   const std::vector<int64_t> shape{config_.data.channels, config_.data.image_size, config_.data.image_size};
   auto generate = [&](int64_t count, const torch::Tensor& noise) {
     return sample::generate(model::unet_eps_model(ema_, autocast_, config_.sample.skip_tuning), schedule_,
-                            config_.sample, shape, device_, seed, count, noise, false, learned);
+                            config_.sample, shape, device_, seed, count, noise, false, learned,
+                            [this] { return signals_ && signals_->requested(); });
   };
-  if (!group_) return generate(num, {});
+  if (!group_) {
+    auto all = generate(num, {});
+    if (!all.complete) throw SamplingInterrupted{};
+    return all;
+  }
   const int64_t share = (num + group_->size() - 1) / group_->size();  // (the last share padded)
   auto mine = generate(share, sample::initial_noise(group_->rank() * share, share, shape, seed));
+  // Every rank learns whether some rank stopped before any rank waits for the others' images.
+  if (any_rank(!mine.complete)) throw SamplingInterrupted{};
   mine.samples = group_->all_gather(mine.samples.to(device_)).flatten(0, 1).slice(0, 0, num).cpu();
   return mine;
 }
@@ -410,15 +431,17 @@ void Trainer::wait_for_rank0() {
 void Trainer::sample_grid() {
   if (tc_.sample_num <= 0) return;
   sums_->check_finite(step_, run_dir_);
+  const TrainingStreamGuard stream(device_);
   const auto samples = ema_samples(config_.seed, tc_.sample_num).samples;
   if (!writes_) return;
-  const std::string path = run_dir_ + "/samples/step_" + std::to_string(step_) + ".png";
+  const std::string path = sample_grid_path(run_dir_, step_);
   sample::write_grid(path, samples);
   spdlog::info("samples {}", path);
 }
 
 void Trainer::evaluate() {
   sums_->check_finite(step_, run_dir_);
+  const TrainingStreamGuard stream(device_);
   const auto generated = ema_samples(config_.seed + 1, tc_.eval_num);
   if (writes_) metrics_line(evaluation_->measure(generated, step_));
   wait_for_rank0();
@@ -506,14 +529,22 @@ double Trainer::training_seconds() const {
 
 // A stop request (SIGINT/SIGTERM) or a spent time budget on any rank stops every rank at the same
 // step (the ranks' clocks differ a little).
-Trainer::Stop Trainer::stop_agreed(const StopSignals& signals) const {
-  const Stop local{signals.requested(), tc_.max_minutes > 0 && training_seconds() >= 60 * tc_.max_minutes};
+Trainer::Stop Trainer::stop_agreed() const {
+  const Stop local{signals_->requested(), tc_.max_minutes > 0 && training_seconds() >= 60 * tc_.max_minutes};
   if (!group_ || group_->size() == 1) return local;
   std::vector<torch::Tensor> flags{
       torch::tensor({local.signalled ? 1.0f : 0.0f, local.out_of_time ? 1.0f : 0.0f}, torch::TensorOptions(device_))};
   group_->all_reduce_sum(flags);
   const auto agreed = flags[0].cpu();
   return {agreed[0].item<float>() > 0, agreed[1].item<float>() > 0};
+}
+
+// Whether `local` holds on some rank (on every rank alike).
+bool Trainer::any_rank(bool local) const {
+  if (!group_ || group_->size() == 1) return local;
+  std::vector<torch::Tensor> flag{torch::tensor({local ? 1.0f : 0.0f}, torch::TensorOptions(device_))};
+  group_->all_reduce_sum(flag);
+  return flag[0].item<float>() > 0;
 }
 
 // The end of a data-parallel run proves the ranks' weights equal: a checksum of every
@@ -534,11 +565,14 @@ TrainResult Trainer::run() {
     metrics_.open(run_dir_ + "/metrics.jsonl", std::ios::app);
     if (!metrics_) throw IoError(run_dir_ + "/metrics.jsonl: cannot open (" + std::strerror(errno) + ")");
   }
-  if (writes_ && tc_.eval_every > 0) evaluation_.emplace(tc_, dataset_.images, device_);
+  if (writes_ && tc_.eval_every > 0) {
+    const TrainingStreamGuard stream(device_);  // (the feature network's initialisation draws)
+    evaluation_.emplace(tc_, dataset_.images, device_);
+  }
   wait_for_rank0();  // (the reference features)
   if (group_) synchronise_weights();
   sums_ = std::make_unique<IntervalSums>(device_, group_);  // (its clock starts now)
-  StopSignals signals;
+  signals_.emplace();
   const int64_t start_step = step_;
   std::optional<Progress> progress;
   if (writes_) progress.emplace("train", tc_.steps - start_step, "step");
@@ -547,63 +581,144 @@ TrainResult Trainer::run() {
   auto every = [&](int64_t n) { return n > 0 && step_ % n == 0 && step_ != tc_.steps; };
 
   clock_start_ = std::chrono::steady_clock::now();
-  while (step_ < tc_.steps) {
-    const Stop stop = stop_agreed(signals);
-    if (stop.signalled) {
-      spdlog::warn("{}: writing a checkpoint at step {} and stopping",
-                   signals.requested() ? "signal " + std::to_string(signals.signal()) + " received" : "another rank was signalled",
-                   step_);
-      save();
-      return {run_dir_, step_, true};
+  try {
+    while (step_ < tc_.steps) {
+      const Stop stop = stop_agreed();
+      if (stop.signalled) {
+        spdlog::warn("{}: writing a checkpoint at step {} and stopping",
+                     signals_->requested() ? "signal " + std::to_string(signals_->signal()) + " received"
+                                           : "another rank was signalled",
+                     step_);
+        save();
+        return {run_dir_, step_, true};
+      }
+      if (stop.out_of_time) {  // a finished run, shorter than train.steps
+        spdlog::info("train.max_minutes={:g} spent: training ends at step {} of {}", tc_.max_minutes, step_, tc_.steps);
+        break;
+      }
+      optimiser_step();
+      if (online_ && step_ % tc_.learned_schedule.every == 0) update_online_schedule();
+      if (progress) progress->update(step_ - start_step, logged_loss_);
+      if (step_ % tc_.log_every == 0 || step_ == tc_.steps) write_log_line();
+      if (every(tc_.ckpt_every)) save();
+      if (every(tc_.sample_every)) {
+        sample_grid();
+        unet_->train();
+      }
+      if (tc_.eval_every > 0 && every(tc_.eval_every)) {
+        evaluate();
+        unet_->train();
+      }
     }
-    if (stop.out_of_time) {  // a finished run, shorter than train.steps
-      spdlog::info("train.max_minutes={:g} spent: training ends at step {} of {}", tc_.max_minutes, step_, tc_.steps);
-      break;
-    }
-    optimiser_step();
-    if (online_ && step_ % tc_.learned_schedule.every == 0) update_online_schedule();
-    if (progress) progress->update(step_ - start_step, logged_loss_);
-    if (step_ % tc_.log_every == 0 || step_ == tc_.steps) write_log_line();
-    if (every(tc_.ckpt_every)) save();
-    if (every(tc_.sample_every)) {
-      sample_grid();
-      unet_->train();
-    }
-    if (tc_.eval_every > 0 && every(tc_.eval_every)) {
-      evaluate();
-      unet_->train();
-    }
+    if (progress) progress->finish();
+    if (step_ > start_step || !resuming_) save();
+    sample_grid();
+    if (tc_.eval_every > 0 && step_ > start_step) evaluate();
+  } catch (const SamplingInterrupted&) {  // (a grid or an evaluation, mid-run or after the last step)
+    const bool saved = saved_step_ == step_;
+    spdlog::warn("signal received while sampling at step {}: {}", step_,
+                 saved ? "stopping (the checkpoint of this step is written)" : "writing a checkpoint and stopping");
+    if (!saved) save();
+    return {run_dir_, step_, true};
   }
-  if (progress) progress->finish();
-  if (step_ > start_step || !resuming_) save();
-  sample_grid();
-  if (tc_.eval_every > 0 && step_ > start_step) evaluate();
   if (group_) check_weights_agree();
   return {run_dir_, step_, false};
 }
 
-// A run killed before its first checkpoint (its config.yaml written, no checkpoint) holds nothing
-// worth protecting: the same command starts it again.
-bool stopped_before_first_checkpoint(const std::string& run_dir) {
-  return fs::exists(run_dir + "/config.yaml") && !fs::exists(latest_checkpoint(run_dir));
+// How a run starts in its directory.
+struct RunStart {
+  Config config;
+  std::optional<Checkpoint> checkpoint;  // resumed from
+  bool clear = false;                    // s2dm's files there go first: a restart or --overwrite
+  bool restart = false;                  // of a run stopped before its first checkpoint
+};
+
+// The newest of the directory's checkpoints that loads; says which when it is not latest.ckpt.
+Checkpoint newest_checkpoint(const RunDirectory& dir) {
+  std::string skipped;
+  for (const auto& path : dir.checkpoints) {
+    try {
+      auto ckpt = load_checkpoint(path);
+      if (path != latest_checkpoint(dir.path) || !skipped.empty())
+        spdlog::warn("{}: resuming from {} (step {}); {}", dir.path, path, ckpt.step,
+                     skipped.empty() ? latest_checkpoint(dir.path) + ": not found" : skipped);
+      return ckpt;
+    } catch (const CheckpointError& e) {
+      skipped += (skipped.empty() ? "" : "; ") + std::string(e.what());
+    }
+  }
+  throw CheckpointError(dir.path + ": no checkpoint of it loads: " + skipped);
 }
 
-bool has_entries(const std::string& dir) {
-  if (!fs::exists(dir)) return false;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.path().filename() != DirectoryLock::kFileName) return true;
-  return false;
+// What `s2dm train` does with the directory (run_directory.h says why); throws a user error where
+// it refuses. With `load`, reads what the run continues from.
+RunStart plan_start(const RunDirectory& dir, const Config& given, const TrainOptions& opts, bool load) {
+  RunStart start{given, std::nullopt, false, false};
+  const std::string& path = dir.path;
+  if (std::error_code ec; fs::exists(path, ec) && !fs::is_directory(path, ec))
+    throw ConfigError(path + ": is a file, not a directory (a run directory is a folder)");
+  if (!dir.checkpoints.empty()) {
+    if (opts.resume) {
+      if (load) {
+        start.checkpoint = newest_checkpoint(dir);
+        start.config = parse_config(start.checkpoint->config_yaml, path + " (checkpoint config)", opts.overrides);
+      }
+    } else if (opts.overwrite) {
+      start.clear = true;
+    } else {
+      throw ConfigError(path + ": run directory exists, with checkpoints (use --resume to continue it or --overwrite to "
+                               "replace it)");
+    }
+    return start;
+  }
+  if (dir.empty()) {
+    if (opts.resume) throw CheckpointError(latest_checkpoint(path) + ": no checkpoint to resume from");
+    return start;
+  }
+  if (!dir.is_run())
+    throw ConfigError(path + ": not an s2dm run directory (it holds " + dir.foreign_list() +
+                      "): s2dm trains into a new or empty directory, or one of its own, and never removes what it did "
+                      "not write; choose another --run-dir");
+  if (!dir.foreign.empty() && !opts.overwrite)
+    throw ConfigError(path + ": a run stopped before its first checkpoint, but the directory also holds what s2dm did not "
+                             "write (" + dir.foreign_list() + "): remove that, or use --overwrite to replace s2dm's files "
+                             "and keep it");
+  start.clear = true;
+  if (opts.overwrite) return start;
+  start.restart = true;
+  if (opts.resume) {  // from the config it ran
+    const std::string config = path + "/config.yaml";
+    if (auto why = why_not_a_file(config); !why.empty())
+      throw ConfigError(config + " " + why + ": the run stopped before writing its config; start it with --config");
+    start.config = load_config(config, opts.overrides);
+  }
+  return start;
 }
 
-// Empties a run directory but for its lock file, which this process holds.
-void clear_directory(const std::string& dir) {
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.path().filename() != DirectoryLock::kFileName) fs::remove_all(e.path());
-}
+// Removes a run directory this process created, when the run is refused before it writes anything.
+class CreatedDirectory {
+ public:
+  explicit CreatedDirectory(std::string path) : path_(std::move(path)) {
+    std::error_code ec;
+    created_ = !fs::exists(path_, ec) && !ec;
+  }
+  ~CreatedDirectory() {
+    if (!created_ || kept_) return;
+    std::error_code ignored;
+    fs::remove(path_ + "/" + DirectoryLock::kFileName, ignored);
+    fs::remove(path_, ignored);  // (only when that left it empty)
+  }
+  CreatedDirectory(const CreatedDirectory&) = delete;
+  CreatedDirectory& operator=(const CreatedDirectory&) = delete;
+  void keep() { kept_ = true; }
+
+ private:
+  std::string path_;
+  bool created_ = false, kept_ = false;
+};
 
 // The process group of a data-parallel run, from the launch environment; null for one process.
-std::unique_ptr<dist::ProcessGroup> join_group(const Config& config) {
-  const auto launch = dist::launch_from_environment();
+std::unique_ptr<dist::ProcessGroup> join_group(const Config& config, const std::optional<dist::Launch>& launch) {
   if (!launch) return nullptr;
   spdlog::set_pattern("[%H:%M:%S] [rank " + std::to_string(launch->rank) + "] %^%l%$ %v");
   if (launch->rank > 0) spdlog::set_level(spdlog::level::warn);  // rank 0 tells the story
@@ -629,47 +744,42 @@ std::unique_ptr<dist::ProcessGroup> join_group(const Config& config) {
 
 TrainResult run_training(const Config& given, const TrainOptions& opts) {
   const std::string run_dir = opts.run_dir.empty() ? "runs/" + given.name : opts.run_dir;
-  const std::string checkpoint = latest_checkpoint(run_dir);
-  if (opts.resume && !fs::exists(checkpoint) && !stopped_before_first_checkpoint(run_dir))
-    throw CheckpointError(checkpoint + ": no checkpoint to resume from");
-  Config config = given;
-  Checkpoint resumed;
-  bool resume = opts.resume;
-  if (resume) {  // (every rank reads the checkpoint: on several machines, from a shared file system)
-    if (fs::exists(checkpoint)) {
-      resumed = load_checkpoint(checkpoint);
-      config = parse_config(resumed.config_yaml, checkpoint + " (config)", opts.overrides);
-    } else {  // stopped before its first checkpoint: started again below, from the config it ran
-      config = load_config(run_dir + "/config.yaml", opts.overrides);
-      resume = false;
-    }
-  }
-  if (opts.steps >= 0) config.train.steps = opts.steps;
-  const auto group = join_group(config);
-
-  // Rank 0 alone writes the run directory; a launch refused above leaves none behind.
-  std::optional<DirectoryLock> lock;
+  const auto launch = dist::launch_from_environment();
+  const bool writer = !launch || launch->rank == 0;  // rank 0 alone writes the run directory
+  // Nothing is written until the run is accepted: its directory's shape, the checkpoint and the
+  // config, the data, the model and the resumed state. Until then the log is kept in memory.
   std::optional<LogFile> log_file;
-  if (!group || group->rank() == 0) {
+  if (writer) log_file.emplace();
+  plan_start(inspect_run_directory(run_dir), given, opts, false);  // a refusal that needs no lock touches nothing
+  std::optional<CreatedDirectory> created;
+  std::optional<DirectoryLock> lock;
+  if (writer) {
+    created.emplace(run_dir);
     lock.emplace(run_dir);
     if (int n = remove_dead_writers_temporaries(run_dir))
       spdlog::info("{}: removed {} temporary file(s) of an earlier run that was killed while writing", run_dir, n);
-    if (!resume && has_entries(run_dir)) {
-      if (stopped_before_first_checkpoint(run_dir))
-        spdlog::warn("{}: stopped before its first checkpoint, so there is nothing to continue: starting it again", run_dir);
-      else if (!opts.overwrite)
-        throw ConfigError(run_dir + ": run directory exists (use --resume to continue it or --overwrite to replace it)");
-      clear_directory(run_dir);
-    }
-    fs::create_directories(checkpoint_dir(run_dir));
-    fs::create_directories(run_dir + "/samples");
-    write_file_atomic(run_dir + "/config.yaml", to_yaml(config));
-    log_file.emplace(run_dir + "/log.txt");
-    if (resume) truncate_metrics(run_dir + "/metrics.jsonl", resumed.step);
   }
+  // (Every rank reads the checkpoint: on several machines, from a shared file system.)
+  const RunDirectory dir = inspect_run_directory(run_dir);
+  RunStart start = plan_start(dir, given, opts, true);
+  if (start.restart)
+    spdlog::warn("{}: stopped before its first checkpoint, so there is nothing to continue: starting it again", run_dir);
+  if (opts.steps >= 0) start.config.train.steps = opts.steps;
+  const auto group = join_group(start.config, launch);
+  const bool resume = start.checkpoint.has_value();
+  Trainer trainer(std::move(start.config), run_dir, resume, group.get());
+  if (resume) trainer.resume(std::move(*start.checkpoint));
 
-  Trainer trainer(std::move(config), run_dir, resume, group.get());
-  if (resume) trainer.resume(std::move(resumed));
+  if (writer) {  // accepted
+    if (start.clear) clear_run_directory(dir);
+    fs::create_directories(checkpoint_dir(run_dir));
+    fs::create_directories(samples_dir(run_dir));
+    mark_run_directory(run_dir);
+    write_file_atomic(run_dir + "/config.yaml", trainer.config_yaml());
+    log_file->open(run_dir + "/log.txt");
+    if (resume) truncate_metrics(run_dir + "/metrics.jsonl", trainer.step());
+    created->keep();
+  }
   auto result = trainer.run();
   result.rank = group ? group->rank() : 0;
   return result;

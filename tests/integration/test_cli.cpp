@@ -6,11 +6,15 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <sstream>
+#include <vector>
 
 #include "../test_util.h"
 #include "s2dm/io/checkpoint.h"
@@ -457,7 +461,7 @@ TEST_F(Cli, KilledAtRandomMomentsAndResumedEndsBitIdentical) {
   auto temporaries = [](const std::string& where) {
     int n = 0;
     for (const auto& e : std::filesystem::recursive_directory_iterator(where))
-      n += e.path().filename().string().find(".tmp.") != std::string::npos;
+      n += e.path().filename().string().find(".s2dm-tmp.") != std::string::npos;
     return n;
   };
 
@@ -522,7 +526,7 @@ TEST_F(Cli, AFullDiskKeepsThePreviousCheckpointAndLeavesNoHalfWrittenFile) {
   auto leftovers = [](const std::string& where) {
     std::string found;
     for (const auto& e : std::filesystem::recursive_directory_iterator(where))
-      if (e.path().filename().string().find(".tmp") != std::string::npos) found += e.path().string() + " ";
+      if (e.path().filename().string().find(".s2dm-tmp.") != std::string::npos) found += e.path().string() + " ";
     return found;
   };
   EXPECT_EQ(leftovers(run_dir), "");
@@ -628,4 +632,326 @@ TEST_F(Cli, SigtermWritesACheckpoint) {
   EXPECT_EQ(r.code, 130) << r.output;
   auto ckpt = load_checkpoint(run_dir + "/checkpoints/latest.ckpt");
   EXPECT_GT(ckpt.step, 0);
+}
+
+// ---- Found by trying bad inputs and situations as a user would ----
+
+TEST_F(Cli, NeverDeletesWhatItDidNotWriteWhateverTheDirectoryHolds) {
+  namespace fs = std::filesystem;
+  const std::string base = dir / "base";
+  train(base);  // checkpoints at steps 3 and 6
+  auto command = [&](const std::string& run_dir, const std::string& extra = "") {
+    return run("train --config " + kTiny + " " + data + " --run-dir " + run_dir + " --steps 1 " + extra);
+  };
+  // A project folder with a config.yaml of its own: refused whatever the flags, left as it was
+  // (no lock file either). It used to be taken for a run stopped before its first checkpoint and
+  // emptied.
+  const std::string project = dir / "project";
+  fs::create_directories(project + "/src");
+  s2dm::testing::write_bytes(project + "/config.yaml", "x\n");
+  s2dm::testing::write_bytes(project + "/src/main.c", "int main() {}\n");
+  for (const char* flags : {"", "--overwrite", "--resume"}) expect_user_error(command(project, flags), "not an s2dm run directory");
+  EXPECT_EQ(s2dm::testing::read_bytes(project + "/src/main.c"), "int main() {}\n");
+  EXPECT_EQ(s2dm::testing::read_bytes(project + "/config.yaml"), "x\n");
+  EXPECT_FALSE(fs::exists(project + "/.lock"));
+  // A lone config.yaml is someone's file too; so is a lock file that is not s2dm's.
+  fs::create_directories(dir / "lone");
+  s2dm::testing::write_bytes(dir / "lone/config.yaml", "train: {}\n");
+  expect_user_error(command(dir / "lone"), "not an s2dm run directory (it holds config.yaml)");
+  fs::create_directories(dir / "locked");
+  s2dm::testing::write_bytes(dir / "locked/.lock", "held by my own tool\n");
+  expect_user_error(command(dir / "locked"), "(it holds .lock)");
+  EXPECT_EQ(s2dm::testing::read_bytes(dir / "locked/.lock"), "held by my own tool\n");
+  // A file where the directory should be.
+  s2dm::testing::write_bytes(dir / "afile", "mine");
+  expect_user_error(command(dir / "afile"), "not a directory");
+  EXPECT_EQ(s2dm::testing::read_bytes(dir / "afile"), "mine");
+
+  // latest.ckpt deleted: the step files stay. Without --resume the run is refused; with it, the
+  // newest step file continues (and says so). Both used to wipe every step_N.ckpt.
+  const std::string lost = dir / "lost";
+  fs::copy(base, lost, fs::copy_options::recursive);
+  fs::remove(lost + "/checkpoints/latest.ckpt");
+  expect_user_error(command(lost), "run directory exists, with checkpoints");
+  EXPECT_TRUE(fs::exists(lost + "/checkpoints/step_3.ckpt"));
+  EXPECT_TRUE(fs::exists(lost + "/checkpoints/step_6.ckpt"));
+  auto r = run("train --resume --run-dir " + lost + " --steps 8");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("resuming from " + lost + "/checkpoints/step_6.ckpt (step 6)"), std::string::npos) << r.output;
+  EXPECT_EQ(load_checkpoint(lost + "/checkpoints/latest.ckpt").step, 8);
+  // A latest.ckpt that no longer loads (nor step_6.ckpt, its hard link in a run directory): step 3
+  // continues.
+  const std::string torn = dir / "torn";
+  fs::copy(base, torn, fs::copy_options::recursive);  // (copies the link as a second file)
+  for (const char* name : {"latest.ckpt", "step_6.ckpt"}) {
+    std::fstream f(torn + "/checkpoints/" + name, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-64, std::ios::end);
+    f << std::string(64, '\0');
+  }
+  r = run("train --resume --run-dir " + torn + " --steps 4");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("resuming from " + torn + "/checkpoints/step_3.ckpt (step 3)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("checksum mismatch"), std::string::npos) << r.output;
+
+  // A run stopped before its first checkpoint (marked, config and log written, no checkpoint)
+  // starts again only while it holds nothing of anyone else's; --overwrite replaces s2dm's files
+  // and keeps the rest.
+  const std::string early = dir / "early";
+  fs::copy(base, early, fs::copy_options::recursive);
+  fs::remove_all(early + "/checkpoints");
+  s2dm::testing::write_bytes(early + "/notes.txt", "my notes");
+  expect_user_error(command(early), "also holds what s2dm did not write (notes.txt)");
+  r = command(early, "--overwrite");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(s2dm::testing::read_bytes(early + "/notes.txt"), "my notes");
+  EXPECT_EQ(load_checkpoint(early + "/checkpoints/latest.ckpt").step, 1);
+  // --overwrite of a finished run: its checkpoints and grids go, a file of the user's stays.
+  const std::string done = dir / "done";
+  fs::copy(base, done, fs::copy_options::recursive);
+  s2dm::testing::write_bytes(done + "/samples/favourite.png", "a picture");
+  r = command(done, "--overwrite");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("kept what s2dm did not write there: samples/favourite.png"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(done + "/checkpoints/step_6.ckpt"));
+  EXPECT_FALSE(fs::exists(done + "/samples/step_6.png"));
+  EXPECT_EQ(s2dm::testing::read_bytes(done + "/samples/favourite.png"), "a picture");
+  // An empty directory is a new run's.
+  fs::create_directories(dir / "empty");
+  EXPECT_EQ(command(dir / "empty").code, 0);
+  // A run refused once its data is read leaves no directory behind it.
+  expect_user_error(run("train --config " + kTiny + " --set data.path=" + (dir / "nowhere") + " --run-dir " + (dir / "new")),
+                    "nowhere");
+  EXPECT_FALSE(fs::exists(dir / "new"));
+}
+
+TEST_F(Cli, ARefusedResumeWritesNothing) {
+  // --resume with a model the checkpoint does not hold is refused (exit 2); its config.yaml used to
+  // say the refused model all the same.
+  const std::string run_dir = dir / "run";
+  train(run_dir);
+  std::map<std::string, std::string> before;
+  for (const char* f : {"config.yaml", "log.txt", "metrics.jsonl", "checkpoints/latest.ckpt"})
+    before[f] = s2dm::testing::read_bytes(run_dir + "/" + f);
+  expect_user_error(run("train --resume --run-dir " + run_dir + " --set model.ch=64"), "different model config");
+  expect_user_error(run("train --resume --run-dir " + run_dir + " --set train.bogus=1"), "--set train.bogus=1");
+  for (const auto& [f, bytes] : before) EXPECT_EQ(s2dm::testing::read_bytes(run_dir + "/" + f), bytes) << f;
+}
+
+TEST_F(Cli, ASignalDuringTheLastGridStopsItPromptly) {
+  // The grid after the last checkpoint: 8 images of a 1000-step sampler (minutes on one thread).
+  // SIGINT once the final checkpoint is written stops it at the next network evaluation with exit
+  // 130; it used to run to the end and exit 0 (and a TERM from `timeout` waited minutes).
+  const std::string run_dir = dir / "grid";
+  for (const char* sig : {"INT", "TERM"}) {
+    std::filesystem::remove_all(run_dir);
+    const auto r = run_shell("timeout -s KILL 120 " + std::string(S2DM_BINARY) + " train --config " + kTiny + " " + data +
+                             " --run-dir " + run_dir + " --steps 2 --set sample.steps=1000 --set train.sample_num=8 & "
+                             "pid=$!; for i in $(seq 1200); do [ -f " + run_dir + "/checkpoints/step_2.ckpt ] && break; "
+                             "sleep 0.1; done; sleep 0.5; kill -" + sig + " $pid; wait $pid");
+    EXPECT_EQ(r.code, 130) << sig << ": " << r.output;
+    EXPECT_NE(r.output.find("signal received while sampling at step 2"), std::string::npos) << r.output;
+    EXPECT_FALSE(std::filesystem::exists(run_dir + "/samples/step_2.png"));
+    EXPECT_EQ(load_checkpoint(run_dir + "/checkpoints/latest.ckpt").step, 2);
+  }
+  // A signal during a mid-run grid (no checkpoint at that step): a checkpoint is written first.
+  std::filesystem::remove_all(run_dir);
+  const auto r = run_shell("timeout -s KILL 120 " + std::string(S2DM_BINARY) + " train --config " + kTiny + " " + data +
+                           " --run-dir " + run_dir + " --steps 4 --set train.ckpt_every=100 --set train.sample_every=1 "
+                           "--set sample.steps=1000 --set train.sample_num=8 & pid=$!; for i in $(seq 1200); do "
+                           "grep -q '\"step\":1,' " + run_dir + "/metrics.jsonl 2>/dev/null && break; sleep 0.1; done; "
+                           "sleep 0.5; kill -INT $pid; wait $pid");
+  EXPECT_EQ(r.code, 130) << r.output;
+  EXPECT_EQ(load_checkpoint(run_dir + "/checkpoints/latest.ckpt").step, 1);
+}
+
+TEST_F(Cli, EvaluationLeavesTheTrainingStreamAlone) {
+  // With train.eval_every on, a run stopped at step 4 and resumed ended unlike an uninterrupted
+  // one (building the feature network drew from the training RNG): now they are bit-identical,
+  // FDs included.
+  s2dm::testing::write_fake_fmnist(dir / "fmnist", 16, "t10k");
+  s2dm::testing::write_bytes(dir / "data.yaml", "data:\n  dataset: fmnist\n  path: " + (dir / "fmnist") + "\n");
+  auto r = run("train-classifier --data " + (dir / "data.yaml") + " --out " + (dir / "c.safetensors") + " --epochs 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string eval = "--set train.eval_every=2 --set train.eval_num=4 --set train.eval_features=classifier:" +
+                           (dir / "c.safetensors") + " --set train.steps=12";
+  train(dir / "straight", eval);
+  train(dir / "split", eval + " --steps 4");
+  r = run("train --resume --run-dir " + (dir / "split") + " --steps 12");
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto a = load_checkpoint(dir / "straight/checkpoints/latest.ckpt"), b = load_checkpoint(dir / "split/checkpoints/latest.ckpt");
+  EXPECT_EQ(b.step, 12);
+  EXPECT_TRUE(same_tensors(a.model, b.model));
+  EXPECT_TRUE(same_tensors(a.ema, b.ema));
+  EXPECT_TRUE(same_tensors(a.rng, b.rng));
+  auto fds = [](const std::string& metrics) {
+    std::string out;
+    std::istringstream in(metrics);
+    for (std::string line; std::getline(in, line);)
+      if (line.find("\"fd\"") != std::string::npos) out += line + "\n";
+    return out;
+  };
+  const auto straight_fds = fds(s2dm::testing::read_bytes(dir / "straight/metrics.jsonl"));
+  EXPECT_EQ(std::count(straight_fds.begin(), straight_fds.end(), '\n'), 6);
+  EXPECT_EQ(straight_fds, fds(s2dm::testing::read_bytes(dir / "split/metrics.jsonl")));
+}
+
+TEST_F(Cli, TheLogSurvivesSigkill) {
+  // log.txt was buffered: 0 bytes after a SIGKILL though lines had been printed.
+  const std::string run_dir = dir / "killed";
+  run_shell(std::string(S2DM_BINARY) + " train --config " + kTiny + " " + data + " --run-dir " + run_dir +
+            " --set train.steps=1000000 --set train.ckpt_every=1000000 > /dev/null 2>&1 & pid=$!; for i in $(seq 600); do "
+            "[ $(cat " + run_dir + "/metrics.jsonl 2>/dev/null | wc -l) -ge 2 ] && break; sleep 0.1; done; "
+            "kill -9 $pid; wait $pid; true");
+  const auto log = s2dm::testing::read_bytes(run_dir + "/log.txt");
+  EXPECT_NE(log.find("run " + run_dir + ": training on cpu"), std::string::npos) << log;
+  EXPECT_NE(log.find("model: "), std::string::npos) << log;
+}
+
+TEST_F(Cli, EveryCountOptionIsRangeCheckedBeforeWork) {
+  // Each used to crash (SIGFPE), loop for ever, or go on silently; now exit 2 naming the flag,
+  // before any work. (timeout: a regression must fail, not hang.)
+  const std::string run_dir = dir / "run";
+  train(run_dir);
+  const std::string ckpt = run_dir + "/checkpoints/latest.ckpt";
+  s2dm::testing::write_fake_fmnist(dir / "fmnist", 16, "t10k");
+  s2dm::testing::write_bytes(dir / "data.yaml", "data:\n  dataset: fmnist\n  path: " + (dir / "fmnist") + "\n");
+  save_npz(dir / "x.npz", {{"arr_0", NpyArray{"|u1", {4, 32, 32, 1}, std::string(4 * 32 * 32, '\x40')}}});
+  const std::string classifier = "train-classifier --data " + (dir / "data.yaml") + " --out " + (dir / "c.st");
+  const std::string schedule = "schedule --checkpoint " + ckpt + " --out " + (dir / "s.yaml");
+  const std::string train_cmd = "train --config " + kTiny + " " + data + " --run-dir " + (dir / "t");
+  const std::vector<std::pair<std::string, std::string>> cases{
+      {classifier + " --batch 0", "--batch 0: out of range [1, 1048576]"},
+      {classifier + " --batch -1", "--batch -1: out of range"},
+      {classifier + " --epochs 0", "--epochs 0: out of range"},
+      {classifier + " --limit -3", "--limit -3: out of range"},
+      {classifier + " --threads -5", "--threads -5: out of range [0, 4096]"},
+      {schedule + " --data " + (dir / "data.yaml") + " --batch 0", "--batch 0: out of range"},
+      {schedule + " --data " + (dir / "data.yaml") + " --levels 1", "--levels 1: out of range [3, 100000]"},
+      {schedule + " --data " + (dir / "data.yaml") + " --samples 0", "--samples 0: out of range"},
+      {schedule + " --data " + (dir / "data.yaml") + " --steps 0", "--steps 0: out of range"},
+      {schedule + " --method dp --sweeps -1", "--sweeps -1: out of range [0, 1000]"},
+      {schedule + " --data " + (dir / "data.yaml") + " --sweeps 2", "--sweeps are for --method dp"},
+      {"fid-stats " + (dir / "x.npz") + " --out " + (dir / "o.npz") + " --batch 0", "--batch 0: out of range"},
+      {"fid-stats " + (dir / "x.npz") + " --out " + (dir / "o.npz") + " --batch -1", "--batch -1: out of range"},
+      {"fid-stats " + (dir / "x.npz") + " --out " + (dir / "o.npz") + " --num -5", "--num -5: expected 0"},
+      {"fid-stats " + (dir / "x.npz") + " --out " + (dir / "o.npz") + " --threads 5000", "--threads 5000"},
+      {"fid-stats " + (dir / "x.npz") + " --out " + dir.path(), "--out " + dir.path() + ": is a directory"},
+      {"fid " + (dir / "x.npz") + " " + (dir / "x.npz") + " --batch 0 --features classifier:" + (dir / "c.st"),
+       "--batch 0: out of range"},
+      {"fid " + (dir / "x.npz") + " " + (dir / "x.npz") + " --num 1", "--num 1: expected 0"},
+      {train_cmd + " --steps -1", "--steps -1: out of range"},
+      {train_cmd + " --nproc 0", "--nproc 0: out of range [1, 1024]"},
+      {"info --threads -5", "--threads -5: out of range"},
+      {"samplers --steps -5", "--steps -5: out of range [1, 100000]"},
+      {"sample --checkpoint " + ckpt + " --out " + (dir / "o") + " --set sample.skip_tuning.t_min=500 "
+       "--set sample.skip_tuning.t_max=100", "t_min = 500 exceeds sample.skip_tuning.t_max = 100"},
+      {"sample --checkpoint " + ckpt + " --out " + (dir / "o") + " --num 0", "sample.num = 0 is out of range"},
+  };
+  for (const auto& [args, needle] : cases) {
+    const auto r = run_shell("timeout -s KILL 60 " + std::string(S2DM_BINARY) + " " + args);
+    expect_user_error(r, needle);
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir / "c.st"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "s.yaml"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "o.npz"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "t"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "o"));
+}
+
+TEST_F(Cli, ConfigsThatAreNoMappingAreRefused) {
+  // --config naming a directory read as an empty config and trained the default CIFAR-size model.
+  std::filesystem::create_directories(dir / "configs");
+  s2dm::testing::write_bytes(dir / "empty.yaml", "");
+  s2dm::testing::write_bytes(dir / "list.yaml", "- data\n- model\n");
+  s2dm::testing::write_bytes(dir / "twice.yaml", "train:\n  steps: 2\ntrain:\n  steps: 3\n");
+  const std::vector<std::pair<std::string, std::string>> cases{
+      {dir / "configs", dir / "configs: is a directory"},
+      {dir / "empty.yaml", "empty.yaml: empty config"},
+      {dir / "list.yaml", "list.yaml: expected a mapping of sections"},
+      {dir / "twice.yaml", "twice.yaml:3: key 'train' appears twice"}};
+  for (const auto& [config, needle] : cases) {
+    expect_user_error(run_shell("timeout -s KILL 60 " + std::string(S2DM_BINARY) + " train --config " + config +
+                                " --run-dir " + (dir / "r")),
+                      needle);
+    expect_user_error(run("sample --model-script " + std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/gaussian_eps.pt"
+                          " --config " + config + " --out " + (dir / "o")),
+                      needle);
+  }
+  expect_user_error(run("train --config " + kTiny + " --set a.b.c.d=1 --run-dir " + (dir / "r")),
+                    "--set a.b.c.d=1: unknown key 'a'");
+  EXPECT_FALSE(std::filesystem::exists(dir / "r"));
+}
+
+TEST_F(Cli, SamplingInputsAndOutputsAreChecked) {
+  const std::string run_dir = dir / "run";
+  train(run_dir);
+  const std::string sample = "sample --checkpoint " + run_dir + "/checkpoints/latest.ckpt --steps 2 ";
+  auto noise = [&](const std::string& name, std::vector<int64_t> shape, float first) {
+    int64_t n = 1;
+    for (auto d : shape) n *= d;
+    std::vector<float> values(n, 0.5f);
+    if (n > 0) values[0] = first;
+    save_npy(dir / name, NpyArray{"<f4", shape, std::string(reinterpret_cast<const char*>(values.data()), n * 4)});
+    return dir / name;
+  };
+  // Initial noise: no images, a NaN, and a wrong shape; each names the file.
+  expect_user_error(run(sample + "--noise " + noise("none.npy", {0, 1, 32, 32}, 0) + " --out " + (dir / "o")),
+                    "none.npy: holds no images");
+  expect_user_error(run(sample + "--noise " + noise("nan.npy", {2, 1, 32, 32}, NAN) + " --out " + (dir / "o")),
+                    "nan.npy: initial noise holds NaN or Inf");
+  expect_user_error(run(sample + "--noise " + noise("rgb.npy", {2, 3, 32, 32}, 0) + " --out " + (dir / "o")),
+                    "rgb.npy: initial noise of shape [2, 3, 32, 32], the model takes [N, 1, 32, 32]");
+  // --out: a file is refused before sampling; an earlier output with more images loses them.
+  s2dm::testing::write_bytes(dir / "file", "x");
+  expect_user_error(run(sample + "--out " + (dir / "file")), "--out " + (dir / "file") + ": exists and is not a directory");
+  expect_user_error(run(sample + "--out " + (dir / "o") + " --save-float " + dir.path()), "is a directory");
+  EXPECT_FALSE(std::filesystem::exists(dir / "o"));
+  auto r = run(sample + "--num 3 --out " + (dir / "o"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  s2dm::testing::write_bytes(dir / "o/notes.txt", "mine");
+  r = run(sample + "--num 2 --out " + (dir / "o"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(std::filesystem::exists(dir / "o/000001.png"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "o/000002.png"));
+  EXPECT_EQ(s2dm::testing::read_bytes(dir / "o/notes.txt"), "mine");
+  r = run(sample + "--num 2 --no-png --out " + (dir / "o"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir / "o/000000.png"));
+  // A folder of someone's numbered images (no sample.yaml) is not an earlier output: refused.
+  std::filesystem::create_directories(dir / "pictures");
+  s2dm::testing::write_bytes(dir / "pictures/000000.png", "a picture");
+  expect_user_error(run(sample + "--out " + (dir / "pictures")), "holds 000000.png but no sample.yaml");
+  EXPECT_EQ(s2dm::testing::read_bytes(dir / "pictures/000000.png"), "a picture");
+}
+
+TEST_F(Cli, FidRefusesWhatIsNoStatisticsNamingTheFile) {
+  const auto sigma = [](const std::string& path, const torch::Tensor& s) {
+    save_npz(path, {{"mu", NpyArray{"<f8", {s.size(0)}, std::string(s.size(0) * 8, '\0')}},
+                    {"sigma", NpyArray{"<f8", {s.size(0), s.size(0)}, std::string(static_cast<const char*>(s.data_ptr()),
+                                                                                   s.numel() * 8)}}});
+  };
+  sigma(dir / "ok.npz", torch::eye(4, torch::kFloat64));
+  sigma(dir / "negative.npz", -torch::eye(4, torch::kFloat64));  // gave FID -8
+  auto skew = torch::eye(4, torch::kFloat64);
+  skew[0][3] = 0.7;
+  sigma(dir / "skew.npz", skew);
+  expect_user_error(run("fid " + (dir / "negative.npz") + " " + (dir / "ok.npz")), "negative.npz: sigma is not positive semi-definite");
+  expect_user_error(run("fid " + (dir / "ok.npz") + " " + (dir / "skew.npz")), "skew.npz: sigma is not symmetric");
+  auto r = run("fid " + (dir / "ok.npz") + " " + (dir / "ok.npz") + " --json");
+  ASSERT_EQ(r.code, 0) << r.output;
+
+  // Image sets that cannot give statistics or do not suit the features: each names its file.
+  s2dm::testing::write_fake_fmnist(dir / "fmnist", 16, "t10k");
+  s2dm::testing::write_bytes(dir / "data.yaml", "data:\n  dataset: fmnist\n  path: " + (dir / "fmnist") + "\n");
+  r = run("train-classifier --data " + (dir / "data.yaml") + " --out " + (dir / "c.st") + " --epochs 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string features = " --features classifier:" + (dir / "c.st");
+  auto images = [&](const std::string& name, int64_t n, int64_t c) {
+    save_npz(dir / name, {{"arr_0", NpyArray{"|u1", {n, 32, 32, c}, std::string(n * 32 * 32 * c, '\x30')}}});
+    return dir / name;
+  };
+  const std::string gray = images("gray.npz", 4, 1);
+  expect_user_error(run("fid " + images("empty.npz", 0, 1) + " " + gray + features), "empty.npz: arr_0 holds no images");
+  expect_user_error(run("fid " + images("one.npz", 1, 1) + " " + gray + features), "one.npz: 1 image(s)");
+  expect_user_error(run("fid " + images("rgb.npz", 4, 3) + " " + gray + features), "rgb.npz: the classifier");
 }

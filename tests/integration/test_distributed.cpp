@@ -234,6 +234,18 @@ TEST_F(DataParallel, BadLaunchesAreUserErrors) {
   EXPECT_FALSE(std::filesystem::exists(dir / "run"));
 }
 
+TEST_F(DataParallel, NprocReportsTheFirstFailingRanksCode) {
+  // Rank 0 alone locks the run directory. Held by another process, rank 0 refuses (exit 2) while
+  // rank 1 waits for it in the group's start-up; the launcher then stops rank 1 with SIGTERM, and
+  // that 143 used to be the group's exit code about half the time.
+  std::filesystem::create_directories(dir / "held");
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    auto r = run_shell("cd " + dir.path() + " && flock -o held/.lock " + S2DM_BINARY + " train " + common +
+                       "--steps 2 --run-dir held --nproc 2");
+    expect_user_error(r, "held: in use by another s2dm process");
+  }
+}
+
 TEST_F(DataParallel, EvaluationAndOnlineScheduleUnderTwoRanks) {
   // Each rank samples its share of the evaluation images (5: the shares are padded) and rank 0
   // measures them all; the online schedule runs on every rank and rank 0 writes it. lr = 0 keeps

@@ -274,6 +274,13 @@ TEST_F(Experiment, BadFilesFailBeforeAnyWork) {
              "timesteps dp with 4 steps needs schedule.dp.levels >= 4");
   expect_bad("baseline: base", "baseline: base\nschedule: {dp: {level: 2}}", "schedule.dp.level");
   expect_bad("baseline: base", "baseline: base\ntune_skip: {range: [-0.5, 1]}", "expected [lo, hi] with 0 <= lo < hi");
+  // Counts have the bounds they have everywhere (threads: 100000 used to start 100000 threads).
+  expect_bad("threads: 1", "threads: 100000", "threads = 100000 is out of range [0, 4096]");
+  expect_bad("  classifier_epochs: 1", "  classifier_epochs: 0", "metric.classifier_epochs = 0 is out of range");
+  expect_bad("baseline: base", "baseline: base\nschedule: {batch: 0}", "schedule.batch = 0 is out of range");
+  expect_bad("baseline: base", "baseline: base\ntune_skip: {points: 100000000}", "tune_skip.points = 100000000");
+  // A key given twice is refused, not resolved by taking one of them.
+  expect_bad("baseline: base", "baseline: base\nbaseline: skip", "key 'baseline' appears twice");
 }
 
 // Skip-Tuning and the learned grids as sweep axes: the score-optimal schedule is estimated once
@@ -304,8 +311,8 @@ TEST_F(Experiment, SweepsSkipTuningAndLearnedGrids) {
   EXPECT_NE(md.find("### m — skip_tuning={rho_bottom: 0.5, rho_top: 1.0}\n"), std::string::npos) << md;
   EXPECT_NE(md.find("\n| learned | "), std::string::npos) << md;
   EXPECT_NE(md.find("\n| dp | "), std::string::npos) << md;
-  // (DDIM's uniform grid, range(0, T, T // S), has 4 points for S = 3.)
-  EXPECT_NE(md.find("NFE: uniform 4; learned 3; dp 3."), std::string::npos) << md;
+  // (Every grid spends S = 3 evaluations; range(0, T, T // S) would take 4.)
+  EXPECT_NE(md.find("NFE: uniform 3; learned 3; dp 3."), std::string::npos) << md;
   std::set<std::string> samples;
   for (const auto& entry : fs::recursive_directory_iterator(out() + "/units"))
     if (entry.path().filename() == "samples.npz") samples.insert(read_bytes(entry.path().string()));

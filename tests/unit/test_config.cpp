@@ -22,7 +22,7 @@ std::string error_of(const std::string& yaml, const std::vector<std::string>& ov
 }  // namespace
 
 TEST(Config, DefaultsAreTheCifar10Recipe) {
-  auto c = parse_config("", "empty.yaml");
+  auto c = parse_config("{}", "empty.yaml");
   EXPECT_EQ(c.model.ch, 128);
   EXPECT_EQ(c.model.ch_mult, (std::vector<int>{1, 2, 2, 2}));
   EXPECT_DOUBLE_EQ(c.train.lr, 2e-4);
@@ -93,12 +93,12 @@ TEST(Config, SetOverridesAndTheirErrors) {
   EXPECT_DOUBLE_EQ(c.train.lr, 0.5);
   EXPECT_EQ(c.seed, 9u);
   EXPECT_EQ(c.model.ch_mult, (std::vector<int>{1, 2}));
-  auto msg = error_of("", {"train.lr=abc"});
+  auto msg = error_of("{}", {"train.lr=abc"});
   EXPECT_NE(msg.find("--set train.lr=abc"), std::string::npos) << msg;
-  msg = error_of("", {"train.lrr=1"});
+  msg = error_of("{}", {"train.lrr=1"});
   EXPECT_NE(msg.find("--set train.lrr=1"), std::string::npos) << msg;
   EXPECT_NE(msg.find("did you mean 'train.lr'"), std::string::npos) << msg;
-  EXPECT_NE(error_of("", {"nonsense"}).find("expected section.key=value"), std::string::npos);
+  EXPECT_NE(error_of("{}", {"nonsense"}).find("expected section.key=value"), std::string::npos);
 }
 
 TEST(Config, OverridesApplyToTheStruct) {
@@ -129,7 +129,7 @@ TEST(Config, OverridesApplyToTheStruct) {
 }
 
 TEST(Config, CheckConfigChecksValuesSetInCode) {
-  auto c = parse_config("", "x.yaml");
+  auto c = parse_config("{}", "x.yaml");
   EXPECT_NO_THROW(s2dm::check_config(c, "the command line"));
   c.sample.batch = 0;
   try {
@@ -163,7 +163,7 @@ TEST(Config, NestedSkipTuningSection) {
   EXPECT_EQ(c.sample.skip_tuning.rho, (std::vector<double>{1.0, 0.9}));
   EXPECT_DOUBLE_EQ(c.sample.skip_tuning.t_max, 500);
   EXPECT_TRUE(c.sample.skip_tuning.active());
-  EXPECT_FALSE(parse_config("", "x").sample.skip_tuning.active());
+  EXPECT_FALSE(parse_config("{}", "x").sample.skip_tuning.active());
   auto back = parse_config(s2dm::to_yaml(c), "resolved.yaml");
   EXPECT_EQ(back.sample.skip_tuning.rho, c.sample.skip_tuning.rho);
   auto msg = error_of("sample:\n  skip_tuning:\n    rho_botom: 0.8\n");
@@ -194,4 +194,48 @@ TEST(Config, ShippedConfigsLoad) {
 
 TEST(Config, MissingFileIsAConfigError) {
   EXPECT_THROW(s2dm::load_config("/nonexistent/x.yaml"), ConfigError);
+}
+
+TEST(Config, TextThatIsNoMappingIsRefused) {
+  // An empty file (or only comments) used to read as every default: a CIFAR-size model trained
+  // into runs/run. `{}` asks for the defaults on purpose.
+  for (const char* text : {"", "# just a comment\n", "   \n"})
+    EXPECT_NE(error_of(text).find("cfg.yaml: empty config"), std::string::npos) << "'" << text << "'";
+  EXPECT_NE(error_of("- a\n- b\n").find("expected a mapping of sections"), std::string::npos);
+  EXPECT_NO_THROW(parse_config("{}", "x.yaml"));
+  s2dm::testing::TempDir dir;
+  try {
+    s2dm::load_config(dir.path());
+    FAIL() << "a directory read as a config";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find(dir.path() + ": is a directory"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Config, DuplicateKeysAreRefusedWhereverTheyAre) {
+  // yaml-cpp keeps both and a lookup sees the first: a second train: block was silently ignored.
+  auto msg = error_of("train:\n  lr: 0.1\nmodel:\n  ch: 64\ntrain:\n  lr: 0.2\n");
+  EXPECT_NE(msg.find("cfg.yaml:5: key 'train' appears twice in one mapping (first on line 1)"), std::string::npos) << msg;
+  msg = error_of("sample:\n  skip_tuning:\n    t_min: 1\n    t_min: 2\n");
+  EXPECT_NE(msg.find("cfg.yaml:4: key 't_min' appears twice"), std::string::npos) << msg;
+  msg = error_of("{}", {"sample={steps: 3, steps: 4}"});
+  EXPECT_NE(msg.find("--set sample={steps: 3, steps: 4}"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("appears twice"), std::string::npos) << msg;
+  // The same key in two mappings is no repeat.
+  EXPECT_NO_THROW(parse_config("train:\n  steps: 3\nsample:\n  steps: 3\n", "x.yaml"));
+}
+
+TEST(Config, ErrorsFromASetNameTheSetNotTheFile) {
+  // An unknown section on the override's path, a key under it, and a relation it breaks.
+  auto msg = error_of("train:\n  lr: 0.1\n", {"a.b.c.d=1"});
+  EXPECT_EQ(msg.rfind("--set a.b.c.d=1: unknown key 'a'", 0), 0u) << msg;
+  msg = error_of("train:\n  lr: 0.1\n", {"train.foo.bar=1"});
+  EXPECT_EQ(msg.rfind("--set train.foo.bar=1: unknown key 'train.foo'", 0), 0u) << msg;
+  msg = error_of("{}", {"sample.skip_tuning.t_min=500", "sample.skip_tuning.t_max=100"});
+  EXPECT_NE(msg.find("with --set sample.skip_tuning.t_min=500 --set sample.skip_tuning.t_max=100"), std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("t_min = 500 exceeds sample.skip_tuning.t_max = 100"), std::string::npos) << msg;
+  // A file's own unknown key is still the file's.
+  msg = error_of("train:\n  lr: 0.1\nbogus: 1\n", {"train.lr=0.2"});
+  EXPECT_EQ(msg.rfind("cfg.yaml:3: unknown key 'bogus'", 0), 0u) << msg;
 }

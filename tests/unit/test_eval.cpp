@@ -16,6 +16,7 @@
 #include "s2dm/eval/fid.h"
 #include "s2dm/eval/inception.h"
 #include "s2dm/io/npy.h"
+#include "s2dm/io/npy_tensor.h"
 
 using namespace s2dm;
 using namespace s2dm::eval;
@@ -191,6 +192,35 @@ TEST(Stats, FilesRoundTripAndForeignFilesRejected) {
   s2dm::testing::write_bytes(dir / "junk.npz", "PK\x03\x04 not really a zip");
   EXPECT_THROW(load_stats(dir / "junk.npz"), IoError);
   EXPECT_THROW(load_stats(dir / "missing.npz"), IoError);
+}
+
+TEST(Stats, ASigmaThatIsNoCovarianceIsRefusedNamingTheFile) {
+  // sigma = -I gave FID -256 for 256-d statistics; a non-symmetric sigma, a meaningless value.
+  s2dm::testing::TempDir dir;
+  auto expect_refused = [&](const torch::Tensor& sigma, const std::string& why) {
+    save_stats(dir / "bad.npz", {torch::zeros({sigma.size(0)}, torch::kFloat64), sigma});
+    try {
+      load_stats(dir / "bad.npz");
+      FAIL() << why;
+    } catch (const DataError& e) {
+      EXPECT_NE(std::string(e.what()).find(dir / "bad.npz"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+    }
+  };
+  auto eye = torch::eye(4, torch::kFloat64);
+  expect_refused(-eye, "not positive semi-definite");
+  auto skew = eye.clone();
+  skew[0][1] = 0.5;
+  expect_refused(skew, "not symmetric");
+  auto indefinite = torch::tensor({{1.0, 2.0}, {2.0, 1.0}}, torch::kFloat64);  // eigenvalues 3 and -1
+  expect_refused(indefinite, "not positive semi-definite");
+  // Genuine statistics pass: singular (fewer samples than dimensions) and rounded to float32.
+  auto singular = feature_stats(torch::randn({10, 64}, torch::kFloat64));
+  save_npz(dir / "f32.npz", {{"mu", to_npy_array(singular.mu.to(torch::kFloat32))},
+                             {"sigma", to_npy_array(singular.sigma.to(torch::kFloat32))}});
+  EXPECT_NO_THROW(load_stats(dir / "f32.npz"));
+  save_stats(dir / "singular.npz", singular);
+  EXPECT_NO_THROW(load_stats(dir / "singular.npz"));
 }
 
 TEST(Classifier, TrainsOnRealFashionMnistAndSeparatesDistributions) {

@@ -1,6 +1,7 @@
 // safetensors, checkpoints, npy/npz, images.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -11,6 +12,7 @@
 #include "fuzz_targets.h"
 #include "s2dm/io/checkpoint.h"
 #include "s2dm/core/errors.h"
+#include "s2dm/core/progress.h"
 #include "s2dm/data/data.h"
 #include "s2dm/io/file_io.h"
 #include "s2dm/io/image_io.h"
@@ -277,6 +279,45 @@ TEST(DirectoryLock, OneHolderAtATimeAndAStaleLockIsTakenOver) {
   s2dm::testing::write_bytes(lock_file, "pid 1 on elsewhere\n");  // left by a killed process
   DirectoryLock again(run);
   EXPECT_NE(read_file_bytes(lock_file).find("pid " + std::to_string(::getpid())), std::string::npos);
+}
+
+TEST(Temporaries, OnlyS2dmsOwnOfDeadWritersAreRemoved) {
+  // The run directory may hold a user's files: a name like theirs is never taken for s2dm's.
+  s2dm::testing::TempDir dir;
+  const int dead = 999999999;  // (no such pid)
+  const std::string mine = dir / ("checkpoints/latest.ckpt.s2dm-tmp." + std::to_string(dead));
+  const std::string theirs = dir / ("notes.tmp." + std::to_string(dead));
+  const std::string live = dir / ("config.yaml.s2dm-tmp." + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir / "checkpoints");
+  for (const auto& f : {mine, theirs, live}) s2dm::testing::write_bytes(f, "x");
+  EXPECT_EQ(remove_dead_writers_temporaries(dir.path()), 1);
+  EXPECT_FALSE(std::filesystem::exists(mine));
+  EXPECT_TRUE(std::filesystem::exists(theirs));
+  EXPECT_TRUE(std::filesystem::exists(live));  // its writer is at work
+  write_file_atomic(dir / "a.txt", "done");  // leaves no temporary of its own
+  EXPECT_EQ(remove_dead_writers_temporaries(dir.path()), 0);
+  EXPECT_EQ(read_file_bytes(dir / "a.txt"), "done");
+  try {
+    read_file_bytes(dir / "checkpoints");
+    ADD_FAILURE() << "a directory read as an empty file";
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("is a directory"), std::string::npos) << e.what();
+  }
+}
+
+TEST(LogFile, KeepsLinesUntilOpenedThenFlushesEachLine) {
+  // A run refused at start-up writes nothing; an accepted one gets the lines logged before, and
+  // every later line reaches the file at once (a SIGKILL used to leave log.txt empty).
+  s2dm::testing::TempDir dir;
+  const std::string path = dir / "log.txt";
+  LogFile log;
+  spdlog::info("before the run was accepted");
+  EXPECT_FALSE(std::filesystem::exists(path));
+  log.open(path);
+  EXPECT_NE(read_file_bytes(path).find("before the run was accepted"), std::string::npos);
+  spdlog::info("a later line");
+  EXPECT_NE(read_file_bytes(path).find("a later line"), std::string::npos);  // (no flush, no close yet)
+  EXPECT_THROW(LogFile().open(dir / "missing/log.txt"), IoError);
 }
 
 // A header's size claim is checked against what the file can hold before anything is allocated:

@@ -73,6 +73,40 @@ TEST(Timesteps, GridsMatchTheReferenceFormulas) {
   }
 }
 
+TEST(Timesteps, NamedGridsSpendSEvaluationsWhetherOrNotSDividesT) {
+  // range(0, T, T // S) gives [0, 333, 666, 999] for S = 3 and all 1000 steps for S = 900: the
+  // uniform grid is ⌊i·T/S⌋, i < S, which equals it where S divides T.
+  EXPECT_EQ(grid_of("uniform", 3), (std::vector<double>{666, 333, 0}));
+  EXPECT_EQ(grid_of("uniform", 900).size(), 900u);
+  EXPECT_DOUBLE_EQ(grid_of("uniform", 900).front(), 998);  // ⌊T − T/S⌋
+  for (int S : {4, 8, 20, 125, 250, 500, 1000}) {
+    std::vector<double> range;
+    for (int t = 0; t < 1000; t += 1000 / S) range.push_back(t);
+    EXPECT_EQ(asc(grid_of("uniform", S)), range) << S;
+  }
+  // Every named grid: S distinct points for S not dividing T, and a sampler run on it spends S
+  // evaluations. (quad is the exception: its squares coincide at large S; a warning says so.)
+  s2dm::testing::Gaussian g{0.3, 0.5, &linear()};
+  auto model = g.model();
+  for (const auto& name : timestep_grids())
+    for (int S : {3, 7, 30, 300, 900, 999}) {
+      const auto ts = grid_of(name, S);
+      if (name == "quad" && S > 20) {
+        EXPECT_LE(ts.size(), static_cast<size_t>(S)) << name << " S=" << S;
+        continue;
+      }
+      ASSERT_EQ(ts.size(), static_cast<size_t>(S)) << name << " S=" << S;
+      if (S > 30) continue;  // (the run below is the same at every S)
+      SampleConfig sc;
+      sc.timesteps = name;
+      sc.steps = S;
+      const auto plan = plan_sampling(sc, linear());
+      EXPECT_EQ(plan.grid.steps(), S) << name;
+      EXPECT_EQ(run_sampler(*plan.sampler, model, torch::randn({2, 1, 1, 1}, torch::kFloat64), plan.grid, plan.options).nfe, S)
+          << name << " S=" << S;
+    }
+}
+
 TEST(Timesteps, LogSnrAndKarrasFollowTheirSpacing) {
   auto sigma = [](double t) { double a = linear().alpha_bar(t); return std::sqrt((1 - a) / a); };
   auto ls = grid_of("logsnr", 8);
@@ -324,6 +358,31 @@ TEST(Generate, SeededNoiseIndependentOfBatching) {
   EXPECT_EQ(a.nfe, 5);
   sc.sampler = "plms";
   EXPECT_EQ(generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, 3, 2, {}, false).nfe, 6);
+  EXPECT_THROW(generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, 3, 0, {}, false), ConfigError);
+}
+
+TEST(Generate, AStopRequestEndsTheSamplingAtTheNextNetworkEvaluation) {
+  // A batch of a 1000-step sampler takes minutes on a real model: the request is asked before
+  // every evaluation, not only between batches.
+  s2dm::testing::Gaussian g{0.0, 1.0, &linear()};
+  int evaluations = 0;
+  const EpsModel counted = [&](const torch::Tensor& x, const torch::Tensor& t) {
+    ++evaluations;
+    return g.model()(x, t);
+  };
+  SampleConfig sc;
+  sc.steps = 1000;
+  sc.batch = 4;
+  auto out = generate(counted, linear(), sc, {1, 2, 2}, torch::kCPU, 0, 8, {}, false, {},
+                      [&] { return evaluations >= 10; });
+  EXPECT_FALSE(out.complete);
+  EXPECT_EQ(evaluations, 10);
+  EXPECT_EQ(out.samples.size(0), 0);
+  evaluations = 0;
+  sc.steps = 5;
+  out = generate(counted, linear(), sc, {1, 2, 2}, torch::kCPU, 0, 8, {}, false, {}, [] { return false; });
+  EXPECT_TRUE(out.complete);
+  EXPECT_EQ(evaluations, 10);  // two batches of five steps
 }
 
 TEST(SkipTuning, AppliesOnlyInsideItsTimeRange) {

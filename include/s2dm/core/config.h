@@ -116,6 +116,11 @@ struct SampleConfig {
   SkipTuningConfig skip_tuning;
 };
 
+// Bounds that every setting of their kind shares (configs, experiment files, command-line flags).
+inline constexpr int kMaxThreads = 4096;      // CPU threads
+inline constexpr int kMaxBatch = 1 << 20;     // images per batch
+inline constexpr int kMaxTimesteps = 100000;  // T, sampling steps, noise levels
+
 struct Config {
   std::string name = "run";
   uint64_t seed = 0;
@@ -130,7 +135,8 @@ struct Config {
 };
 
 // Loads `path`, applies `overrides` ("section.key=value" or "key=value"), validates.
-// Throws ConfigError naming the file (or the --set), the line, the key and the value.
+// Throws ConfigError naming the file (or the --set), the line, the key and the value; also for
+// text that is no mapping (an empty file, a directory, a list): `{}` asks for every default.
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
 // The same from YAML text; `origin` names it in errors.
 Config parse_config(const std::string& yaml_text, const std::string& origin,

@@ -38,16 +38,22 @@ class Progress {
 // "1h02m03s" / "4m05s" / "7s"
 std::string format_duration(double seconds);
 
-// Copies everything logged (spdlog's default logger) into `path` for the scope, appending.
+// Copies everything logged (spdlog's default logger) into a file for the scope, appending and
+// flushing each line (a killed process leaves its log). Constructed without a path it keeps the
+// lines in memory until open() names the file, so that a run refused at start-up writes nothing.
 class LogFile {
  public:
+  LogFile();
   explicit LogFile(const std::string& path);
   ~LogFile();
   LogFile(const LogFile&) = delete;
   LogFile& operator=(const LogFile&) = delete;
+  // Writes the lines kept so far to `path`, and every later line. Throws IoError naming it.
+  void open(const std::string& path);
 
  private:
-  std::shared_ptr<spdlog::sinks::sink> sink_;
+  class Sink;
+  std::shared_ptr<Sink> sink_;
 };
 
 }  // namespace s2dm

@@ -6,6 +6,7 @@
 
 #include <map>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace s2dm {
@@ -23,6 +24,9 @@ class YamlReader {
   // 1-based line of a node (0 when it has none).
   int line(const YAML::Node& at) const;
 
+  // Rejects a mapping, anywhere under `node`, that gives a key twice (yaml-cpp keeps both and a
+  // lookup sees only the first).
+  void check_unique_keys(const YAML::Node& node) const;
   // Rejects a node that is not a mapping, and keys not in `allowed` ("did you mean", else the
   // allowed keys). `prefix` is the section's dotted name ("" at the top).
   void check_keys(const YAML::Node& node, const std::string& prefix, const std::vector<std::string>& allowed) const;
@@ -38,6 +42,16 @@ class YamlReader {
     } catch (const YAML::BadConversion&) {
       fail(node, name + ": expected " + what + ", got " + quoted(node), name);
     }
+  }
+
+  // A number of type T in [lo, hi]; the failure names the key, its value and the range.
+  template <class T>
+  T bounded(const YAML::Node& node, const std::string& name, T lo, T hi) const {
+    const T value = scalar<T>(node, name, std::is_integral_v<T> ? "an integer" : "a number");
+    if (!(value >= lo && value <= hi))
+      fail(node, name + " = " + std::to_string(value) + " is out of range [" + std::to_string(lo) + ", " +
+                     std::to_string(hi) + "]", name);
+    return value;
   }
 
   // A node as one line of YAML (flow style): how values are shown and passed on as text.

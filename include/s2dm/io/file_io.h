@@ -8,7 +8,7 @@
 
 namespace s2dm {
 
-// Throws IoError naming the path.
+// Throws IoError naming the path (also for a directory).
 std::string read_file_bytes(const std::string& path);
 void write_file_atomic(const std::string& path, const std::string& bytes);
 // Why `path` is not a regular file ("" when it is one), for a message after the path: "not
@@ -53,6 +53,8 @@ class DirectoryLock {
 // before the rename (SIGKILL, power loss): temporary files whose writer is no longer running.
 // Returns how many. Meant for the holder of the directory's lock.
 int remove_dead_writers_temporaries(const std::string& dir);
+// Whether a file name is that of write_file_atomic's temporary (NAME.s2dm-tmp.PID).
+bool is_temporary_name(const std::string& name);
 // CRC-32 (zlib's) of a byte range.
 uint32_t crc32_of(const void* data, size_t size, uint32_t crc = 0);
 

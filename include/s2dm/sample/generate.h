@@ -53,12 +53,18 @@ struct Generated {
 
 // Samples `num` images with the sampler settings of `config`. `noise` (float32 NCHW, CPU), when
 // defined, replaces the seeded initial noise and sets the number of images. `stop`, when given,
-// is asked between batches whether to end early.
+// is asked before every network evaluation whether to end early (the batch under way is dropped).
 Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& config,
                    const std::vector<int64_t>& image_shape, const torch::Device& device, uint64_t seed,
                    int64_t num, const torch::Tensor& noise = {}, bool show_progress = true,
                    const LearnedSchedule& learned = {}, const std::function<bool()>& stop = {});
 
+// s2dm sample's output folder: numbered PNGs, samples.npz, grid.png and, written last, sample.yaml.
+// check_sample_output throws UsageError, before any work, unless `dir` is new, holds none of those
+// names, or holds an earlier output (its sample.yaml); clear_sample_output then removes that
+// earlier output's files (and only those), so no stale image stays beside the new ones.
+void check_sample_output(const std::string& dir);
+void clear_sample_output(const std::string& dir);
 // Writes numbered PNGs (when `pngs`), samples.npz and grid.png (first 64) into `dir`.
 void write_samples(const std::string& dir, const torch::Tensor& samples, bool pngs = true);
 // The images of a samples.npz (arr_0, uint8 NHWC with 1 or 3 channels) as uint8 NCHW.

@@ -7,13 +7,14 @@
 #include <vector>
 
 #include "s2dm/core/config.h"
+#include "s2dm/train/run_directory.h"
 
 namespace s2dm::train {
 
 struct TrainOptions {
   std::string run_dir;             // empty = runs/<config.name>
-  bool resume = false;             // continue from <run_dir>/checkpoints/latest.ckpt
-  bool overwrite = false;          // delete an existing run directory first
+  bool resume = false;             // continue from the run directory's newest checkpoint that loads
+  bool overwrite = false;          // replace what s2dm wrote in an existing run directory
   int64_t steps = -1;              // overrides train.steps (also on resume)
   std::vector<std::string> overrides;  // --set values, applied on resume too
 };
@@ -27,9 +28,5 @@ struct TrainResult {
 
 // `config` is ignored on resume (the run directory's checkpoint carries the config).
 TrainResult run_training(const Config& config, const TrainOptions& options);
-
-// The paths inside a run directory.
-std::string checkpoint_dir(const std::string& run_dir);
-std::string latest_checkpoint(const std::string& run_dir);
 
 }  // namespace s2dm::train
