@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cxxopts.hpp>
 #include <filesystem>
 #include <iostream>
@@ -32,6 +33,9 @@ std::optional<cxxopts::ParseResult> parse_options(cxxopts::Options& options, int
     return std::nullopt;
   }
   if (!result.unmatched().empty()) throw UsageError("unexpected argument '" + result.unmatched().front() + "'");
+  // (An empty path or value would otherwise stand for a default: --run-dir "" trained into runs/NAME.)
+  for (const auto& argument : result.arguments())
+    if (argument.value().empty()) throw UsageError("--" + argument.key() + ": empty value");
   return result;
 }
 
@@ -111,8 +115,8 @@ int train(int argc, char** argv) {
       "run-dir", "run directory (default runs/<name>)", cxxopts::value<std::string>())(
       "device", "auto | cpu | cuda | cuda:N", cxxopts::value<std::string>())(
       "set", "override a config value: section.key=value (repeatable)", cxxopts::value<std::vector<std::string>>())(
-      "resume", "continue the run in --run-dir from its latest checkpoint")(
-      "overwrite", "replace an existing run directory")(
+      "resume", "continue the run in --run-dir from its newest checkpoint that loads")(
+      "overwrite", "replace what s2dm wrote in an existing run directory (other files stay)")(
       "nproc", "train data-parallel as N processes on this machine (one per GPU; on the CPU they share the cores)",
       cxxopts::value<int>());
   auto r = parse_options(options, argc, argv);
@@ -175,6 +179,12 @@ void apply_sample_flags(const cxxopts::ParseResult& r, Config& config) {
   if (r.count("batch")) s.batch = r["batch"].as<int>();
   if (r.count("seed")) config.seed = r["seed"].as<uint64_t>();
   if (r.count("device")) config.device = r["device"].as<std::string>();
+  // A flag its sampler does not read would be recorded in sample.yaml and change nothing.
+  const auto& sampler = sample::find_sampler(s.sampler);
+  for (const char* flag : {"eta", "lambda"})
+    if (r.count(flag) && std::find(sampler.options.begin(), sampler.options.end(), flag) == sampler.options.end())
+      throw UsageError("--" + std::string(flag) + ": sampler '" + sampler.name + "' does not read " + flag +
+                       " (s2dm samplers lists what each reads)");
   if (r.count("skip-tuning")) {
     const auto text = r["skip-tuning"].as<std::string>();
     const auto comma = text.find(',');
@@ -255,6 +265,14 @@ int sample(int argc, char** argv) {
     if (std::error_code ec; fs::is_directory((*r)["save-float"].as<std::string>(), ec))
       throw UsageError("--save-float " + (*r)["save-float"].as<std::string>() + ": is a directory (expected a .npy file)");
 
+  if (r->count("raw") && !r->count("checkpoint")) throw UsageError("--raw picks a checkpoint's weights: give --checkpoint");
+  if (r->count("save-float")) {  // (not one of the files written into --out)
+    const fs::path floats = (*r)["save-float"].as<std::string>();
+    std::error_code ec;  // (--out may not exist yet)
+    if (fs::weakly_canonical(fs::absolute(floats).parent_path(), ec) == fs::weakly_canonical(fs::absolute(out), ec) &&
+        sample::is_sample_output_name(floats.filename().string()))
+      throw UsageError("--save-float " + floats.string() + ": a file that --out " + out + " writes");
+  }
   auto source = model::resolve_model(model_ref(*r), sets(*r));
   apply_sample_flags(*r, source.config);
   const Config& config = source.config;
@@ -265,19 +283,29 @@ int sample(int argc, char** argv) {
   model::check_skip_tuning(config.model, config.sample.skip_tuning, !source.script.empty());
   const std::vector<int64_t> shape{config.data.channels, config.data.image_size, config.data.image_size};
   torch::Tensor noise;
-  if (r->count("noise")) noise = read_noise((*r)["noise"].as<std::string>(), shape);
+  if (r->count("noise")) {  // (it sets the number of images)
+    noise = read_noise((*r)["noise"].as<std::string>(), shape);
+    if (r->count("num") && (*r)["num"].as<int64_t>() != noise.size(0))
+      throw UsageError("--num " + std::to_string((*r)["num"].as<int64_t>()) + " but --noise " +
+                       (*r)["noise"].as<std::string>() + " holds " + std::to_string(noise.size(0)) + " images");
+    source.config.sample.num = noise.size(0);
+  }
   set_cpu_threads(config.threads);
   const torch::Device device = resolve_device(config.device);
   const model::LoadedModel loaded(source, device);
   auto generated = sample::generate(loaded.eps(config.sample.skip_tuning), schedule, config.sample, shape, device,
                                     config.seed, config.sample.num, noise, true, learned);
+  // What produced these samples: first as incomplete, so that a folder left half-written is still
+  // recognisably this command's output, then whole.
+  const std::string settings = to_yaml(config);
   sample::clear_sample_output(out);  // (an earlier output's images, which the new ones may not all replace)
+  write_file_atomic(out + "/sample.yaml",
+                    settings + "result:\n  complete: false\n  images: " + std::to_string(generated.samples.size(0)) + "\n");
   sample::write_samples(out, generated.samples, !r->count("no-png"));
   if (r->count("save-float")) write_float_npy((*r)["save-float"].as<std::string>(), generated.samples);
-  // Record what produced these samples.
   std::ostringstream record;
   record.precision(17);
-  record << to_yaml(config) << "result:\n  model: \"" << source.origin << "\"\n  images: " << generated.samples.size(0)
+  record << settings << "result:\n  complete: true\n  images: " << generated.samples.size(0) << "\n  model: \"" << source.origin << "\""
          << "\n  steps: " << plan.grid.steps() << "\n  nfe: " << generated.nfe << "\n  seconds: " << generated.seconds
          << "\n  device: \"" << device.str() << "\"\n  timesteps: [";
   for (size_t i = 0; i < plan.grid.t.size(); ++i) record << (i ? ", " : "") << plan.grid.t[i];

@@ -145,8 +145,11 @@ int fid_stats(int argc, char** argv) {
   if (!r) return 0;
   if (!r->count("source") || !r->count("out")) throw UsageError("fid-stats: SOURCE and --out are required");
   const auto o = common_values(*r);
-  if (std::error_code ec; fs::is_directory((*r)["out"].as<std::string>(), ec))
-    throw UsageError("--out " + (*r)["out"].as<std::string>() + ": is a directory (expected a .npz file)");
+  const std::string out = (*r)["out"].as<std::string>();
+  if (std::error_code ec; fs::is_directory(out, ec))
+    throw UsageError("--out " + out + ": is a directory (expected a .npz file)");
+  if (std::error_code ec; fs::equivalent(out, (*r)["source"].as<std::string>(), ec))
+    throw UsageError("--out " + out + ": is SOURCE itself (it would be overwritten)");
   FeatureSpace space((*r)["features"].as<std::string>(), o.device);
   auto src = resolve_source((*r)["source"].as<std::string>(), space, o.num, o.batch, o.device);
   eval::save_stats((*r)["out"].as<std::string>(), src.set.stats, r->count("compress") > 0);
@@ -167,7 +170,12 @@ int fid(int argc, char** argv) {
   FeatureSpace space((*r)["features"].as<std::string>(), o.device);
   auto a = resolve_source((*r)["a"].as<std::string>(), space, o.num, o.batch, o.device);
   auto b = resolve_source((*r)["b"].as<std::string>(), space, o.num, o.batch, o.device);
-  const auto d = eval::distance(a.set, b.set);
+  eval::Distance d;
+  try {
+    d = eval::distance(a.set, b.set);
+  } catch (const DataError& e) {  // (statistics of different feature spaces)
+    throw DataError(a.description + " and " + b.description + ": " + e.what());
+  }
   const double value = d.fd;
   nlohmann::ordered_json out{{"fid", value}};
   if (d.kid) {

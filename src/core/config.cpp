@@ -481,6 +481,8 @@ std::map<std::string, std::string> merge_overrides(YAML::Node& root, const std::
       parts.push_back(key.substr(start, dot - start));
       if (dot == std::string::npos) break;
     }
+    if (!null_is_default && (!parsed || parsed.IsNull()))  // (it would drop the file's value for the default)
+      throw ConfigError("--set " + item + ": no value");
     if (null_is_default && (!parsed || parsed.IsNull())) {
       if (!defaults.IsMap()) defaults = YAML::Load(to_yaml(Config{}));
       YAML::Node at = defaults;  // (reset, not =: yaml-cpp's = would write into `defaults`)

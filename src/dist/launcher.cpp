@@ -6,10 +6,13 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstring>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "s2dm/core/compat.h"
 #include "s2dm/core/errors.h"
@@ -106,40 +109,52 @@ int launch_local_group(int nproc, const std::vector<std::string>& args) {
   // Waits for every rank. When one fails, the others are asked to stop (SIGTERM; they also see
   // the lost peer in their next collective) and killed if still there after a grace period. The
   // first failure's code is the group's: the others' codes then tell of the launcher's own
-  // signals, not of what went wrong. Without a failure: 130 when a signal stopped a rank, else 0.
-  int first_failure = 0, interrupted = 0, running = nproc;
+  // signals or of the lost peer, not of what went wrong. Of the ranks that ended since the last
+  // look, one killed by a signal came first (its peers exit 1 on losing it). A rank that a
+  // forwarded signal ended was interrupted, not failed. Without a failure: 130 when a signal
+  // stopped the ranks, else 0.
+  int first_failure = 0, interrupted = 0, forwarded = 0, running = nproc;
   auto kill_at = std::chrono::steady_clock::time_point::max();  // (max: nobody to kill)
   while (running > 0) {
     if (g_forward) {
-      const int sig = g_forward;
+      forwarded = g_forward;
       g_forward = 0;
-      spdlog::warn("signal {}: forwarding it to the ranks", sig);
+      spdlog::warn("signal {}: forwarding it to the ranks", forwarded);
       for (pid_t pid : pids)
-        if (pid > 0) kill(pid, sig);
+        if (pid > 0) kill(pid, forwarded);
     }
     if (std::chrono::steady_clock::now() > kill_at) {
       for (pid_t pid : pids)
         if (pid > 0) kill(pid, SIGKILL);
       kill_at = std::chrono::steady_clock::time_point::max();
     }
-    int status = 0;
-    const pid_t done = waitpid(-1, &status, WNOHANG);
-    if (done <= 0) {
+    std::vector<std::pair<int, int>> ended;  // (rank, wait status), killed by a signal first
+    for (int status = 0;;) {
+      const pid_t done = waitpid(-1, &status, WNOHANG);
+      if (done <= 0) break;
+      for (int r = 0; r < nproc; ++r)
+        if (pids[r] == done) {
+          pids[r] = -1;
+          --running;
+          ended.emplace_back(r, status);
+        }
+    }
+    if (ended.empty()) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
       continue;
     }
-    for (int r = 0; r < nproc; ++r) {
-      if (pids[r] != done) continue;
-      pids[r] = -1;
-      --running;
+    std::stable_partition(ended.begin(), ended.end(), [](const auto& e) { return WIFSIGNALED(e.second); });
+    for (const auto& [r, status] : ended) {
       const int code = exit_code(status);
-      if (code == kInterrupted) interrupted = code;
-      if (code == 0 || code == kInterrupted) break;
-      if (first_failure != 0) break;  // (stopped by us, or failing in the failure's wake)
+      if (code == kInterrupted || (forwarded != 0 && WIFSIGNALED(status) && WTERMSIG(status) == forwarded)) {
+        interrupted = kInterrupted;
+        continue;
+      }
+      if (code == 0 || first_failure != 0) continue;  // (after a failure: stopped by us, or in its wake)
       first_failure = code;
       spdlog::error("rank {} {} {}", r, WIFEXITED(status) ? "exited with code" : "was killed by signal",
                     WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
-      if (running > 0 && kill_at == std::chrono::steady_clock::time_point::max()) {
+      if (running > 0) {
         for (pid_t pid : pids)
           if (pid > 0) kill(pid, SIGTERM);
         kill_at = std::chrono::steady_clock::now() + std::chrono::seconds(30);

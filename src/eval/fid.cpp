@@ -173,7 +173,14 @@ FeatureExtractor make_feature_extractor(const FeatureSpec& spec, const torch::De
   auto net = load_classifier(spec.path);
   net->to(device);
   const int channels = net->spec().channels, size = net->spec().image_size;
-  return {net->spec().name, [net, channels, size](const torch::Tensor& images) mutable {
+  return {net->spec().name, [net, channels, size](torch::Tensor images) mutable {
+            // Grey images stored as RGB (a folder of PNGs is read as RGB) are grey to a one-channel
+            // classifier; grey images are RGB to a three-channel one, as to Inception.
+            if (images.size(1) == 3 && channels == 1 && torch::equal(images.select(1, 0), images.select(1, 1)) &&
+                torch::equal(images.select(1, 1), images.select(1, 2)))
+              images = images.narrow(1, 0, 1);
+            else if (images.size(1) == 1 && channels == 3)
+              images = images.expand({-1, 3, -1, -1});
             if (images.size(1) != channels || images.size(2) != size || images.size(3) != size)
               throw DataError("the classifier '" + net->spec().name + "' takes " + std::to_string(channels) + "x" +
                               std::to_string(size) + "x" + std::to_string(size) + " images, got " +

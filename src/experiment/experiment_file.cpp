@@ -118,6 +118,16 @@ void read_models(const Reader& r, const YAML::Node& node, Experiment& e) {
   }
 }
 
+// A sample value as the experiment file means it: a time grid read from a file (file:PATH,
+// learned:PATH) names the file relative to the experiment file, as every path there does.
+std::string sample_value(const Reader& r, const std::string& key, const YAML::Node& value) {
+  const std::string text = Reader::flow(value);
+  if (key == "timesteps")
+    for (const std::string prefix : {"file:", "learned:"})
+      if (text.rfind(prefix, 0) == 0) return prefix + r.resolve(text.substr(prefix.size()));
+  return text;
+}
+
 // Sweep values as the text of a --set value; Skip-Tuning "none" is the empty section, and so is
 // "tuned" until the search has found its ρ.
 std::string override_text(const std::string& key, const std::string& value) {
@@ -155,6 +165,7 @@ void read_sweep(const Reader& r, const YAML::Node& node, Experiment& e, int& swe
   if (node.IsMap()) blocks.push_back(node);
   else if (node.IsSequence()) for (const auto& b : node) blocks.push_back(b);
   else r.fail(node, "sweep: expected a mapping of sample keys to lists of values (or a list of such mappings)");
+  if (blocks.empty()) r.fail(node, "sweep: an empty list (no settings to run)");
   std::set<std::map<std::string, std::string>> seen;
   for (const auto& block : blocks) {
     r.check_keys(block, "sweep", allowed);
@@ -164,9 +175,9 @@ void read_sweep(const Reader& r, const YAML::Node& node, Experiment& e, int& swe
       std::vector<std::string> values;
       // A list holds the axis' values; anything else is its one value (a ρ list is a mapping's member).
       if (kv.second.IsSequence()) {
-        for (const auto& v : kv.second) values.push_back(Reader::flow(v));
+        for (const auto& v : kv.second) values.push_back(sample_value(r, key, v));
       } else {
-        values.push_back(Reader::flow(kv.second));
+        values.push_back(sample_value(r, key, kv.second));
       }
       if (values.empty()) r.fail(kv.second, "sweep." + key + ": no values");
       axes.push_back({key, values});
@@ -232,6 +243,11 @@ void read_metric(const Reader& r, const YAML::Node& node, Experiment& e) {
     if (auto why = why_not_a_file(m.reference); !why.empty())
       r.fail(node["reference"], "metric.reference: " + m.reference + " " + why + " (expected train, test or a statistics .npz)");
     if (m.kid) r.fail(node["kid"], "metric.kid needs reference features: use reference train or test, not a statistics file");
+    try {
+      eval::load_stats(m.reference);  // (a bad file fails now, not after training and sampling)
+    } catch (const Error& err) {
+      r.fail(node["reference"], std::string("metric.reference: ") + err.what());
+    }
   }
 }
 
@@ -363,7 +379,10 @@ Experiment load_experiment(const std::string& path) {
     auto allowed = sample_config_keys();
     allowed.erase(std::remove(allowed.begin(), allowed.end(), "num"), allowed.end());
     r.check_keys(sample, "sample", allowed);
-    for (const auto& kv : sample) e.sample[r.key(kv.first, "sample")] = Reader::flow(kv.second);
+    for (const auto& kv : sample) {
+      const std::string key = r.key(kv.first, "sample");
+      e.sample[key] = sample_value(r, key, kv.second);
+    }
   }
   int sweep_line = 0;
   read_sweep(r, root["sweep"], e, sweep_line);

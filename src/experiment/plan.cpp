@@ -46,11 +46,13 @@ TrainState train_state(const Experiment& e, const ModelSpec& m) {
   TrainState s;
   s.run_dir = model_dir(e, m);
   s.target = m.config.train.steps;
-  const auto latest = train::latest_checkpoint(s.run_dir);
-  if (!fs::exists(latest)) return s;
+  const auto dir = train::inspect_run_directory(s.run_dir);
+  if (dir.checkpoints.empty()) return s;
   try {
-    const auto ckpt = load_checkpoint(latest);
-    auto config = parse_config(ckpt.config_yaml, latest + " (config)");
+    const auto newest = train::newest_checkpoint(dir);  // (as the resume will choose)
+    const auto& ckpt = newest.checkpoint;
+    s.checkpoint = newest.path;
+    auto config = parse_config(ckpt.config_yaml, s.run_dir + " (checkpoint config)");
     // The same settings, trained as far or less far (it then resumes); a run that went further
     // trains again, since its weights are not those of the shorter run.
     const auto& wanted = m.config;
@@ -58,7 +60,7 @@ TrainState train_state(const Experiment& e, const ModelSpec& m) {
     s.matches = training_identity(config) == training_identity(wanted) && ckpt.step <= wanted.train.steps;
     s.step = ckpt.step;
   } catch (const Error& err) {
-    spdlog::warn("{}: {} (it will be trained again)", latest, err.what());
+    spdlog::warn("{} (it will be trained again)", err.what());
   }
   return s;
 }
@@ -152,7 +154,11 @@ Plan plan_units(const Experiment& e, const Measurer& measurer) {
       const SampleConfig config = sample_config(e, m, s);
       Config c;
       c.sample = effective_settings(config);
-      const std::string settings_text = m.key + "\n" + to_yaml(c);
+      std::string settings_text = m.key + "\n" + to_yaml(c);
+      // (Where S does not divide T the uniform grid once took S + 1 or more points: such units
+      // sample anew rather than reuse samples of the other grid.)
+      if (config.timesteps == "uniform" && m.config.diffusion.num_timesteps % config.steps != 0)
+        settings_text += "uniform grid: floor(i T / S)\n";
       for (uint64_t seed : e.seeds) {
         Unit u;
         u.model = &m;

@@ -36,6 +36,7 @@ struct Unit {
 struct TrainState {
   std::string run_dir;
   int64_t step = -1;      // -1: nothing usable
+  std::string checkpoint;  // the newest checkpoint that loads
   bool matches = false;   // the checkpoint was trained with this config
   int64_t target = 0;      // the steps wanted
   bool trained() const { return matches && step == target; }

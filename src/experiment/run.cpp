@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "plan.h"
@@ -115,10 +116,10 @@ sample::LearnedSchedule grid_source(const Experiment& e, const Unit& u, const Gr
 
 // The Skip-Tuning of a unit with skip_tuning: tuned: its search's winner, searched when its file is
 // missing (tune_skip: ρ_bottom on the proxy, with common random numbers), written with the curve
-// and a plot of it beside.
-SkipTuningConfig tuned_skips(const Experiment& e, const Unit& u, const model::LoadedModel& loaded,
-                             const NoiseSchedule& schedule, const sample::LearnedSchedule& learned, Measurer& measurer,
-                             const torch::Device& device) {
+// and a plot of it beside. Nothing when `stop` ended the search (it starts again next time).
+std::optional<SkipTuningConfig> tuned_skips(const Experiment& e, const Unit& u, const model::LoadedModel& loaded,
+                                            const NoiseSchedule& schedule, const sample::LearnedSchedule& learned,
+                                            Measurer& measurer, const torch::Device& device, const StopSignals& stop) {
   const auto& t = e.tune_skip;
   SkipTuningConfig skips = u.config.skip_tuning;
   skips.rho_top = t.rho_top;
@@ -127,20 +128,27 @@ SkipTuningConfig tuned_skips(const Experiment& e, const Unit& u, const model::Lo
     spdlog::info("{} | {}: searching ρ_bottom in [{}, {}] on {} proxy samples", m.name, u.setting->label(), t.lo, t.hi,
                  t.proxy_samples);
     const std::vector<int64_t> shape{m.config.data.channels, m.config.data.image_size, m.config.data.image_size};
-    const auto curve = search_minimum(
-        [&](double rho) {
-          SampleConfig c = u.config;
-          c.skip_tuning = skips;
-          c.skip_tuning.rho_bottom = rho;
-          const auto generated = sample::generate(loaded.eps(c.skip_tuning), schedule, c, shape, device, t.seed,
-                                                  t.proxy_samples, {}, false, learned);
-          const auto features = eval::feature_set(measurer.extractor(), data::to_uint8(generated.samples),
-                                                  e.metric.batch, device, false);
-          const double fd = eval::distance(features, measurer.reference(m), false).fd;
-          spdlog::info("  ρ_bottom {:.4f}: proxy {} {:.4f}", rho, measurer.extractor().distance_label(), fd);
-          return fd;
-        },
-        t.lo, t.hi, t.points, t.refine);
+    struct Stopped {};
+    std::vector<std::pair<double, double>> curve;
+    try {
+      curve = search_minimum(
+          [&](double rho) {
+            SampleConfig c = u.config;
+            c.skip_tuning = skips;
+            c.skip_tuning.rho_bottom = rho;
+            const auto generated = sample::generate(loaded.eps(c.skip_tuning), schedule, c, shape, device, t.seed,
+                                                    t.proxy_samples, {}, false, learned, [&] { return stop.requested(); });
+            if (!generated.complete) throw Stopped{};
+            const auto features = eval::feature_set(measurer.extractor(), data::to_uint8(generated.samples),
+                                                    e.metric.batch, device, false);
+            const double fd = eval::distance(features, measurer.reference(m), false).fd;
+            spdlog::info("  ρ_bottom {:.4f}: proxy {} {:.4f}", rho, measurer.extractor().distance_label(), fd);
+            return fd;
+          },
+          t.lo, t.hi, t.points, t.refine);
+    } catch (const Stopped&) {
+      return std::nullopt;
+    }
     auto best = *std::min_element(curve.begin(), curve.end(), [](auto& a, auto& b) { return a.second < b.second; });
     if (best.first == t.lo && t.lo > 0)  // (at 0 the deepest skip is off: the search's natural end)
       spdlog::warn("{} | {}: the proxy is still falling at ρ_bottom = {} (the range's end): widen tune_skip.range", m.name,
@@ -300,7 +308,8 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
         summary.interrupted = true;
         break;
       }
-      ref.checkpoint = train::latest_checkpoint(state.run_dir);
+      // (latest.ckpt, but for a finished run whose latest.ckpt was lost: its newest step file)
+      ref.checkpoint = state.trained() ? state.checkpoint : train::latest_checkpoint(state.run_dir);
     }
     const model::LoadedModel loaded(model::resolve_model(ref), device);
     const NoiseSchedule schedule(m.config.diffusion);
@@ -313,7 +322,11 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
         continue;
       }
       const auto learned = grid_source(e, *u, files[u - units.data()], loaded, schedule, device);
-      if (!u->tuning_file.empty()) u->config.skip_tuning = tuned_skips(e, *u, loaded, schedule, learned, measurer, device);
+      if (!u->tuning_file.empty()) {
+        const auto tuned = tuned_skips(e, *u, loaded, schedule, learned, measurer, device, stop);
+        if (!tuned) break;
+        u->config.skip_tuning = *tuned;
+      }
       if (!run_unit(e, *u, loaded, schedule, learned, measurer, device, stop)) break;
       ++summary.units_run;
       collect();

@@ -44,6 +44,16 @@ void save_checkpoint(const std::string& path, const Checkpoint& ckpt) {
   save_safetensors(path, all, meta);
 }
 
+bool is_checkpoint_file(const std::string& path) {
+  try {
+    const auto metadata = read_safetensors_metadata(path);
+    const auto format = metadata.find("format");
+    return format != metadata.end() && format->second == kCheckpointFormat;
+  } catch (const IoError&) {
+    return false;
+  }
+}
+
 Checkpoint load_checkpoint(const std::string& path) {
   Safetensors file;
   try {

@@ -49,10 +49,8 @@ constexpr const char* kTemporaryInfix = ".s2dm-tmp.";
 void write_file_atomic(const std::string& path, const std::string& bytes) {
   namespace fs = std::filesystem;
   auto parent = fs::path(path).parent_path();
-  if (!parent.empty()) {
-    std::error_code ec;
-    fs::create_directories(parent, ec);
-  }
+  if (std::error_code ec; !parent.empty() && !fs::create_directories(parent, ec) && ec)
+    throw IoError(parent.string() + ": cannot create the directory (" + ec.message() + ")");
   std::string tmp = path + kTemporaryInfix + std::to_string(::getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) throw IoError(path + ": cannot write (" + std::strerror(errno) + ")");

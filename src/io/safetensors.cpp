@@ -2,7 +2,9 @@
 
 #include <torch/torch.h>
 
+#include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -62,21 +64,60 @@ std::string to_safetensors_bytes(const NamedTensors& tensors, const Metadata& me
   return out;
 }
 
-Safetensors from_safetensors_bytes(const std::string& bytes, const std::string& origin) {
-  auto fail = [&](const std::string& why) -> IoError { return IoError(origin + ": " + why); };
-  if (bytes.size() < 8) throw fail("not a safetensors file (shorter than its 8-byte header length)");
+namespace {
+
+// The JSON header's length, from a file's first 8 bytes (`start`) and its size; checked.
+uint64_t header_length(const std::string& start, uint64_t file_size, const std::string& origin) {
+  if (start.size() < 8 || file_size < 8)
+    throw IoError(origin + ": not a safetensors file (shorter than its 8-byte header length)");
   uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
-  if (n > bytes.size() - 8 || n > (100u << 20))
-    throw fail("not a safetensors file or truncated (header length " + std::to_string(n) + ", file size " +
-               std::to_string(bytes.size()) + ")");
+  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<unsigned char>(start[i])) << (8 * i);
+  if (n > file_size - 8 || n > (100u << 20))
+    throw IoError(origin + ": not a safetensors file or truncated (header length " + std::to_string(n) + ", file size " +
+                  std::to_string(file_size) + ")");
+  return n;
+}
+
+nlohmann::json parse_header(const char* begin, uint64_t n, const std::string& origin) {
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<std::ptrdiff_t>(n));
+    header = nlohmann::json::parse(begin, begin + n);
   } catch (const nlohmann::json::exception& e) {
-    throw fail(std::string("corrupt safetensors header: ") + e.what());
+    throw IoError(origin + ": corrupt safetensors header: " + e.what());
   }
-  if (!header.is_object()) throw fail("corrupt safetensors header: not a JSON object");
+  if (!header.is_object()) throw IoError(origin + ": corrupt safetensors header: not a JSON object");
+  return header;
+}
+
+}  // namespace
+
+Metadata read_safetensors_metadata(const std::string& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) throw IoError(path + ": cannot open (" + std::strerror(errno) + ")");
+  const auto size = static_cast<uint64_t>(in.tellg());
+  std::string start(8, '\0');
+  in.seekg(0);
+  in.read(start.data(), 8);
+  start.resize(static_cast<size_t>(in.gcount()));
+  std::string json(header_length(start, size, path), '\0');
+  in.read(json.data(), static_cast<std::streamsize>(json.size()));
+  if (static_cast<size_t>(in.gcount()) != json.size()) throw IoError(path + ": read failed");
+  const auto header = parse_header(json.data(), json.size(), path);
+  Metadata out;
+  try {
+    if (header.contains("__metadata__"))
+      for (auto m = header["__metadata__"].begin(); m != header["__metadata__"].end(); ++m)
+        out[m.key()] = m->get<std::string>();
+  } catch (const nlohmann::json::exception& e) {
+    throw IoError(path + ": corrupt safetensors header: " + e.what());
+  }
+  return out;
+}
+
+Safetensors from_safetensors_bytes(const std::string& bytes, const std::string& origin) {
+  auto fail = [&](const std::string& why) -> IoError { return IoError(origin + ": " + why); };
+  const uint64_t n = header_length(bytes.substr(0, 8), bytes.size(), origin);
+  const nlohmann::json header = parse_header(bytes.data() + 8, n, origin);
   const size_t data_start = 8 + n, data_size = bytes.size() - data_start;
 
   Safetensors out;

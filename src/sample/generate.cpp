@@ -6,11 +6,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
 #include "s2dm/data/data.h"
 #include "s2dm/core/errors.h"
+#include "s2dm/io/file_io.h"
 #include "s2dm/io/image_io.h"
 #include "s2dm/io/npy_tensor.h"
 #include "s2dm/core/progress.h"
@@ -49,13 +51,17 @@ SamplingPlan plan_sampling(const SampleConfig& c, const NoiseSchedule& schedule,
   plan.options = sampler_options(c);
   check_options(*plan.sampler, plan.options);
   std::vector<double> timesteps;
+  std::string file;  // the schedule file the grid comes from, if any (errors name it)
   if (uses_learned_schedule(c) || uses_dp_schedule(c)) {
     timesteps = learned_timesteps(learned, c, schedule);
+    file = learned.file;
   } else if (c.timesteps.rfind("learned:", 0) == 0) {
-    const auto file = read_schedule_file(c.timesteps.substr(8), schedule.num_timesteps());
-    timesteps = file.grid(c.steps);
-    if (file.method == "dp" && (file.sampler != c.sampler || (file.order >= 0 && file.order != c.order)))
-      plan.warning = file.origin + " holds grids searched for " + file.description() + ", used here with " + c.sampler +
+    file = c.timesteps.substr(8);
+    const auto schedule_file = read_schedule_file(file, schedule.num_timesteps());
+    timesteps = schedule_file.grid(c.steps);
+    if (schedule_file.method == "dp" &&
+        (schedule_file.sampler != c.sampler || (schedule_file.order >= 0 && schedule_file.order != c.order)))
+      plan.warning = file + " holds grids searched for " + schedule_file.description() + ", used here with " + c.sampler +
                      (c.order >= 0 ? " (order " + std::to_string(c.order) + ")" : "");
   } else {
     timesteps = make_timesteps(c.timesteps, c.steps, schedule, c.karras_rho);
@@ -64,7 +70,12 @@ SamplingPlan plan_sampling(const SampleConfig& c, const NoiseSchedule& schedule,
       plan.warning = "time grid '" + c.timesteps + "' with " + std::to_string(c.steps) + " steps repeats timesteps; " +
                      std::to_string(timesteps.size()) + " distinct steps remain";
   }
-  plan.grid = make_grid(timesteps, schedule, c.final_alpha);
+  try {
+    plan.grid = make_grid(timesteps, schedule, c.final_alpha);
+  } catch (const ConfigError& e) {
+    if (file.empty()) throw;
+    throw ConfigError(file + ": its grid for " + std::to_string(c.steps) + " steps: " + e.what());
+  }
   return plan;
 }
 
@@ -81,6 +92,7 @@ Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const S
     num = noise.size(0);
   }
   if (num < 1) throw ConfigError("no images to sample (" + std::to_string(num) + " asked for)");
+  if (config.batch < 1) throw ConfigError("sample.batch = " + std::to_string(config.batch) + " must be at least 1");
   // A stop request ends the sampling at the next network evaluation, not only between batches
   // (a batch of a 1000-step sampler takes minutes).
   struct Stopped {};
@@ -143,38 +155,61 @@ torch::Tensor read_samples_npz(const std::string& path) {
 
 namespace {
 
-// The files of an s2dm sample output in `dir` (numbered PNGs, samples.npz, grid.png, sample.yaml).
+// The index of a numbered PNG ("000012.png" -> 12), else -1.
+int64_t png_index(const std::string& name) {
+  const std::string stem = name.size() > 4 ? name.substr(0, name.size() - 4) : "";
+  if (name.size() < 10 || name.compare(name.size() - 4, 4, ".png") != 0 || stem.size() > 18 ||
+      stem.find_first_not_of("0123456789") != std::string::npos)
+    return -1;
+  return std::stoll(stem);
+}
+
+// The files of an s2dm sample output in `dir`.
 std::vector<std::filesystem::path> sample_output_files(const std::string& dir) {
   std::vector<std::filesystem::path> files;
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) return files;
-  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-    const std::string name = entry.path().filename().string();
-    const std::string stem = entry.path().stem().string();
-    const bool numbered_png = entry.path().extension() == ".png" && stem.size() >= 6 &&
-                              stem.find_first_not_of("0123456789") == std::string::npos;
-    if (numbered_png || name == "samples.npz" || name == "grid.png" || name == "sample.yaml") files.push_back(entry.path());
-  }
+  for (const auto& entry : std::filesystem::directory_iterator(dir))
+    if (is_sample_output_name(entry.path().filename().string())) files.push_back(entry.path());
   return files;
 }
 
+// s2dm sample's record in `dir` ("" when there is none of it): the resolved settings, then its result.
+std::string sample_record(const std::string& dir) {
+  try {
+    const std::string record = read_file_bytes(dir + "/sample.yaml");
+    return record.find("\nresult:\n") == std::string::npos ? "" : record;
+  } catch (const IoError&) {
+    return "";
+  }
+}
+
 }  // namespace
+
+bool is_sample_output_name(const std::string& name) {
+  return png_index(name) >= 0 || name == "samples.npz" || name == "grid.png" || name == "sample.yaml";
+}
 
 void check_sample_output(const std::string& dir) {
   std::error_code ec;
   if (std::filesystem::exists(dir, ec) && !std::filesystem::is_directory(dir, ec))
     throw UsageError("--out " + dir + ": exists and is not a directory");
   const auto files = sample_output_files(dir);
-  if (!files.empty() && !std::filesystem::exists(dir + "/sample.yaml", ec))
-    throw UsageError("--out " + dir + ": holds " + files.front().filename().string() +
-                     " but no sample.yaml, so not an earlier output of s2dm sample: choose another --out");
+  if (files.empty() || !sample_record(dir).empty()) return;
+  throw UsageError("--out " + dir + ": holds " + files.front().filename().string() +
+                   ", but no record of s2dm sample (sample.yaml), so not an earlier output of it: choose another --out");
 }
 
 void clear_sample_output(const std::string& dir) {
-  // sample.yaml last: whenever this stops, what is left is still recognisably an earlier output.
-  auto files = sample_output_files(dir);
-  std::stable_partition(files.begin(), files.end(), [](const auto& f) { return f.filename() != "sample.yaml"; });
-  for (const auto& file : files) std::filesystem::remove(file);
+  // The images the record counts (numbered PNGs beyond them are someone else's), and the rest.
+  const std::string record = sample_record(dir), key = "\n  images: ";
+  const auto at = record.find(key);
+  const int64_t images = at == std::string::npos ? 0 : std::atoll(record.c_str() + at + key.size());
+  for (const auto& file : sample_output_files(dir)) {
+    const std::string name = file.filename().string();
+    const int64_t index = png_index(name);
+    if (name != "sample.yaml" && (index < 0 || index < images)) std::filesystem::remove(file);
+  }
 }
 
 void write_samples(const std::string& dir, const torch::Tensor& samples, bool pngs) {

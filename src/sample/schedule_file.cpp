@@ -56,6 +56,7 @@ void write_schedule_file(const std::string& path, const ScheduleFile& f, int num
 }
 
 ScheduleFile read_schedule_file(const std::string& path, int num_timesteps) {
+  if (auto why = why_not_a_file(path); !why.empty()) throw ConfigError(path + ": schedule file " + why);
   YAML::Node root;
   try {
     root = YAML::LoadFile(path);

@@ -1,6 +1,7 @@
 #include "s2dm/sample/timesteps.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -20,19 +21,28 @@ std::vector<double> linspace(double start, double stop, int n) {
   return out;
 }
 
-// Numbers separated by commas, whitespace or YAML list brackets.
+// Numbers separated by commas or whitespace, in a YAML flow list ([999, 500, 0]) or a block list
+// ("- 999" lines), with # comments. An empty entry (999,,0) is an error, not a skipped one.
 std::vector<double> parse_numbers(const std::string& text, const std::string& origin) {
-  std::string cleaned = text;
+  std::string cleaned;  // (comments out)
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '#' && (i = text.find('\n', i)) == std::string::npos) break;
+    cleaned += text[i];
+  }
+  bool entry = false, comma = false;  // something since the last comma; any comma at all
+  for (char c : cleaned) {
+    if (c == ',' && !entry) throw ConfigError(origin + ": an empty entry in the list (two commas, or one at its start)");
+    if (c == ',') comma = true, entry = false;
+    else if (!std::isspace(static_cast<unsigned char>(c)) && c != '[' && c != ']') entry = true;
+  }
+  if (comma && !entry) throw ConfigError(origin + ": an empty entry at the end of the list");
   for (char& c : cleaned)
     if (c == ',' || c == '[' || c == ']') c = ' ';
   std::istringstream in(cleaned);
   std::vector<double> out;
   std::string token;
   while (in >> token) {
-    if (token[0] == '#') {
-      std::getline(in, token);
-      continue;
-    }
+    if (token == "-") continue;  // a block list's item mark
     try {
       size_t used = 0;
       out.push_back(std::stod(token, &used));

@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "s2dm/core/errors.h"
+#include "s2dm/io/checkpoint.h"
 #include "s2dm/io/file_io.h"
 
 namespace s2dm::train {
@@ -65,39 +67,57 @@ RunDirectory inspect_run_directory(const std::string& path) {
   }
   // Sorts the entries of one of s2dm's folders: `written(name, is_directory)` tells the names
   // s2dm writes there. Temporary files of atomic writes are neither: the holder of the lock
-  // removes those of dead writers, and a live writer holds the lock.
+  // removes those of dead writers, and a live writer holds the lock. s2dm writes no symbolic
+  // link: one is foreign, and never followed (a samples/ linked elsewhere would expose files
+  // outside the directory to its clearing).
   std::vector<std::pair<int64_t, std::string>> steps;
   auto sort_out = [&](const fs::path& folder, const std::string& relative, auto written) {
     for (const auto& entry : fs::directory_iterator(folder)) {
       const std::string name = entry.path().filename().string();
       std::error_code type_error;
-      const bool is_directory = entry.is_directory(type_error);
-      if (!is_directory && is_temporary_name(name)) continue;
-      if (written(name, is_directory)) dir.own.push_back(entry.path().string());
+      const bool link = entry.is_symlink(type_error), is_directory = !link && entry.is_directory(type_error);
+      if (!link && !is_directory && is_temporary_name(name)) continue;
+      if (!link && written(name, is_directory)) dir.own.push_back(entry.path().string());
       else dir.foreign.push_back(relative.empty() ? name : relative + "/" + name);
     }
   };
+  const auto real_directory = [&](const fs::path& p) { return fs::is_directory(fs::symlink_status(p, ec)); };
   const fs::path checkpoints = checkpoint_dir(path), samples = fs::path(path) / kSamples;
+  for (const auto& folder : {checkpoints, samples})
+    if (fs::exists(fs::symlink_status(folder, ec)) && !real_directory(folder)) dir.blocked = folder.string();
   sort_out(path, "", [&](const std::string& name, bool is_directory) {
     if (name == kMarker) return dir.marked = true;
     if (name == DirectoryLock::kFileName) return is_s2dm_lock(fs::path(path) / name);
     if (is_directory) return name == kCheckpoints || name == kSamples;
     return name == "config.yaml" || name == "log.txt" || name == "metrics.jsonl";
   });
-  if (fs::is_directory(checkpoints, ec))
+  if (real_directory(checkpoints))
     sort_out(checkpoints, kCheckpoints, [&](const std::string& name, bool is_directory) {
       if (is_directory) return false;
       if (const int64_t step = step_of(name); step >= 0) steps.emplace_back(step, (checkpoints / name).string());
       return name == "latest.ckpt" || step_of(name) >= 0;
     });
-  if (fs::is_directory(samples, ec))
+  if (real_directory(samples))
     sort_out(samples, kSamples, [](const std::string& name, bool is_directory) {
       return !is_directory && step_of(name, ".png") >= 0;
     });
   // The checkpoints, newest first, out of the other files; the marker and the lock are no content.
   std::sort(steps.rbegin(), steps.rend());
-  if (fs::is_regular_file(latest_checkpoint(path), ec)) dir.checkpoints.push_back(latest_checkpoint(path));
+  if (real_directory(checkpoints) && fs::is_regular_file(fs::symlink_status(latest_checkpoint(path), ec)))
+    dir.checkpoints.push_back(latest_checkpoint(path));
   for (const auto& step : steps) dir.checkpoints.push_back(step.second);
+  // Unmarked (a run of an s2dm before the marker, or not s2dm's at all), a checkpoint's name is
+  // not enough: its header must say s2dm's format.
+  if (!dir.marked)
+    for (auto it = dir.checkpoints.begin(); it != dir.checkpoints.end();) {
+      if (is_checkpoint_file(*it)) {
+        ++it;
+        continue;
+      }
+      dir.foreign.push_back(fs::relative(*it, path).string());
+      dir.own.erase(std::remove(dir.own.begin(), dir.own.end(), *it), dir.own.end());
+      it = dir.checkpoints.erase(it);
+    }
   dir.own.erase(std::remove_if(dir.own.begin(), dir.own.end(),
                                [&](const std::string& own) {
                                  const auto name = fs::path(own).filename();
@@ -113,9 +133,42 @@ RunDirectory inspect_run_directory(const std::string& path) {
   return dir;
 }
 
+NewestCheckpoint newest_checkpoint(const RunDirectory& dir) {
+  std::string skipped;
+  for (const auto& path : dir.checkpoints) {
+    try {
+      NewestCheckpoint newest{path, load_checkpoint(path)};
+      if (path != latest_checkpoint(dir.path) || !skipped.empty())
+        spdlog::warn("{}: resuming from {} (step {}); {}", dir.path, path, newest.checkpoint.step,
+                     skipped.empty() ? latest_checkpoint(dir.path) + ": not found" : skipped);
+      return newest;
+    } catch (const CheckpointError& e) {
+      skipped += (skipped.empty() ? "" : "; ") + std::string(e.what());
+    }
+  }
+  throw CheckpointError(dir.path + ": no checkpoint of it loads: " + (skipped.empty() ? "it has none" : skipped));
+}
+
 void mark_run_directory(const std::string& path) {
   write_file_atomic(path + "/" + kMarker,
                     "s2dm run directory: s2dm train may write, restart and clear what s2dm itself wrote here\n");
+}
+
+RunDirectoryLock::RunDirectoryLock(const std::string& path) : path_(path) {
+  std::error_code ec;
+  for (fs::path p = path; !p.empty() && !fs::exists(p, ec); p = p.parent_path()) {
+    created_.push_back(p.string());
+    if (p == p.parent_path()) break;
+  }
+  lock_.emplace(path);  // (throws while another process holds it: then nothing is ours to remove)
+}
+
+RunDirectoryLock::~RunDirectoryLock() {
+  if (accepted_ || created_.empty()) return;
+  std::error_code ignored;
+  fs::remove(path_ + "/" + DirectoryLock::kFileName, ignored);  // (while still holding it)
+  lock_.reset();
+  for (const auto& folder : created_) fs::remove(folder, ignored);  // (each only when empty)
 }
 
 void clear_run_directory(const RunDirectory& dir) {

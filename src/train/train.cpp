@@ -108,8 +108,10 @@ class IntervalSums {
     const double loss = totals()[0];
     if (!std::isfinite(loss))
       throw std::runtime_error("loss is " + std::to_string(loss) + " at a step in (" + std::to_string(step - steps_) +
-                               ", " + std::to_string(step) + "] (diverged; lower train.lr?); the last good checkpoint is kept in " +
-                               checkpoint_dir(run_dir));
+                               ", " + std::to_string(step) + "] (diverged; lower train.lr?); " +
+                               (std::filesystem::exists(latest_checkpoint(run_dir))
+                                    ? "the last good checkpoint is kept in " + checkpoint_dir(run_dir)
+                                    : "no checkpoint was written before it"));
   }
 
   // The metrics line of the interval ending at `step` (means per step); starts the next interval.
@@ -179,8 +181,9 @@ void write_rotated_checkpoint(const std::string& run_dir, const Checkpoint& ckpt
   if (ec) fs::copy_file(latest, path, fs::copy_options::overwrite_existing);
   sync_directory(dir);
   std::vector<std::pair<int64_t, fs::path>> steps;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (const int64_t step = step_of(e.path().filename().string()); step >= 0) steps.emplace_back(step, e.path());
+  for (const auto& e : fs::directory_iterator(dir))  // (s2dm's own step files: no link of someone's)
+    if (const int64_t step = step_of(e.path().filename().string()); step >= 0 && !e.is_symlink())
+      steps.emplace_back(step, e.path());
   std::sort(steps.begin(), steps.end());
   for (size_t i = 0; i + static_cast<size_t>(keep_last) < steps.size(); ++i) fs::remove(steps[i].second);
   spdlog::info("checkpoint {}", path);
@@ -241,7 +244,7 @@ class Trainer {
     bool out_of_time = false;  // train.max_minutes spent on some rank
   };
   Stop stop_agreed() const;
-  bool any_rank(bool local) const;
+  std::vector<bool> on_some_rank(std::vector<bool> flags) const;
   double training_seconds() const;
   void check_weights_agree();
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, int micro);
@@ -254,6 +257,7 @@ class Trainer {
   void wait_for_rank0();
   void sample_grid();
   void evaluate();
+  void settle_owed();
   // A line that cannot be appended (a full disk) stops the run: the log would otherwise end
   // silently while training went on.
   void metrics_line(const nlohmann::ordered_json& line) {
@@ -290,7 +294,12 @@ class Trainer {
   torch::Tensor last_x0_;
   std::string logged_loss_;
   std::optional<StopSignals> signals_;  // SIGINT/SIGTERM while run() trains
-  int64_t saved_step_ = -1;             // the step of the last checkpoint written or resumed
+  // The work beside training that the current step still owes: set when the step is done, cleared
+  // as each is done. A signal that interrupts it leaves it owed in the checkpoint, and a resumed
+  // run does it first, so its metrics are an uninterrupted run's.
+  struct Owed {
+    bool grid = false, evaluation = false;
+  } owed_;
 };
 
 Trainer::Trainer(Config config, std::string run_dir, bool resuming, dist::ProcessGroup* group)
@@ -367,7 +376,9 @@ void Trainer::resume(Checkpoint ckpt) {
   restore_rng(ckpt.rng, device_);
   batcher_->seek(std::stoll(ckpt.extra.at("data_epoch")), std::stoll(ckpt.extra.at("data_cursor")));
   if (online_ && !ckpt.schedule.empty()) online_->load_state(ckpt.schedule);
-  step_ = saved_step_ = ckpt.step;
+  step_ = ckpt.step;
+  if (const auto it = ckpt.extra.find("owed"); it != ckpt.extra.end())
+    owed_ = {it->second.find("grid") != std::string::npos, it->second.find("evaluation") != std::string::npos};
   if (const auto it = ckpt.extra.find("train_seconds"); it != ckpt.extra.end()) seconds_before_ = std::stod(it->second);
   spdlog::info("resumed at step {}", step_);
 }
@@ -375,7 +386,6 @@ void Trainer::resume(Checkpoint ckpt) {
 void Trainer::save() {
   sums_->check_finite(step_, run_dir_);  // a diverged loss never reaches a checkpoint
   if (writes_) write_checkpoint();
-  saved_step_ = step_;
   wait_for_rank0();
 }
 
@@ -390,6 +400,8 @@ void Trainer::write_checkpoint() {
   ckpt.extra = {{"data_epoch", std::to_string(batcher_->epoch())},
                 {"data_cursor", std::to_string(batcher_->cursor())},
                 {"train_seconds", std::to_string(training_seconds())}};
+  if (owed_.grid || owed_.evaluation)
+    ckpt.extra["owed"] = std::string(owed_.grid ? "grid " : "") + (owed_.evaluation ? "evaluation" : "");
   if (online_) ckpt.schedule = online_->state();
   write_rotated_checkpoint(run_dir_, ckpt, tc_.keep_last);
 }
@@ -416,7 +428,7 @@ sample::Generated Trainer::ema_samples(uint64_t seed, int64_t num) const {
   const int64_t share = (num + group_->size() - 1) / group_->size();  // (the last share padded)
   auto mine = generate(share, sample::initial_noise(group_->rank() * share, share, shape, seed));
   // Every rank learns whether some rank stopped before any rank waits for the others' images.
-  if (any_rank(!mine.complete)) throw SamplingInterrupted{};
+  if (on_some_rank({!mine.complete})[0]) throw SamplingInterrupted{};
   mine.samples = group_->all_gather(mine.samples.to(device_)).flatten(0, 1).slice(0, 0, num).cpu();
   return mine;
 }
@@ -445,6 +457,19 @@ void Trainer::evaluate() {
   const auto generated = ema_samples(config_.seed + 1, tc_.eval_num);
   if (writes_) metrics_line(evaluation_->measure(generated, step_));
   wait_for_rank0();
+}
+
+// The grid and evaluation the step owes, in that order (each may throw SamplingInterrupted).
+void Trainer::settle_owed() {
+  if (owed_.grid) {
+    sample_grid();
+    owed_.grid = false;
+  }
+  if (owed_.evaluation) {
+    evaluate();
+    owed_.evaluation = false;
+  }
+  unet_->train();
 }
 
 // The UNet on a micro-batch. Under data parallelism dropout draws from a stream of its own per
@@ -530,21 +555,20 @@ double Trainer::training_seconds() const {
 // A stop request (SIGINT/SIGTERM) or a spent time budget on any rank stops every rank at the same
 // step (the ranks' clocks differ a little).
 Trainer::Stop Trainer::stop_agreed() const {
-  const Stop local{signals_->requested(), tc_.max_minutes > 0 && training_seconds() >= 60 * tc_.max_minutes};
-  if (!group_ || group_->size() == 1) return local;
-  std::vector<torch::Tensor> flags{
-      torch::tensor({local.signalled ? 1.0f : 0.0f, local.out_of_time ? 1.0f : 0.0f}, torch::TensorOptions(device_))};
-  group_->all_reduce_sum(flags);
-  const auto agreed = flags[0].cpu();
-  return {agreed[0].item<float>() > 0, agreed[1].item<float>() > 0};
+  const auto agreed = on_some_rank(
+      {signals_->requested(), tc_.max_minutes > 0 && training_seconds() >= 60 * tc_.max_minutes});
+  return {agreed[0], agreed[1]};
 }
 
-// Whether `local` holds on some rank (on every rank alike).
-bool Trainer::any_rank(bool local) const {
-  if (!group_ || group_->size() == 1) return local;
-  std::vector<torch::Tensor> flag{torch::tensor({local ? 1.0f : 0.0f}, torch::TensorOptions(device_))};
-  group_->all_reduce_sum(flag);
-  return flag[0].item<float>() > 0;
+// Which of this rank's flags hold on some rank (on every rank alike).
+std::vector<bool> Trainer::on_some_rank(std::vector<bool> flags) const {
+  if (!group_ || group_->size() == 1) return flags;
+  std::vector<float> values(flags.begin(), flags.end());
+  std::vector<torch::Tensor> summed{torch::tensor(values, torch::TensorOptions(device_))};
+  group_->all_reduce_sum(summed);
+  const auto agreed = summed[0].cpu();
+  for (size_t i = 0; i < flags.size(); ++i) flags[i] = agreed[static_cast<int64_t>(i)].item<float>() > 0;
+  return flags;
 }
 
 // The end of a data-parallel run proves the ranks' weights equal: a checksum of every
@@ -582,6 +606,10 @@ TrainResult Trainer::run() {
 
   clock_start_ = std::chrono::steady_clock::now();
   try {
+    if (owed_.grid || owed_.evaluation) {  // what an interrupted run owed at the step it resumes
+      settle_owed();
+      save();  // (the checkpoint owes nothing now)
+    }
     while (step_ < tc_.steps) {
       const Stop stop = stop_agreed();
       if (stop.signalled) {
@@ -601,24 +629,20 @@ TrainResult Trainer::run() {
       if (progress) progress->update(step_ - start_step, logged_loss_);
       if (step_ % tc_.log_every == 0 || step_ == tc_.steps) write_log_line();
       if (every(tc_.ckpt_every)) save();
-      if (every(tc_.sample_every)) {
-        sample_grid();
-        unet_->train();
-      }
-      if (tc_.eval_every > 0 && every(tc_.eval_every)) {
-        evaluate();
-        unet_->train();
-      }
+      owed_ = {every(tc_.sample_every), tc_.eval_every > 0 && every(tc_.eval_every)};
+      settle_owed();
     }
     if (progress) progress->finish();
-    if (step_ > start_step || !resuming_) save();
-    sample_grid();
-    if (tc_.eval_every > 0 && step_ > start_step) evaluate();
+    if (step_ > start_step || !resuming_) {  // the end of training: its checkpoint, grid and evaluation
+      save();
+      owed_ = {true, tc_.eval_every > 0 && step_ > start_step};
+      settle_owed();
+    }
   } catch (const SamplingInterrupted&) {  // (a grid or an evaluation, mid-run or after the last step)
-    const bool saved = saved_step_ == step_;
-    spdlog::warn("signal received while sampling at step {}: {}", step_,
-                 saved ? "stopping (the checkpoint of this step is written)" : "writing a checkpoint and stopping");
-    if (!saved) save();
+    spdlog::warn("signal received while sampling at step {}: writing a checkpoint (a resumed run does the {} first) "
+                 "and stopping",
+                 step_, owed_.grid ? "grid" : "evaluation");
+    save();
     return {run_dir_, step_, true};
   }
   if (group_) check_weights_agree();
@@ -633,23 +657,6 @@ struct RunStart {
   bool restart = false;                  // of a run stopped before its first checkpoint
 };
 
-// The newest of the directory's checkpoints that loads; says which when it is not latest.ckpt.
-Checkpoint newest_checkpoint(const RunDirectory& dir) {
-  std::string skipped;
-  for (const auto& path : dir.checkpoints) {
-    try {
-      auto ckpt = load_checkpoint(path);
-      if (path != latest_checkpoint(dir.path) || !skipped.empty())
-        spdlog::warn("{}: resuming from {} (step {}); {}", dir.path, path, ckpt.step,
-                     skipped.empty() ? latest_checkpoint(dir.path) + ": not found" : skipped);
-      return ckpt;
-    } catch (const CheckpointError& e) {
-      skipped += (skipped.empty() ? "" : "; ") + std::string(e.what());
-    }
-  }
-  throw CheckpointError(dir.path + ": no checkpoint of it loads: " + skipped);
-}
-
 // What `s2dm train` does with the directory (run_directory.h says why); throws a user error where
 // it refuses. With `load`, reads what the run continues from.
 RunStart plan_start(const RunDirectory& dir, const Config& given, const TrainOptions& opts, bool load) {
@@ -657,10 +664,13 @@ RunStart plan_start(const RunDirectory& dir, const Config& given, const TrainOpt
   const std::string& path = dir.path;
   if (std::error_code ec; fs::exists(path, ec) && !fs::is_directory(path, ec))
     throw ConfigError(path + ": is a file, not a directory (a run directory is a folder)");
+  if (!dir.blocked.empty() && dir.is_run())  // (a directory that is not s2dm's is refused as such below)
+    throw ConfigError(dir.blocked + ": a file or a symbolic link where s2dm keeps a folder of its own (it writes and "
+                                    "removes files there): move it away");
   if (!dir.checkpoints.empty()) {
     if (opts.resume) {
       if (load) {
-        start.checkpoint = newest_checkpoint(dir);
+        start.checkpoint = newest_checkpoint(dir).checkpoint;
         start.config = parse_config(start.checkpoint->config_yaml, path + " (checkpoint config)", opts.overrides);
       }
     } else if (opts.overwrite) {
@@ -679,12 +689,12 @@ RunStart plan_start(const RunDirectory& dir, const Config& given, const TrainOpt
     throw ConfigError(path + ": not an s2dm run directory (it holds " + dir.foreign_list() +
                       "): s2dm trains into a new or empty directory, or one of its own, and never removes what it did "
                       "not write; choose another --run-dir");
-  if (!dir.foreign.empty() && !opts.overwrite)
+  start.clear = true;
+  if (opts.overwrite) return start;
+  if (!dir.restartable())
     throw ConfigError(path + ": a run stopped before its first checkpoint, but the directory also holds what s2dm did not "
                              "write (" + dir.foreign_list() + "): remove that, or use --overwrite to replace s2dm's files "
                              "and keep it");
-  start.clear = true;
-  if (opts.overwrite) return start;
   start.restart = true;
   if (opts.resume) {  // from the config it ran
     const std::string config = path + "/config.yaml";
@@ -694,28 +704,6 @@ RunStart plan_start(const RunDirectory& dir, const Config& given, const TrainOpt
   }
   return start;
 }
-
-// Removes a run directory this process created, when the run is refused before it writes anything.
-class CreatedDirectory {
- public:
-  explicit CreatedDirectory(std::string path) : path_(std::move(path)) {
-    std::error_code ec;
-    created_ = !fs::exists(path_, ec) && !ec;
-  }
-  ~CreatedDirectory() {
-    if (!created_ || kept_) return;
-    std::error_code ignored;
-    fs::remove(path_ + "/" + DirectoryLock::kFileName, ignored);
-    fs::remove(path_, ignored);  // (only when that left it empty)
-  }
-  CreatedDirectory(const CreatedDirectory&) = delete;
-  CreatedDirectory& operator=(const CreatedDirectory&) = delete;
-  void keep() { kept_ = true; }
-
- private:
-  std::string path_;
-  bool created_ = false, kept_ = false;
-};
 
 // The process group of a data-parallel run, from the launch environment; null for one process.
 std::unique_ptr<dist::ProcessGroup> join_group(const Config& config, const std::optional<dist::Launch>& launch) {
@@ -751,10 +739,8 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
   std::optional<LogFile> log_file;
   if (writer) log_file.emplace();
   plan_start(inspect_run_directory(run_dir), given, opts, false);  // a refusal that needs no lock touches nothing
-  std::optional<CreatedDirectory> created;
-  std::optional<DirectoryLock> lock;
+  std::optional<RunDirectoryLock> lock;
   if (writer) {
-    created.emplace(run_dir);
     lock.emplace(run_dir);
     if (int n = remove_dead_writers_temporaries(run_dir))
       spdlog::info("{}: removed {} temporary file(s) of an earlier run that was killed while writing", run_dir, n);
@@ -767,18 +753,20 @@ TrainResult run_training(const Config& given, const TrainOptions& opts) {
   if (opts.steps >= 0) start.config.train.steps = opts.steps;
   const auto group = join_group(start.config, launch);
   const bool resume = start.checkpoint.has_value();
+  // (Ranks that see the directory differently would resume at different steps and fall out of step.)
+  if (group) group->check_same("resumed steps", resume ? std::to_string(start.checkpoint->step) : "none");
   Trainer trainer(std::move(start.config), run_dir, resume, group.get());
   if (resume) trainer.resume(std::move(*start.checkpoint));
 
   if (writer) {  // accepted
+    lock->accept();
     if (start.clear) clear_run_directory(dir);
+    mark_run_directory(run_dir);  // (first: whenever this stops, what is there is recognisably s2dm's)
     fs::create_directories(checkpoint_dir(run_dir));
     fs::create_directories(samples_dir(run_dir));
-    mark_run_directory(run_dir);
     write_file_atomic(run_dir + "/config.yaml", trainer.config_yaml());
     log_file->open(run_dir + "/log.txt");
     if (resume) truncate_metrics(run_dir + "/metrics.jsonl", trainer.step());
-    created->keep();
   }
   auto result = trainer.run();
   result.rank = group ? group->rank() : 0;

@@ -664,8 +664,16 @@ TEST_F(Cli, NeverDeletesWhatItDidNotWriteWhateverTheDirectoryHolds) {
   EXPECT_EQ(s2dm::testing::read_bytes(dir / "locked/.lock"), "held by my own tool\n");
   // A file where the directory should be.
   s2dm::testing::write_bytes(dir / "afile", "mine");
-  expect_user_error(command(dir / "afile"), "not a directory");
+  expect_user_error(command(dir / "afile"), "is a file, not a directory");
   EXPECT_EQ(s2dm::testing::read_bytes(dir / "afile"), "mine");
+  // Another program's checkpoints/latest.ckpt (not s2dm's format) makes no run directory of a
+  // folder: --overwrite would have removed it with the config beside it.
+  fs::create_directories(dir / "other/checkpoints");
+  s2dm::testing::write_bytes(dir / "other/checkpoints/latest.ckpt", "another trainer's weights");
+  s2dm::testing::write_bytes(dir / "other/config.yaml", "lr: 3\n");
+  for (const char* flags : {"", "--overwrite", "--resume"})
+    expect_user_error(command(dir / "other", flags), "not an s2dm run directory (it holds checkpoints, checkpoints/latest.ckpt, config.yaml)");
+  EXPECT_EQ(s2dm::testing::read_bytes(dir / "other/checkpoints/latest.ckpt"), "another trainer's weights");
 
   // latest.ckpt deleted: the step files stay. Without --resume the run is refused; with it, the
   // newest step file continues (and says so). Both used to wipe every step_N.ckpt.
@@ -715,13 +723,31 @@ TEST_F(Cli, NeverDeletesWhatItDidNotWriteWhateverTheDirectoryHolds) {
   EXPECT_FALSE(fs::exists(done + "/checkpoints/step_6.ckpt"));
   EXPECT_FALSE(fs::exists(done + "/samples/step_6.png"));
   EXPECT_EQ(s2dm::testing::read_bytes(done + "/samples/favourite.png"), "a picture");
+  // A samples/ that links elsewhere is never followed (its files there would have been removed).
+  const std::string linked = dir / "linked";
+  fs::copy(base, linked, fs::copy_options::recursive);
+  fs::create_directories(dir / "elsewhere");
+  s2dm::testing::write_bytes(dir / "elsewhere/step_100.png", "someone's");
+  fs::remove_all(linked + "/samples");
+  fs::create_directory_symlink(dir / "elsewhere", linked + "/samples");
+  expect_user_error(command(linked, "--overwrite"), "samples: a file or a symbolic link where s2dm keeps a folder");
+  EXPECT_EQ(s2dm::testing::read_bytes(dir / "elsewhere/step_100.png"), "someone's");
   // An empty directory is a new run's.
   fs::create_directories(dir / "empty");
   EXPECT_EQ(command(dir / "empty").code, 0);
-  // A run refused once its data is read leaves no directory behind it.
-  expect_user_error(run("train --config " + kTiny + " --set data.path=" + (dir / "nowhere") + " --run-dir " + (dir / "new")),
+  // A run refused once its data is read leaves none of the folders it made behind it.
+  expect_user_error(run("train --config " + kTiny + " --set data.path=" + (dir / "nowhere") + " --run-dir " +
+                        (dir / "new/deeper")),
                     "nowhere");
   EXPECT_FALSE(fs::exists(dir / "new"));
+  // An unmarked run directory of an s2dm before the marker (its checkpoints say s2dm's format):
+  // it resumes, and is marked then.
+  const std::string legacy = dir / "legacy";
+  fs::copy(base, legacy, fs::copy_options::recursive);
+  fs::remove(legacy + "/.s2dm-run");
+  r = run("train --resume --run-dir " + legacy + " --steps 7");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(legacy + "/.s2dm-run"));
 }
 
 TEST_F(Cli, ARefusedResumeWritesNothing) {
@@ -753,6 +779,11 @@ TEST_F(Cli, ASignalDuringTheLastGridStopsItPromptly) {
     EXPECT_FALSE(std::filesystem::exists(run_dir + "/samples/step_2.png"));
     EXPECT_EQ(load_checkpoint(run_dir + "/checkpoints/latest.ckpt").step, 2);
   }
+  // The checkpoint owes the grid: --resume draws it (quickly here) and trains no further.
+  auto resumed = run("train --resume --run-dir " + run_dir + " --set sample.steps=3");
+  ASSERT_EQ(resumed.code, 0) << resumed.output;
+  EXPECT_TRUE(std::filesystem::exists(run_dir + "/samples/step_2.png"));
+  EXPECT_EQ(load_checkpoint(run_dir + "/checkpoints/latest.ckpt").extra.count("owed"), 0u);
   // A signal during a mid-run grid (no checkpoint at that step): a checkpoint is written first.
   std::filesystem::remove_all(run_dir);
   const auto r = run_shell("timeout -s KILL 120 " + std::string(S2DM_BINARY) + " train --config " + kTiny + " " + data +
@@ -793,6 +824,41 @@ TEST_F(Cli, EvaluationLeavesTheTrainingStreamAlone) {
   const auto straight_fds = fds(s2dm::testing::read_bytes(dir / "straight/metrics.jsonl"));
   EXPECT_EQ(std::count(straight_fds.begin(), straight_fds.end(), '\n'), 6);
   EXPECT_EQ(straight_fds, fds(s2dm::testing::read_bytes(dir / "split/metrics.jsonl")));
+}
+
+TEST_F(Cli, AnInterruptedEvaluationIsDoneFirstOnResume) {
+  // The evaluation at step 2 (1000 sampler steps: long) is interrupted; the resumed run (with the
+  // 3 steps of the uninterrupted one) measures step 2 first, and then goes on as that run did:
+  // the same FD lines, the same weights.
+  s2dm::testing::write_fake_fmnist(dir / "fmnist", 16, "t10k");
+  s2dm::testing::write_bytes(dir / "data.yaml", "data:\n  dataset: fmnist\n  path: " + (dir / "fmnist") + "\n");
+  auto r = run("train-classifier --data " + (dir / "data.yaml") + " --out " + (dir / "c.safetensors") + " --epochs 1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string eval = "--set train.eval_every=2 --set train.eval_num=8 --set train.eval_features=classifier:" +
+                           (dir / "c.safetensors") + " --set train.steps=4 --set train.sample_num=0";
+  train(dir / "straight", eval);
+  const std::string run_dir = dir / "split";
+  r = run_shell("timeout -s KILL 120 " + std::string(S2DM_BINARY) + " train --config " + kTiny + " " + data + " " + eval +
+                " --set sample.steps=1000 --run-dir " + run_dir + " & pid=$!; for i in $(seq 1200); do "
+                "grep -q '\"step\":2,\"loss\"' " + run_dir + "/metrics.jsonl 2>/dev/null && break; sleep 0.1; done; "
+                "sleep 0.5; kill -INT $pid; wait $pid");
+  ASSERT_EQ(r.code, 130) << r.output;
+  EXPECT_EQ(load_checkpoint(run_dir + "/checkpoints/latest.ckpt").extra.at("owed"), "evaluation");
+  r = run("train --resume --run-dir " + run_dir + " --set sample.steps=3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto fds = [](const std::string& metrics) {
+    std::string out;
+    std::istringstream in(metrics);
+    for (std::string line; std::getline(in, line);)
+      if (line.find("\"fd\"") != std::string::npos) out += line + "\n";
+    return out;
+  };
+  const auto expected = fds(s2dm::testing::read_bytes(dir / "straight/metrics.jsonl"));
+  EXPECT_EQ(std::count(expected.begin(), expected.end(), '\n'), 2);  // steps 2 and 4
+  EXPECT_EQ(fds(s2dm::testing::read_bytes(run_dir + "/metrics.jsonl")), expected);
+  auto a = load_checkpoint(dir / "straight/checkpoints/latest.ckpt"), b = load_checkpoint(run_dir + "/checkpoints/latest.ckpt");
+  EXPECT_TRUE(same_tensors(a.model, b.model));
+  EXPECT_TRUE(same_tensors(a.ema, b.ema));
 }
 
 TEST_F(Cli, TheLogSurvivesSigkill) {
@@ -917,11 +983,28 @@ TEST_F(Cli, SamplingInputsAndOutputsAreChecked) {
   r = run(sample + "--num 2 --no-png --out " + (dir / "o"));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_FALSE(std::filesystem::exists(dir / "o/000000.png"));
-  // A folder of someone's numbered images (no sample.yaml) is not an earlier output: refused.
+  // An image added to an earlier output beyond the ones it counts is not the earlier run's: it stays.
+  s2dm::testing::write_bytes(dir / "o/000010.png", "added");
+  r = run(sample + "--num 2 --out " + (dir / "o"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(s2dm::testing::read_bytes(dir / "o/000010.png"), "added");
+  // A folder of someone's numbered images (no record of s2dm sample) is not an earlier output:
+  // refused, with a sample.yaml of its own too.
   std::filesystem::create_directories(dir / "pictures");
   s2dm::testing::write_bytes(dir / "pictures/000000.png", "a picture");
-  expect_user_error(run(sample + "--out " + (dir / "pictures")), "holds 000000.png but no sample.yaml");
+  expect_user_error(run(sample + "--out " + (dir / "pictures")), "no record of s2dm sample");
+  s2dm::testing::write_bytes(dir / "pictures/sample.yaml", "camera: mine\n");
+  expect_user_error(run(sample + "--out " + (dir / "pictures")), "no record of s2dm sample");
   EXPECT_EQ(s2dm::testing::read_bytes(dir / "pictures/000000.png"), "a picture");
+  // Flags that contradict or change nothing are refused.
+  const std::string three = noise("three.npy", {3, 1, 32, 32}, 0);
+  expect_user_error(run(sample + "--noise " + three + " --num 5 --out " + (dir / "n")), "--num 5 but --noise");
+  expect_user_error(run(sample + "--sampler ddpm --eta 0.5 --out " + (dir / "n")), "--eta: sampler 'ddpm' does not read eta");
+  expect_user_error(run(sample + "--sampler plms --lambda 0.7 --out " + (dir / "n")), "--lambda: sampler 'plms'");
+  expect_user_error(run(sample + "--out " + (dir / "n") + " --save-float " + (dir / "n/000000.png")), "a file that --out");
+  expect_user_error(run(sample + "--out ''"), "--out: empty value");
+  expect_user_error(run("train --config " + kTiny + " --run-dir '' --steps 1"), "--run-dir: empty value");
+  EXPECT_FALSE(std::filesystem::exists(dir / "n"));
 }
 
 TEST_F(Cli, FidRefusesWhatIsNoStatisticsNamingTheFile) {
@@ -946,12 +1029,25 @@ TEST_F(Cli, FidRefusesWhatIsNoStatisticsNamingTheFile) {
   r = run("train-classifier --data " + (dir / "data.yaml") + " --out " + (dir / "c.st") + " --epochs 1");
   ASSERT_EQ(r.code, 0) << r.output;
   const std::string features = " --features classifier:" + (dir / "c.st");
-  auto images = [&](const std::string& name, int64_t n, int64_t c) {
-    save_npz(dir / name, {{"arr_0", NpyArray{"|u1", {n, 32, 32, c}, std::string(n * 32 * 32 * c, '\x30')}}});
+  auto images = [&](const std::string& name, int64_t n, int64_t c) {  // (RGB ones in colour)
+    std::string bytes(n * 32 * 32 * c, '\x30');
+    for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>(0x30 + 0x20 * (i % c));
+    save_npz(dir / name, {{"arr_0", NpyArray{"|u1", {n, 32, 32, c}, bytes}}});
     return dir / name;
   };
   const std::string gray = images("gray.npz", 4, 1);
   expect_user_error(run("fid " + images("empty.npz", 0, 1) + " " + gray + features), "empty.npz: arr_0 holds no images");
   expect_user_error(run("fid " + images("one.npz", 1, 1) + " " + gray + features), "one.npz: 1 image(s)");
   expect_user_error(run("fid " + images("rgb.npz", 4, 3) + " " + gray + features), "rgb.npz: the classifier");
+  // A folder of grey PNGs (s2dm sample's own) is read as RGB: it is grey to the classifier.
+  std::filesystem::create_directories(dir / "grey");
+  for (int i = 0; i < 3; ++i)
+    write_png(dir / ("grey/00000" + std::to_string(i) + ".png"), Image{32, 32, 1, std::vector<uint8_t>(1024, 60 * i)});
+  r = run("fid " + (dir / "grey") + " " + gray + features);
+  EXPECT_EQ(r.code, 0) << r.output;
+  // Statistics of another feature space: the message names both sides.
+  sigma(dir / "wide.npz", torch::eye(128, torch::kFloat64));
+  expect_user_error(run("fid " + (dir / "ok.npz") + " " + (dir / "wide.npz")), "ok.npz (statistics) and " + (dir / "wide.npz"));
+  // fid-stats never writes over its source.
+  expect_user_error(run("fid-stats " + gray + " --out " + gray + features), "is SOURCE itself");
 }

@@ -131,13 +131,16 @@ TEST_F(Experiment, RunsEndToEndReusesWorkAndRerunsOnlyWhatChanged) {
   const auto first = results();
   ASSERT_EQ(first.size(), 16u);
 
-  // Again: nothing to do, nothing rewritten.
+  // Again: nothing to do, nothing rewritten, also with a model's latest.ckpt lost (its newest step
+  // file stands in; it used to be trained again, every step file wiped).
+  fs::remove(out() + "/models/base/checkpoints/latest.ckpt");
   r = run("run " + write(knobs));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(units_run(r.output), 0) << r.output;
   EXPECT_NE(r.output.find("trained (6 steps)"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("train 6/6"), std::string::npos) << "retrained: " << r.output;
   EXPECT_EQ(results(), first);
+  EXPECT_TRUE(fs::exists(out() + "/models/base/checkpoints/step_6.ckpt"));
 
   // One step count changed: only its 2 models × 2 samplers × 2 seeds run; the table drops 4 steps.
   knobs.steps = "[2, 3]";
@@ -281,6 +284,13 @@ TEST_F(Experiment, BadFilesFailBeforeAnyWork) {
   expect_bad("baseline: base", "baseline: base\ntune_skip: {points: 100000000}", "tune_skip.points = 100000000");
   // A key given twice is refused, not resolved by taking one of them.
   expect_bad("baseline: base", "baseline: base\nbaseline: skip", "key 'baseline' appears twice");
+  // An empty sweep ran nothing and succeeded; a bad reference file failed after training and sampling.
+  expect_bad("sweep:\n  sampler: [ddim, deis]\n  steps: [2, 4]", "sweep: []", "sweep: an empty list");
+  write_bytes(dir / "junk.npz", "not a zip");
+  expect_bad("  reference: train\n  reference_num: 64\n  kid: true", "  reference: junk.npz\n  reference_num: 64\n  kid: false",
+             "metric.reference: " + (dir / "junk.npz"));
+  // A time grid's file is found beside the experiment file, as every path there is.
+  expect_bad("sample:\n  batch: 8", "sample:\n  batch: 8\n  timesteps: file:nogrid.txt", (dir / "nogrid.txt") + ": cannot open");
 }
 
 // Skip-Tuning and the learned grids as sweep axes: the score-optimal schedule is estimated once

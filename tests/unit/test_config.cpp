@@ -235,6 +235,10 @@ TEST(Config, ErrorsFromASetNameTheSetNotTheFile) {
   EXPECT_NE(msg.find("with --set sample.skip_tuning.t_min=500 --set sample.skip_tuning.t_max=100"), std::string::npos)
       << msg;
   EXPECT_NE(msg.find("t_min = 500 exceeds sample.skip_tuning.t_max = 100"), std::string::npos) << msg;
+  // A --set without a value would drop the file's value for the default (train.steps=null trained
+  // 800000 steps where the file said 6).
+  for (const char* set : {"train.steps=null", "train.steps=", "train.steps=~"})
+    EXPECT_EQ(error_of("train:\n  steps: 6\n", {set}), "--set " + std::string(set) + ": no value");
   // A file's own unknown key is still the file's.
   msg = error_of("train:\n  lr: 0.1\nbogus: 1\n", {"train.lr=0.2"});
   EXPECT_EQ(msg.rfind("cfg.yaml:3: unknown key 'bogus'", 0), 0u) << msg;

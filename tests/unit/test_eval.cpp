@@ -262,8 +262,11 @@ TEST(Classifier, TrainsOnRealFashionMnistAndSeparatesDistributions) {
   const double same = frechet_distance(half(0), half(1000)), different = frechet_distance(half(0), noise_stats);
   EXPECT_LT(same * 20, different) << same << " vs " << different;
   s2dm::testing::print_margin("FD(noise) / FD(test half, other half)", different / same, "> 20");
-  // Images of another shape are refused.
-  EXPECT_THROW(features.fn(torch::zeros({1, 3, 32, 32}, torch::kUInt8)), DataError);
+  // Images of another shape are refused; grey ones stored as RGB are grey.
+  EXPECT_THROW(features.fn(torch::randint(0, 256, {1, 3, 32, 32}, torch::kUInt8)), DataError);
+  EXPECT_THROW(features.fn(torch::zeros({1, 1, 28, 28}, torch::kUInt8)), DataError);
+  const auto grey = torch::randint(0, 256, {2, 1, 32, 32}, torch::kUInt8);
+  EXPECT_TRUE(torch::equal(features.fn(grey.expand({-1, 3, -1, -1})), features.fn(grey)));
   EXPECT_THROW(make_feature_extractor("classifier:" + (tmp / "none"), torch::kCPU), CheckpointError);
   EXPECT_THROW(make_feature_extractor("vgg", torch::kCPU), ConfigError);
 }

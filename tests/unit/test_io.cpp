@@ -97,6 +97,21 @@ TEST(Checkpoint, RoundTrip) {
   EXPECT_EQ(files, 1);
 }
 
+TEST(Checkpoint, ItsFormatIsToldFromTheHeaderAlone) {
+  TempDir dir;
+  Checkpoint ckpt;
+  ckpt.step = 3;
+  ckpt.model = {{"w", torch::ones({2})}};
+  save_checkpoint(dir / "c.ckpt", ckpt);
+  EXPECT_TRUE(is_checkpoint_file(dir / "c.ckpt"));
+  save_safetensors(dir / "w.safetensors", {{"w", torch::ones({2})}}, {{"format", "pt"}});
+  EXPECT_FALSE(is_checkpoint_file(dir / "w.safetensors"));
+  s2dm::testing::write_bytes(dir / "junk.ckpt", "not a checkpoint at all");
+  EXPECT_FALSE(is_checkpoint_file(dir / "junk.ckpt"));
+  EXPECT_FALSE(is_checkpoint_file(dir / "missing.ckpt"));
+  EXPECT_FALSE(is_checkpoint_file(dir.path()));
+}
+
 TEST(Checkpoint, CorruptionDetected) {
   TempDir dir;
   save_checkpoint(dir / "c.ckpt", sample_checkpoint());

@@ -133,6 +133,12 @@ TEST(Timesteps, ListsFilesDuplicatesAndBadInput) {
   EXPECT_THROW(grid_of("file:" + (dir / "far.txt"), 0), ConfigError);
   EXPECT_THROW(grid_of("file:" + (dir / "none.txt"), 0), ConfigError);
   EXPECT_THROW(grid_of("900,abc", 0), ConfigError);
+  // A block YAML list reads as the flow one; an empty entry is refused, not dropped.
+  s2dm::testing::write_bytes(dir / "block.txt", "# a grid\n- 999\n- 500  # half\n- 0\n");
+  EXPECT_EQ(grid_of("file:" + (dir / "block.txt"), 0), (std::vector<double>{999, 500, 0}));
+  for (const char* empty : {"999,,0", ",999,0", "999,0,", "[999, , 0]"}) EXPECT_THROW(grid_of(empty, 0), ConfigError) << empty;
+  s2dm::testing::write_bytes(dir / "commented.txt", "999 # one, two\n0\n");
+  EXPECT_EQ(grid_of("file:" + (dir / "commented.txt"), 0), (std::vector<double>{999, 0}));
   auto q = grid_of("quad", 100);  // the quadratic grid repeats small steps
   EXPECT_LT(q.size(), 100u);
   EXPECT_EQ(std::set<double>(q.begin(), q.end()).size(), q.size());

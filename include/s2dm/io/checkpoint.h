@@ -27,6 +27,9 @@ inline constexpr const char* kCheckpointFormat = "s2dm-checkpoint-v1";
 void save_checkpoint(const std::string& path, const Checkpoint& checkpoint);
 // Throws CheckpointError for a missing, truncated, foreign or corrupted file.
 Checkpoint load_checkpoint(const std::string& path);
+// Whether `path` is a file of s2dm's checkpoint format, from its header alone (never throws):
+// tells s2dm's checkpoints from another program's files of the same name.
+bool is_checkpoint_file(const std::string& path);
 
 // Model weights (by the reference names) from a checkpoint (EMA or raw) or a plain
 // safetensors weights file. Throws CheckpointError.

@@ -27,5 +27,7 @@ Safetensors from_safetensors_bytes(const std::string& bytes, const std::string& 
 
 void save_safetensors(const std::string& path, const NamedTensors& tensors, const Metadata& metadata = {});
 Safetensors load_safetensors(const std::string& path);
+// The metadata alone, reading no more of the file than its header. Throws IoError.
+Metadata read_safetensors_metadata(const std::string& path);
 
 }  // namespace s2dm

@@ -59,12 +59,16 @@ Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const S
                    int64_t num, const torch::Tensor& noise = {}, bool show_progress = true,
                    const LearnedSchedule& learned = {}, const std::function<bool()>& stop = {});
 
-// s2dm sample's output folder: numbered PNGs, samples.npz, grid.png and, written last, sample.yaml.
-// check_sample_output throws UsageError, before any work, unless `dir` is new, holds none of those
-// names, or holds an earlier output (its sample.yaml); clear_sample_output then removes that
-// earlier output's files (and only those), so no stale image stays beside the new ones.
+// s2dm sample's output folder: numbered PNGs, samples.npz, grid.png and sample.yaml, its record
+// (written before the images, marked incomplete, and again after them). check_sample_output throws
+// UsageError, before any work, unless `dir` is new, holds none of those names, or holds an
+// earlier output (s2dm's sample.yaml); clear_sample_output then removes that output's images (the
+// numbered PNGs its record counts, samples.npz, grid.png), so no stale image stays beside the new
+// ones; the caller replaces the record.
 void check_sample_output(const std::string& dir);
 void clear_sample_output(const std::string& dir);
+// Whether a file name is one that s2dm sample writes into its output folder.
+bool is_sample_output_name(const std::string& name);
 // Writes numbered PNGs (when `pngs`), samples.npz and grid.png (first 64) into `dir`.
 void write_samples(const std::string& dir, const torch::Tensor& samples, bool pngs = true);
 // The images of a samples.npz (arr_0, uint8 NHWC with 1 or 3 channels) as uint8 NCHW.
