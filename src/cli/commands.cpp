@@ -261,14 +261,11 @@ int sample(int argc, char** argv) {
   if (!r->count("out")) throw UsageError("sample: --out DIR is required");
   const std::string out = (*r)["out"].as<std::string>();
   sample::check_sample_output(out);
-  if (r->count("save-float"))
-    if (std::error_code ec; fs::is_directory((*r)["save-float"].as<std::string>(), ec))
-      throw UsageError("--save-float " + (*r)["save-float"].as<std::string>() + ": is a directory (expected a .npy file)");
-
   if (r->count("raw") && !r->count("checkpoint")) throw UsageError("--raw picks a checkpoint's weights: give --checkpoint");
-  if (r->count("save-float")) {  // (not one of the files written into --out)
+  if (r->count("save-float")) {  // a .npy file, not a folder nor one of the files --out holds
     const fs::path floats = (*r)["save-float"].as<std::string>();
     std::error_code ec;  // (--out may not exist yet)
+    if (fs::is_directory(floats, ec)) throw UsageError("--save-float " + floats.string() + ": is a directory");
     if (fs::weakly_canonical(fs::absolute(floats).parent_path(), ec) == fs::weakly_canonical(fs::absolute(out), ec) &&
         sample::is_sample_output_name(floats.filename().string()))
       throw UsageError("--save-float " + floats.string() + ": a file that --out " + out + " writes");
