@@ -39,6 +39,19 @@ std::optional<cxxopts::ParseResult> parse_options(cxxopts::Options& options, int
   return result;
 }
 
+void check_output_file(const cxxopts::ParseResult& r, const std::string& flag, const std::vector<std::string>& inputs,
+                       const std::vector<std::string>& extensions) {
+  const std::string out = r[flag].as<std::string>();
+  std::error_code ec;
+  if (fs::is_directory(out, ec)) throw UsageError("--" + flag + " " + out + ": is a directory (expected a file)");
+  for (const auto& input : inputs)
+    if (r.count(input) && fs::equivalent(out, r[input].as<std::string>(), ec))
+      throw UsageError("--" + flag + " " + out + ": is the " + input + " it reads (it would be overwritten)");
+  const std::string extension = fs::path(out).extension().string();
+  if (!extensions.empty() && std::find(extensions.begin(), extensions.end(), extension) == extensions.end())
+    throw UsageError("--" + flag + " " + out + ": expected a " + extensions.front() + " file");
+}
+
 namespace {
 
 std::vector<std::string> sets(const cxxopts::ParseResult& r) {
@@ -286,7 +299,11 @@ int sample(int argc, char** argv) {
       throw UsageError("--num " + std::to_string((*r)["num"].as<int64_t>()) + " but --noise " +
                        (*r)["noise"].as<std::string>() + " holds " + std::to_string(noise.size(0)) + " images");
     source.config.sample.num = noise.size(0);
+    if (std::error_code ec; r->count("save-float") &&
+                            fs::equivalent((*r)["save-float"].as<std::string>(), (*r)["noise"].as<std::string>(), ec))
+      throw UsageError("--save-float " + (*r)["save-float"].as<std::string>() + ": is the --noise file itself");
   }
+  sample::check_sample_output(out, r->count("no-png") ? 0 : config.sample.num);
   set_cpu_threads(config.threads);
   const torch::Device device = resolve_device(config.device);
   const model::LoadedModel loaded(source, device);
@@ -321,6 +338,7 @@ int export_weights(int argc, char** argv) {
   auto r = parse_options(options, argc, argv);
   if (!r) return 0;
   if (!r->count("checkpoint") || !r->count("out")) throw UsageError("export: --checkpoint and --out are required");
+  check_output_file(*r, "out", {"checkpoint"});
   auto ckpt = load_checkpoint((*r)["checkpoint"].as<std::string>());
   auto weights = checkpoint_weights(ckpt, r->count("ema") > 0);
   save_safetensors((*r)["out"].as<std::string>(), weights,

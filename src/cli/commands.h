@@ -39,6 +39,11 @@ std::vector<T> bounded_list(const cxxopts::ParseResult& r, const std::string& fl
   return values;
 }
 
+// An output file's flag, checked before any work: not a directory, not the file of one of the
+// `inputs` flags (it would be overwritten), and ending in one of `extensions` when they are given.
+void check_output_file(const cxxopts::ParseResult& r, const std::string& flag, const std::vector<std::string>& inputs,
+                       const std::vector<std::string>& extensions = {});
+
 int info(int argc, char** argv);
 int train(int argc, char** argv);
 int sample(int argc, char** argv);

@@ -145,11 +145,7 @@ int fid_stats(int argc, char** argv) {
   if (!r) return 0;
   if (!r->count("source") || !r->count("out")) throw UsageError("fid-stats: SOURCE and --out are required");
   const auto o = common_values(*r);
-  const std::string out = (*r)["out"].as<std::string>();
-  if (std::error_code ec; fs::is_directory(out, ec))
-    throw UsageError("--out " + out + ": is a directory (expected a .npz file)");
-  if (std::error_code ec; fs::equivalent(out, (*r)["source"].as<std::string>(), ec))
-    throw UsageError("--out " + out + ": is SOURCE itself (it would be overwritten)");
+  check_output_file(*r, "out", {"source"}, {".npz"});  // (s2dm fid reads statistics from .npz files)
   FeatureSpace space((*r)["features"].as<std::string>(), o.device);
   auto src = resolve_source((*r)["source"].as<std::string>(), space, o.num, o.batch, o.device);
   eval::save_stats((*r)["out"].as<std::string>(), src.set.stats, r->count("compress") > 0);
@@ -210,6 +206,7 @@ int train_classifier(int argc, char** argv) {
   auto r = parse_options(options, argc, argv);
   if (!r) return 0;
   if (!r->count("data") || !r->count("out")) throw UsageError("train-classifier: --data and --out are required");
+  check_output_file(*r, "out", {"data"});
   eval::ClassifierTraining training;
   training.epochs = bounded(*r, "epochs", 1, 100000);
   training.batch = bounded(*r, "batch", int64_t{1}, int64_t{kMaxBatch});

@@ -46,6 +46,7 @@ int schedule(int argc, char** argv) {
   if (method != "score" && method != "dp") throw UsageError("schedule: --method '" + method + "' is not one of score, dp");
   const bool dp = method == "dp";
   if (!r->count("out")) throw UsageError("schedule: --out is required");
+  check_output_file(*r, "out", {"checkpoint", "model-script", "config", "data"}, {".yaml", ".yml"});
   if (!dp && !r->count("data")) throw UsageError("schedule: --method score needs --data");
   if (dp && r->count("data")) throw UsageError("schedule: --method dp needs no --data (it follows the model's own trajectories)");
   if (!dp && (r->count("sampler") || r->count("order") || r->count("sweeps")))

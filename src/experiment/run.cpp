@@ -259,6 +259,24 @@ int write_outputs(const Experiment& e, const std::vector<Unit>& units, ReportInp
   return done;
 }
 
+constexpr const char* kOutputMarker = ".s2dm-experiment";
+
+// The output folder must be the driver's (it writes results.csv, log.txt, report/ and more there):
+// new, empty, marked, or an earlier run's (its experiment.yaml and units/). Throws ConfigError.
+void check_output_folder(const Experiment& e) {
+  std::error_code ec;
+  if (!fs::exists(e.out, ec)) return;
+  if (!fs::is_directory(e.out, ec)) throw ConfigError(e.path + ": out = " + e.out + " is a file, not a folder");
+  if (fs::exists(e.out + "/" + kOutputMarker, ec) ||
+      (fs::exists(e.out + "/experiment.yaml", ec) && fs::is_directory(e.out + "/units", ec)))
+    return;
+  for (const auto& entry : fs::directory_iterator(e.out))
+    if (entry.path().filename() != DirectoryLock::kFileName)
+      throw ConfigError(e.path + ": out = " + e.out + " holds " + entry.path().filename().string() +
+                        " and is no experiment's output folder (s2dm never writes over what it did not write): choose "
+                        "another out");
+}
+
 }  // namespace
 
 RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
@@ -272,6 +290,7 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
     return options.only.empty() || std::find(options.only.begin(), options.only.end(), m.name) != options.only.end();
   };
 
+  check_output_folder(e);
   Measurer measurer(e, device);
   Plan plan = plan_units(e, measurer);
   auto& units = plan.units;
@@ -279,6 +298,7 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
   if (options.dry_run) return summary;
 
   const DirectoryLock lock(e.out);  // one driver per output directory
+  write_file_atomic(e.out + "/" + kOutputMarker, "s2dm experiment output: s2dm run writes and replaces its files here\n");
   if (int n = remove_dead_writers_temporaries(e.out))
     spdlog::info("{}: removed {} temporary file(s) of an earlier run that was killed while writing", e.out, n);
   write_file_atomic(e.out + "/experiment.yaml", read_file_bytes(e.path));

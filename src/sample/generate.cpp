@@ -108,7 +108,8 @@ Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const S
     int64_t count = std::min<int64_t>(config.batch, num - first);
     auto x = noise.defined() ? noise.slice(0, first, first + count) : initial_noise(first, count, shape, seed);
     SamplerOptions options = plan.options;
-    options.noise_seed = seed * 7919ull + static_cast<uint64_t>(first);
+    options.noise_seed = seed * 7919ull;
+    options.first_image = first;
     SampleRun run;
     try {
       run = run_sampler(*plan.sampler, checked, x.to(device, torch::kFloat32), plan.grid, options);
@@ -184,27 +185,40 @@ std::string sample_record(const std::string& dir) {
   }
 }
 
+// The numbered PNGs a record says its run wrote (0 for none).
+int64_t recorded_images(const std::string& record) {
+  const std::string key = "\n  images: ";
+  const auto at = record.find(key);
+  return at == std::string::npos ? 0 : std::max<int64_t>(0, std::atoll(record.c_str() + at + key.size()));
+}
+
 }  // namespace
 
 bool is_sample_output_name(const std::string& name) {
   return png_index(name) >= 0 || name == "samples.npz" || name == "grid.png" || name == "sample.yaml";
 }
 
-void check_sample_output(const std::string& dir) {
+void check_sample_output(const std::string& dir, int64_t pngs) {
   std::error_code ec;
   if (std::filesystem::exists(dir, ec) && !std::filesystem::is_directory(dir, ec))
     throw UsageError("--out " + dir + ": exists and is not a directory");
   const auto files = sample_output_files(dir);
-  if (files.empty() || !sample_record(dir).empty()) return;
-  throw UsageError("--out " + dir + ": holds " + files.front().filename().string() +
-                   ", but no record of s2dm sample (sample.yaml), so not an earlier output of it: choose another --out");
+  const std::string record = sample_record(dir);
+  if (!files.empty() && record.empty())
+    throw UsageError("--out " + dir + ": holds " + files.front().filename().string() +
+                     ", but no record of s2dm sample (sample.yaml), so not an earlier output of it: choose another --out");
+  // A numbered PNG the earlier run did not write, which a new one would replace.
+  const int64_t earlier = recorded_images(record);
+  for (const auto& file : files)
+    if (const int64_t index = png_index(file.filename().string()); index >= earlier && index < pngs)
+      throw UsageError("--out " + dir + ": holds " + file.filename().string() + ", which its earlier output did not "
+                       "write and " + std::to_string(pngs) + " new images would replace: move it away");
 }
 
 void clear_sample_output(const std::string& dir) {
+  remove_dead_writers_temporaries(dir);  // (of an earlier run stopped while writing)
   // The images the record counts (numbered PNGs beyond them are someone else's), and the rest.
-  const std::string record = sample_record(dir), key = "\n  images: ";
-  const auto at = record.find(key);
-  const int64_t images = at == std::string::npos ? 0 : std::atoll(record.c_str() + at + key.size());
+  const int64_t images = recorded_images(sample_record(dir));
   for (const auto& file : sample_output_files(dir)) {
     const std::string name = file.filename().string();
     const int64_t index = png_index(name);

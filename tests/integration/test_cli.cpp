@@ -908,6 +908,9 @@ TEST_F(Cli, EveryCountOptionIsRangeCheckedBeforeWork) {
       {train_cmd + " --steps -1", "--steps -1: out of range"},
       {train_cmd + " --nproc 0", "--nproc 0: out of range [1, 1024]"},
       {"info --threads -5", "--threads -5: out of range"},
+      {"export --checkpoint " + ckpt + " --out " + ckpt, "is the checkpoint it reads"},
+      {"schedule --checkpoint " + ckpt + " --method dp --out " + ckpt, "is the checkpoint it reads"},
+      {"schedule --checkpoint " + ckpt + " --method dp --out " + (dir / "s.png"), "expected a .yaml file"},
       {"samplers --steps -5", "--steps -5: out of range [1, 100000]"},
       {"sample --checkpoint " + ckpt + " --out " + (dir / "o") + " --set sample.skip_tuning.t_min=500 "
        "--set sample.skip_tuning.t_max=100", "t_min = 500 exceeds sample.skip_tuning.t_max = 100"},
@@ -988,6 +991,12 @@ TEST_F(Cli, SamplingInputsAndOutputsAreChecked) {
   r = run(sample + "--num 2 --out " + (dir / "o"));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(s2dm::testing::read_bytes(dir / "o/000010.png"), "added");
+  expect_user_error(run(sample + "--num 12 --out " + (dir / "o")), "000010.png, which its earlier output did not write");
+  // A temporary file of a run stopped while writing goes with the earlier output.
+  s2dm::testing::write_bytes(dir / "o/000001.png.s2dm-tmp.999999999", "torn");
+  r = run(sample + "--num 2 --out " + (dir / "o"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir / "o/000001.png.s2dm-tmp.999999999"));
   // A folder of someone's numbered images (no record of s2dm sample) is not an earlier output:
   // refused, with a sample.yaml of its own too.
   std::filesystem::create_directories(dir / "pictures");
@@ -1002,6 +1011,8 @@ TEST_F(Cli, SamplingInputsAndOutputsAreChecked) {
   expect_user_error(run(sample + "--sampler ddpm --eta 0.5 --out " + (dir / "n")), "--eta: sampler 'ddpm' does not read eta");
   expect_user_error(run(sample + "--sampler plms --lambda 0.7 --out " + (dir / "n")), "--lambda: sampler 'plms'");
   expect_user_error(run(sample + "--out " + (dir / "n") + " --save-float " + (dir / "n/000000.png")), "a file that --out");
+  expect_user_error(run(sample + "--noise " + three + " --save-float " + three + " --out " + (dir / "n")),
+                    "is the --noise file itself");
   expect_user_error(run(sample + "--out ''"), "--out: empty value");
   expect_user_error(run("train --config " + kTiny + " --run-dir '' --steps 1"), "--run-dir: empty value");
   EXPECT_FALSE(std::filesystem::exists(dir / "n"));
@@ -1049,5 +1060,6 @@ TEST_F(Cli, FidRefusesWhatIsNoStatisticsNamingTheFile) {
   sigma(dir / "wide.npz", torch::eye(128, torch::kFloat64));
   expect_user_error(run("fid " + (dir / "ok.npz") + " " + (dir / "wide.npz")), "ok.npz (statistics) and " + (dir / "wide.npz"));
   // fid-stats never writes over its source.
-  expect_user_error(run("fid-stats " + gray + " --out " + gray + features), "is SOURCE itself");
+  expect_user_error(run("fid-stats " + gray + " --out " + gray + features), "is the source it reads");
+  expect_user_error(run("fid-stats " + (dir / "grey") + " --out " + (dir / "grey/000000.png") + features), "expected a .npz file");
 }

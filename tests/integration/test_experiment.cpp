@@ -293,6 +293,15 @@ TEST_F(Experiment, BadFilesFailBeforeAnyWork) {
   expect_bad("sample:\n  batch: 8", "sample:\n  batch: 8\n  timesteps: file:nogrid.txt", (dir / "nogrid.txt") + ": cannot open");
 }
 
+TEST_F(Experiment, AnOutputFolderOfSomeoneElsesIsRefused) {
+  // Its results.csv was replaced by the run's.
+  const std::string path = write(Knobs{});
+  fs::create_directories(out());
+  write_bytes(out() + "/results.csv", "mine\n");
+  s2dm::testing::expect_user_error(run("run " + path), "holds results.csv and is no experiment's output folder");
+  EXPECT_EQ(read_bytes(out() + "/results.csv"), "mine\n");
+}
+
 // Skip-Tuning and the learned grids as sweep axes: the score-optimal schedule is estimated once
 // per model, the dp grid once per sampler setting (Skip-Tuning changes the model it follows); each
 // is drawn and used; scaled skips change the samples.

@@ -362,6 +362,14 @@ TEST(Generate, SeededNoiseIndependentOfBatching) {
   EXPECT_TRUE(torch::allclose(a.samples, b.samples));
   EXPECT_EQ(a.samples.size(0), 5);
   EXPECT_EQ(a.nfe, 5);
+  // Stochastic samplers too: each image draws its noise from a generator of its own.
+  sc.eta = 0.5;
+  sc.batch = 2;
+  a = generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, 3, 5, {}, false);
+  sc.batch = 5;
+  b = generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, 3, 5, {}, false);
+  EXPECT_TRUE(torch::allclose(a.samples, b.samples));
+  sc.eta = 0;
   sc.sampler = "plms";
   EXPECT_EQ(generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, 3, 2, {}, false).nfe, 6);
   EXPECT_THROW(generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, 3, 0, {}, false), ConfigError);

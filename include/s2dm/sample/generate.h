@@ -62,10 +62,11 @@ Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const S
 // s2dm sample's output folder: numbered PNGs, samples.npz, grid.png and sample.yaml, its record
 // (written before the images, marked incomplete, and again after them). check_sample_output throws
 // UsageError, before any work, unless `dir` is new, holds none of those names, or holds an
-// earlier output (s2dm's sample.yaml); clear_sample_output then removes that output's images (the
+// earlier output (s2dm's sample.yaml) and no numbered PNG of someone else's that `pngs` new images
+// would replace; clear_sample_output then removes that output's images (the
 // numbered PNGs its record counts, samples.npz, grid.png), so no stale image stays beside the new
 // ones; the caller replaces the record.
-void check_sample_output(const std::string& dir);
+void check_sample_output(const std::string& dir, int64_t pngs = 0);
 void clear_sample_output(const std::string& dir);
 // Whether a file name is one that s2dm sample writes into its output folder.
 bool is_sample_output_name(const std::string& name);

@@ -17,7 +17,8 @@ namespace s2dm::sample {
 struct SamplerOptions {
   double eta = 0.0;                // DDIM stochasticity (0 deterministic, 1 = DDPM ancestral)
   bool clip_denoised = false;      // clip x̂₀ to [-1, 1] (DDIM/DDPM, DPM-Solver++)
-  uint64_t noise_seed = 0;         // per-step noise of stochastic samplers
+  uint64_t noise_seed = 0;         // stochastic samplers: image j of the batch draws its noise from a
+  int64_t first_image = 0;         // generator of its own, seeded by (noise_seed, first_image + j)
   int order = -1;                  // multistep order (-1 = the sampler's default)
   double lambda = 0.0;             // λ of λ-DDIM
   bool lower_order_final = true;   // DEIS log-ρ / DPM-Solver++: first order on the last step(s)
