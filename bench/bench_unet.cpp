@@ -4,7 +4,10 @@
 // sampler's own cost per step apart from the network (BM_SamplerStep, CIFAR10 shape, batch 64,
 // 10 steps, a model that returns a fixed ε), to compare with BM_SampleEval at batch 64.
 // Counters: images/s (items_per_second), TFLOP/s of the model's math and MFU, its fraction of
-// the device's peak (s2dm::peak_flops; S2DM_PEAK_TFLOPS overrides).
+// the device's peak (s2dm::peak_flops; S2DM_PEAK_TFLOPS overrides), and on CUDA peak_GiB, the
+// most tensor memory held at once (as torch.cuda.max_memory_allocated).
+// S2DM_BENCH_MIN_TIME sets the seconds each network benchmark (UNet, Inception) runs, after a
+// warm-up of a fifth of it (default 10 and 5 s); the others follow --benchmark_min_time.
 //
 // S2DM_BENCH_DEVICE=cuda runs on the GPU, with bf16 autocast unless S2DM_BENCH_PRECISION=fp32.
 // Each speed feature can be switched to measure its gain (1 = on, 0 = off; default: what
@@ -72,6 +75,7 @@ struct Setup {
                                     static_cast<double>(state.iterations() * batch) / seconds;
     state.counters["TFLOP/s"] = flops_per_second / 1e12;
     if (const double peak = s2dm::peak_flops(device, bf16); peak > 0) state.counters["MFU"] = flops_per_second / peak;
+    if (device.is_cuda()) state.counters["peak_GiB"] = static_cast<double>(s2dm::peak_memory(device)) / (1 << 30);
   }
 };
 
@@ -96,6 +100,7 @@ void BM_TrainStep(benchmark::State& state) {
   s2dm::diffusion::DiffusionLoss loss(s.config.loss, schedule, s.device);
   auto x0 = torch::randn(s.shape(), torch::TensorOptions().device(s.device));
   auto all = net->parameters();
+  s2dm::reset_peak_memory(s.device);
   const auto start = std::chrono::steady_clock::now();
   for (auto _ : state) {
     adam.zero_grad();
@@ -123,6 +128,7 @@ void BM_SampleEval(benchmark::State& state) {
   net->set_memory_format(s.memory_format);  // (the ε-model chose the preferred one)
   auto x = torch::randn(s.shape(), torch::TensorOptions().device(s.device));
   auto t = torch::full({s.batch}, 500.0f, torch::TensorOptions().device(s.device));
+  s2dm::reset_peak_memory(s.device);
   const auto start = std::chrono::steady_clock::now();
   for (auto _ : state) {
     benchmark::DoNotOptimize(model(x, t));
@@ -143,17 +149,23 @@ void BM_SamplerStep(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * grid.steps());  // items/s = sampler steps per second
 }
 
-// FID feature extraction: 32x32 images (resized to 299x299 inside), batch 50, random weights.
+// FID feature extraction on S2DM_BENCH_DEVICE: 32x32 images (resized to 299x299 inside), batch
+// S2DM_BENCH_BATCH (default 50), random weights.
 void BM_InceptionFeatures(benchmark::State& state) {
   Setup s;
+  const int64_t batch = std::getenv("S2DM_BENCH_BATCH") ? s.batch : 50;
   s2dm::eval::FidInception net;
   net->eval();
+  net->to(s.device);
   s2dm::eval::FeatureExtractor inception{"inception", [net](const torch::Tensor& x) mutable {
                                            return net->forward(x.to(torch::kFloat32) / 255.0);
                                          }};
-  auto images = torch::randint(0, 256, {50, 3, 32, 32}, torch::kUInt8);
-  for (auto _ : state) benchmark::DoNotOptimize(s2dm::eval::extract_features(inception, images, 50, torch::kCPU, false));
-  state.SetItemsProcessed(state.iterations() * 50);
+  auto images = torch::randint(0, 256, {batch, 3, 32, 32}, torch::kUInt8);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(s2dm::eval::extract_features(inception, images, batch, s.device, false));
+    sync(s.device);
+  }
+  state.SetItemsProcessed(state.iterations() * batch);
 }
 
 // The Fréchet distance of two 2048-d statistics (Cholesky + one symmetric eigendecomposition).
@@ -164,11 +176,17 @@ void BM_Frechet2048(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(s2dm::eval::frechet_distance(a, b));
 }
 
+// The seconds a network's benchmark runs: S2DM_BENCH_MIN_TIME, else `fallback`.
+double model_min_time(double fallback) {
+  const char* given = std::getenv("S2DM_BENCH_MIN_TIME");
+  return given ? std::atof(given) : fallback;
+}
+
 }  // namespace
 
-BENCHMARK(BM_InceptionFeatures)->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(1.0)->MinTime(5.0);
+BENCHMARK(BM_InceptionFeatures)->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(model_min_time(5) / 5)->MinTime(model_min_time(5));
 BENCHMARK(BM_Frechet2048)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
 BENCHMARK(BM_SamplerStep)->DenseRange(0, 9)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
-BENCHMARK(BM_TrainStep)->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(2.0)->MinTime(10.0);
-BENCHMARK(BM_SampleEval)->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(2.0)->MinTime(10.0);
+BENCHMARK(BM_TrainStep)->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(model_min_time(10) / 5)->MinTime(model_min_time(10));
+BENCHMARK(BM_SampleEval)->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(model_min_time(10) / 5)->MinTime(model_min_time(10));
 BENCHMARK_MAIN();

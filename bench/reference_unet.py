@@ -1,9 +1,16 @@
 #!/usr/bin/env python3
-"""PyTorch eager reference for bench/compare.sh: the DDPM/DDIM UNet (the architecture of
-ermongroup/ddim models/diffusion.py, written out here so the benchmark needs no download),
-timed for a training step (forward + MSE + backward + Adam + EMA) and a no-grad forward.
+"""PyTorch reference for bench/compare.sh and scripts/gpu_check.sh: the DDPM/DDIM UNet (the
+architecture of ermongroup/ddim models/diffusion.py, written out here so the benchmark needs no
+download), timed for a training step (forward + MSE + backward + clipping + Adam + EMA) and a
+no-grad forward; and with --inception, torchvision's Inception-v3 pool features (as FID takes them).
 
-Prints one JSON object: {"train_images_per_sec": ..., "eval_images_per_sec": ..., "params": ...}.
+It gets the speed switches s2dm uses, so a ratio compares implementations, not settings:
+channels-last tensors, and on CUDA TF32 with cuDNN's autotuner, fused Adam, a multi-tensor EMA
+and CUDA graphs for the no-grad forward (each can be switched off). --compile adds torch.compile
+(the forward replayed as CUDA graphs with mode reduce-overhead for evaluation).
+
+Prints one JSON object: {"train_images_per_sec": ..., "train_peak_gib": ..., "eval_images_per_sec":
+..., "eval_peak_gib": ..., "params": ...}: the keys of the modes run (peak memory on CUDA only).
 """
 import argparse
 import contextlib
@@ -134,7 +141,8 @@ class UNet(nn.Module):
 
 
 def timed(fn, min_time):
-    fn()  # warm-up
+    """Calls per second of fn over at least min_time seconds, after one warm-up call."""
+    fn()
     n, start = 0, time.perf_counter()
     while True:
         fn()
@@ -142,6 +150,126 @@ def timed(fn, min_time):
         elapsed = time.perf_counter() - start
         if elapsed >= min_time:
             return n / elapsed
+
+
+def record_peak(dev, out, key):
+    if dev.type == "cuda":
+        out[key] = torch.cuda.max_memory_allocated(dev) / 2**30
+
+
+def reset_peak(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def make_adam(params, dev, fused):
+    if fused:
+        try:
+            return torch.optim.Adam(params, lr=2e-4, fused=True)
+        except (TypeError, RuntimeError):  # no fused Adam in this PyTorch or for this device
+            pass
+    return torch.optim.Adam(params, lr=2e-4)
+
+
+def graphed(fn, dev):
+    """fn() captured once as a CUDA graph; the returned function replays it."""
+    side = torch.cuda.Stream(dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(dev).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def bench_unet(a, dev, sync, out):
+    arch = dict(ch_mult=(1, 2, 2, 2, 4), res=64) if a.config == "celeba64" else {}
+    memory_format = torch.channels_last if a.channels_last else torch.contiguous_format
+    net = UNet(**arch).to(dev, memory_format=memory_format)
+    ema = UNet(**arch).to(dev, memory_format=memory_format)
+    size = arch.get("res", 32)
+    x0 = torch.randn(a.batch, 3, size, size, device=dev).contiguous(memory_format=memory_format)
+    out["params"] = sum(p.numel() for p in net.parameters())
+    # (cache_enabled=False: autocast's weight cache cannot live across CUDA graph captures.)
+    bf16 = a.bf16 and dev.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)) if bf16 else contextlib.nullcontext
+    forward = torch.compile(net) if a.compile else net
+
+    if a.mode in ("train", "both"):
+        params, ema_params = list(net.parameters()), list(ema.parameters())
+        opt = make_adam(params, dev, a.fused_adam)
+
+        def train_step():
+            opt.zero_grad(set_to_none=True)
+            t = torch.randint(0, 1000, (a.batch,), device=dev)
+            e = torch.randn_like(x0)
+            with autocast():
+                loss = (e - forward(x0 + e, t.float()).float()).square().flatten(1).mean(1).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            with torch.no_grad():
+                torch._foreach_mul_(ema_params, 0.9999)
+                torch._foreach_add_(ema_params, params, alpha=1e-4)
+            sync()
+
+        net.train()
+        reset_peak(dev)
+        start = time.perf_counter()
+        train_step()
+        out["train_first_step_seconds"] = time.perf_counter() - start  # (with --compile: compilation)
+        out["train_images_per_sec"] = timed(train_step, a.min_time) * a.batch
+        record_peak(dev, out, "train_peak_gib")
+        del opt
+
+    if a.mode in ("eval", "both"):
+        net.eval()
+        t = torch.full((a.batch,), 500.0, device=dev)
+        evaluate = torch.compile(net, mode="reduce-overhead") if a.compile and dev.type == "cuda" else forward
+
+        def forward_once():
+            with torch.no_grad(), autocast():
+                evaluate(x0, t)
+
+        reset_peak(dev)
+        start = time.perf_counter()
+        if a.cuda_graphs and not a.compile and dev.type == "cuda":
+            step = graphed(forward_once, dev)
+        else:
+            forward_once()  # (with --compile: the compilation)
+            step = forward_once
+        out["eval_first_step_seconds"] = time.perf_counter() - start
+
+        def eval_step():
+            step()
+            sync()
+
+        out["eval_images_per_sec"] = timed(eval_step, a.min_time) * a.batch
+        record_peak(dev, out, "eval_peak_gib")
+
+
+def bench_inception(a, dev, sync, out):
+    """torchvision's Inception-v3 up to its 2048-d pool, on 32x32 uint8 images resized to 299 as
+    FID does, in fp32 without TF32 (as s2dm computes FID features)."""
+    import torchvision  # (only here: the UNet rows need no torchvision)
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False).to(dev).eval()
+    net.fc = torch.nn.Identity()
+    images = torch.randint(0, 256, (a.batch, 3, 32, 32), dtype=torch.uint8, device=dev)
+
+    def features():
+        with torch.no_grad():
+            x = F.interpolate(images.float() / 255.0, size=(299, 299), mode="bilinear", align_corners=False)
+            net(2 * x - 1)
+        sync()
+
+    out["inception_images_per_sec"] = timed(features, a.min_time) * a.batch
 
 
 def main():
@@ -152,46 +280,24 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--config", default="cifar10", choices=["cifar10", "celeba64"])
+    p.add_argument("--mode", default="both", choices=["train", "eval", "both"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    p.add_argument("--inception", action="store_true", help="time Inception-v3 features instead of the UNet")
+    for switch in ("channels-last", "tf32", "fused-adam", "cuda-graphs"):
+        p.add_argument(f"--no-{switch}", dest=switch.replace("-", "_"), action="store_false")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     dev = torch.device(a.device)
-    arch = dict(ch_mult=(1, 2, 2, 2, 4), res=64) if a.config == "celeba64" else {}
-    net, ema = UNet(**arch).to(dev), UNet(**arch).to(dev)
-    opt = torch.optim.Adam(net.parameters(), lr=2e-4)
-    size = arch.get("res", 32)
-    x0 = torch.randn(a.batch, 3, size, size, device=dev)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if a.bf16 else contextlib.nullcontext
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-
-    def train_step():
-        opt.zero_grad()
-        t = torch.randint(0, 1000, (a.batch,), device=dev)
-        e = torch.randn_like(x0)
-        with autocast():
-            loss = (e - net(x0 + e, t.float()).float()).square().flatten(1).mean(1).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters()):
-                pe.mul_(0.9999).add_(p, alpha=1e-4)
-        sync()
-
-    def eval_step():
-        with torch.no_grad(), autocast():
-            net(x0, torch.full((a.batch,), 500.0, device=dev))
-        sync()
-
-    net.train()
-    train_rate = timed(train_step, a.min_time) * a.batch
-    net.eval()
-    eval_rate = timed(eval_step, a.min_time) * a.batch
-    peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0
-    print(json.dumps({"train_images_per_sec": train_rate, "eval_images_per_sec": eval_rate, "peak_gib": peak,
-                      "params": sum(p.numel() for p in net.parameters()), "threads": torch.get_num_threads(),
-                      "torch": torch.__version__}))
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = a.tf32
+        torch.backends.cudnn.benchmark = a.tf32  # (s2dm couples the autotuner to the same switch)
+    out = {}
+    (bench_inception if a.inception else bench_unet)(a, dev, sync, out)
+    out.update(batch=a.batch, threads=torch.get_num_threads(), torch=torch.__version__, compile=a.compile)
+    print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,17 +8,22 @@
 #   --cuda     LibTorch with CUDA (libtorch-cuda-dev, nvidia-cuda-toolkit, the headers of NCCL
 #              and of the CUDA build of Gloo, Debian 13 or later, contrib) instead of the CPU
 #              LibTorch
+#   --torch-only  the compiler, CMake and the LibTorch alone, none of s2dm's other dependencies:
+#              what a machine with pip's PyTorch has, where they come from scripts/gpu_bundle.sh
+#              (scripts/test_torch2.sh --cuda builds so)
 set -euo pipefail
 
 torch=(libtorch-dev libgloo-dev)  # (Gloo's headers: c10d's Gloo process group, data-parallel training)
 extra=()
+torch_only=false
 for arg in "$@"; do
   case "$arg" in
     --tests) extra+=(chromium) ;;
     --chroots) extra+=(debootstrap rsync) ;;
     --fuzz) extra+=(clang libclang-rt-dev llvm) ;;  # (llvm: the symbolizer of sanitizer reports)
     --cuda) torch=(libtorch-cuda-dev nvidia-cuda-toolkit libnccl-dev libgloo-cuda-dev) ;;
-    *) echo "setup: unknown option '$arg' (--tests, --chroots, --fuzz, --cuda)" >&2; exit 2 ;;
+    --torch-only) torch_only=true ;;
+    *) echo "setup: unknown option '$arg' (--tests, --chroots, --fuzz, --cuda, --torch-only)" >&2; exit 2 ;;
   esac
 done
 
@@ -33,6 +38,11 @@ packages=(
   dataset-fashion-mnist   # the embedded default data set
 )
 packages+=("${extra[@]}")
+if $torch_only; then  # (Gloo's headers too are s2dm's: a CUDA build needs only NCCL)
+  packages=(build-essential cmake ninja-build)
+  for p in "${torch[@]}"; do [[ $p == libgloo* ]] || packages+=("$p"); done
+  packages+=("${extra[@]}")
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # s2dm against LibTorch 2.x, in Debian chroots beside the host's LibTorch (Debian 12's 1.13):
 #   --cpu   Debian 13 (trixie), libtorch-dev 2.6: build s2dm, run the whole test suite
-#   --cuda  Debian 13 (trixie), libtorch-cuda-dev 2.6 (CUDA 12.4, NCCL, cuDNN): compile and link
-#           s2dm, its tests and the bench with CUDA (no GPU needed; nothing runs on one)
+#   --cuda  Debian 13 (trixie), libtorch-cuda-dev 2.6 (CUDA 12.4, NCCL, cuDNN) and nothing else of
+#           s2dm's: compile and link s2dm, its tests and the bench with CUDA exactly as
+#           scripts/gpu_check.sh does on a GPU machine, every other dependency from the bundle of
+#           scripts/gpu_bundle.sh (no GPU needed; nothing runs on one). So the bundle is proved
+#           complete before a GPU machine ever sees it.
 #   --sid   Debian sid, libtorch-dev 2.14 (C++20), precompiled header off: build, run the suite
-# No option = --cpu --cuda (what CI runs). Needs root (debootstrap, chroot, mounts).
+#   --prepare  only create or refresh the chroots of the legs named, build nothing
+# No leg named = --cpu --cuda (what CI runs). Needs root (debootstrap, chroot, mounts).
 #
 # Chroots live in $S2DM_CHROOT (default /var/tmp/s2dm-chroots), one per leg, and are reused
 # until S2DM_CHROOT_MAX_AGE days old (default 7). The source is synced into each by content:
@@ -17,10 +21,12 @@ max_age=${S2DM_CHROOT_MAX_AGE:-7}
 jobs=${S2DM_JOBS:-$(nproc)}
 
 legs=()
+prepare_only=false
 for arg in "$@"; do
   case "$arg" in
     --cpu | --cuda | --sid) legs+=("${arg#--}") ;;
-    *) echo "usage: scripts/test_torch2.sh [--cpu] [--cuda] [--sid]" >&2; exit 2 ;;
+    --prepare) prepare_only=true ;;
+    *) echo "usage: scripts/test_torch2.sh [--cpu] [--cuda] [--sid] [--prepare]" >&2; exit 2 ;;
   esac
 done
 [ ${#legs[@]} -gt 0 ] || legs=(cpu cuda)
@@ -147,22 +153,33 @@ for leg in "${legs[@]}"; do
     cpu)
       dir=$root/trixie-cpu
       ensure_chroot "$dir" trixie ""
+      $prepare_only && continue
       log "LibTorch $(in_chroot "$dir" "dpkg-query -W -f='\${Version}' libtorch-dev") (CPU): build and test"
       build_and "$dir" "" "cd /build && ctest --output-on-failure -j $jobs" || leg_status=1
       ;;
     cuda)
       dir=$root/trixie-cuda
-      ensure_chroot "$dir" trixie "--cuda"
+      ensure_chroot "$dir" trixie "--cuda --torch-only"
+      $prepare_only && continue
       cudnn_link_stub "$dir"
-      log "LibTorch $(in_chroot "$dir" "dpkg-query -W -f='\${Version}' libtorch-cuda-dev") (CUDA): compile and link"
+      bash scripts/gpu_bundle.sh
+      rsync -r --delete --checksum gpu_bundle/ "$dir/gpu_bundle/"
+      # What the bundle packs must come from the bundle alone: any -dev package of its list that
+      # LibTorch's packages pulled in is removed (only headers and link names; runtimes stay).
+      in_chroot "$dir" 'for p in $(grep "^deb " /gpu_bundle/manifest.txt | cut -d" " -f2); do
+          case $p in *-dev) ! dpkg -s "$p" >/dev/null 2>&1 || dpkg --purge --force-depends "$p" >/dev/null 2>&1 ;; esac
+        done'
+      log "LibTorch $(in_chroot "$dir" "dpkg-query -W -f='\${Version}' libtorch-cuda-dev") (CUDA), the GPU bundle: gpu_check.sh's build"
       # What the binary is linked against, then proof that it loads (no GPU here).
-      build_and "$dir" "-DS2DM_REQUIRE_CUDA=ON" \
-        "ldd /build/s2dm | grep -E 'libtorch_cuda|libc10_cuda|libcudart|libcublas\\.|libnccl|libcudnn' && /build/s2dm info" ||
-        leg_status=1
+      in_chroot "$dir" "bash /src/scripts/gpu_check.sh --build-only --bundle /gpu_bundle --torch-prefix /usr \
+          --build-dir /build-gpu --jobs $jobs --out /build-gpu/check -- -DCMAKE_COMPILE_WARNING_AS_ERROR=ON &&
+        ldd /build-gpu/s2dm | grep -E 'libtorch_cuda|libc10_cuda|libcudart|libcublas\\.|libnccl|libcudnn|prefix' &&
+        /build-gpu/s2dm info" || { cat "$dir/build-gpu/check/logs/"*.log 2>/dev/null | tail -40; leg_status=1; }
       ;;
     sid)
       dir=$root/sid-cpu
       ensure_chroot "$dir" sid ""
+      $prepare_only && continue
       log "LibTorch $(in_chroot "$dir" "dpkg-query -W -f='\${Version}' libtorch-dev") (CPU, no precompiled header): build and test"
       build_and "$dir" "-DS2DM_PCH=OFF -DS2DM_CHECK_HEADERS=ON" "cd /build && ctest --output-on-failure -j $jobs" ||
         leg_status=1

@@ -8,12 +8,20 @@
 #include <thread>
 #if S2DM_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
 #include "s2dm/core/compat.h"
 #include "s2dm/core/errors.h"
 
 namespace s2dm {
+
+#if S2DM_WITH_CUDA
+namespace {
+// The CUDA device a torch::Device names ("cuda" alone: the first).
+c10::DeviceIndex cuda_index(const torch::Device& device) { return device.has_index() ? device.index() : 0; }
+}  // namespace
+#endif
 
 torch::Device resolve_device(const std::string& name) {
   if (name == "auto") return resolve_device(torch::cuda::is_available() ? "cuda" : "cpu");
@@ -47,11 +55,30 @@ void use_fast_cuda_math(bool fast) {
 int64_t device_memory(const torch::Device& device) {
 #if S2DM_WITH_CUDA
   if (device.is_cuda())
-    return static_cast<int64_t>(at::cuda::getDeviceProperties(device.has_index() ? device.index() : 0)->totalGlobalMem);
+    return static_cast<int64_t>(at::cuda::getDeviceProperties(cuda_index(device))->totalGlobalMem);
 #else
   (void)device;
 #endif
   return 0;
+}
+
+int64_t peak_memory(const torch::Device& device) {
+#if S2DM_WITH_CUDA
+  if (device.is_cuda())  // ([0]: the sum over the allocator's pools)
+    return c10::cuda::CUDACachingAllocator::getDeviceStats(cuda_index(device)).allocated_bytes[0].peak;
+#else
+  (void)device;
+#endif
+  return 0;
+}
+
+void reset_peak_memory(const torch::Device& device) {
+#if S2DM_WITH_CUDA
+  if (device.is_cuda())
+    c10::cuda::CUDACachingAllocator::resetPeakStats(cuda_index(device));
+#else
+  (void)device;
+#endif
 }
 
 double peak_flops(const torch::Device& device, bool bf16) {
@@ -66,7 +93,7 @@ double peak_flops(const torch::Device& device, bool bf16) {
     static const Peak peaks[] = {{"H200", 989.4, 494.7, 66.9}, {"H100 PCIe", 756.5, 378.0, 51.2},
                                  {"H100", 989.4, 494.7, 66.9}, {"A100", 312.0, 156.0, 19.5},
                                  {"L40S", 362.1, 183.2, 91.6}, {"L4", 121.0, 60.0, 30.3}};
-    const std::string name = at::cuda::getDeviceProperties(device.has_index() ? device.index() : 0)->name;
+    const std::string name = at::cuda::getDeviceProperties(cuda_index(device))->name;
     const bool tf32 = at::globalContext().allowTF32CuBLAS();
     for (const auto& p : peaks)
       if (name.find(p.name) != std::string::npos) return (bf16 ? p.bf16 : tf32 ? p.tf32 : p.fp32) * 1e12;
@@ -110,7 +137,7 @@ std::string runtime_info(const torch::Device& device) {
     char figures[96];
     std::snprintf(figures, sizeof figures, "%.0f GiB, peak %.0f TFLOP/s bf16",
                   static_cast<double>(device_memory(device)) / (1 << 30), peak_flops(device, true) / 1e12);
-    s += "gpu:            " + std::string(at::cuda::getDeviceProperties(device.has_index() ? device.index() : 0)->name) +
+    s += "gpu:            " + std::string(at::cuda::getDeviceProperties(cuda_index(device))->name) +
          ", " + figures + " (peak 0: not in s2dm's table)\n";
   }
 #endif

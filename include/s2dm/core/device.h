@@ -19,6 +19,11 @@ void use_fast_cuda_math(bool fast);
 // A CUDA device's memory in bytes (0 for the CPU).
 int64_t device_memory(const torch::Device& device);
 
+// The most bytes of tensors LibTorch's caching allocator held at once on a CUDA device since
+// the last reset_peak_memory (what Python's torch.cuda.max_memory_allocated reports); 0 on the CPU.
+int64_t peak_memory(const torch::Device& device);
+void reset_peak_memory(const torch::Device& device);
+
 // The device's peak FLOP/s for the UNet's math, to state throughput as a fraction of it (model
 // FLOP/s utilisation): bf16 or fp32 (TF32 when on) tensor-core peaks of known NVIDIA GPUs, or
 // for the CPU threads x clock x FMA width. S2DM_PEAK_TFLOPS overrides; 0 = unknown.
