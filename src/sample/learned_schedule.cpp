@@ -227,12 +227,16 @@ void OnlineScheduleEstimator::load_state(const std::vector<std::pair<std::string
     sum_ = to_vector(state_entry(state, "sum"));
     auto counts = state_entry(state, "count").to(torch::kLong).contiguous();
     count_.assign(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
-    timesteps_ = to_vector(state_entry(state, "timesteps"));
   } else {
     std::fill(sum_.begin(), sum_.end(), 0.0);
     std::fill(count_.begin(), count_.end(), 0);
-    timesteps_ = cost_.empty() ? std::vector<double>{} : score_grid(levels_, cost_, steps_);
   }
+  // The smoothed grid carries over only at the same S (a resume may change sample.steps); any
+  // other grid is derived afresh from the last cost, as the first update would.
+  if (holds_current_grid(state) && state_entry(state, "steps").item<int64_t>() == steps_)
+    timesteps_ = to_vector(state_entry(state, "timesteps"));
+  else
+    timesteps_ = cost_.empty() ? std::vector<double>{} : score_grid(levels_, cost_, steps_);
 }
 
 std::vector<double> timesteps_from_state(const std::vector<std::pair<std::string, torch::Tensor>>& state, int steps) {

@@ -232,6 +232,27 @@ TEST(LearnedSchedule, OnlineEstimateConvergesToTheOfflineOne) {
   EXPECT_THROW(other.load_state(online.state()), CheckpointError);
 }
 
+TEST(LearnedSchedule, AStateForAnotherStepCountGivesThatManySteps) {
+  // `s2dm train --resume --set sample.steps=S`: a checkpoint's grid for 4 steps, loaded by an
+  // estimator for S steps, is S steps derived from the last cost, and updates keep S (it used to
+  // keep the 4 points: a stale grid for S = 2, writes past its end for S = 7).
+  auto ones = EpsModel([](const torch::Tensor& x, const torch::Tensor&) { return torch::ones_like(x); });
+  auto data = torch::zeros({8, 1, 2, 2}, torch::kFloat64);
+  OnlineScheduleEstimator online(linear(), 12, 4, 3, 0.5);
+  auto gen = at::detail::createCPUGenerator(1);
+  while (!online.update(ones, data, 1, gen)) {
+  }
+  for (int steps : {2, 7}) {
+    OnlineScheduleEstimator resumed(linear(), 12, steps, 3, 0.5);
+    resumed.load_state(online.state());
+    EXPECT_EQ(resumed.timesteps(), score_grid(online.levels(), online.cost(), steps)) << steps;
+    while (!resumed.update(ones, data, 1, gen)) {
+    }
+    EXPECT_EQ(resumed.timesteps().size(), static_cast<size_t>(steps)) << steps;
+    EXPECT_EQ(timesteps_from_state(resumed.state(), steps), resumed.timesteps()) << steps;
+  }
+}
+
 TEST(LearnedSchedule, OnlineEstimateForgetsCostsFromBeforeItsLastUpdate) {
   // Algorithm 2 re-estimates once every level pair has `min_estimates` estimates since the last
   // update. A model that ignores x and returns c·1 has the exact pair cost d c² (1 - r_i)², r_i the
