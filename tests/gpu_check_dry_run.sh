@@ -19,14 +19,16 @@ check() {  # check WHAT COMMAND...: a test assertion
 }
 outcome() { awk -F'\t' -v s="$2" '$1 == s { print $2 }' "$1/steps.tsv"; }
 
-# The stand-in Python: the preflight's check passes; the UNet rows train at "10 images/s"; eval
-# at batch 1 fails, eval at batch 2 hangs (and notes its pid); Inception passes; compile fails.
+# The stand-in Python: the preflight's check passes; the UNet rows train at "10 images/s" but
+# CelebA's prints no figure; eval at batch 1 fails, eval at batch 2 hangs (and notes its pid);
+# Inception passes; compile fails.
 cat > "$scratch/python" <<EOF
 #!/usr/bin/env bash
 [ "\$1" = - ] && { echo "torch stand-in"; exit 0; }
 case " \$* " in
   *" --compile "*) echo "no compiler here" >&2; exit 3 ;;
   *" --inception "*) echo '{"inception_images_per_sec": 5.0}' ;;
+  *" --config celeba64 --mode train "*) echo '{}' ;;
   *" --mode train "*) echo '{"train_images_per_sec": 10.0, "params": 1}' ;;
   *" --mode eval "*" --batch 1 "* | *" --batch 1 "*" --mode eval "*) echo "eval broke" >&2; exit 3 ;;
   *" --mode eval "*) echo \$\$ > "$scratch/hung.pid"; sleep 300 & wait ;;
@@ -52,6 +54,7 @@ check "a hanging step is stopped at its limit" [ "$(outcome "$out" torch_eval_ci
 check "a hanging step takes no more than its limit and the grace period" \
   [ "$(awk -F'\t' '$1 == "torch_eval_cifar10_b2_bf16" { print $3 }' "$out/steps.tsv")" -le 17 ]
 check "what a hanging step started is stopped with it" bash -c "! kill -0 \$(cat '$scratch/hung.pid') 2> /dev/null"
+check "a step that printed no figure says so" grep -Fq '| train celeba64 b2 fp32 | PyTorch eager | no figure in its output | - |' "$out/figures.md"
 check "the failure's log holds its message" grep -q "eval broke" "$out/logs/torch_eval_cifar10_b1_bf16.log"
 check "each step after a failure ran" [ "$(wc -l < "$out/steps.tsv")" -eq 19 ]
 check "a feature's gain is measured" [ "$(outcome "$out" s2dm_train_cifar10_b2_fp32_no-fused-adam)" = passed ]
