@@ -15,6 +15,7 @@
 #include "s2dm/io/file_io.h"
 #include "s2dm/core/device.h"
 #include "s2dm/model/model_source.h"
+#include "s2dm/sample/dp_schedule.h"
 #include "s2dm/sample/generate.h"
 
 namespace s2dm::experiment {
@@ -279,9 +280,10 @@ void check_settings(const Reader& r, const Experiment& e, int sweep_line) {
         throw ConfigError(where + "timesteps learned with " + std::to_string(c.steps) + " steps needs schedule.levels > " +
                           std::to_string(c.steps));
       if (sample::uses_dp_schedule(c)) {
-        if (c.steps > e.schedule.dp.levels)
-          throw ConfigError(where + "timesteps dp with " + std::to_string(c.steps) + " steps needs schedule.dp.levels >= " +
-                            std::to_string(c.steps));
+        if (const int max_steps = sample::dp_max_steps(schedule, e.schedule.dp.levels); c.steps > max_steps)
+          throw ConfigError(where + "timesteps dp with " + std::to_string(c.steps) +
+                            " steps needs as many candidate times; schedule.dp.levels = " +
+                            std::to_string(e.schedule.dp.levels) + " keeps " + std::to_string(max_steps) + " (raise it)");
         if (sample::find_sampler(c.sampler).stochastic || c.eta != 0)
           throw ConfigError(where + "timesteps dp needs a deterministic sampler (dp grids follow the ODE's trajectories)");
       }

@@ -37,6 +37,10 @@ std::vector<double> dp_candidate_levels(const NoiseSchedule& schedule, int count
   return levels;
 }
 
+int dp_max_steps(const NoiseSchedule& schedule, int levels) {
+  return static_cast<int>(dp_candidate_levels(schedule, levels).size());
+}
+
 std::vector<int> cheapest_path(const std::vector<std::vector<double>>& cost, int jumps) {
   const int n = static_cast<int>(cost.size());
   if (jumps < 1 || jumps > n - 1)
@@ -140,8 +144,11 @@ DpSchedule dp_schedule(const EpsModel& model, const NoiseSchedule& schedule, con
                       (options.eta != 0 ? " with eta = " + std::to_string(options.eta) : "") + " is stochastic");
   if (o.substeps < 1 || o.samples < 1 || o.batch < 1 || o.search_samples < 1)
     throw ConfigError("dp: substeps, samples, search samples and batch must be positive");
+  const int max_steps = dp_max_steps(schedule, o.levels);
   for (int s : steps)
-    if (s < 1 || s > o.levels) throw ConfigError("dp: steps = " + std::to_string(s) + " needs levels >= steps");
+    if (s < 1 || s > max_steps)
+      throw ConfigError("dp: " + std::to_string(s) + " steps need as many candidate times; levels = " +
+                        std::to_string(o.levels) + " keeps " + std::to_string(max_steps) + " (raise levels)");
   const auto& read = sampler.options;
   if (options.clip_denoised && std::find(read.begin(), read.end(), "clip_denoised") != read.end())
     spdlog::warn("dp: the reference is the probability-flow ODE, which {} with clip_denoised does not follow: the "

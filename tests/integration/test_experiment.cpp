@@ -274,7 +274,13 @@ TEST_F(Experiment, BadFilesFailBeforeAnyWork) {
   expect_bad("baseline: base\nsample:\n  batch: 8\nsweep:\n  sampler: [ddim, deis]",
              "baseline: base\nschedule: {dp: {levels: 3}}\nsample:\n  batch: 8\nsweep:\n  sampler: [ddim, deis]\n"
              "  timesteps: [dp]",
-             "timesteps dp with 4 steps needs schedule.dp.levels >= 4");
+             "timesteps dp with 4 steps needs as many candidate times; schedule.dp.levels = 3 keeps 2");
+  // 5 levels keep 3 candidate times (the two halves share both ends): 4 steps used to pass this
+  // check and fail after the reference pass (in `s2dm run`: after training).
+  expect_bad("baseline: base\nsample:\n  batch: 8\nsweep:\n  sampler: [ddim, deis]",
+             "baseline: base\nschedule: {dp: {levels: 5}}\nsample:\n  batch: 8\nsweep:\n  sampler: [ddim, deis]\n"
+             "  timesteps: [dp]",
+             "schedule.dp.levels = 5 keeps 3");
   expect_bad("baseline: base", "baseline: base\nschedule: {dp: {level: 2}}", "schedule.dp.level");
   expect_bad("baseline: base", "baseline: base\ntune_skip: {range: [-0.5, 1]}", "expected [lo, hi] with 0 <= lo < hi");
   // Counts have the bounds they have everywhere (threads: 100000 used to start 100000 threads).

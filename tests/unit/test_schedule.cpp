@@ -345,6 +345,31 @@ TEST(DpSchedule, CheapestPathMatchesBruteForce) {
   EXPECT_LT(levels[5], 5.0);  // dense where the noise is small (log-SNR half)
 }
 
+TEST(DpSchedule, StepCountsAreCheckedAgainstTheCandidatesKeptBeforeAnyWork) {
+  // Both halves of the candidates share the two ends: 10 levels keep at most 8 times, and a grid
+  // of S steps needs S of them. S = levels - 1 or levels used to pass the check and fail after
+  // the reference pass.
+  s2dm::testing::Gaussian g{0.3, 0.5, &linear()};
+  int64_t calls = 0;
+  EpsModel counted = [&](const torch::Tensor& x, const torch::Tensor& t) { ++calls; return g.model()(x, t); };
+  DpOptions o;
+  o.levels = 10;
+  o.samples = 2;
+  o.search_samples = 2;
+  o.show_progress = false;
+  const int max_steps = dp_max_steps(linear(), o.levels);
+  EXPECT_EQ(max_steps, static_cast<int>(dp_candidate_levels(linear(), o.levels).size()));
+  EXPECT_EQ(max_steps, o.levels - 2);
+  SampleConfig config;
+  for (int S : {max_steps + 1, o.levels - 1, o.levels, 0}) {
+    EXPECT_THROW(dp_schedule(counted, linear(), config, {1, 2, 2}, {1, S}, o, torch::kCPU), ConfigError) << S;
+    EXPECT_EQ(calls, 0) << S;
+  }
+  const auto dp = dp_schedule(counted, linear(), config, {1, 2, 2}, {1, max_steps}, o, torch::kCPU);
+  EXPECT_EQ(dp.grids.at(1).size(), 1u);
+  EXPECT_EQ(dp.grids.at(max_steps).size(), static_cast<size_t>(max_steps));
+}
+
 TEST(DpSchedule, BeatsEveryHandMadeGridOnTheGaussianOracle) {
   // Gaussian data, exact ε: the probability-flow ODE's end point is known in closed form. The dp
   // grid, found from the model's own trajectories, must end nearer to it than the uniform,

@@ -27,7 +27,7 @@
 namespace s2dm::sample {
 
 struct DpOptions {
-  int levels = 100;             // candidate times from 0 to T-1: half uniform in t, half in log-SNR
+  int levels = 100;             // candidate times asked for (dp_candidate_levels keeps at most levels - 2)
   int substeps = 4;             // reference solver steps per candidate interval
   int64_t samples = 64;         // reference trajectories for the jump costs
   int64_t search_samples = 32;  // of them, the ones the coordinate search runs the sampler on
@@ -45,9 +45,14 @@ struct DpSchedule {
   int64_t nfe = 0;                     // network evaluations spent
 };
 
-// The candidate levels: `count` increasing times from 0 to T-1, half uniform in t and half uniform
-// in log-SNR (dense where the noise is small), merged and kept at least 0.25 apart.
+// The candidate levels: at most `count` - 2 increasing times from 0 to T-1, half uniform in t and
+// half uniform in log-SNR (dense where the noise is small; the two halves share both ends),
+// merged and kept at least 0.25 apart.
 std::vector<double> dp_candidate_levels(const NoiseSchedule& schedule, int count);
+
+// The most steps a dp grid over `levels` requested candidates can have: one evaluation per
+// candidate kept. Check a step count against it before any work.
+int dp_max_steps(const NoiseSchedule& schedule, int levels);
 
 // The cheapest path of `jumps` jumps from the last candidate to the first, where cost[i][j]
 // (i > j) is the cost of jumping from candidate i to candidate j. Returns candidate indices,
