@@ -68,7 +68,9 @@ check "the table compares s2dm with the reference ($ours / 10.0 = $ratio)" \
   grep -Fq "| train cifar10 b2 fp32 | PyTorch eager | $ours | 10.0 | $ratio |" "$out/figures.md"
 check "the Fashion-MNIST run measured an FD" grep -Eq '^\| fmnist: FD.* \| s2dm \| [0-9.]+ \| - \|$' "$out/figures.md"
 check "the Fashion-MNIST run left its samples" [ -s "$out/fmnist/grid.png" ]
-check "the GPU tests ran (skipped on the CPU)" grep -Fq 'passed 0, skipped 4, failed 0' "$out/figures.md"
+counts=$(grep -o 'passed [0-9]*, skipped [0-9]*, failed [0-9]*' "$out/figures.md")
+check "the GPU tests ran, none failed (on the CPU all skip but fused Adam on LibTorch 2.x): $counts" \
+  awk -v c="$counts" 'BEGIN { split(c, w, /[ ,]+/); exit !(w[2] + w[4] == 4 && w[6] == 0) }'
 check "the table shows a feature's gain" grep -Eq '^\| train cifar10 b2 fp32 \| s2dm, fused-adam off \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|' "$out/figures.md"
 check "the steps' table closes the figures" grep -Fq '| torch_compile_eval | failed with exit 3 |' "$out/figures.md"
 
