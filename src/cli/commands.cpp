@@ -308,7 +308,7 @@ int sample(int argc, char** argv) {
   const torch::Device device = resolve_device(config.device);
   const model::LoadedModel loaded(source, device);
   auto generated = sample::generate(loaded.eps(config.sample.skip_tuning), schedule, config.sample, shape, device,
-                                    config.seed, config.sample.num, noise, true, learned);
+                                    {config.seed, 0, config.sample.num, noise}, true, learned);
   // What produced these samples: first as incomplete, so that a folder left half-written is still
   // recognisably this command's output, then whole.
   const std::string settings = to_yaml(config);

@@ -1,7 +1,9 @@
 #include "s2dm/core/device.h"
 
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -43,6 +45,15 @@ torch::Device resolve_device(const std::string& name) {
     return device;
   }
   throw ConfigError("device = '" + name + "' is not one of auto, cpu, cuda, cuda:N");
+}
+
+torch::Device rank_device(const torch::Device& resolved, int local_rank, int visible_gpus) {
+  if (!resolved.is_cuda()) return resolved;
+  return {torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank % std::max(1, visible_gpus))};
+}
+
+void make_current(const torch::Device& device) {
+  if (device.is_cuda()) c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(device);
 }
 
 void use_fast_cuda_math(bool fast) {

@@ -96,7 +96,6 @@ struct Collectives {
   virtual c10::intrusive_ptr<c10d::Work> broadcast(std::vector<at::Tensor>& t, const c10d::BroadcastOptions& o) = 0;
   virtual c10::intrusive_ptr<c10d::Work> all_gather(std::vector<std::vector<at::Tensor>>& out,
                                                     std::vector<at::Tensor>& in, const c10d::AllgatherOptions& o) = 0;
-  virtual c10::intrusive_ptr<c10d::Work> barrier(const c10d::BarrierOptions& o) = 0;
 };
 
 template <class Group>
@@ -112,7 +111,6 @@ struct GroupCollectives : Collectives {
                                             const c10d::AllgatherOptions& o) override {
     return group->allgather(out, in, o);
   }
-  c10::intrusive_ptr<c10d::Work> barrier(const c10d::BarrierOptions& o) override { return group->barrier(o); }
   c10::intrusive_ptr<Group> group;
 };
 
@@ -122,6 +120,7 @@ struct ProcessGroup::Impl {
   std::chrono::milliseconds timeout;
   c10::intrusive_ptr<c10d::Store> store;
   std::unique_ptr<Collectives> group;
+  int64_t waits = 0;  // wait_for_all's calls so far (the same on every rank)
 
   std::string where() const { return launch.master_addr + ":" + std::to_string(launch.master_port); }
 
@@ -261,10 +260,13 @@ torch::Tensor ProcessGroup::all_gather(const torch::Tensor& tensor) {
   return torch::stack(output[0]);
 }
 
-void ProcessGroup::barrier(std::optional<std::chrono::milliseconds> timeout) {
-  c10d::BarrierOptions options;
-  if (timeout) options.timeout = *timeout;
-  impl_->run("a barrier", [&] { impl_->group->barrier(options)->wait(); });
+void ProcessGroup::wait_for_all(std::chrono::milliseconds timeout) {
+  auto& store = *impl_->store;
+  const std::string key = "wait/" + std::to_string(impl_->waits++) + "/";
+  impl_->run("a wait for every rank", [&] {
+    if (store.add(key + "arrived", 1) == size()) store.set(key + "done", std::vector<uint8_t>{1});
+    store.wait({key + "done"}, timeout);
+  });
 }
 
 void ProcessGroup::check_same(const std::string& what, const std::string& value) {

@@ -136,8 +136,9 @@ std::optional<SkipTuningConfig> tuned_skips(const Experiment& e, const Unit& u, 
             SampleConfig c = u.config;
             c.skip_tuning = skips;
             c.skip_tuning.rho_bottom = rho;
-            const auto generated = sample::generate(loaded.eps(c.skip_tuning), schedule, c, shape, device, t.seed,
-                                                    t.proxy_samples, {}, false, learned, [&] { return stop.requested(); });
+            const auto generated = sample::generate(loaded.eps(c.skip_tuning), schedule, c, shape, device,
+                                                    {t.seed, 0, t.proxy_samples, {}}, false, learned,
+                                                    [&] { return stop.requested(); });
             if (!generated.complete) throw Stopped{};
             const auto features = eval::feature_set(measurer.extractor(), data::to_uint8(generated.samples),
                                                     e.metric.batch, device, false);
@@ -177,8 +178,9 @@ bool run_unit(const Experiment& e, Unit& u, const model::LoadedModel& loaded, co
   json sample_info;
   if (!u.has_samples) {
     const std::vector<int64_t> shape{m.config.data.channels, m.config.data.image_size, m.config.data.image_size};
-    auto generated = sample::generate(loaded.eps(u.config.skip_tuning), schedule, u.config, shape, device, u.seed,
-                                      e.metric.num_samples, {}, true, learned, [&] { return stop.requested(); });
+    auto generated = sample::generate(loaded.eps(u.config.skip_tuning), schedule, u.config, shape, device,
+                                      {u.seed, 0, e.metric.num_samples, {}}, true, learned,
+                                      [&] { return stop.requested(); });
     if (!generated.complete) return false;
     sample::write_samples(u.dir, generated.samples, false);
     sample_info = {{"model", m.name},     {"setting", u.setting->label()}, {"seed", u.seed},

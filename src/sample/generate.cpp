@@ -80,9 +80,10 @@ SamplingPlan plan_sampling(const SampleConfig& c, const NoiseSchedule& schedule,
 }
 
 Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& config,
-                   const std::vector<int64_t>& shape, const torch::Device& device, uint64_t seed, int64_t num,
-                   const torch::Tensor& noise, bool show_progress, const LearnedSchedule& learned,
-                   const std::function<bool()>& stop) {
+                   const std::vector<int64_t>& shape, const torch::Device& device, const Draw& draw,
+                   bool show_progress, const LearnedSchedule& learned, const std::function<bool()>& stop) {
+  const torch::Tensor& noise = draw.noise;
+  int64_t num = draw.num;
   const SamplingPlan plan = plan_sampling(config, schedule, learned);
   if (!plan.warning.empty()) spdlog::warn("{}", plan.warning);
   if (noise.defined()) {
@@ -106,10 +107,11 @@ Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const S
   auto start = std::chrono::steady_clock::now();
   for (int64_t first = 0; first < num; first += config.batch) {
     int64_t count = std::min<int64_t>(config.batch, num - first);
-    auto x = noise.defined() ? noise.slice(0, first, first + count) : initial_noise(first, count, shape, seed);
+    auto x = noise.defined() ? noise.slice(0, first, first + count)
+                             : initial_noise(draw.first + first, count, shape, draw.seed);
     SamplerOptions options = plan.options;
-    options.noise_seed = seed * 7919ull;
-    options.first_image = first;
+    options.noise_seed = draw.seed * 7919ull;
+    options.first_image = draw.first + first;
     SampleRun run;
     try {
       run = run_sampler(*plan.sampler, checked, x.to(device, torch::kFloat32), plan.grid, options);

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -62,6 +63,10 @@ class TrainingStreamGuard {
   torch::Device device_;
   NamedTensors saved_;
 };
+
+// Steps between the ranks' agreements on a stop (README: a signal stops a group of ranks within
+// this many steps).
+constexpr int64_t kStopCheckSteps = 10;
 
 // A signal arrived while the EMA model was sampling (a grid, an evaluation): on every rank.
 struct SamplingInterrupted {};
@@ -313,7 +318,10 @@ Trainer::Trainer(Config config, std::string run_dir, bool resuming, dist::Proces
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
   set_cpu_threads(config_.threads > 0 || !group_ ? config_.threads : std::max(1, cores / group_->local_size()));
   device_ = resolve_device(config_.device);
-  if (group_ && device_.is_cuda()) device_ = torch::Device(torch::kCUDA, group_->local_rank());  // one GPU per rank
+  if (group_ && device_.is_cuda()) {  // one GPU per rank
+    device_ = rank_device(device_, group_->local_rank(), static_cast<int>(torch::cuda::device_count()));
+    make_current(device_);
+  }
   autocast_ = model::bf16_autocast(config_, device_);
   torch::manual_seed(config_.seed);
   spdlog::info("run {}: {} on {} ({} threads{})", run_dir_, resuming ? "resuming" : "training", device_.str(),
@@ -404,6 +412,9 @@ void Trainer::write_checkpoint() {
     ckpt.extra["owed"] = std::string(owed_.grid ? "grid " : "") + (owed_.evaluation ? "evaluation" : "");
   if (online_) ckpt.schedule = online_->state();
   write_rotated_checkpoint(run_dir_, ckpt, tc_.keep_last);
+  // A slow file system, as tests simulate it (the other ranks must wait, whatever their timeout).
+  if (const char* delay = std::getenv("S2DM_TEST_CHECKPOINT_DELAY"))
+    std::this_thread::sleep_for(std::chrono::duration<double>(std::atof(delay)));
 }
 
 // EMA samples [0, num) of `seed` for grids and evaluations; a learned grid that is not ready yet
@@ -415,18 +426,18 @@ sample::Generated Trainer::ema_samples(uint64_t seed, int64_t num) const {
   if (online_ && online_->has_schedule()) learned.state = online_->state();
   learned.uniform_until_ready = true;
   const std::vector<int64_t> shape{config_.data.channels, config_.data.image_size, config_.data.image_size};
-  auto generate = [&](int64_t count, const torch::Tensor& noise) {
+  auto generate = [&](int64_t first, int64_t count) {
     return sample::generate(model::unet_eps_model(ema_, autocast_, config_.sample.skip_tuning), schedule_,
-                            config_.sample, shape, device_, seed, count, noise, false, learned,
+                            config_.sample, shape, device_, {seed, first, count, {}}, false, learned,
                             [this] { return signals_ && signals_->requested(); });
   };
   if (!group_) {
-    auto all = generate(num, {});
+    auto all = generate(0, num);
     if (!all.complete) throw SamplingInterrupted{};
     return all;
   }
   const int64_t share = (num + group_->size() - 1) / group_->size();  // (the last share padded)
-  auto mine = generate(share, sample::initial_noise(group_->rank() * share, share, shape, seed));
+  auto mine = generate(group_->rank() * share, share);
   // Every rank learns whether some rank stopped before any rank waits for the others' images.
   if (on_some_rank({!mine.complete})[0]) throw SamplingInterrupted{};
   mine.samples = group_->all_gather(mine.samples.to(device_)).flatten(0, 1).slice(0, 0, num).cpu();
@@ -435,9 +446,10 @@ sample::Generated Trainer::ema_samples(uint64_t seed, int64_t num) const {
 
 // Rank 0's own work (writing a checkpoint, measuring FD) may outlast train.distributed.timeout,
 // which bounds waiting for a peer that is alive but silent: the others wait for it here, up to a
-// day. (A rank that dies is still noticed at once: its connections close.)
+// day. (Rank 0 dying is noticed at once: the store's connection closes; its launcher stops the
+// group when any other rank dies.)
 void Trainer::wait_for_rank0() {
-  if (group_ && group_->size() > 1) group_->barrier(std::chrono::hours(24));
+  if (group_ && group_->size() > 1) group_->wait_for_all(std::chrono::hours(24));
 }
 
 void Trainer::sample_grid() {
@@ -472,15 +484,17 @@ void Trainer::settle_owed() {
   unet_->train();
 }
 
-// The UNet on a micro-batch. Under data parallelism dropout draws from a stream of its own per
-// (seed, step, micro-batch, rank): the ranks' masks are independent, and the training stream
-// (flips, timesteps, noises of the whole batch) stays the same on every rank.
+// The UNet on a micro-batch. Dropout draws from a stream of its own per (seed, step, micro-batch,
+// rank), one process being rank 0 of 1: the ranks' masks are independent, and the training stream
+// (flips, timesteps, noises of the whole batch) is the same for one process and any number of
+// ranks, so a run may resume on another world size.
 torch::Tensor Trainer::forward(const torch::Tensor& x, const torch::Tensor& t, int micro) {
-  if (!group_ || config_.model.dropout == 0) return unet_->forward(x, t);
+  if (config_.model.dropout == 0) return unet_->forward(x, t);
   auto generator = compat::default_generator(device_);
   const auto training_stream = generator.get_state();
+  const auto rank = static_cast<uint64_t>(group_ ? group_->rank() : 0);
   generator.set_current_seed(config_.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step_ * 1024 + micro) * 4099 +
-                             static_cast<uint64_t>(group_->rank()) + 1);
+                             rank + 1);
   auto out = unet_->forward(x, t);
   generator.set_state(training_stream);
   return out;
@@ -553,8 +567,11 @@ double Trainer::training_seconds() const {
 }
 
 // A stop request (SIGINT/SIGTERM) or a spent time budget on any rank stops every rank at the same
-// step (the ranks' clocks differ a little).
+// step (the ranks' clocks differ a little). Ranks agree every kStopCheckSteps steps only: agreeing
+// reads an all-reduce on the host, which at every step would keep the CPU from running ahead of
+// the GPU. One process checks every step.
 Trainer::Stop Trainer::stop_agreed() const {
+  if (group_ && group_->size() > 1 && step_ % kStopCheckSteps != 0) return {};
   const auto agreed = on_some_rank(
       {signals_->requested(), tc_.max_minutes > 0 && training_seconds() >= 60 * tc_.max_minutes});
   return {agreed[0], agreed[1]};

@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include "s2dm/core/config.h"
+#include "s2dm/core/device.h"
 #include "s2dm/core/errors.h"
 #include "../test_util.h"
 
@@ -242,4 +243,17 @@ TEST(Config, ErrorsFromASetNameTheSetNotTheFile) {
   // A file's own unknown key is still the file's.
   msg = error_of("train:\n  lr: 0.1\nbogus: 1\n", {"train.lr=0.2"});
   EXPECT_EQ(msg.rfind("cfg.yaml:3: unknown key 'bogus'", 0), 0u) << msg;
+}
+
+TEST(Device, EachRankTakesAGpuItSees) {
+  // Each rank of a machine takes its own GPU where all are visible; where each task sees one GPU
+  // (SLURM's per-task CUDA_VISIBLE_DEVICES), every rank's is GPU 0 (cuda:LOCAL_RANK named GPUs
+  // that do not exist there); the CPU stays the CPU.
+  const torch::Device cuda(torch::kCUDA), cpu(torch::kCPU);
+  EXPECT_EQ(s2dm::rank_device(cuda, 3, 8), torch::Device(torch::kCUDA, 3));
+  EXPECT_EQ(s2dm::rank_device(cuda, 3, 1), torch::Device(torch::kCUDA, 0));
+  EXPECT_EQ(s2dm::rank_device(torch::Device(torch::kCUDA, 5), 1, 4), torch::Device(torch::kCUDA, 1));
+  EXPECT_EQ(s2dm::rank_device(cuda, 5, 4), torch::Device(torch::kCUDA, 1));
+  EXPECT_EQ(s2dm::rank_device(cpu, 3, 0), cpu);
+  EXPECT_NO_THROW(s2dm::make_current(cpu));
 }

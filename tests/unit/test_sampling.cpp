@@ -356,23 +356,29 @@ TEST(Generate, SeededNoiseIndependentOfBatching) {
   SampleConfig sc;
   sc.steps = 5;
   sc.batch = 2;
-  auto a = generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, 3, 5, {}, false);
+  auto a = generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, {3, 0, 5, {}}, false);
   sc.batch = 5;
-  auto b = generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, 3, 5, {}, false);
+  auto b = generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, {3, 0, 5, {}}, false);
   EXPECT_TRUE(torch::allclose(a.samples, b.samples));
   EXPECT_EQ(a.samples.size(0), 5);
   EXPECT_EQ(a.nfe, 5);
   // Stochastic samplers too: each image draws its noise from a generator of its own.
   sc.eta = 0.5;
   sc.batch = 2;
-  a = generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, 3, 5, {}, false);
+  a = generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, {3, 0, 5, {}}, false);
   sc.batch = 5;
-  b = generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, 3, 5, {}, false);
+  b = generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, {3, 0, 5, {}}, false);
   EXPECT_TRUE(torch::allclose(a.samples, b.samples));
+  // A share [2, 5) of the draw (a rank's) is those images of the whole: x_T and step noises alike.
+  auto share = generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, {3, 2, 3, {}}, false);
+  EXPECT_TRUE(torch::allclose(share.samples, b.samples.slice(0, 2)));
+  auto x_t = initial_noise(2, 3, {1, 4, 4}, 3);
+  share = generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, {3, 2, 0, x_t}, false);
+  EXPECT_TRUE(torch::allclose(share.samples, b.samples.slice(0, 2)));
   sc.eta = 0;
   sc.sampler = "plms";
-  EXPECT_EQ(generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, 3, 2, {}, false).nfe, 6);
-  EXPECT_THROW(generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, 3, 0, {}, false), ConfigError);
+  EXPECT_EQ(generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, {3, 0, 2, {}}, false).nfe, 6);
+  EXPECT_THROW(generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, {3, 0, 0, {}}, false), ConfigError);
 }
 
 TEST(Generate, AStopRequestEndsTheSamplingAtTheNextNetworkEvaluation) {
@@ -387,14 +393,14 @@ TEST(Generate, AStopRequestEndsTheSamplingAtTheNextNetworkEvaluation) {
   SampleConfig sc;
   sc.steps = 1000;
   sc.batch = 4;
-  auto out = generate(counted, linear(), sc, {1, 2, 2}, torch::kCPU, 0, 8, {}, false, {},
+  auto out = generate(counted, linear(), sc, {1, 2, 2}, torch::kCPU, {0, 0, 8, {}}, false, {},
                       [&] { return evaluations >= 10; });
   EXPECT_FALSE(out.complete);
   EXPECT_EQ(evaluations, 10);
   EXPECT_EQ(out.samples.size(0), 0);
   evaluations = 0;
   sc.steps = 5;
-  out = generate(counted, linear(), sc, {1, 2, 2}, torch::kCPU, 0, 8, {}, false, {}, [] { return false; });
+  out = generate(counted, linear(), sc, {1, 2, 2}, torch::kCPU, {0, 0, 8, {}}, false, {}, [] { return false; });
   EXPECT_TRUE(out.complete);
   EXPECT_EQ(evaluations, 10);  // two batches of five steps
 }

@@ -11,6 +11,15 @@ namespace s2dm {
 // turns on use_fast_cuda_math.
 torch::Device resolve_device(const std::string& name);
 
+// The device of rank `local_rank` on its machine: `resolved` itself on the CPU; on CUDA the GPU
+// local_rank modulo the GPUs visible to the process (each rank its own GPU where the machine's
+// GPUs are visible to all; GPU 0 where each task sees one, as SLURM's per-task
+// CUDA_VISIBLE_DEVICES gives it).
+torch::Device rank_device(const torch::Device& resolved, int local_rank, int visible_gpus);
+// Makes a CUDA device the current one (NCCL's communicators and new CUDA streams use it); no
+// effect on the CPU.
+void make_current(const torch::Device& device);
+
 // CUDA math for training and sampling: TF32 tensor cores in matmuls and convolutions (fp32
 // range, 10-bit products, fp32 sums) and cuDNN's autotuner (shapes repeat, so tuning pays
 // once). FID features never use TF32 (compat::NoTf32). No effect on the CPU.

@@ -58,8 +58,11 @@ class ProcessGroup {
   void broadcast(std::vector<torch::Tensor>& tensors, int root = 0);
   // Every rank's `tensor` (the same shape on each), stacked in rank order.
   torch::Tensor all_gather(const torch::Tensor& tensor);
-  // Waits for every rank. `timeout` replaces the group's (for a wait on one rank's long work).
-  void barrier(std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+  // Waits, on the host, until every rank has called it, for up to `timeout` (not the group's):
+  // for one rank's long work (a checkpoint, FD). Through the store, because the backends' barriers
+  // keep the group's timeout whatever they are given (Gloo's runs under its context's timeout,
+  // NCCL's is an all-reduce under the watchdog's). A rank whose store host dies is told at once.
+  void wait_for_all(std::chrono::milliseconds timeout);
   // Throws ConfigError unless every rank gives the same `value` for `what` (compared through
   // the store, so ranks with different configs stop before their first collective).
   void check_same(const std::string& what, const std::string& value);

@@ -51,13 +51,23 @@ struct Generated {
   bool complete = true;   // false when `stop` ended it early (samples then holds fewer images)
 };
 
-// Samples `num` images with the sampler settings of `config`. `noise` (float32 NCHW, CPU), when
-// defined, replaces the seeded initial noise and sets the number of images. `stop`, when given,
-// is asked before every network evaluation whether to end early (the batch under way is dropped).
+// Which images to sample: images [first, first + num) of `seed`. Image i's x_T and a stochastic
+// sampler's step noises depend only on (seed, i), so a share [first, first + num) of a larger
+// draw (a rank's, under data parallelism) is those images of the whole. `noise` (float32 NCHW,
+// CPU), when defined, replaces their x_T and sets num.
+struct Draw {
+  uint64_t seed = 0;
+  int64_t first = 0;
+  int64_t num = 0;
+  torch::Tensor noise;
+};
+
+// Samples `draw` with the sampler settings of `config`. `stop`, when given, is asked before every
+// network evaluation whether to end early (the batch under way is dropped).
 Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& config,
-                   const std::vector<int64_t>& image_shape, const torch::Device& device, uint64_t seed,
-                   int64_t num, const torch::Tensor& noise = {}, bool show_progress = true,
-                   const LearnedSchedule& learned = {}, const std::function<bool()>& stop = {});
+                   const std::vector<int64_t>& image_shape, const torch::Device& device, const Draw& draw,
+                   bool show_progress = true, const LearnedSchedule& learned = {},
+                   const std::function<bool()>& stop = {});
 
 // s2dm sample's output folder: numbered PNGs, samples.npz, grid.png and sample.yaml, its record
 // (written before the images, marked incomplete, and again after them). check_sample_output throws
