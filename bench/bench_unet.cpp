@@ -168,12 +168,20 @@ void BM_InceptionFeatures(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * batch);
 }
 
-// The Fréchet distance of two 2048-d statistics (Cholesky + one symmetric eigendecomposition).
+// The Fréchet distance of two 2048-d statistics of state.range(0) samples each (fewer than 2048:
+// singular covariances), and as the reference one symmetric eigendecomposition of a 2048-d
+// covariance (the distance takes two, then one of the product's, at most 2048-d).
 void BM_Frechet2048(benchmark::State& state) {
   Setup s;
-  auto a = s2dm::eval::feature_stats(torch::randn({4096, 2048}, torch::kFloat64));
-  auto b = s2dm::eval::feature_stats(torch::randn({4096, 2048}, torch::kFloat64) * 1.1 + 0.1);
+  const int64_t n = state.range(0);
+  auto a = s2dm::eval::feature_stats(torch::randn({n, 2048}, torch::kFloat64));
+  auto b = s2dm::eval::feature_stats(torch::randn({n, 2048}, torch::kFloat64) * 1.1 + 0.1);
   for (auto _ : state) benchmark::DoNotOptimize(s2dm::eval::frechet_distance(a, b));
+}
+void BM_Eigh2048(benchmark::State& state) {
+  Setup s;
+  auto a = s2dm::eval::feature_stats(torch::randn({4096, 2048}, torch::kFloat64));
+  for (auto _ : state) benchmark::DoNotOptimize(torch::linalg_eigh(a.sigma, "L"));
 }
 
 // The seconds a network's benchmark runs: S2DM_BENCH_MIN_TIME, else `fallback`.
@@ -185,7 +193,8 @@ double model_min_time(double fallback) {
 }  // namespace
 
 BENCHMARK(BM_InceptionFeatures)->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(model_min_time(5) / 5)->MinTime(model_min_time(5));
-BENCHMARK(BM_Frechet2048)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
+BENCHMARK(BM_Frechet2048)->Arg(1000)->Arg(4096)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
+BENCHMARK(BM_Eigh2048)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
 BENCHMARK(BM_SamplerStep)->DenseRange(0, 9)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_TrainStep)->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(model_min_time(10) / 5)->MinTime(model_min_time(10));
 BENCHMARK(BM_SampleEval)->Unit(benchmark::kMillisecond)->UseRealTime()->MinWarmUpTime(model_min_time(10) / 5)->MinTime(model_min_time(10));

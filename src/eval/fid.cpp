@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "s2dm/eval/classifier.h"
 #include "s2dm/core/compat.h"
@@ -32,6 +33,38 @@ FeatureStats feature_stats(const torch::Tensor& features) {
   return s;
 }
 
+namespace {
+
+// tr √(Σ₁Σ₂) for symmetric positive semi-definite Σ₁, Σ₂ [D, D] (float64): the sum of √ of the
+// eigenvalues of Σ₁Σ₂. With Σ₁ = V Λ Vᵀ kept to its numerically nonzero eigenvalues (rank r, by
+// NumPy's matrix_rank tolerance), these are the eigenvalues of the [r, r] matrix
+// K = Λ^½ Vᵀ Σ₂ V Λ^½, and zeros. Covariances of fewer samples than dimensions, the usual case for
+// FD of a few thousand samples in 2048-d, have r < D: the D - r eigenvalues that are 0 exactly
+// come out of a [D, D] product (√Σ₁ Σ₂ √Σ₁, or LᵀΣ₂L with Σ₁'s Cholesky factor) as ±1e-16 of its
+// norm, and their square roots, ~1e-8 each, took 7 digits of the distance; K has none of them.
+// The covariance of lower rank plays Σ₁ (the trace is symmetric in the two), so that K has full
+// rank in general.
+double trace_sqrt_product(const torch::Tensor& s1, const torch::Tensor& s2) {
+  auto sym = [](const torch::Tensor& m) { return (m + m.t()) / 2; };
+  auto [lambda1, v1] = torch::linalg_eigh(sym(s1), "L");
+  auto [lambda2, v2] = torch::linalg_eigh(sym(s2), "L");
+  auto nonzero = [](const torch::Tensor& lambda) {
+    const double tol = std::max(lambda.max().item<double>(), 0.0) * static_cast<double>(lambda.size(0)) *
+                       std::numeric_limits<double>::epsilon();
+    return lambda > tol;
+  };
+  auto kept1 = nonzero(lambda1), kept2 = nonzero(lambda2);
+  const bool first = kept1.sum().item<int64_t>() <= kept2.sum().item<int64_t>();
+  const auto& lambda = first ? lambda1 : lambda2;
+  const auto& kept = first ? kept1 : kept2;
+  if (kept.sum().item<int64_t>() == 0) return 0.0;
+  const auto root = (first ? v1 : v2).index({torch::indexing::Slice(), kept}) * lambda.index({kept}).sqrt();  // V Λ^½
+  const auto k = root.t().matmul(first ? s2 : s1).matmul(root);
+  return torch::linalg_eigvalsh(sym(k), "L").clamp_min(0).sqrt().sum().item<double>();
+}
+
+}  // namespace
+
 double frechet_distance(const FeatureStats& a, const FeatureStats& b) {
   if (a.mu.dim() != 1 || a.sigma.dim() != 2 || a.sigma.size(0) != a.mu.size(0) || a.sigma.size(1) != a.mu.size(0))
     throw DataError("malformed statistics: mu " + c10::str(a.mu.sizes()) + ", sigma " + c10::str(a.sigma.sizes()));
@@ -41,20 +74,7 @@ double frechet_distance(const FeatureStats& a, const FeatureStats& b) {
   auto s1 = a.sigma.to(torch::kFloat64), s2 = b.sigma.to(torch::kFloat64);
   for (const auto* t : {&mu1, &mu2, &s1, &s2})
     if (!torch::isfinite(*t).all().item<bool>()) throw DataError("statistics contain NaN or Inf");
-  // tr √(Σ₁Σ₂) is the sum of √ of the eigenvalues of Σ₁Σ₂, which are those of the symmetric
-  // positive semi-definite Lᵀ Σ₂ L for Σ₁ = L Lᵀ (Cholesky), or of √Σ₁ Σ₂ √Σ₁ when Σ₁ is singular.
-  auto sym = [](const torch::Tensor& m) { return (m + m.t()) / 2; };
-  auto [chol, info] = torch::linalg_cholesky_ex(sym(s1));
-  torch::Tensor m;
-  if (info.item<int>() == 0) {
-    m = chol.t().matmul(s2).matmul(chol);
-  } else {
-    auto [lambda1, v1] = torch::linalg_eigh(sym(s1), "L");
-    auto root1 = v1.matmul(torch::diag(lambda1.clamp_min(0).sqrt())).matmul(v1.t());
-    m = root1.matmul(s2).matmul(root1);
-  }
-  auto eig = torch::linalg_eigvalsh(sym(m), "L");
-  const double tr_covmean = eig.clamp_min(0).sqrt().sum().item<double>();
+  const double tr_covmean = trace_sqrt_product(s1, s2);
   const double diff = (mu1 - mu2).square().sum().item<double>();
   return diff + s1.trace().item<double>() + s2.trace().item<double>() - 2 * tr_covmean;
 }

@@ -145,6 +145,28 @@ TEST(Frechet, ClosedForms) {
   EXPECT_EQ(s.count, 10);
 }
 
+TEST(Frechet, RankDeficientCovariancesToFloat64Precision) {
+  // Fewer samples than dimensions (FD of a few hundred samples in Inception's 2048): Σ₁ and Σ₂
+  // are singular. A reference that needs no square root of them: with centred samples
+  // A₁, A₂ [n, d], Σᵢ = AᵢᵀAᵢ/(n-1), the nonzero eigenvalues of Σ₁Σ₂ are the squared singular
+  // values of A₁A₂ᵀ/(n-1), so tr √(Σ₁Σ₂) is that [n, n] matrix's nuclear norm.
+  torch::manual_seed(11);
+  for (const auto& [n, d] : {std::pair<int64_t, int64_t>{40, 128}, {150, 512}}) {
+    // Features with a spread of scales over a random basis, as a network's are; the second set
+    // shifted and partly correlated with the first's directions.
+    const auto basis = std::get<0>(torch::linalg_qr(torch::randn({d, d}, torch::kFloat64)));
+    const auto scales = torch::exp(torch::linspace(0, -6, d, torch::kFloat64));
+    const auto f1 = (torch::randn({n, d}, torch::kFloat64) * scales).matmul(basis);
+    const auto f2 = (torch::randn({n, d}, torch::kFloat64) * scales).matmul(basis) + 0.5 * f1 + 0.1;
+    const auto a = feature_stats(f1), b = feature_stats(f2);
+    const auto c1 = f1 - f1.mean(0), c2 = f2 - f2.mean(0);
+    const double tr_root = torch::linalg_svdvals(c1.matmul(c2.t())).sum().item<double>() / static_cast<double>(n - 1);
+    const double expected = (a.mu - b.mu).square().sum().item<double>() + a.sigma.trace().item<double>() +
+                            b.sigma.trace().item<double>() - 2 * tr_root;
+    EXPECT_LT(std::abs(frechet_distance(a, b) - expected) / expected, 1e-10) << n << " samples, " << d << "-d";
+  }
+}
+
 TEST(Frechet, MatchesScipyReference) {
   auto ref = load_npz(kFixtures + "fid_reference.npz");  // written compressed
   FeatureStats a{npy_tensor(ref.at("mu1")), npy_tensor(ref.at("sigma1"))};
