@@ -98,7 +98,7 @@ int schedule(int argc, char** argv) {
     std::cout << "wrote " << out << " (" << file.description() << ": " << steps.size() << " grids, "
               << file.levels.size() << " candidate levels, " << samples << " trajectories, " << file.nfe
               << " network evaluations) and " << plot << "\n";
-    for (const auto& [s, e] : file.end_error) std::cout << "  " << s << " steps: end-point RMS error " << e << "\n";
+    for (const auto& [s, e] : file.end_error) std::cout << "  " << s << " steps: end-point RMS error " << e << " (held-out trajectories)\n";
     std::cout << "use: s2dm sample --sampler " << file.sampler << " --timesteps learned:" << out << " --steps S\n";
     return 0;
   }

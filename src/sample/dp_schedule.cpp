@@ -5,12 +5,15 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include <yaml-cpp/yaml.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
 #include "s2dm/core/errors.h"
 #include "s2dm/core/progress.h"
+#include "s2dm/core/yaml_reader.h"
 #include "s2dm/sample/generate.h"
 #include "s2dm/sample/samplers.h"
 #include "s2dm/sample/timesteps.h"
@@ -114,24 +117,69 @@ Reference reference_trajectories(const EpsModel& model, const NoiseSchedule& sch
   return ref;
 }
 
-// cost[i][j], i > j: the RMS error of one first-order step from the reference state at level i
-// to level j, against the reference state at j.
+// The search's noise: a stream of its own, so that no trajectory starts where image i of sampling
+// seed `seed` does (initial_noise seeds image i's generator by seed·1000003 + i).
+torch::Tensor search_noise(int64_t count, const std::vector<int64_t>& image_shape, uint64_t seed) {
+  std::vector<int64_t> shape{count};
+  shape.insert(shape.end(), image_shape.begin(), image_shape.end());
+  auto gen = at::detail::createCPUGenerator(seed ^ 0xD1B54A32D192ED03ull);
+  return torch::randn(shape, gen, torch::kFloat32);
+}
+
+// One step of `sampler` from time `from` to `to`, from `x` whose ε there is `eps` (no network
+// evaluation). `elsewhere`, when given, tells whether the step asked for ε anywhere else (PNDM's
+// Runge-Kutta start does): its result then means nothing.
+torch::Tensor sampler_step(const SamplerInfo& sampler, const SamplerOptions& options, const NoiseSchedule& schedule,
+                           double from, double to, const torch::Tensor& x, const torch::Tensor& eps,
+                           bool* elsewhere = nullptr) {
+  const Grid grid{{from, to}, {schedule.alpha_bar(from), schedule.alpha_bar(to)}, &schedule};
+  int calls = 0;
+  const EpsModel known = [&](const torch::Tensor& at, const torch::Tensor& t) {
+    if (elsewhere) *elsewhere |= ++calls > 1 || t.flatten()[0].item<double>() != from || !torch::equal(at, x);
+    return eps;
+  };
+  return sampler.fn(known, x, grid, options, {});
+}
+
+// cost[i][j], i > j: the RMS error of the sampler's step (else DDIM's) from the reference state at
+// level i to level j, against the reference state at j.
 std::vector<std::vector<double>> jump_costs(const Reference& ref, const std::vector<double>& levels,
-                                            const NoiseSchedule& schedule) {
+                                            const NoiseSchedule& schedule, const SamplerInfo& sampler,
+                                            const SamplerOptions& options) {
   const int n_levels = static_cast<int>(levels.size());
   const double n = static_cast<double>(ref.states.size(1));
+  bool elsewhere = false;
+  sampler_step(sampler, options, schedule, levels[1], levels[0], ref.states[1], ref.eps[1], &elsewhere);
+  const bool own_step = !elsewhere;
+  if (!own_step) spdlog::info("dp: {}'s step evaluates the network between grid points; jumps are costed by DDIM's", sampler.name);
   std::vector<std::vector<double>> cost(n_levels, std::vector<double>(n_levels, 0.0));
   for (int i = 1; i < n_levels; ++i) {
     const double a = schedule.alpha_bar(levels[i]);
     for (int j = 0; j < i; ++j) {
-      auto error = transfer(ref.states[i], ref.eps[i], a, schedule.alpha_bar(levels[j])) - ref.states[j];
-      cost[i][j] = std::sqrt(error.square().sum().item<double>() / n);
+      const auto step = own_step ? sampler_step(sampler, options, schedule, levels[i], levels[j], ref.states[i], ref.eps[i])
+                                 : transfer(ref.states[i], ref.eps[i], a, schedule.alpha_bar(levels[j]));
+      cost[i][j] = std::sqrt((step - ref.states[j]).square().sum().item<double>() / n);
     }
   }
   return cost;
 }
 
 }  // namespace
+
+std::map<std::string, std::string> dp_search_settings(const SampleConfig& sampling) {
+  const SamplerInfo& sampler = find_sampler(sampling.sampler);
+  Config config;
+  config.sample = sampling;
+  if (sampler.max_order >= 0 && sampling.order < 0) config.sample.order = sampler.default_order;
+  const YAML::Node sample = YAML::Load(to_yaml(config))["sample"];
+  std::map<std::string, std::string> out{{"sampler", sampler.name}};
+  std::vector<std::string> keys = sampler.options;
+  if (sampler.max_order >= 0) keys.push_back("order");
+  keys.push_back("final_alpha");
+  for (const auto& key : keys) out[key] = YamlReader::flow(sample[key]);
+  out["skip_tuning"] = sampling.skip_tuning.active() ? YamlReader::flow(sample["skip_tuning"]) : "off";
+  return out;
+}
 
 DpSchedule dp_schedule(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& sampling,
                        const std::vector<int64_t>& image_shape, const std::vector<int>& steps, const DpOptions& o,
@@ -160,33 +208,37 @@ DpSchedule dp_schedule(const EpsModel& model, const NoiseSchedule& schedule, con
 
   DpSchedule out;
   out.levels = dp_candidate_levels(schedule, o.levels);
-  auto noise = initial_noise(0, o.samples, image_shape, o.seed);
-  const auto ref = reference_trajectories(model, schedule, noise, out.levels, o, sampling.final_alpha, device, out.nfe);
-  const auto cost = jump_costs(ref, out.levels, schedule);
+  // Trajectories [0, samples) for the costs (the first search_samples also for the search), then
+  // the held-out ones.
+  const int64_t holdout = std::max<int64_t>(o.holdout, 1);
+  auto noise = search_noise(o.samples + holdout, image_shape, o.seed);
+  auto ref = reference_trajectories(model, schedule, noise, out.levels, o, sampling.final_alpha, device, out.nfe);
+  const Reference fitted{ref.states.slice(1, 0, o.samples), ref.eps.slice(1, 0, o.samples), ref.end.slice(0, 0, o.samples)};
+  const auto cost = jump_costs(fitted, out.levels, schedule, sampler, options);
   for (size_t k = 0; k + 1 < out.levels.size(); ++k) out.step_error.push_back(cost[k + 1][k]);
 
-  // The full sampler's RMS end-point error on a grid of candidate indices (decreasing).
-  const int64_t m = std::min(o.search_samples, o.samples);
-  auto search_noise = noise.slice(0, 0, m), search_end = ref.end.slice(0, 0, m);
-  auto end_error = [&](const std::vector<int>& path) {
+  // The full sampler's RMS end-point error on a grid of candidate indices (decreasing), over the
+  // trajectories [first, first + count).
+  auto end_error = [&](const std::vector<int>& path, int64_t first_trajectory, int64_t trajectories) {
     std::vector<double> ts;
     for (int k : path) ts.push_back(out.levels[k]);
     const Grid grid = make_grid(ts, schedule, sampling.final_alpha);
     double sum = 0;
-    for (int64_t first = 0; first < m; first += o.batch) {
-      const int64_t count = std::min(o.batch, m - first);
-      auto run = run_sampler(sampler, model, search_noise.slice(0, first, first + count).to(device), grid, options);
+    for (int64_t first = first_trajectory; first < first_trajectory + trajectories; first += o.batch) {
+      const int64_t count = std::min(o.batch, first_trajectory + trajectories - first);
+      auto run = run_sampler(sampler, model, noise.slice(0, first, first + count).to(device), grid, options);
       out.nfe += run.nfe * count;
       auto x = run.x.reshape({count, -1}).to(torch::kCPU, torch::kFloat64);
-      sum += (x - search_end.slice(0, first, first + count)).square().sum().item<double>();
+      sum += (x - ref.end.slice(0, first, first + count)).square().sum().item<double>();
     }
-    return std::sqrt(sum / static_cast<double>(m));
+    return std::sqrt(sum / static_cast<double>(trajectories));
   };
+  const int64_t m = std::min(o.search_samples, o.samples);
 
   const int top = static_cast<int>(out.levels.size()) - 1;
   for (int S : steps) {
     std::vector<int> path = S == 1 ? std::vector<int>{top} : cheapest_path(cost, S - 1);
-    double error = end_error(path);
+    double error = end_error(path, 0, m);
     Progress progress("dp search, " + std::to_string(S) + " steps", sweeps, "sweep");
     for (int sweep = 0; sweep < sweeps; ++sweep) {
       for (int delta : {4, 2, 1})
@@ -196,7 +248,7 @@ DpSchedule dp_schedule(const EpsModel& model, const NoiseSchedule& schedule, con
             if (moved <= path[p + 1] || moved >= path[p - 1]) continue;
             auto trial = path;
             trial[p] = moved;
-            const double e = end_error(trial);
+            const double e = end_error(trial, 0, m);
             if (e < error) path = std::move(trial), error = e;
           }
       if (o.show_progress) progress.update(sweep + 1);
@@ -204,7 +256,7 @@ DpSchedule dp_schedule(const EpsModel& model, const NoiseSchedule& schedule, con
     std::vector<double> ts;
     for (int k : path) ts.push_back(out.levels[k]);
     out.grids[S] = ts;
-    out.end_error[S] = error;
+    out.end_error[S] = end_error(path, o.samples, holdout);
   }
   return out;
 }

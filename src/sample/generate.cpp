@@ -59,10 +59,8 @@ SamplingPlan plan_sampling(const SampleConfig& c, const NoiseSchedule& schedule,
     file = c.timesteps.substr(8);
     const auto schedule_file = read_schedule_file(file, schedule.num_timesteps());
     timesteps = schedule_file.grid(c.steps);
-    if (schedule_file.method == "dp" &&
-        (schedule_file.sampler != c.sampler || (schedule_file.order >= 0 && schedule_file.order != c.order)))
-      plan.warning = file + " holds grids searched for " + schedule_file.description() + ", used here with " + c.sampler +
-                     (c.order >= 0 ? " (order " + std::to_string(c.order) + ")" : "");
+    if (const auto mismatch = schedule_file.settings_mismatch(c); !mismatch.empty())
+      plan.warning = file + " holds grids searched for other sample settings: " + mismatch;
   } else {
     timesteps = make_timesteps(c.timesteps, c.steps, schedule, c.karras_rho);
     const auto& named = timestep_grids();

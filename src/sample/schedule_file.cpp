@@ -43,6 +43,10 @@ void write_schedule_file(const std::string& path, const ScheduleFile& f, int num
     write_list(out, ts);
     out << "\n";
   }
+  if (!f.settings.empty()) {
+    out << "settings:\n";
+    for (const auto& [key, value] : f.settings) out << "  " << key << ": " << value << "\n";
+  }
   if (!f.end_error.empty()) {
     out << "end_error:\n";
     for (const auto& [s, e] : f.end_error) out << "  " << s << ": " << e << "\n";
@@ -86,6 +90,8 @@ ScheduleFile read_schedule_file(const std::string& path, int num_timesteps) {
                           " times");
       f.timesteps[steps] = ts;  // (make_grid checks the times when a sampler uses them)
     }
+    if (const auto settings = root["settings"]; settings && settings.IsMap())
+      for (const auto& kv : settings) f.settings[kv.first.as<std::string>()] = YamlReader::flow(kv.second);
     if (root["levels"]) f.levels = root["levels"].as<std::vector<double>>();
     if (root["cost"]) f.cost = root["cost"].as<std::vector<double>>();
   } catch (const YAML::Exception& e) {
@@ -102,6 +108,23 @@ std::vector<double> ScheduleFile::grid(int steps) const {
     throw ConfigError(origin + ": no schedule for " + std::to_string(steps) + " steps (it has " + have + ")");
   }
   return it->second;
+}
+
+std::string ScheduleFile::settings_mismatch(const SampleConfig& sampling) const {
+  if (method != "dp") return "";
+  auto recorded = settings;
+  if (recorded.empty()) {  // (a file of an s2dm that recorded the sampler and its order only)
+    recorded["sampler"] = sampler;
+    if (order >= 0) recorded["order"] = std::to_string(order);
+  }
+  std::string out;
+  for (const auto& [key, here] : dp_search_settings(sampling)) {
+    const auto there = recorded.find(key);
+    if (there == recorded.end() || there->second == here) continue;  // (not recorded: unknown)
+    out += (out.empty() ? "" : "; ") + key + " " + there->second + " there, " + here + " here";
+    if (key == "sampler") break;  // (another sampler's options differ by name anyway)
+  }
+  return out;
 }
 
 std::string ScheduleFile::description() const {
@@ -167,7 +190,8 @@ ScheduleFile search_dp_schedule(const EpsModel& model, const NoiseSchedule& sche
   ScheduleFile file;
   file.method = "dp";
   file.sampler = sampling.sampler;
-  file.order = sampling.order;
+  file.settings = dp_search_settings(sampling);
+  if (const auto order = file.settings.find("order"); order != file.settings.end()) file.order = std::stoi(order->second);
   file.nfe = dp.nfe;
   file.timesteps = dp.grids;
   file.levels = dp.levels;

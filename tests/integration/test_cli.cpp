@@ -356,7 +356,8 @@ TEST_F(Cli, LearnedScheduleEndToEnd) {
   EXPECT_NE(r.output.find("5 steps: end-point RMS error"), std::string::npos) << r.output;
   EXPECT_TRUE(std::filesystem::exists(dir / "dp/d.png"));
   text = s2dm::testing::read_bytes(dir / "dp/d.yaml");
-  for (const char* key : {"method: dp", "sampler: deis", "order: 2", "  3: [999", "end_error:", "format: 2"})
+  for (const char* key : {"method: dp", "sampler: deis", "order: 2", "  3: [999", "end_error:", "format: 2", "settings:",
+                          "  final_alpha: one"})
     EXPECT_NE(text.find(key), std::string::npos) << key << " in " << text;
   const std::string sample = "sample --model-script " + fixtures + "gaussian_eps.pt --config " + kTiny +
                              " --num 2 --no-png --steps 5 --timesteps learned:" + (dir / "dp/d.yaml");
@@ -365,7 +366,11 @@ TEST_F(Cli, LearnedScheduleEndToEnd) {
   EXPECT_EQ(r.output.find("searched for"), std::string::npos) << r.output;
   r = run(sample + " --sampler ddim --out " + (dir / "dps2"));
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("searched for dp for deis (order 2), used here with ddim"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("searched for other sample settings: sampler deis there, ddim here"), std::string::npos)
+      << r.output;
+  r = run(sample + " --sampler deis --order 3 --out " + (dir / "dps3"));  // (the order is recorded and compared)
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("order 2 there, 3 here"), std::string::npos) << r.output;
   expect_user_error(run(dp + "--sampler ddpm --out " + (dir / "y.yaml")), "stochastic");
   expect_user_error(run(dp + "--data " + (dir / "data.yaml") + " --out " + (dir / "y.yaml")), "no --data");
   expect_user_error(run(base + "--data " + (dir / "data.yaml") + " --sampler deis --out " + (dir / "y.yaml")), "--method dp");

@@ -154,7 +154,8 @@ TEST(LearnedSchedule, InvariantsAndErrors) {
   EXPECT_EQ(plan_sampling(c, schedule, {{}, dir / "s.yaml", false}).grid.t, plan.grid.t);
   EXPECT_THROW(plan_sampling(c, schedule), ConfigError);  // no state, no file
   EXPECT_EQ(plan_sampling(c, schedule, {{}, "", true}).grid.t[1], make_timesteps("uniform", 10, schedule)[1]);
-  // A dp file names its sampler; using it with another one is allowed, with a warning.
+  // A dp file of an earlier s2dm names only its sampler and order; using it with another sampler
+  // is allowed, with a warning.
   file.method = "dp";
   file.sampler = "deis";
   file.order = 2;
@@ -166,7 +167,8 @@ TEST(LearnedSchedule, InvariantsAndErrors) {
   EXPECT_TRUE(plan_sampling(c, schedule).warning.empty());
   c.sampler = "ddim";
   c.order = -1;
-  EXPECT_NE(plan_sampling(c, schedule).warning.find("searched for dp for deis (order 2)"), std::string::npos)
+  EXPECT_NE(plan_sampling(c, schedule).warning.find("other sample settings: sampler deis there, ddim here"),
+            std::string::npos)
       << plan_sampling(c, schedule).warning;
 }
 
@@ -413,4 +415,124 @@ TEST(DpSchedule, BeatsEveryHandMadeGridOnTheGaussianOracle) {
                                   mine / best_other, "< 1");
     }
   }
+}
+
+TEST(DpSchedule, JumpsAreCostedByTheSamplersOwnStep) {
+  // Zero-mean Gaussian data: every state on a trajectory is c_t·z for its standard-normal z, and
+  // one step of a sampler from c_i·z gives d_ij·z, so a jump's cost is |d_ij - c_j|·RMS(z), the
+  // same RMS(z) for every jump. The costs of λ-DDIM's jumps relative to its largest are then
+  // |d_ij - c_j| relative to theirs, computed here from λ-DDIM's own step on the exact states.
+  // (Every jump used to be costed by DDIM's step, whose pattern differs.)
+  s2dm::testing::Gaussian g{0.0, 0.5, &linear()};
+  const std::vector<int64_t> shape{1, 2, 2};
+  DpOptions o;
+  o.levels = 12;
+  o.samples = 8;
+  o.search_samples = 2;
+  o.holdout = 2;
+  o.show_progress = false;
+  SampleConfig ddim, lambda = ddim;
+  lambda.sampler = "lambda-ddim";
+  lambda.lambda = 2.0;
+  const auto dp = dp_schedule(g.model(), linear(), lambda, shape, {3}, o, torch::kCPU);
+  const double aT = linear().alpha_bar(999);
+  const auto z = torch::ones({1, 1, 2, 2}, torch::kFloat64);
+  auto exact = [&](double t) { return g.solution(z, aT, linear().alpha_bar(t)); };
+  auto step_errors = [&](const SampleConfig& c) {
+    std::vector<double> out;
+    for (size_t k = 0; k + 1 < dp.levels.size(); ++k) {
+      const double from = dp.levels[k + 1], to = dp.levels[k];
+      const Grid grid{{from, to}, {linear().alpha_bar(from), linear().alpha_bar(to)}, &linear()};
+      const auto x = run_sampler(find_sampler(c.sampler), g.model(), exact(from), grid, sampler_options(c)).x;
+      out.push_back((x - exact(to)).abs().max().item<double>());
+    }
+    return out;
+  };
+  const auto own = step_errors(lambda), ddims = step_errors(ddim);
+  const size_t top = std::max_element(own.begin(), own.end()) - own.begin();
+  int compared = 0, unlike_ddim = 0;
+  double worst = 0;
+  for (size_t k = 0; k < own.size(); ++k) {
+    if (own[k] < 0.01 * own[top]) continue;  // (below the reference solver's own error)
+    ++compared;
+    const double expected = own[k] / own[top], measured = dp.step_error[k] / dp.step_error[top];
+    EXPECT_NEAR(measured, expected, 0.02 * expected) << "jump " << k + 1 << " -> " << k;
+    worst = std::max(worst, std::abs(measured - expected) / expected);
+    unlike_ddim += std::abs(ddims[k] / ddims[top] - expected) > 0.1 * expected;
+  }
+  EXPECT_GE(compared, 5);
+  EXPECT_GE(unlike_ddim, 3) << "λ = 2 should cost jumps unlike DDIM";
+  s2dm::testing::print_margin("dp: λ-DDIM jump costs against the closed form, worst relative gap", worst, "< 0.02");
+}
+
+TEST(DpSchedule, SearchesOnNoiseOfItsOwnAndReportsHeldOutErrors) {
+  // The trajectories start from none of the images that sampling with the search's seed draws,
+  // and `holdout` more trajectories than the costs use are integrated, for the errors reported.
+  s2dm::testing::Gaussian g{0.3, 0.5, &linear()};
+  const std::vector<int64_t> shape{1, 2, 2};
+  std::vector<torch::Tensor> starts;
+  EpsModel recording = [&](const torch::Tensor& x, const torch::Tensor& t) {
+    if (t.flatten()[0].item<double>() == 999.0)
+      for (int64_t i = 0; i < x.size(0); ++i) starts.push_back(x[i].to(torch::kFloat32).clone());
+    return g.model()(x, t);
+  };
+  DpOptions o;
+  o.levels = 10;
+  o.samples = 6;
+  o.search_samples = 3;
+  o.holdout = 4;
+  o.sweeps = 0;
+  o.show_progress = false;
+  const auto dp = dp_schedule(recording, linear(), SampleConfig{}, shape, {4}, o, torch::kCPU);
+  ASSERT_GT(dp.end_error.at(4), 0.0);
+  std::vector<torch::Tensor> distinct;
+  for (const auto& s : starts)
+    if (std::none_of(distinct.begin(), distinct.end(), [&](const torch::Tensor& d) { return torch::equal(d, s); }))
+      distinct.push_back(s);
+  EXPECT_EQ(distinct.size(), static_cast<size_t>(o.samples + o.holdout));
+  const auto sampling = initial_noise(0, 64, shape, o.seed);
+  for (const auto& s : distinct)
+    for (int64_t i = 0; i < sampling.size(0); ++i) EXPECT_FALSE(torch::allclose(s, sampling[i])) << "image " << i;
+}
+
+TEST(DpSchedule, FilesRecordEverySettingAndWarnOnAnyOther) {
+  s2dm::testing::Gaussian g{0.3, 0.5, &linear()};
+  s2dm::testing::TempDir dir;
+  DpOptions o;
+  o.levels = 8;
+  o.samples = 2;
+  o.search_samples = 2;
+  o.holdout = 1;
+  o.show_progress = false;
+  auto warning_for = [&](const SampleConfig& searched, const SampleConfig& used) {
+    const std::string path = dir / "dp.yaml";
+    search_dp_schedule(g.model(), linear(), searched, {1, 2, 2}, {3}, o, torch::kCPU, path);
+    SampleConfig c = used;
+    c.steps = 3;
+    c.timesteps = "learned:" + path;
+    return plan_sampling(c, linear()).warning;
+  };
+  SampleConfig lambda;
+  lambda.sampler = "lambda-ddim";
+  lambda.lambda = 0.5;
+  EXPECT_EQ(warning_for(lambda, lambda), "");
+  auto other = lambda;
+  other.lambda = 0;
+  EXPECT_NE(warning_for(lambda, other).find("lambda 0.5 there, 0.0 here"), std::string::npos) << warning_for(lambda, other);
+  other = lambda;
+  other.final_alpha = "first";
+  EXPECT_NE(warning_for(lambda, other).find("final_alpha one there, first here"), std::string::npos);
+  other = lambda;
+  other.skip_tuning.rho_bottom = 0.8;
+  EXPECT_NE(warning_for(lambda, other).find("skip_tuning off there"), std::string::npos);
+  // The default order is recorded as the order it is (DEIS: 3), and compared.
+  SampleConfig deis;
+  deis.sampler = "deis";
+  auto order3 = deis;
+  order3.order = 3;
+  EXPECT_EQ(warning_for(deis, order3), "");
+  auto order2 = deis;
+  order2.order = 2;
+  EXPECT_NE(warning_for(deis, order2).find("order 3 there, 2 here"), std::string::npos);
+  EXPECT_NE(read_schedule_file(dir / "dp.yaml", 1000).settings.count("order"), 0u);
 }

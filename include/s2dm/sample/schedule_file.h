@@ -24,8 +24,13 @@ struct ScheduleFile {
   int64_t nfe = 0;                               // network evaluations spent
   std::map<int, std::vector<double>> timesteps;  // S -> its grid
   std::vector<double> levels, cost;  // score: cost between neighbouring levels; dp: error of one-level jumps
-  std::map<int, double> end_error;   // dp: the sampler's RMS end-point error on each grid
+  std::map<int, double> end_error;   // dp: the sampler's RMS end-point error on each grid (held out)
+  std::map<std::string, std::string> settings;  // dp: dp_search_settings of the search
   std::string origin;                // the file read, for messages
+
+  // dp: how `sampling` differs from the settings the grids were searched for ("" when it does
+  // not), e.g. "lambda 0.5 there, 0 here".
+  std::string settings_mismatch(const SampleConfig& sampling) const;
 
   // The grid for S steps. Throws ConfigError naming the file when it holds none.
   std::vector<double> grid(int steps) const;
