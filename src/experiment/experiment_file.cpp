@@ -1,6 +1,8 @@
 // Reading an experiment file: its keys, the models, the sweep, the metric; every model × setting
 // is resolved here, so that a bad combination fails before any work.
 
+#include <fmt/format.h>
+
 #include <filesystem>
 #include <limits>
 #include <set>
@@ -98,7 +100,10 @@ void read_models(const Reader& r, const YAML::Node& node, Experiment& e) {
       } catch (const ConfigError& err) {
         r.fail(m, where + " ('" + spec.name + "'): " + err.what());
       }
-      spec.key = hash_key("train\n" + training_identity(spec.config));
+      // (A time budget decides how far the weights get: its units are its own, though a raised
+      // budget resumes the same run.)
+      const double budget = spec.config.train.max_minutes;
+      spec.key = hash_key("train\n" + training_identity(spec.config) + (budget > 0 ? fmt::format("budget {}", budget) : ""));
       const auto& data = spec.config.data;
       const std::string data_path = data.path.empty() ? data::default_path(data.dataset) : data.path;
       if (std::error_code ec; !fs::exists(data_path, ec))  // (a path it cannot look at: not there either)

@@ -26,7 +26,17 @@ std::string training_identity(Config c) {
   c.device = "auto";
   c.threads = 0;
   c.sample = SampleConfig{};
+  c.train.max_minutes = 0;
+  c.train.distributed = DistributedConfig{};
   return to_yaml(c);
+}
+
+std::vector<std::string> untracked_training_settings(const Config& c) {
+  const auto& t = c.train;
+  auto number = [](double v) { return fmt::format("{}", v); };
+  return {"train.max_minutes=" + number(t.max_minutes), "train.distributed.backend=" + t.distributed.backend,
+          "train.distributed.timeout=" + number(t.distributed.timeout),
+          "train.distributed.bucket_mb=" + number(t.distributed.bucket_mb)};
 }
 
 std::string file_identity(const std::string& path) {
@@ -59,6 +69,8 @@ TrainState train_state(const Experiment& e, const ModelSpec& m) {
     config.train.steps = wanted.train.steps;
     s.matches = training_identity(config) == training_identity(wanted) && ckpt.step <= wanted.train.steps;
     s.step = ckpt.step;
+    if (const auto it = ckpt.extra.find("train_seconds"); it != ckpt.extra.end() && wanted.train.max_minutes > 0)
+      s.budget_spent = std::stod(it->second) >= 60 * wanted.train.max_minutes;
   } catch (const Error& err) {
     spdlog::warn("{} (it will be trained again)", err.what());
   }
@@ -101,8 +113,9 @@ SampleConfig effective_settings(SampleConfig c) {
 namespace {
 
 // What a unit's grid file depends on besides the model and its step counts: the method and its
-// settings, and for dp the sampler settings the grid is searched for (Skip-Tuning included, as it
-// changes the model). Empty for grids that need no file.
+// settings, and for dp the sampler settings the grid is searched for (Skip-Tuning's given factors
+// included, as they change the model; skip_tuning: tuned searches ρ on the grid of the model
+// without it, run.cpp's tuned_skips says why). Empty for grids that need no file.
 std::string grid_family(const Experiment& e, const SampleConfig& config) {
   const auto& s = e.schedule;
   if (sample::uses_learned_schedule(config))
@@ -223,7 +236,8 @@ RunSummary show_plan(const Experiment& e, const Plan& plan, const torch::Device&
     if (!m.train_config.empty()) {
       const auto& state = plan.states.at(m.name);
       if (state.trained()) {
-        training = "trained (" + std::to_string(state.step) + " steps)";
+        training = "trained (" + std::to_string(state.step) + " steps" +
+                   (state.step < state.target ? ", train.max_minutes spent" : "") + ")";
       } else if (todo == 0) {
         training = "not needed (every unit done)";
       } else if (state.resumable()) {

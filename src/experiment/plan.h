@@ -15,8 +15,13 @@
 namespace s2dm::experiment {
 
 // What determines a model's weights, without the settings that do not (name, device, threads,
-// the sample section).
+// the sample section, train.distributed.*, which changes at most the order of float sums, and
+// the time budget train.max_minutes): a changed timeout keeps the model, a raised budget resumes
+// it (its units, keyed on the budget too, are sampled again).
 std::string training_identity(Config config);
+// The settings training_identity leaves out that a resumed run takes from the experiment rather
+// than from its checkpoint, as --set overrides.
+std::vector<std::string> untracked_training_settings(const Config& config);
 // A file's path, size and modification time: what a key depends on when it names a file.
 std::string file_identity(const std::string& path);
 
@@ -39,8 +44,10 @@ struct TrainState {
   std::string checkpoint;  // the newest checkpoint that loads
   bool matches = false;   // the checkpoint was trained with this config
   int64_t target = 0;      // the steps wanted
-  bool trained() const { return matches && step == target; }
-  bool resumable() const { return matches && step >= 0 && step < target; }
+  bool budget_spent = false;  // the wanted train.max_minutes was spent by the checkpoint's step
+  // Trained to the steps wanted, or as far as the time budget allowed (a finished run).
+  bool trained() const { return matches && (step == target || budget_spent); }
+  bool resumable() const { return matches && step >= 0 && !trained(); }
 };
 
 std::string model_dir(const Experiment& e, const ModelSpec& m);

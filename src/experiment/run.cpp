@@ -68,6 +68,7 @@ bool ensure_trained(const ModelSpec& m, const TrainState& state, RunSummary& sum
   if (state.resumable()) {
     topts.resume = true;
     topts.steps = m.config.train.steps;
+    topts.overrides = untracked_training_settings(m.config);  // (the checkpoint's may differ)
   } else {
     topts.overwrite = true;
     if (fs::exists(state.run_dir)) spdlog::info("{}: settings changed, training again", state.run_dir);
@@ -117,6 +118,9 @@ sample::LearnedSchedule grid_source(const Experiment& e, const Unit& u, const Gr
 // The Skip-Tuning of a unit with skip_tuning: tuned: its search's winner, searched when its file is
 // missing (tune_skip: ρ_bottom on the proxy, with common random numbers), written with the curve
 // and a plot of it beside. Nothing when `stop` ended the search (it starts again next time).
+// The order with a learned or dp grid: the grid first, for the model without Skip-Tuning (the
+// search needs a grid that does not move with ρ), then ρ on that grid, which the unit samples
+// with; searching the grid again for the tuned model would make ρ tuned for another grid.
 std::optional<SkipTuningConfig> tuned_skips(const Experiment& e, const Unit& u, const model::LoadedModel& loaded,
                                             const NoiseSchedule& schedule, const sample::LearnedSchedule& learned,
                                             Measurer& measurer, const torch::Device& device, const StopSignals& stop) {
@@ -156,7 +160,7 @@ std::optional<SkipTuningConfig> tuned_skips(const Experiment& e, const Unit& u, 
                    u.setting->label(), t.lo);
     json record{{"rho_bottom", best.first}, {"rho_top", t.rho_top}, {"proxy_fd", best.second},
                 {"proxy_samples", t.proxy_samples}, {"metric", measurer.extractor().distance_label()},
-                {"curve", curve}};
+                {"grid_file", learned.file}, {"curve", curve}};
     fs::create_directories(fs::path(u.tuning_file).parent_path());
     std::vector<double> x, y;
     for (const auto& [rho, fd] : curve) x.push_back(rho), y.push_back(fd);
@@ -186,6 +190,8 @@ bool run_unit(const Experiment& e, Unit& u, const model::LoadedModel& loaded, co
     sample_info = {{"model", m.name},     {"setting", u.setting->label()}, {"seed", u.seed},
                    {"nfe", generated.nfe}, {"num_samples", e.metric.num_samples},
                    {"seconds", generated.seconds}};
+    if (const auto& skips = u.config.skip_tuning; skips.active())  // (tuned: the search's result)
+      sample_info["skip_tuning"] = {{"rho_bottom", skips.rho_bottom}, {"rho_top", skips.rho_top}, {"rho", skips.rho}};
     write_file_atomic(u.dir + "/sample.json", sample_info.dump(2) + "\n");
     u.has_samples = true;
   } else {

@@ -15,9 +15,12 @@
 #include <set>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "../test_util.h"
 #include "s2dm/core/errors.h"
 #include "s2dm/experiment/experiment.h"
+#include "s2dm/io/checkpoint.h"
 #include "s2dm/io/image_io.h"
 #include "s2dm/experiment/report.h"
 
@@ -217,6 +220,41 @@ TEST_F(Experiment, InterruptedRunResumes) {
   EXPECT_EQ(csv_rows(out() + "/results.csv"), 48);
 }
 
+TEST_F(Experiment, ABudgetFinishedRunIsTrainedAndSettingsBesideTheWeightsKeepIt) {
+  // train.max_minutes ends the run long before train.steps: a finished run, which later runs
+  // neither resume nor train again; nor when a setting that cannot change the weights changes
+  // (the timeout). A larger budget resumes it, and its unit is sampled again.
+  auto experiment = [&](const std::string& set) {
+    const std::string path = dir / "exp.yaml";
+    write_bytes(path, "name: budget\nout: " + out() + "\ndevice: cpu\nthreads: 1\nmodels:\n  - name: m\n    train: " +
+                          kTiny + "\n    set: {data.path: " + (dir / "data") + ", train.steps: 100000, " + set +
+                          "}\nsample:\n  batch: 8\nsweep:\n  sampler: [ddim]\n  steps: [2]\nmetric:\n  features: "
+                          "classifier\n  num_samples: 8\n  reference: train\n  reference_num: 64\n  classifier_epochs: 1\n");
+    return path;
+  };
+  auto r = run("run " + experiment("train.max_minutes: 0.02"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  ASSERT_NE(r.output.find("train.max_minutes=0.02 spent"), std::string::npos) << r.output;
+  const auto step = s2dm::load_checkpoint(out() + "/models/m/checkpoints/latest.ckpt").step;
+  ASSERT_LT(step, 100000);
+  const auto first = results();
+  for (const std::string set : {"train.max_minutes: 0.02", "train.max_minutes: 0.02, train.distributed.timeout: 60"}) {
+    r = run("run " + experiment(set));
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("trained (" + std::to_string(step) + " steps, train.max_minutes spent)"), std::string::npos)
+        << set << "\n" << r.output;
+    EXPECT_EQ(units_run(r.output), 0) << set << "\n" << r.output;
+    EXPECT_EQ(results(), first) << set;
+  }
+  EXPECT_EQ(s2dm::load_checkpoint(out() + "/models/m/checkpoints/latest.ckpt").step, step);
+  r = run("run " + experiment("train.max_minutes: 0.04"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("resume at step " + std::to_string(step)), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("train.max_minutes=0.04 spent"), std::string::npos) << r.output;
+  EXPECT_EQ(units_run(r.output), 1) << r.output;
+  EXPECT_GT(s2dm::load_checkpoint(out() + "/models/m/checkpoints/latest.ckpt").step, step);
+}
+
 TEST_F(Experiment, DryRunDoesNothing) {
   auto r = run("run --dry-run " + write(Knobs{}));
   ASSERT_EQ(r.code, 0) << r.output;
@@ -364,13 +402,28 @@ TEST_F(Experiment, TunesSkipsOnTheProxyAndMeasuresTheWinner) {
   for (const auto& entry : fs::directory_iterator(out() + "/tuning"))
     if (entry.path().extension() == ".json") records.push_back(entry.path());
   ASSERT_EQ(records.size(), 1u);  // one search for both seeds
-  const std::string record = read_bytes(records[0].string());
-  const std::regex rho("\"rho_bottom\": ([0-9.]+)");
-  std::smatch match;
-  ASSERT_TRUE(std::regex_search(record, match, rho)) << record;
-  const double best = std::stod(match[1]);
-  EXPECT_GE(best, 0.5);
-  EXPECT_LE(best, 1.0);
+  // The recorded ρ_bottom is the argmin of the recorded curve, and both tuned units sampled with it.
+  const auto record = nlohmann::json::parse(read_bytes(records[0].string()));
+  const double best = record.at("rho_bottom").get<double>();
+  const auto& curve = record.at("curve");
+  ASSERT_GE(curve.size(), 3u) << record;
+  double best_fd = 1e300, argmin = -1;
+  for (const auto& point : curve)
+    if (point[1].get<double>() < best_fd) best_fd = point[1].get<double>(), argmin = point[0].get<double>();
+  EXPECT_EQ(best, argmin) << record;
+  EXPECT_EQ(record.at("proxy_fd").get<double>(), best_fd) << record;
+  int tuned_units = 0;
+  for (const auto& entry : fs::recursive_directory_iterator(out() + "/units"))
+    if (entry.path().filename() == "sample.json") {
+      const auto info = nlohmann::json::parse(read_bytes(entry.path().string()));
+      if (info.at("setting").get<std::string>().find("tuned") == std::string::npos) {
+        EXPECT_FALSE(info.contains("skip_tuning")) << info;
+        continue;
+      }
+      ++tuned_units;
+      EXPECT_EQ(info.at("skip_tuning").at("rho_bottom").get<double>(), best) << info;
+    }
+  EXPECT_EQ(tuned_units, 2);
   EXPECT_TRUE(fs::exists(fs::path(records[0]).replace_extension(".png")));
   EXPECT_NE(r.output.find("ρ_bottom 0.7500: proxy"), std::string::npos) << r.output;  // the even grid's middle
   const std::string html = read_bytes(out() + "/report/index.html");
@@ -381,6 +434,28 @@ TEST_F(Experiment, TunesSkipsOnTheProxyAndMeasuresTheWinner) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(units_run(r.output), 0) << r.output;
   EXPECT_EQ(r.output.find("searching ρ_bottom"), std::string::npos) << r.output;
+}
+
+// With a dp grid, skip_tuning: tuned takes the grid of the model without Skip-Tuning (the one
+// the untuned setting samples with: one dp search for both), then searches ρ on it.
+TEST_F(Experiment, TunedSkipsAreSearchedOnTheUntunedModelsDpGrid) {
+  const std::string path =
+      write_one_model("tune_dp", "{sampler: ddim, steps: 3, batch: 8, timesteps: dp}", "  skip_tuning: [none, tuned]\n",
+                      "{features: classifier, num_samples: 8, reference_num: 64, classifier_epochs: 1}",
+                      "schedule: {batch: 8, dp: {levels: 8, samples: 4}}\n"
+                      "tune_skip: {range: [0.5, 1.0], points: 3, refine: 0, proxy_samples: 4}\n");
+  auto r = run("run " + path);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(units_run(r.output), 2) << r.output;
+  std::vector<std::string> grids, records;
+  for (const auto& entry : fs::directory_iterator(out() + "/schedules"))
+    if (entry.path().extension() == ".yaml") grids.push_back(entry.path().string());
+  for (const auto& entry : fs::directory_iterator(out() + "/tuning"))
+    if (entry.path().extension() == ".json") records.push_back(entry.path().string());
+  ASSERT_EQ(grids.size(), 1u);
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(nlohmann::json::parse(read_bytes(records[0])).at("grid_file").get<std::string>(), grids[0]);
+  EXPECT_LT(r.output.find("searching the dp grids"), r.output.find("searching ρ_bottom")) << r.output;
 }
 
 TEST(ExperimentSearch, FindsTheMinimumToTheRefinedSpacing) {
