@@ -314,7 +314,7 @@ TEST_F(Cli, TrainingEvaluatesFdAndClassifierCommand) {
   EXPECT_NE(metrics.find("\"kid_mean\""), std::string::npos) << metrics;
   EXPECT_NE(metrics.find("\"features\":\"fmnist-cnn\""), std::string::npos) << metrics;
   r = run("fid " + (dir / "run/samples") + " " + (dir / "data.yaml") + " --features classifier:" + (dir / "c.safetensors"));
-  EXPECT_NE(r.code, 0);  // a folder of grids has the wrong image size for the classifier
+  expect_user_error(r, "run/samples: 1 image(s); statistics need at least 2");  // (a folder of one grid PNG)
   expect_user_error(run("train --config " + kTiny + " " + data + " --run-dir " + (dir / "r2") + " --set train.eval_every=2"),
                     "eval_features");
 }
@@ -1036,8 +1036,13 @@ TEST_F(Cli, FidRefusesWhatIsNoStatisticsNamingTheFile) {
   sigma(dir / "skew.npz", skew);
   expect_user_error(run("fid " + (dir / "negative.npz") + " " + (dir / "ok.npz")), "negative.npz: sigma is not positive semi-definite");
   expect_user_error(run("fid " + (dir / "ok.npz") + " " + (dir / "skew.npz")), "skew.npz: sigma is not symmetric");
-  auto r = run("fid " + (dir / "ok.npz") + " " + (dir / "ok.npz") + " --json");
+  // Accepted statistics give their closed form: Σ = I against 4I, equal means: 4 + 16 - 2·tr(2I) = 4.
+  sigma(dir / "four.npz", 4 * torch::eye(4, torch::kFloat64));
+  auto r = run("fid " + (dir / "ok.npz") + " " + (dir / "four.npz") + " --json");
   ASSERT_EQ(r.code, 0) << r.output;
+  const auto line = r.output.substr(r.output.find('{'));
+  ASSERT_EQ(line.rfind("{\"fid\":", 0), 0u) << line;
+  EXPECT_NEAR(std::stod(line.substr(line.find(':') + 1)), 4.0, 1e-9) << line;
 
   // Image sets that cannot give statistics or do not suit the features: each names its file.
   s2dm::testing::write_fake_fmnist(dir / "fmnist", 16, "t10k");

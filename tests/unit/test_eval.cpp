@@ -207,8 +207,10 @@ TEST(Stats, FilesRoundTripAndForeignFilesRejected) {
   auto back = load_stats(dir / "s.npz");
   EXPECT_TRUE(torch::equal(back.mu, s.mu));
   EXPECT_TRUE(torch::equal(back.sigma, s.sigma));
-  auto plain = load_stats(kFixtures + "stats_plain.npz");  // np.savez
-  EXPECT_EQ(plain.mu.size(0), 64);
+  auto plain = load_stats(kFixtures + "stats_plain.npz");  // np.savez of fid_reference.npz's first set
+  const auto reference = load_npz(kFixtures + "fid_reference.npz");
+  EXPECT_TRUE(torch::equal(plain.mu, npy_tensor(reference.at("mu1"))));
+  EXPECT_TRUE(torch::equal(plain.sigma, npy_tensor(reference.at("sigma1"))));
   EXPECT_EQ(plain.sigma.size(1), 64);
   EXPECT_THROW(load_stats(kFixtures + "fid_reference.npz"), DataError);  // no mu/sigma arrays
   s2dm::testing::write_bytes(dir / "junk.npz", "PK\x03\x04 not really a zip");

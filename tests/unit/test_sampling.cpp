@@ -410,16 +410,18 @@ TEST(SkipTuning, AppliesOnlyInsideItsTimeRange) {
   torch::manual_seed(4);
   model::UNet net(m, 1, 8);
   auto plain = model::unet_eps_model(net, false);
+  auto x = torch::randn({2, 1, 8, 8});
+  auto at = [](double t) { return torch::full({2}, t); };
+  const auto untuned = plain(x, at(700));
   SkipTuningConfig st;
   st.rho_bottom = 0.6;
   st.t_min = 500;
   st.t_max = 999;
   auto tuned = model::unet_eps_model(net, false, st);
-  auto x = torch::randn({2, 1, 8, 8});
-  auto at = [](double t) { return torch::full({2}, t); };
   EXPECT_TRUE(torch::equal(tuned(x, at(100)), plain(x, at(100))));
   EXPECT_FALSE(torch::allclose(tuned(x, at(700)), plain(x, at(700))));
-  EXPECT_TRUE(torch::equal(plain(x, at(700)), plain(x, at(700))));  // the untuned model stays untuned
+  // The network is shared: the untuned model stays untuned after the tuned one ran.
+  EXPECT_TRUE(torch::equal(plain(x, at(700)), untuned));
   st.rho = {1.0, 2.0};
   EXPECT_THROW(model::unet_eps_model(net, false, st), ConfigError);
 }
