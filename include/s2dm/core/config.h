@@ -15,7 +15,9 @@ struct DataConfig {
   int channels = 1;
   bool random_flip = true;
   int64_t limit = 0;  // use only the first N images (0 = all)
-  std::string cache;  // decoded-image cache for celeba/folder; empty = <path>/s2dm_cache_<size>.bin
+  // Decoded-image cache ("none": no cache); empty = celeba: <path>/../s2dm_celeba_<size>.bin,
+  // folder: <path>/s2dm_cache_<size>_<channels>.bin
+  std::string cache;
 };
 
 struct ModelConfig {
