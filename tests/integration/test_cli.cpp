@@ -22,6 +22,7 @@
 #include "s2dm/eval/inception.h"
 #include "s2dm/io/npy.h"
 #include "s2dm/io/safetensors.h"
+#include "s2dm/sample/generate.h"
 
 using namespace s2dm;
 using s2dm::testing::TempDir;
@@ -166,12 +167,16 @@ TEST_F(Cli, SampleExportAndReload) {
   EXPECT_NE(r.output.find("long skips:     4"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("skip  0:   64 channels"), std::string::npos) << r.output;
 
-  // Exact initial noise from a file.
-  auto noise = torch::randn({2, 1, 32, 32});
+  // Exact initial noise from a file: the x_T that seed 5 draws gives seed 5's samples.
+  auto noise = s2dm::sample::initial_noise(0, 2, {1, 32, 32}, 5).contiguous();
   save_npy(dir / "xT.npy", NpyArray{"<f4", {2, 1, 32, 32}, std::string(static_cast<char*>(noise.data_ptr()), noise.numel() * 4)});
   r = run("sample --checkpoint " + ckpt + " --noise " + (dir / "xT.npy") + " --steps 3 --no-png --out " + (dir / "n"));
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_EQ(load_npz(dir / "n/samples.npz").at("arr_0").shape[0], 2);
+  r = run("sample --checkpoint " + ckpt + " --seed 5 --num 2 --steps 3 --no-png --out " + (dir / "seeded"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto from_file = load_npz(dir / "n/samples.npz").at("arr_0"), seeded = load_npz(dir / "seeded/samples.npz").at("arr_0");
+  EXPECT_EQ(from_file.shape[0], 2);
+  EXPECT_EQ(from_file.data, seeded.data);
 }
 
 TEST_F(Cli, BadInputGivesExitCode2AndNamesTheCulprit) {

@@ -244,6 +244,11 @@ TEST(Images, JpegDecodesAndATruncatedOneIsAnError) {
   ASSERT_EQ(back.width, 16);
   ASSERT_EQ(back.height, 8);
   EXPECT_EQ(grey.channels, 1);
+  ASSERT_EQ(grey.pixels.size(), 16u * 8u);
+  for (size_t i = 0; i < grey.pixels.size(); ++i) {  // the luma of the colour decode (ITU-R BT.601)
+    const double luma = 0.299 * back.pixels[3 * i] + 0.587 * back.pixels[3 * i + 1] + 0.114 * back.pixels[3 * i + 2];
+    EXPECT_NEAR(grey.pixels[i], luma, 3.0) << i;
+  }
   for (size_t i = 0; i < back.pixels.size(); ++i) EXPECT_NEAR(back.pixels[i], image.pixels[i], 8) << i;
   s2dm::testing::write_bytes(dir / "cut.jpg", jpeg.substr(0, jpeg.size() / 2));
   EXPECT_THROW(read_image(dir / "cut.jpg", 3), DataError);
@@ -435,10 +440,13 @@ TEST(FuzzTargets, SeedsAreAcceptedAndEveryFoundInputIsAUserError) {
       const std::string target = entry.path().parent_path().filename().string();
       const auto& names = fuzz::target_names();
       ASSERT_NE(std::find(names.begin(), names.end(), target), names.end()) << entry.path() << ": no target of that name";
+      bool refused = false;
       try {
         fuzz::run_target(target, s2dm::testing::read_bytes(entry.path()), scratch.path() + "/run", source);
       } catch (const s2dm::Error&) {
-      }  // anything else fails the test
+        refused = true;
+      }  // (anything else fails the test)
+      EXPECT_TRUE(refused) << entry.path() << " was accepted";
       ++replayed;
     }
   EXPECT_GT(replayed, 0) << "no findings under " << findings;
