@@ -286,12 +286,11 @@ int sample(int argc, char** argv) {
   auto source = model::resolve_model(model_ref(*r), sets(*r));
   apply_sample_flags(*r, source.config);
   const Config& config = source.config;
-  NoiseSchedule schedule(config.diffusion);
-  sample::LearnedSchedule learned;
-  learned.state = source.learned;
-  const auto plan = sample::plan_sampling(config.sample, schedule, learned);  // fail before any work
+  // The model's settings first, its network once they hold: a bad setting fails before any work.
+  auto model = DiffusionModel::of(config, {}, torch::kCPU, {source.learned, "", false});
+  const auto plan = sample::plan_sampling(config.sample, model);
   model::check_skip_tuning(config.model, config.sample.skip_tuning, !source.script.empty());
-  const std::vector<int64_t> shape{config.data.channels, config.data.image_size, config.data.image_size};
+  const std::vector<int64_t>& shape = model.image_shape;
   torch::Tensor noise;
   if (r->count("noise")) {  // (it sets the number of images)
     noise = read_noise((*r)["noise"].as<std::string>(), shape);
@@ -307,8 +306,10 @@ int sample(int argc, char** argv) {
   set_cpu_threads(config.threads);
   const torch::Device device = resolve_device(config.device);
   const model::LoadedModel loaded(source, device);
-  auto generated = sample::generate(loaded.eps(config.sample.skip_tuning), schedule, config.sample, shape, device,
-                                    {config.seed, 0, config.sample.num, noise}, true, learned);
+  model.eps = loaded.eps(config.sample.skip_tuning);
+  model.device = device;
+  if (!plan.warning.empty()) spdlog::warn("{}", plan.warning);
+  auto generated = sample::generate(model, plan, {config.seed, 0, config.sample.num, noise});
   // What produced these samples: first as incomplete, so that a folder left half-written is still
   // recognisably this command's output, then whole.
   const std::string settings = to_yaml(config);

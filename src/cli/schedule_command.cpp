@@ -76,8 +76,7 @@ int schedule(int argc, char** argv) {
   const auto source = model::resolve_model(ref, overrides);
   const Config& config = source.config;
   const std::string& origin = source.origin;
-  NoiseSchedule noise_schedule(config.diffusion);
-  const std::vector<int64_t> shape{config.data.channels, config.data.image_size, config.data.image_size};
+  const std::vector<int64_t> shape = image_shape(config.data);
   const std::string out = (*r)["out"].as<std::string>();
   const std::string plot = sample::schedule_plot_path(out);
   const uint64_t seed = (*r)["seed"].as<uint64_t>();
@@ -85,7 +84,7 @@ int schedule(int argc, char** argv) {
   if (dp) {
     const auto device = resolve_device((*r)["device"].as<std::string>());
     set_cpu_threads(config.threads);
-    const model::LoadedModel model(source, device);
+    const model::LoadedModel loaded(source, device);
     sample::DpOptions o;
     o.levels = levels;
     o.samples = samples;
@@ -93,8 +92,8 @@ int schedule(int argc, char** argv) {
     o.sweeps = sweeps;
     o.batch = batch;
     o.seed = seed;
-    const auto file = sample::search_dp_schedule(model.eps_fp32(), noise_schedule, config.sample, shape, steps, o,
-                                                 device, out);
+    const auto file =
+        sample::search_dp_schedule(DiffusionModel::of(config, loaded.eps_fp32(), device), config.sample, steps, o, out);
     std::cout << "wrote " << out << " (" << file.description() << ": " << steps.size() << " grids, "
               << file.levels.size() << " candidate levels, " << samples << " trajectories, " << file.nfe
               << " network evaluations) and " << plot << "\n";
@@ -115,10 +114,10 @@ int schedule(int argc, char** argv) {
                     ") takes " + c10::str(c10::IntArrayRef(shape)));
   const auto device = resolve_device((*r)["device"].as<std::string>());
   set_cpu_threads(config.threads);
-  const model::LoadedModel model(source, device);
+  const model::LoadedModel loaded(source, device);
   const int64_t n = std::min<int64_t>(samples, data.images.size(0));
-  auto cost = sample::learn_schedule(model.eps_fp32(), noise_schedule, data.images, levels, n, seed, batch, steps,
-                                     device, out);
+  auto cost =
+      sample::learn_schedule(DiffusionModel::of(config, loaded.eps_fp32(), device), data.images, levels, n, seed, batch, steps, out);
   std::cout << "wrote " << out << " (" << steps.size() << " grids, " << levels << " levels, " << n << " images, "
             << cost.nfe << " network evaluations) and " << plot << "\nuse: s2dm sample --timesteps learned:" << out
             << " --steps S\n";

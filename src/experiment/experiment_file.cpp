@@ -276,7 +276,8 @@ void read_schedule(const Reader& r, const YAML::Node& node, Experiment& e) {
 // Resolves every model × setting now, so that a bad combination fails before any work.
 void check_settings(const Reader& r, const Experiment& e, int sweep_line) {
   for (const auto& m : e.models) {
-    const NoiseSchedule schedule(m.config.diffusion);
+    // (Learned and dp grids are found when the model runs: the uniform grid stands in.)
+    const auto model = DiffusionModel::of(m.config, {}, torch::kCPU, {{}, "", /*uniform_until_ready=*/true});
     for (const auto& s : e.settings) {
       const std::string where = r.path() + (sweep_line ? ":" + std::to_string(sweep_line) : "") + ": model '" + m.name + "', " +
                                 s.label() + ": ";
@@ -285,7 +286,7 @@ void check_settings(const Reader& r, const Experiment& e, int sweep_line) {
         throw ConfigError(where + "timesteps learned with " + std::to_string(c.steps) + " steps needs schedule.levels > " +
                           std::to_string(c.steps));
       if (sample::uses_dp_schedule(c)) {
-        if (const int max_steps = sample::dp_max_steps(schedule, e.schedule.dp.levels); c.steps > max_steps)
+        if (const int max_steps = sample::dp_max_steps(model.schedule, e.schedule.dp.levels); c.steps > max_steps)
           throw ConfigError(where + "timesteps dp with " + std::to_string(c.steps) +
                             " steps needs as many candidate times; schedule.dp.levels = " +
                             std::to_string(e.schedule.dp.levels) + " keeps " + std::to_string(max_steps) + " (raise it)");
@@ -293,8 +294,7 @@ void check_settings(const Reader& r, const Experiment& e, int sweep_line) {
           throw ConfigError(where + "timesteps dp needs a deterministic sampler (dp grids follow the ODE's trajectories)");
       }
       try {
-        // (Learned and dp grids are found when the model runs: the uniform grid stands in.)
-        sample::plan_sampling(c, schedule, {{}, "", /*uniform_until_ready=*/true});
+        sample::plan_sampling(c, model);
         model::check_skip_tuning(m.config.model, c.skip_tuning);
       } catch (const ConfigError& err) {
         throw ConfigError(where + err.what());

@@ -84,20 +84,19 @@ std::string tuning_plot_path(const std::string& tuning_file) {
 
 // The unit's learned or dp grid file (none for other grids), found when missing: the model's
 // score-optimal schedule from its data, or its dp grids for the unit's sampler settings.
-sample::LearnedSchedule grid_source(const Experiment& e, const Unit& u, const GridFile& file,
-                                    const model::LoadedModel& loaded, const NoiseSchedule& schedule,
-                                    const torch::Device& device) {
-  sample::LearnedSchedule source;
-  source.file = file.path;
-  if (file.path.empty() || fs::exists(file.path)) return source;
+ModelGrids unit_grids(const Experiment& e, const Unit& u, const GridFile& file, const model::LoadedModel& loaded,
+                      const torch::Device& device) {
+  ModelGrids grids;
+  grids.file = file.path;
+  if (file.path.empty() || fs::exists(file.path)) return grids;
   const ModelSpec& m = *u.model;
   fs::create_directories(fs::path(file.path).parent_path());
   if (sample::uses_learned_schedule(u.config)) {
     spdlog::info("{}: estimating the score-optimal schedule ({} levels, {} images)", m.name, e.schedule.levels,
                  e.schedule.samples);
     auto images = data::load_dataset(m.config.data).images;
-    sample::learn_schedule(loaded.eps_fp32(), schedule, images, e.schedule.levels, e.schedule.samples, e.schedule.seed,
-                           e.schedule.batch, file.steps, device, file.path);
+    sample::learn_schedule(DiffusionModel::of(m.config, loaded.eps_fp32(), device), images, e.schedule.levels,
+                           e.schedule.samples, e.schedule.seed, e.schedule.batch, file.steps, file.path);
   } else {
     spdlog::info("{}: searching the dp grids for {} ({} candidate levels, {} trajectories)", m.name, u.setting->label(),
                  e.schedule.dp.levels, e.schedule.dp.samples);
@@ -108,11 +107,10 @@ sample::LearnedSchedule grid_source(const Experiment& e, const Unit& u, const Gr
     o.sweeps = e.schedule.dp.sweeps;
     o.batch = e.schedule.batch;
     o.seed = e.schedule.seed;
-    const std::vector<int64_t> shape{m.config.data.channels, m.config.data.image_size, m.config.data.image_size};
-    sample::search_dp_schedule(loaded.eps_fp32(u.config.skip_tuning), schedule, u.config, shape, file.steps, o, device,
-                               file.path);
+    sample::search_dp_schedule(DiffusionModel::of(m.config, loaded.eps_fp32(u.config.skip_tuning), device), u.config,
+                               file.steps, o, file.path);
   }
-  return source;
+  return grids;
 }
 
 // The Skip-Tuning of a unit with skip_tuning: tuned: its search's winner, searched when its file is
@@ -122,8 +120,7 @@ sample::LearnedSchedule grid_source(const Experiment& e, const Unit& u, const Gr
 // search needs a grid that does not move with ρ), then ρ on that grid, which the unit samples
 // with; searching the grid again for the tuned model would make ρ tuned for another grid.
 std::optional<SkipTuningConfig> tuned_skips(const Experiment& e, const Unit& u, const model::LoadedModel& loaded,
-                                            const NoiseSchedule& schedule, const sample::LearnedSchedule& learned,
-                                            Measurer& measurer, const torch::Device& device, const StopSignals& stop) {
+                                            DiffusionModel model, Measurer& measurer, const StopSignals& stop) {
   const auto& t = e.tune_skip;
   SkipTuningConfig skips = u.config.skip_tuning;
   skips.rho_top = t.rho_top;
@@ -131,7 +128,6 @@ std::optional<SkipTuningConfig> tuned_skips(const Experiment& e, const Unit& u, 
     const ModelSpec& m = *u.model;
     spdlog::info("{} | {}: searching ρ_bottom in [{}, {}] on {} proxy samples", m.name, u.setting->label(), t.lo, t.hi,
                  t.proxy_samples);
-    const std::vector<int64_t> shape{m.config.data.channels, m.config.data.image_size, m.config.data.image_size};
     struct Stopped {};
     std::vector<std::pair<double, double>> curve;
     try {
@@ -140,12 +136,12 @@ std::optional<SkipTuningConfig> tuned_skips(const Experiment& e, const Unit& u, 
             SampleConfig c = u.config;
             c.skip_tuning = skips;
             c.skip_tuning.rho_bottom = rho;
-            const auto generated = sample::generate(loaded.eps(c.skip_tuning), schedule, c, shape, device,
-                                                    {t.seed, 0, t.proxy_samples, {}}, false, learned,
-                                                    [&] { return stop.requested(); });
+            model.eps = loaded.eps(c.skip_tuning);
+            const auto generated = sample::generate(model, sample::plan_sampling(c, model),
+                                                    {t.seed, 0, t.proxy_samples, {}}, false, [&] { return stop.requested(); });
             if (!generated.complete) throw Stopped{};
             const auto features = eval::feature_set(measurer.extractor(), data::to_uint8(generated.samples),
-                                                    e.metric.batch, device, false);
+                                                    e.metric.batch, model.device, false);
             const double fd = eval::distance(features, measurer.reference(m), false).fd;
             spdlog::info("  ρ_bottom {:.4f}: proxy {} {:.4f}", rho, measurer.extractor().distance_label(), fd);
             return fd;
@@ -160,7 +156,7 @@ std::optional<SkipTuningConfig> tuned_skips(const Experiment& e, const Unit& u, 
                    u.setting->label(), t.lo);
     json record{{"rho_bottom", best.first}, {"rho_top", t.rho_top}, {"proxy_fd", best.second},
                 {"proxy_samples", t.proxy_samples}, {"metric", measurer.extractor().distance_label()},
-                {"grid_file", learned.file}, {"curve", curve}};
+                {"grid_file", model.grids.file}, {"curve", curve}};
     fs::create_directories(fs::path(u.tuning_file).parent_path());
     std::vector<double> x, y;
     for (const auto& [rho, fd] : curve) x.push_back(rho), y.push_back(fd);
@@ -171,19 +167,17 @@ std::optional<SkipTuningConfig> tuned_skips(const Experiment& e, const Unit& u, 
   return skips;
 }
 
-// Samples a unit (unless an earlier run did) and measures it into its metric file. Returns false
-// when `stop` ended the sampling early.
-bool run_unit(const Experiment& e, Unit& u, const model::LoadedModel& loaded, const NoiseSchedule& schedule,
-              const sample::LearnedSchedule& learned, Measurer& measurer, const torch::Device& device,
-              const StopSignals& stop) {
+// Samples a unit (unless an earlier run did) from `model`, which has the unit's Skip-Tuning and
+// grids, and measures it into its metric file. Returns false when `stop` ended the sampling early.
+bool run_unit(const Experiment& e, Unit& u, const DiffusionModel& model, Measurer& measurer, const StopSignals& stop) {
   const ModelSpec& m = *u.model;
   spdlog::info("{} | {} | seed {}", m.name, u.setting->label(), u.seed);
   fs::create_directories(u.dir);
   json sample_info;
   if (!u.has_samples) {
-    const std::vector<int64_t> shape{m.config.data.channels, m.config.data.image_size, m.config.data.image_size};
-    auto generated = sample::generate(loaded.eps(u.config.skip_tuning), schedule, u.config, shape, device,
-                                      {u.seed, 0, e.metric.num_samples, {}}, true, learned,
+    const auto plan = sample::plan_sampling(u.config, model);
+    if (!plan.warning.empty()) spdlog::warn("{}", plan.warning);
+    auto generated = sample::generate(model, plan, {u.seed, 0, e.metric.num_samples, {}}, true,
                                       [&] { return stop.requested(); });
     if (!generated.complete) return false;
     sample::write_samples(u.dir, generated.samples, false);
@@ -201,7 +195,7 @@ bool run_unit(const Experiment& e, Unit& u, const model::LoadedModel& loaded, co
 
   const auto start = std::chrono::steady_clock::now();
   const auto& extractor = measurer.extractor();
-  const auto d = eval::distance(eval::feature_set(extractor, images, e.metric.batch, device), measurer.reference(m),
+  const auto d = eval::distance(eval::feature_set(extractor, images, e.metric.batch, model.device), measurer.reference(m),
                                 e.metric.kid);
   json metric{{"metric", extractor.distance_label()}, {"value", d.fd}};
   if (d.kid) {
@@ -340,7 +334,6 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
       ref.checkpoint = state.trained() ? state.checkpoint : train::latest_checkpoint(state.run_dir);
     }
     const model::LoadedModel loaded(model::resolve_model(ref), device);
-    const NoiseSchedule schedule(m.config.diffusion);
     const auto files = grid_files(e, units);
 
     for (Unit* u : pending) {
@@ -349,13 +342,14 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
         u->has_metric = true;
         continue;
       }
-      const auto learned = grid_source(e, *u, files[u - units.data()], loaded, schedule, device);
+      auto model = DiffusionModel::of(m.config, {}, device, unit_grids(e, *u, files[u - units.data()], loaded, device));
       if (!u->tuning_file.empty()) {
-        const auto tuned = tuned_skips(e, *u, loaded, schedule, learned, measurer, device, stop);
+        const auto tuned = tuned_skips(e, *u, loaded, model, measurer, stop);
         if (!tuned) break;
         u->config.skip_tuning = *tuned;
       }
-      if (!run_unit(e, *u, loaded, schedule, learned, measurer, device, stop)) break;
+      model.eps = loaded.eps(u->config.skip_tuning);
+      if (!run_unit(e, *u, model, measurer, stop)) break;
       ++summary.units_run;
       collect();
       write_file_atomic(e.out + "/results.csv", results_csv(inputs.rows));

@@ -14,7 +14,6 @@
 #include "s2dm/core/errors.h"
 #include "s2dm/core/progress.h"
 #include "s2dm/core/yaml_reader.h"
-#include "s2dm/sample/generate.h"
 #include "s2dm/sample/samplers.h"
 #include "s2dm/sample/timesteps.h"
 
@@ -181,9 +180,11 @@ std::map<std::string, std::string> dp_search_settings(const SampleConfig& sampli
   return out;
 }
 
-DpSchedule dp_schedule(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& sampling,
-                       const std::vector<int64_t>& image_shape, const std::vector<int>& steps, const DpOptions& o,
-                       const torch::Device& device) {
+DpSchedule dp_schedule(const DiffusionModel& diffusion, const SampleConfig& sampling, const std::vector<int>& steps,
+                       const DpOptions& o) {
+  const EpsModel& model = diffusion.eps;
+  const NoiseSchedule& schedule = diffusion.schedule;
+  const torch::Device& device = diffusion.device;
   const SamplerInfo& sampler = find_sampler(sampling.sampler);
   const SamplerOptions options = sampler_options(sampling);
   check_options(sampler, options);
@@ -211,7 +212,7 @@ DpSchedule dp_schedule(const EpsModel& model, const NoiseSchedule& schedule, con
   // Trajectories [0, samples) for the costs (the first search_samples also for the search), then
   // the held-out ones.
   const int64_t holdout = std::max<int64_t>(o.holdout, 1);
-  auto noise = search_noise(o.samples + holdout, image_shape, o.seed);
+  auto noise = search_noise(o.samples + holdout, diffusion.image_shape, o.seed);
   auto ref = reference_trajectories(model, schedule, noise, out.levels, o, sampling.final_alpha, device, out.nfe);
   const Reference fitted{ref.states.slice(1, 0, o.samples), ref.eps.slice(1, 0, o.samples), ref.end.slice(0, 0, o.samples)};
   const auto cost = jump_costs(fitted, out.levels, schedule, sampler, options);

@@ -21,40 +21,32 @@
 
 namespace s2dm::sample {
 
-torch::Tensor initial_noise(int64_t first, int64_t count, const std::vector<int64_t>& shape, uint64_t seed) {
-  std::vector<int64_t> one{1};
-  one.insert(one.end(), shape.begin(), shape.end());
-  std::vector<torch::Tensor> xs;
-  for (int64_t i = first; i < first + count; ++i) {
-    auto gen = at::detail::createCPUGenerator(seed * 1000003ull + static_cast<uint64_t>(i));
-    xs.push_back(torch::randn(one, gen, torch::kFloat32));
-  }
-  return torch::cat(xs);
-}
-
 namespace {
 
-std::vector<double> learned_timesteps(const LearnedSchedule& learned, const SampleConfig& c, const NoiseSchedule& schedule) {
-  if (!learned.file.empty()) return read_schedule_file(learned.file, schedule.num_timesteps()).grid(c.steps);
-  if (learned.state.empty() && learned.uniform_until_ready) return make_timesteps("uniform", c.steps, schedule);
+std::vector<double> own_grid(const ModelGrids& grids, const SampleConfig& c, const NoiseSchedule& schedule) {
+  if (!grids.file.empty()) return read_schedule_file(grids.file, schedule.num_timesteps()).grid(c.steps);
+  if (grids.state.empty() && grids.uniform_until_ready) return make_timesteps("uniform", c.steps, schedule);
   if (uses_dp_schedule(c))
     throw ConfigError("timesteps dp: the experiment driver searches dp grids; elsewhere make them with s2dm schedule "
                       "--method dp --sampler " + c.sampler + " and sample with --timesteps learned:FILE");
-  return timesteps_from_state(learned.state, c.steps);
+  return timesteps_from_state(grids.state, c.steps);
 }
 
 }  // namespace
 
-SamplingPlan plan_sampling(const SampleConfig& c, const NoiseSchedule& schedule, const LearnedSchedule& learned) {
+SamplingPlan plan_sampling(const SampleConfig& c, const DiffusionModel& model) {
+  const NoiseSchedule& schedule = model.schedule;
+  if (c.batch < 1) throw ConfigError("sample.batch = " + std::to_string(c.batch) + " must be at least 1");
   SamplingPlan plan;
   plan.sampler = &find_sampler(c.sampler);
   plan.options = sampler_options(c);
   check_options(*plan.sampler, plan.options);
+  plan.batch = c.batch;
   std::vector<double> timesteps;
   std::string file;  // the schedule file the grid comes from, if any (errors name it)
   if (uses_learned_schedule(c) || uses_dp_schedule(c)) {
-    timesteps = learned_timesteps(learned, c, schedule);
-    file = learned.file;
+    timesteps = own_grid(model.grids, c, schedule);
+    file = model.grids.file;
   } else if (c.timesteps.rfind("learned:", 0) == 0) {
     file = c.timesteps.substr(8);
     const auto schedule_file = read_schedule_file(file, schedule.num_timesteps());
@@ -77,13 +69,11 @@ SamplingPlan plan_sampling(const SampleConfig& c, const NoiseSchedule& schedule,
   return plan;
 }
 
-Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& config,
-                   const std::vector<int64_t>& shape, const torch::Device& device, const Draw& draw,
-                   bool show_progress, const LearnedSchedule& learned, const std::function<bool()>& stop) {
+Generated generate(const DiffusionModel& model, const SamplingPlan& plan, const Draw& draw, bool show_progress,
+                   const std::function<bool()>& stop) {
   const torch::Tensor& noise = draw.noise;
+  const auto& shape = model.image_shape;
   int64_t num = draw.num;
-  const SamplingPlan plan = plan_sampling(config, schedule, learned);
-  if (!plan.warning.empty()) spdlog::warn("{}", plan.warning);
   if (noise.defined()) {
     if (noise.dim() != 4 || noise.sizes().slice(1).vec() != shape)
       throw DataError("initial noise has shape " + c10::str(noise.sizes()) + ", the model expects [N, " +
@@ -91,20 +81,19 @@ Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const S
     num = noise.size(0);
   }
   if (num < 1) throw ConfigError("no images to sample (" + std::to_string(num) + " asked for)");
-  if (config.batch < 1) throw ConfigError("sample.batch = " + std::to_string(config.batch) + " must be at least 1");
   // A stop request ends the sampling at the next network evaluation, not only between batches
   // (a batch of a 1000-step sampler takes minutes).
   struct Stopped {};
-  const EpsModel checked = !stop ? model : EpsModel([&](const torch::Tensor& x, const torch::Tensor& t) {
+  const EpsModel checked = !stop ? model.eps : EpsModel([&](const torch::Tensor& x, const torch::Tensor& t) {
     if (stop()) throw Stopped{};
-    return model(x, t);
+    return model.eps(x, t);
   });
   Generated out;
   std::vector<torch::Tensor> parts;
   Progress progress("sampling " + plan.sampler->name + " (" + std::to_string(plan.grid.steps()) + " steps)", num, "img");
   auto start = std::chrono::steady_clock::now();
-  for (int64_t first = 0; first < num; first += config.batch) {
-    int64_t count = std::min<int64_t>(config.batch, num - first);
+  for (int64_t first = 0; first < num; first += plan.batch) {
+    int64_t count = std::min<int64_t>(plan.batch, num - first);
     auto x = noise.defined() ? noise.slice(0, first, first + count)
                              : initial_noise(draw.first + first, count, shape, draw.seed);
     SamplerOptions options = plan.options;
@@ -112,7 +101,7 @@ Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const S
     options.first_image = draw.first + first;
     SampleRun run;
     try {
-      run = run_sampler(*plan.sampler, checked, x.to(device, torch::kFloat32), plan.grid, options);
+      run = run_sampler(*plan.sampler, checked, x.to(model.device, torch::kFloat32), plan.grid, options);
     } catch (const Stopped&) {
       out.complete = false;
       break;

@@ -164,14 +164,14 @@ std::string schedule_plot_path(const std::string& schedule_file) {
   return (p.parent_path() / (p.stem().string() + ".png")).string();
 }
 
-ScheduleCost learn_schedule(const EpsModel& model, const NoiseSchedule& schedule, const torch::Tensor& images,
-                            int num_levels, int64_t num, uint64_t seed, int64_t batch, const std::vector<int>& steps,
-                            const torch::Device& device, const std::string& out) {
+ScheduleCost learn_schedule(const DiffusionModel& model, const torch::Tensor& images, int num_levels, int64_t num,
+                            uint64_t seed, int64_t batch, const std::vector<int>& steps, const std::string& out) {
+  const NoiseSchedule& schedule = model.schedule;
   if (steps.empty()) throw ConfigError("learn_schedule: no step counts");
   auto gen = at::detail::createCPUGenerator(seed);
   num = std::min<int64_t>(num, images.size(0));
   auto x0 = data::to_model_range(images.index_select(0, torch::randperm(images.size(0), gen, torch::kLong).slice(0, 0, num)));
-  auto cost = estimate_schedule_cost(model, schedule, x0.to(device), num_levels, seed, batch);
+  auto cost = estimate_schedule_cost(model.eps, schedule, x0.to(model.device), num_levels, seed, batch);
   ScheduleFile file;
   file.nfe = cost.nfe;
   file.levels = cost.levels;
@@ -182,11 +182,11 @@ ScheduleCost learn_schedule(const EpsModel& model, const NoiseSchedule& schedule
   return cost;
 }
 
-ScheduleFile search_dp_schedule(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& sampling,
-                                const std::vector<int64_t>& image_shape, const std::vector<int>& steps,
-                                const DpOptions& options, const torch::Device& device, const std::string& out) {
+ScheduleFile search_dp_schedule(const DiffusionModel& model, const SampleConfig& sampling, const std::vector<int>& steps,
+                                const DpOptions& options, const std::string& out) {
   if (steps.empty()) throw ConfigError("dp schedule: no step counts");
-  const auto dp = dp_schedule(model, schedule, sampling, image_shape, steps, options, device);
+  const NoiseSchedule& schedule = model.schedule;
+  const auto dp = dp_schedule(model, sampling, steps, options);
   ScheduleFile file;
   file.method = "dp";
   file.sampler = sampling.sampler;

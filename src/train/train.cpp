@@ -363,7 +363,7 @@ Trainer::Trainer(Config config, std::string run_dir, bool resuming, dist::Proces
     throw ConfigError("sample.timesteps = dp: dp grids are searched after training (s2dm schedule --method dp, or the "
                       "experiment driver); train with another grid");
   // A bad sample section fails now, not after training.
-  sample::plan_sampling(config_.sample, schedule_, {{}, "", /*uniform_until_ready=*/true});
+  sample::plan_sampling(config_.sample, DiffusionModel::of(config_, {}, device_, {{}, "", /*uniform_until_ready=*/true}));
   if (tc_.learned_schedule.every > 0) {
     const auto& ls = tc_.learned_schedule;
     online_ = std::make_unique<sample::OnlineScheduleEstimator>(schedule_, ls.levels, config_.sample.steps,
@@ -422,13 +422,15 @@ void Trainer::write_checkpoint() {
 // the seed and i) and every rank receives them all.
 // A signal stops the sampling at its next network evaluation (throws SamplingInterrupted).
 sample::Generated Trainer::ema_samples(uint64_t seed, int64_t num) const {
-  sample::LearnedSchedule learned;
-  if (online_ && online_->has_schedule()) learned.state = online_->state();
-  learned.uniform_until_ready = true;
-  const std::vector<int64_t> shape{config_.data.channels, config_.data.image_size, config_.data.image_size};
+  ModelGrids grids;
+  if (online_ && online_->has_schedule()) grids.state = online_->state();
+  grids.uniform_until_ready = true;
+  const auto model =
+      DiffusionModel::of(config_, model::unet_eps_model(ema_, autocast_, config_.sample.skip_tuning), device_, grids);
+  const auto plan = sample::plan_sampling(config_.sample, model);
+  if (!plan.warning.empty()) spdlog::warn("{}", plan.warning);
   auto generate = [&](int64_t first, int64_t count) {
-    return sample::generate(model::unet_eps_model(ema_, autocast_, config_.sample.skip_tuning), schedule_,
-                            config_.sample, shape, device_, {seed, first, count, {}}, false, learned,
+    return sample::generate(model, plan, {seed, first, count, {}}, false,
                             [this] { return signals_ && signals_->requested(); });
   };
   if (!group_) {

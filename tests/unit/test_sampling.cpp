@@ -88,6 +88,7 @@ TEST(Timesteps, NamedGridsSpendSEvaluationsWhetherOrNotSDividesT) {
   // evaluations. (quad is the exception: its squares coincide at large S; a warning says so.)
   s2dm::testing::Gaussian g{0.3, 0.5, &linear()};
   auto model = g.model();
+  const auto diffusion = s2dm::testing::linear_model(model);
   for (const auto& name : timestep_grids())
     for (int S : {3, 7, 30, 300, 900, 999}) {
       const auto ts = grid_of(name, S);
@@ -100,7 +101,7 @@ TEST(Timesteps, NamedGridsSpendSEvaluationsWhetherOrNotSDividesT) {
       SampleConfig sc;
       sc.timesteps = name;
       sc.steps = S;
-      const auto plan = plan_sampling(sc, linear());
+      const auto plan = plan_sampling(sc, diffusion);
       EXPECT_EQ(plan.grid.steps(), S) << name;
       EXPECT_EQ(run_sampler(*plan.sampler, model, torch::randn({2, 1, 1, 1}, torch::kFloat64), plan.grid, plan.options).nfe, S)
           << name << " S=" << S;
@@ -352,33 +353,34 @@ TEST(Generate, SeededNoiseIndependentOfBatching) {
   EXPECT_TRUE(torch::equal(all.slice(0, 4), tail));
   EXPECT_FALSE(torch::equal(initial_noise(0, 1, {1, 4, 4}, 4), all.slice(0, 0, 1)));
   s2dm::testing::Gaussian g{0.0, 1.0, &linear()};
-  auto model = g.model();
+  const auto model = s2dm::testing::linear_model(g.model(), {1, 4, 4});
   SampleConfig sc;
   sc.steps = 5;
   sc.batch = 2;
-  auto a = generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, {3, 0, 5, {}}, false);
+  auto sample = [&](const Draw& draw) { return generate(model, plan_sampling(sc, model), draw, false); };
+  auto a = sample({3, 0, 5, {}});
   sc.batch = 5;
-  auto b = generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, {3, 0, 5, {}}, false);
+  auto b = sample({3, 0, 5, {}});
   EXPECT_TRUE(torch::allclose(a.samples, b.samples));
   EXPECT_EQ(a.samples.size(0), 5);
   EXPECT_EQ(a.nfe, 5);
   // Stochastic samplers too: each image draws its noise from a generator of its own.
   sc.eta = 0.5;
   sc.batch = 2;
-  a = generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, {3, 0, 5, {}}, false);
+  a = sample({3, 0, 5, {}});
   sc.batch = 5;
-  b = generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, {3, 0, 5, {}}, false);
+  b = sample({3, 0, 5, {}});
   EXPECT_TRUE(torch::allclose(a.samples, b.samples));
   // A share [2, 5) of the draw (a rank's) is those images of the whole: x_T and step noises alike.
-  auto share = generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, {3, 2, 3, {}}, false);
+  auto share = sample({3, 2, 3, {}});
   EXPECT_TRUE(torch::allclose(share.samples, b.samples.slice(0, 2)));
   auto x_t = initial_noise(2, 3, {1, 4, 4}, 3);
-  share = generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, {3, 2, 0, x_t}, false);
+  share = sample({3, 2, 0, x_t});
   EXPECT_TRUE(torch::allclose(share.samples, b.samples.slice(0, 2)));
   sc.eta = 0;
   sc.sampler = "plms";
-  EXPECT_EQ(generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, {3, 0, 2, {}}, false).nfe, 6);
-  EXPECT_THROW(generate(model, linear(), sc, {1, 4, 4}, torch::kCPU, {3, 0, 0, {}}, false), ConfigError);
+  EXPECT_EQ(sample({3, 0, 2, {}}).nfe, 6);
+  EXPECT_THROW(sample({3, 0, 0, {}}), ConfigError);
 }
 
 TEST(Generate, AStopRequestEndsTheSamplingAtTheNextNetworkEvaluation) {
@@ -393,14 +395,14 @@ TEST(Generate, AStopRequestEndsTheSamplingAtTheNextNetworkEvaluation) {
   SampleConfig sc;
   sc.steps = 1000;
   sc.batch = 4;
-  auto out = generate(counted, linear(), sc, {1, 2, 2}, torch::kCPU, {0, 0, 8, {}}, false, {},
-                      [&] { return evaluations >= 10; });
+  const auto model = s2dm::testing::linear_model(counted, {1, 2, 2});
+  auto out = generate(model, plan_sampling(sc, model), {0, 0, 8, {}}, false, [&] { return evaluations >= 10; });
   EXPECT_FALSE(out.complete);
   EXPECT_EQ(evaluations, 10);
   EXPECT_EQ(out.samples.size(0), 0);
   evaluations = 0;
   sc.steps = 5;
-  out = generate(counted, linear(), sc, {1, 2, 2}, torch::kCPU, {0, 0, 8, {}}, false, {}, [] { return false; });
+  out = generate(model, plan_sampling(sc, model), {0, 0, 8, {}}, false, [] { return false; });
   EXPECT_TRUE(out.complete);
   EXPECT_EQ(evaluations, 10);  // two batches of five steps
 }

@@ -144,16 +144,18 @@ TEST(LearnedSchedule, InvariantsAndErrors) {
   c.steps = 10;
   c.timesteps = "learned:" + (dir / "s.yaml");
   const auto& schedule = linear();
-  const auto plan = plan_sampling(c, schedule);
+  auto with_grids = [](ModelGrids grids) { return s2dm::testing::linear_model({}, {1, 1, 1}, std::move(grids)); };
+  const auto model = with_grids({});
+  const auto plan = plan_sampling(c, model);
   EXPECT_EQ(std::vector<double>(plan.grid.t.begin(), plan.grid.t.end() - 1), grid);
   EXPECT_EQ(plan.grid.t[9], 0.0);
   EXPECT_EQ(plan.grid.t[10], -1.0);
-  EXPECT_EQ(plan.grid.t.size(), plan_sampling([&] { auto u = c; u.timesteps = "uniform"; return u; }(), schedule).grid.t.size());
+  EXPECT_EQ(plan.grid.t.size(), plan_sampling([&] { auto u = c; u.timesteps = "uniform"; return u; }(), model).grid.t.size());
   EXPECT_TRUE(plan.warning.empty());
   c.timesteps = "learned";
-  EXPECT_EQ(plan_sampling(c, schedule, {{}, dir / "s.yaml", false}).grid.t, plan.grid.t);
-  EXPECT_THROW(plan_sampling(c, schedule), ConfigError);  // no state, no file
-  EXPECT_EQ(plan_sampling(c, schedule, {{}, "", true}).grid.t[1], make_timesteps("uniform", 10, schedule)[1]);
+  EXPECT_EQ(plan_sampling(c, with_grids({{}, dir / "s.yaml", false})).grid.t, plan.grid.t);
+  EXPECT_THROW(plan_sampling(c, model), ConfigError);  // no state, no file
+  EXPECT_EQ(plan_sampling(c, with_grids({{}, "", true})).grid.t[1], make_timesteps("uniform", 10, schedule)[1]);
   // A dp file of an earlier s2dm names only its sampler and order; using it with another sampler
   // is allowed, with a warning.
   file.method = "dp";
@@ -164,12 +166,12 @@ TEST(LearnedSchedule, InvariantsAndErrors) {
   c.timesteps = "learned:" + (dir / "dp.yaml");
   c.sampler = "deis";
   c.order = 2;
-  EXPECT_TRUE(plan_sampling(c, schedule).warning.empty());
+  EXPECT_TRUE(plan_sampling(c, model).warning.empty());
   c.sampler = "ddim";
   c.order = -1;
-  EXPECT_NE(plan_sampling(c, schedule).warning.find("other sample settings: sampler deis there, ddim here"),
+  EXPECT_NE(plan_sampling(c, model).warning.find("other sample settings: sampler deis there, ddim here"),
             std::string::npos)
-      << plan_sampling(c, schedule).warning;
+      << plan_sampling(c, model).warning;
 }
 
 TEST(LearnedSchedule, GridOfSEvaluationsEndsAtZeroWithEqualCostBetweenThem) {
@@ -363,10 +365,10 @@ TEST(DpSchedule, StepCountsAreCheckedAgainstTheCandidatesKeptBeforeAnyWork) {
   EXPECT_EQ(max_steps, o.levels - 2);
   SampleConfig config;
   for (int S : {max_steps + 1, o.levels - 1, o.levels, 0}) {
-    EXPECT_THROW(dp_schedule(counted, linear(), config, {1, 2, 2}, {1, S}, o, torch::kCPU), ConfigError) << S;
+    EXPECT_THROW(dp_schedule(s2dm::testing::linear_model(counted, {1, 2, 2}), config, {1, S}, o), ConfigError) << S;
     EXPECT_EQ(calls, 0) << S;
   }
-  const auto dp = dp_schedule(counted, linear(), config, {1, 2, 2}, {1, max_steps}, o, torch::kCPU);
+  const auto dp = dp_schedule(s2dm::testing::linear_model(counted, {1, 2, 2}), config, {1, max_steps}, o);
   EXPECT_EQ(dp.grids.at(1).size(), 1u);
   EXPECT_EQ(dp.grids.at(max_steps).size(), static_cast<size_t>(max_steps));
 }
@@ -392,7 +394,7 @@ TEST(DpSchedule, BeatsEveryHandMadeGridOnTheGaussianOracle) {
     DpOptions o;
     o.show_progress = false;
     o.seed = s2dm::testing::test_seed(o.seed);
-    const auto dp = dp_schedule(g.model(), linear(), config, shape, {5, 10, 20}, o, torch::kCPU);
+    const auto dp = dp_schedule(s2dm::testing::linear_model(g.model(), shape), config, {5, 10, 20}, o);
     auto end_error = [&](const std::vector<double>& ts) {
       auto run = run_sampler(find_sampler(sampler), g.model(), xT, make_grid(ts, linear(), "one"), sampler_options(config));
       return (run.x - exact).square().sum({1, 2, 3}).mean().sqrt().item<double>();
@@ -433,7 +435,7 @@ TEST(DpSchedule, JumpsAreCostedByTheSamplersOwnStep) {
   SampleConfig ddim, lambda = ddim;
   lambda.sampler = "lambda-ddim";
   lambda.lambda = 2.0;
-  const auto dp = dp_schedule(g.model(), linear(), lambda, shape, {3}, o, torch::kCPU);
+  const auto dp = dp_schedule(s2dm::testing::linear_model(g.model(), shape), lambda, {3}, o);
   const double aT = linear().alpha_bar(999);
   const auto z = torch::ones({1, 1, 2, 2}, torch::kFloat64);
   auto exact = [&](double t) { return g.solution(z, aT, linear().alpha_bar(t)); };
@@ -482,7 +484,7 @@ TEST(DpSchedule, SearchesOnNoiseOfItsOwnAndReportsHeldOutErrors) {
   o.holdout = 4;
   o.sweeps = 0;
   o.show_progress = false;
-  const auto dp = dp_schedule(recording, linear(), SampleConfig{}, shape, {4}, o, torch::kCPU);
+  const auto dp = dp_schedule(s2dm::testing::linear_model(recording, shape), SampleConfig{}, {4}, o);
   ASSERT_GT(dp.end_error.at(4), 0.0);
   std::vector<torch::Tensor> distinct;
   for (const auto& s : starts)
@@ -505,11 +507,12 @@ TEST(DpSchedule, FilesRecordEverySettingAndWarnOnAnyOther) {
   o.show_progress = false;
   auto warning_for = [&](const SampleConfig& searched, const SampleConfig& used) {
     const std::string path = dir / "dp.yaml";
-    search_dp_schedule(g.model(), linear(), searched, {1, 2, 2}, {3}, o, torch::kCPU, path);
+    const auto model = s2dm::testing::linear_model(g.model(), {1, 2, 2});
+    search_dp_schedule(model, searched, {3}, o, path);
     SampleConfig c = used;
     c.steps = 3;
     c.timesteps = "learned:" + path;
-    return plan_sampling(c, linear()).warning;
+    return plan_sampling(c, model).warning;
   };
   SampleConfig lambda;
   lambda.sampler = "lambda-ddim";

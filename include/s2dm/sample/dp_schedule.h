@@ -26,8 +26,7 @@
 #include <vector>
 
 #include "s2dm/core/config.h"
-#include "s2dm/diffusion/noise_schedule.h"
-#include "s2dm/model/eps_model.h"
+#include "s2dm/diffusion/diffusion_model.h"
 
 namespace s2dm::sample {
 
@@ -70,10 +69,9 @@ std::vector<int> cheapest_path(const std::vector<std::vector<double>>& cost, int
 // the model). A dp file records them; using it with other settings warns, naming the keys.
 std::map<std::string, std::string> dp_search_settings(const SampleConfig& sampling);
 
-// The dp grids of `sampling` (its sampler, order and end point; deterministic samplers only,
-// else ConfigError) for each S in `steps`, for images of `image_shape` ([C, H, W]).
-DpSchedule dp_schedule(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& sampling,
-                       const std::vector<int64_t>& image_shape, const std::vector<int>& steps, const DpOptions& options,
-                       const torch::Device& device);
+// The dp grids of `model` for `sampling` (its sampler, order and end point; deterministic samplers
+// only, else ConfigError) for each S in `steps`.
+DpSchedule dp_schedule(const DiffusionModel& model, const SampleConfig& sampling, const std::vector<int>& steps,
+                       const DpOptions& options);
 
 }  // namespace s2dm::sample

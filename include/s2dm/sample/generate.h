@@ -1,5 +1,5 @@
 #pragma once
-// Producing samples from a model: the sampling plan, initial noise, batching, the sampler, and
+// Producing samples from a model: the sampling plan, batching, the sampler, and
 // the output files (numbered PNGs, samples.npz with arr_0 uint8 NHWC, grid.png, optionally
 // float32 NCHW .npy).
 #include <torch/types.h>
@@ -8,19 +8,11 @@
 #include <string>
 
 #include "s2dm/core/config.h"
-#include "s2dm/diffusion/noise_schedule.h"
-#include "s2dm/io/safetensors.h"
-#include "s2dm/model/eps_model.h"
+#include "s2dm/diffusion/diffusion_model.h"
+#include "s2dm/sample/draw.h"
 #include "s2dm/sample/samplers.h"
 
 namespace s2dm::sample {
-
-// Where timesteps "learned" and "dp" come from. plan_sampling is the one place that resolves them.
-struct LearnedSchedule {
-  NamedTensors state;                // a checkpoint's (or the online estimator's) schedule state ...
-  std::string file;                  // ... or a schedule file (s2dm schedule, the experiment driver)
-  bool uniform_until_ready = false;  // no state or file yet: the uniform grid stands in
-};
 
 // Whether the settings ask for the model's own score-optimal grid ("learned"), which its source
 // must provide (a checkpoint's state, an online estimate, or a schedule file the driver estimates).
@@ -29,20 +21,19 @@ inline bool uses_learned_schedule(const SampleConfig& config) { return config.ti
 // experiment driver searches (elsewhere: s2dm schedule --method dp, then learned:FILE).
 inline bool uses_dp_schedule(const SampleConfig& config) { return config.timesteps == "dp"; }
 
-// The sampling settings of a config, resolved and checked (sampler name, its options, the time
-// grid), so that a bad setting fails before any work. Time grids: timesteps.h's, "learned" (from
-// `learned`) and "learned:FILE" (a schedule file).
+// How to sample: the settings of a config, resolved and checked (sampler name, its options, the
+// time grid, the batch), so that a bad setting fails before any work.
 struct SamplingPlan {
   const SamplerInfo* sampler = nullptr;
   SamplerOptions options;
   Grid grid;
+  int64_t batch = 1;
   std::string warning;  // e.g. a named grid whose steps repeat timesteps (fewer distinct steps)
 };
-SamplingPlan plan_sampling(const SampleConfig& config, const NoiseSchedule& schedule, const LearnedSchedule& learned = {});
-
-// x_T for images [first, first+count): image i's noise comes from its own generator seeded by
-// (seed, i), so an image does not depend on the batch size or on how many are drawn.
-torch::Tensor initial_noise(int64_t first, int64_t count, const std::vector<int64_t>& image_shape, uint64_t seed);
+// The plan of `config` for `model` (its noise schedule and its own grids; its network is not
+// needed). Time grids: timesteps.h's, "learned" and "dp" (from model.grids) and "learned:FILE" (a
+// schedule file). The plan's grid refers to model.schedule: sample with the model it was made for.
+SamplingPlan plan_sampling(const SampleConfig& config, const DiffusionModel& model);
 
 struct Generated {
   torch::Tensor samples;  // float32 [N,C,H,W] on the CPU, not clipped
@@ -51,22 +42,9 @@ struct Generated {
   bool complete = true;   // false when `stop` ended it early (samples then holds fewer images)
 };
 
-// Which images to sample: images [first, first + num) of `seed`. Image i's x_T and a stochastic
-// sampler's step noises depend only on (seed, i), so a share [first, first + num) of a larger
-// draw (a rank's, under data parallelism) is those images of the whole. `noise` (float32 NCHW,
-// CPU), when defined, replaces their x_T and sets num.
-struct Draw {
-  uint64_t seed = 0;
-  int64_t first = 0;
-  int64_t num = 0;
-  torch::Tensor noise;
-};
-
-// Samples `draw` with the sampler settings of `config`. `stop`, when given, is asked before every
-// network evaluation whether to end early (the batch under way is dropped).
-Generated generate(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& config,
-                   const std::vector<int64_t>& image_shape, const torch::Device& device, const Draw& draw,
-                   bool show_progress = true, const LearnedSchedule& learned = {},
+// Samples `draw` from `model` as `plan` says. `stop`, when given, is asked before every network
+// evaluation whether to end early (the batch under way is dropped).
+Generated generate(const DiffusionModel& model, const SamplingPlan& plan, const Draw& draw, bool show_progress = true,
                    const std::function<bool()>& stop = {});
 
 // s2dm sample's output folder: numbered PNGs, samples.npz, grid.png and sample.yaml, its record

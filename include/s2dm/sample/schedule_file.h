@@ -8,8 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "s2dm/diffusion/noise_schedule.h"
-#include "s2dm/model/eps_model.h"
+#include "s2dm/diffusion/diffusion_model.h"
 #include "s2dm/sample/dp_schedule.h"
 #include "s2dm/sample/learned_schedule.h"
 
@@ -48,15 +47,13 @@ ScheduleFile read_schedule_file(const std::string& path, int num_timesteps);
 // (by `seed`) from `images` (uint8 NCHW), the grids for each S in `steps`, written as `out`
 // (schedule.yaml) with a plot beside it (<stem>.png: the cost curve, then the learned grid of the
 // first S against the uniform and quadratic grids). Returns the cost.
-ScheduleCost learn_schedule(const EpsModel& model, const NoiseSchedule& schedule, const torch::Tensor& images,
-                            int num_levels, int64_t num, uint64_t seed, int64_t batch, const std::vector<int>& steps,
-                            const torch::Device& device, const std::string& out);
+ScheduleCost learn_schedule(const DiffusionModel& model, const torch::Tensor& images, int num_levels, int64_t num,
+                            uint64_t seed, int64_t batch, const std::vector<int>& steps, const std::string& out);
 // What `s2dm schedule --method dp` does: dp_schedule for `sampling` (sampler, order, end point),
 // written as `out` with a plot beside it (the one-level jump error, then the dp grid of the first
 // S against the uniform and quadratic grids).
-ScheduleFile search_dp_schedule(const EpsModel& model, const NoiseSchedule& schedule, const SampleConfig& sampling,
-                                const std::vector<int64_t>& image_shape, const std::vector<int>& steps,
-                                const DpOptions& options, const torch::Device& device, const std::string& out);
+ScheduleFile search_dp_schedule(const DiffusionModel& model, const SampleConfig& sampling, const std::vector<int>& steps,
+                                const DpOptions& options, const std::string& out);
 // The plot path beside a schedule file.
 std::string schedule_plot_path(const std::string& schedule_file);
 

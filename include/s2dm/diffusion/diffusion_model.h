@@ -1,0 +1,43 @@
+#pragma once
+// One diffusion model as sampling and the grid searches take it, whole: the ε-network, its noise
+// process, the image shape, the device the network runs on, and where the model's own time grids
+// come from. Commands and the driver build it from a loaded model, the trainer from its EMA
+// network; nothing downstream assembles these pieces again.
+#include <torch/types.h>
+
+#include <string>
+#include <vector>
+
+#include "s2dm/core/config.h"
+#include "s2dm/diffusion/noise_schedule.h"
+#include "s2dm/io/safetensors.h"
+#include "s2dm/model/eps_model.h"
+
+namespace s2dm {
+
+// Where a model's own time grids (timesteps "learned" and "dp") come from. The sampling plan is
+// the one place that resolves them.
+struct ModelGrids {
+  NamedTensors state;                // a checkpoint's (or the online estimator's) schedule state ...
+  std::string file;                  // ... or a schedule file (s2dm schedule, the experiment driver)
+  bool uniform_until_ready = false;  // no state or file yet: the uniform grid stands in
+};
+
+// The shape of one image of `data`, [C, H, W].
+inline std::vector<int64_t> image_shape(const DataConfig& data) { return {data.channels, data.image_size, data.image_size}; }
+
+struct DiffusionModel {
+  EpsModel eps;                        // ε̂(x, t), t in index units; empty while only settings are checked
+  NoiseSchedule schedule;              // the noise process: ᾱ(t)
+  std::vector<int64_t> image_shape;    // [C, H, W]
+  torch::Device device = torch::kCPU;  // where `eps` takes its inputs
+  ModelGrids grids;
+
+  // The model `config` describes (its noise schedule and image shape), around `eps` on `device`.
+  static DiffusionModel of(const Config& config, EpsModel eps = {}, torch::Device device = torch::kCPU,
+                           ModelGrids grids = {}) {
+    return {std::move(eps), NoiseSchedule(config.diffusion), s2dm::image_shape(config.data), device, std::move(grids)};
+  }
+};
+
+}  // namespace s2dm
