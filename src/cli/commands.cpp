@@ -18,8 +18,8 @@
 #include "s2dm/sample/samplers.h"
 #include "s2dm/model/model_source.h"
 #include "s2dm/train/train.h"
-#include "s2dm/dist/launcher.h"
-#include "s2dm/dist/process_group.h"
+#include "s2dm/parallel/launcher.h"
+#include "s2dm/parallel/process_group.h"
 #include "s2dm/model/unet.h"
 
 namespace s2dm::cli {
@@ -101,7 +101,7 @@ int info(int argc, char** argv) {
   set_cpu_threads(bounded(*r, "threads", 0, kMaxThreads));
   std::cout << runtime_info(resolve_device((*r)["device"].as<std::string>()));
   std::string backends;
-  for (const auto& b : dist::available_backends()) backends += (backends.empty() ? "" : ", ") + b;
+  for (const auto& b : parallel::available_backends()) backends += (backends.empty() ? "" : ", ") + b;
   std::cout << "distributed:    " << (backends.empty() ? "none (no Gloo headers at build time: libgloo-dev)" : backends)
             << " (c10d; s2dm train --nproc N, torchrun or srun)\n";
   if (r->count("checkpoint")) {
@@ -141,7 +141,7 @@ int train(int argc, char** argv) {
   opts.overrides = sets(*r);
   if (r->count("device")) opts.overrides.push_back("device=" + (*r)["device"].as<std::string>());
   if (r->count("steps")) opts.steps = bounded(*r, "steps", int64_t{0}, std::numeric_limits<int64_t>::max());
-  const int nproc = r->count("nproc") ? bounded(*r, "nproc", 1, dist::kMaxLocalRanks) : 0;
+  const int nproc = r->count("nproc") ? bounded(*r, "nproc", 1, parallel::kMaxLocalRanks) : 0;
   Config config;
   if (r->count("config")) {
     config = load_config((*r)["config"].as<std::string>(), opts.overrides);
@@ -157,7 +157,7 @@ int train(int argc, char** argv) {
       if (arg == "--nproc") ++i;
       else if (arg.rfind("--nproc=", 0) != 0) args.push_back(arg);
     }
-    return dist::launch_local_group(nproc, args);
+    return parallel::launch_local_group(nproc, args);
   }
   auto result = train::run_training(config, opts);
   if (result.rank == 0)  // (rank 0 speaks for a data-parallel group)

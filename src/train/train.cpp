@@ -28,7 +28,7 @@
 #include "s2dm/core/progress.h"
 #include "s2dm/sample/learned_schedule.h"
 #include "s2dm/core/stop_signals.h"
-#include "s2dm/dist/process_group.h"
+#include "s2dm/parallel/process_group.h"
 #include "s2dm/model/unet.h"
 
 namespace s2dm::train {
@@ -92,7 +92,7 @@ void truncate_metrics(const std::string& path, int64_t step) {
 // rank reads the same (global) values at the same steps.
 class IntervalSums {
  public:
-  IntervalSums(const torch::Device& device, dist::ProcessGroup* group) : device_(device), group_(group) { reset(); }
+  IntervalSums(const torch::Device& device, parallel::ProcessGroup* group) : device_(device), group_(group) { reset(); }
 
   void add_micro_batch(const diffusion::LossTerms& terms, int grad_accum) {
     loss_.add_(terms.loss.detach(), 1.0 / grad_accum);
@@ -166,7 +166,7 @@ class IntervalSums {
   }
 
   torch::Device device_;
-  dist::ProcessGroup* group_;
+  parallel::ProcessGroup* group_;
   torch::Tensor loss_, simple_, skip_sum_, skip_count_, grad_norm_;
   double allreduce_seconds_ = 0;
   int64_t steps_ = 0;
@@ -233,7 +233,7 @@ namespace {
 // batch; rank 0 alone writes the run directory.
 class Trainer {
  public:
-  Trainer(Config config, std::string run_dir, bool resuming, dist::ProcessGroup* group);
+  Trainer(Config config, std::string run_dir, bool resuming, parallel::ProcessGroup* group);
   Trainer(const Trainer&) = delete;  // (members refer to each other)
   Trainer& operator=(const Trainer&) = delete;
   // Continues from a checkpoint of this run (weights, optimiser, RNG, data position, schedule).
@@ -274,11 +274,11 @@ class Trainer {
   const Config config_;
   const TrainConfig& tc_ = config_.train;
   const std::string run_dir_;
-  dist::ProcessGroup* const group_;  // null: one process
+  parallel::ProcessGroup* const group_;  // null: one process
   const bool writes_;                // rank 0 (or the only process) writes the run directory
   const bool resuming_;
   diffusion::Rows rows_;             // this rank's rows of each micro-batch
-  std::unique_ptr<dist::GradientAverager> averager_;
+  std::unique_ptr<parallel::GradientAverager> averager_;
   torch::Device device_{torch::kCPU};
   bool autocast_ = false;
   data::ImageSet dataset_;
@@ -307,7 +307,7 @@ class Trainer {
   } owed_;
 };
 
-Trainer::Trainer(Config config, std::string run_dir, bool resuming, dist::ProcessGroup* group)
+Trainer::Trainer(Config config, std::string run_dir, bool resuming, parallel::ProcessGroup* group)
     : config_(std::move(config)),
       run_dir_(std::move(run_dir)),
       group_(group),
@@ -354,7 +354,7 @@ Trainer::Trainer(Config config, std::string run_dir, bool resuming, dist::Proces
   for (const auto& item : unet_->named_parameters()) params.emplace_back(item.key(), item.value());
   adam_ = std::make_unique<Adam>(params, AdamOptions{tc_.beta1, tc_.beta2, tc_.eps, tc_.weight_decay, tc_.optimizer == "adamw"});
   if (group_)
-    averager_ = std::make_unique<dist::GradientAverager>(*group_, params_,
+    averager_ = std::make_unique<parallel::GradientAverager>(*group_, params_,
                                                          static_cast<int64_t>(tc_.distributed.bucket_mb * 1e6));
 
   if (sample::uses_learned_schedule(config_.sample) && tc_.learned_schedule.every == 0)
@@ -725,7 +725,7 @@ RunStart plan_start(const RunDirectory& dir, const Config& given, const TrainOpt
 }
 
 // The process group of a data-parallel run, from the launch environment; null for one process.
-std::unique_ptr<dist::ProcessGroup> join_group(const Config& config, const std::optional<dist::Launch>& launch) {
+std::unique_ptr<parallel::ProcessGroup> join_group(const Config& config, const std::optional<parallel::Launch>& launch) {
   if (!launch) return nullptr;
   spdlog::set_pattern("[%H:%M:%S] [rank " + std::to_string(launch->rank) + "] %^%l%$ %v");
   if (launch->rank > 0) spdlog::set_level(spdlog::level::warn);  // rank 0 tells the story
@@ -738,7 +738,7 @@ std::unique_ptr<dist::ProcessGroup> join_group(const Config& config, const std::
   if (backend == "nccl" && !cuda)
     throw ConfigError("train.distributed.backend=nccl needs CUDA devices, but device '" + config.device +
                       "' is the CPU here (use gloo)");
-  auto group = std::make_unique<dist::ProcessGroup>(
+  auto group = std::make_unique<parallel::ProcessGroup>(
       *launch, backend, std::chrono::milliseconds(static_cast<int64_t>(dc.timeout * 1000)));
   // Every rank must train the same thing (threads may differ between machines).
   Config shared = config;
@@ -751,7 +751,7 @@ std::unique_ptr<dist::ProcessGroup> join_group(const Config& config, const std::
 
 TrainResult run_training(const Config& given, const TrainOptions& opts) {
   const std::string run_dir = opts.run_dir.empty() ? "runs/" + given.name : opts.run_dir;
-  const auto launch = dist::launch_from_environment();
+  const auto launch = parallel::launch_from_environment();
   const bool writer = !launch || launch->rank == 0;  // rank 0 alone writes the run directory
   // Nothing is written until the run is accepted: its directory's shape, the checkpoint and the
   // config, the data, the model and the resumed state. Until then the log is kept in memory.

@@ -1,4 +1,4 @@
-#include "s2dm/dist/process_group.h"
+#include "s2dm/parallel/process_group.h"
 
 #include <spdlog/spdlog.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -18,7 +18,7 @@
 #include "s2dm/core/compat.h"
 #include "s2dm/core/errors.h"
 
-namespace s2dm::dist {
+namespace s2dm::parallel {
 namespace {
 
 const char* env(const char* name) {
@@ -351,4 +351,4 @@ void GradientAverager::average() {
   last_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-}  // namespace s2dm::dist
+}  // namespace s2dm::parallel

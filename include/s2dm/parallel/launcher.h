@@ -3,7 +3,7 @@
 #include <string>
 #include <vector>
 
-namespace s2dm::dist {
+namespace s2dm::parallel {
 
 // The most ranks one machine launches (--nproc).
 inline constexpr int kMaxLocalRanks = 1024;
@@ -14,4 +14,4 @@ inline constexpr int kMaxLocalRanks = 1024;
 // rank that failed (128 + N for one killed by signal N), else 130 when a signal stopped them, else 0.
 int launch_local_group(int nproc, const std::vector<std::string>& args);
 
-}  // namespace s2dm::dist
+}  // namespace s2dm::parallel

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-namespace s2dm::dist {
+namespace s2dm::parallel {
 
 // This process's place in its group.
 struct Launch {
@@ -94,4 +94,4 @@ class GradientAverager {
   double last_seconds_ = 0;
 };
 
-}  // namespace s2dm::dist
+}  // namespace s2dm::parallel

@@ -1,4 +1,4 @@
-#include "s2dm/dist/launcher.h"
+#include "s2dm/parallel/launcher.h"
 
 #include <spdlog/spdlog.h>
 #include <sys/prctl.h>
@@ -19,7 +19,7 @@
 
 extern char** environ;
 
-namespace s2dm::dist {
+namespace s2dm::parallel {
 namespace {
 
 volatile std::sig_atomic_t g_forward = 0;
@@ -166,4 +166,4 @@ int launch_local_group(int nproc, const std::vector<std::string>& args) {
   return first_failure != 0 ? first_failure : interrupted;
 }
 
-}  // namespace s2dm::dist
+}  // namespace s2dm::parallel
