@@ -6,6 +6,7 @@
 #include <torch/types.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "s2dm/core/config.h"
