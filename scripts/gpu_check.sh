@@ -18,6 +18,8 @@
 #   --cpu               a dry run on the CPU at tiny sizes: this script's logic, tested by the suite
 #   --prebuilt DIR      s2dm, s2dm_bench and s2dm_tests already built in DIR: no bundle, no build
 #   --build-only        preflight and build, nothing else (scripts/test_torch2.sh --cuda)
+#   --tests-only        preflight, build and the GPU tests (a second call on a warm machine, whose
+#                       build folder is kept, when the first run's budget left the tests no time)
 #   --bundle DIR        the bundle (default gpu_bundle)
 #   --build-dir DIR     where to build (default build-gpu)
 #   --torch-prefix DIR  LibTorch's CMake prefix (default: asked of the Python's torch)
@@ -27,7 +29,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 out=${OUT:-gpu_results} budget="" cpu=false prebuilt="" build_only=false bundle=gpu_bundle build=build-gpu
-torch_prefix="" python=python3 jobs=$(nproc) cmake_extra=()
+tests_only=false torch_prefix="" python=python3 jobs=$(nproc) cmake_extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out=$2; shift ;;
@@ -35,6 +37,7 @@ while [ $# -gt 0 ]; do
     --cpu) cpu=true ;;
     --prebuilt) prebuilt=$2; build=$2; shift ;;
     --build-only) build_only=true ;;
+    --tests-only) tests_only=true ;;
     --bundle) bundle=$2; shift ;;
     --build-dir) build=$2; shift ;;
     --torch-prefix) torch_prefix=$2; shift ;;
@@ -167,12 +170,6 @@ json_number() {
   grep -o "\"$2\": *[-0-9.eE+naif]*" "$1" 2>/dev/null | head -1 | sed 's/.*: *//'
 }
 
-# "passed P, skipped S, failed F" from a GoogleTest log.
-gtest_counts() {
-  awk '/^\[  PASSED  \]/ { p = $4 } /^\[  SKIPPED \] [0-9]+ test/ { s = $4 } /^\[  FAILED  \] [0-9]+ test/ { f = $4 }
-       END { printf "passed %d, skipped %d, failed %d", p, s, f }' "$1"
-}
-
 have_binaries() { [ -x "$build/s2dm" ] && [ -x "$build/s2dm_bench" ]; }
 
 # --- preflight -------------------------------------------------------------------------------
@@ -301,9 +298,28 @@ fmnist_run() {
 }
 
 # --- the GPU tests ---------------------------------------------------------------------------
+# One process per test, so that a crash (seen on the H200: SIGSEGV after a failed check) hides
+# none of the others; each test's outcome is a line "gpu_test NAME: exit CODE".
 gpu_tests() {
   [ -n "$prebuilt" ] || cmake --build "$build" -j "$jobs" --target s2dm_tests || return
-  "$build/s2dm_tests" --gtest_filter="$gpu_tests"
+  local name code failed=0
+  for name in $("$build/s2dm_tests" --gtest_filter="$gpu_tests" --gtest_list_tests |
+                awk '/^[^ ]/ { suite = $1 } /^  / { print suite $1 }'); do
+    code=0
+    "$build/s2dm_tests" --gtest_filter="$name" || code=$?
+    echo "gpu_test $name: exit $code"
+    [ $code -eq 0 ] || failed=1
+  done
+  return $failed
+}
+
+# gpu_tests_step LIMIT: the step, and its counts as a figure (a test that skipped exits 0 and says so).
+gpu_tests_step() {
+  step gpu_tests "$1" gpu_tests
+  grep -q '^gpu_test ' "$out/logs/gpu_tests.log" 2> /dev/null &&
+    say "| GPU tests ($gpu_tests): passed, skipped, failed | s2dm | $(awk '
+      /^\[  SKIPPED \] [0-9]+ test/ { s += $4 } /^gpu_test .*: exit 0$/ { ok++ } /^gpu_test .*: exit [1-9]/ { f++ }
+      END { printf "passed %d, skipped %d, failed %d", ok - s, s, f }' "$out/logs/gpu_tests.log") | - |"
 }
 
 # --- the run ---------------------------------------------------------------------------------
@@ -321,7 +337,10 @@ elif [ -z "$torch_prefix" ]; then
 else
   step build $($build_only && echo $budget || echo 420) build_s2dm
 fi
-if $build_only; then
+if $tests_only; then
+  if have_binaries; then gpu_tests_step $budget; else skip gpu_tests "no s2dm build"; fi
+fi
+if $build_only || $tests_only; then
   cat "$out/steps.tsv"
   [ $failures -eq 0 ]
   exit
@@ -352,10 +371,7 @@ step torch_inception $limit_reference reference torch_inception --inception --ba
 if have_binaries; then
   step fmnist $limit_fmnist fmnist_run &&
     say "| fmnist: FD[fmnist-cnn] of $fmnist_num DPM-Solver++(2M) 10-step samples | s2dm | $(awk '/^FD/ {print $2}' "$out/fmnist/fd.txt") | - |"
-  step gpu_tests $limit_tests gpu_tests
-  if grep -q '^\[==========\]' "$out/logs/gpu_tests.log" 2> /dev/null; then
-    say "| GPU tests ($gpu_tests): passed, skipped, failed | s2dm | $(gtest_counts "$out/logs/gpu_tests.log") | - |"
-  fi
+  gpu_tests_step $limit_tests
 else
   skip fmnist "no s2dm build"
   skip gpu_tests "no s2dm build"

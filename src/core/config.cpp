@@ -146,6 +146,7 @@ void visit(V& v, Config& c) {
   v("seed", c.seed, Range<uint64_t>{0, std::numeric_limits<uint64_t>::max()});
   v("device", c.device, Any{});
   v("threads", c.threads, Range<int>{0, kMaxThreads});
+  v("deterministic", c.deterministic, Any{});
   v.section("data", c.data);
   v.section("model", c.model);
   v.section("diffusion", c.diffusion);

@@ -63,6 +63,14 @@ void use_fast_cuda_math(bool fast) {
   context.setBenchmarkCuDNN(fast);
 }
 
+void use_deterministic_cuda() {
+  auto& context = at::globalContext();
+  context.setBenchmarkCuDNN(false);
+  context.setDeterministicCuDNN(true);
+  context.setDeterministicAlgorithms(true, /*warn_only=*/true);
+  setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", /*overwrite=*/0);
+}
+
 int64_t device_memory(const torch::Device& device) {
 #if S2DM_WITH_CUDA
   if (device.is_cuda())

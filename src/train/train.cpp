@@ -318,6 +318,7 @@ Trainer::Trainer(Config config, std::string run_dir, bool resuming, parallel::Pr
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
   set_cpu_threads(config_.threads > 0 || !group_ ? config_.threads : std::max(1, cores / group_->local_size()));
   device_ = resolve_device(config_.device);
+  if (config_.deterministic && device_.is_cuda()) use_deterministic_cuda();
   if (group_ && device_.is_cuda()) {  // one GPU per rank
     device_ = rank_device(device_, group_->local_rank(), static_cast<int>(torch::cuda::device_count()));
     make_current(device_);

@@ -128,6 +128,7 @@ struct Config {
   uint64_t seed = 0;
   std::string device = "auto";  // auto | cpu | cuda | cuda:N
   int threads = 0;              // CPU intra-op threads (0 = all cores)
+  bool deterministic = false;   // CUDA: deterministic kernels, no cuDNN autotuner (use_deterministic_cuda)
   DataConfig data;
   ModelConfig model;
   DiffusionConfig diffusion;

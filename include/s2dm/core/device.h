@@ -24,6 +24,12 @@ void make_current(const torch::Device& device);
 // range, 10-bit products, fp32 sums) and cuDNN's autotuner (shapes repeat, so tuning pays
 // once). FID features never use TF32 (compat::NoTf32). No effect on the CPU.
 void use_fast_cuda_math(bool fast);
+// Runs that repeat bit for bit on one GPU (config key `deterministic`): cuDNN's autotuner off (the
+// algorithm it picks varies from process to process, and with it the rounding), deterministic
+// cuDNN algorithms, PyTorch's deterministic implementations where an op has one (a warning where
+// it has none), and cuBLAS's fixed workspace (CUBLAS_WORKSPACE_CONFIG, unless set). TF32 stays on:
+// it rounds the same way every run. Call before the first CUDA work; no effect on the CPU.
+void use_deterministic_cuda();
 
 // A CUDA device's memory in bytes (0 for the CPU).
 int64_t device_memory(const torch::Device& device);
