@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "s2dm/core/errors.h"
+#include "s2dm/core/registry.h"
 #include "s2dm/core/yaml_reader.h"
 #include "s2dm/io/file_io.h"
 
@@ -30,7 +31,7 @@ struct Any {};
 
 template <class V>
 void visit(V& v, DataConfig& c) {
-  v("dataset", c.dataset, OneOf{{"fmnist", "cifar10", "celeba", "folder"}});
+  v("dataset", c.dataset, OneOf{dataset_names()});
   v("path", c.path, Any{});
   v("image_size", c.image_size, Range<int>{4, 1024});
   v("channels", c.channels, OneOf{{"1", "3"}});
@@ -59,7 +60,7 @@ void visit(V& v, DiffusionConfig& c) {
 
 template <class V>
 void visit(V& v, LossConfig& c) {
-  v("type", c.type, OneOf{{"simple", "s2dm"}});
+  v("type", c.type, OneOf{loss_names()});
   v("skip_k", c.skip_k, Range<int>{1, 100000});
   v("tau", c.tau, Range<double>{0.0, 1.0});
   v("noise", c.noise, OneOf{{"independent", "shared"}});

@@ -301,6 +301,14 @@ const std::vector<DatasetInfo>& datasets() {
   return registry;
 }
 
+}  // namespace s2dm::data
+
+namespace s2dm {
+std::vector<std::string> dataset_names() { return names_of(data::datasets()); }
+}  // namespace s2dm
+
+namespace s2dm::data {
+
 const DatasetInfo& find_dataset(const std::string& name) {
   return find_by_name(datasets(), name, "data set", "data sets");
 }

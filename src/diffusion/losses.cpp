@@ -57,6 +57,14 @@ const std::vector<LossInfo>& losses() {
   return registry;
 }
 
+}  // namespace s2dm::diffusion
+
+namespace s2dm {
+std::vector<std::string> loss_names() { return names_of(diffusion::losses()); }
+}  // namespace s2dm
+
+namespace s2dm::diffusion {
+
 const LossInfo& find_loss(const std::string& name) { return find_by_name(losses(), name, "loss", "losses"); }
 
 DiffusionLoss::DiffusionLoss(const LossConfig& config, const NoiseSchedule& schedule,

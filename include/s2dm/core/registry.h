@@ -1,5 +1,6 @@
 #pragma once
-// Registries by name (samplers, losses, data sets): the lookup and its error, in one place.
+// Registries by name (samplers, losses, data sets): the lookup and its error, in one place, and
+// the names the config schema checks keys against.
 #include <string>
 #include <vector>
 
@@ -25,5 +26,20 @@ const Entry& find_by_name(const std::vector<Entry>& entries, const std::string& 
   for (size_t i = 0; i < names.size(); ++i) msg += (i ? ", " : "") + names[i];
   throw ConfigError(msg);
 }
+
+// The names of `entries`, in registry order.
+template <class Entry>
+std::vector<std::string> names_of(const std::vector<Entry>& entries) {
+  std::vector<std::string> names;
+  for (const auto& e : entries) names.push_back(e.name);
+  return names;
+}
+
+// The names of the registries above core/ whose entries are config values: the schema
+// (core/config.cpp) checks data.dataset and loss.type against them, with the file and line.
+// Declared here and defined beside each registry (data/data.cpp, diffusion/losses.cpp), so that a
+// registry line is all a new entry needs and core/ includes nothing above it.
+std::vector<std::string> dataset_names();
+std::vector<std::string> loss_names();
 
 }  // namespace s2dm

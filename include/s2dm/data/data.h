@@ -18,8 +18,8 @@ struct ImageSet {
   std::string source;    // where it came from, for logs
 };
 
-// A data set by name (data.dataset). Adding one = its reader and a line in data.cpp's registry
-// (and its name in core/config.cpp's list of data sets).
+// A data set by name (data.dataset). Adding one = its reader and a line in data.cpp's registry;
+// the config schema reads the names from it (core/registry.h).
 struct DatasetInfo {
   std::string name;
   std::string default_path;  // where it is looked for when data.path is empty

@@ -32,8 +32,8 @@ struct LossTerms {
 class DiffusionLoss;
 
 // A loss by name (loss.type): how the objective combines the prediction with the noises.
-// Adding one = a combine function and a line in losses.cpp's registry (and its name in
-// core/config.cpp's list of loss types).
+// Adding one = a combine function and a line in losses.cpp's registry; the config schema reads
+// the names from it (core/registry.h).
 struct LossInfo {
   std::string name, description;
   bool second_noise;  // draws ε₂ besides ε₁ (L_skip's target)
