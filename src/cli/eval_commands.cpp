@@ -35,19 +35,18 @@ class FeatureSpace {
     } catch (const ConfigError& e) {
       throw UsageError(std::string("--") + e.what());
     }
-    if (spec_.kind == eval::FeatureSpec::Kind::classifier && spec_.path.empty())
-      throw UsageError("--features classifier needs the classifier's file: classifier:PATH");
+    if (spec_.weights().empty())
+      throw UsageError("--features " + spec_.text() + " needs the network's file: " + spec_.text() + ":PATH");
   }
   const eval::FeatureExtractor& extractor() {
     if (!extractor_.fn) extractor_ = eval::make_feature_extractor(spec_, device_);
     return extractor_;
   }
-  // The name before loading: "inception" or what the classifier file says.
-  std::string label() { return is_classifier() ? extractor().distance_label() : "FID[inception]"; }
-  std::string name() { return is_classifier() ? extractor().name : "inception"; }
+  // The name, without loading the network unless its weights file names it (a classifier).
+  std::string name() { return spec_.network->named_by_its_weights ? extractor().name : spec_.network->name; }
+  std::string label() { return eval::FeatureExtractor{name(), {}}.distance_label(); }
 
  private:
-  bool is_classifier() const { return spec_.kind == eval::FeatureSpec::Kind::classifier; }
   eval::FeatureSpec spec_;
   torch::Device device_;
   eval::FeatureExtractor extractor_;

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -156,41 +157,20 @@ std::string default_inception_weights() {
   return env ? env : "data/inception/pt_inception-2015-12-05-6726825d.safetensors";
 }
 
-std::string FeatureSpec::text() const {
-  const std::string name = kind == Kind::inception ? "inception" : "classifier";
-  return path.empty() ? name : name + ":" + path;
+namespace {
+
+FeatureExtractor load_inception(const std::string& weights, const torch::Device& device) {
+  FidInception net;
+  load_inception_weights(net, weights);
+  net->to(device);
+  net->eval();
+  return {"inception", [net](const torch::Tensor& images) mutable {
+            return net->forward(images.to(torch::kFloat32) / 255.0);  // pytorch-fid takes [0, 1]
+          }};
 }
 
-FeatureSpec parse_feature_spec(const std::string& text) {
-  FeatureSpec spec;
-  const auto colon = text.find(':');
-  const std::string kind = text.substr(0, colon);
-  if (kind == "inception") spec.kind = FeatureSpec::Kind::inception;
-  else if (kind == "classifier") spec.kind = FeatureSpec::Kind::classifier;
-  else throw ConfigError("features '" + text + "': expected inception, inception:WEIGHTS.safetensors or classifier:PATH");
-  if (colon != std::string::npos) {
-    spec.path = text.substr(colon + 1);
-    if (spec.path.empty()) throw ConfigError("features '" + text + "': the path after ':' is empty");
-  }
-  return spec;
-}
-
-FeatureExtractor make_feature_extractor(const std::string& spec, const torch::Device& device) {
-  return make_feature_extractor(parse_feature_spec(spec), device);
-}
-
-FeatureExtractor make_feature_extractor(const FeatureSpec& spec, const torch::Device& device) {
-  if (spec.kind == FeatureSpec::Kind::inception) {
-    FidInception net;
-    load_inception_weights(net, spec.path.empty() ? default_inception_weights() : spec.path);
-    net->to(device);
-    net->eval();
-    return {"inception", [net](const torch::Tensor& images) mutable {
-              return net->forward(images.to(torch::kFloat32) / 255.0);  // pytorch-fid takes [0, 1]
-            }};
-  }
-  if (spec.path.empty()) throw ConfigError("features 'classifier' needs the classifier's file: classifier:PATH");
-  auto net = load_classifier(spec.path);
+FeatureExtractor load_classifier_features(const std::string& weights, const torch::Device& device) {
+  auto net = load_classifier(weights);
   net->to(device);
   const int channels = net->spec().channels, size = net->spec().image_size;
   return {net->spec().name, [net, channels, size](torch::Tensor images) mutable {
@@ -207,6 +187,57 @@ FeatureExtractor make_feature_extractor(const FeatureSpec& spec, const torch::De
                               c10::str(images.sizes().slice(1)));
             return net->features(data::to_model_range(images));
           }};
+}
+
+}  // namespace
+
+const std::vector<FeatureNetworkInfo>& feature_networks() {
+  static const std::vector<FeatureNetworkInfo> registry{
+      {"inception", "inception, inception:WEIGHTS.safetensors", default_inception_weights,
+       "scripts/convert_fid_inception.py makes them; or set $S2DM_INCEPTION_WEIGHTS", false, false, load_inception},
+      {"classifier", "classifier:PATH", nullptr, "", true, true, load_classifier_features},
+  };
+  return registry;
+}
+
+std::string feature_spec_forms() {
+  std::string forms;
+  const auto& networks = feature_networks();
+  for (size_t i = 0; i < networks.size(); ++i)
+    forms += (i == 0 ? "" : i + 1 == networks.size() ? " or " : ", ") + networks[i].forms;
+  return forms;
+}
+
+std::string FeatureSpec::weights() const {
+  return !path.empty() || !network->default_weights ? path : network->default_weights();
+}
+
+std::string FeatureSpec::text() const { return path.empty() ? network->name : network->name + ":" + path; }
+
+FeatureSpec parse_feature_spec(const std::string& text) {
+  FeatureSpec spec;
+  const auto colon = text.find(':');
+  const std::string name = text.substr(0, colon);
+  const auto& networks = feature_networks();
+  const auto found = std::find_if(networks.begin(), networks.end(), [&](const auto& n) { return n.name == name; });
+  if (found == networks.end()) throw ConfigError("features '" + text + "': expected " + feature_spec_forms());
+  spec.network = &*found;
+  if (colon != std::string::npos) {
+    spec.path = text.substr(colon + 1);
+    if (spec.path.empty()) throw ConfigError("features '" + text + "': the path after ':' is empty");
+  }
+  return spec;
+}
+
+FeatureExtractor make_feature_extractor(const std::string& spec, const torch::Device& device) {
+  return make_feature_extractor(parse_feature_spec(spec), device);
+}
+
+FeatureExtractor make_feature_extractor(const FeatureSpec& spec, const torch::Device& device) {
+  const auto weights = spec.weights();
+  if (weights.empty())
+    throw ConfigError("features '" + spec.text() + "' needs the network's file: " + spec.network->name + ":PATH");
+  return spec.network->load(weights, device);
 }
 
 torch::Tensor extract_features(const FeatureExtractor& extractor, const torch::Tensor& images, int64_t batch,

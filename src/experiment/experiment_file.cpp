@@ -232,13 +232,13 @@ void read_metric(const Reader& r, const YAML::Node& node, Experiment& e) {
   try {
     spec = eval::parse_feature_spec(m.features);
   } catch (const ConfigError&) {
-    r.fail(node["features"], "metric.features = '" + m.features + "': expected inception, inception:WEIGHTS, classifier "
-                             "(trained on the data here) or classifier:PATH");
+    r.fail(node["features"], "metric.features = '" + m.features + "': expected " + eval::feature_spec_forms() +
+                                 " (a network trained here: its name alone)");
   }
-  if (spec.kind == eval::FeatureSpec::Kind::inception && spec.path.empty()) {
-    if (!fs::exists(eval::default_inception_weights()))
-      r.fail(node["features"], "metric.features = inception: no weights at " + eval::default_inception_weights() +
-                                   " (scripts/convert_fid_inception.py makes them; or set $S2DM_INCEPTION_WEIGHTS)");
+  if (spec.path.empty() && spec.network->default_weights) {
+    if (!fs::exists(spec.weights()))
+      r.fail(node["features"], "metric.features = " + spec.text() + ": no weights at " + spec.weights() + " (" +
+                                   spec.network->default_weights_hint + ")");
   } else if (!spec.path.empty()) {
     spec.path = r.resolve(spec.path);
     if (auto why = why_not_a_file(spec.path); !why.empty()) r.fail(node["features"], "metric.features: " + spec.path + " " + why);

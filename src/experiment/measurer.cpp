@@ -14,8 +14,7 @@ namespace fs = std::filesystem;
 
 Measurer::Measurer(const Experiment& e, torch::Device device) : e_(e), device_(device) {
   const auto spec = eval::parse_feature_spec(e.metric.features);
-  const std::string kind = spec.kind == eval::FeatureSpec::Kind::inception ? "inception:" : "classifier:";
-  if (spec.kind == eval::FeatureSpec::Kind::classifier && spec.path.empty()) {
+  if (spec.network->trained_here && spec.path.empty()) {
     Config c;
     c.data = e.models.front().config.data;
     c.data.limit = 0;
@@ -24,7 +23,7 @@ Measurer::Measurer(const Experiment& e, torch::Device device) : e_(e), device_(d
                   ".safetensors";
     identity_ = "classifier-trained-here:" + classifier_;
   } else {
-    identity_ = kind + file_identity(spec.path.empty() ? eval::default_inception_weights() : spec.path);
+    identity_ = spec.network->name + ":" + file_identity(spec.weights());
   }
 }
 
@@ -41,7 +40,7 @@ std::string Measurer::reference_identity(const ModelSpec& m) const {
 const eval::FeatureExtractor& Measurer::extractor() {
   if (extractor_.fn) return extractor_;
   auto spec = eval::parse_feature_spec(e_.metric.features);
-  if (spec.kind == eval::FeatureSpec::Kind::classifier && spec.path.empty()) {
+  if (spec.network->trained_here && spec.path.empty()) {
     if (!fs::exists(classifier_)) {
       spdlog::info("training the feature classifier on {} ({} epochs)", e_.models.front().config.data.dataset,
                    e_.metric.classifier_epochs);

@@ -294,3 +294,30 @@ TEST(Classifier, TrainsOnRealFashionMnistAndSeparatesDistributions) {
   EXPECT_THROW(make_feature_extractor("classifier:" + (tmp / "none"), torch::kCPU), CheckpointError);
   EXPECT_THROW(make_feature_extractor("vgg", torch::kCPU), ConfigError);
 }
+
+TEST(FeatureNetworks, SpecsNameEveryRegisteredNetworkAndNoOther) {
+  std::string forms;
+  for (const auto& network : feature_networks()) {
+    auto spec = parse_feature_spec(network.name + ":w.safetensors");
+    EXPECT_EQ(spec.network, &network);
+    EXPECT_EQ(spec.weights(), "w.safetensors");
+    EXPECT_EQ(parse_feature_spec(spec.text()).text(), spec.text());
+    spec = parse_feature_spec(network.name);
+    EXPECT_EQ(spec.network, &network);
+    if (network.default_weights) {
+      EXPECT_EQ(spec.weights(), network.default_weights()) << network.name;
+    } else {  // a spec must name the weights
+      EXPECT_EQ(spec.weights(), "") << network.name;
+      EXPECT_THROW(make_feature_extractor(spec, torch::kCPU), ConfigError) << network.name;
+    }
+    EXPECT_NE(feature_spec_forms().find(network.forms), std::string::npos) << network.name;
+  }
+  try {
+    parse_feature_spec("dino:w.safetensors");
+    ADD_FAILURE() << "an unregistered network parsed";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("expected " + feature_spec_forms()), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(parse_feature_spec("inception:"), ConfigError);
+  EXPECT_EQ(feature_spec_forms(), "inception, inception:WEIGHTS.safetensors or classifier:PATH");
+}

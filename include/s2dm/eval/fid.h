@@ -7,6 +7,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "s2dm/eval/inception.h"
 
@@ -49,24 +50,43 @@ struct FeatureExtractor {
   std::string distance_label() const { return (is_inception() ? "FID[" : "FD[") + name + "]"; }
 };
 
-// A feature space as named in configs and on the command line:
+// A feature network by name, the part of a feature spec before ':'. Adding one = its loader and a
+// line in fid.cpp's registry; parsing, errors, the CLI and the experiment driver read it.
+struct FeatureNetworkInfo {
+  std::string name;   // "inception", "classifier"
+  std::string forms;  // the specs that name it, for errors and help
+  // Where its weights are looked for when a spec names none; nullptr: a spec must name them.
+  std::string (*default_weights)();
+  std::string default_weights_hint;  // how to get them where they are missing
+  bool named_by_its_weights;  // the space's name (FD[name]) is read from the weights file
+  bool trained_here;          // the experiment driver trains it on the data when a spec names no weights
+  FeatureExtractor (*load)(const std::string& weights, const torch::Device& device);
+};
+const std::vector<FeatureNetworkInfo>& feature_networks();
+
+// A feature space as named in configs and on the command line, NETWORK[:WEIGHTS]:
 //   inception            the FID Inception with its default weights
 //   inception:WEIGHTS    ... with these weights (.safetensors)
 //   classifier:PATH      a classifier trained by s2dm train-classifier
 //   classifier           (the experiment driver only) a classifier it trains on the data itself
 struct FeatureSpec {
-  enum class Kind { inception, classifier } kind = Kind::inception;
-  std::string path;  // empty: the default Inception weights / a classifier still to train
+  const FeatureNetworkInfo* network = &feature_networks().front();
+  std::string path;  // empty: the network's default weights / a classifier still to train
+  // The weights file: `path`, else the network's default; empty when it has none.
+  std::string weights() const;
   std::string text() const;
 };
 // Throws ConfigError naming the accepted forms.
 FeatureSpec parse_feature_spec(const std::string& text);
+// Every network's forms, for messages and help: "inception, inception:WEIGHTS.safetensors or classifier:PATH".
+std::string feature_spec_forms();
 
 // Where the Inception weights are looked for by default: $S2DM_INCEPTION_WEIGHTS, else
 // data/inception/pt_inception-2015-12-05-6726825d.safetensors.
 std::string default_inception_weights();
-// The feature space of a spec (not a classifier still to train), loaded onto `device`. Throws
-// ConfigError for an unknown spec, CheckpointError for unreadable weights.
+// The feature space of a spec whose weights exist (not a classifier still to train), loaded onto
+// `device`. Throws ConfigError for an unknown spec or one without weights, CheckpointError for
+// unreadable weights.
 FeatureExtractor make_feature_extractor(const FeatureSpec& spec, const torch::Device& device);
 FeatureExtractor make_feature_extractor(const std::string& spec, const torch::Device& device);
 
