@@ -305,7 +305,6 @@ int sample(int argc, char** argv) {
   sample::check_sample_output(out, r->count("no-png") ? 0 : config.sample.num);
   set_cpu_threads(config.threads);
   const torch::Device device = resolve_device(config.device);
-  if (config.deterministic && device.is_cuda()) use_deterministic_cuda();
   const model::LoadedModel loaded(source, device);
   model.eps = loaded.eps(config.sample.skip_tuning);
   model.device = device;

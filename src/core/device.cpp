@@ -42,6 +42,7 @@ torch::Device resolve_device(const std::string& name) {
       throw ConfigError("device = '" + name + "': only " +
                         std::to_string(torch::cuda::device_count()) + " CUDA device(s) visible");
     use_fast_cuda_math(true);
+    if (const char* env = std::getenv("S2DM_DETERMINISTIC"); env && std::string(env) == "1") use_deterministic_cuda();
     return device;
   }
   throw ConfigError("device = '" + name + "' is not one of auto, cpu, cuda, cuda:N");

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <filesystem>
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <tuple>
 #include <sstream>
@@ -64,6 +65,14 @@ Difference relative_difference(const NamedTensors& a, const NamedTensors& b) {
   }
   return {max_diff / scale, std::sqrt(diff_sq / std::max(norm_sq, 1e-30))};
 }
+
+// S2DM_DETERMINISTIC=1 for the s2dm processes that a test starts while it lives.
+struct DeterministicCuda {
+  DeterministicCuda() { setenv("S2DM_DETERMINISTIC", "1", 1); }
+  ~DeterministicCuda() { unsetenv("S2DM_DETERMINISTIC"); }
+  DeterministicCuda(const DeterministicCuda&) = delete;
+  DeterministicCuda& operator=(const DeterministicCuda&) = delete;
+};
 
 class DataParallel : public ::testing::Test {
  protected:
@@ -252,12 +261,13 @@ TEST_F(DataParallel, NprocReportsTheFirstFailingRanksCode) {
 // On a GPU (scripts/gpu_check.sh runs these there; elsewhere they skip). cuDNN's autotuner picks
 // kernels anew in each process, and under TF32 another kernel rounds otherwise: on an H200
 // (LibTorch 2.11) two such runs ended 0.7-1.4e-4 of the largest weight apart (3 runs). Hence
-// `deterministic` (no autotuner, deterministic kernels): then only lost state separates the runs.
+// S2DM_DETERMINISTIC=1 (no autotuner, deterministic kernels): then only lost state separates the runs.
 // A resume that lost a step's state (moments, EMA, the random streams) moves weights by
 // O(lr) = O(1e-3) of their scale; the bound 1e-5 is the CPU tests', which measured 1e-7.
 TEST_F(DataParallel, CudaTrainingResumesAsOneRun) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device (scripts/gpu_check.sh runs this on one)";
-  const std::string cuda = common + "--device cuda --set deterministic=true ";
+  const DeterministicCuda deterministic;
+  const std::string cuda = common + "--device cuda ";
   ASSERT_EQ(run("train " + cuda + "--steps 6 --run-dir " + (dir / "straight")).code, 0);
   auto r = run("train " + cuda + "--steps 3 --run-dir " + (dir / "split"));
   ASSERT_EQ(r.code, 0) << r.output;
@@ -270,7 +280,8 @@ TEST_F(DataParallel, CudaTrainingResumesAsOneRun) {
 // rank and its start-up and shutdown change nothing (and do not hang: train.distributed.timeout).
 TEST_F(DataParallel, OneNcclRankTrainsAsNoGroup) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device (scripts/gpu_check.sh runs this on one)";
-  const std::string cuda = common + "--device cuda --set deterministic=true ";
+  const DeterministicCuda deterministic;
+  const std::string cuda = common + "--device cuda ";
   ASSERT_EQ(run("train " + cuda + "--steps 5 --run-dir " + (dir / "alone")).code, 0);
   auto ranks = launch(1, [&](int) {
     return "train " + cuda + "--set train.distributed.backend=nccl --steps 5 --run-dir " + (dir / "nccl");

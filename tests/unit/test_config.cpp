@@ -30,15 +30,13 @@ TEST(Config, DefaultsAreTheCifar10Recipe) {
   EXPECT_DOUBLE_EQ(c.train.ema_decay, 0.9999);
   EXPECT_EQ(c.loss.type, "simple");
   EXPECT_EQ(c.loss.noise, "independent");
-  EXPECT_FALSE(c.deterministic);
 }
 
 TEST(Config, ReadsValues) {
-  auto c = parse_config("seed: 3\ndeterministic: true\ntrain:\n  lr: 1.0e-3\n  batch_size: 32\nmodel:\n  ch_mult: [1, 2]\n"
+  auto c = parse_config("seed: 3\ntrain:\n  lr: 1.0e-3\n  batch_size: 32\nmodel:\n  ch_mult: [1, 2]\n"
                         "loss:\n  type: s2dm\n  skip_k: 49\n",
                         "x.yaml");
   EXPECT_EQ(c.seed, 3u);
-  EXPECT_TRUE(c.deterministic);
   EXPECT_DOUBLE_EQ(c.train.lr, 1e-3);
   EXPECT_EQ(c.train.batch_size, 32);
   EXPECT_EQ(c.model.ch_mult, (std::vector<int>{1, 2}));

@@ -8,7 +8,7 @@ namespace s2dm {
 
 // "auto" (CUDA when this LibTorch has it and a GPU is visible, else CPU), "cpu", "cuda", "cuda:N".
 // Throws ConfigError for an unknown name or CUDA asked for where there is none. Choosing CUDA
-// turns on use_fast_cuda_math.
+// turns on use_fast_cuda_math, and use_deterministic_cuda where S2DM_DETERMINISTIC=1.
 torch::Device resolve_device(const std::string& name);
 
 // The device of rank `local_rank` on its machine: `resolved` itself on the CPU; on CUDA the GPU
@@ -24,7 +24,7 @@ void make_current(const torch::Device& device);
 // range, 10-bit products, fp32 sums) and cuDNN's autotuner (shapes repeat, so tuning pays
 // once). FID features never use TF32 (compat::NoTf32). No effect on the CPU.
 void use_fast_cuda_math(bool fast);
-// Runs that repeat bit for bit on one GPU (config key `deterministic`): cuDNN's autotuner off (the
+// Runs that repeat bit for bit on one GPU (S2DM_DETERMINISTIC=1): cuDNN's autotuner off (the
 // algorithm it picks varies from process to process, and with it the rounding), deterministic
 // cuDNN algorithms, PyTorch's deterministic implementations where an op has one (a warning where
 // it has none), and cuBLAS's fixed workspace (CUBLAS_WORKSPACE_CONFIG, unless set). TF32 stays on:
