@@ -82,12 +82,7 @@ std::vector<std::string> sampler_option_keys() {
 
 SamplerOptions sampler_options(const SampleConfig& c) {
   SamplerOptions o;
-  o.eta = c.eta;
-  o.clip_denoised = c.clip_denoised;
-  o.order = c.order;
-  o.lambda = c.lambda;
-  o.lower_order_final = c.lower_order_final;
-  o.variance = c.variance;
+  static_cast<SamplerSettings&>(o) = c;
   return o;
 }
 

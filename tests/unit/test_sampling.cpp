@@ -321,7 +321,9 @@ TEST(Samplers, StochasticSamplersAreSeeded) {
   auto model = g.model();
   auto x = torch::randn({4, 1, 2, 2}, torch::kFloat64);
   auto grid = uniform_grid(20);
-  SamplerOptions o{1.0, false, 5};
+  SamplerOptions o;
+  o.eta = 1.0;
+  o.noise_seed = 5;
   auto c = run_sampler(find_sampler("ddim"), model, x, grid, o), d = run_sampler(find_sampler("ddim"), model, x, grid, o);
   EXPECT_TRUE(torch::equal(c.x, d.x));
   EXPECT_FALSE(torch::allclose(c.x, run_sampler(find_sampler("ddim"), model, x, grid, {}).x));

@@ -100,20 +100,27 @@ struct SkipTuningConfig {
   bool active() const;
 };
 
-struct SampleConfig {
+// What samplers read (sample.* keys), spelled once: the config holds it (SampleConfig derives
+// from it) and samplers take it (sample::SamplerOptions adds the per-batch noise stream).
+struct SamplerSettings {
+  double eta = 0.0;                // DDIM stochasticity (0 deterministic, 1 = DDPM ancestral)
+  bool clip_denoised = false;      // clip x̂₀ to [-1, 1] (DDIM/DDPM, DPM-Solver++)
+  int order = -1;                  // multistep order (-1 = the sampler's default)
+  double lambda = 0.0;             // λ of λ-DDIM
+  bool lower_order_final = true;   // DEIS log-ρ / DPM-Solver++: first order on the last step(s)
+  std::string variance = "small";  // DDPM: small (β̃, = DDIM η = 1) | large (σ̂ = √(1 - a/a'))
+};
+
+struct SampleConfig : SamplerSettings {
+  // (Not an aggregate: GCC 12 at -O3 takes the base of `SampleConfig{}` for uninitialised.)
+  SampleConfig() {}
   std::string sampler = "ddim";       // s2dm samplers lists them
   int steps = 50;
-  double eta = 0.0;                   // ddim
-  int order = -1;                     // deis*: multistep order (-1 = the sampler's default)
-  double lambda = 0.0;                // lambda-ddim
-  bool lower_order_final = true;      // deis-logrho, dpmpp-2m
-  std::string variance = "small";     // ddpm: small (β̃) | large (σ̂)
   // uniform | quad | linspace | trailing | leading | logsnr | karras | a list "999,500,0" | file:PATH
   std::string timesteps = "uniform";
   double karras_rho = 7.0;
   int64_t num = 64;
   int batch = 64;
-  bool clip_denoised = false;
   std::string final_alpha = "one";  // one | first
   SkipTuningConfig skip_tuning;
 };
@@ -128,7 +135,6 @@ struct Config {
   uint64_t seed = 0;
   std::string device = "auto";  // auto | cpu | cuda | cuda:N
   int threads = 0;              // CPU intra-op threads (0 = all cores)
-  bool deterministic = false;   // CUDA: deterministic kernels, no cuDNN autotuner (use_deterministic_cuda)
   DataConfig data;
   ModelConfig model;
   DiffusionConfig diffusion;

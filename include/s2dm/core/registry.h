@@ -36,7 +36,7 @@ std::vector<std::string> names_of(const std::vector<Entry>& entries) {
 }
 
 // The names of the registries above core/ whose entries are config values: the schema
-// (core/config.cpp) checks data.dataset and loss.type against them, with the file and line.
+// (src/core/config_schema.h) checks data.dataset and loss.type against them, with the file and line.
 // Declared here and defined beside each registry (data/data.cpp, diffusion/losses.cpp), so that a
 // registry line is all a new entry needs and core/ includes nothing above it.
 std::vector<std::string> dataset_names();

@@ -14,15 +14,11 @@
 
 namespace s2dm::sample {
 
-struct SamplerOptions {
-  double eta = 0.0;                // DDIM stochasticity (0 deterministic, 1 = DDPM ancestral)
-  bool clip_denoised = false;      // clip x̂₀ to [-1, 1] (DDIM/DDPM, DPM-Solver++)
-  uint64_t noise_seed = 0;         // stochastic samplers: image j of the batch draws its noise from a
-  int64_t first_image = 0;         // generator of its own, seeded by (noise_seed, first_image + j)
-  int order = -1;                  // multistep order (-1 = the sampler's default)
-  double lambda = 0.0;             // λ of λ-DDIM
-  bool lower_order_final = true;   // DEIS log-ρ / DPM-Solver++: first order on the last step(s)
-  std::string variance = "small";  // DDPM: small (β̃, = DDIM η = 1) | large (σ̂ = √(1 - a/a'))
+// The settings a sampler reads (core/config.h's SamplerSettings, the sample.* keys) and the noise
+// stream of the batch it integrates.
+struct SamplerOptions : SamplerSettings {
+  uint64_t noise_seed = 0;  // stochastic samplers: image j of the batch draws its noise from a
+  int64_t first_image = 0;  // generator of its own, seeded by (noise_seed, first_image + j)
 };
 
 struct StepInfo {
@@ -46,8 +42,8 @@ torch::Tensor predict_x0(const torch::Tensor& x, const torch::Tensor& eps, doubl
 torch::Tensor transfer(const torch::Tensor& x, const torch::Tensor& eps, double a, double a_next);
 
 // A registry entry. Adding a sampler = its file (one function with SamplerFn's signature) and
-// one line in samplers.cpp's registry; a new option also needs its sample.* key (core/config)
-// and its SamplerOptions field, set in sampler_options.
+// one line in samplers.cpp's registry; a new option also needs its SamplerSettings field
+// (core/config.h) and its schema line (src/core/config_schema.h).
 struct SamplerInfo {
   std::string name, description;
   std::vector<std::string> options;        // the sample.* keys it reads (the driver's unit key uses them)
