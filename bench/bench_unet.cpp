@@ -27,7 +27,7 @@
 #include "s2dm/model/model_source.h"
 #include "s2dm/sample/generate.h"
 #include "s2dm/diffusion/losses.h"
-#include "s2dm/train/optim.h"
+#include "s2dm/optim/optim.h"
 #include "s2dm/sample/samplers.h"
 #include "s2dm/model/unet.h"
 
@@ -93,9 +93,9 @@ void BM_TrainStep(benchmark::State& state) {
   auto net = s.unet(), ema = s.unet();
   s2dm::NamedTensors params;
   for (const auto& p : net->named_parameters()) params.emplace_back(p.key(), p.value());
-  s2dm::train::AdamOptions adam_options;
+  s2dm::optim::AdamOptions adam_options;
   adam_options.fused = env_flag("S2DM_BENCH_FUSED_ADAM", true);
-  s2dm::train::Adam adam(params, adam_options);
+  s2dm::optim::Adam adam(params, adam_options);
   s2dm::NoiseSchedule schedule(s.config.diffusion);
   s2dm::diffusion::DiffusionLoss loss(s.config.loss, schedule, s.device);
   auto x0 = torch::randn(s.shape(), torch::TensorOptions().device(s.device));
@@ -111,9 +111,9 @@ void BM_TrainStep(benchmark::State& state) {
       terms = loss([&](const torch::Tensor& x, const torch::Tensor& tt) { return net->forward(x, tt); }, x0, t);
     }
     terms.loss.backward();
-    s2dm::train::clip_grad_norm(all, 1.0);
+    s2dm::optim::clip_grad_norm(all, 1.0);
     adam.step(2e-4);
-    s2dm::train::ema_update(*ema, *net, 0.9999);
+    s2dm::optim::ema_update(*ema, *net, 0.9999);
     sync(s.device);
   }
   s.report(state, net, 3.0, seconds_since(start));  // backward ≈ 2 forwards

@@ -21,29 +21,28 @@ torch::Tensor per_sample_mse(const torch::Tensor& a, const torch::Tensor& b) {
 
 namespace {
 
-LossTerms simple_loss(const DiffusionLoss&, const torch::Tensor& eps1, const torch::Tensor&, const torch::Tensor& pred,
-                      const torch::Tensor&) {
+LossTerms simple_loss(const DiffusionLoss& loss, const LossBatch& batch, const EpsModel& network) {
+  auto simple = per_sample_mse(batch.eps1, loss.predict(network, batch));
   LossTerms out;
-  auto simple = per_sample_mse(eps1, pred);
-  out.simple = simple.detach().mean();
   out.loss = simple.mean();
-  out.skip_sum = torch::zeros({}, out.simple.options());
-  out.skip_count = torch::zeros({}, out.simple.options().dtype(torch::kLong));
+  const auto mean = simple.detach().mean();
+  // (loss_skip too, always 0: metrics.jsonl has one set of keys for both of today's losses)
+  out.logged = {{"loss_simple", mean, {}},
+                {"loss_skip", torch::zeros({}, mean.options()), torch::zeros({}, mean.options().dtype(torch::kLong))}};
   return out;
 }
 
-LossTerms s2dm_loss(const DiffusionLoss& loss, const torch::Tensor& eps1, const torch::Tensor& eps2,
-                    const torch::Tensor& pred, const torch::Tensor& t) {
+LossTerms s2dm_loss(const DiffusionLoss& loss, const LossBatch& batch, const EpsModel& network) {
   const auto& config = loss.config();
-  LossTerms out;
-  auto simple = per_sample_mse(eps1, pred);
-  out.simple = simple.detach().mean();
-  auto skip = per_sample_mse(eps2, loss.skip_coefficient(t).view({-1, 1, 1, 1}) * pred);
-  auto applies = t >= config.skip_k;
+  const auto pred = loss.predict(network, batch);
+  auto simple = per_sample_mse(batch.eps1, pred);
+  auto skip = per_sample_mse(batch.eps2, loss.skip_coefficient(batch.t).view({-1, 1, 1, 1}) * pred);
+  auto applies = batch.t >= config.skip_k;
   auto combined = torch::where(applies, config.tau * simple + (1.0 - config.tau) * skip, simple);
+  LossTerms out;
   out.loss = combined.mean();
-  out.skip_sum = (skip.detach() * applies.to(skip.dtype())).sum();
-  out.skip_count = applies.sum();
+  out.logged = {{"loss_simple", simple.detach().mean(), {}},
+                {"loss_skip", (skip.detach() * applies.to(skip.dtype())).sum(), applies.sum()}};
   return out;
 }
 
@@ -67,9 +66,19 @@ namespace s2dm::diffusion {
 
 const LossInfo& find_loss(const std::string& name) { return find_by_name(losses(), name, "loss", "losses"); }
 
-DiffusionLoss::DiffusionLoss(const LossConfig& config, const NoiseSchedule& schedule,
-                             const torch::Device& device)
-    : config_(config), info_(&find_loss(config.type)) {
+const LoggedTerm& LossTerms::term(const std::string& name) const {
+  for (const auto& t : logged)
+    if (t.name == name) return t;
+  throw std::out_of_range("the loss logs no term '" + name + "'");
+}
+
+DiffusionLoss::DiffusionLoss(const LossConfig& config, const NoiseSchedule& schedule, const torch::Device& device,
+                             bool antithetic)
+    : config_(config),
+      info_(&find_loss(config.type)),
+      num_timesteps_(schedule.num_timesteps()),
+      antithetic_(antithetic),
+      device_(device) {
   const auto& ab = schedule.alphas_cumprod();
   const int T = schedule.num_timesteps();
   std::vector<double> sqrt_ab(T), sqrt_1m_ab(T), coef(T, 0.0);
@@ -99,20 +108,30 @@ torch::Tensor DiffusionLoss::skip_coefficient(const torch::Tensor& t) const {
   return skip_coef_.to(t.device()).index_select(0, t);
 }
 
+torch::Tensor DiffusionLoss::draw_timesteps(int64_t batch) const {
+  return sample_timesteps(batch, num_timesteps_, antithetic_, device_);
+}
+
+torch::Tensor DiffusionLoss::predict(const EpsModel& network, const LossBatch& batch) const {
+  return network(noised(batch.x0, batch.t, batch.eps1), batch.t.to(torch::kFloat32)).to(torch::kFloat32);
+}
+
 LossTerms DiffusionLoss::operator()(const EpsModel& model, const torch::Tensor& x0, const torch::Tensor& t,
                                     Rows rows) const {
   auto eps1 = torch::randn_like(x0);
   torch::Tensor eps2;
   if (info_->second_noise) eps2 = config_.noise == "shared" ? eps1 : torch::randn_like(x0);
-  if (rows.end < 0) return combine(eps1, eps2, model(noised(x0, t, eps1), t.to(torch::kFloat32)), t);
-  auto keep = [&](const torch::Tensor& a) { return a.defined() ? a.slice(0, rows.begin, rows.end) : a; };
-  auto x0_rows = keep(x0), t_rows = keep(t), eps1_rows = keep(eps1);
-  return combine(eps1_rows, keep(eps2), model(noised(x0_rows, t_rows, eps1_rows), t_rows.to(torch::kFloat32)), t_rows);
+  LossBatch batch{x0, t, eps1, eps2};
+  if (rows.end >= 0)
+    for (auto* part : {&batch.x0, &batch.t, &batch.eps1, &batch.eps2})
+      if (part->defined()) *part = part->slice(0, rows.begin, rows.end);
+  return info_->compute(*this, batch, model);
 }
 
 LossTerms DiffusionLoss::combine(const torch::Tensor& eps1, const torch::Tensor& eps2,
                                  const torch::Tensor& eps_hat, const torch::Tensor& t) const {
-  return info_->combine(*this, eps1, eps2, eps_hat.to(torch::kFloat32), t);
+  return info_->compute(*this, {torch::zeros_like(eps1), t, eps1, eps2},
+                        [&](const torch::Tensor&, const torch::Tensor&) { return eps_hat; });
 }
 
 }  // namespace s2dm::diffusion

@@ -4,7 +4,7 @@
 
 #include "s2dm/io/checkpoint.h"
 #include "s2dm/core/errors.h"
-#include "s2dm/train/optim.h"
+#include "s2dm/optim/optim.h"
 #include "s2dm/core/progress.h"
 
 namespace s2dm::eval {
@@ -57,7 +57,7 @@ double train_classifier(Classifier& net, const data::ImageSet& train, const data
   net->to(device);
   NamedTensors params;
   for (const auto& item : net->named_parameters()) params.emplace_back(item.key(), item.value());
-  train::Adam adam(params, {});
+  optim::Adam adam(params, {});
   const int64_t n = train.images.size(0);
   const int64_t steps_per_epoch = (n + o.batch - 1) / o.batch;
   const int64_t total_steps = o.epochs * steps_per_epoch;

@@ -1,4 +1,4 @@
-#include "s2dm/train/optim.h"
+#include "s2dm/optim/optim.h"
 
 #include <cmath>
 #include <map>
@@ -6,7 +6,7 @@
 #include "s2dm/core/compat.h"
 #include "s2dm/core/errors.h"
 
-namespace s2dm::train {
+namespace s2dm::optim {
 
 Adam::Adam(NamedTensors params, AdamOptions options) : params_(std::move(params)), options_(options) {
   for (auto& [name, p] : params_) {
@@ -127,4 +127,4 @@ void copy_weights(torch::nn::Module& to, const torch::nn::Module& from) {
   for (size_t i = 0; i < tb.size(); ++i) tb[i].copy_(fb[i]);
 }
 
-}  // namespace s2dm::train
+}  // namespace s2dm::optim

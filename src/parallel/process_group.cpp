@@ -220,15 +220,20 @@ ProcessGroup::ProcessGroup(const Launch& launch, const std::string& backend, std
   }
 }
 
+ProcessGroup::ProcessGroup() = default;
 ProcessGroup::~ProcessGroup() = default;
 
-int ProcessGroup::rank() const { return impl_->launch.rank; }
-int ProcessGroup::size() const { return impl_->launch.world_size; }
-int ProcessGroup::local_rank() const { return impl_->launch.local_rank; }
-int ProcessGroup::local_size() const { return impl_->launch.local_world_size; }
-const std::string& ProcessGroup::backend() const { return impl_->backend; }
+int ProcessGroup::rank() const { return impl_ ? impl_->launch.rank : 0; }
+int ProcessGroup::size() const { return impl_ ? impl_->launch.world_size : 1; }
+int ProcessGroup::local_rank() const { return impl_ ? impl_->launch.local_rank : 0; }
+int ProcessGroup::local_size() const { return impl_ ? impl_->launch.local_world_size : 1; }
+const std::string& ProcessGroup::backend() const {
+  static const std::string none = "none";
+  return impl_ ? impl_->backend : none;
+}
 
 void ProcessGroup::all_reduce_sum(std::vector<torch::Tensor>& tensors) {
+  if (!impl_) return;
   impl_->run("an all-reduce", [&] {
     std::vector<c10::intrusive_ptr<c10d::Work>> works;
     for (auto& t : tensors) {
@@ -240,6 +245,7 @@ void ProcessGroup::all_reduce_sum(std::vector<torch::Tensor>& tensors) {
 }
 
 void ProcessGroup::broadcast(std::vector<torch::Tensor>& tensors, int root) {
+  if (!impl_) return;
   impl_->run("a broadcast", [&] {
     std::vector<c10::intrusive_ptr<c10d::Work>> works;
     c10d::BroadcastOptions options;
@@ -253,6 +259,7 @@ void ProcessGroup::broadcast(std::vector<torch::Tensor>& tensors, int root) {
 }
 
 torch::Tensor ProcessGroup::all_gather(const torch::Tensor& tensor) {
+  if (!impl_) return torch::stack({tensor});
   std::vector<at::Tensor> input{tensor.contiguous()};
   std::vector<std::vector<at::Tensor>> output(1);
   for (int r = 0; r < size(); ++r) output[0].push_back(torch::empty_like(input[0]));
@@ -261,6 +268,7 @@ torch::Tensor ProcessGroup::all_gather(const torch::Tensor& tensor) {
 }
 
 void ProcessGroup::wait_for_all(std::chrono::milliseconds timeout) {
+  if (size() == 1) return;
   auto& store = *impl_->store;
   const std::string key = "wait/" + std::to_string(impl_->waits++) + "/";
   impl_->run("a wait for every rank", [&] {
@@ -270,6 +278,7 @@ void ProcessGroup::wait_for_all(std::chrono::milliseconds timeout) {
 }
 
 void ProcessGroup::check_same(const std::string& what, const std::string& value) {
+  if (!impl_) return;
   auto& store = *impl_->store;
   const std::string prefix = "same/" + what + "/";
   store.set(prefix + std::to_string(rank()), std::vector<uint8_t>(value.begin(), value.end()));

@@ -1,35 +1,17 @@
-#include "s2dm/train/train.h"
+#include "trainer.h"
 
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
-#include <cerrno>
-#include <chrono>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <nlohmann/json.hpp>
-#include <optional>
 #include <thread>
 
-#include "s2dm/io/checkpoint.h"
 #include "s2dm/core/compat.h"
-#include "s2dm/data/data.h"
 #include "s2dm/core/device.h"
-#include "s2dm/core/errors.h"
-#include "s2dm/eval/fid.h"
-#include "s2dm/model/model_source.h"
-#include "s2dm/io/file_io.h"
-#include "s2dm/sample/generate.h"
-#include "s2dm/diffusion/losses.h"
-#include "s2dm/train/optim.h"
 #include "s2dm/core/progress.h"
-#include "s2dm/sample/learned_schedule.h"
-#include "s2dm/core/stop_signals.h"
-#include "s2dm/parallel/process_group.h"
-#include "s2dm/model/unet.h"
+#include "s2dm/io/file_io.h"
+#include "s2dm/model/model_source.h"
 
 namespace s2dm::train {
 namespace fs = std::filesystem;
@@ -71,108 +53,6 @@ constexpr int64_t kStopCheckSteps = 10;
 // A signal arrived while the EMA model was sampling (a grid, an evaluation): on every rank.
 struct SamplingInterrupted {};
 
-// Keeps metrics.jsonl consistent with a resumed step: drops lines written after it.
-void truncate_metrics(const std::string& path, int64_t step) {
-  if (!fs::exists(path)) return;
-  std::ifstream in(path);
-  std::string line, kept;
-  while (std::getline(in, line)) {
-    try {
-      if (nlohmann::json::parse(line).value("step", int64_t{0}) <= step) kept += line + "\n";
-    } catch (const nlohmann::json::exception&) {
-      // a torn last line from a crash: drop it
-    }
-  }
-  write_file_atomic(path, kept);
-}
-
-// The logged quantities summed over the steps since the last log line, on the device: the
-// loop reads them (one host sync) only to log or before a checkpoint, never per micro-batch.
-// Under data parallelism each rank sums its own rows; reading all-reduces the sums, so every
-// rank reads the same (global) values at the same steps.
-class IntervalSums {
- public:
-  IntervalSums(const torch::Device& device, parallel::ProcessGroup* group) : device_(device), group_(group) { reset(); }
-
-  void add_micro_batch(const diffusion::LossTerms& terms, int grad_accum) {
-    loss_.add_(terms.loss.detach(), 1.0 / grad_accum);
-    simple_.add_(terms.simple, 1.0 / grad_accum);
-    skip_sum_.add_(terms.skip_sum);
-    skip_count_.add_(terms.skip_count);
-  }
-  // `allreduce_seconds`: the step's gradient averaging over the ranks (0 for one process).
-  void add_step(const torch::Tensor& grad_norm, double allreduce_seconds) {
-    grad_norm_.add_(grad_norm);
-    allreduce_seconds_ += allreduce_seconds;
-    ++steps_;
-  }
-
-  // A diverged loss never reaches a checkpoint: throws when any step since the last log line
-  // had a NaN or infinite loss.
-  void check_finite(int64_t step, const std::string& run_dir) const {
-    const double loss = totals()[0];
-    if (!std::isfinite(loss))
-      throw std::runtime_error("loss is " + std::to_string(loss) + " at a step in (" + std::to_string(step - steps_) +
-                               ", " + std::to_string(step) + "] (diverged; lower train.lr?); " +
-                               (std::filesystem::exists(latest_checkpoint(run_dir))
-                                    ? "the last good checkpoint is kept in " + checkpoint_dir(run_dir)
-                                    : "no checkpoint was written before it"));
-  }
-
-  // The metrics line of the interval ending at `step` (means per step); starts the next interval.
-  nlohmann::ordered_json take_line(int64_t step, double lr, int64_t images_per_step, const std::string& run_dir) {
-    check_finite(step, run_dir);
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-    const auto n = static_cast<double>(std::max<int64_t>(steps_, 1));
-    const auto sums = totals();
-    const auto skip_count = static_cast<int64_t>(sums[3]);
-    nlohmann::ordered_json line{{"step", step},
-                                {"loss", sums[0] / n},
-                                {"loss_simple", sums[1] / n},
-                                {"loss_skip", skip_count ? sums[2] / static_cast<double>(skip_count) : 0.0},
-                                {"lr", lr},
-                                {"grad_norm", grad_norm_.item<double>() / n},
-                                {"images_per_sec", static_cast<double>(steps_ * images_per_step) / secs}};
-    if (group_) line["allreduce_seconds"] = allreduce_seconds_ / n;
-    reset();
-    return line;
-  }
-
- private:
-  // loss, loss_simple (means over the ranks), skip_sum and skip_count (sums over the ranks).
-  std::array<double, 4> totals() const {
-    auto packed = torch::stack({loss_.to(torch::kFloat64), simple_.to(torch::kFloat64), skip_sum_.to(torch::kFloat64),
-                                skip_count_.to(torch::kFloat64)});
-    if (group_) {
-      std::vector<torch::Tensor> one{packed};
-      group_->all_reduce_sum(one);
-      packed.narrow(0, 0, 2).div_(group_->size());
-    }
-    packed = packed.cpu();
-    const double* v = packed.data_ptr<double>();
-    return {v[0], v[1], v[2], v[3]};
-  }
-
-  void reset() {
-    auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(device_);
-    loss_ = torch::zeros({}, f32);
-    simple_ = torch::zeros({}, f32);
-    skip_sum_ = torch::zeros({}, f32);
-    grad_norm_ = torch::zeros({}, f32);
-    skip_count_ = torch::zeros({}, f32.dtype(torch::kLong));
-    allreduce_seconds_ = 0;
-    steps_ = 0;
-    start_ = std::chrono::steady_clock::now();
-  }
-
-  torch::Device device_;
-  parallel::ProcessGroup* group_;
-  torch::Tensor loss_, simple_, skip_sum_, skip_count_, grad_norm_;
-  double allreduce_seconds_ = 0;
-  int64_t steps_ = 0;
-  std::chrono::steady_clock::time_point start_;
-};
-
 // Writes latest.ckpt, links step_<N>.ckpt to it and keeps the newest `keep_last` step files.
 // latest.ckpt comes first, written atomically: whenever the process dies, it is the newest
 // complete checkpoint.
@@ -194,144 +74,32 @@ void write_rotated_checkpoint(const std::string& run_dir, const Checkpoint& ckpt
   spdlog::info("checkpoint {}", path);
 }
 
-// FID/FD and KID of EMA samples against the training data, in the configured feature space
-// (train.eval_every): the reference features are computed once.
-class TrainingEvaluation {
- public:
-  TrainingEvaluation(const TrainConfig& tc, const torch::Tensor& data_images, const torch::Device& device)
-      : num_(tc.eval_num), device_(device), extractor_(eval::make_feature_extractor(tc.eval_features, device)) {
-    auto images = data_images.slice(0, 0, std::min<int64_t>(data_images.size(0), 10 * num_));
-    reference_ = eval::feature_set(extractor_, images, kBatch, device, false);
-    spdlog::info("{} every {} steps: {} samples against {} training images", extractor_.distance_label(), tc.eval_every,
-                 num_, images.size(0));
-  }
-
-  // The metrics line of `generated` (samples of the EMA model) at `step`.
-  nlohmann::ordered_json measure(const sample::Generated& generated, int64_t step) const {
-    const auto d = eval::distance(eval::feature_set(extractor_, data::to_uint8(generated.samples), kBatch, device_, false),
-                                  reference_);
-    spdlog::info("step {}: {} {:.4f}", step, extractor_.distance_label(), d.fd);
-    return {{"step", step},           {"fd", d.fd},       {"kid_mean", d.kid->mean}, {"kid_std", d.kid->std},
-            {"features", extractor_.name}, {"eval_num", num_}, {"nfe", generated.nfe}};
-  }
-  int num() const { return num_; }
-
- private:
-  static constexpr int64_t kBatch = 250;
-  int num_;
-  torch::Device device_;
-  eval::FeatureExtractor extractor_;
-  eval::FeatureSet reference_;
-};
-
 }  // namespace
 
-namespace {
-
-// A training run: the networks, the optimiser, the data and the loop's steps, each a method.
-// With a process group (data parallelism) every rank runs the same loop on its rows of each
-// batch; rank 0 alone writes the run directory.
-class Trainer {
- public:
-  Trainer(Config config, std::string run_dir, bool resuming, parallel::ProcessGroup* group);
-  Trainer(const Trainer&) = delete;  // (members refer to each other)
-  Trainer& operator=(const Trainer&) = delete;
-  // Continues from a checkpoint of this run (weights, optimiser, RNG, data position, schedule).
-  void resume(Checkpoint ckpt);
-  TrainResult run();
-  std::string config_yaml() const { return to_yaml(config_); }
-  int64_t step() const { return step_; }
-
- private:
-  void synchronise_weights();
-  struct Stop {
-    bool signalled = false;    // SIGINT/SIGTERM on some rank
-    bool out_of_time = false;  // train.max_minutes spent on some rank
-  };
-  Stop stop_agreed() const;
-  std::vector<bool> on_some_rank(std::vector<bool> flags) const;
-  double training_seconds() const;
-  void check_weights_agree();
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, int micro);
-  void optimiser_step();
-  void update_online_schedule();
-  void write_log_line();
-  void save();
-  void write_checkpoint();
-  sample::Generated ema_samples(uint64_t seed, int64_t num) const;
-  void wait_for_rank0();
-  void sample_grid();
-  void evaluate();
-  void settle_owed();
-  // A line that cannot be appended (a full disk) stops the run: the log would otherwise end
-  // silently while training went on.
-  void metrics_line(const nlohmann::ordered_json& line) {
-    if (!writes_) return;
-    metrics_ << line.dump() << "\n" << std::flush;
-    if (!metrics_) throw IoError(run_dir_ + "/metrics.jsonl: cannot append (" + std::strerror(errno) + ")");
-  }
-
-  const Config config_;
-  const TrainConfig& tc_ = config_.train;
-  const std::string run_dir_;
-  parallel::ProcessGroup* const group_;  // null: one process
-  const bool writes_;                // rank 0 (or the only process) writes the run directory
-  const bool resuming_;
-  diffusion::Rows rows_;             // this rank's rows of each micro-batch
-  std::unique_ptr<parallel::GradientAverager> averager_;
-  torch::Device device_{torch::kCPU};
-  bool autocast_ = false;
-  data::ImageSet dataset_;
-  std::unique_ptr<data::Batcher> batcher_;
-  model::UNet unet_{nullptr}, ema_{nullptr};
-  std::vector<torch::Tensor> params_;  // unet_'s, for clipping
-  std::unique_ptr<Adam> adam_;
-  NoiseSchedule schedule_;
-  std::unique_ptr<sample::OnlineScheduleEstimator> online_;
-  std::unique_ptr<diffusion::DiffusionLoss> loss_;
-  std::optional<TrainingEvaluation> evaluation_;
-  std::ofstream metrics_;
-  std::unique_ptr<IntervalSums> sums_;
-  int64_t step_ = 0;
-  double seconds_before_ = 0;  // training time of the runs this one resumes
-  std::chrono::steady_clock::time_point clock_start_ = std::chrono::steady_clock::now();
-  double lr_ = 0;
-  torch::Tensor last_x0_;
-  std::string logged_loss_;
-  std::optional<StopSignals> signals_;  // SIGINT/SIGTERM while run() trains
-  // The work beside training that the current step still owes: set when the step is done, cleared
-  // as each is done. A signal that interrupts it leaves it owed in the checkpoint, and a resumed
-  // run does it first, so its metrics are an uninterrupted run's.
-  struct Owed {
-    bool grid = false, evaluation = false;
-  } owed_;
-};
-
-Trainer::Trainer(Config config, std::string run_dir, bool resuming, parallel::ProcessGroup* group)
+Trainer::Trainer(Config config, std::string run_dir, bool resuming, parallel::ProcessGroup& group)
     : config_(std::move(config)),
       run_dir_(std::move(run_dir)),
       group_(group),
-      writes_(!group || group->rank() == 0),
+      writes_(group.rank() == 0),
       resuming_(resuming),
       schedule_(config_.diffusion) {
   // Ranks on one machine share its cores.
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
-  set_cpu_threads(config_.threads > 0 || !group_ ? config_.threads : std::max(1, cores / group_->local_size()));
+  set_cpu_threads(config_.threads > 0 ? config_.threads : std::max(1, cores / group_.local_size()));
   device_ = resolve_device(config_.device);
-  if (config_.deterministic && device_.is_cuda()) use_deterministic_cuda();
-  if (group_ && device_.is_cuda()) {  // one GPU per rank
-    device_ = rank_device(device_, group_->local_rank(), static_cast<int>(torch::cuda::device_count()));
+  if (group_.launched() && device_.is_cuda()) {  // one GPU per rank
+    device_ = rank_device(device_, group_.local_rank(), static_cast<int>(torch::cuda::device_count()));
     make_current(device_);
   }
   autocast_ = model::bf16_autocast(config_, device_);
   torch::manual_seed(config_.seed);
   spdlog::info("run {}: {} on {} ({} threads{})", run_dir_, resuming ? "resuming" : "training", device_.str(),
                torch::get_num_threads(), autocast_ ? ", bf16 autocast" : "");
-  if (group_) {
-    const int64_t share = tc_.batch_size / group_->size();
-    rows_ = {group_->rank() * share, (group_->rank() + 1) * share};
-    spdlog::info("data parallel: rank {} of {} ({}), rows [{}, {}) of each batch of {}", group_->rank(),
-                 group_->size(), group_->backend(), rows_.begin, rows_.end, tc_.batch_size);
+  if (group_.launched()) {
+    const int64_t share = tc_.batch_size / group_.size();
+    rows_ = {group_.rank() * share, (group_.rank() + 1) * share};
+    spdlog::info("data parallel: rank {} of {} ({}), rows [{}, {}) of each batch of {}", group_.rank(),
+                 group_.size(), group_.backend(), rows_.begin, rows_.end, tc_.batch_size);
   }
 
   dataset_ = data::load_dataset(config_.data);
@@ -345,7 +113,7 @@ Trainer::Trainer(Config config, std::string run_dir, bool resuming, parallel::Pr
     (*net)->to(device_);
     (*net)->set_memory_format(model::preferred_memory_format(device_));
   }
-  copy_weights(*ema_, *unet_);
+  optim::copy_weights(*ema_, *unet_);
   ema_->eval();
   spdlog::info("model: {:.2f} M parameters, {} long skips", model::count_parameters(*unet_) / 1e6,
                model::num_skips(config_.model));
@@ -353,9 +121,10 @@ Trainer::Trainer(Config config, std::string run_dir, bool resuming, parallel::Pr
   params_ = unet_->parameters();
   NamedTensors params;
   for (const auto& item : unet_->named_parameters()) params.emplace_back(item.key(), item.value());
-  adam_ = std::make_unique<Adam>(params, AdamOptions{tc_.beta1, tc_.beta2, tc_.eps, tc_.weight_decay, tc_.optimizer == "adamw"});
-  if (group_)
-    averager_ = std::make_unique<parallel::GradientAverager>(*group_, params_,
+  adam_ = std::make_unique<optim::Adam>(
+      params, optim::AdamOptions{tc_.beta1, tc_.beta2, tc_.eps, tc_.weight_decay, tc_.optimizer == "adamw"});
+  if (group_.launched())
+    averager_ = std::make_unique<parallel::GradientAverager>(group_, params_,
                                                          static_cast<int64_t>(tc_.distributed.bucket_mb * 1e6));
 
   if (sample::uses_learned_schedule(config_.sample) && tc_.learned_schedule.every == 0)
@@ -375,7 +144,7 @@ Trainer::Trainer(Config config, std::string run_dir, bool resuming, parallel::Pr
                  ls.pairs, ls.batch, ls.every,
                  100.0 * 2 * ls.pairs * ls.batch / (3.0 * ls.every * tc_.batch_size * tc_.grad_accum));
   }
-  loss_ = std::make_unique<diffusion::DiffusionLoss>(config_.loss, schedule_, device_);
+  loss_ = std::make_unique<diffusion::DiffusionLoss>(config_.loss, schedule_, device_, tc_.antithetic);
 }
 
 void Trainer::resume(Checkpoint ckpt) {
@@ -434,16 +203,12 @@ sample::Generated Trainer::ema_samples(uint64_t seed, int64_t num) const {
     return sample::generate(model, plan, {seed, first, count, {}}, false,
                             [this] { return signals_ && signals_->requested(); });
   };
-  if (!group_) {
-    auto all = generate(0, num);
-    if (!all.complete) throw SamplingInterrupted{};
-    return all;
-  }
-  const int64_t share = (num + group_->size() - 1) / group_->size();  // (the last share padded)
-  auto mine = generate(group_->rank() * share, share);
+  const int64_t share = (num + group_.size() - 1) / group_.size();  // (the last share padded)
+  auto mine = generate(group_.rank() * share, share);
   // Every rank learns whether some rank stopped before any rank waits for the others' images.
   if (on_some_rank({!mine.complete})[0]) throw SamplingInterrupted{};
-  mine.samples = group_->all_gather(mine.samples.to(device_)).flatten(0, 1).slice(0, 0, num).cpu();
+  if (group_.size() > 1)
+    mine.samples = group_.all_gather(mine.samples.to(device_)).flatten(0, 1).slice(0, 0, num).cpu();
   return mine;
 }
 
@@ -452,7 +217,7 @@ sample::Generated Trainer::ema_samples(uint64_t seed, int64_t num) const {
 // day. (Rank 0 dying is noticed at once: the store's connection closes; its launcher stops the
 // group when any other rank dies.)
 void Trainer::wait_for_rank0() {
-  if (group_ && group_->size() > 1) group_->wait_for_all(std::chrono::hours(24));
+  group_.wait_for_all(std::chrono::hours(24));
 }
 
 void Trainer::sample_grid() {
@@ -495,7 +260,7 @@ torch::Tensor Trainer::forward(const torch::Tensor& x, const torch::Tensor& t, i
   if (config_.model.dropout == 0) return unet_->forward(x, t);
   auto generator = compat::default_generator(device_);
   const auto training_stream = generator.get_state();
-  const auto rank = static_cast<uint64_t>(group_ ? group_->rank() : 0);
+  const auto rank = static_cast<uint64_t>(group_.rank());
   generator.set_current_seed(config_.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step_ * 1024 + micro) * 4099 +
                              rank + 1);
   auto out = unet_->forward(x, t);
@@ -503,13 +268,13 @@ torch::Tensor Trainer::forward(const torch::Tensor& x, const torch::Tensor& t, i
   return out;
 }
 
-// grad_accum micro-batches of L_simple [+ L_skip], clipping, Adam (with warm-up) and the EMA.
+// grad_accum micro-batches of the loss, clipping, Adam (with warm-up) and the EMA.
 void Trainer::optimiser_step() {
   adam_->zero_grad();
   for (int micro = 0; micro < tc_.grad_accum; ++micro) {
     auto x0 = batcher_->next();
     last_x0_ = x0;
-    auto t = diffusion::sample_timesteps(tc_.batch_size, schedule_.num_timesteps(), tc_.antithetic, device_);
+    auto t = loss_->draw_timesteps(tc_.batch_size);
     diffusion::LossTerms terms;
     {
       compat::CudaAutocast guard(autocast_, torch::kBFloat16);
@@ -525,9 +290,9 @@ void Trainer::optimiser_step() {
     allreduce_seconds = averager_->last_seconds();
   }
   lr_ = tc_.warmup > 0 ? tc_.lr * std::min(1.0, static_cast<double>(step_ + 1) / tc_.warmup) : tc_.lr;
-  sums_->add_step(clip_grad_norm(params_, tc_.grad_clip), allreduce_seconds);
+  sums_->add_step(optim::clip_grad_norm(params_, tc_.grad_clip), allreduce_seconds);
   adam_->step(lr_);
-  ema_update(*ema_, *unet_, tc_.ema_decay);
+  optim::ema_update(*ema_, *unet_, tc_.ema_decay);
   ++step_;
 }
 
@@ -561,7 +326,7 @@ void Trainer::synchronise_weights() {
     for (auto& b : (*net)->buffers()) tensors.push_back(b);
   }
   torch::NoGradGuard no_grad;
-  group_->broadcast(tensors);
+  group_.broadcast(tensors);
 }
 
 // Wall-clock seconds in the training loop, over this run and the runs it resumes.
@@ -574,7 +339,7 @@ double Trainer::training_seconds() const {
 // reads an all-reduce on the host, which at every step would keep the CPU from running ahead of
 // the GPU. One process checks every step.
 Trainer::Stop Trainer::stop_agreed() const {
-  if (group_ && group_->size() > 1 && step_ % kStopCheckSteps != 0) return {};
+  if (group_.size() > 1 && step_ % kStopCheckSteps != 0) return {};
   const auto agreed = on_some_rank(
       {signals_->requested(), tc_.max_minutes > 0 && training_seconds() >= 60 * tc_.max_minutes});
   return {agreed[0], agreed[1]};
@@ -582,10 +347,10 @@ Trainer::Stop Trainer::stop_agreed() const {
 
 // Which of this rank's flags hold on some rank (on every rank alike).
 std::vector<bool> Trainer::on_some_rank(std::vector<bool> flags) const {
-  if (!group_ || group_->size() == 1) return flags;
+  if (group_.size() == 1) return flags;
   std::vector<float> values(flags.begin(), flags.end());
   std::vector<torch::Tensor> summed{torch::tensor(values, torch::TensorOptions(device_))};
-  group_->all_reduce_sum(summed);
+  group_.all_reduce_sum(summed);
   const auto agreed = summed[0].cpu();
   for (size_t i = 0; i < flags.size(); ++i) flags[i] = agreed[static_cast<int64_t>(i)].item<float>() > 0;
   return flags;
@@ -596,12 +361,12 @@ std::vector<bool> Trainer::on_some_rank(std::vector<bool> flags) const {
 void Trainer::check_weights_agree() {
   std::vector<torch::Tensor> sums;
   for (const auto& p : unet_->parameters()) sums.push_back(p.detach().to(torch::kFloat64).sum());
-  const auto all = group_->all_gather(torch::stack(sums)).cpu();
-  for (int r = 1; r < group_->size(); ++r)
+  const auto all = group_.all_gather(torch::stack(sums)).cpu();
+  for (int r = 1; r < group_.size(); ++r)
     if (!torch::equal(all[r], all[0]))
       throw std::runtime_error("the weights of rank " + std::to_string(r) + " differ from rank 0's after step " +
                                std::to_string(step_) + " (an internal error: the ranks drifted apart)");
-  spdlog::info("weights identical on all {} ranks (checksum {:.17g})", group_->size(), all[0].sum().item<double>());
+  spdlog::info("weights identical on all {} ranks (checksum {:.17g})", group_.size(), all[0].sum().item<double>());
 }
 
 TrainResult Trainer::run() {
@@ -614,7 +379,7 @@ TrainResult Trainer::run() {
     evaluation_.emplace(tc_, dataset_.images, device_);
   }
   wait_for_rank0();  // (the reference features)
-  if (group_) synchronise_weights();
+  synchronise_weights();  // (nothing to do alone)
   sums_ = std::make_unique<IntervalSums>(device_, group_);  // (its clock starts now)
   signals_.emplace();
   const int64_t start_step = step_;
@@ -665,132 +430,8 @@ TrainResult Trainer::run() {
     save();
     return {run_dir_, step_, true};
   }
-  if (group_) check_weights_agree();
+  if (group_.launched()) check_weights_agree();
   return {run_dir_, step_, false};
-}
-
-// How a run starts in its directory.
-struct RunStart {
-  Config config;
-  std::optional<Checkpoint> checkpoint;  // resumed from
-  bool clear = false;                    // s2dm's files there go first: a restart or --overwrite
-  bool restart = false;                  // of a run stopped before its first checkpoint
-};
-
-// What `s2dm train` does with the directory (run_directory.h says why); throws a user error where
-// it refuses. With `load`, reads what the run continues from.
-RunStart plan_start(const RunDirectory& dir, const Config& given, const TrainOptions& opts, bool load) {
-  RunStart start{given, std::nullopt, false, false};
-  const std::string& path = dir.path;
-  if (std::error_code ec; fs::exists(path, ec) && !fs::is_directory(path, ec))
-    throw ConfigError(path + ": is a file, not a directory (a run directory is a folder)");
-  if (!dir.blocked.empty() && dir.is_run())  // (a directory that is not s2dm's is refused as such below)
-    throw ConfigError(dir.blocked + ": a file or a symbolic link where s2dm keeps a folder of its own (it writes and "
-                                    "removes files there): move it away");
-  if (!dir.checkpoints.empty()) {
-    if (opts.resume) {
-      if (load) {
-        start.checkpoint = newest_checkpoint(dir).checkpoint;
-        start.config = parse_config(start.checkpoint->config_yaml, path + " (checkpoint config)", opts.overrides);
-      }
-    } else if (opts.overwrite) {
-      start.clear = true;
-    } else {
-      throw ConfigError(path + ": run directory exists, with checkpoints (use --resume to continue it or --overwrite to "
-                               "replace it)");
-    }
-    return start;
-  }
-  if (dir.empty()) {
-    if (opts.resume) throw CheckpointError(latest_checkpoint(path) + ": no checkpoint to resume from");
-    return start;
-  }
-  if (!dir.is_run())
-    throw ConfigError(path + ": not an s2dm run directory (it holds " + dir.foreign_list() +
-                      "): s2dm trains into a new or empty directory, or one of its own, and never removes what it did "
-                      "not write; choose another --run-dir");
-  start.clear = true;
-  if (opts.overwrite) return start;
-  if (!dir.restartable())
-    throw ConfigError(path + ": a run stopped before its first checkpoint, but the directory also holds what s2dm did not "
-                             "write (" + dir.foreign_list() + "): remove that, or use --overwrite to replace s2dm's files "
-                             "and keep it");
-  start.restart = true;
-  if (opts.resume) {  // from the config it ran
-    const std::string config = path + "/config.yaml";
-    if (auto why = why_not_a_file(config); !why.empty())
-      throw ConfigError(config + " " + why + ": the run stopped before writing its config; start it with --config");
-    start.config = load_config(config, opts.overrides);
-  }
-  return start;
-}
-
-// The process group of a data-parallel run, from the launch environment; null for one process.
-std::unique_ptr<parallel::ProcessGroup> join_group(const Config& config, const std::optional<parallel::Launch>& launch) {
-  if (!launch) return nullptr;
-  spdlog::set_pattern("[%H:%M:%S] [rank " + std::to_string(launch->rank) + "] %^%l%$ %v");
-  if (launch->rank > 0) spdlog::set_level(spdlog::level::warn);  // rank 0 tells the story
-  const auto& dc = config.train.distributed;
-  if (config.train.batch_size % launch->world_size != 0)
-    throw ConfigError("train.batch_size=" + std::to_string(config.train.batch_size) + " is not divisible by WORLD_SIZE=" +
-                      std::to_string(launch->world_size) + " (each rank takes an equal share of every batch)");
-  const bool cuda = resolve_device(config.device).is_cuda();
-  std::string backend = dc.backend == "auto" ? (cuda ? "nccl" : "gloo") : dc.backend;
-  if (backend == "nccl" && !cuda)
-    throw ConfigError("train.distributed.backend=nccl needs CUDA devices, but device '" + config.device +
-                      "' is the CPU here (use gloo)");
-  auto group = std::make_unique<parallel::ProcessGroup>(
-      *launch, backend, std::chrono::milliseconds(static_cast<int64_t>(dc.timeout * 1000)));
-  // Every rank must train the same thing (threads may differ between machines).
-  Config shared = config;
-  shared.threads = 0;
-  group->check_same("configs", to_yaml(shared));
-  return group;
-}
-
-}  // namespace
-
-TrainResult run_training(const Config& given, const TrainOptions& opts) {
-  const std::string run_dir = opts.run_dir.empty() ? "runs/" + given.name : opts.run_dir;
-  const auto launch = parallel::launch_from_environment();
-  const bool writer = !launch || launch->rank == 0;  // rank 0 alone writes the run directory
-  // Nothing is written until the run is accepted: its directory's shape, the checkpoint and the
-  // config, the data, the model and the resumed state. Until then the log is kept in memory.
-  std::optional<LogFile> log_file;
-  if (writer) log_file.emplace();
-  plan_start(inspect_run_directory(run_dir), given, opts, false);  // a refusal that needs no lock touches nothing
-  std::optional<RunDirectoryLock> lock;
-  if (writer) {
-    lock.emplace(run_dir);
-    if (int n = remove_dead_writers_temporaries(run_dir))
-      spdlog::info("{}: removed {} temporary file(s) of an earlier run that was killed while writing", run_dir, n);
-  }
-  // (Every rank reads the checkpoint: on several machines, from a shared file system.)
-  const RunDirectory dir = inspect_run_directory(run_dir);
-  RunStart start = plan_start(dir, given, opts, true);
-  if (start.restart)
-    spdlog::warn("{}: stopped before its first checkpoint, so there is nothing to continue: starting it again", run_dir);
-  if (opts.steps >= 0) start.config.train.steps = opts.steps;
-  const auto group = join_group(start.config, launch);
-  const bool resume = start.checkpoint.has_value();
-  // (Ranks that see the directory differently would resume at different steps and fall out of step.)
-  if (group) group->check_same("resumed steps", resume ? std::to_string(start.checkpoint->step) : "none");
-  Trainer trainer(std::move(start.config), run_dir, resume, group.get());
-  if (resume) trainer.resume(std::move(*start.checkpoint));
-
-  if (writer) {  // accepted
-    lock->accept();
-    if (start.clear) clear_run_directory(dir);
-    mark_run_directory(run_dir);  // (first: whenever this stops, what is there is recognisably s2dm's)
-    fs::create_directories(checkpoint_dir(run_dir));
-    fs::create_directories(samples_dir(run_dir));
-    write_file_atomic(run_dir + "/config.yaml", trainer.config_yaml());
-    log_file->open(run_dir + "/log.txt");
-    if (resume) truncate_metrics(run_dir + "/metrics.jsonl", trainer.step());
-  }
-  auto result = trainer.run();
-  result.rank = group ? group->rank() : 0;
-  return result;
 }
 
 }  // namespace s2dm::train

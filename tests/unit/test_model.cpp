@@ -11,7 +11,7 @@
 #include "s2dm/core/errors.h"
 #include "s2dm/diffusion/losses.h"
 #include "s2dm/diffusion/noise_schedule.h"
-#include "s2dm/train/optim.h"
+#include "s2dm/optim/optim.h"
 #include "s2dm/io/safetensors.h"
 #include "s2dm/model/unet.h"
 
@@ -242,7 +242,7 @@ TEST(Losses, SkipLossMatchesDirectComputationIncludingSmallT) {
   }
   auto out = loss.combine(e1, e2, pred, t);
   EXPECT_NEAR(out.loss.item<double>(), expected / 4, 1e-6);
-  EXPECT_EQ(out.skip_count.item<int64_t>(), 2);
+  EXPECT_EQ(out.term("loss_skip").count.item<int64_t>(), 2);
   EXPECT_DOUBLE_EQ(loss.skip_coefficients()[8].item<double>(), 0.0);
 }
 
@@ -279,15 +279,41 @@ TEST(Losses, SharedNoiseUsesEpsilonTwice) {
   // With ε̂ = 0 both terms equal mean ε² for the same ε.
   auto eps = seen / torch::tensor({std::sqrt(1 - sched.alphas_cumprod()[100]), std::sqrt(1 - sched.alphas_cumprod()[900])}).view({2, 1, 1, 1}).to(torch::kFloat32);
   EXPECT_NEAR(out.loss.item<double>(), eps.pow(2).mean().item<double>(), 1e-5);
-  EXPECT_EQ(out.skip_count.item<int64_t>(), 2);
-  EXPECT_NEAR(out.skip_sum.item<double>() / 2, eps.pow(2).flatten(1).mean(1).mean().item<double>(), 1e-5);
+  EXPECT_EQ(out.term("loss_skip").count.item<int64_t>(), 2);
+  EXPECT_NEAR(out.term("loss_skip").value.item<double>() / 2, eps.pow(2).flatten(1).mean(1).mean().item<double>(), 1e-5);
+}
+
+TEST(Losses, EachLossComputesItsTermsFromTheBatchAndTheNetwork) {
+  // The interface: a loss gets the batch (x0, t, the noises) and the network, and reports named
+  // terms; the trainer logs them as they say (a batch mean, or a sum with its count).
+  auto sched = NoiseSchedule::linear(1000);
+  for (const auto& info : diffusion::losses()) {
+    LossConfig lc;
+    lc.type = info.name;
+    lc.skip_k = 100;
+    diffusion::DiffusionLoss loss(lc, sched, torch::kCPU, false);
+    torch::manual_seed(5);
+    const auto t = loss.draw_timesteps(6);
+    torch::manual_seed(5);
+    EXPECT_TRUE(torch::equal(t, diffusion::sample_timesteps(6, 1000, false, torch::kCPU))) << info.name;
+    const auto x0 = torch::randn({6, 1, 4, 4});
+    int calls = 0;
+    const auto out = loss([&](const torch::Tensor& x, const torch::Tensor&) { ++calls; return 0.5 * x; }, x0, t);
+    EXPECT_EQ(calls, 1) << info.name;
+    EXPECT_EQ(out.loss.dim(), 0) << info.name;
+    EXPECT_FALSE(out.term("loss_simple").count.defined()) << info.name;  // a batch mean
+    EXPECT_TRUE(out.term("loss_skip").count.defined()) << info.name;     // a sum over the samples t >= k
+    EXPECT_EQ(out.term("loss_skip").count.item<int64_t>(),
+              info.second_noise ? (t >= 100).sum().item<int64_t>() : 0) << info.name;
+    EXPECT_THROW(out.term("loss_edm"), std::out_of_range);
+  }
 }
 
 TEST(Optim, AdamMatchesTorchAdam) {
   torch::manual_seed(0);
   auto p1 = torch::randn({5}, torch::requires_grad());
   auto p2 = p1.detach().clone().requires_grad_(true);
-  train::Adam ours({{"p", p1}}, {0.9, 0.999, 1e-8, 0.01, false});
+  optim::Adam ours({{"p", p1}}, {0.9, 0.999, 1e-8, 0.01, false});
   torch::optim::Adam theirs({p2}, torch::optim::AdamOptions(0.01).weight_decay(0.01));
   for (int step = 0; step < 5; ++step) {
     auto target = torch::randn({5});
@@ -312,8 +338,8 @@ TEST(Optim, FusedAdamFollowsTheSameRule) {
       p.requires_grad_(true);
       b.emplace_back(name, p.detach().clone().requires_grad_(true));
     }
-    train::Adam fused(a, {0.9, 0.99, 1e-8, 0.05, decoupled, true});
-    train::Adam plain(b, {0.9, 0.99, 1e-8, 0.05, decoupled, false});
+    optim::Adam fused(a, {0.9, 0.99, 1e-8, 0.05, decoupled, true});
+    optim::Adam plain(b, {0.9, 0.99, 1e-8, 0.05, decoupled, false});
     for (int step = 0; step < 20; ++step) {
       auto target = torch::randn({4, 3, 3, 3});
       for (auto* params : {&a, &b}) {
@@ -335,12 +361,12 @@ TEST(Optim, FusedAdamFollowsTheSameRule) {
 
 TEST(Optim, AdamStateRoundTrip) {
   auto p = torch::randn({3}, torch::requires_grad());
-  train::Adam a({{"w", p}}, {});
+  optim::Adam a({{"w", p}}, {});
   p.sum().backward();
   a.step(0.1);
   auto state = a.state();
   auto q = p.detach().clone().requires_grad_(true);
-  train::Adam b({{"w", q}}, {});
+  optim::Adam b({{"w", q}}, {});
   b.load_state(state);
   EXPECT_EQ(b.steps(), 1);
   const auto back = b.state();  // the moments too, not only the step count
@@ -355,7 +381,7 @@ TEST(Optim, AdamStateRoundTrip) {
 TEST(Optim, ClipGradNorm) {
   auto p = torch::zeros({2}, torch::requires_grad());
   (p * torch::tensor({3.0f, 4.0f})).sum().backward();
-  EXPECT_NEAR(train::clip_grad_norm({p}, 1.0).item<double>(), 5.0, 1e-6);
+  EXPECT_NEAR(optim::clip_grad_norm({p}, 1.0).item<double>(), 5.0, 1e-6);
   EXPECT_NEAR(p.grad().norm().item<double>(), 1.0, 1e-5);
 }
 
@@ -364,9 +390,9 @@ TEST(Optim, EmaUpdate) {
   torch::NoGradGuard g;
   a->weight.fill_(1.0);
   b->weight.fill_(3.0);
-  train::ema_update(*a, *b, 0.75);
+  optim::ema_update(*a, *b, 0.75);
   EXPECT_TRUE(torch::allclose(a->weight, torch::full({2, 2}, 1.5)));
-  train::copy_weights(*a, *b);
+  optim::copy_weights(*a, *b);
   EXPECT_TRUE(torch::equal(a->weight, b->weight));
 }
 

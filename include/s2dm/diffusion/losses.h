@@ -20,25 +20,41 @@ torch::Tensor sample_timesteps(int64_t batch, int num_timesteps, bool antithetic
 // Mean over all but the batch dimension of (a - b)², one value per sample.
 torch::Tensor per_sample_mse(const torch::Tensor& a, const torch::Tensor& b);
 
-// Scalars on the model's device: reading them (.item()) waits for the device, so the training
-// loop sums them there and reads the sums only when it logs.
+// What a loss reports for the log besides the objective: a term of metrics.jsonl (`name`), on the
+// model's device (reading it waits for the device, so the training loop sums terms there and reads
+// the sums only when it logs). Either a batch mean (`count` undefined: the log line reports its
+// mean over the interval's micro-batches, steps and ranks), or a sum over the samples it applies
+// to, with their number (the log line reports sum / count over the interval and the ranks, 0
+// when none applied).
+struct LoggedTerm {
+  std::string name;
+  torch::Tensor value;  // detached
+  torch::Tensor count;  // int64, or undefined for a batch mean
+};
+
 struct LossTerms {
-  torch::Tensor loss;        // the objective (differentiable)
-  torch::Tensor simple;      // batch mean of ℓ_simple (detached)
-  torch::Tensor skip_sum;    // sum of ℓ_skip over the samples with t ≥ k (detached; 0 for L_simple)
-  torch::Tensor skip_count;  // how many samples have t ≥ k (int64; 0 for L_simple)
+  torch::Tensor loss;              // the objective (differentiable; logged as "loss")
+  std::vector<LoggedTerm> logged;  // the loss's own terms, in the log line's order
+  // The term called `name`; throws std::out_of_range.
+  const LoggedTerm& term(const std::string& name) const;
+};
+
+// What a loss computes from: this rank's rows of a micro-batch.
+struct LossBatch {
+  torch::Tensor x0;          // clean images
+  torch::Tensor t;           // their timesteps (int64), drawn by DiffusionLoss::draw_timesteps
+  torch::Tensor eps1, eps2;  // the noises drawn (eps2 undefined unless the loss asks for it)
 };
 
 class DiffusionLoss;
 
-// A loss by name (loss.type): how the objective combines the prediction with the noises.
-// Adding one = a combine function and a line in losses.cpp's registry; the config schema reads
-// the names from it (core/registry.h).
+// A loss by name (loss.type): what it computes from the batch and the network. Adding one = its
+// function and a line in losses.cpp's registry; the config schema reads the names from it
+// (core/registry.h).
 struct LossInfo {
   std::string name, description;
   bool second_noise;  // draws ε₂ besides ε₁ (L_skip's target)
-  LossTerms (*combine)(const DiffusionLoss& loss, const torch::Tensor& eps1, const torch::Tensor& eps2,
-                       const torch::Tensor& eps_hat, const torch::Tensor& t);
+  LossTerms (*compute)(const DiffusionLoss& loss, const LossBatch& batch, const EpsModel& network);
 };
 const std::vector<LossInfo>& losses();
 // Throws ConfigError (with a "did you mean") for an unknown name.
@@ -52,18 +68,24 @@ struct Rows {
 
 class DiffusionLoss {
  public:
-  DiffusionLoss(const LossConfig& config, const NoiseSchedule& schedule, const torch::Device& device);
+  // `antithetic`: train.antithetic, how draw_timesteps draws.
+  DiffusionLoss(const LossConfig& config, const NoiseSchedule& schedule, const torch::Device& device,
+                bool antithetic = true);
 
-  // Noises x0 at t with fresh ε₁ (and ε₂ for L_skip), evaluates the model once on `rows` and
-  // combines.
+  // The noise levels of a batch: its timesteps (sample_timesteps).
+  torch::Tensor draw_timesteps(int64_t batch) const;
+  // Draws ε₁ (and ε₂ for L_skip) for the whole batch, and lets the loss compute its terms on
+  // `rows` (the network evaluated once).
   LossTerms operator()(const EpsModel& model, const torch::Tensor& x0, const torch::Tensor& t, Rows rows = {}) const;
+  // ε̂ of `network` on the batch's x_t = noised(x0, t, ε₁), in float32.
+  torch::Tensor predict(const EpsModel& network, const LossBatch& batch) const;
 
   // x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε.
   torch::Tensor noised(const torch::Tensor& x0, const torch::Tensor& t, const torch::Tensor& eps) const;
 
-  // The loss given the noises and the prediction: ℓ = ℓ_simple for L_simple or t < k, else
-  // τ ℓ_simple + (1-τ) ℓ_skip with ℓ_skip = mean (ε₂ - c(t) ε̂)², c(t) = √((1-α_skip)/α_skip),
-  // α_skip = ᾱ_t / ᾱ_{t-k}. No stop-gradient.
+  // The loss given the noises and the prediction ε̂ (the network's output, as if it had been
+  // called): ℓ = ℓ_simple for L_simple or t < k, else τ ℓ_simple + (1-τ) ℓ_skip with
+  // ℓ_skip = mean (ε₂ - c(t) ε̂)², c(t) = √((1-α_skip)/α_skip), α_skip = ᾱ_t / ᾱ_{t-k}. No stop-gradient.
   LossTerms combine(const torch::Tensor& eps1, const torch::Tensor& eps2, const torch::Tensor& eps_hat,
                     const torch::Tensor& t) const;
 
@@ -76,6 +98,9 @@ class DiffusionLoss {
  private:
   LossConfig config_;
   const LossInfo* info_;
+  int num_timesteps_;
+  bool antithetic_;
+  torch::Device device_;
   torch::Tensor sqrt_ab_, sqrt_1m_ab_, skip_coef_, skip_coef64_;
 };
 

@@ -9,7 +9,7 @@
 
 #include "s2dm/io/safetensors.h"
 
-namespace s2dm::train {
+namespace s2dm::optim {
 
 struct AdamOptions {
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
@@ -50,4 +50,4 @@ void ema_update(torch::nn::Module& ema, const torch::nn::Module& model, double d
 // Copies every parameter and buffer of `from` into `to` (same architecture).
 void copy_weights(torch::nn::Module& to, const torch::nn::Module& from);
 
-}  // namespace s2dm::train
+}  // namespace s2dm::optim

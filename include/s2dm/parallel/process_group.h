@@ -38,6 +38,9 @@ struct PeerLost : std::runtime_error {
 
 class ProcessGroup {
  public:
+  // One process alone: rank 0 of 1, whose collectives leave their tensors as they are (as EDM's
+  // dist helpers do), so that training reads the same for one process and for N ranks.
+  ProcessGroup();
   // Connects to the store at MASTER_ADDR:MASTER_PORT (rank 0 serves it unless the launcher does)
   // and builds `backend` ("gloo" | "nccl") over it. A port in use, an unreachable address or a
   // backend this build lacks is a ConfigError naming the variable or the key.
@@ -46,11 +49,14 @@ class ProcessGroup {
   ProcessGroup(const ProcessGroup&) = delete;
   ProcessGroup& operator=(const ProcessGroup&) = delete;
 
+  // Whether this process was launched as a rank of a c10d group (of one rank too): such a run
+  // splits its batches, averages its gradients and reports its group in logs and metrics.
+  bool launched() const { return impl_ != nullptr; }
   int rank() const;
   int size() const;
   int local_rank() const;
   int local_size() const;  // ranks on this machine
-  const std::string& backend() const;
+  const std::string& backend() const;  // "gloo", "nccl"; "none" alone
 
   // Each tensor summed over the ranks, in place; every all-reduce is issued before any is awaited.
   void all_reduce_sum(std::vector<torch::Tensor>& tensors);
@@ -58,7 +64,7 @@ class ProcessGroup {
   void broadcast(std::vector<torch::Tensor>& tensors, int root = 0);
   // Every rank's `tensor` (the same shape on each), stacked in rank order.
   torch::Tensor all_gather(const torch::Tensor& tensor);
-  // Waits, on the host, until every rank has called it, for up to `timeout` (not the group's):
+  // Waits, on the host, until every rank has called it (at once for one rank), for up to `timeout` (not the group's):
   // for one rank's long work (a checkpoint, FD). Through the store, because the backends' barriers
   // keep the group's timeout whatever they are given (Gloo's runs under its context's timeout,
   // NCCL's is an all-reduce under the watchdog's). A rank whose store host dies is told at once.
