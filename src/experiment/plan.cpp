@@ -150,8 +150,8 @@ std::vector<GridFile> grid_files(const Experiment& e, const std::vector<Unit>& u
   return out;
 }
 
-Plan plan_units(const Experiment& e, const Measurer& measurer) {
-  Plan plan;
+ExperimentPlan plan_units(const Experiment& e, const Measurer& measurer) {
+  ExperimentPlan plan;
   auto& units = plan.units;
   // A unit's folder and metric file follow from its key; what exists there is what an earlier
   // run finished.
@@ -208,7 +208,7 @@ Plan plan_units(const Experiment& e, const Measurer& measurer) {
   return plan;
 }
 
-RunSummary show_plan(const Experiment& e, const Plan& plan, const torch::Device& device,
+RunSummary show_plan(const Experiment& e, const ExperimentPlan& plan, const torch::Device& device,
                      const std::function<bool(const ModelSpec&)>& selected) {
   // The plan and a rough estimate, from one timed network evaluation per model.
   RunSummary summary;

@@ -72,16 +72,16 @@ class Measurer {
   std::map<std::string, eval::FeatureSet> references_;
 };
 
-struct Plan {
+struct ExperimentPlan {
   std::vector<Unit> units;
   std::map<std::string, TrainState> states;  // by model name, for the models to train
 };
 // Every unit of the experiment, keyed, with what an earlier run left of it, and the state of each
 // train model's run.
-Plan plan_units(const Experiment& e, const Measurer& measurer);
+ExperimentPlan plan_units(const Experiment& e, const Measurer& measurer);
 // Prints the plan and a rough time estimate (one timed network evaluation per model).
 // `selected` says which models run (--only).
-RunSummary show_plan(const Experiment& e, const Plan& plan, const torch::Device& device,
+RunSummary show_plan(const Experiment& e, const ExperimentPlan& plan, const torch::Device& device,
                      const std::function<bool(const ModelSpec&)>& selected);
 
 // The file each unit's learned or dp grid comes from: the model's score-optimal schedule, or its

@@ -294,7 +294,7 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
 
   check_output_folder(e);
   Measurer measurer(e, device);
-  Plan plan = plan_units(e, measurer);
+  ExperimentPlan plan = plan_units(e, measurer);
   auto& units = plan.units;
   RunSummary summary = show_plan(e, plan, device, selected);
   if (options.dry_run) return summary;
