@@ -14,10 +14,13 @@
 #include "s2dm/core/device.h"
 #include "s2dm/core/errors.h"
 #include "s2dm/model/model_source.h"
+#include "s2dm/sample/dp_schedule.h"
 #include "s2dm/sample/schedule_file.h"
 
 namespace s2dm::cli {
 namespace fs = std::filesystem;
+
+const sample::DpOptions kDp;  // the dp search's defaults
 
 int schedule(int argc, char** argv) {
   cxxopts::Options options("s2dm schedule",
@@ -31,8 +34,10 @@ int schedule(int argc, char** argv) {
       "sampler", "dp: the sampler to fit the grids to (default: the config's)", cxxopts::value<std::string>())(
       "order", "dp: its multistep order (default: the config's)", cxxopts::value<int>())(
       "steps", "step counts S to produce grids for", cxxopts::value<std::vector<int>>()->default_value("10,20,50"))(
-      "levels", "fine grid of noise levels (score: 1000; dp: 100 candidates)", cxxopts::value<int>())(
-      "samples", "score: data images averaged over (256); dp: reference trajectories (64)", cxxopts::value<int64_t>())(
+      "levels", "fine grid of noise levels (score: 1000; dp: " + std::to_string(kDp.levels) + " candidates)",
+      cxxopts::value<int>())(
+      "samples", "score: data images averaged over (256); dp: reference trajectories (" + std::to_string(kDp.samples) + ")",
+      cxxopts::value<int64_t>())(
       "sweeps", "dp: coordinate-search rounds with the full sampler (default: 2 for multistep samplers, else 0)",
       cxxopts::value<int>())(
       "batch", "batch size", cxxopts::value<int64_t>()->default_value("64"))(
@@ -56,9 +61,9 @@ int schedule(int argc, char** argv) {
     throw UsageError("schedule: give --checkpoint C or --model-script M.pt --config F.yaml");
 
   // Every count checked before any work.
-  const int levels = r->count("levels") ? bounded(*r, "levels", 3, kMaxTimesteps) : dp ? 100 : 1000;
+  const int levels = r->count("levels") ? bounded(*r, "levels", 3, kMaxTimesteps) : dp ? kDp.levels : 1000;
   const int64_t samples =
-      r->count("samples") ? bounded(*r, "samples", int64_t{1}, std::numeric_limits<int64_t>::max()) : dp ? 64 : 256;
+      r->count("samples") ? bounded(*r, "samples", int64_t{1}, std::numeric_limits<int64_t>::max()) : dp ? kDp.samples : 256;
   const int sweeps = r->count("sweeps") ? bounded(*r, "sweeps", 0, 1000) : -1;  // (-1: the sampler's default)
   const int64_t batch = bounded(*r, "batch", int64_t{1}, int64_t{kMaxBatch});
   const auto steps = bounded_list(*r, "steps", 1, kMaxTimesteps);

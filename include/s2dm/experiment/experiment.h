@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "s2dm/core/config.h"
+#include "s2dm/sample/dp_schedule.h"
 
 namespace s2dm::experiment {
 
@@ -48,11 +49,11 @@ struct ScheduleSpec {
   int64_t samples = 256;
   int64_t batch = 64;
   uint64_t seed = 0;
-  struct {
-    int levels = 100;      // candidate levels
-    int64_t samples = 64;  // reference trajectories
-    int sweeps = -1;       // coordinate-search rounds (-1: the sampler's default)
-  } dp;                    // (batch and seed are the ones above)
+  struct {  // (defaults: sample::DpOptions's)
+    int levels = sample::DpOptions{}.levels;        // candidate levels
+    int64_t samples = sample::DpOptions{}.samples;  // reference trajectories
+    int sweeps = sample::DpOptions{}.sweeps;        // coordinate-search rounds (-1: the sampler's default)
+  } dp;                                             // (batch and seed are the ones above)
 };
 
 // The Skip-Tuning search for settings with `skip_tuning: tuned` (Ma et al. 2024): ρ_bottom is
