@@ -155,10 +155,11 @@ std::string runtime_info(const torch::Device& device) {
 #if S2DM_WITH_CUDA
   if (device.is_cuda()) {
     char figures[96];
+    const double peak = peak_flops(device, true);
     std::snprintf(figures, sizeof figures, "%.0f GiB, peak %.0f TFLOP/s bf16",
-                  static_cast<double>(device_memory(device)) / (1 << 30), peak_flops(device, true) / 1e12);
-    s += "gpu:            " + std::string(at::cuda::getDeviceProperties(cuda_index(device))->name) +
-         ", " + figures + " (peak 0: not in s2dm's table)\n";
+                  static_cast<double>(device_memory(device)) / (1 << 30), peak / 1e12);
+    s += "gpu:            " + std::string(at::cuda::getDeviceProperties(cuda_index(device))->name) + ", " + figures +
+         (peak > 0 ? "" : " (not in s2dm's table: S2DM_PEAK_TFLOPS gives it)") + "\n";
   }
 #endif
   s += "fused adam:     " + std::string(compat::kHasFusedAdam ? "yes" : "no") + "\n";
