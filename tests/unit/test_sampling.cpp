@@ -295,8 +295,10 @@ TEST(Samplers, IdentitiesHoldToRounding) {
   auto one_step = make_grid({600, 500}, linear(), "one");
   one_step.t.resize(2);
   one_step.alpha_bar.resize(2);
+  SamplerOptions seeded;
+  seeded.noise_seed = 11;
   auto noise = run_sampler(find_sampler("ddpm"), zero, torch::zeros({200000, 1, 1, 1}, torch::kFloat64), one_step,
-                           {0.0, false, 11}).x;
+                           seeded).x;
   const double a600 = linear().alpha_bar(600), a500 = linear().alpha_bar(500);
   const double var = (1 - a500) / (1 - a600) * (1 - a600 / a500);
   EXPECT_NEAR(noise.var().item<double>() / var, 1.0, 0.02);
