@@ -54,25 +54,9 @@ constexpr int kInterrupted = 130;  // a rank stopped by a signal after writing i
 
 int exit_code(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status); }
 
-}  // namespace
-
-int launch_local_group(int nproc, const std::vector<std::string>& args) {
-  if (nproc < 1 || nproc > kMaxLocalRanks)
-    throw UsageError("--nproc " + std::to_string(nproc) + ": out of range [1, " + std::to_string(kMaxLocalRanks) + "]");
-  if (std::getenv("RANK") || std::getenv("WORLD_SIZE"))
-    throw UsageError("--nproc inside a launched group (RANK/WORLD_SIZE are set): launch with one or the other");
-  // The launcher serves the store (on a port the kernel picks, so no race for a free one); the
-  // ranks connect to it as clients.
-  c10d::TCPStoreOptions options;
-  options.port = 0;
-  options.isServer = true;
-  options.numWorkers = nproc;
-  options.waitWorkers = false;
-  compat::classic_tcp_store(options);
-  c10d::TCPStore store("127.0.0.1", options);
-  const int port = store.getPort();
-  spdlog::info("launching {} ranks on this machine (store on 127.0.0.1:{})", nproc, port);
-
+// Starts `nproc` ranks, each `s2dm ARGS` with its group's environment (rank_environment);
+// returns their pids.
+std::vector<pid_t> start_ranks(int nproc, const std::vector<std::string>& args, int port) {
   std::vector<std::string> argv_strings{"s2dm"};
   argv_strings.insert(argv_strings.end(), args.begin(), args.end());
   auto argv = pointers(argv_strings);
@@ -81,13 +65,6 @@ int launch_local_group(int nproc, const std::vector<std::string>& args) {
   std::vector<std::vector<char*>> envps;
   for (int r = 0; r < nproc; ++r) envs.push_back(rank_environment(r, nproc, port));
   for (auto& e : envs) envps.push_back(pointers(e));
-
-  struct sigaction action {};
-  action.sa_handler = on_launcher_signal;
-  sigemptyset(&action.sa_mask);
-  struct sigaction old_int {}, old_term {};
-  sigaction(SIGINT, &action, &old_int);
-  sigaction(SIGTERM, &action, &old_term);
 
   std::vector<pid_t> pids(nproc, -1);
   const pid_t launcher = getpid();
@@ -105,14 +82,18 @@ int launch_local_group(int nproc, const std::vector<std::string>& args) {
     }
     if (pids[r] < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
   }
+  return pids;
+}
 
-  // Waits for every rank. When one fails, the others are asked to stop (SIGTERM; they also see
-  // the lost peer in their next collective) and killed if still there after a grace period. The
-  // first failure's code is the group's: the others' codes then tell of the launcher's own
-  // signals or of the lost peer, not of what went wrong. Of the ranks that ended since the last
-  // look, one killed by a signal came first (its peers exit 1 on losing it). A rank that a
-  // forwarded signal ended was interrupted, not failed. Without a failure: 130 when a signal
-  // stopped the ranks, else 0.
+// Waits for every rank of `pids`. When one fails, the others are asked to stop (SIGTERM; they
+// also see the lost peer in their next collective) and killed if still there after a grace
+// period. The first failure's code is the group's: the others' codes then tell of the launcher's
+// own signals or of the lost peer, not of what went wrong. Of the ranks that ended since the last
+// look, one killed by a signal came first (its peers exit 1 on losing it). A rank that a
+// forwarded signal ended was interrupted, not failed. Without a failure: 130 when a signal
+// stopped the ranks, else 0.
+int supervise_ranks(std::vector<pid_t> pids) {
+  const int nproc = static_cast<int>(pids.size());
   int first_failure = 0, interrupted = 0, forwarded = 0, running = nproc;
   auto kill_at = std::chrono::steady_clock::time_point::max();  // (max: nobody to kill)
   while (running > 0) {
@@ -161,9 +142,39 @@ int launch_local_group(int nproc, const std::vector<std::string>& args) {
       }
     }
   }
+  return first_failure != 0 ? first_failure : interrupted;
+}
+
+}  // namespace
+
+int launch_local_group(int nproc, const std::vector<std::string>& args) {
+  if (nproc < 1 || nproc > kMaxLocalRanks)
+    throw UsageError("--nproc " + std::to_string(nproc) + ": out of range [1, " + std::to_string(kMaxLocalRanks) + "]");
+  if (std::getenv("RANK") || std::getenv("WORLD_SIZE"))
+    throw UsageError("--nproc inside a launched group (RANK/WORLD_SIZE are set): launch with one or the other");
+  // The launcher serves the store (on a port the kernel picks, so no race for a free one); the
+  // ranks connect to it as clients.
+  c10d::TCPStoreOptions options;
+  options.port = 0;
+  options.isServer = true;
+  options.numWorkers = nproc;
+  options.waitWorkers = false;
+  compat::classic_tcp_store(options);
+  c10d::TCPStore store("127.0.0.1", options);
+  const int port = store.getPort();
+  spdlog::info("launching {} ranks on this machine (store on 127.0.0.1:{})", nproc, port);
+
+  struct sigaction action {};
+  action.sa_handler = on_launcher_signal;
+  sigemptyset(&action.sa_mask);
+  struct sigaction old_int {}, old_term {};
+  sigaction(SIGINT, &action, &old_int);
+  sigaction(SIGTERM, &action, &old_term);
+
+  const int code = supervise_ranks(start_ranks(nproc, args, port));
   sigaction(SIGINT, &old_int, nullptr);
   sigaction(SIGTERM, &old_term, nullptr);
-  return first_failure != 0 ? first_failure : interrupted;
+  return code;
 }
 
 }  // namespace s2dm::parallel
