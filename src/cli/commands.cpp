@@ -16,6 +16,7 @@
 #include "s2dm/sample/generate.h"
 #include "s2dm/io/npy_tensor.h"
 #include "s2dm/sample/samplers.h"
+#include "s2dm/sample/timesteps.h"
 #include "s2dm/model/model_source.h"
 #include "s2dm/train/train.h"
 #include "s2dm/parallel/launcher.h"
@@ -192,11 +193,13 @@ void apply_sample_flags(const cxxopts::ParseResult& r, Config& config) {
   if (r.count("batch")) s.batch = r["batch"].as<int>();
   if (r.count("seed")) config.seed = r["seed"].as<uint64_t>();
   if (r.count("device")) config.device = r["device"].as<std::string>();
-  // A flag its sampler does not read would be recorded in sample.yaml and change nothing.
+  // A flag its sampler does not read would be recorded in sample.yaml and change nothing. (An
+  // order it does not read is check_options' error.)
   const auto& sampler = sample::find_sampler(s.sampler);
-  for (const char* flag : {"eta", "lambda"})
-    if (r.count(flag) && std::find(sampler.options.begin(), sampler.options.end(), flag) == sampler.options.end())
-      throw UsageError("--" + std::string(flag) + ": sampler '" + sampler.name + "' does not read " + flag +
+  for (const auto& flag : sample::sampler_option_keys())
+    if (flag != "order" && r.count(flag) &&
+        std::find(sampler.options.begin(), sampler.options.end(), flag) == sampler.options.end())
+      throw UsageError("--" + flag + ": sampler '" + sampler.name + "' does not read " + flag +
                        " (s2dm samplers lists what each reads)");
   if (r.count("skip-tuning")) {
     const auto text = r["skip-tuning"].as<std::string>();
@@ -216,6 +219,22 @@ void apply_sample_flags(const cxxopts::ParseResult& r, Config& config) {
     s.skip_tuning.rho_top = comma == std::string::npos ? 1.0 : number(text.substr(comma + 1));
   }
   check_config(config, "the command line");
+}
+
+// The samplers that read a sample option, for a flag's help: "ddim, ddpm".
+std::string samplers_reading(const std::string& option) {
+  std::string names;
+  for (const auto& s : sample::samplers())
+    if (std::find(s.options.begin(), s.options.end(), option) != s.options.end() || (option == "order" && s.max_order >= 0))
+      names += (names.empty() ? "" : ", ") + s.name;
+  return names;
+}
+
+// The --timesteps forms: the named grids, then lists, files and the model's own grids.
+std::string time_grid_forms() {
+  std::string forms;
+  for (const auto& name : sample::timestep_grids()) forms += name + ", ";
+  return forms + "a list 999,500,0, file:PATH, learned or learned:FILE";
 }
 
 }  // namespace
@@ -240,9 +259,9 @@ int samplers(int argc, char** argv) {
     for (int n : steps) std::printf(" %6d", s.nfe(n));
     std::printf("  %s\n", s.description.c_str());
   }
-  std::printf("\nNFE: network evaluations per image for S steps. Time grids (--timesteps): uniform, quad, linspace,\n"
-              "trailing, leading, logsnr, karras (sample.karras_rho), a list 999,500,0, file:PATH, learned (a\n"
-              "checkpoint's online score grid) or learned:FILE (s2dm schedule: score or dp); sample.final_alpha one|first.\n");
+  std::printf("\nNFE: network evaluations per image for S steps.\nTime grids (--timesteps): %s\n(karras: sample.karras_rho; "
+              "learned: a checkpoint's online score grid; learned:FILE: s2dm schedule's score or dp grids);\n"
+              "sample.final_alpha one|first.\n", time_grid_forms().c_str());
   return 0;
 }
 
@@ -254,13 +273,13 @@ int sample(int argc, char** argv) {
       "model-script", "TorchScript ε-model with forward(x, t)", cxxopts::value<std::string>())(
       "config", "config giving shape and schedule (and the architecture for --weights)", cxxopts::value<std::string>())(
       "sampler", "sampler name (s2dm samplers lists them)", cxxopts::value<std::string>())(
-      "steps", "sampling steps S", cxxopts::value<int>())("eta", "DDIM eta", cxxopts::value<double>())(
-      "order", "multistep order (deis, deis-rho, deis-logrho)", cxxopts::value<int>())(
-      "lambda", "lambda of lambda-ddim", cxxopts::value<double>())(
+      "steps", "sampling steps S", cxxopts::value<int>())(
+      "eta", "eta (" + samplers_reading("eta") + ")", cxxopts::value<double>())(
+      "order", "multistep order (" + samplers_reading("order") + ")", cxxopts::value<int>())(
+      "lambda", "lambda (" + samplers_reading("lambda") + ")", cxxopts::value<double>())(
       "skip-tuning", "Skip-Tuning: RHO_BOTTOM[,RHO_TOP] (deepest and top skip factors; RHO_TOP defaults to 1)",
       cxxopts::value<std::string>())(
-      "timesteps", "time grid: uniform|quad|linspace|trailing|leading|logsnr|karras|999,500,0|file:PATH|learned|learned:FILE",
-      cxxopts::value<std::string>())(
+      "timesteps", "time grid: " + time_grid_forms(), cxxopts::value<std::string>())(
       "num", "number of images", cxxopts::value<int64_t>())("batch", "batch size", cxxopts::value<int>())(
       "seed", "random seed", cxxopts::value<uint64_t>())(
       "noise", "initial noise x_T as float32 NCHW .npy (sets the number of images)", cxxopts::value<std::string>())(

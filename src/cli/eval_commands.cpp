@@ -108,8 +108,8 @@ Source resolve_source(const std::string& arg, FeatureSpace& space, int64_t num, 
 }
 
 void common_options(cxxopts::Options& options) {
-  options.add_options()("features", "inception[:WEIGHTS.safetensors] or classifier:PATH (default Inception weights: "
-                                    "$S2DM_INCEPTION_WEIGHTS or data/inception/pt_inception-2015-12-05-6726825d.safetensors)",
+  options.add_options()("features", eval::feature_spec_forms() + " (default Inception weights: $S2DM_INCEPTION_WEIGHTS or "
+                                    "data/inception/pt_inception-2015-12-05-6726825d.safetensors)",
                         cxxopts::value<std::string>()->default_value("inception"))(
       "num", "use the first N images of each source (0 = all; at least 2)", cxxopts::value<int64_t>()->default_value("0"))(
       "batch", "feature-extraction batch size", cxxopts::value<int64_t>()->default_value("100"))(
@@ -194,7 +194,7 @@ int fid(int argc, char** argv) {
 int train_classifier(int argc, char** argv) {
   cxxopts::Options options("s2dm train-classifier",
                            "Train the small CNN whose features measure FD[<data>-cnn] on labelled data.");
-  options.add_options()("data", "data config (fmnist or cifar10: train split to train, test split to test)",
+  options.add_options()("data", "data config (" + data::labelled_datasets() + ": train split to train, test split to test)",
                         cxxopts::value<std::string>())("out", "classifier file to write", cxxopts::value<std::string>())(
       "epochs", "epochs", cxxopts::value<int>()->default_value("2"))(
       "batch", "batch size", cxxopts::value<int64_t>()->default_value("128"))(

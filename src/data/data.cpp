@@ -301,10 +301,18 @@ const std::vector<DatasetInfo>& datasets() {
   return registry;
 }
 
+std::string labelled_datasets() {
+  std::string names;
+  for (const auto& d : datasets())
+    if (d.labelled) names += (names.empty() ? "" : ", ") + d.name;
+  return names;
+}
+
 }  // namespace s2dm::data
 
 namespace s2dm {
 std::vector<std::string> dataset_names() { return names_of(data::datasets()); }
+
 }  // namespace s2dm
 
 namespace s2dm::data {

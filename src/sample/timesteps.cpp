@@ -127,9 +127,9 @@ std::vector<double> make_timesteps(const std::string& spec, int S, const NoiseSc
       ts.push_back(t);
     }
   } else {
-    std::string msg = "unknown time grid '" + spec +
-                      "' (uniform, quad, linspace, trailing, leading, logsnr, karras, a list like 999,500,0, file:PATH, "
-                      "learned, dp or learned:SCHEDULE.yaml)";
+    std::string msg = "unknown time grid '" + spec + "' (";
+    for (const auto& name : timestep_grids()) msg += name + ", ";
+    msg += "a list like 999,500,0, file:PATH, learned, dp or learned:SCHEDULE.yaml)";
     auto near = closest_match(spec, timestep_grids());
     if (!near.empty()) msg += "; did you mean '" + near + "'?";
     throw ConfigError(msg);

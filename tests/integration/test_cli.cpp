@@ -23,6 +23,10 @@
 #include "s2dm/io/npy.h"
 #include "s2dm/io/safetensors.h"
 #include "s2dm/sample/generate.h"
+#include "s2dm/sample/samplers.h"
+#include "s2dm/sample/timesteps.h"
+#include "s2dm/data/data.h"
+#include "s2dm/eval/fid.h"
 
 using namespace s2dm;
 using s2dm::testing::TempDir;
@@ -72,6 +76,28 @@ TEST_F(Cli, HelpAndInfo) {
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("libtorch:"), std::string::npos);
   EXPECT_NE(r.output.find("cpu threads:"), std::string::npos);
+}
+
+TEST_F(Cli, HelpNamesWhatTheRegistriesHold) {
+  // The help texts are built from the registries: a new sampler, time grid, feature network or
+  // labelled data set shows up without an edit there.
+  const auto sample_help = run("sample --help").output;
+  const auto samplers = run("samplers").output;
+  for (const auto& grid : s2dm::sample::timestep_grids()) {
+    EXPECT_NE(sample_help.find(grid), std::string::npos) << grid;
+    EXPECT_NE(samplers.find(grid), std::string::npos) << grid;
+  }
+  for (const auto& s : s2dm::sample::samplers()) {
+    EXPECT_NE(samplers.find(s.name), std::string::npos) << s.name;
+    if (s.max_order >= 0 || std::count(s.options.begin(), s.options.end(), "lambda")) {
+      EXPECT_NE(sample_help.find(s.name), std::string::npos) << s.name;
+    }
+  }
+  const auto fid_help = run("fid --help").output;
+  for (const auto& network : s2dm::eval::feature_networks()) EXPECT_NE(fid_help.find(network.name), std::string::npos);
+  const auto classifier_help = run("train-classifier --help").output;
+  for (const auto& d : s2dm::data::datasets())
+    EXPECT_EQ(classifier_help.find(d.name) != std::string::npos, d.labelled) << d.name;
 }
 
 TEST_F(Cli, DivergedLossNeverReachesACheckpoint) {

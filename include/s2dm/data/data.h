@@ -29,6 +29,8 @@ struct DatasetInfo {
 const std::vector<DatasetInfo>& datasets();
 // Throws ConfigError for an unknown name.
 const DatasetInfo& find_dataset(const std::string& name);
+// The labelled data sets' names, for messages and help: "fmnist, cifar10".
+std::string labelled_datasets();
 
 // The data set `config` names, cropped/resized/padded to its image size and channel count,
 // limited to `config.limit` images. `train` = false reads the test split (fmnist and cifar10
