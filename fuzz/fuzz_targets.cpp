@@ -20,7 +20,7 @@
 #include "s2dm/io/npy.h"
 #include "s2dm/io/npy_tensor.h"
 #include "s2dm/io/safetensors.h"
-#include "s2dm/sample/schedule_file.h"
+#include "s2dm/sample/grid_file.h"
 
 namespace s2dm::fuzz {
 namespace fs = std::filesystem;
@@ -118,7 +118,7 @@ void read_experiment(const std::string& bytes, const std::string& scratch, const
 }
 
 void read_schedule(const std::string& bytes, const std::string& scratch) {
-  const auto file = sample::read_schedule_file(write_input(scratch + "/schedule.yaml", bytes), kNumTimesteps);
+  const auto file = sample::read_grid_file(write_input(scratch + "/schedule.yaml", bytes), kNumTimesteps);
   for (const auto& [steps, grid] : file.timesteps) file.grid(steps);
   file.description();
 }
@@ -170,8 +170,8 @@ Checkpoint test_checkpoint(const std::string& source_dir) {
   return c;
 }
 
-sample::ScheduleFile test_schedule() {
-  sample::ScheduleFile f;
+sample::GridFile test_schedule() {
+  sample::GridFile f;
   f.nfe = 100;
   f.timesteps = {{3, {999, 500, 0}}, {5, {999, 700, 400, 150, 0}}};
   f.levels = {0, 333, 666, 999};
@@ -238,10 +238,10 @@ void write_seeds(const std::string& target, const std::string& dir, const std::s
     for (const char* name : {"fmnist_s2dm.yaml", "learned_schedule.yaml", "skip_tuning_sweep.yaml"})  // (their data is here)
       fs::copy_file(source_dir + "/configs/experiments/" + name, dir + "/" + name, fs::copy_options::overwrite_existing);
   } else if (target == "schedule") {
-    sample::write_schedule_file(dir + "/score.yaml", test_schedule(), kNumTimesteps);
+    sample::write_grid_file(dir + "/score.yaml", test_schedule(), kNumTimesteps);
     auto dp = test_schedule();
     dp.method = "dp", dp.sampler = "deis", dp.order = 3, dp.end_error = {{3, 0.5}, {5, 0.25}};
-    sample::write_schedule_file(dir + "/dp.yaml", dp, kNumTimesteps);
+    sample::write_grid_file(dir + "/dp.yaml", dp, kNumTimesteps);
   }
 }
 

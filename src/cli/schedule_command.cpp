@@ -14,13 +14,13 @@
 #include "s2dm/core/device.h"
 #include "s2dm/core/errors.h"
 #include "s2dm/model/model_source.h"
-#include "s2dm/sample/dp_schedule.h"
-#include "s2dm/sample/schedule_file.h"
+#include "s2dm/sample/dp_grid.h"
+#include "s2dm/sample/grid_file.h"
 
 namespace s2dm::cli {
 namespace fs = std::filesystem;
 
-const sample::DpOptions kDp;  // the dp search's defaults
+const sample::DpSearchOptions kDp;  // the dp search's defaults
 
 int schedule(int argc, char** argv) {
   cxxopts::Options options("s2dm schedule",
@@ -83,14 +83,14 @@ int schedule(int argc, char** argv) {
   const std::string& origin = source.origin;
   const std::vector<int64_t> shape = image_shape(config.data);
   const std::string out = (*r)["out"].as<std::string>();
-  const std::string plot = sample::schedule_plot_path(out);
+  const std::string plot = sample::grid_plot_path(out);
   const uint64_t seed = (*r)["seed"].as<uint64_t>();
 
   if (dp) {
     const auto device = resolve_device((*r)["device"].as<std::string>());
     set_cpu_threads(config.threads);
     const model::LoadedModel loaded(source, device);
-    sample::DpOptions o;
+    sample::DpSearchOptions o;
     o.levels = levels;
     o.samples = samples;
     o.search_samples = std::min<int64_t>(samples, 32);
@@ -98,7 +98,7 @@ int schedule(int argc, char** argv) {
     o.batch = batch;
     o.seed = seed;
     const auto file =
-        sample::search_dp_schedule(DiffusionModel::of(config, loaded.eps_fp32(), device), config.sample, steps, o, out);
+        sample::make_dp_grid_file(DiffusionModel::of(config, loaded.eps_fp32(), device), config.sample, steps, o, out);
     std::cout << "wrote " << out << " (" << file.description() << ": " << steps.size() << " grids, "
               << file.levels.size() << " candidate levels, " << samples << " trajectories, " << file.nfe
               << " network evaluations) and " << plot << "\n";
@@ -122,7 +122,7 @@ int schedule(int argc, char** argv) {
   const model::LoadedModel loaded(source, device);
   const int64_t n = std::min<int64_t>(samples, data.images.size(0));
   auto cost =
-      sample::learn_schedule(DiffusionModel::of(config, loaded.eps_fp32(), device), data.images, levels, n, seed, batch, steps, out);
+      sample::make_score_grid_file(DiffusionModel::of(config, loaded.eps_fp32(), device), data.images, levels, n, seed, batch, steps, out);
   std::cout << "wrote " << out << " (" << steps.size() << " grids, " << levels << " levels, " << n << " images, "
             << cost.nfe << " network evaluations) and " << plot << "\nuse: s2dm sample --timesteps learned:" << out
             << " --steps S\n";

@@ -17,81 +17,7 @@
 namespace s2dm {
 namespace {
 
-using namespace config_schema;
-
-// ---- helpers ----
-
-std::string join(const std::vector<std::string>& items, const char* sep = ", ") {
-  std::string out;
-  for (size_t i = 0; i < items.size(); ++i) out += (i ? sep : "") + items[i];
-  return out;
-}
-
-template <class T>
-std::string show(const T& value) {
-  std::ostringstream s;
-  s << value;
-  return s.str();
-}
-std::string show(const std::vector<int>& value) {
-  std::vector<std::string> items;
-  for (int x : value) items.push_back(std::to_string(x));
-  return "[" + join(items) + "]";
-}
-std::string show(const std::vector<double>& value) {
-  std::vector<std::string> items;
-  for (double x : value) items.push_back(show(x));
-  return "[" + join(items) + "]";
-}
-
-// ---- The checks: what is wrong with a value, or "" ----
-
-template <class T>
-std::string violation(const std::string&, const T&, const Any&) {
-  return "";
-}
-
-template <class T, class R>
-std::string violation(const std::string& name, const T& value, const Range<R>& r) {
-  auto outside = [&](R x) { return !(x >= r.lo && x <= r.hi); };  // (NaN is outside)
-  bool bad = false;
-  if constexpr (std::is_same_v<T, std::vector<int>> || std::is_same_v<T, std::vector<double>>) {
-    for (auto x : value) bad = bad || outside(x);
-  } else {
-    bad = outside(value);
-  }
-  return bad ? name + " = " + show(value) + " is out of range [" + show(r.lo) + ", " + show(r.hi) + "]" : "";
-}
-
-template <class T>
-std::string violation(const std::string& name, const T& value, const OneOf& allowed) {
-  const std::string s = show(value);
-  if (std::find(allowed.values.begin(), allowed.values.end(), s) != allowed.values.end()) return "";
-  std::string msg = name + " = '" + s + "' is not one of " + join(allowed.values);
-  auto near = closest_match(s, allowed.values);
-  if (!near.empty()) msg += " (did you mean '" + near + "'?)";
-  return msg;
-}
-
-// Checks every value of a struct set in code (as Binder checks what it reads).
-class Validator {
- public:
-  explicit Validator(const std::string& origin, std::string prefix = "") : origin_(origin), prefix_(std::move(prefix)) {}
-  template <class T, class C>
-  void operator()(const char* name, const T& value, const C& check) {
-    const std::string msg = violation(prefix_ + name, value, check);
-    if (!msg.empty()) throw ConfigError(origin_ + ": " + msg);
-  }
-  template <class S>
-  void section(const char* name, S& target) {
-    Validator inner(origin_, prefix_ + name + ".");
-    visit(inner, target);
-  }
-
- private:
-  const std::string& origin_;
-  std::string prefix_;
-};
+using namespace schema;
 
 // Resets the named members of a struct to those of a default-constructed one: both structs are
 // visited in the same order, the defaults' members recorded first.
@@ -125,72 +51,6 @@ class Resetter {
   std::vector<const void*> defaults_;
   size_t next_ = 0;
   bool recording_ = false;
-};
-
-// Collects the names of a visited struct (for "did you mean" and unknown-key checks).
-struct NameCollector {
-  std::vector<std::string> names;
-  template <class T, class C>
-  void operator()(const char* name, T&, const C&) { names.push_back(name); }
-  template <class S>
-  void section(const char* name, S&) { names.push_back(name); }
-};
-
-// Reads a YAML mapping into a struct, validating each value.
-class Binder {
- public:
-  Binder(const YAML::Node& node, std::string prefix, const YamlReader& reader)
-      : node_(node), prefix_(std::move(prefix)), reader_(reader) {}
-
-  template <class S>
-  void bind(S& target) {
-    NameCollector names;
-    visit(names, target);
-    reader_.check_keys(node_, prefix_.empty() ? "" : prefix_.substr(0, prefix_.size() - 1), names.names);
-    visit(*this, target);
-  }
-
-  template <class T, class C>
-  void operator()(const char* name, T& value, const C& check) {
-    const YAML::Node child = node_[name];
-    if (!child || child.IsNull()) return;  // keep the default
-    const std::string key = prefix_ + name;
-    read(child, key, value);
-    const std::string msg = violation(key, value, check);
-    if (!msg.empty()) reader_.fail(child, msg, key);
-  }
-
-  template <class S>
-  void section(const char* name, S& target) {
-    const YAML::Node child = node_[name];
-    if (!child || child.IsNull()) return;
-    if (reader_.overrides(prefix_ + name)) target = S{};  // an override that gives a whole section replaces it
-    Binder(child, prefix_ + name + ".", reader_).bind(target);
-  }
-
- private:
-  void read(const YAML::Node& n, const std::string& key, std::string& v) { v = reader_.scalar<std::string>(n, key, "a string"); }
-  void read(const YAML::Node& n, const std::string& key, bool& v) { v = reader_.scalar<bool>(n, key, "true or false"); }
-  void read(const YAML::Node& n, const std::string& key, int& v) { v = reader_.scalar<int>(n, key, "an integer"); }
-  void read(const YAML::Node& n, const std::string& key, int64_t& v) { v = reader_.scalar<int64_t>(n, key, "an integer"); }
-  void read(const YAML::Node& n, const std::string& key, uint64_t& v) {
-    v = reader_.scalar<uint64_t>(n, key, "a non-negative integer");
-  }
-  void read(const YAML::Node& n, const std::string& key, double& v) {
-    v = reader_.scalar<double>(n, key, "a number");
-    if (!std::isfinite(v)) reader_.fail(n, key + ": expected a finite number", key);
-  }
-  template <class T>
-  void read(const YAML::Node& n, const std::string& key, std::vector<T>& v) {
-    const char* what = std::is_same_v<T, int> ? "a list of integers" : "a list of numbers";
-    if (!n.IsSequence()) reader_.fail(n, key + ": expected " + what + ", got " + YamlReader::flow(n), key);
-    v.clear();
-    for (const auto& item : n) v.push_back(reader_.scalar<T>(item, key, what));
-  }
-
-  const YAML::Node node_;
-  std::string prefix_;
-  const YamlReader& reader_;
 };
 
 // Writes the resolved config as YAML text (strings quoted, lists in flow style).
@@ -395,12 +255,7 @@ void check_config(const Config& config, const std::string& origin) {
 
 void reset_sample_keys(SampleConfig& config, const std::vector<std::string>& keys) { Resetter(keys).reset(config); }
 
-std::vector<std::string> sample_config_keys() {
-  NameCollector names;
-  SampleConfig sample;
-  visit(names, sample);
-  return names.names;
-}
+std::vector<std::string> sample_config_keys() { return keys_of(SampleConfig{}); }
 
 std::string to_yaml(const Config& config) {
   Writer writer;

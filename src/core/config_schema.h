@@ -1,25 +1,22 @@
 #pragma once
 // The config schema (private to src/core/): every key of every section, its type (from the
-// member) and its check. config.cpp's visitors walk it to read, validate, reset and write configs.
+// member) and its check. schema.h's and config.cpp's visitors walk it to read, validate, reset
+// and write configs.
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "s2dm/core/config.h"
 #include "s2dm/core/registry.h"
+#include "s2dm/core/schema.h"
 
-namespace s2dm::config_schema {
+namespace s2dm {
 
-// One list serves loading, validation and writing, so they cannot drift apart.
-
-template <class T>
-struct Range {
-  T lo, hi;
-};
-struct OneOf {
-  std::vector<std::string> values;
-};
-struct Any {};
+// One list serves loading, validation and writing, so they cannot drift apart. (The visits live
+// in the structs' namespace: the visitors of schema.h find them by argument-dependent lookup.)
+using schema::Any;
+using schema::OneOf;
+using schema::Range;
 
 template <class V>
 void visit(V& v, DataConfig& c) {
@@ -147,4 +144,4 @@ void visit(V& v, Config& c) {
   v.section("sample", c.sample);
 }
 
-}  // namespace s2dm::config_schema
+}  // namespace s2dm

@@ -3,12 +3,14 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <filesystem>
 #include <limits>
 #include <set>
 
 #include "plan.h"
 #include "s2dm/core/errors.h"
+#include "s2dm/core/schema.h"
 #include "s2dm/core/yaml_reader.h"
 #include "s2dm/data/data.h"
 #include "s2dm/eval/fid.h"
@@ -17,11 +19,13 @@
 #include "s2dm/io/file_io.h"
 #include "s2dm/core/device.h"
 #include "s2dm/model/model_source.h"
-#include "s2dm/sample/dp_schedule.h"
+#include "s2dm/sample/dp_grid.h"
 #include "s2dm/sample/generate.h"
 
 namespace s2dm::experiment {
 namespace fs = std::filesystem;
+using schema::Any;
+using schema::Range;
 
 std::string hash_key(const std::string& text) {
   uint64_t h = 1469598103934665603ull;
@@ -41,11 +45,75 @@ std::string Setting::label() const {
   return out.empty() ? "(base settings)" : out;
 }
 
+// ---- The experiment file's schema ----
+
+constexpr int64_t kMaxSamples = std::numeric_limits<int64_t>::max();  // (image counts cost time, not memory)
+
+// Every key of an experiment file (schema.h), the scalar ones with their checks; checks that
+// relate keys, files or sections follow in load_experiment. (Outside the unnamed namespace: the
+// visitors find these by argument-dependent lookup.)
+template <class V>
+void visit(V& v, MetricSpec& m) {
+  v("features", m.features, Any{});  // (checked with its weights by check_metric)
+  v("num_samples", m.num_samples, Range<int64_t>{2, kMaxSamples});
+  v("reference", m.reference, Any{});
+  v("reference_num", m.reference_num, Range<int64_t>{2, kMaxSamples});
+  v("kid", m.kid, Any{});
+  v("batch", m.batch, Range<int64_t>{1, kMaxBatch});
+  v("classifier_epochs", m.classifier_epochs, Range<int>{1, 100000});
+}
+
+template <class V>
+void visit(V& v, GridSearchSpec::DpSpec& dp) {
+  v("levels", dp.levels, Range<int>{3, kMaxTimesteps});
+  v("samples", dp.samples, Range<int64_t>{1, kMaxSamples});
+  v("sweeps", dp.sweeps, Range<int>{-1, 1000});  // (-1: the sampler's default)
+}
+
+template <class V>
+void visit(V& v, GridSearchSpec& s) {
+  v("levels", s.levels, Range<int>{3, kMaxTimesteps});
+  v("samples", s.samples, Range<int64_t>{1, kMaxSamples});
+  v("batch", s.batch, Range<int64_t>{1, kMaxBatch});
+  v("seed", s.seed, Any{});
+  v.section("dp", s.dp);
+}
+
+template <class V>
+void visit(V& v, TuneSkipSpec& t) {
+  v("range", t.range, Any{});  // (two numbers, checked in load_experiment)
+  v("points", t.points, Range<int>{2, 1000});
+  v("refine", t.refine, Range<int>{0, 30});
+  v("rho_top", t.rho_top, Range<double>{-10.0, 10.0});
+  v("proxy_samples", t.proxy_samples, Range<int64_t>{2, kMaxSamples});
+  v("seed", t.seed, Any{});
+}
+
+template <class V>
+void visit(V& v, TableSpec& t) {
+  v("rows", t.rows, Any{});  // (a swept key, checked against the sweep)
+}
+
+template <class V>
+void visit(V& v, Experiment& e) {
+  v("name", e.name, Any{});
+  v("out", e.out, Any{});
+  v("device", e.device, Any{});  // (resolved last)
+  v("threads", e.threads, Range<int>{0, kMaxThreads});
+  v.custom("seeds");   // a seed or a list of them
+  v.custom("models");  // a list of models (read_models)
+  v("baseline", e.baseline, Any{});
+  v.custom("sample");  // sample-config keys, checked per model (check_settings)
+  v.custom("sweep");   // (read_sweep)
+  v.section("metric", e.metric);
+  v.section("schedule", e.grid_search);
+  v.section("tune_skip", e.tune_skip);
+  v.section("table", e.table);
+}
+
 namespace {
 
 // ---- Reading the experiment file ----
-
-constexpr int64_t kMaxSamples = std::numeric_limits<int64_t>::max();  // (image counts cost time, not memory)
 
 // A YAML reader that also resolves paths relative to the experiment file's folder.
 class Reader : public YamlReader {
@@ -140,24 +208,6 @@ std::string override_text(const std::string& key, const std::string& value) {
   return key == "skip_tuning" && (value == "none" || value == "tuned") ? "{}" : value;
 }
 
-void read_tune_skip(const Reader& r, const YAML::Node& node, Experiment& e) {
-  if (!node) return;
-  r.check_keys(node, "tune_skip", {"range", "points", "refine", "rho_top", "proxy_samples", "seed"});
-  auto& t = e.tune_skip;
-  if (const auto range = node["range"]) {
-    if (!range.IsSequence() || range.size() != 2) r.fail(range, "tune_skip.range: expected [lo, hi]");
-    t.lo = r.scalar<double>(range[0], "tune_skip.range", "a number");
-    t.hi = r.scalar<double>(range[1], "tune_skip.range", "a number");
-    if (!(0 <= t.lo && t.lo < t.hi)) r.fail(range, "tune_skip.range: expected [lo, hi] with 0 <= lo < hi");
-  }
-  if (node["points"]) t.points = r.bounded(node["points"], "tune_skip.points", 2, 1000);
-  if (node["refine"]) t.refine = r.bounded(node["refine"], "tune_skip.refine", 0, 30);
-  if (node["rho_top"]) t.rho_top = r.bounded(node["rho_top"], "tune_skip.rho_top", -10.0, 10.0);
-  if (node["proxy_samples"])
-    t.proxy_samples = r.bounded(node["proxy_samples"], "tune_skip.proxy_samples", int64_t{2}, kMaxSamples);
-  if (node["seed"]) t.seed = r.scalar<uint64_t>(node["seed"], "tune_skip.seed", "a non-negative integer");
-}
-
 void read_sweep(const Reader& r, const YAML::Node& node, Experiment& e, int& sweep_line) {
   std::vector<std::string> allowed = sample_config_keys();
   allowed.erase(std::remove_if(allowed.begin(), allowed.end(), [](const std::string& k) { return k == "num" || k == "batch"; }),
@@ -215,19 +265,8 @@ void read_sweep(const Reader& r, const YAML::Node& node, Experiment& e, int& swe
   }
 }
 
-void read_metric(const Reader& r, const YAML::Node& node, Experiment& e) {
-  if (!node) return;
-  r.check_keys(node, "metric", {"features", "num_samples", "reference", "reference_num", "kid", "batch", "classifier_epochs"});
+void check_metric(const Reader& r, const YAML::Node& node, Experiment& e) {
   auto& m = e.metric;
-  if (node["features"]) m.features = r.scalar<std::string>(node["features"], "metric.features", "a string");
-  if (node["num_samples"]) m.num_samples = r.bounded(node["num_samples"], "metric.num_samples", int64_t{2}, kMaxSamples);
-  if (node["reference"]) m.reference = r.scalar<std::string>(node["reference"], "metric.reference", "a string");
-  if (node["reference_num"])
-    m.reference_num = r.bounded(node["reference_num"], "metric.reference_num", int64_t{2}, kMaxSamples);
-  if (node["kid"]) m.kid = r.scalar<bool>(node["kid"], "metric.kid", "true or false");
-  if (node["batch"]) m.batch = r.bounded(node["batch"], "metric.batch", int64_t{1}, int64_t{kMaxBatch});
-  if (node["classifier_epochs"])
-    m.classifier_epochs = r.bounded(node["classifier_epochs"], "metric.classifier_epochs", 1, 100000);
   eval::FeatureSpec spec;
   try {
     spec = eval::parse_feature_spec(m.features);
@@ -255,22 +294,11 @@ void read_metric(const Reader& r, const YAML::Node& node, Experiment& e) {
       r.fail(node["reference"], std::string("metric.reference: ") + err.what());
     }
   }
-}
-
-void read_schedule(const Reader& r, const YAML::Node& node, Experiment& e) {
-  if (!node) return;
-  r.check_keys(node, "schedule", {"levels", "samples", "batch", "seed", "dp"});
-  auto& s = e.schedule;
-  if (const auto dp = node["dp"]) {
-    r.check_keys(dp, "schedule.dp", {"levels", "samples", "sweeps"});
-    if (dp["levels"]) s.dp.levels = r.bounded(dp["levels"], "schedule.dp.levels", 3, kMaxTimesteps);
-    if (dp["samples"]) s.dp.samples = r.bounded(dp["samples"], "schedule.dp.samples", int64_t{1}, kMaxSamples);
-    if (dp["sweeps"]) s.dp.sweeps = r.bounded(dp["sweeps"], "schedule.dp.sweeps", -1, 1000);  // (-1: the default)
+  if (m.features == "classifier") {
+    const auto& data = e.models.front().config.data;
+    if (!data::find_dataset(data.dataset).labelled)
+      r.fail(node, "metric.features = classifier trains on labelled data (" + data::labelled_datasets() + "), not " + data.dataset);
   }
-  if (node["levels"]) s.levels = r.bounded(node["levels"], "schedule.levels", 3, kMaxTimesteps);
-  if (node["samples"]) s.samples = r.bounded(node["samples"], "schedule.samples", int64_t{1}, kMaxSamples);
-  if (node["batch"]) s.batch = r.bounded(node["batch"], "schedule.batch", int64_t{1}, int64_t{kMaxBatch});
-  if (node["seed"]) s.seed = r.scalar<uint64_t>(node["seed"], "schedule.seed", "a non-negative integer");
 }
 
 // Resolves every model × setting now, so that a bad combination fails before any work.
@@ -282,14 +310,14 @@ void check_settings(const Reader& r, const Experiment& e, int sweep_line) {
       const std::string where = r.path() + (sweep_line ? ":" + std::to_string(sweep_line) : "") + ": model '" + m.name + "', " +
                                 s.label() + ": ";
       const SampleConfig c = sample_config(e, m, s);
-      if (sample::uses_learned_schedule(c) && c.steps >= e.schedule.levels)
+      if (sample::uses_learned_grid(c) && c.steps >= e.grid_search.levels)
         throw ConfigError(where + "timesteps learned with " + std::to_string(c.steps) + " steps needs schedule.levels > " +
                           std::to_string(c.steps));
-      if (sample::uses_dp_schedule(c)) {
-        if (const int max_steps = sample::dp_max_steps(model.schedule, e.schedule.dp.levels); c.steps > max_steps)
+      if (sample::uses_dp_grid(c)) {
+        if (const int max_steps = sample::dp_max_steps(model.schedule, e.grid_search.dp.levels); c.steps > max_steps)
           throw ConfigError(where + "timesteps dp with " + std::to_string(c.steps) +
                             " steps needs as many candidate times; schedule.dp.levels = " +
-                            std::to_string(e.schedule.dp.levels) + " keeps " + std::to_string(max_steps) + " (raise it)");
+                            std::to_string(e.grid_search.dp.levels) + " keeps " + std::to_string(max_steps) + " (raise it)");
         if (sample::find_sampler(c.sampler).stochastic || c.eta != 0)
           throw ConfigError(where + "timesteps dp needs a deterministic sampler (dp grids follow the ODE's trajectories)");
       }
@@ -357,15 +385,12 @@ Experiment load_experiment(const std::string& path) {
   }
   Reader r(path);
   r.check_unique_keys(root);
-  r.check_keys(root, "", {"name", "out", "device", "threads", "seeds", "models", "baseline", "sample", "sweep", "metric", "schedule",
-                      "tune_skip", "table"});
   Experiment e;
   e.path = path;
-  e.name = root["name"] ? r.scalar<std::string>(root["name"], "name", "a string") : fs::path(path).stem().string();
+  e.name = fs::path(path).stem().string();
+  schema::Binder(root, "", r).bind(e);  // every key known, every scalar key and section read and checked
   if (!is_safe_name(e.name)) r.fail(root["name"], "name = '" + e.name + "': use letters, digits, '_', '-', '.'");
-  e.out = root["out"] ? r.scalar<std::string>(root["out"], "out", "a path") : "runs/" + e.name;
-  if (root["device"]) e.device = r.scalar<std::string>(root["device"], "device", "a string");
-  if (root["threads"]) e.threads = r.bounded(root["threads"], "threads", 0, kMaxThreads);
+  if (e.out.empty()) e.out = "runs/" + e.name;
   if (const auto seeds = root["seeds"]) {
     e.seeds.clear();
     if (seeds.IsSequence()) {
@@ -377,8 +402,7 @@ Experiment load_experiment(const std::string& path) {
     if (std::set<uint64_t>(e.seeds.begin(), e.seeds.end()).size() != e.seeds.size()) r.fail(seeds, "seeds: a seed is repeated");
   }
   read_models(r, root["models"], e);
-  if (root["baseline"]) {
-    e.baseline = r.scalar<std::string>(root["baseline"], "baseline", "a model name");
+  if (!e.baseline.empty()) {
     if (std::none_of(e.models.begin(), e.models.end(), [&](const ModelSpec& m) { return m.name == e.baseline; }))
       r.fail(root["baseline"], "baseline = '" + e.baseline + "' is not one of the models");
   }
@@ -395,21 +419,12 @@ Experiment load_experiment(const std::string& path) {
   read_sweep(r, root["sweep"], e, sweep_line);
   for (const auto& k : e.sweep_keys)
     if (e.sample.count(k)) r.fail(root["sample"], "sample." + k + " is also swept (sweep." + k + "): keep one");
-  if (const auto table = root["table"]) {
-    r.check_keys(table, "table", {"rows"});
-    if (table["rows"]) e.table_rows = r.scalar<std::string>(table["rows"], "table.rows", "a swept key");
-    if (e.table_rows != "sampler" &&
-        (e.table_rows == "steps" || std::find(e.sweep_keys.begin(), e.sweep_keys.end(), e.table_rows) == e.sweep_keys.end()))
-      r.fail(table["rows"], "table.rows = '" + e.table_rows + "': expected sampler or a swept key other than steps");
-  }
-  read_metric(r, root["metric"], e);
-  read_schedule(r, root["schedule"], e);
-  read_tune_skip(r, root["tune_skip"], e);
-  if (e.metric.features == "classifier") {
-    const auto& data = e.models.front().config.data;
-    if (!data::find_dataset(data.dataset).labelled)
-      r.fail(root["metric"], "metric.features = classifier trains on labelled data (fmnist, cifar10), not " + data.dataset);
-  }
+  if (const auto& rows = e.table.rows; rows != "sampler" &&
+      (rows == "steps" || std::find(e.sweep_keys.begin(), e.sweep_keys.end(), rows) == e.sweep_keys.end()))
+    r.fail(root["table"]["rows"], "table.rows = '" + rows + "': expected sampler or a swept key other than steps");
+  check_metric(r, root["metric"], e);
+  if (const auto& t = e.tune_skip; !(t.range.size() == 2 && 0 <= t.lo() && t.lo() < t.hi() && std::isfinite(t.hi())))
+    r.fail(root["tune_skip"]["range"], "tune_skip.range: expected [lo, hi] with 0 <= lo < hi");
   check_settings(r, e, sweep_line);
   try {
     resolve_device(e.device);

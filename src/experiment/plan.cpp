@@ -117,10 +117,10 @@ namespace {
 // included, as they change the model; skip_tuning: tuned searches ρ on the grid of the model
 // without it, run.cpp's tuned_skips says why). Empty for grids that need no file.
 std::string grid_family(const Experiment& e, const SampleConfig& config) {
-  const auto& s = e.schedule;
-  if (sample::uses_learned_schedule(config))
+  const auto& s = e.grid_search;
+  if (sample::uses_learned_grid(config))
     return "score " + std::to_string(s.levels) + "|" + std::to_string(s.samples) + "|" + std::to_string(s.seed);
-  if (!sample::uses_dp_schedule(config)) return "";
+  if (!sample::uses_dp_grid(config)) return "";
   Config c;
   c.sample = effective_settings(config);
   c.sample.steps = SampleConfig{}.steps;
@@ -190,7 +190,7 @@ ExperimentPlan plan_units(const Experiment& e, const Measurer& measurer) {
   // A tuned unit's ρ (and so its key) comes from its search: the model, the settings and grid it
   // samples with, the proxy's feature space and reference, and the search itself.
   const auto& t = e.tune_skip;
-  const std::string search = std::to_string(t.lo) + "|" + std::to_string(t.hi) + "|" + std::to_string(t.points) + "|" +
+  const std::string search = std::to_string(t.lo()) + "|" + std::to_string(t.hi()) + "|" + std::to_string(t.points) + "|" +
                              std::to_string(t.refine) + "|" + std::to_string(t.rho_top) + "|" +
                              std::to_string(t.proxy_samples) + "|" + std::to_string(t.seed);
   for (size_t i = 0; i < units.size(); ++i) {

@@ -275,9 +275,9 @@ void write_report(const ReportSpec& e, const ReportInputs& in) {
     for (const auto& f : metric_plots(e, in.rows, plots)) h << figure_html(f);
   }
   if (auto f = loss_plot(in.training_metrics, plots, e.name)) h << "<h2>Training</h2>\n" << figure_html(*f);
-  if (!in.schedule_plots.empty()) {
+  if (!in.grid_plots.empty()) {
     h << "<h2>Learned grids</h2>\n";
-    for (const auto& [label, png] : in.schedule_plots) {
+    for (const auto& [label, png] : in.grid_plots) {
       const std::string copy = plots + "/" + slug(e.name + "_" + label) + "_grid.png";
       if (fs::absolute(png) != fs::absolute(copy)) fs::copy_file(png, copy, fs::copy_options::overwrite_existing);
       Figure f{label, copy,

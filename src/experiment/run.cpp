@@ -21,7 +21,7 @@
 #include "s2dm/io/plot.h"
 #include "s2dm/model/model_source.h"
 #include "s2dm/sample/generate.h"
-#include "s2dm/sample/schedule_file.h"
+#include "s2dm/sample/grid_file.h"
 #include "s2dm/train/train.h"
 
 namespace s2dm::experiment {
@@ -50,7 +50,7 @@ ResultRow result_row(const Unit& u, const json& metric) {
 }
 
 ReportSpec report_spec(const Experiment& e) {
-  return {e.name, e.path, e.out, e.baseline, e.table_rows, e.metric.reference, e.seeds.size()};
+  return {e.name, e.path, e.out, e.baseline, e.table.rows, e.metric.reference, e.seeds.size()};
 }
 
 json read_json(const std::string& path) {
@@ -91,24 +91,24 @@ ModelGrids unit_grids(const Experiment& e, const Unit& u, const GridFile& file, 
   if (file.path.empty() || fs::exists(file.path)) return grids;
   const ModelSpec& m = *u.model;
   fs::create_directories(fs::path(file.path).parent_path());
-  if (sample::uses_learned_schedule(u.config)) {
-    spdlog::info("{}: estimating the score-optimal schedule ({} levels, {} images)", m.name, e.schedule.levels,
-                 e.schedule.samples);
+  if (sample::uses_learned_grid(u.config)) {
+    spdlog::info("{}: estimating the score-optimal grids ({} levels, {} images)", m.name, e.grid_search.levels,
+                 e.grid_search.samples);
     auto images = data::load_dataset(m.config.data).images;
-    sample::learn_schedule(DiffusionModel::of(m.config, loaded.eps_fp32(), device), images, e.schedule.levels,
-                           e.schedule.samples, e.schedule.seed, e.schedule.batch, file.steps, file.path);
+    sample::make_score_grid_file(DiffusionModel::of(m.config, loaded.eps_fp32(), device), images, e.grid_search.levels,
+                                 e.grid_search.samples, e.grid_search.seed, e.grid_search.batch, file.steps, file.path);
   } else {
     spdlog::info("{}: searching the dp grids for {} ({} candidate levels, {} trajectories)", m.name, u.setting->label(),
-                 e.schedule.dp.levels, e.schedule.dp.samples);
-    sample::DpOptions o;
-    o.levels = e.schedule.dp.levels;
-    o.samples = e.schedule.dp.samples;
+                 e.grid_search.dp.levels, e.grid_search.dp.samples);
+    sample::DpSearchOptions o;
+    o.levels = e.grid_search.dp.levels;
+    o.samples = e.grid_search.dp.samples;
     o.search_samples = std::min<int64_t>(o.samples, o.search_samples);
-    o.sweeps = e.schedule.dp.sweeps;
-    o.batch = e.schedule.batch;
-    o.seed = e.schedule.seed;
-    sample::search_dp_schedule(DiffusionModel::of(m.config, loaded.eps_fp32(u.config.skip_tuning), device), u.config,
-                               file.steps, o, file.path);
+    o.sweeps = e.grid_search.dp.sweeps;
+    o.batch = e.grid_search.batch;
+    o.seed = e.grid_search.seed;
+    sample::make_dp_grid_file(DiffusionModel::of(m.config, loaded.eps_fp32(u.config.skip_tuning), device), u.config,
+                              file.steps, o, file.path);
   }
   return grids;
 }
@@ -126,7 +126,7 @@ std::optional<SkipTuningConfig> tuned_skips(const Experiment& e, const Unit& u, 
   skips.rho_top = t.rho_top;
   if (!fs::exists(u.tuning_file)) {
     const ModelSpec& m = *u.model;
-    spdlog::info("{} | {}: searching ρ_bottom in [{}, {}] on {} proxy samples", m.name, u.setting->label(), t.lo, t.hi,
+    spdlog::info("{} | {}: searching ρ_bottom in [{}, {}] on {} proxy samples", m.name, u.setting->label(), t.lo(), t.hi(),
                  t.proxy_samples);
     struct Stopped {};
     std::vector<std::pair<double, double>> curve;
@@ -146,14 +146,14 @@ std::optional<SkipTuningConfig> tuned_skips(const Experiment& e, const Unit& u, 
             spdlog::info("  ρ_bottom {:.4f}: proxy {} {:.4f}", rho, measurer.extractor().distance_label(), fd);
             return fd;
           },
-          t.lo, t.hi, t.points, t.refine);
+          t.lo(), t.hi(), t.points, t.refine);
     } catch (const Stopped&) {
       return std::nullopt;
     }
     auto best = *std::min_element(curve.begin(), curve.end(), [](auto& a, auto& b) { return a.second < b.second; });
-    if (best.first == t.lo && t.lo > 0)  // (at 0 the deepest skip is off: the search's natural end)
+    if (best.first == t.lo() && t.lo() > 0)  // (at 0 the deepest skip is off: the search's natural end)
       spdlog::warn("{} | {}: the proxy is still falling at ρ_bottom = {} (the range's end): widen tune_skip.range", m.name,
-                   u.setting->label(), t.lo);
+                   u.setting->label(), t.lo());
     json record{{"rho_bottom", best.first}, {"rho_top", t.rho_top}, {"proxy_fd", best.second},
                 {"proxy_samples", t.proxy_samples}, {"metric", measurer.extractor().distance_label()},
                 {"grid_file", model.grids.file}, {"curve", curve}};
@@ -220,14 +220,14 @@ int write_outputs(const Experiment& e, const std::vector<Unit>& units, ReportInp
   }
   const auto files = grid_files(e, units);
   for (size_t i = 0; i < units.size(); ++i) {
-    const auto plot = sample::schedule_plot_path(files[i].path);
+    const auto plot = sample::grid_plot_path(files[i].path);
     if (files[i].path.empty() || !fs::exists(plot)) continue;
-    const auto file = sample::read_schedule_file(files[i].path, NoiseSchedule(units[i].model->config.diffusion).num_timesteps());
+    const auto file = sample::read_grid_file(files[i].path, NoiseSchedule(units[i].model->config.diffusion).num_timesteps());
     std::string label = units[i].model->name + ": " + (file.method == "dp" ? file.description() : "score-optimal");
     if (file.method == "dp")  // the other settings it was searched for (e.g. Skip-Tuning)
       for (const auto& [key, value] : units[i].setting->values)
         if (key != "sampler" && key != "steps" && key != "timesteps") label += ", " + key + "=" + value;
-    inputs.schedule_plots.emplace(label, plot);
+    inputs.grid_plots.emplace(label, plot);
   }
   int done = 0;
   for (const auto& u : units) done += u.has_metric;

@@ -16,17 +16,17 @@
 #include "s2dm/io/image_io.h"
 #include "s2dm/io/npy_tensor.h"
 #include "s2dm/core/progress.h"
-#include "s2dm/sample/learned_schedule.h"
-#include "s2dm/sample/schedule_file.h"
+#include "s2dm/sample/score_grid.h"
+#include "s2dm/sample/grid_file.h"
 
 namespace s2dm::sample {
 
 namespace {
 
 std::vector<double> own_grid(const ModelGrids& grids, const SampleConfig& c, const NoiseSchedule& schedule) {
-  if (!grids.file.empty()) return read_schedule_file(grids.file, schedule.num_timesteps()).grid(c.steps);
+  if (!grids.file.empty()) return read_grid_file(grids.file, schedule.num_timesteps()).grid(c.steps);
   if (grids.state.empty() && grids.uniform_until_ready) return make_timesteps("uniform", c.steps, schedule);
-  if (uses_dp_schedule(c))
+  if (uses_dp_grid(c))
     throw ConfigError("timesteps dp: the experiment driver searches dp grids; elsewhere make them with s2dm schedule "
                       "--method dp --sampler " + c.sampler + " and sample with --timesteps learned:FILE");
   return timesteps_from_state(grids.state, c.steps);
@@ -44,14 +44,14 @@ SamplingPlan plan_sampling(const SampleConfig& c, const DiffusionModel& model) {
   plan.batch = c.batch;
   std::vector<double> timesteps;
   std::string file;  // the schedule file the grid comes from, if any (errors name it)
-  if (uses_learned_schedule(c) || uses_dp_schedule(c)) {
+  if (uses_learned_grid(c) || uses_dp_grid(c)) {
     timesteps = own_grid(model.grids, c, schedule);
     file = model.grids.file;
   } else if (c.timesteps.rfind("learned:", 0) == 0) {
     file = c.timesteps.substr(8);
-    const auto schedule_file = read_schedule_file(file, schedule.num_timesteps());
-    timesteps = schedule_file.grid(c.steps);
-    if (const auto mismatch = schedule_file.settings_mismatch(c); !mismatch.empty())
+    const auto grid_file = read_grid_file(file, schedule.num_timesteps());
+    timesteps = grid_file.grid(c.steps);
+    if (const auto mismatch = grid_file.settings_mismatch(c); !mismatch.empty())
       plan.warning = file + " holds grids searched for other sample settings: " + mismatch;
   } else {
     timesteps = make_timesteps(c.timesteps, c.steps, schedule, c.karras_rho);

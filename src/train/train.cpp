@@ -127,16 +127,16 @@ Trainer::Trainer(Config config, std::string run_dir, bool resuming, parallel::Pr
     averager_ = std::make_unique<parallel::GradientAverager>(group_, params_,
                                                          static_cast<int64_t>(tc_.distributed.bucket_mb * 1e6));
 
-  if (sample::uses_learned_schedule(config_.sample) && tc_.learned_schedule.every == 0)
+  if (sample::uses_learned_grid(config_.sample) && tc_.learned_schedule.every == 0)
     throw ConfigError("sample.timesteps = learned during training needs train.learned_schedule.every > 0");
-  if (sample::uses_dp_schedule(config_.sample))
+  if (sample::uses_dp_grid(config_.sample))
     throw ConfigError("sample.timesteps = dp: dp grids are searched after training (s2dm schedule --method dp, or the "
                       "experiment driver); train with another grid");
   // A bad sample section fails now, not after training.
   sample::plan_sampling(config_.sample, DiffusionModel::of(config_, {}, device_, {{}, "", /*uniform_until_ready=*/true}));
   if (tc_.learned_schedule.every > 0) {
     const auto& ls = tc_.learned_schedule;
-    online_ = std::make_unique<sample::OnlineScheduleEstimator>(schedule_, ls.levels, config_.sample.steps,
+    online_ = std::make_unique<sample::OnlineGridEstimator>(schedule_, ls.levels, config_.sample.steps,
                                                                 ls.min_estimates, ls.gamma);
     // Overhead: 2·pairs·batch network evaluations every `every` steps, against 3 passes (forward
     // and backward) of batch_size·grad_accum images per step.
@@ -193,7 +193,7 @@ void Trainer::write_checkpoint() {
 // A signal stops the sampling at its next network evaluation (throws SamplingInterrupted).
 sample::Generated Trainer::ema_samples(uint64_t seed, int64_t num) const {
   ModelGrids grids;
-  if (online_ && online_->has_schedule()) grids.state = online_->state();
+  if (online_ && online_->has_grid()) grids.state = online_->state();
   grids.uniform_until_ready = true;
   const auto model =
       DiffusionModel::of(config_, model::unet_eps_model(ema_, autocast_, config_.sample.skip_tuning), device_, grids);
@@ -299,7 +299,7 @@ void Trainer::optimiser_step() {
 // Algorithm 2's update on the EMA model and the last micro-batch, with its own generator (the
 // training RNG stream is untouched); a few evaluations, too few for CUDA graphs to pay. In fp32
 // whatever the training precision, as LoadedModel::eps_fp32 (which says why).
-void Trainer::update_online_schedule() {
+void Trainer::update_online_grid() {
   sums_->check_finite(step_, run_dir_);
   auto gen = at::detail::createCPUGenerator(config_.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step_));
   auto ema_model = model::unet_eps_model(ema_, /*bf16=*/false, {}, /*cuda_graphs=*/false);
@@ -410,7 +410,7 @@ TrainResult Trainer::run() {
         break;
       }
       optimiser_step();
-      if (online_ && step_ % tc_.learned_schedule.every == 0) update_online_schedule();
+      if (online_ && step_ % tc_.learned_schedule.every == 0) update_online_grid();
       if (progress) progress->update(step_ - start_step, logged_loss_);
       if (step_ % tc_.log_every == 0 || step_ == tc_.steps) write_log_line();
       if (every(tc_.ckpt_every)) save();

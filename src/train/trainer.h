@@ -23,7 +23,7 @@
 #include "s2dm/model/unet.h"
 #include "s2dm/parallel/process_group.h"
 #include "s2dm/sample/generate.h"
-#include "s2dm/sample/learned_schedule.h"
+#include "s2dm/sample/score_grid.h"
 #include "s2dm/optim/optim.h"
 #include "s2dm/train/train.h"
 
@@ -55,7 +55,7 @@ class Trainer {
   void check_weights_agree();
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, int micro);
   void optimiser_step();
-  void update_online_schedule();
+  void update_online_grid();
   void write_log_line();
   void save();
   void write_checkpoint();
@@ -88,7 +88,7 @@ class Trainer {
   std::vector<torch::Tensor> params_;  // unet_'s, for clipping
   std::unique_ptr<optim::Adam> adam_;
   NoiseSchedule schedule_;
-  std::unique_ptr<sample::OnlineScheduleEstimator> online_;
+  std::unique_ptr<sample::OnlineGridEstimator> online_;
   std::unique_ptr<diffusion::DiffusionLoss> loss_;
   std::optional<TrainingEvaluation> evaluation_;
   std::ofstream metrics_;

@@ -321,6 +321,11 @@ TEST_F(Experiment, BadFilesFailBeforeAnyWork) {
              "schedule.dp.levels = 5 keeps 3");
   expect_bad("baseline: base", "baseline: base\nschedule: {dp: {level: 2}}", "schedule.dp.level");
   expect_bad("baseline: base", "baseline: base\ntune_skip: {range: [-0.5, 1]}", "expected [lo, hi] with 0 <= lo < hi");
+  expect_bad("baseline: base", "baseline: base\ntune_skip: {range: [0, 0.5, 1]}", "expected [lo, hi] with 0 <= lo < hi");
+  // Every section is read by the config's schema machinery: the same types, ranges and messages.
+  expect_bad("baseline: base", "baseline: base\nschedule: {dp: {sweeps: 2000}}", "schedule.dp.sweeps = 2000 is out of range [-1, 1000]");
+  expect_bad("baseline: base", "baseline: base\ntable: {rows: [sampler]}", "table.rows: expected a string");
+  expect_bad("baseline: base", "baseline: base\nschedule: 3", "schedule");
   // Counts have the bounds they have everywhere (threads: 100000 used to start 100000 threads).
   expect_bad("threads: 1", "threads: 100000", "threads = 100000 is out of range [0, 4096]");
   expect_bad("  classifier_epochs: 1", "  classifier_epochs: 0", "metric.classifier_epochs = 0 is out of range");

@@ -6,7 +6,6 @@
 
 #include <map>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 namespace s2dm {
@@ -42,16 +41,6 @@ class YamlReader {
     } catch (const YAML::BadConversion&) {
       fail(node, name + ": expected " + what + ", got " + quoted(node), name);
     }
-  }
-
-  // A number of type T in [lo, hi]; the failure names the key, its value and the range.
-  template <class T>
-  T bounded(const YAML::Node& node, const std::string& name, T lo, T hi) const {
-    const T value = scalar<T>(node, name, std::is_integral_v<T> ? "an integer" : "a number");
-    if (!(value >= lo && value <= hi))
-      fail(node, name + " = " + std::to_string(value) + " is out of range [" + std::to_string(lo) + ", " +
-                     std::to_string(hi) + "]", name);
-    return value;
   }
 
   // A node as one line of YAML (flow style): how values are shown and passed on as text.

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "s2dm/core/config.h"
-#include "s2dm/sample/dp_schedule.h"
+#include "s2dm/sample/dp_grid.h"
 
 namespace s2dm::experiment {
 
@@ -42,18 +42,18 @@ struct MetricSpec {
   int classifier_epochs = 2;           // for features: classifier (trained on the data)
 };
 
-// Offline grids found from each model: score-optimal for timesteps "learned", dp for timesteps
-// "dp" (s2dm schedule's settings).
-struct ScheduleSpec {
+// The time-grid searches run on each model (the experiment file's `schedule` section, s2dm
+// schedule's settings): score-optimal grids for timesteps "learned", dp grids for timesteps "dp".
+struct GridSearchSpec {
   int levels = 100;
   int64_t samples = 256;
   int64_t batch = 64;
   uint64_t seed = 0;
-  struct {  // (defaults: sample::DpOptions's)
-    int levels = sample::DpOptions{}.levels;        // candidate levels
-    int64_t samples = sample::DpOptions{}.samples;  // reference trajectories
-    int sweeps = sample::DpOptions{}.sweeps;        // coordinate-search rounds (-1: the sampler's default)
-  } dp;                                             // (batch and seed are the ones above)
+  struct DpSpec {  // (defaults: sample::DpSearchOptions's)
+    int levels = sample::DpSearchOptions{}.levels;        // candidate levels
+    int64_t samples = sample::DpSearchOptions{}.samples;  // reference trajectories
+    int sweeps = sample::DpSearchOptions{}.sweeps;        // coordinate-search rounds (-1: the sampler's default)
+  } dp;                                                   // (batch and seed are the ones above)
 };
 
 // The Skip-Tuning search for settings with `skip_tuning: tuned` (Ma et al. 2024): ρ_bottom is
@@ -61,12 +61,18 @@ struct ScheduleSpec {
 // samples in the metric's feature space with the same initial noise for every candidate; the
 // winner is then measured like any unit, on the full metric.
 struct TuneSkipSpec {
-  double lo = 0.0, hi = 1.0;   // the range of ρ_bottom (the deepest skip off .. untouched)
+  std::vector<double> range{0.0, 1.0};  // [lo, hi] of ρ_bottom (the deepest skip off .. untouched)
+  double lo() const { return range.at(0); }
+  double hi() const { return range.at(1); }
   int points = 11;             // an even grid over the range first ...
   int refine = 3;              // ... then this many halvings of the spacing around the best
   double rho_top = 1.0;
   int64_t proxy_samples = 256;
   uint64_t seed = 12345;       // the proxy's initial noise
+};
+
+struct TableSpec {
+  std::string rows = "sampler";  // what the tables' rows are: sampler or a swept key
 };
 
 struct Experiment {
@@ -82,9 +88,9 @@ struct Experiment {
   std::vector<Setting> settings;              // the sweep, expanded
   std::vector<std::string> sweep_keys;        // the swept keys, in file order
   MetricSpec metric;
-  ScheduleSpec schedule;
+  GridSearchSpec grid_search;  // (the file's `schedule` section)
   TuneSkipSpec tune_skip;
-  std::string table_rows = "sampler";         // what the tables' rows are: sampler or a swept key
+  TableSpec table;
 };
 
 // Reads and checks an experiment file: unknown keys, missing train configs or checkpoints,

@@ -41,7 +41,7 @@ struct ResultRow {
 struct ReportInputs {
   std::vector<ResultRow> rows;
   std::map<std::string, std::string> training_metrics;  // model -> its metrics.jsonl
-  std::map<std::string, std::string> schedule_plots;    // "model: method" -> its grid file's plot PNG
+  std::map<std::string, std::string> grid_plots;    // "model: method" -> its grid file's plot PNG
   std::map<std::string, std::string> tuning_plots;      // "model | setting" -> its Skip-Tuning search curve PNG
   std::vector<std::string> notes;                       // lines for the report's header
 };

@@ -16,10 +16,10 @@ namespace s2dm::sample {
 
 // Whether the settings ask for the model's own score-optimal grid ("learned"), which its source
 // must provide (a checkpoint's state, an online estimate, or a schedule file the driver estimates).
-inline bool uses_learned_schedule(const SampleConfig& config) { return config.timesteps == "learned"; }
+inline bool uses_learned_grid(const SampleConfig& config) { return config.timesteps == "learned"; }
 // Whether they ask for the model's dp grid for their sampler ("dp"): a schedule file the
 // experiment driver searches (elsewhere: s2dm schedule --method dp, then learned:FILE).
-inline bool uses_dp_schedule(const SampleConfig& config) { return config.timesteps == "dp"; }
+inline bool uses_dp_grid(const SampleConfig& config) { return config.timesteps == "dp"; }
 
 // How to sample: the settings of a config, resolved and checked (sampler name, its options, the
 // time grid, the batch), so that a bad setting fails before any work.

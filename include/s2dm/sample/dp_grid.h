@@ -30,7 +30,7 @@
 
 namespace s2dm::sample {
 
-struct DpOptions {
+struct DpSearchOptions {
   int levels = 100;             // candidate times asked for (dp_candidate_levels keeps at most levels - 2)
   int substeps = 4;             // reference solver steps per candidate interval
   int64_t samples = 64;         // reference trajectories for the jump costs
@@ -42,7 +42,7 @@ struct DpOptions {
   bool show_progress = true;
 };
 
-struct DpSchedule {
+struct DpGrids {
   std::vector<double> levels;          // the candidates, increasing from 0 to T-1
   std::vector<double> step_error;      // the cost of each one-level jump (levels - 1 values)
   std::map<int, std::vector<double>> grids;        // S → S evaluation times, T-1 ... 0
@@ -71,7 +71,7 @@ std::map<std::string, std::string> dp_search_settings(const SampleConfig& sampli
 
 // The dp grids of `model` for `sampling` (its sampler, order and end point; deterministic samplers
 // only, else ConfigError) for each S in `steps`.
-DpSchedule dp_schedule(const DiffusionModel& model, const SampleConfig& sampling, const std::vector<int>& steps,
-                       const DpOptions& options);
+DpGrids search_dp_grids(const DiffusionModel& model, const SampleConfig& sampling, const std::vector<int>& steps,
+                        const DpSearchOptions& options);
 
 }  // namespace s2dm::sample

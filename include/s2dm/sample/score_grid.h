@@ -1,5 +1,5 @@
 #pragma once
-// Score-optimal time schedules (Williams et al. 2024, docs/algorithms.md §5): the cost of moving samples
+// Score-optimal time grids (Williams et al. 2024, docs/algorithms.md §5): the cost of moving samples
 // from one noise level to the next is the work a Langevin corrector must do,
 //   L_i = E ‖ε_θ((α_i/α_{i+1}) x, t_i) - (σ̃_i/σ̃_{i+1}) ε_θ(x, t_{i+1})‖²,  x = α_{i+1} x₀ + σ_{i+1} ε,
 // estimated on a fine grid of levels with common random numbers (the same x₀ and ε for every
@@ -25,7 +25,7 @@ class Pchip {
   std::vector<double> x_, y_, d_;
 };
 
-struct ScheduleCost {
+struct ScoreGridCost {
   std::vector<double> levels;  // increasing times t_0 = 0 < ... < t_{n-1} = T-1
   std::vector<double> cost;    // L_i between levels i and i+1 (n-1 values)
   int64_t nfe = 0;             // network evaluations spent
@@ -33,8 +33,8 @@ struct ScheduleCost {
 
 // Estimates the cost on `num_levels` levels spread uniformly over [0, T-1], averaging over the
 // data x0 ([N, C, H, W] in [-1, 1]) with one noise draw per image, in batches of `batch`.
-ScheduleCost estimate_schedule_cost(const EpsModel& model, const NoiseSchedule& schedule, const torch::Tensor& x0,
-                                    int num_levels, uint64_t seed, int64_t batch, bool show_progress = true);
+ScoreGridCost estimate_score_cost(const EpsModel& model, const NoiseSchedule& schedule, const torch::Tensor& x0,
+                                  int num_levels, uint64_t seed, int64_t batch, bool show_progress = true);
 
 // Their Algorithm 1: `intervals`+1 decreasing times from T-1 to 0 with equal Λ between neighbours.
 // Throws ConfigError when `intervals` is not in [1, levels - 1]. Multiplying the cost by a
@@ -47,18 +47,18 @@ std::vector<double> optimal_timesteps(const std::vector<double>& levels, const s
 std::vector<double> score_grid(const std::vector<double>& levels, const std::vector<double>& cost, int steps);
 
 // Their Algorithm 2, during training: cost estimates for random level pairs accumulate per pair;
-// once every pair has `min_estimates` estimates since the last update, the schedule for `steps`
+// once every pair has `min_estimates` estimates since the last update, the grid for `steps`
 // moves towards the optimum of their mean, t ← γ t* + (1-γ) t (the first time it jumps there),
 // and the counts start again, so that each update sees the model as it is now, not costs from
 // early training.
-class OnlineScheduleEstimator {
+class OnlineGridEstimator {
  public:
-  OnlineScheduleEstimator(const NoiseSchedule& schedule, int num_levels, int steps, int min_estimates, double gamma);
+  OnlineGridEstimator(const NoiseSchedule& schedule, int num_levels, int steps, int min_estimates, double gamma);
   // Estimates the cost of `pairs` level pairs drawn from `generator` on the batch x0 (no grad;
-  // the noise comes from `generator` too). Returns true when the schedule moved.
+  // the noise comes from `generator` too). Returns true when the grid moved.
   bool update(const EpsModel& model, const torch::Tensor& x0, int pairs, at::Generator& generator);
   bool ready() const;  // every pair has `min_estimates` new estimates
-  bool has_schedule() const { return !timesteps_.empty(); }
+  bool has_grid() const { return !timesteps_.empty(); }
   const std::vector<double>& cost() const { return cost_; }  // the mean cost of the last update
   const std::vector<double>& levels() const { return levels_; }
   const std::vector<double>& timesteps() const { return timesteps_; }  // empty until ready

@@ -1,5 +1,5 @@
-// Schedule files (s2dm schedule's output) and their plots; the maths is learned_schedule.cpp's.
-#include "s2dm/sample/schedule_file.h"
+// Grid files (s2dm schedule's output, schedule.yaml) and their plots; the maths is score_grid.cpp's.
+#include "s2dm/sample/grid_file.h"
 
 #include <torch/torch.h>
 #include <yaml-cpp/yaml.h>
@@ -29,7 +29,7 @@ void write_list(std::ostringstream& out, const std::vector<double>& v) {
 
 }  // namespace
 
-void write_schedule_file(const std::string& path, const ScheduleFile& f, int num_timesteps) {
+void write_grid_file(const std::string& path, const GridFile& f, int num_timesteps) {
   std::ostringstream out;
   out.precision(17);  // round-trips doubles
   out << "# s2dm time grids (" << f.description() << "): S network evaluations per S, from T-1 down to 0;\n"
@@ -59,7 +59,7 @@ void write_schedule_file(const std::string& path, const ScheduleFile& f, int num
   write_file_atomic(path, out.str());
 }
 
-ScheduleFile read_schedule_file(const std::string& path, int num_timesteps) {
+GridFile read_grid_file(const std::string& path, int num_timesteps) {
   if (auto why = why_not_a_file(path); !why.empty()) throw ConfigError(path + ": schedule file " + why);
   YAML::Node root;
   try {
@@ -69,7 +69,7 @@ ScheduleFile read_schedule_file(const std::string& path, int num_timesteps) {
   }
   if (!root.IsMap() || !root["timesteps"] || !root["num_timesteps"]) throw ConfigError(path + ": not an s2dm schedule file");
   YamlReader(path).check_unique_keys(root);
-  ScheduleFile f;
+  GridFile f;
   f.origin = path;
   try {
     if (!root["format"] || root["format"].as<int>() != 2)
@@ -100,7 +100,7 @@ ScheduleFile read_schedule_file(const std::string& path, int num_timesteps) {
   return f;
 }
 
-std::vector<double> ScheduleFile::grid(int steps) const {
+std::vector<double> GridFile::grid(int steps) const {
   auto it = timesteps.find(steps);
   if (it == timesteps.end()) {
     std::string have;
@@ -110,7 +110,7 @@ std::vector<double> ScheduleFile::grid(int steps) const {
   return it->second;
 }
 
-std::string ScheduleFile::settings_mismatch(const SampleConfig& sampling) const {
+std::string GridFile::settings_mismatch(const SampleConfig& sampling) const {
   if (method != "dp") return "";
   auto recorded = settings;
   if (recorded.empty()) {  // (a file of an s2dm that recorded the sampler and its order only)
@@ -127,7 +127,7 @@ std::string ScheduleFile::settings_mismatch(const SampleConfig& sampling) const 
   return out;
 }
 
-std::string ScheduleFile::description() const {
+std::string GridFile::description() const {
   if (method != "dp") return method;
   return "dp for " + sampler + (order >= 0 ? " (order " + std::to_string(order) + ")" : "");
 }
@@ -136,7 +136,7 @@ namespace {
 
 // The file's curve (log scale, top) and, below it, its grid for the first S (black) against the
 // uniform (grey) and quadratic (blue) grids, one row of markers each.
-void write_schedule_plot(const std::string& path, const ScheduleFile& file, const NoiseSchedule& schedule) {
+void write_grid_plot(const std::string& path, const GridFile& file, const NoiseSchedule& schedule) {
   std::vector<double> mid;
   for (size_t i = 0; i + 1 < file.levels.size(); ++i) mid.push_back(0.5 * (file.levels[i] + file.levels[i + 1]));
   auto curve = line_plot({{mid, file.cost, {200, 30, 30}, false}}, 640, 300, true);
@@ -159,35 +159,35 @@ void write_schedule_plot(const std::string& path, const ScheduleFile& file, cons
 
 }  // namespace
 
-std::string schedule_plot_path(const std::string& schedule_file) {
-  const fs::path p(schedule_file);
+std::string grid_plot_path(const std::string& grid_file) {
+  const fs::path p(grid_file);
   return (p.parent_path() / (p.stem().string() + ".png")).string();
 }
 
-ScheduleCost learn_schedule(const DiffusionModel& model, const torch::Tensor& images, int num_levels, int64_t num,
-                            uint64_t seed, int64_t batch, const std::vector<int>& steps, const std::string& out) {
+ScoreGridCost make_score_grid_file(const DiffusionModel& model, const torch::Tensor& images, int num_levels, int64_t num,
+                                   uint64_t seed, int64_t batch, const std::vector<int>& steps, const std::string& out) {
   const NoiseSchedule& schedule = model.schedule;
-  if (steps.empty()) throw ConfigError("learn_schedule: no step counts");
+  if (steps.empty()) throw ConfigError("make_score_grid_file: no step counts");
   auto gen = at::detail::createCPUGenerator(seed);
   num = std::min<int64_t>(num, images.size(0));
   auto x0 = data::to_model_range(images.index_select(0, torch::randperm(images.size(0), gen, torch::kLong).slice(0, 0, num)));
-  auto cost = estimate_schedule_cost(model.eps, schedule, x0.to(model.device), num_levels, seed, batch);
-  ScheduleFile file;
+  auto cost = estimate_score_cost(model.eps, schedule, x0.to(model.device), num_levels, seed, batch);
+  GridFile file;
   file.nfe = cost.nfe;
   file.levels = cost.levels;
   file.cost = cost.cost;
   for (int s : steps) file.timesteps[s] = score_grid(cost.levels, cost.cost, s);
-  write_schedule_file(out, file, schedule.num_timesteps());
-  write_schedule_plot(schedule_plot_path(out), file, schedule);
+  write_grid_file(out, file, schedule.num_timesteps());
+  write_grid_plot(grid_plot_path(out), file, schedule);
   return cost;
 }
 
-ScheduleFile search_dp_schedule(const DiffusionModel& model, const SampleConfig& sampling, const std::vector<int>& steps,
-                                const DpOptions& options, const std::string& out) {
+GridFile make_dp_grid_file(const DiffusionModel& model, const SampleConfig& sampling, const std::vector<int>& steps,
+                           const DpSearchOptions& options, const std::string& out) {
   if (steps.empty()) throw ConfigError("dp schedule: no step counts");
   const NoiseSchedule& schedule = model.schedule;
-  const auto dp = dp_schedule(model, sampling, steps, options);
-  ScheduleFile file;
+  const auto dp = search_dp_grids(model, sampling, steps, options);
+  GridFile file;
   file.method = "dp";
   file.sampler = sampling.sampler;
   file.settings = dp_search_settings(sampling);
@@ -197,8 +197,8 @@ ScheduleFile search_dp_schedule(const DiffusionModel& model, const SampleConfig&
   file.levels = dp.levels;
   file.cost = dp.step_error;
   file.end_error = dp.end_error;
-  write_schedule_file(out, file, schedule.num_timesteps());
-  write_schedule_plot(schedule_plot_path(out), file, schedule);
+  write_grid_file(out, file, schedule.num_timesteps());
+  write_grid_plot(grid_plot_path(out), file, schedule);
   return file;
 }
 

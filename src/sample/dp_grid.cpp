@@ -1,6 +1,6 @@
 // Solver-aware optimal grids: reference trajectories, jump costs, the cheapest path, and the
-// coordinate search with the full sampler (dp_schedule.h says what each step is for).
-#include "s2dm/sample/dp_schedule.h"
+// coordinate search with the full sampler (dp_grid.h says what each step is for).
+#include "s2dm/sample/dp_grid.h"
 
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
@@ -76,7 +76,7 @@ struct Reference {
 };
 
 Reference reference_trajectories(const EpsModel& model, const NoiseSchedule& schedule, const torch::Tensor& noise,
-                                 const std::vector<double>& levels, const DpOptions& o, const std::string& final_alpha,
+                                 const std::vector<double>& levels, const DpSearchOptions& o, const std::string& final_alpha,
                                  const torch::Device& device, int64_t& nfe) {
   const int n_levels = static_cast<int>(levels.size());
   std::vector<double> fine;  // decreasing, candidate k at index (n_levels - 1 - k) * substeps
@@ -180,8 +180,8 @@ std::map<std::string, std::string> dp_search_settings(const SampleConfig& sampli
   return out;
 }
 
-DpSchedule dp_schedule(const DiffusionModel& diffusion, const SampleConfig& sampling, const std::vector<int>& steps,
-                       const DpOptions& o) {
+DpGrids search_dp_grids(const DiffusionModel& diffusion, const SampleConfig& sampling, const std::vector<int>& steps,
+                        const DpSearchOptions& o) {
   const EpsModel& model = diffusion.eps;
   const NoiseSchedule& schedule = diffusion.schedule;
   const torch::Device& device = diffusion.device;
@@ -207,7 +207,7 @@ DpSchedule dp_schedule(const DiffusionModel& diffusion, const SampleConfig& samp
   const int order = options.order >= 0 ? options.order : sampler.default_order;
   const int sweeps = o.sweeps >= 0 ? o.sweeps : sampler.accuracy(order) > 1 ? 2 : 0;
 
-  DpSchedule out;
+  DpGrids out;
   out.levels = dp_candidate_levels(schedule, o.levels);
   // Trajectories [0, samples) for the costs (the first search_samples also for the search), then
   // the held-out ones.

@@ -1,6 +1,6 @@
 #pragma once
-// Schedule files: what `s2dm schedule` writes (the S-step grids of a model's score-optimal or
-// solver-aware dp schedule, with the curve they came from) and a plot beside each. Read back by
+// Grid files (schedule.yaml): what `s2dm schedule` writes (the S-step time grids of a model's
+// score-optimal or solver-aware dp grid search, with the curve they came from) and a plot beside each. Read back by
 // timesteps "learned:FILE" and by the experiment driver.
 #include <torch/types.h>
 
@@ -9,14 +9,14 @@
 #include <vector>
 
 #include "s2dm/diffusion/diffusion_model.h"
-#include "s2dm/sample/dp_schedule.h"
-#include "s2dm/sample/learned_schedule.h"
+#include "s2dm/sample/dp_grid.h"
+#include "s2dm/sample/score_grid.h"
 
 namespace s2dm::sample {
 
-// A schedule file's contents. Every grid holds S evaluation times from T-1 down to 0; the
+// A grid file's contents. Every grid holds S evaluation times from T-1 down to 0; the
 // sampler's end step follows, as on every other grid.
-struct ScheduleFile {
+struct GridFile {
   std::string method = "score";                  // score (Williams et al.) | dp (solver-aware)
   std::string sampler;                           // dp: the sampler the grids were searched for,
   int order = -1;                                //     and its order (-1: the sampler's default)
@@ -38,23 +38,23 @@ struct ScheduleFile {
 };
 
 // schedule.yaml, read back by --timesteps learned:FILE.
-void write_schedule_file(const std::string& path, const ScheduleFile& file, int num_timesteps);
-// Throws ConfigError when the file is not a schedule file, was made for another T, or by an s2dm
+void write_grid_file(const std::string& path, const GridFile& file, int num_timesteps);
+// Throws ConfigError when the file is not a grid file, was made for another T, or by an s2dm
 // whose grids stopped short of t = 0 (before format 2).
-ScheduleFile read_schedule_file(const std::string& path, int num_timesteps);
+GridFile read_grid_file(const std::string& path, int num_timesteps);
 
 // What `s2dm schedule` does: the cost on `num_levels` levels, averaged over `num` images drawn
 // (by `seed`) from `images` (uint8 NCHW), the grids for each S in `steps`, written as `out`
 // (schedule.yaml) with a plot beside it (<stem>.png: the cost curve, then the learned grid of the
 // first S against the uniform and quadratic grids). Returns the cost.
-ScheduleCost learn_schedule(const DiffusionModel& model, const torch::Tensor& images, int num_levels, int64_t num,
-                            uint64_t seed, int64_t batch, const std::vector<int>& steps, const std::string& out);
-// What `s2dm schedule --method dp` does: dp_schedule for `sampling` (sampler, order, end point),
+ScoreGridCost make_score_grid_file(const DiffusionModel& model, const torch::Tensor& images, int num_levels, int64_t num,
+                                   uint64_t seed, int64_t batch, const std::vector<int>& steps, const std::string& out);
+// What `s2dm schedule --method dp` does: search_dp_grids for `sampling` (sampler, order, end point),
 // written as `out` with a plot beside it (the one-level jump error, then the dp grid of the first
 // S against the uniform and quadratic grids).
-ScheduleFile search_dp_schedule(const DiffusionModel& model, const SampleConfig& sampling, const std::vector<int>& steps,
-                                const DpOptions& options, const std::string& out);
-// The plot path beside a schedule file.
-std::string schedule_plot_path(const std::string& schedule_file);
+GridFile make_dp_grid_file(const DiffusionModel& model, const SampleConfig& sampling, const std::vector<int>& steps,
+                           const DpSearchOptions& options, const std::string& out);
+// The plot path beside a grid file.
+std::string grid_plot_path(const std::string& grid_file);
 
 }  // namespace s2dm::sample

@@ -11,10 +11,10 @@
 #include "../analytic_models.h"
 #include "../test_util.h"
 #include "s2dm/core/errors.h"
-#include "s2dm/sample/dp_schedule.h"
+#include "s2dm/sample/dp_grid.h"
 #include "s2dm/sample/generate.h"
-#include "s2dm/sample/learned_schedule.h"
-#include "s2dm/sample/schedule_file.h"
+#include "s2dm/sample/score_grid.h"
+#include "s2dm/sample/grid_file.h"
 #include "s2dm/sample/timesteps.h"
 
 using namespace s2dm;
@@ -62,12 +62,12 @@ TEST(Pchip, MonotoneDataGiveAMonotoneInterpolantWithoutOvershoot) {
   EXPECT_THROW(Pchip({0, 0}, {1, 2}), ConfigError);
 }
 
-TEST(LearnedSchedule, GaussianEstimateMatchesTheClosedForm) {
+TEST(ScoreGrid, GaussianEstimateMatchesTheClosedForm) {
   const double mu = 0.3, s = 0.5;
   s2dm::testing::Gaussian g{mu, s, &linear()};
   torch::manual_seed(s2dm::testing::test_seed(5));
   auto x0 = mu + s * torch::randn({1024, 1, 2, 2}, torch::kFloat64);
-  auto est = estimate_schedule_cost(g.model(), linear(), x0, 200, s2dm::testing::test_seed(1), 512, false);
+  auto est = estimate_score_cost(g.model(), linear(), x0, 200, s2dm::testing::test_seed(1), 512, false);
   EXPECT_EQ(est.nfe, 2 * 199 * 1024);
   auto exact = gaussian_cost(est.levels, s, 4);
   for (int S : {5, 10, 20}) {
@@ -82,7 +82,7 @@ TEST(LearnedSchedule, GaussianEstimateMatchesTheClosedForm) {
   s2dm::testing::print_margin("Gaussian |total cost / exact - 1|", std::abs(total_est / total_exact - 1), "< 0.05");
 }
 
-TEST(LearnedSchedule, MixtureEstimateConvergesWithSamples) {
+TEST(ScoreGrid, MixtureEstimateConvergesWithSamples) {
   s2dm::testing::GaussianMixture mix{{0.3, 0.7}, {-0.8, 0.6}, {0.15, 0.25}, &linear()};
   auto draw = [&](int n, int seed) {
     torch::manual_seed(seed);
@@ -91,14 +91,14 @@ TEST(LearnedSchedule, MixtureEstimateConvergesWithSamples) {
                         0.6 + 0.25 * torch::randn({n, 1, 1, 1}, torch::kFloat64));
   };
   using s2dm::testing::test_seed;
-  auto reference = estimate_schedule_cost(mix.model(), linear(), draw(8192, test_seed(1)), 100, test_seed(1), 8192, false);
-  auto small = estimate_schedule_cost(mix.model(), linear(), draw(1024, test_seed(2)), 100, test_seed(2), 1024, false);
+  auto reference = estimate_score_cost(mix.model(), linear(), draw(8192, test_seed(1)), 100, test_seed(1), 8192, false);
+  auto small = estimate_score_cost(mix.model(), linear(), draw(1024, test_seed(2)), 100, test_seed(2), 1024, false);
   auto a = optimal_timesteps(small.levels, small.cost, 10), b = optimal_timesteps(reference.levels, reference.cost, 10);
   EXPECT_LT(max_gap(a, b), 30.0);
   s2dm::testing::print_margin("mixture score grid of 1024 samples, worst gap to 8192's", max_gap(a, b), "< 30");
 }
 
-TEST(LearnedSchedule, InvariantsAndErrors) {
+TEST(ScoreGrid, InvariantsAndErrors) {
   std::vector<double> levels;
   for (int i = 0; i < 50; ++i) levels.push_back(999.0 * i / 49);
   auto cost = gaussian_cost(levels, 0.5, 4);
@@ -119,21 +119,21 @@ TEST(LearnedSchedule, InvariantsAndErrors) {
   EXPECT_THROW(score_grid(levels, cost, 51), ConfigError);
   // The schedule file: S-step grids for --timesteps learned:FILE, checked against T.
   s2dm::testing::TempDir dir;
-  ScheduleFile file;
+  GridFile file;
   file.levels = levels;
   file.cost = cost;
   file.nfe = 42;
   file.timesteps[10] = score_grid(levels, cost, 10);
-  write_schedule_file(dir / "s.yaml", file, 1000);
-  auto grid = read_schedule_file(dir / "s.yaml", 1000).grid(10);
+  write_grid_file(dir / "s.yaml", file, 1000);
+  auto grid = read_grid_file(dir / "s.yaml", 1000).grid(10);
   EXPECT_EQ(grid, file.timesteps[10]);
-  EXPECT_THROW(read_schedule_file(dir / "s.yaml", 1000).grid(20), ConfigError);
-  EXPECT_THROW(read_schedule_file(dir / "s.yaml", 500), ConfigError);
-  EXPECT_THROW(read_schedule_file(dir / "none.yaml", 1000), ConfigError);
+  EXPECT_THROW(read_grid_file(dir / "s.yaml", 1000).grid(20), ConfigError);
+  EXPECT_THROW(read_grid_file(dir / "s.yaml", 500), ConfigError);
+  EXPECT_THROW(read_grid_file(dir / "none.yaml", 1000), ConfigError);
   // A file of the first format (S+1 points, the last dropped) is refused with a way out.
   s2dm::testing::write_bytes(dir / "old.yaml", "num_timesteps: 1000\ntimesteps:\n  2: [999, 500, 0]\n");
   try {
-    read_schedule_file(dir / "old.yaml", 1000);
+    read_grid_file(dir / "old.yaml", 1000);
     ADD_FAILURE() << "an old schedule file was read";
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("make it again"), std::string::npos) << e.what();
@@ -161,8 +161,8 @@ TEST(LearnedSchedule, InvariantsAndErrors) {
   file.method = "dp";
   file.sampler = "deis";
   file.order = 2;
-  write_schedule_file(dir / "dp.yaml", file, 1000);
-  EXPECT_EQ(read_schedule_file(dir / "dp.yaml", 1000).description(), "dp for deis (order 2)");
+  write_grid_file(dir / "dp.yaml", file, 1000);
+  EXPECT_EQ(read_grid_file(dir / "dp.yaml", 1000).description(), "dp for deis (order 2)");
   c.timesteps = "learned:" + (dir / "dp.yaml");
   c.sampler = "deis";
   c.order = 2;
@@ -174,7 +174,7 @@ TEST(LearnedSchedule, InvariantsAndErrors) {
       << plan_sampling(c, model).warning;
 }
 
-TEST(LearnedSchedule, GridOfSEvaluationsEndsAtZeroWithEqualCostBetweenThem) {
+TEST(ScoreGrid, GridOfSEvaluationsEndsAtZeroWithEqualCostBetweenThem) {
   // The score-optimal grid from the closed-form Gaussian cost: S evaluations from T-1 down to
   // t = 0, the same footing as the uniform, quadratic and log-SNR grids, with equal Λ = Σ √L
   // between neighbours (the earlier grid had S+1 points and dropped t = 0, so its last
@@ -195,22 +195,22 @@ TEST(LearnedSchedule, GridOfSEvaluationsEndsAtZeroWithEqualCostBetweenThem) {
   }
 }
 
-TEST(LearnedSchedule, OnlineEstimateConvergesToTheOfflineOne) {
+TEST(ScoreGrid, OnlineEstimateConvergesToTheOfflineOne) {
   // A fixed model (the exact Gaussian ε) seen through Algorithm 2's random level pairs.
   s2dm::testing::Gaussian g{0.3, 0.5, &linear()};
   auto model = g.model();
   torch::manual_seed(s2dm::testing::test_seed(7));
   auto data = 0.3 + 0.5 * torch::randn({4096, 1, 2, 2}, torch::kFloat64);
-  OnlineScheduleEstimator online(linear(), 30, 5, 16, 0.2);
+  OnlineGridEstimator online(linear(), 30, 5, 16, 0.2);
   auto gen = at::detail::createCPUGenerator(s2dm::testing::test_seed(3));
   int moves = 0;
   for (int step = 0; step < 800; ++step) {
     auto batch = data.slice(0, (step * 64) % 4096, (step * 64) % 4096 + 64);
     moves += online.update(model, batch, 8, gen);
   }
-  ASSERT_TRUE(online.has_schedule());
+  ASSERT_TRUE(online.has_grid());
   EXPECT_GT(moves, 5);
-  auto offline = estimate_schedule_cost(model, linear(), data, 30, 1, 4096, false);
+  auto offline = estimate_score_cost(model, linear(), data, 30, 1, 4096, false);
   auto exact = gaussian_cost(offline.levels, 0.5, 4);
   auto mean = online.cost();  // the last update's: 16 or more estimates of 64 images per pair
   double rel = 0;
@@ -225,28 +225,28 @@ TEST(LearnedSchedule, OnlineEstimateConvergesToTheOfflineOne) {
   s2dm::testing::print_margin("online estimate: worst grid gap to the offline one", online_gap, "< 25");
   s2dm::testing::print_margin("offline estimate: worst grid gap to the exact one", offline_gap, "< 10");
   // The state round-trips (checkpoints) and gives the grid for any S.
-  OnlineScheduleEstimator copy(linear(), 30, 5, 16, 0.2);
+  OnlineGridEstimator copy(linear(), 30, 5, 16, 0.2);
   copy.load_state(online.state());
   EXPECT_EQ(copy.timesteps(), online.timesteps());
   EXPECT_EQ(timesteps_from_state(online.state(), 5), online.timesteps());
   EXPECT_EQ(timesteps_from_state(online.state(), 12), score_grid(online.levels(), online.cost(), 12));
   EXPECT_THROW(timesteps_from_state({}, 5), ConfigError);
-  OnlineScheduleEstimator other(linear(), 20, 5, 16, 0.2);
+  OnlineGridEstimator other(linear(), 20, 5, 16, 0.2);
   EXPECT_THROW(other.load_state(online.state()), CheckpointError);
 }
 
-TEST(LearnedSchedule, AStateForAnotherStepCountGivesThatManySteps) {
+TEST(ScoreGrid, AStateForAnotherStepCountGivesThatManySteps) {
   // `s2dm train --resume --set sample.steps=S`: a checkpoint's grid for 4 steps, loaded by an
   // estimator for S steps, is S steps derived from the last cost, and updates keep S (it used to
   // keep the 4 points: a stale grid for S = 2, writes past its end for S = 7).
   auto ones = EpsModel([](const torch::Tensor& x, const torch::Tensor&) { return torch::ones_like(x); });
   auto data = torch::zeros({8, 1, 2, 2}, torch::kFloat64);
-  OnlineScheduleEstimator online(linear(), 12, 4, 3, 0.5);
+  OnlineGridEstimator online(linear(), 12, 4, 3, 0.5);
   auto gen = at::detail::createCPUGenerator(1);
   while (!online.update(ones, data, 1, gen)) {
   }
   for (int steps : {2, 7}) {
-    OnlineScheduleEstimator resumed(linear(), 12, steps, 3, 0.5);
+    OnlineGridEstimator resumed(linear(), 12, steps, 3, 0.5);
     resumed.load_state(online.state());
     EXPECT_EQ(resumed.timesteps(), score_grid(online.levels(), online.cost(), steps)) << steps;
     while (!resumed.update(ones, data, 1, gen)) {
@@ -256,7 +256,7 @@ TEST(LearnedSchedule, AStateForAnotherStepCountGivesThatManySteps) {
   }
 }
 
-TEST(LearnedSchedule, OnlineEstimateForgetsCostsFromBeforeItsLastUpdate) {
+TEST(ScoreGrid, OnlineEstimateForgetsCostsFromBeforeItsLastUpdate) {
   // Algorithm 2 re-estimates once every level pair has `min_estimates` estimates since the last
   // update. A model that ignores x and returns c·1 has the exact pair cost d c² (1 - r_i)², r_i the
   // ratio of σ̃ at the two levels, whatever the noise: after the model changes from c = 1 to c = 2,
@@ -265,7 +265,7 @@ TEST(LearnedSchedule, OnlineEstimateForgetsCostsFromBeforeItsLastUpdate) {
     return EpsModel([c](const torch::Tensor& x, const torch::Tensor&) { return torch::full_like(x, c); });
   };
   auto data = torch::zeros({8, 1, 2, 2}, torch::kFloat64);
-  OnlineScheduleEstimator online(linear(), 12, 4, 3, 0.5);
+  OnlineGridEstimator online(linear(), 12, 4, 3, 0.5);
   auto gen = at::detail::createCPUGenerator(1);
   int updates = 0;
   while (!updates) updates += online.update(constant(1.0), data, 1, gen);
@@ -282,11 +282,11 @@ TEST(LearnedSchedule, OnlineEstimateForgetsCostsFromBeforeItsLastUpdate) {
   };
   EXPECT_EQ(count_after(), 0);  // the counts start again
   EXPECT_FALSE(online.ready());
-  EXPECT_TRUE(online.has_schedule());
+  EXPECT_TRUE(online.has_grid());
   while (updates < 2) updates += online.update(constant(2.0), data, 1, gen);
   for (size_t i = 0; i < first.size(); ++i) EXPECT_NEAR(online.cost()[i], 4 * first[i], 1e-9 * first[i]) << i;
   // The same costs give the same grid (the cost's scale cancels), and the state round-trips.
-  OnlineScheduleEstimator copy(linear(), 12, 4, 3, 0.5);
+  OnlineGridEstimator copy(linear(), 12, 4, 3, 0.5);
   copy.load_state(online.state());
   EXPECT_EQ(copy.cost(), online.cost());
   EXPECT_EQ(timesteps_from_state(online.state(), 4), online.timesteps());
@@ -306,7 +306,7 @@ TEST(LearnedSchedule, OnlineEstimateForgetsCostsFromBeforeItsLastUpdate) {
   EXPECT_EQ(copy.timesteps(), ts);
 }
 
-TEST(DpSchedule, CheapestPathMatchesBruteForce) {
+TEST(DpGrids, CheapestPathMatchesBruteForce) {
   torch::manual_seed(3);
   const int n = 9;
   auto r = torch::rand({n, n}, torch::kFloat64);
@@ -348,14 +348,14 @@ TEST(DpSchedule, CheapestPathMatchesBruteForce) {
   EXPECT_LT(levels[5], 5.0);  // dense where the noise is small (log-SNR half)
 }
 
-TEST(DpSchedule, StepCountsAreCheckedAgainstTheCandidatesKeptBeforeAnyWork) {
+TEST(DpGrids, StepCountsAreCheckedAgainstTheCandidatesKeptBeforeAnyWork) {
   // Both halves of the candidates share the two ends: 10 levels keep at most 8 times, and a grid
   // of S steps needs S of them. S = levels - 1 or levels used to pass the check and fail after
   // the reference pass.
   s2dm::testing::Gaussian g{0.3, 0.5, &linear()};
   int64_t calls = 0;
   EpsModel counted = [&](const torch::Tensor& x, const torch::Tensor& t) { ++calls; return g.model()(x, t); };
-  DpOptions o;
+  DpSearchOptions o;
   o.levels = 10;
   o.samples = 2;
   o.search_samples = 2;
@@ -365,15 +365,15 @@ TEST(DpSchedule, StepCountsAreCheckedAgainstTheCandidatesKeptBeforeAnyWork) {
   EXPECT_EQ(max_steps, o.levels - 2);
   SampleConfig config;
   for (int S : {max_steps + 1, o.levels - 1, o.levels, 0}) {
-    EXPECT_THROW(dp_schedule(s2dm::testing::linear_model(counted, {1, 2, 2}), config, {1, S}, o), ConfigError) << S;
+    EXPECT_THROW(search_dp_grids(s2dm::testing::linear_model(counted, {1, 2, 2}), config, {1, S}, o), ConfigError) << S;
     EXPECT_EQ(calls, 0) << S;
   }
-  const auto dp = dp_schedule(s2dm::testing::linear_model(counted, {1, 2, 2}), config, {1, max_steps}, o);
+  const auto dp = search_dp_grids(s2dm::testing::linear_model(counted, {1, 2, 2}), config, {1, max_steps}, o);
   EXPECT_EQ(dp.grids.at(1).size(), 1u);
   EXPECT_EQ(dp.grids.at(max_steps).size(), static_cast<size_t>(max_steps));
 }
 
-TEST(DpSchedule, BeatsEveryHandMadeGridOnTheGaussianOracle) {
+TEST(DpGrids, BeatsEveryHandMadeGridOnTheGaussianOracle) {
   // Gaussian data, exact ε: the probability-flow ODE's end point is known in closed form. The dp
   // grid, found from the model's own trajectories, must end nearer to it than the uniform,
   // quadratic, log-SNR, Karras and score-optimal grids of the same S (S evaluations each, then
@@ -391,10 +391,10 @@ TEST(DpSchedule, BeatsEveryHandMadeGridOnTheGaussianOracle) {
   for (const std::string sampler : {"ddim", "deis", "dpmpp-2m"}) {
     SampleConfig config;
     config.sampler = sampler;
-    DpOptions o;
+    DpSearchOptions o;
     o.show_progress = false;
     o.seed = s2dm::testing::test_seed(o.seed);
-    const auto dp = dp_schedule(s2dm::testing::linear_model(g.model(), shape), config, {5, 10, 20}, o);
+    const auto dp = search_dp_grids(s2dm::testing::linear_model(g.model(), shape), config, {5, 10, 20}, o);
     auto end_error = [&](const std::vector<double>& ts) {
       auto run = run_sampler(find_sampler(sampler), g.model(), xT, make_grid(ts, linear(), "one"), sampler_options(config));
       return (run.x - exact).square().sum({1, 2, 3}).mean().sqrt().item<double>();
@@ -418,7 +418,7 @@ TEST(DpSchedule, BeatsEveryHandMadeGridOnTheGaussianOracle) {
   }
 }
 
-TEST(DpSchedule, JumpsAreCostedByTheSamplersOwnStep) {
+TEST(DpGrids, JumpsAreCostedByTheSamplersOwnStep) {
   // Zero-mean Gaussian data: every state on a trajectory is c_t·z for its standard-normal z, and
   // one step of a sampler from c_i·z gives d_ij·z, so a jump's cost is |d_ij - c_j|·RMS(z), the
   // same RMS(z) for every jump. The costs of λ-DDIM's jumps relative to its largest are then
@@ -426,7 +426,7 @@ TEST(DpSchedule, JumpsAreCostedByTheSamplersOwnStep) {
   // (Every jump used to be costed by DDIM's step, whose pattern differs.)
   s2dm::testing::Gaussian g{0.0, 0.5, &linear()};
   const std::vector<int64_t> shape{1, 2, 2};
-  DpOptions o;
+  DpSearchOptions o;
   o.levels = 12;
   o.samples = 8;
   o.search_samples = 2;
@@ -435,7 +435,7 @@ TEST(DpSchedule, JumpsAreCostedByTheSamplersOwnStep) {
   SampleConfig ddim, lambda = ddim;
   lambda.sampler = "lambda-ddim";
   lambda.lambda = 2.0;
-  const auto dp = dp_schedule(s2dm::testing::linear_model(g.model(), shape), lambda, {3}, o);
+  const auto dp = search_dp_grids(s2dm::testing::linear_model(g.model(), shape), lambda, {3}, o);
   const double aT = linear().alpha_bar(999);
   const auto z = torch::ones({1, 1, 2, 2}, torch::kFloat64);
   auto exact = [&](double t) { return g.solution(z, aT, linear().alpha_bar(t)); };
@@ -466,7 +466,7 @@ TEST(DpSchedule, JumpsAreCostedByTheSamplersOwnStep) {
   s2dm::testing::print_margin("dp: λ-DDIM jump costs against the closed form, worst relative gap", worst, "< 0.02");
 }
 
-TEST(DpSchedule, SearchesOnNoiseOfItsOwnAndReportsHeldOutErrors) {
+TEST(DpGrids, SearchesOnNoiseOfItsOwnAndReportsHeldOutErrors) {
   // The trajectories start from none of the images that sampling with the search's seed draws,
   // and `holdout` more trajectories than the costs use are integrated, for the errors reported.
   s2dm::testing::Gaussian g{0.3, 0.5, &linear()};
@@ -477,14 +477,14 @@ TEST(DpSchedule, SearchesOnNoiseOfItsOwnAndReportsHeldOutErrors) {
       for (int64_t i = 0; i < x.size(0); ++i) starts.push_back(x[i].to(torch::kFloat32).clone());
     return g.model()(x, t);
   };
-  DpOptions o;
+  DpSearchOptions o;
   o.levels = 10;
   o.samples = 6;
   o.search_samples = 3;
   o.holdout = 4;
   o.sweeps = 0;
   o.show_progress = false;
-  const auto dp = dp_schedule(s2dm::testing::linear_model(recording, shape), SampleConfig{}, {4}, o);
+  const auto dp = search_dp_grids(s2dm::testing::linear_model(recording, shape), SampleConfig{}, {4}, o);
   ASSERT_GT(dp.end_error.at(4), 0.0);
   std::vector<torch::Tensor> distinct;
   for (const auto& s : starts)
@@ -496,10 +496,10 @@ TEST(DpSchedule, SearchesOnNoiseOfItsOwnAndReportsHeldOutErrors) {
     for (int64_t i = 0; i < sampling.size(0); ++i) EXPECT_FALSE(torch::allclose(s, sampling[i])) << "image " << i;
 }
 
-TEST(DpSchedule, FilesRecordEverySettingAndWarnOnAnyOther) {
+TEST(DpGrids, FilesRecordEverySettingAndWarnOnAnyOther) {
   s2dm::testing::Gaussian g{0.3, 0.5, &linear()};
   s2dm::testing::TempDir dir;
-  DpOptions o;
+  DpSearchOptions o;
   o.levels = 8;
   o.samples = 2;
   o.search_samples = 2;
@@ -508,7 +508,7 @@ TEST(DpSchedule, FilesRecordEverySettingAndWarnOnAnyOther) {
   auto warning_for = [&](const SampleConfig& searched, const SampleConfig& used) {
     const std::string path = dir / "dp.yaml";
     const auto model = s2dm::testing::linear_model(g.model(), {1, 2, 2});
-    search_dp_schedule(model, searched, {3}, o, path);
+    make_dp_grid_file(model, searched, {3}, o, path);
     SampleConfig c = used;
     c.steps = 3;
     c.timesteps = "learned:" + path;
@@ -536,5 +536,5 @@ TEST(DpSchedule, FilesRecordEverySettingAndWarnOnAnyOther) {
   auto order2 = deis;
   order2.order = 2;
   EXPECT_NE(warning_for(deis, order2).find("order 3 there, 2 here"), std::string::npos);
-  EXPECT_NE(read_schedule_file(dir / "dp.yaml", 1000).settings.count("order"), 0u);
+  EXPECT_NE(read_grid_file(dir / "dp.yaml", 1000).settings.count("order"), 0u);
 }

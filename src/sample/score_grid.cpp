@@ -1,4 +1,4 @@
-#include "s2dm/sample/learned_schedule.h"
+#include "s2dm/sample/score_grid.h"
 
 #include <torch/torch.h>
 
@@ -75,14 +75,14 @@ std::vector<double> uniform_levels(int num_levels, int T) {
 
 }  // namespace
 
-ScheduleCost estimate_schedule_cost(const EpsModel& model, const NoiseSchedule& schedule, const torch::Tensor& x0,
-                                    int num_levels, uint64_t seed, int64_t batch, bool show_progress) {
+ScoreGridCost estimate_score_cost(const EpsModel& model, const NoiseSchedule& schedule, const torch::Tensor& x0,
+                                  int num_levels, uint64_t seed, int64_t batch, bool show_progress) {
   const int T = schedule.num_timesteps();
   if (num_levels < 3 || num_levels > 100 * T)
     throw ConfigError("levels = " + std::to_string(num_levels) + " must be in [3, " + std::to_string(100 * T) + "]");
   if (x0.dim() != 4 || x0.size(0) < 1) throw DataError("schedule estimation needs data [N, C, H, W]");
   if (batch < 1) throw ConfigError("schedule estimation: batch = " + std::to_string(batch) + " must be at least 1");
-  ScheduleCost out;
+  ScoreGridCost out;
   out.levels = uniform_levels(num_levels, T);
   out.cost.assign(num_levels - 1, 0.0);
   torch::NoGradGuard no_grad;
@@ -135,8 +135,8 @@ std::vector<double> score_grid(const std::vector<double>& levels, const std::vec
   return optimal_timesteps(levels, cost, steps - 1);
 }
 
-OnlineScheduleEstimator::OnlineScheduleEstimator(const NoiseSchedule& schedule, int num_levels, int steps,
-                                                 int min_estimates, double gamma)
+OnlineGridEstimator::OnlineGridEstimator(const NoiseSchedule& schedule, int num_levels, int steps,
+                                         int min_estimates, double gamma)
     : schedule_(schedule), levels_(uniform_levels(num_levels, schedule.num_timesteps())),
       sum_(num_levels - 1, 0.0), count_(num_levels - 1, 0), steps_(steps), min_estimates_(min_estimates),
       gamma_(gamma) {
@@ -146,11 +146,11 @@ OnlineScheduleEstimator::OnlineScheduleEstimator(const NoiseSchedule& schedule, 
                       std::to_string(steps) + " levels (levels = " + std::to_string(num_levels) + ")");
 }
 
-bool OnlineScheduleEstimator::ready() const {
+bool OnlineGridEstimator::ready() const {
   return std::all_of(count_.begin(), count_.end(), [&](int64_t c) { return c >= min_estimates_; });
 }
 
-bool OnlineScheduleEstimator::update(const EpsModel& model, const torch::Tensor& x0, int pairs, at::Generator& gen) {
+bool OnlineGridEstimator::update(const EpsModel& model, const torch::Tensor& x0, int pairs, at::Generator& gen) {
   torch::NoGradGuard no_grad;
   auto data = x0.to(torch::kFloat32);
   for (int p = 0; p < pairs; ++p) {
@@ -174,7 +174,7 @@ bool OnlineScheduleEstimator::update(const EpsModel& model, const torch::Tensor&
   return true;
 }
 
-std::vector<std::pair<std::string, torch::Tensor>> OnlineScheduleEstimator::state() const {
+std::vector<std::pair<std::string, torch::Tensor>> OnlineGridEstimator::state() const {
   return {{"levels", torch::tensor(levels_, torch::kFloat64)},
           {"sum", torch::tensor(sum_, torch::kFloat64)},
           {"count", torch::tensor(count_, torch::kLong)},
@@ -218,7 +218,7 @@ bool holds_current_grid(const std::vector<std::pair<std::string, torch::Tensor>>
 
 }  // namespace
 
-void OnlineScheduleEstimator::load_state(const std::vector<std::pair<std::string, torch::Tensor>>& state) {
+void OnlineGridEstimator::load_state(const std::vector<std::pair<std::string, torch::Tensor>>& state) {
   if (to_vector(state_entry(state, "levels")) != levels_)
     throw CheckpointError("the checkpoint's learned schedule uses other levels than train.learned_schedule.levels");
   nfe_ = state_entry(state, "nfe").item<int64_t>();
