@@ -37,6 +37,8 @@ torch::Tensor sample_deis_rho(const EpsModel&, torch::Tensor, const Grid&, const
 torch::Tensor sample_deis_logrho(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
 torch::Tensor sample_dpmpp_2m(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
 torch::Tensor sample_lambda_ddim(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_euler(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_heun(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
 
 const std::vector<SamplerInfo>& samplers() {
   auto steps = [](int s) { return s; };
@@ -68,6 +70,10 @@ const std::vector<SamplerInfo>& samplers() {
        sample_dpmpp_2m, steps, false, -1, -1, -1, second},
       {"lambda-ddim", "λ-DDIM, the conjugate integrator (Pandey et al. 2023); lambda 0 = DDIM", {"lambda"},
        sample_lambda_ddim, steps, false, -1, -1, -1, first},
+      {"euler", "Euler in σ = √((1-ᾱ)/ᾱ) on x/√ᾱ (EDM, Karras et al. 2022); DDIM η = 0 up to rounding", {},
+       sample_euler, steps, false, -1, -1, -1, first},
+      {"heun", "Heun's 2nd-order method in σ (EDM's edm_sampler without churn); the last step is Euler", {},
+       sample_heun, [](int s) { return 2 * s - 1; }, false, -1, -1, -1, second},
   };
   return registry;
 }

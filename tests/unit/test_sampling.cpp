@@ -12,6 +12,8 @@
 #include "s2dm/core/errors.h"
 #include "s2dm/io/checkpoint.h"
 #include "s2dm/io/file_io.h"
+#include "s2dm/io/npy.h"
+#include "s2dm/io/npy_tensor.h"
 #include "s2dm/model/model_source.h"
 #include "s2dm/sample/generate.h"
 #include "s2dm/diffusion/noise_schedule.h"
@@ -171,6 +173,34 @@ TEST(Samplers, NfeMatchesTheDocumentedCount) {
   EXPECT_EQ(find_sampler("pndm").nfe(10), 19);
   EXPECT_EQ(find_sampler("spndm").nfe(10), 11);
   EXPECT_EQ(find_sampler("plms").nfe(10), 11);
+  EXPECT_EQ(find_sampler("heun").nfe(18), 35);  // EDM's CIFAR10 setting
+}
+
+TEST(Samplers, HeunEqualsEdmsOwnSampler) {
+  // tests/fixtures/make_edm_sampler_fixture.py ran NVlabs/edm's edm_sampler (its defaults: 18
+  // noise levels from σ = 80, ρ = 7, no churn) on the exact denoiser of this mixture. heun on the
+  // same levels, as times of the linear schedule, from the same latents gives its output.
+  const std::string dir = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/";
+  auto load = [&](const std::string& name) { return to_tensor(load_npy(dir + name), name); };
+  const auto sigmas = load("edm_sampler_sigmas.npy"), latents = load("edm_sampler_latents.npy"),
+             expected = load("edm_sampler_out.npy");
+  std::vector<double> ts;  // (the last level, 0, is the end point ᾱ = 1)
+  for (int64_t i = 0; i + 1 < sigmas.size(0); ++i) {
+    const double sigma = sigmas[i].item<double>();
+    ts.push_back(std::max(0.0, time_of_alpha_bar(linear(), 1 / (1 + sigma * sigma))));
+  }
+  const Grid grid = make_grid(ts, linear(), "one");
+  s2dm::testing::GaussianMixture mix{{0.3, 0.7}, {-1.5, 1.0}, {0.2, 0.3}, &linear()};
+  // EDM's x_T = σ_0 · latents lives in x/√ᾱ; s2dm's state is x.
+  const auto xT = std::sqrt(grid.alpha_bar[0]) * sigmas[0].item<double>() * latents;
+  const auto run = run_sampler(find_sampler("heun"), mix.model(), xT, grid, {});
+  EXPECT_EQ(run.nfe, 35);
+  const double error = (run.x - expected).abs().max().item<double>();
+  s2dm::testing::print_margin("heun against edm_sampler, largest difference", error, "1e-8");
+  EXPECT_LT(error, 1e-8);
+  // (Both modes are reached: the comparison is not of a trivial map.)
+  EXPECT_GT((expected < -0.25).sum().item<int64_t>(), 10);
+  EXPECT_GT((expected > -0.25).sum().item<int64_t>(), 10);
 }
 
 TEST(Samplers, DeterministicSamplersConvergeAtTheirOrder) {
@@ -285,6 +315,8 @@ TEST(Samplers, IdentitiesHoldToRounding) {
   // DEIS of order 0 is DDIM; λ-DDIM with λ = 0 is DDIM.
   EXPECT_TRUE(torch::allclose(run_sampler(find_sampler("deis"), model, xT, grid, with_order(0)).x, ddim, 1e-10, 1e-10));
   EXPECT_TRUE(torch::allclose(run_sampler(find_sampler("lambda-ddim"), model, xT, grid, {}).x, ddim, 1e-10, 1e-10));
+  // EDM's Euler in σ on x/√ᾱ is DDIM η = 0 in other variables.
+  EXPECT_TRUE(torch::allclose(run_sampler(find_sampler("euler"), model, xT, grid, {}).x, ddim, 1e-10, 1e-10));
   // PNDM's transfer is the DDIM η = 0 step.
   auto e = torch::randn({16, 1, 2, 2}, torch::kFloat64);
   const double a = linear().alpha_bar(700), an = linear().alpha_bar(350);
