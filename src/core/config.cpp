@@ -53,22 +53,36 @@ class Resetter {
   bool recording_ = false;
 };
 
-// Writes the resolved config as YAML text (strings quoted, lists in flow style).
+// Writes the resolved config as YAML text (strings quoted, lists in flow style). Given the text
+// of a default config's keys (`defaults`, by dotted name), it writes the identity text instead:
+// keys marked Added are left out while they hold their default, and sections left empty go too.
 class Writer {
  public:
+  explicit Writer(const std::map<std::string, std::string>* defaults = nullptr) : defaults_(defaults) {}
   std::string text() const { return out_.str(); }
+  const std::map<std::string, std::string>& written() const { return written_; }
 
   template <class T, class C>
   void operator()(const char* name, const T& value, const C&) {
-    out_ << indent_ << name << ": " << format(value) << "\n";
+    const std::string text = format(value);
+    written_[prefix_ + name] = text;
+    if constexpr (is_added<C>)
+      if (defaults_ && defaults_->at(prefix_ + name) == text) return;
+    out_ << indent_ << name << ": " << text << "\n";
   }
   template <class S>
   void section(const char* name, S& s) {
-    out_ << indent_ << name << ":\n";
-    const std::string outer = indent_;
+    std::ostringstream outer_out;
+    std::swap(out_, outer_out);
+    const std::string outer_indent = indent_, outer_prefix = prefix_;
     indent_ += "  ";
+    prefix_ += std::string(name) + ".";
     visit(*this, s);
-    indent_ = outer;
+    indent_ = outer_indent;
+    prefix_ = outer_prefix;
+    std::swap(out_, outer_out);
+    const std::string body = outer_out.str();
+    if (!body.empty() || !defaults_) out_ << indent_ << name << ":\n" << body;
   }
 
  private:
@@ -104,8 +118,10 @@ class Writer {
   template <class T>
   static std::string format(const T& v) { return show(v); }
 
+  const std::map<std::string, std::string>* defaults_;
+  std::map<std::string, std::string> written_;
   std::ostringstream out_;
-  std::string indent_;
+  std::string indent_, prefix_;
 };
 
 // Checks that relate several keys.
@@ -259,6 +275,19 @@ std::vector<std::string> sample_config_keys() { return keys_of(SampleConfig{}); 
 
 std::string to_yaml(const Config& config) {
   Writer writer;
+  Config copy = config;
+  visit(writer, copy);
+  return writer.text();
+}
+
+std::string config_identity(const Config& config) {
+  static const auto defaults = [] {
+    Writer writer;
+    Config d;
+    visit(writer, d);
+    return writer.written();
+  }();
+  Writer writer(&defaults);
   Config copy = config;
   visit(writer, copy);
   return writer.text();

@@ -14,6 +14,7 @@ namespace s2dm {
 
 // One list serves loading, validation and writing, so they cannot drift apart. (The visits live
 // in the structs' namespace: the visitors of schema.h find them by argument-dependent lookup.)
+using schema::Added;
 using schema::Any;
 using schema::OneOf;
 using schema::Range;
@@ -121,6 +122,10 @@ void visit(V& v, SampleConfig& c) {
   v("lambda", c.lambda, Range<double>{-1e6, 1e6});
   v("lower_order_final", c.lower_order_final, Any{});
   v("variance", c.variance, OneOf{{"small", "large"}});
+  v("s_churn", c.s_churn, Added{Range<double>{0.0, 1e6}});
+  v("s_min", c.s_min, Added{Range<double>{0.0, 1e9}});
+  v("s_max", c.s_max, Added{Range<double>{0.0, 1e9}});
+  v("s_noise", c.s_noise, Added{Range<double>{0.0, 10.0}});
   v("timesteps", c.timesteps, Any{});  // checked by make_timesteps
   v("karras_rho", c.karras_rho, Range<double>{1e-3, 1e3});
   v("num", c.num, Range<int64_t>{1, std::numeric_limits<int64_t>::max()});

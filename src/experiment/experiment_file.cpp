@@ -318,7 +318,7 @@ void check_settings(const Reader& r, const Experiment& e, int sweep_line) {
           throw ConfigError(where + "timesteps dp with " + std::to_string(c.steps) +
                             " steps needs as many candidate times; schedule.dp.levels = " +
                             std::to_string(e.grid_search.dp.levels) + " keeps " + std::to_string(max_steps) + " (raise it)");
-        if (sample::find_sampler(c.sampler).stochastic || c.eta != 0)
+        if (sample::draws_noise(sample::find_sampler(c.sampler), c))
           throw ConfigError(where + "timesteps dp needs a deterministic sampler (dp grids follow the ODE's trajectories)");
       }
       try {

@@ -19,7 +19,7 @@ Measurer::Measurer(const Experiment& e, torch::Device device) : e_(e), device_(d
     c.data = e.models.front().config.data;
     c.data.limit = 0;
     classifier_ = e.out + "/classifier/" +
-                  hash_key("classifier\n" + to_yaml(c) + std::to_string(e.metric.classifier_epochs)).substr(0, 12) +
+                  hash_key("classifier\n" + config_identity(c) + std::to_string(e.metric.classifier_epochs)).substr(0, 12) +
                   ".safetensors";
     identity_ = "classifier-trained-here:" + classifier_;
   } else {
@@ -33,7 +33,7 @@ std::string Measurer::reference_identity(const ModelSpec& m) const {
   c.data = m.config.data;
   c.data.limit = 0;
   c.data.cache.clear();
-  return "data:" + e_.metric.reference + ":" + std::to_string(e_.metric.reference_num) + "\n" + to_yaml(c) + identity_ +
+  return "data:" + e_.metric.reference + ":" + std::to_string(e_.metric.reference_num) + "\n" + config_identity(c) + identity_ +
          (e_.metric.kid ? "|kid" : "");
 }
 

@@ -28,7 +28,7 @@ std::string training_identity(Config c) {
   c.sample = SampleConfig{};
   c.train.max_minutes = 0;
   c.train.distributed = DistributedConfig{};
-  return to_yaml(c);
+  return config_identity(c);
 }
 
 std::vector<std::string> untracked_training_settings(const Config& c) {
@@ -95,16 +95,17 @@ double eval_seconds_per_image(const Config& config, int64_t batch, const torch::
 
 // The sample settings that can change a unit's samples. Options the sampler does not read are
 // reset (changing clip_denoised, which only DDIM and DDPM read, re-runs no DEIS unit), and so is
-// the batch, except for samplers whose noise is drawn per batch (DDPM, DDIM with η > 0).
+// the batch, except for samplers that draw noise (DDPM, DDIM with η > 0, churn).
 SampleConfig effective_settings(SampleConfig c) {
   const auto& info = sample::find_sampler(c.sampler);
   std::vector<std::string> unread;
   for (const auto& key : sample::sampler_option_keys())
     if (std::find(info.options.begin(), info.options.end(), key) == info.options.end()) unread.push_back(key);
   if (c.timesteps != "karras") unread.push_back("karras_rho");
+  if (c.s_churn == 0) unread.insert(unread.end(), {"s_min", "s_max", "s_noise"});
   if (!c.skip_tuning.active()) unread.push_back("skip_tuning");
   reset_sample_keys(c, unread);
-  if (!info.stochastic && c.eta == 0) c.batch = 0;
+  if (!sample::draws_noise(info, c)) c.batch = 0;
   return c;
 }
 
@@ -125,7 +126,7 @@ std::string grid_family(const Experiment& e, const SampleConfig& config) {
   c.sample = effective_settings(config);
   c.sample.steps = SampleConfig{}.steps;
   return "dp " + std::to_string(s.dp.levels) + "|" + std::to_string(s.dp.samples) + "|" + std::to_string(s.dp.sweeps) +
-         "|" + std::to_string(s.seed) + "\n" + to_yaml(c);
+         "|" + std::to_string(s.seed) + "\n" + config_identity(c);
 }
 
 }  // namespace
@@ -167,7 +168,7 @@ ExperimentPlan plan_units(const Experiment& e, const Measurer& measurer) {
       const SampleConfig config = sample_config(e, m, s);
       Config c;
       c.sample = effective_settings(config);
-      std::string settings_text = m.key + "\n" + to_yaml(c);
+      std::string settings_text = m.key + "\n" + config_identity(c);
       // (Where S does not divide T the uniform grid once took S + 1 or more points: such units
       // sample anew rather than reuse samples of the other grid.)
       if (config.timesteps == "uniform" && m.config.diffusion.num_timesteps % config.steps != 0)
@@ -198,7 +199,7 @@ ExperimentPlan plan_units(const Experiment& e, const Measurer& measurer) {
     if (!tunes_skips(e, *u.setting)) continue;
     Config c;
     c.sample = effective_settings(u.config);
-    const std::string text = u.model->key + "\n" + to_yaml(c) + files[i].path + "\n" + measurer.identity() + "\n" +
+    const std::string text = u.model->key + "\n" + config_identity(c) + files[i].path + "\n" + measurer.identity() + "\n" +
                              measurer.reference_identity(*u.model) + "\n" + search;
     u.tuning_file = e.out + "/tuning/" + u.model->name + "-" + hash_key(text) + ".json";
     place(u, hash_key(u.key + "\ntuned " + u.tuning_file));

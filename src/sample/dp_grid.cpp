@@ -188,9 +188,10 @@ DpGrids search_dp_grids(const DiffusionModel& diffusion, const SampleConfig& sam
   const SamplerInfo& sampler = find_sampler(sampling.sampler);
   const SamplerOptions options = sampler_options(sampling);
   check_options(sampler, options);
-  if (sampler.stochastic || options.eta != 0)
+  if (draws_noise(sampler, options))
     throw ConfigError("dp grids are searched for deterministic samplers; '" + sampler.name + "'" +
-                      (options.eta != 0 ? " with eta = " + std::to_string(options.eta) : "") + " is stochastic");
+                      (options.eta != 0 ? " with eta = " + std::to_string(options.eta) : "") +
+                      (options.s_churn != 0 ? " with s_churn = " + std::to_string(options.s_churn) : "") + " is stochastic");
   if (o.substeps < 1 || o.samples < 1 || o.batch < 1 || o.search_samples < 1)
     throw ConfigError("dp: substeps, samples, search samples and batch must be positive");
   const int max_steps = dp_max_steps(schedule, o.levels);

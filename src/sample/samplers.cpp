@@ -49,6 +49,7 @@ const std::vector<SamplerInfo>& samplers() {
   // A multistep method whose ε extrapolation is exact for polynomials of degree r is of order
   // r + 1; the PNDM family is second order on grids not uniform in ρ.
   auto multistep = [](int r) { return r + 1; };
+  const std::vector<std::string> churn{"s_churn", "s_min", "s_max", "s_noise"};
   static const std::vector<SamplerInfo> registry{
       {"ddim", "DDIM (Song et al. 2021); eta 0 is the probability-flow ODE", {"eta", "clip_denoised"}, sample_ddim, steps,
        false, -1, -1, -1, first},
@@ -70,12 +71,28 @@ const std::vector<SamplerInfo>& samplers() {
        sample_dpmpp_2m, steps, false, -1, -1, -1, second},
       {"lambda-ddim", "λ-DDIM, the conjugate integrator (Pandey et al. 2023); lambda 0 = DDIM", {"lambda"},
        sample_lambda_ddim, steps, false, -1, -1, -1, first},
-      {"euler", "Euler in σ = √((1-ᾱ)/ᾱ) on x/√ᾱ (EDM, Karras et al. 2022); DDIM η = 0 up to rounding", {},
+      {"euler", "Euler in σ = √((1-ᾱ)/ᾱ) on x/√ᾱ (EDM, Karras et al. 2022); DDIM η = 0 up to rounding", churn,
        sample_euler, steps, false, -1, -1, -1, first},
-      {"heun", "Heun's 2nd-order method in σ (EDM's edm_sampler without churn); the last step is Euler", {},
+      {"heun", "Heun's 2nd-order method in σ, EDM's edm_sampler (churn optional); the last step is Euler", churn,
        sample_heun, [](int s) { return 2 * s - 1; }, false, -1, -1, -1, second},
   };
   return registry;
+}
+
+bool draws_noise(const SamplerInfo& sampler, const SamplerSettings& settings) {
+  return sampler.stochastic || settings.eta != 0 || settings.s_churn != 0;
+}
+
+ImageNoise::ImageNoise(const SamplerOptions& options, const torch::Tensor& like) : like_(like) {
+  for (int64_t j = 0; j < like.size(0); ++j)
+    generators_.push_back(
+        at::detail::createCPUGenerator(options.noise_seed * 1000003ull + static_cast<uint64_t>(options.first_image + j)));
+}
+
+torch::Tensor ImageNoise::operator()() {
+  std::vector<torch::Tensor> rows;
+  for (auto& gen : generators_) rows.push_back(torch::randn(like_.sizes().slice(1), gen, like_.options().device(torch::kCPU)));
+  return torch::stack(rows).to(like_.device());
 }
 
 std::vector<std::string> sampler_option_keys() {

@@ -176,14 +176,16 @@ TEST(Samplers, NfeMatchesTheDocumentedCount) {
   EXPECT_EQ(find_sampler("heun").nfe(18), 35);  // EDM's CIFAR10 setting
 }
 
-TEST(Samplers, HeunEqualsEdmsOwnSampler) {
-  // tests/fixtures/make_edm_sampler_fixture.py ran NVlabs/edm's edm_sampler (its defaults: 18
-  // noise levels from σ = 80, ρ = 7, no churn) on the exact denoiser of this mixture. heun on the
-  // same levels, as times of the linear schedule, from the same latents gives its output.
+namespace {
+
+// heun against NVlabs/edm's edm_sampler, run by tests/fixtures/make_edm_sampler_fixture.py with its
+// defaults (18 noise levels from σ = 80, ρ = 7) on the exact denoiser of this mixture: heun on the
+// same levels, as times of the linear schedule, from the same latents gives edm_sampler's output.
+void expect_heun_equals_edm_sampler(const SamplerOptions& options, const std::string& expected_file) {
   const std::string dir = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/";
   auto load = [&](const std::string& name) { return to_tensor(load_npy(dir + name), name); };
   const auto sigmas = load("edm_sampler_sigmas.npy"), latents = load("edm_sampler_latents.npy"),
-             expected = load("edm_sampler_out.npy");
+             expected = load(expected_file);
   std::vector<double> ts;  // (the last level, 0, is the end point ᾱ = 1)
   for (int64_t i = 0; i + 1 < sigmas.size(0); ++i) {
     const double sigma = sigmas[i].item<double>();
@@ -193,14 +195,34 @@ TEST(Samplers, HeunEqualsEdmsOwnSampler) {
   s2dm::testing::GaussianMixture mix{{0.3, 0.7}, {-1.5, 1.0}, {0.2, 0.3}, &linear()};
   // EDM's x_T = σ_0 · latents lives in x/√ᾱ; s2dm's state is x.
   const auto xT = std::sqrt(grid.alpha_bar[0]) * sigmas[0].item<double>() * latents;
-  const auto run = run_sampler(find_sampler("heun"), mix.model(), xT, grid, {});
+  const auto run = run_sampler(find_sampler("heun"), mix.model(), xT, grid, options);
   EXPECT_EQ(run.nfe, 35);
   const double error = (run.x - expected).abs().max().item<double>();
-  s2dm::testing::print_margin("heun against edm_sampler, largest difference", error, "1e-8");
+  s2dm::testing::print_margin("heun against edm_sampler (" + expected_file + "), largest difference", error, "1e-8");
   EXPECT_LT(error, 1e-8);
   // (Both modes are reached: the comparison is not of a trivial map.)
   EXPECT_GT((expected < -0.25).sum().item<int64_t>(), 10);
   EXPECT_GT((expected > -0.25).sum().item<int64_t>(), 10);
+}
+
+}  // namespace
+
+TEST(Samplers, HeunEqualsEdmsOwnSampler) { expect_heun_equals_edm_sampler({}, "edm_sampler_out.npy"); }
+
+TEST(Samplers, HeunWithChurnEqualsEdmsOwnSampler) {
+  // EDM's ImageNet-64 churn; edm_sampler's randn_like drew as s2dm does (image j's generator
+  // seeded with j at noise seed 0), so the same noise enters both.
+  SamplerOptions churn;
+  churn.s_churn = 40;
+  churn.s_min = 0.05;
+  churn.s_max = 50;
+  churn.s_noise = 1.003;
+  expect_heun_equals_edm_sampler(churn, "edm_sampler_churn_out.npy");
+  // (The churn changes the result: it is not compared with the deterministic output.)
+  const std::string dir = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/";
+  const auto churned = to_tensor(load_npy(dir + "edm_sampler_churn_out.npy"), "churn"),
+             plain = to_tensor(load_npy(dir + "edm_sampler_out.npy"), "plain");
+  EXPECT_GT((churned - plain).abs().max().item<double>(), 0.1);
 }
 
 TEST(Samplers, DeterministicSamplersConvergeAtTheirOrder) {

@@ -109,6 +109,11 @@ struct SamplerSettings {
   double lambda = 0.0;             // λ of λ-DDIM
   bool lower_order_final = true;   // DEIS log-ρ / DPM-Solver++: first order on the last step(s)
   std::string variance = "small";  // DDPM: small (β̃, = DDIM η = 1) | large (σ̂ = √(1 - a/a'))
+  // EDM's stochastic churn (euler, heun): a step from σ in [s_min, s_max] first raises σ by
+  // γσ, γ = min(s_churn / S, √2 - 1), with fresh noise of s_noise times the missing variance.
+  double s_churn = 0.0;  // 0: deterministic
+  double s_min = 0.0, s_max = 1e9;  // (1e9: no upper bound)
+  double s_noise = 1.0;
 };
 
 struct SampleConfig : SamplerSettings {
@@ -159,6 +164,10 @@ void apply_overrides(Config& config, const std::vector<std::string>& overrides, 
 void check_config(const Config& config, const std::string& origin);
 // The resolved config as YAML (every key, defaults included); parse_config reads it back.
 std::string to_yaml(const Config& config);
+// The config's identity: to_yaml's text without the keys added to the schema later (schema::Added)
+// while they hold their defaults. The experiment driver keys its work on it, so that a new key
+// leaves every earlier experiment's keys as they were.
+std::string config_identity(const Config& config);
 
 // The keys of the sample section (for the experiment driver's sweeps).
 std::vector<std::string> sample_config_keys();

@@ -6,7 +6,8 @@
 // and experiment files (src/experiment/experiment_file.cpp) are read through them.
 //
 // A schema calls, for each key:
-//   v("key", s.member, check)   a value; check is Any{}, Range<T>{lo, hi} or OneOf{{...}}
+//   v("key", s.member, check)   a value; check is Any{}, Range<T>{lo, hi} or OneOf{{...}}, or
+//                               Added{check} for a config key added later (see Added)
 //   v.section("key", s.member)  a nested struct with a visit() of its own
 //   v.custom("key")             a key the caller reads itself (a list of models, a sweep): its
 //                               name is known (unknown-key checks), its value is not read here
@@ -33,6 +34,19 @@ struct OneOf {
   std::vector<std::string> values;
 };
 struct Any {};
+// A key added to a schema after the experiment driver began keying its work on the config's text
+// (config_identity): that text leaves it out while it holds its default, so that adding a key
+// keeps every earlier experiment's keys. Checked as `check` is.
+template <class C>
+struct Added {
+  C check;
+};
+template <class C>
+Added(C) -> Added<C>;
+template <class C>
+constexpr bool is_added = false;
+template <class C>
+constexpr bool is_added<Added<C>> = true;
 
 inline std::string join(const std::vector<std::string>& items, const char* sep = ", ") {
   std::string out;
@@ -80,6 +94,11 @@ std::string violation(const std::string& name, const T& value, const OneOf& allo
   auto near = closest_match(s, allowed.values);
   if (!near.empty()) msg += " (did you mean '" + near + "'?)";
   return msg;
+}
+
+template <class T, class C>
+std::string violation(const std::string& name, const T& value, const Added<C>& added) {
+  return violation(name, value, added.check);
 }
 
 // Checks every value of a struct set in code (as Binder checks what it reads).

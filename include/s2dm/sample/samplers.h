@@ -33,6 +33,17 @@ using SamplerFn = std::function<torch::Tensor(const EpsModel& model, torch::Tens
                                               const SamplerOptions& options, const Callback& callback)>;
 
 // ---- shared helpers ----
+// The noise a stochastic sampler adds: image j of the batch draws from a generator of its own,
+// seeded by (noise_seed, first_image + j), so that an image is the same whatever batch it is in.
+class ImageNoise {
+ public:
+  ImageNoise(const SamplerOptions& options, const torch::Tensor& like);
+  torch::Tensor operator()();  // standard normal, of `like`'s shape, type and device
+ private:
+  std::vector<at::Generator> generators_;
+  torch::Tensor like_;
+};
+
 // ε̂ at time t for a batch.
 torch::Tensor eval_eps(const EpsModel& model, const torch::Tensor& x, double t);
 // x̂₀ = (x - √(1-ᾱ) ε) / √ᾱ
@@ -56,6 +67,8 @@ struct SamplerInfo {
   std::function<int(int order)> accuracy;
 };
 const std::vector<SamplerInfo>& samplers();
+// Whether sampling with these settings draws noise (DDPM; DDIM with η > 0; EDM's churn).
+bool draws_noise(const SamplerInfo& sampler, const SamplerSettings& settings);
 // Every key some sampler reads (the union of their `options`).
 std::vector<std::string> sampler_option_keys();
 // Throws ConfigError (with a "did you mean") for an unknown name.

@@ -2,7 +2,6 @@
 #include <torch/torch.h>
 
 #include <cmath>
-#include <vector>
 
 #include "s2dm/sample/samplers.h"
 
@@ -12,15 +11,7 @@ namespace {
 // One generalised DDIM step: x' = √a' x̂₀ + √(1-a'-σ_dir²) ε + σ_noise z.
 torch::Tensor ddim_steps(const EpsModel& model, torch::Tensor x, const Grid& grid, const SamplerOptions& options,
                          const Callback& callback, double eta, bool large_variance) {
-  // One generator per image, so that image i is the same whatever the batch it is sampled in.
-  std::vector<at::Generator> gens;
-  for (int64_t j = 0; j < x.size(0); ++j)
-    gens.push_back(at::detail::createCPUGenerator(options.noise_seed * 1000003ull + static_cast<uint64_t>(options.first_image + j)));
-  auto noise = [&] {
-    std::vector<torch::Tensor> rows;
-    for (auto& gen : gens) rows.push_back(torch::randn(x.sizes().slice(1), gen, x.options().device(torch::kCPU)));
-    return torch::stack(rows).to(x.device());
-  };
+  ImageNoise noise(options, x);
   for (int i = 0; i < grid.steps(); ++i) {
     const double a = grid.alpha_bar[i], a_next = grid.alpha_bar[i + 1];
     auto eps = eval_eps(model, x, grid.t[i]);
