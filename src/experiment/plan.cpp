@@ -101,7 +101,7 @@ SampleConfig effective_settings(SampleConfig c) {
   std::vector<std::string> unread;
   for (const auto& key : sample::sampler_option_keys())
     if (std::find(info.options.begin(), info.options.end(), key) == info.options.end()) unread.push_back(key);
-  if (c.timesteps != "karras") unread.push_back("karras_rho");
+  if (c.timesteps != "karras" && c.timesteps != "edm") unread.push_back("karras_rho");
   if (c.s_churn == 0) unread.insert(unread.end(), {"s_min", "s_max", "s_noise"});
   if (!c.skip_tuning.active()) unread.push_back("skip_tuning");
   reset_sample_keys(c, unread);

@@ -68,7 +68,7 @@ std::vector<double> checked_list(std::vector<double> ts, int T, const std::strin
 }  // namespace
 
 const std::vector<std::string>& timestep_grids() {
-  static const std::vector<std::string> names{"uniform", "quad", "linspace", "trailing", "leading", "logsnr", "karras"};
+  static const std::vector<std::string> names{"uniform", "quad", "linspace", "trailing", "leading", "logsnr", "karras", "edm"};
   return names;
 }
 
@@ -111,19 +111,21 @@ std::vector<double> make_timesteps(const std::string& spec, int S, const NoiseSc
     for (int i = 0; i < S; ++i) ts.push_back(std::nearbyint(T - i * step) - 1);
   } else if (spec == "leading") {  // arange(S) * (T // S)
     for (int i = 0; i < S; ++i) ts.push_back(static_cast<double>(i) * (T / S));
-  } else if (spec == "logsnr" || spec == "karras") {
-    // Endpoints t = T-1 and t = 0; points placed in log-SNR or in Karras' σ^(1/ρ), mapped back to t.
+  } else if (spec == "logsnr" || spec == "karras" || spec == "edm") {
+    // Points placed in log-SNR or in Karras' σ^(1/ρ) between the schedule's ends (t = T-1 and
+    // t = 0), mapped back to t. edm is edm_sampler's own: Karras' between σ = 80 and 0.002, each
+    // clamped to the schedule's range.
     auto sigma = [&](double t) { double a = schedule.alpha_bar(t); return std::sqrt((1 - a) / a); };
-    const double hi = sigma(T - 1), lo = sigma(0);
+    const double top = sigma(T - 1), bottom = sigma(0);
+    const double hi = spec == "edm" ? std::min(80.0, top) : top, lo = spec == "edm" ? std::max(0.002, bottom) : bottom;
+    const double rho = spec == "logsnr" ? 0.0 : karras_rho;
     for (int i = 0; i < S; ++i) {
-      double f = S > 1 ? static_cast<double>(i) / (S - 1) : 0.0, s;
-      if (spec == "logsnr") {
-        s = std::exp(std::log(hi) + f * (std::log(lo) - std::log(hi)));
-      } else {
-        double inv = 1.0 / karras_rho;
-        s = std::pow(std::pow(hi, inv) + f * (std::pow(lo, inv) - std::pow(hi, inv)), karras_rho);
-      }
-      double t = i == 0 ? T - 1.0 : i == S - 1 ? 0.0 : time_of_alpha_bar(schedule, 1.0 / (1.0 + s * s));
+      const double f = S > 1 ? static_cast<double>(i) / (S - 1) : 0.0;
+      const double s = rho == 0 ? std::exp(std::log(hi) + f * (std::log(lo) - std::log(hi)))
+                                : std::pow(std::pow(hi, 1 / rho) + f * (std::pow(lo, 1 / rho) - std::pow(hi, 1 / rho)), rho);
+      const double t = i == 0 && hi == top         ? T - 1.0
+                       : i == S - 1 && lo == bottom ? 0.0
+                                                    : time_of_alpha_bar(schedule, 1.0 / (1.0 + s * s));
       ts.push_back(t);
     }
   } else {

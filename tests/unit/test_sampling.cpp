@@ -181,20 +181,28 @@ namespace {
 // heun against NVlabs/edm's edm_sampler, run by tests/fixtures/make_edm_sampler_fixture.py with its
 // defaults (18 noise levels from σ = 80, ρ = 7) on the exact denoiser of this mixture: heun on the
 // same levels, as times of the linear schedule, from the same latents gives edm_sampler's output.
-void expect_heun_equals_edm_sampler(const SamplerOptions& options, const std::string& expected_file) {
-  const std::string dir = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/";
-  auto load = [&](const std::string& name) { return to_tensor(load_npy(dir + name), name); };
-  const auto sigmas = load("edm_sampler_sigmas.npy"), latents = load("edm_sampler_latents.npy"),
-             expected = load(expected_file);
-  std::vector<double> ts;  // (the last level, 0, is the end point ᾱ = 1)
+torch::Tensor edm_fixture(const std::string& name) {
+  return to_tensor(load_npy(std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/" + name), name);
+}
+
+// The noise levels edm_sampler stepped through, as times of the linear schedule (the last
+// level, 0, is the end point ᾱ = 1).
+std::vector<double> edm_sampler_times() {
+  const auto sigmas = edm_fixture("edm_sampler_sigmas.npy");
+  std::vector<double> ts;
   for (int64_t i = 0; i + 1 < sigmas.size(0); ++i) {
     const double sigma = sigmas[i].item<double>();
     ts.push_back(std::max(0.0, time_of_alpha_bar(linear(), 1 / (1 + sigma * sigma))));
   }
-  const Grid grid = make_grid(ts, linear(), "one");
+  return ts;
+}
+
+void expect_heun_equals_edm_sampler(const SamplerOptions& options, const std::string& expected_file) {
+  const auto latents = edm_fixture("edm_sampler_latents.npy"), expected = edm_fixture(expected_file);
+  const Grid grid = make_grid(edm_sampler_times(), linear(), "one");
   s2dm::testing::GaussianMixture mix{{0.3, 0.7}, {-1.5, 1.0}, {0.2, 0.3}, &linear()};
   // EDM's x_T = σ_0 · latents lives in x/√ᾱ; s2dm's state is x.
-  const auto xT = std::sqrt(grid.alpha_bar[0]) * sigmas[0].item<double>() * latents;
+  const auto xT = std::sqrt(grid.alpha_bar[0]) * edm_fixture("edm_sampler_sigmas.npy")[0].item<double>() * latents;
   const auto run = run_sampler(find_sampler("heun"), mix.model(), xT, grid, options);
   EXPECT_EQ(run.nfe, 35);
   const double error = (run.x - expected).abs().max().item<double>();
@@ -219,10 +227,18 @@ TEST(Samplers, HeunWithChurnEqualsEdmsOwnSampler) {
   churn.s_noise = 1.003;
   expect_heun_equals_edm_sampler(churn, "edm_sampler_churn_out.npy");
   // (The churn changes the result: it is not compared with the deterministic output.)
-  const std::string dir = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/";
-  const auto churned = to_tensor(load_npy(dir + "edm_sampler_churn_out.npy"), "churn"),
-             plain = to_tensor(load_npy(dir + "edm_sampler_out.npy"), "plain");
-  EXPECT_GT((churned - plain).abs().max().item<double>(), 0.1);
+  EXPECT_GT((edm_fixture("edm_sampler_churn_out.npy") - edm_fixture("edm_sampler_out.npy")).abs().max().item<double>(), 0.1);
+}
+
+TEST(Timesteps, EdmIsEdmSamplersOwnDiscretisation) {
+  // edm_sampler's 18 levels from σ = 80 (below the linear schedule's σ at T - 1, 157) to its
+  // σ_min (the schedule's σ at t = 0, above EDM's 0.002), ρ = 7.
+  const auto expected = edm_sampler_times();
+  const auto edm = grid_of("edm", 18);
+  ASSERT_EQ(edm.size(), expected.size());
+  for (size_t i = 0; i < edm.size(); ++i) EXPECT_NEAR(edm[i], expected[i], 1e-9) << i;
+  EXPECT_LT(edm.front(), 990);  // (not the schedule's end: karras starts there)
+  EXPECT_EQ(grid_of("karras", 18).front(), 999);
 }
 
 TEST(Samplers, DeterministicSamplersConvergeAtTheirOrder) {
