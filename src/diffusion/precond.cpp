@@ -1,0 +1,97 @@
+#include "s2dm/diffusion/precond.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+namespace s2dm {
+
+Preconditioning Preconditioning::vp(double beta_d, double beta_min, int M, double epsilon_t) {
+  Preconditioning p;
+  p.kind_ = "vp";
+  p.beta_d_ = beta_d;
+  p.beta_min_ = beta_min;
+  p.M_ = M;
+  // σ(t) = √(exp(β_d t²/2 + β_min t) - 1) on [ε_t, 1] (VP-SDE's continuous DDPM schedule).
+  auto sigma = [&](double t) { return std::sqrt(std::expm1(0.5 * beta_d * t * t + beta_min * t)); };
+  p.sigma_min_ = sigma(epsilon_t);
+  p.sigma_max_ = sigma(1);
+  return p;
+}
+
+Preconditioning Preconditioning::ve(double sigma_min, double sigma_max) {
+  Preconditioning p;
+  p.kind_ = "ve";
+  p.sigma_min_ = sigma_min;
+  p.sigma_max_ = sigma_max;
+  return p;
+}
+
+Preconditioning Preconditioning::iddpm(double C_1, double C_2, int M) {
+  Preconditioning p;
+  p.kind_ = "iddpm";
+  p.M_ = M;
+  // The cosine schedule's levels, from u_M = 0 up: u_{j-1} = √((u_j² + 1) / max(ᾱ_{j-1}/ᾱ_j, C_1) - 1),
+  // in float32 as EDM computes them (its checkpoints carry this table; in float64 the small levels
+  // differ by up to 5e-4 relative).
+  auto alpha_bar = [&](int64_t j) { return (torch::tensor(j) * (0.5 * M_PI) / M / (C_2 + 1)).sin().pow(2); };
+  auto u = torch::zeros({M + 1});
+  for (int j = M; j > 0; --j)
+    u[j - 1] = ((u[j].pow(2) + 1) / (alpha_bar(j - 1) / alpha_bar(j)).clamp_min(C_1) - 1).sqrt();
+  const auto u64 = u.to(torch::kFloat64).contiguous();
+  p.u_.assign(u64.data_ptr<double>(), u64.data_ptr<double>() + M + 1);
+  p.sigma_min_ = p.u_[M - 1];
+  p.sigma_max_ = p.u_[0];
+  return p;
+}
+
+Preconditioning Preconditioning::edm(double sigma_data, double sigma_min, double sigma_max) {
+  Preconditioning p;
+  p.kind_ = "edm";
+  p.sigma_data_ = sigma_data;
+  p.sigma_min_ = sigma_min;
+  p.sigma_max_ = sigma_max;
+  return p;
+}
+
+namespace {
+
+// The index of the level nearest to each σ (the first of equally near ones, as argmin).
+torch::Tensor nearest_level(const std::vector<double>& u, const torch::Tensor& sigma) {
+  const auto levels = torch::tensor(u, torch::kFloat64).to(sigma.device());
+  return (sigma.to(torch::kFloat64).reshape({-1, 1}) - levels.reshape({1, -1})).abs().argmin(1);
+}
+
+}  // namespace
+
+torch::Tensor Preconditioning::round_sigma(const torch::Tensor& sigma) const {
+  if (kind_ != "iddpm") return sigma;
+  return torch::tensor(u_, torch::kFloat64).to(sigma.device()).index_select(0, nearest_level(u_, sigma)).to(sigma.dtype());
+}
+
+Preconditioning::Coefficients Preconditioning::coefficients(const torch::Tensor& sigma_batch) const {
+  const auto s = sigma_batch.reshape({-1, 1, 1, 1});
+  const auto one = torch::ones_like(s);
+  if (kind_ == "ve") return {one, s, one, (0.5 * s).log().flatten()};
+  if (kind_ == "edm") {
+    const double d2 = sigma_data_ * sigma_data_;
+    return {d2 / (s * s + d2), s * sigma_data_ / (s * s + d2).sqrt(), 1 / (s * s + d2).sqrt(), (s.log() / 4).flatten()};
+  }
+  // vp and iddpm: x/√(σ² + 1) is the DDPM x_t, and F predicts ε.
+  const auto in = 1 / (s * s + 1).sqrt();
+  if (kind_ == "vp") {
+    // c_noise = (M - 1) t(σ), t the inverse of σ(t).
+    const auto t = ((beta_min_ * beta_min_ + 2 * beta_d_ * (1 + s * s).log()).sqrt() - beta_min_) / beta_d_;
+    return {one, -s, in, ((M_ - 1) * t).flatten()};
+  }
+  return {one, -s, in, (M_ - 1 - nearest_level(u_, s.flatten())).to(s.dtype())};
+}
+
+torch::Tensor Preconditioning::denoise(const Network& network, const torch::Tensor& x, const torch::Tensor& sigma) const {
+  const auto c = coefficients(sigma);
+  auto f = network(c.in * x, c.noise);
+  if (output_factor() > 1) f = f.narrow(1, 0, x.size(1));  // (iDDPM's variance channels)
+  return c.skip * x + c.out * f;
+}
+
+}  // namespace s2dm

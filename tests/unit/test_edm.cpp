@@ -1,0 +1,73 @@
+// EDM's preconditionings against EDM's own code (tests/fixtures/make_edm_precond_fixture.py ran
+// NVlabs/edm's classes around a stand-in network F with a closed form).
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "../test_util.h"
+#include "s2dm/diffusion/precond.h"
+#include "s2dm/io/npy.h"
+#include "s2dm/io/npy_tensor.h"
+
+using namespace s2dm;
+
+namespace {
+
+torch::Tensor fixture(const std::string& name) {
+  return to_tensor(load_npy(std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/" + name), name).to(torch::kFloat64);
+}
+
+// The fixture's stand-in network: F(y, c) = sin(y)(1 + c/10) + c/20, and -F beside it where the
+// preconditioning expects twice the channels.
+Preconditioning::Network stand_in(int factor) {
+  return [factor](const torch::Tensor& y, const torch::Tensor& c_noise) {
+    const auto c = c_noise.reshape({-1, 1, 1, 1});
+    const auto f = y.sin() * (1 + c / 10) + c / 20;
+    return factor == 2 ? torch::cat({f, -f}, 1) : f;
+  };
+}
+
+}  // namespace
+
+TEST(Edm, PreconditioningsEqualEdmsOwn) {
+  const auto x = fixture("edm_precond_x.npy"), sigma = fixture("edm_precond_sigma.npy"),
+             expected = fixture("edm_precond_out.npy"), range = fixture("edm_precond_range.npy");
+  const std::vector<Preconditioning> preconds{Preconditioning::vp(), Preconditioning::ve(), Preconditioning::iddpm(),
+                                              Preconditioning::edm()};
+  for (size_t k = 0; k < preconds.size(); ++k) {
+    const auto& p = preconds[k];
+    const auto d = p.denoise(stand_in(p.output_factor()), x, sigma);
+    // EDM computes in float32: relative to the output's scale, its rounding is ~1e-7.
+    const auto scale = expected[k].abs().amax({1, 2, 3}, true).clamp_min(1.0);
+    const double error = ((d - expected[k]).abs() / scale).max().item<double>();
+    s2dm::testing::print_margin(p.kind() + " preconditioning against EDM's, relative", error, "1e-5");
+    EXPECT_LT(error, 1e-5) << p.kind();
+    // The σ range (VP's σ_min aside: EDM's, σ(1e-5) in float32, is 2.4% below the exact value).
+    const double lo = range[k][0].item<double>(), hi = range[k][1].item<double>();
+    EXPECT_NEAR(p.sigma_min(), lo, (p.kind() == "vp" ? 0.03 : 1e-6) * lo) << p.kind();
+    if (std::isinf(hi))
+      EXPECT_TRUE(std::isinf(p.sigma_max()));
+    else
+      EXPECT_NEAR(p.sigma_max(), hi, 1e-6 * hi) << p.kind();
+  }
+}
+
+TEST(Edm, IddpmLevelsAndRoundingEqualEdmsOwn) {
+  const auto u = fixture("edm_precond_iddpm_u.npy");
+  const auto p = Preconditioning::iddpm();
+  const auto ours = torch::tensor(p.iddpm_levels(), torch::kFloat64);
+  ASSERT_EQ(ours.size(0), u.size(0));
+  // Computed in float32 as EDM does, the table is EDM's (bit for bit with the same LibTorch; 1e-5
+  // leaves room for another version's float32 sin; in float64 the small levels are 5e-4 off).
+  EXPECT_LT(((ours - u).abs() / u.clamp_min(1e-3)).max().item<double>(), 1e-5);
+  // round_sigma snaps to the nearest level; c_noise counts levels from the top, M - 1 - j.
+  const auto sigma = torch::tensor({p.iddpm_levels()[10] * 1.0001, p.iddpm_levels()[500], 1e-9}, torch::kFloat64);
+  const auto rounded = p.round_sigma(sigma);
+  EXPECT_DOUBLE_EQ(rounded[0].item<double>(), p.iddpm_levels()[10]);
+  EXPECT_DOUBLE_EQ(rounded[1].item<double>(), p.iddpm_levels()[500]);
+  EXPECT_DOUBLE_EQ(rounded[2].item<double>(), 0.0);
+  const auto c = p.coefficients(sigma);
+  EXPECT_EQ(c.noise[0].item<double>(), 989);
+  EXPECT_EQ(c.noise[1].item<double>(), 499);
+}
