@@ -28,6 +28,19 @@ NoiseSchedule NoiseSchedule::linear(int T, double beta_start, double beta_end) {
   return NoiseSchedule(std::move(betas));
 }
 
+NoiseSchedule NoiseSchedule::from_alphas_cumprod(std::vector<double> alphas_cumprod) {
+  std::vector<double> betas(alphas_cumprod.size());
+  for (size_t i = 0; i < betas.size(); ++i) {
+    const double previous = i == 0 ? 1.0 : alphas_cumprod[i - 1];
+    if (!(alphas_cumprod[i] > 0 && alphas_cumprod[i] <= previous))
+      throw ConfigError("a noise schedule's alpha_bar must decrease within (0, 1] (index " + std::to_string(i) + ")");
+    betas[i] = 1 - alphas_cumprod[i] / previous;
+  }
+  NoiseSchedule schedule(std::move(betas));
+  schedule.alphas_cumprod_ = std::move(alphas_cumprod);  // (exact, not the product's rounding)
+  return schedule;
+}
+
 NoiseSchedule NoiseSchedule::cosine(int T) {
   const double s = 0.008;
   auto f = [&](double t) {

@@ -12,6 +12,7 @@ Preconditioning Preconditioning::vp(double beta_d, double beta_min, int M, doubl
   p.beta_d_ = beta_d;
   p.beta_min_ = beta_min;
   p.M_ = M;
+  p.epsilon_t_ = epsilon_t;
   // σ(t) = √(exp(β_d t²/2 + β_min t) - 1) on [ε_t, 1] (VP-SDE's continuous DDPM schedule).
   auto sigma = [&](double t) { return std::sqrt(std::expm1(0.5 * beta_d * t * t + beta_min * t)); };
   p.sigma_min_ = sigma(epsilon_t);
@@ -92,6 +93,42 @@ torch::Tensor Preconditioning::denoise(const Network& network, const torch::Tens
   auto f = network(c.in * x, c.noise);
   if (output_factor() > 1) f = f.narrow(1, 0, x.size(1));  // (iDDPM's variance channels)
   return c.skip * x + c.out * f;
+}
+
+NoiseSchedule Preconditioning::schedule() const {
+  std::vector<double> alpha_bar;
+  if (kind_ == "vp") {
+    for (int j = 0; j < M_; ++j) {
+      const double t = epsilon_t_ + (1 - epsilon_t_) * j / (M_ - 1);
+      alpha_bar.push_back(std::exp(-(0.5 * beta_d_ * t * t + beta_min_ * t)));  // 1/(1 + σ(t)²)
+    }
+  } else if (kind_ == "iddpm") {
+    for (int j = M_ - 1; j >= 0; --j) alpha_bar.push_back(1 / (1 + u_[j] * u_[j]));
+  } else {
+    const int T = 1000;
+    const double lo = std::log(std::max(sigma_min_, 0.002)), hi = std::log(std::min(sigma_max_, 80.0));
+    for (int j = 0; j < T; ++j) {
+      const double sigma = std::exp(lo + (hi - lo) * j / (T - 1));
+      alpha_bar.push_back(1 / (1 + sigma * sigma));
+    }
+  }
+  return NoiseSchedule::from_alphas_cumprod(std::move(alpha_bar));
+}
+
+EpsModel Preconditioning::eps_model(Network network, NoiseSchedule schedule) const {
+  return [precond = *this, network = std::move(network), schedule = std::move(schedule)](const torch::Tensor& x, const torch::Tensor& t) {
+    std::vector<double> scale(t.size(0)), sigma(t.size(0));
+    const auto times = t.to(torch::kCPU, torch::kFloat64).contiguous();
+    for (int64_t i = 0; i < t.size(0); ++i) {
+      const double a = schedule.alpha_bar(times.data_ptr<double>()[i]);
+      scale[i] = 1 / std::sqrt(a);
+      sigma[i] = std::sqrt((1 - a) / a);
+    }
+    const auto options = torch::TensorOptions().dtype(x.scalar_type()).device(x.device());
+    const auto s = torch::tensor(sigma, torch::kFloat64).to(options);
+    const auto x_tilde = x * torch::tensor(scale, torch::kFloat64).to(options).reshape({-1, 1, 1, 1});
+    return (x_tilde - precond.denoise(network, x_tilde, s)) / s.reshape({-1, 1, 1, 1});
+  };
 }
 
 }  // namespace s2dm

@@ -70,4 +70,11 @@ TEST(Edm, IddpmLevelsAndRoundingEqualEdmsOwn) {
   const auto c = p.coefficients(sigma);
   EXPECT_EQ(c.noise[0].item<double>(), 989);
   EXPECT_EQ(c.noise[1].item<double>(), 499);
+  // Its noise process has its levels as times: σ at t = j is u_{M-1-j}, t = 999 at u_0.
+  const auto schedule = p.schedule();
+  ASSERT_EQ(schedule.num_timesteps(), 1000);
+  for (int j : {0, 1, 500, 999}) {
+    const double a = schedule.alpha_bar(j), level = p.iddpm_levels()[999 - j];
+    EXPECT_NEAR(std::sqrt((1 - a) / a), level, 1e-9 * level) << j;
+  }
 }

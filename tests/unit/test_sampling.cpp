@@ -17,6 +17,7 @@
 #include "s2dm/model/model_source.h"
 #include "s2dm/sample/generate.h"
 #include "s2dm/diffusion/noise_schedule.h"
+#include "s2dm/diffusion/precond.h"
 #include "s2dm/sample/samplers.h"
 #include "s2dm/sample/timesteps.h"
 #include "s2dm/model/torchscript_model.h"
@@ -42,14 +43,6 @@ Grid uniform_grid(int S, const std::string& final_alpha = "one") {
   std::vector<double> ts;
   for (int i = 0; i < S; ++i) ts.push_back(999.0 * (S - i) / S);
   return make_grid(ts, linear(), final_alpha);
-}
-
-// S steps from t = 999 to t = 0 (ᾱ_0), uniform in log-SNR: t, ρ and log ρ are all smooth
-// functions of the step index, so every method can show its order.
-Grid logsnr_grid(int S) {
-  auto ts = make_timesteps("logsnr", S + 1, linear());
-  ts.pop_back();  // 0 is appended as the end point
-  return make_grid(ts, linear(), "first");
 }
 
 SamplerOptions with_order(int order) {
@@ -241,20 +234,22 @@ TEST(Timesteps, EdmIsEdmSamplersOwnDiscretisation) {
   EXPECT_EQ(grid_of("karras", 18).front(), 999);
 }
 
-TEST(Samplers, DeterministicSamplersConvergeAtTheirOrder) {
-  // Error against the exact PF-ODE solution at S = 10, 20, 40, 80 on a log-SNR grid; observed
-  // order log2(e_S / e_2S): for first-order methods at every refinement, for the others at the
-  // last one (40 -> 80), once the warm-up steps no longer dominate. Theory: DDIM, λ-DDIM and DEIS of
-  // order 0 are first order; a multistep method whose ε extrapolation is exact for polynomials
-  // of degree r is of order r + 1 (DEIS of order r); the PNDM family, S-PNDM, PLMS and
-  // DPM-Solver++(2M) are second order here (PNDM's multistep weights assume steps uniform in ρ,
-  // which costs the higher orders on any other grid).
+namespace {
+
+// Every deterministic sampler at every multistep order converges on `model` (the Gaussian g's
+// ε-model on `schedule`) at the order it declares. Error against the exact PF-ODE solution at
+// S = 10, 20, 40, 80 on a log-SNR grid; observed order log2(e_S / e_2S): for first-order methods
+// at every refinement, for the others at the last one (40 -> 80), once the warm-up steps no longer
+// dominate. Theory: DDIM, λ-DDIM and DEIS of order 0 are first order; a multistep method whose ε
+// extrapolation is exact for polynomials of degree r is of order r + 1 (DEIS of order r); the PNDM
+// family, S-PNDM, PLMS and DPM-Solver++(2M) are second order here (PNDM's multistep weights assume
+// steps uniform in ρ, which costs the higher orders on any other grid).
+void expect_convergence_orders(const EpsModel& model, const NoiseSchedule& schedule, const s2dm::testing::Gaussian& g) {
   struct Case {
     std::string sampler;
     SamplerOptions options;
     double order;  // the theoretical order
   };
-  // Every deterministic sampler at every multistep order, against the order it declares.
   std::vector<Case> cases;
   const SamplerOptions defaults;
   for (const auto& s : samplers()) {
@@ -266,17 +261,22 @@ TEST(Samplers, DeterministicSamplersConvergeAtTheirOrder) {
   SamplerOptions lam;
   lam.lambda = 0.5;
   cases.push_back({"lambda-ddim", lam, 1});
-  s2dm::testing::Gaussian g{0.3, 0.5, &linear()};
-  auto model = g.model();
   torch::manual_seed(0);
   auto xT = torch::randn({32, 1, 1, 1}, torch::kFloat64);
-  auto exact = g.solution(xT, linear().alpha_bar(999), linear().alpha_bar(0));
+  const int T = schedule.num_timesteps();
+  auto exact = g.solution(xT, schedule.alpha_bar(T - 1), schedule.alpha_bar(0));
+  // S steps from t = T - 1 to t = 0 (ᾱ_0), uniform in log-SNR: t, ρ and log ρ are all smooth
+  // functions of the step index, so every method can show its order.
+  auto grid = [&](int S) {
+    auto ts = make_timesteps("logsnr", S + 1, schedule);
+    ts.pop_back();  // 0 is appended as the end point
+    return make_grid(ts, schedule, "first");
+  };
   std::map<std::string, double> final_error;
   for (const auto& c : cases) {
     std::vector<double> errors;
     for (int S : {10, 20, 40, 80})
-      errors.push_back((run_sampler(find_sampler(c.sampler), model, xT, logsnr_grid(S), c.options).x - exact)
-                           .abs().max().item<double>());
+      errors.push_back((run_sampler(find_sampler(c.sampler), model, xT, grid(S), c.options).x - exact).abs().max().item<double>());
     const std::string label =
         c.sampler + " order " + std::to_string(c.options.order) + (c.options.lambda ? " lambda" : "");
     for (size_t i = c.order == 1 ? 1 : 3; i < errors.size(); ++i) {
@@ -299,6 +299,48 @@ TEST(Samplers, DeterministicSamplersConvergeAtTheirOrder) {
     if (c.order > 1) {
       EXPECT_LT(final_error[label], final_error["ddim order -1"] / 5) << label;
     }
+  }
+}
+
+// A network that makes `precond`'s denoiser the exact one of g's data, D(x̃; σ) = μ + s²(x̃ - μ)/(s² + σ²):
+// σ read back from c_noise, x̃ from c_in x̃, F = (D - c_skip x̃)/c_out.
+Preconditioning::Network exact_network(const Preconditioning& precond, const s2dm::testing::Gaussian& g) {
+  return [precond, g](const torch::Tensor& input, const torch::Tensor& c_noise) {
+    const auto& k = precond.kind();
+    torch::Tensor sigma;
+    if (k == "ve") sigma = 2 * c_noise.exp();
+    if (k == "edm") sigma = (4 * c_noise).exp();
+    if (k == "vp") {  // (EDM's defaults: β_d 19.9, β_min 0.1, M 1000)
+      const auto t = c_noise / 999;
+      sigma = (0.5 * 19.9 * t * t + 0.1 * t).expm1().sqrt();
+    }
+    const auto c = precond.coefficients(sigma);
+    const auto x = input / c.in;
+    const auto d = g.mu + g.s * g.s / (g.s * g.s + sigma.square().reshape({-1, 1, 1, 1})) * (x - g.mu);
+    return (d - c.skip * x) / c.out;
+  };
+}
+
+}  // namespace
+
+TEST(Samplers, DeterministicSamplersConvergeAtTheirOrder) {
+  const s2dm::testing::Gaussian g{0.3, 0.5, &linear()};
+  expect_convergence_orders(g.model(), linear(), g);
+}
+
+TEST(Samplers, DeterministicSamplersConvergeOnPreconditionedModels) {
+  // EDM's preconditionings around the exact network of Gaussian data: the models enter through
+  // their noise process (Preconditioning::schedule) and its ε-model, and every sampler converges
+  // at its order there as on a DDPM model.
+  for (const auto& precond : {Preconditioning::edm(), Preconditioning::vp(), Preconditioning::ve()}) {
+    SCOPED_TRACE(precond.kind());
+    const auto schedule = precond.schedule();
+    const s2dm::testing::Gaussian g{0.3, 0.5, &schedule};
+    expect_convergence_orders(precond.eps_model(exact_network(precond, g), schedule), schedule, g);
+    // (The ε-model is the Gaussian's exact one: the convergence is that of the samplers.)
+    const auto x = torch::randn({4, 1, 1, 1}, torch::kFloat64);
+    const auto t = torch::full({4}, 321.5, torch::kFloat64);
+    EXPECT_LT((precond.eps_model(exact_network(precond, g), schedule)(x, t) - g.model()(x, t)).abs().max().item<double>(), 1e-9);
   }
 }
 

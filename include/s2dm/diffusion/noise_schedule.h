@@ -15,6 +15,8 @@ class NoiseSchedule {
   static NoiseSchedule linear(int num_timesteps, double beta_start = 1e-4, double beta_end = 0.02);
   // Nichol & Dhariwal's cosine schedule (s = 0.008, β clipped at 0.999).
   static NoiseSchedule cosine(int num_timesteps);
+  // A schedule given by its ᾱ table (decreasing, in (0, 1]), as a preconditioned model's σ levels.
+  static NoiseSchedule from_alphas_cumprod(std::vector<double> alphas_cumprod);
 
   int num_timesteps() const { return static_cast<int>(betas_.size()); }
   const std::vector<double>& betas() const { return betas_; }

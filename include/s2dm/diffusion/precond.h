@@ -13,6 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "s2dm/diffusion/noise_schedule.h"
+#include "s2dm/model/eps_model.h"
+
 namespace s2dm {
 
 class Preconditioning {
@@ -41,13 +44,22 @@ class Preconditioning {
   Coefficients coefficients(const torch::Tensor& sigma) const;  // sigma: [B]
   // D(x; σ) for a batch x [B, C, H, W] and its levels sigma [B].
   torch::Tensor denoise(const Network& network, const torch::Tensor& x, const torch::Tensor& sigma) const;
+  // The model's noise process in s2dm's variance-preserving view, x = x̃/√(1 + σ²), ᾱ = 1/(1 + σ²):
+  // T times spanning the σ levels it samples, ascending in t. vp: its σ(τ) at τ = ε_t + (1 - ε_t)
+  // t/(T - 1) (T = M, the DDPM formulation it comes from); iddpm: its levels u_{M-1} ... u_0; ve,
+  // edm: log-uniform between max(σ_min, 0.002) and min(σ_max, 80), edm_sampler's range, T = 1000.
+  // Every time grid, sampler and grid search reads the model through this schedule.
+  NoiseSchedule schedule() const;
+  // The ε-model the samplers see: ε̂(x, t) = (x̃ - D(x̃; σ))/σ with x̃ = x/√ᾱ(t) and
+  // σ = √((1 - ᾱ(t))/ᾱ(t)), ᾱ from `schedule` (this preconditioning's schedule()).
+  EpsModel eps_model(Network network, NoiseSchedule schedule) const;
   // iDDPM's levels u_0 > ... > u_M = 0 (empty for the others).
   const std::vector<double>& iddpm_levels() const { return u_; }
 
  private:
   std::string kind_;
   double sigma_min_ = 0, sigma_max_ = 0, sigma_data_ = 0.5;
-  double beta_d_ = 0, beta_min_ = 0;  // vp
+  double beta_d_ = 0, beta_min_ = 0, epsilon_t_ = 0;  // vp
   int M_ = 1000;                      // vp, iddpm
   std::vector<double> u_;             // iddpm
 };
