@@ -14,7 +14,7 @@
 #include "s2dm/io/npy.h"
 #include "s2dm/io/npy_tensor.h"
 #include "s2dm/io/safetensors.h"
-#include "s2dm/model/song_unet.h"
+#include "s2dm/model/edm_networks.h"
 
 using namespace s2dm;
 
@@ -88,9 +88,8 @@ TEST(Edm, IddpmLevelsAndRoundingEqualEdmsOwn) {
 namespace {
 
 // A fixture's network setting (its metadata's `options`, EDM's keyword arguments).
-model::SongUNetOptions song_unet_options(const std::string& json) {
-  const auto n = YAML::Load(json);
-  model::SongUNetOptions o;
+template <class Options>
+void read_common_options(const YAML::Node& n, Options& o) {
   o.img_resolution = n["img_resolution"].as<int64_t>();
   o.in_channels = n["in_channels"].as<int64_t>();
   o.out_channels = n["out_channels"].as<int64_t>();
@@ -101,49 +100,76 @@ model::SongUNetOptions song_unet_options(const std::string& json) {
   o.num_blocks = n["num_blocks"].as<int64_t>();
   o.attn_resolutions = n["attn_resolutions"].as<std::vector<int64_t>>();
   o.dropout = n["dropout"].as<double>();
+}
+
+model::SongUNet song_unet(const std::string& json) {
+  const auto n = YAML::Load(json);
+  model::SongUNetOptions o;
+  read_common_options(n, o);
   o.embedding_type = n["embedding_type"].as<std::string>();
   o.channel_mult_noise = n["channel_mult_noise"].as<int64_t>();
   o.encoder_type = n["encoder_type"].as<std::string>();
   o.decoder_type = n["decoder_type"].as<std::string>();
   o.resample_filter = n["resample_filter"].as<std::vector<double>>();
-  return o;
+  return model::SongUNet(o);
+}
+
+model::DhariwalUNet dhariwal_unet(const std::string& json) {
+  const auto n = YAML::Load(json);
+  model::DhariwalUNetOptions o;
+  read_common_options(n, o);
+  o.channels_per_head = n["channels_per_head"].as<int64_t>();
+  return model::DhariwalUNet(o);
+}
+
+// The fixture's state_dict loads by EDM's names into `net`, every tensor used, and its output
+// on the fixture's inputs is EDM's.
+template <class Net>
+void expect_equals_edms_network(Net net, const Safetensors& file, const std::string& what) {
+  NamedTensors weights;
+  std::map<std::string, torch::Tensor> io;
+  for (const auto& [name, t] : file.tensors) {
+    if (name.rfind("input.", 0) == 0 || name == "output")
+      io[name] = t;
+    else
+      weights.emplace_back(name, t);
+  }
+  net->eval();
+  load_weights(*net, weights, what);  // (throws on a missing, unexpected or misshapen tensor)
+  torch::NoGradGuard no_grad;
+  auto input = [&](const std::string& name) { return io.count(name) ? io.at(name) : torch::Tensor(); };
+  auto run = [&](const std::vector<double>& skip_scales) -> torch::Tensor {
+    return net->forward(input("input.x"), input("input.noise_labels"), input("input.class_labels"),
+                        input("input.augment_labels"), skip_scales);
+  };
+  const torch::Tensor out = run({});
+  const auto& expected = io.at("output");
+  ASSERT_EQ(out.sizes(), expected.sizes());
+  const double error = ((out - expected).abs().max() / expected.abs().max()).item<double>();
+  s2dm::testing::print_margin(what + " against EDM's, relative", error, "1e-5");
+  EXPECT_LT(error, 1e-5);
+  EXPECT_GT(expected.abs().max().item<double>(), 0.1);  // (a network that does something)
+  // Skip-Tuning: factors of 1 change nothing, others change the output.
+  const int skips = net->num_skips();
+  const torch::Tensor unscaled = run(std::vector<double>(skips, 1.0)), scaled = run(std::vector<double>(skips, 0.8));
+  EXPECT_TRUE(torch::equal(unscaled, out));
+  EXPECT_GT((scaled - out).abs().max().item<double>(), 1e-3);
+}
+
+Safetensors network_fixture(const std::string& name) {
+  return load_safetensors(std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/edm_" + name + ".safetensors");
 }
 
 }  // namespace
 
-TEST(Edm, SongUNetEqualsEdmsOwn) {
-  // DDPM++ (with class and augmentation labels), NCSN++ (Fourier embedding, residual encoder,
-  // [1,3,3,1] filters) and the skip encoder and decoder: EDM's state_dict loads by its own names,
-  // every tensor used, and the outputs agree.
+TEST(Edm, NetworksEqualEdmsOwn) {
+  // SongUNet as DDPM++ (with class and augmentation labels), NCSN++ (Fourier embedding, residual
+  // encoder, [1,3,3,1] filters) and with the skip encoder and decoder; DhariwalUNet (ADM) with
+  // class and augmentation labels and attention at two resolutions.
   for (const std::string setting : {"ddpmpp", "ncsnpp", "skip"}) {
-    SCOPED_TRACE(setting);
-    const auto file = load_safetensors(std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/edm_songunet_" + setting + ".safetensors");
-    NamedTensors weights;
-    std::map<std::string, torch::Tensor> io;
-    for (const auto& [name, t] : file.tensors) {
-      if (name.rfind("input.", 0) == 0 || name == "output")
-        io[name] = t;
-      else
-        weights.emplace_back(name, t);
-    }
-    model::SongUNet net(song_unet_options(file.metadata.at("options")));
-    net->eval();
-    load_weights(*net, weights, setting);  // (throws on a missing, unexpected or misshapen tensor)
-    torch::NoGradGuard no_grad;
-    auto input = [&](const std::string& name) { return io.count(name) ? io.at(name) : torch::Tensor(); };
-    auto run = [&](const std::vector<double>& skip_scales) {
-      return net->forward(input("input.x"), input("input.noise_labels"), input("input.class_labels"),
-                          input("input.augment_labels"), skip_scales);
-    };
-    const auto out = run({});
-    const auto& expected = io.at("output");
-    ASSERT_EQ(out.sizes(), expected.sizes());
-    const double error = ((out - expected).abs().max() / expected.abs().max()).item<double>();
-    s2dm::testing::print_margin("SongUNet " + setting + " against EDM's, relative", error, "1e-5");
-    EXPECT_LT(error, 1e-5);
-    EXPECT_GT(expected.abs().max().item<double>(), 0.1);  // (a network that does something)
-    // Skip-Tuning: factors of 1 change nothing, others change the output.
-    EXPECT_TRUE(torch::equal(run(std::vector<double>(net->num_skips(), 1.0)), out));
-    EXPECT_GT((run(std::vector<double>(net->num_skips(), 0.8)) - out).abs().max().item<double>(), 1e-3);
+    const auto file = network_fixture("songunet_" + setting);
+    expect_equals_edms_network(song_unet(file.metadata.at("options")), file, "SongUNet " + setting);
   }
+  const auto file = network_fixture("dhariwalunet_adm");
+  expect_equals_edms_network(dhariwal_unet(file.metadata.at("options")), file, "DhariwalUNet");
 }

@@ -1,4 +1,4 @@
-#include "s2dm/model/song_unet.h"
+#include "s2dm/model/edm_networks.h"
 
 #include <cmath>
 #include <stdexcept>
@@ -9,6 +9,33 @@ namespace s2dm::model {
 namespace {
 const std::vector<double> kNoFilter{1, 1};  // (no resampling: unused)
 bool has(const std::string& name, const char* part) { return name.find(part) != std::string::npos; }
+
+// EDM's PositionalEmbedding: [cos(n f), sin(n f)], f_i = (1/10000)^(i / (C/2 - endpoint)), the
+// frequencies in float32.
+torch::Tensor positional_embedding(const torch::Tensor& n, int64_t channels, bool endpoint) {
+  const int64_t half = channels / 2;
+  const auto freqs = torch::pow(1.0 / 10000, torch::arange(half, torch::TensorOptions().dtype(torch::kFloat32).device(n.device())) /
+                                                  (half - (endpoint ? 1 : 0)));
+  const auto angles = torch::outer(n, freqs.to(n.dtype()));
+  return torch::cat({angles.cos(), angles.sin()}, 1);
+}
+
+// The decoder's concatenation of the newest encoder output, scaled by its Skip-Tuning factor.
+torch::Tensor with_skip(const torch::Tensor& x, std::vector<torch::Tensor>& skips, int& index,
+                        const std::vector<double>& scales) {
+  auto skip = skips.back();
+  skips.pop_back();
+  if (!scales.empty()) skip = skip * scales[index];
+  ++index;
+  return torch::cat({x, skip}, 1);
+}
+
+void check_skip_scales(const std::vector<double>& scales, int num_skips) {
+  if (!scales.empty() && static_cast<int>(scales.size()) != num_skips)
+    throw ConfigError("skip_tuning: " + std::to_string(scales.size()) + " factors for a network with " +
+                      std::to_string(num_skips) + " skips");
+}
+
 }  // namespace
 
 torch::Tensor edm_weight_init(const std::vector<int64_t>& shape, const std::string& mode, int64_t fan_in, int64_t fan_out) {
@@ -76,7 +103,7 @@ torch::Tensor EdmConv2dImpl::forward(torch::Tensor x) {
 }
 
 UNetBlockImpl::UNetBlockImpl(const UNetBlockOptions& o) : o_(o) {
-  if (!o.attention) o_.num_heads = 0;
+  o_.num_heads = !o.attention ? 0 : o.num_heads ? o.num_heads : o.out_channels / o.channels_per_head;
   norm0 = register_module("norm0", edm_group_norm(o.in_channels, o.eps));
   conv0 = register_module("conv0", EdmConv2d(o.in_channels, o.out_channels, 3, true, o.up, o.down, o.resample_filter,
                                               false, o.init));
@@ -142,6 +169,7 @@ SongUNetImpl::SongUNetImpl(SongUNetOptions options) : o_(std::move(options)) {
   block.resample_filter = o.resample_filter;
   block.resample_proj = true;
   block.adaptive_scale = false;
+  block.num_heads = 1;
   block.init = init;
   block.init_zero = init_zero;
   block.init_attn = init_attn;
@@ -230,19 +258,13 @@ SongUNetImpl::SongUNetImpl(SongUNetOptions options) : o_(std::move(options)) {
 
 torch::Tensor SongUNetImpl::forward(const torch::Tensor& input, const torch::Tensor& noise_labels, const torch::Tensor& class_labels,
                                     const torch::Tensor& augment_labels, const std::vector<double>& skip_scales) {
-  if (!skip_scales.empty() && static_cast<int>(skip_scales.size()) != num_skips_)
-    throw ConfigError("skip_tuning: " + std::to_string(skip_scales.size()) + " factors for a network with " +
-                      std::to_string(num_skips_) + " skips");
+  check_skip_scales(skip_scales, num_skips_);
   const int64_t B = input.size(0);
   // Mapping: the noise embedding with its halves swapped (sin first), labels and augmentation added.
-  torch::Tensor emb;
   const auto n = noise_labels.to(input.dtype());
+  torch::Tensor emb;
   if (o_.embedding_type == "positional") {
-    const int64_t half = o_.model_channels * o_.channel_mult_noise / 2;
-    auto freqs = torch::arange(half, torch::TensorOptions().dtype(torch::kFloat32).device(input.device())) / (half - 1);
-    freqs = torch::pow(1.0 / 10000, freqs);
-    const auto angles = torch::outer(n, freqs.to(input.dtype()));
-    emb = torch::cat({angles.cos(), angles.sin()}, 1);
+    emb = positional_embedding(n, o_.model_channels * o_.channel_mult_noise, true);
   } else {
     const auto angles = torch::outer(n, (2 * M_PI * freqs_).to(input.dtype()));
     emb = torch::cat({angles.cos(), angles.sin()}, 1);
@@ -285,17 +307,115 @@ torch::Tensor SongUNetImpl::forward(const torch::Tensor& input, const torch::Ten
       out = out.defined() ? tmp + out : tmp;
     } else {
       auto* block = item.module->as<UNetBlock>();
-      if (x.size(1) != block->in_channels()) {
-        auto skip = skips.back();
-        skips.pop_back();
-        if (!skip_scales.empty()) skip = skip * skip_scales[skip_index];
-        ++skip_index;
-        x = torch::cat({x, skip}, 1);
-      }
+      if (x.size(1) != block->in_channels()) x = with_skip(x, skips, skip_index, skip_scales);
       x = block->forward(x, emb);
     }
   }
   return out;
+}
+
+DhariwalUNetImpl::DhariwalUNetImpl(DhariwalUNetOptions options) : o_(std::move(options)) {
+  const auto& o = o_;
+  const int64_t emb_channels = o.model_channels * o.channel_mult_emb;
+  const EdmInit init{"kaiming_uniform", std::sqrt(1.0 / 3), std::sqrt(1.0 / 3)}, init_zero{"kaiming_uniform", 0, 0};
+  UNetBlockOptions block;
+  block.emb_channels = emb_channels;
+  block.channels_per_head = o.channels_per_head;
+  block.dropout = o.dropout;
+  block.init = init;
+  block.init_zero = init_zero;
+  block.init_attn = init;
+  auto block_of = [&](int64_t in, int64_t out, bool up, bool down, bool attention) {
+    UNetBlockOptions b = block;
+    b.in_channels = in;
+    b.out_channels = out;
+    b.up = up;
+    b.down = down;
+    b.attention = attention;
+    return UNetBlock(b);
+  };
+  auto attends = [&](int64_t res) {
+    return std::find(o.attn_resolutions.begin(), o.attn_resolutions.end(), res) != o.attn_resolutions.end();
+  };
+  // Mapping.
+  if (o.augment_dim) map_augment = register_module("map_augment", edm_linear(o.augment_dim, o.model_channels, init_zero, false));
+  map_layer0 = register_module("map_layer0", edm_linear(o.model_channels, emb_channels, init));
+  map_layer1 = register_module("map_layer1", edm_linear(emb_channels, emb_channels, init));
+  if (o.label_dim)
+    map_label = register_module(
+        "map_label", edm_linear(o.label_dim, emb_channels, {"kaiming_normal", std::sqrt(static_cast<double>(o.label_dim)), 0}, false));
+  // Encoder.
+  auto enc = register_module("enc", std::make_shared<torch::nn::Module>());
+  int64_t cout = o.in_channels;
+  std::vector<int64_t> skips;
+  const auto levels = static_cast<int64_t>(o.channel_mult.size());
+  for (int64_t level = 0; level < levels; ++level) {
+    const int64_t res = o.img_resolution >> level;
+    const std::string at = std::to_string(res) + "x" + std::to_string(res);
+    if (level == 0) {
+      const int64_t cin = cout;
+      cout = o.model_channels * o.channel_mult[level];
+      enc_.push_back(enc->register_module(at + "_conv", EdmConv2d(cin, cout, 3, true, false, false, kNoFilter, false, init)));
+    } else {
+      enc_.push_back(enc->register_module(at + "_down", block_of(cout, cout, false, true, false)));
+    }
+    skips.push_back(cout);
+    for (int64_t idx = 0; idx < o.num_blocks; ++idx) {
+      const int64_t cin = cout;
+      cout = o.model_channels * o.channel_mult[level];
+      enc_.push_back(enc->register_module(at + "_block" + std::to_string(idx), block_of(cin, cout, false, false, attends(res))));
+      skips.push_back(cout);
+    }
+  }
+  // Decoder.
+  auto dec = register_module("dec", std::make_shared<torch::nn::Module>());
+  for (int64_t level = levels - 1; level >= 0; --level) {
+    const int64_t res = o.img_resolution >> level;
+    const std::string at = std::to_string(res) + "x" + std::to_string(res);
+    if (level == levels - 1) {
+      dec_.push_back(dec->register_module(at + "_in0", block_of(cout, cout, false, false, true)));
+      dec_.push_back(dec->register_module(at + "_in1", block_of(cout, cout, false, false, false)));
+    } else {
+      dec_.push_back(dec->register_module(at + "_up", block_of(cout, cout, true, false, false)));
+    }
+    for (int64_t idx = 0; idx < o.num_blocks + 1; ++idx) {
+      const int64_t cin = cout + skips.back();
+      skips.pop_back();
+      cout = o.model_channels * o.channel_mult[level];
+      dec_.push_back(dec->register_module(at + "_block" + std::to_string(idx), block_of(cin, cout, false, false, attends(res))));
+    }
+  }
+  out_norm = register_module("out_norm", edm_group_norm(cout, 1e-5));
+  out_conv = register_module("out_conv", EdmConv2d(cout, o.out_channels, 3, true, false, false, kNoFilter, false, init_zero));
+}
+
+torch::Tensor DhariwalUNetImpl::forward(const torch::Tensor& input, const torch::Tensor& noise_labels, const torch::Tensor& class_labels,
+                                        const torch::Tensor& augment_labels, const std::vector<double>& skip_scales) {
+  check_skip_scales(skip_scales, num_skips());
+  // Mapping: the noise embedding (cos first), augmentation, then the class label after the layers.
+  auto emb = positional_embedding(noise_labels.to(input.dtype()), o_.model_channels, false);
+  if (map_augment && augment_labels.defined()) emb = emb + map_augment(augment_labels.to(input.dtype()));
+  emb = map_layer1(torch::silu(map_layer0(emb)));
+  if (map_label) {
+    const auto labels =
+        class_labels.defined() ? class_labels.to(input.dtype()) : torch::zeros({input.size(0), o_.label_dim}, input.options());
+    emb = emb + map_label(labels);
+  }
+  emb = torch::silu(emb);
+  // Encoder.
+  std::vector<torch::Tensor> skips;
+  auto x = input;
+  for (const auto& module : enc_) {
+    x = module->as<UNetBlock>() ? module->as<UNetBlock>()->forward(x, emb) : module->as<EdmConv2d>()->forward(x);
+    skips.push_back(x);
+  }
+  // Decoder.
+  int skip_index = 0;
+  for (auto& block : dec_) {
+    if (x.size(1) != block->in_channels()) x = with_skip(x, skips, skip_index, skip_scales);
+    x = block->forward(x, emb);
+  }
+  return out_conv(torch::silu(out_norm(x)));
 }
 
 }  // namespace s2dm::model

@@ -1,9 +1,11 @@
 #pragma once
-// EDM's SongUNet (NVlabs/edm training/networks.py): the DDPM++ and NCSN++ architectures of Song et
-// al. as EDM re-implements them, with EDM's parameter names (its state_dict keys: map_noise,
-// map_label, map_augment, map_layer0/1, enc.<res>x<res>_..., dec.<res>x<res>_...), so a converted
-// EDM checkpoint loads one to one. F(x, c_noise, class_labels, augment_labels); a preconditioning
-// (diffusion/precond.h) makes the denoiser of it.
+// EDM's networks (NVlabs/edm training/networks.py): SongUNet, the DDPM++ and NCSN++ architectures
+// of Song et al., and DhariwalUNet, ADM, as EDM re-implements them, with EDM's parameter names (its
+// state_dict keys: map_noise, map_label, map_augment, map_layer0/1, enc.<res>x<res>_...,
+// dec.<res>x<res>_..., out_norm, out_conv), so a converted EDM checkpoint loads one to one. Each is
+// F(x, c_noise, class_labels, augment_labels); a preconditioning (diffusion/precond.h) makes the
+// denoiser of it. The decoder's long skips (each encoder output, taken deepest first) pass through
+// one place that scales them (Skip-Tuning).
 #include <torch/torch.h>
 
 #include <string>
@@ -61,7 +63,8 @@ TORCH_MODULE(EdmConv2d);
 struct UNetBlockOptions {
   int64_t in_channels, out_channels, emb_channels;
   bool up = false, down = false, attention = false;
-  int64_t num_heads = 1;  // (with attention)
+  int64_t num_heads = 0;  // (with attention; 0: out_channels / channels_per_head)
+  int64_t channels_per_head = 64;
   double dropout = 0, skip_scale = 1, eps = 1e-5;
   std::vector<double> resample_filter{1, 1};
   bool resample_proj = false, adaptive_scale = true;
@@ -108,5 +111,38 @@ class SongUNetImpl : public torch::nn::Module {
   std::vector<Item> enc_, dec_;
 };
 TORCH_MODULE(SongUNet);
+
+struct DhariwalUNetOptions {
+  int64_t img_resolution = 64, in_channels = 3, out_channels = 3;
+  int64_t label_dim = 0, augment_dim = 0;
+  int64_t model_channels = 192;
+  std::vector<int64_t> channel_mult{1, 2, 3, 4};
+  int64_t channel_mult_emb = 4;
+  int64_t num_blocks = 3;
+  std::vector<int64_t> attn_resolutions{32, 16, 8};
+  double dropout = 0.10;
+  // Attention heads of out_channels / channels_per_head (EDM fixes 64; a smaller value lets small
+  // test networks have attention).
+  int64_t channels_per_head = 64;
+};
+
+class DhariwalUNetImpl : public torch::nn::Module {
+ public:
+  explicit DhariwalUNetImpl(DhariwalUNetOptions options);
+  // As SongUNet's forward.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& noise_labels, const torch::Tensor& class_labels = {},
+                        const torch::Tensor& augment_labels = {}, const std::vector<double>& skip_scales = {});
+  const DhariwalUNetOptions& options() const { return o_; }
+  int num_skips() const { return static_cast<int>(enc_.size()); }
+
+ private:
+  DhariwalUNetOptions o_;
+  torch::nn::Linear map_augment{nullptr}, map_layer0{nullptr}, map_layer1{nullptr}, map_label{nullptr};
+  std::vector<std::shared_ptr<torch::nn::Module>> enc_;
+  std::vector<UNetBlock> dec_;
+  torch::nn::GroupNorm out_norm{nullptr};
+  EdmConv2d out_conv{nullptr};
+};
+TORCH_MODULE(DhariwalUNet);
 
 }  // namespace s2dm::model
