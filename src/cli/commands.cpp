@@ -114,7 +114,7 @@ int info(int argc, char** argv) {
     char trained[64] = "";
     if (seconds != ckpt.extra.end())
       std::snprintf(trained, sizeof trained, ", %.1f min of training", std::stod(seconds->second) / 60);
-    const auto parameters = model::count_parameters(*model::UNet(config.model, config.data.channels, config.data.image_size));
+    const auto parameters = model::count_parameters(*model::make_network(config).module);
     std::printf("checkpoint:     %s (step %ld%s)\nparameters:     %ld\nlong skips:     %zu (Skip-Tuning index: 0 = deepest)\n",
                 path.c_str(), static_cast<long>(ckpt.step), trained, static_cast<long>(parameters), skips.size());
     for (size_t i = 0; i < skips.size(); ++i) std::printf("  skip %2zu: %4ld channels\n", i, static_cast<long>(skips[i]));

@@ -132,9 +132,16 @@ void validate_whole(const Config& c, const std::string& origin) {
   if (c.data.image_size % (1 << (levels - 1)) != 0)
     fail("data.image_size = " + std::to_string(c.data.image_size) + " is not divisible by 2^" +
          std::to_string(levels - 1) + " (model.ch_mult has " + std::to_string(levels) + " levels)");
-  if (c.model.ch % 32 != 0)
+  if (c.model.type == "ddpm" && c.model.ch % 32 != 0)
     fail("model.ch = " + std::to_string(c.model.ch) +
          " must be a multiple of 32 (GroupNorm uses 32 groups)");
+  for (int m : c.model.ch_mult) {  // (EDM's GroupNorm: min(32, C/4) groups, which must divide C)
+    const int channels = c.model.ch * m, groups = std::min(32, channels / 4);
+    if (c.model.type != "ddpm" && (groups == 0 || channels % groups != 0))
+      fail("model.ch = " + std::to_string(c.model.ch) + " with ch_mult " + show(c.model.ch_mult) + " gives " +
+           std::to_string(channels) + " channels, which EDM's GroupNorm (min(32, C/4) groups) cannot divide");
+  }
+  if (c.model.edm.resample_filter.empty()) fail("model.edm.resample_filter must not be empty");
   for (int r : c.model.attn_resolutions) {
     bool reachable = false;
     for (int l = 0; l < levels; ++l) reachable |= (c.data.image_size >> l) == r;

@@ -31,13 +31,30 @@ void visit(V& v, DataConfig& c) {
 }
 
 template <class V>
+void visit(V& v, EdmModelConfig& c) {
+  v("precond", c.precond, Added{OneOf{{"vp", "ve", "iddpm", "edm"}}});
+  v("sigma_data", c.sigma_data, Added{Range<double>{1e-6, 1e6}});
+  v("label_dim", c.label_dim, Added{Range<int>{0, 100000}});
+  v("augment_dim", c.augment_dim, Added{Range<int>{0, 1024}});
+  v("channel_mult_emb", c.channel_mult_emb, Added{Range<int>{1, 64}});
+  v("embedding_type", c.embedding_type, Added{OneOf{{"positional", "fourier"}}});
+  v("channel_mult_noise", c.channel_mult_noise, Added{Range<int>{1, 64}});
+  v("encoder_type", c.encoder_type, Added{OneOf{{"standard", "skip", "residual"}}});
+  v("decoder_type", c.decoder_type, Added{OneOf{{"standard", "skip"}}});
+  v("resample_filter", c.resample_filter, Added{Range<double>{-1e6, 1e6}});
+  v("channels_per_head", c.channels_per_head, Added{Range<int>{1, 4096}});
+}
+
+template <class V>
 void visit(V& v, ModelConfig& c) {
+  v("type", c.type, Added{OneOf{{"ddpm", "songunet", "dhariwalunet"}}});
   v("ch", c.ch, Range<int>{1, 4096});
   v("ch_mult", c.ch_mult, Range<int>{1, 64});
   v("num_res_blocks", c.num_res_blocks, Range<int>{1, 16});
   v("attn_resolutions", c.attn_resolutions, Range<int>{1, 1024});
   v("dropout", c.dropout, Range<double>{0.0, 0.99});
   v("resamp_with_conv", c.resamp_with_conv, Any{});
+  v.section("edm", c.edm);
 }
 
 template <class V>

@@ -55,6 +55,18 @@ Preconditioning Preconditioning::edm(double sigma_data, double sigma_min, double
   return p;
 }
 
+Preconditioning Preconditioning::of(const EdmModelConfig& c) {
+  if (c.precond == "vp") return vp();
+  if (c.precond == "ve") return ve();
+  if (c.precond == "iddpm") return iddpm();
+  return edm(c.sigma_data);
+}
+
+NoiseSchedule noise_schedule_of(const Config& config) {
+  if (config.model.type == "ddpm") return NoiseSchedule(config.diffusion);
+  return Preconditioning::of(config.model.edm).schedule();
+}
+
 namespace {
 
 // The index of the level nearest to each σ (the first of equally near ones, as argmin).

@@ -21,6 +21,7 @@
 #include "s2dm/model/model_source.h"
 #include "s2dm/sample/dp_grid.h"
 #include "s2dm/sample/generate.h"
+#include "s2dm/train/train.h"
 
 namespace s2dm::experiment {
 namespace fs = std::filesystem;
@@ -165,6 +166,7 @@ void read_models(const Reader& r, const YAML::Node& node, Experiment& e) {
         r.fail(m["train"], where + ".train: " + spec.train_config + " " + why);
       try {
         spec.config = load_config(spec.train_config, spec.set);
+        train::check_trainable(spec.config, spec.train_config);
       } catch (const ConfigError& err) {
         r.fail(m, where + " ('" + spec.name + "'): " + err.what());
       }

@@ -13,7 +13,7 @@
 #include "s2dm/core/errors.h"
 #include "s2dm/core/progress.h"
 #include "s2dm/io/checkpoint.h"
-#include "s2dm/model/unet.h"
+#include "s2dm/model/model_source.h"
 #include "s2dm/sample/generate.h"
 #include "s2dm/sample/samplers.h"
 #include "s2dm/train/train.h"
@@ -77,18 +77,18 @@ TrainState train_state(const Experiment& e, const ModelSpec& m) {
   return s;
 }
 
-// Seconds per image per network evaluation of a model's UNet (random weights), for the estimate.
+// Seconds per image per network evaluation of a model's network (random weights), for the estimate.
 double eval_seconds_per_image(const Config& config, int64_t batch, const torch::Device& device) {
   torch::NoGradGuard no_grad;
-  model::UNet unet(config.model, config.data.channels, config.data.image_size);
-  unet->eval();
-  unet->to(device);
+  const auto network = model::make_network(config);
+  network.module->eval();
+  network.module->to(device);
   const int64_t b = std::clamp<int64_t>(batch, 1, 32);
   auto x = torch::randn({b, config.data.channels, config.data.image_size, config.data.image_size}).to(device);
   auto t = torch::full({b}, 500.0).to(device);
-  unet->forward(x, t);
+  network.forward(x, t, {});
   const auto start = std::chrono::steady_clock::now();
-  unet->forward(x, t);
+  network.forward(x, t, {});
   if (device.is_cuda()) torch::cuda::synchronize();
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / b;
 }

@@ -222,7 +222,7 @@ int write_outputs(const Experiment& e, const std::vector<Unit>& units, ReportInp
   for (size_t i = 0; i < units.size(); ++i) {
     const auto plot = sample::grid_plot_path(files[i].path);
     if (files[i].path.empty() || !fs::exists(plot)) continue;
-    const auto file = sample::read_grid_file(files[i].path, NoiseSchedule(units[i].model->config.diffusion).num_timesteps());
+    const auto file = sample::read_grid_file(files[i].path, noise_schedule_of(units[i].model->config).num_timesteps());
     std::string label = units[i].model->name + ": " + (file.method == "dp" ? file.description() : "score-optimal");
     if (file.method == "dp")  // the other settings it was searched for (e.g. Skip-Tuning)
       for (const auto& [key, value] : units[i].setting->values)

@@ -14,7 +14,9 @@
 
 #include "s2dm/core/compat.h"
 #include "s2dm/core/errors.h"
+#include "s2dm/diffusion/precond.h"
 #include "s2dm/io/checkpoint.h"
+#include "s2dm/model/edm_networks.h"
 #include "s2dm/model/torchscript_model.h"
 
 namespace s2dm::model {
@@ -132,6 +134,94 @@ EpsModel unet_eps_model(UNet unet, bool bf16, const SkipTuningConfig& skip_tunin
   };
 }
 
+namespace {
+
+std::vector<int64_t> wide(const std::vector<int>& v) { return {v.begin(), v.end()}; }
+
+// EDM's network as an ε-model through its preconditioning, the skips scaled (Skip-Tuning) at
+// times in [t_min, t_max].
+EpsModel edm_eps_model(const Network& net, const Config& config, const torch::Device& device,
+                       const SkipTuningConfig& skip_tuning) {
+  if (config.model.edm.label_dim > 0)
+    throw ConfigError("model.edm.label_dim = " + std::to_string(config.model.edm.label_dim) +
+                      ": class-conditional EDM models need class labels at sampling, which s2dm does not draw yet");
+  const auto precond = Preconditioning::of(config.model.edm);
+  const auto schedule = noise_schedule_of(config);
+  auto with_scales = [&](std::vector<double> scales) {
+    return precond.eps_model(
+        [net, scales, device](const torch::Tensor& input, const torch::Tensor& c_noise) {
+          return net.forward(input.to(device, torch::kFloat32), c_noise.to(device, torch::kFloat32), scales).to(input.dtype());
+        },
+        schedule);
+  };
+  const EpsModel plain = with_scales({});
+  if (!skip_tuning.active()) return plain;
+  const EpsModel tuned = with_scales(skip_tuning_scales(skip_tuning, net.num_skips));
+  const double t_min = skip_tuning.t_min, t_max = skip_tuning.t_max;
+  return [=](const torch::Tensor& x, const torch::Tensor& t) {
+    const double time = t[0].item<double>();  // (samplers evaluate one time per batch)
+    return (time >= t_min && time <= t_max ? tuned : plain)(x, t);
+  };
+}
+
+}  // namespace
+
+Network make_network(const Config& config) {
+  const auto& m = config.model;
+  const int64_t channels = config.data.channels, resolution = config.data.image_size;
+  Network n;
+  n.num_skips = num_skips(m);
+  if (m.type == "songunet") {
+    model::SongUNetOptions o;
+    o.img_resolution = resolution;
+    o.in_channels = o.out_channels = channels;
+    o.label_dim = m.edm.label_dim;
+    o.augment_dim = m.edm.augment_dim;
+    o.model_channels = m.ch;
+    o.channel_mult = wide(m.ch_mult);
+    o.channel_mult_emb = m.edm.channel_mult_emb;
+    o.num_blocks = m.num_res_blocks;
+    o.attn_resolutions = wide(m.attn_resolutions);
+    o.dropout = m.dropout;
+    o.embedding_type = m.edm.embedding_type;
+    o.channel_mult_noise = m.edm.channel_mult_noise;
+    o.encoder_type = m.edm.encoder_type;
+    o.decoder_type = m.edm.decoder_type;
+    o.resample_filter = m.edm.resample_filter;
+    SongUNet net(o);
+    n.module = net.ptr();
+    n.forward = [net = net.ptr()](const torch::Tensor& x, const torch::Tensor& c, const std::vector<double>& s) {
+      return net->forward(x, c, {}, {}, s);
+    };
+  } else if (m.type == "dhariwalunet") {
+    model::DhariwalUNetOptions o;
+    o.img_resolution = resolution;
+    o.in_channels = o.out_channels = channels;
+    o.label_dim = m.edm.label_dim;
+    o.augment_dim = m.edm.augment_dim;
+    o.model_channels = m.ch;
+    o.channel_mult = wide(m.ch_mult);
+    o.channel_mult_emb = m.edm.channel_mult_emb;
+    o.num_blocks = m.num_res_blocks;
+    o.attn_resolutions = wide(m.attn_resolutions);
+    o.dropout = m.dropout;
+    o.channels_per_head = m.edm.channels_per_head;
+    if (m.edm.precond == "iddpm") o.out_channels = 2 * channels;  // (iDDPM's network also predicts variances)
+    DhariwalUNet net(o);
+    n.module = net.ptr();
+    n.forward = [net = net.ptr()](const torch::Tensor& x, const torch::Tensor& c, const std::vector<double>& s) {
+      return net->forward(x, c, {}, {}, s);
+    };
+  } else {
+    UNet net(m, channels, resolution);
+    n.module = net.ptr();
+    n.forward = [net = net.ptr()](const torch::Tensor& x, const torch::Tensor& t, const std::vector<double>& s) {
+      return net->forward(x, t, s);
+    };
+  }
+  return n;
+}
+
 bool bf16_autocast(const Config& config, const torch::Device& device) {
   return device.is_cuda() && config.train.precision == "bf16";
 }
@@ -180,20 +270,27 @@ LoadedModel::LoadedModel(const ModelSource& source, const torch::Device& device)
     script_ = load_torchscript_eps_model(source.script, device, {c.data.channels, c.data.image_size, c.data.image_size});
     return;
   }
-  unet_ = UNet(c.model, c.data.channels, c.data.image_size);
-  load_weights(*unet_, source.weights, source.origin);
-  unet_->to(device);
+  auto network = make_network(c);
+  load_weights(*network.module, source.weights, source.origin);
+  network.module->to(device);
+  network.module->eval();
+  if (c.model.type == "ddpm")
+    unet_ = UNet(std::dynamic_pointer_cast<UNetImpl>(network.module));
+  else
+    edm_ = std::move(network);
 }
 
 EpsModel LoadedModel::eps(const SkipTuningConfig& skip_tuning, bool cuda_graphs) const {
   check_skip_tuning(config_.model, skip_tuning, bool(script_));
   if (script_) return script_;
+  if (edm_.module) return edm_eps_model(edm_, config_, device_, skip_tuning);
   return unet_eps_model(unet_, bf16_autocast(config_, device_), skip_tuning, cuda_graphs);
 }
 
 EpsModel LoadedModel::eps_fp32(const SkipTuningConfig& skip_tuning) const {
   check_skip_tuning(config_.model, skip_tuning, bool(script_));
   if (script_) return script_;
+  if (edm_.module) return edm_eps_model(edm_, config_, device_, skip_tuning);
   return unet_eps_model(unet_, /*bf16=*/false, skip_tuning);
 }
 

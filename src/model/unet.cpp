@@ -215,7 +215,8 @@ torch::Tensor UNetImpl::take_skip(std::vector<torch::Tensor>& stack, int index, 
 std::vector<int64_t> skip_channels(const ModelConfig& config) {
   // conv_in's output, each encoder block's output, each downsampler's output; the decoder takes
   // them back in reverse.
-  std::vector<int64_t> pushed{config.ch};
+  // (EDM's networks push the same features; DhariwalUNet's first convolution has ch·ch_mult[0].)
+  std::vector<int64_t> pushed{config.type == "dhariwalunet" ? config.ch * config.ch_mult[0] : config.ch};
   const auto levels = config.ch_mult.size();
   for (size_t l = 0; l < levels; ++l) {
     for (int b = 0; b < config.num_res_blocks; ++b) pushed.push_back(config.ch * config.ch_mult[l]);

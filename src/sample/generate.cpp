@@ -96,6 +96,7 @@ Generated generate(const DiffusionModel& model, const SamplingPlan& plan, const 
     int64_t count = std::min<int64_t>(plan.batch, num - first);
     auto x = noise.defined() ? noise.slice(0, first, first + count)
                              : initial_noise(draw.first + first, count, shape, draw.seed);
+    if (model.edm_prior) x = x * std::sqrt(1 - plan.grid.alpha_bar[0]);
     SamplerOptions options = plan.options;
     options.noise_seed = draw.seed * 7919ull;
     options.first_image = draw.first + first;

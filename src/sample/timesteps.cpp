@@ -114,7 +114,8 @@ std::vector<double> make_timesteps(const std::string& spec, int S, const NoiseSc
   } else if (spec == "logsnr" || spec == "karras" || spec == "edm") {
     // Points placed in log-SNR or in Karras' σ^(1/ρ) between the schedule's ends (t = T-1 and
     // t = 0), mapped back to t. edm is edm_sampler's own: Karras' between σ = 80 and 0.002, each
-    // clamped to the schedule's range.
+    // clamped to the schedule's range (and its times to [0, T-1], against rounding where a
+    // schedule ends at 0.002 itself, as an EDM-preconditioned model's does).
     auto sigma = [&](double t) { double a = schedule.alpha_bar(t); return std::sqrt((1 - a) / a); };
     const double top = sigma(T - 1), bottom = sigma(0);
     const double hi = spec == "edm" ? std::min(80.0, top) : top, lo = spec == "edm" ? std::max(0.002, bottom) : bottom;
@@ -125,7 +126,7 @@ std::vector<double> make_timesteps(const std::string& spec, int S, const NoiseSc
                                 : std::pow(std::pow(hi, 1 / rho) + f * (std::pow(lo, 1 / rho) - std::pow(hi, 1 / rho)), rho);
       const double t = i == 0 && hi == top         ? T - 1.0
                        : i == S - 1 && lo == bottom ? 0.0
-                                                    : time_of_alpha_bar(schedule, 1.0 / (1.0 + s * s));
+                                                    : std::clamp(time_of_alpha_bar(schedule, 1.0 / (1.0 + s * s)), 0.0, T - 1.0);
       ts.push_back(t);
     }
   } else {

@@ -15,6 +15,13 @@
 namespace s2dm::train {
 namespace fs = std::filesystem;
 
+void check_trainable(const Config& config, const std::string& origin) {
+  if (config.model.type != "ddpm")
+    throw ConfigError(origin + ": model.type = '" + config.model.type +
+                      "': s2dm trains the DDPM UNet (model.type ddpm) only; EDM's networks are sampled from converted "
+                      "checkpoints (scripts/convert_edm_checkpoint.py)");
+}
+
 namespace {
 
 // How a run starts in its directory.
@@ -28,6 +35,7 @@ struct RunStart {
 // What `s2dm train` does with the directory (run_directory.h says why); throws a user error where
 // it refuses. With `load`, reads what the run continues from.
 RunStart plan_start(const RunDirectory& dir, const Config& given, const TrainOptions& opts, bool load) {
+  check_trainable(given, "train");
   RunStart start{given, std::nullopt, false, false};
   const std::string& path = dir.path;
   if (std::error_code ec; fs::exists(path, ec) && !fs::is_directory(path, ec))

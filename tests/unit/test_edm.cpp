@@ -15,6 +15,8 @@
 #include "s2dm/io/npy_tensor.h"
 #include "s2dm/io/safetensors.h"
 #include "s2dm/model/edm_networks.h"
+#include "s2dm/model/model_source.h"
+#include "s2dm/sample/generate.h"
 
 using namespace s2dm;
 
@@ -172,4 +174,35 @@ TEST(Edm, NetworksEqualEdmsOwn) {
   }
   const auto file = network_fixture("dhariwalunet_adm");
   expect_equals_edms_network(dhariwal_unet(file.metadata.at("options")), file, "DhariwalUNet");
+}
+
+TEST(Edm, ConvertedCheckpointsSampleAsEdmsSampler) {
+  // tests/fixtures/make_edm_checkpoint_fixture.py pickled small EDM networks as EDM's snapshots
+  // are, converted them with scripts/convert_edm_checkpoint.py, and ran EDM's edm_sampler (18
+  // steps from σ = 80, ρ = 7) from fixed latents. s2dm loads the converted files as `s2dm sample
+  // --weights --config` does and samples with heun on the edm grid, the latents as its noise.
+  const std::string dir = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/";
+  const auto latents = fixture("edm_ckpt_latents.npy").to(torch::kFloat32);
+  for (const std::string name : {"edm", "vp", "ve", "adm"}) {
+    SCOPED_TRACE(name);
+    model::ModelRef ref;
+    ref.weights = dir + "edm_ckpt_" + name + ".safetensors";
+    ref.config = dir + "edm_ckpt_" + name + ".yaml";
+    const auto source = model::resolve_model(ref);
+    const model::LoadedModel loaded(source, torch::kCPU);
+    const auto diffusion = DiffusionModel::of(source.config, loaded.eps(), torch::kCPU);
+    SampleConfig settings;
+    settings.sampler = "heun";
+    settings.steps = 18;
+    settings.timesteps = "edm";
+    settings.batch = 4;
+    const auto plan = sample::plan_sampling(settings, diffusion);
+    const auto generated = sample::generate(diffusion, plan, {0, 0, 4, latents}, false);
+    EXPECT_EQ(generated.nfe, 35);
+    const auto expected = fixture("edm_ckpt_" + name + "_out.npy");
+    const double error =
+        ((generated.samples.to(torch::kFloat64) - expected).abs().max() / expected.abs().max()).item<double>();
+    s2dm::testing::print_margin("heun on converted " + name + " against edm_sampler, relative", error, "1e-4");
+    EXPECT_LT(error, 1e-4);
+  }
 }

@@ -20,13 +20,32 @@ struct DataConfig {
   std::string cache;
 };
 
+// EDM's networks and preconditionings (model.type songunet | dhariwalunet): what EDM's classes
+// take besides the shared keys (ch = model_channels, ch_mult = channel_mult, num_res_blocks =
+// num_blocks, attn_resolutions, dropout), under EDM's names.
+struct EdmModelConfig {
+  std::string precond = "edm";  // vp | ve | iddpm | edm, with EDM's default settings
+  double sigma_data = 0.5;      // (edm)
+  int label_dim = 0;            // class labels (conditional models)
+  int augment_dim = 0;          // EDM's augmentation labels (none at sampling)
+  int channel_mult_emb = 4;
+  std::string embedding_type = "positional";  // songunet: positional (DDPM++) | fourier (NCSN++)
+  int channel_mult_noise = 1;                 // songunet: 1 (DDPM++) | 2 (NCSN++)
+  std::string encoder_type = "standard";      // songunet: standard | skip | residual
+  std::string decoder_type = "standard";      // songunet: standard | skip
+  std::vector<double> resample_filter{1, 1};  // songunet: [1, 1] | [1, 3, 3, 1]
+  int channels_per_head = 64;                 // dhariwalunet
+};
+
 struct ModelConfig {
+  std::string type = "ddpm";  // ddpm (the DDPM UNet, an ε-model of `diffusion`) | songunet | dhariwalunet
   int ch = 128;
   std::vector<int> ch_mult{1, 2, 2, 2};
   int num_res_blocks = 2;
   std::vector<int> attn_resolutions{16};
   double dropout = 0.1;
-  bool resamp_with_conv = true;
+  bool resamp_with_conv = true;  // (ddpm)
+  EdmModelConfig edm;
 };
 
 struct DiffusionConfig {

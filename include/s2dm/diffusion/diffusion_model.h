@@ -11,6 +11,7 @@
 
 #include "s2dm/core/config.h"
 #include "s2dm/diffusion/noise_schedule.h"
+#include "s2dm/diffusion/precond.h"
 #include "s2dm/io/safetensors.h"
 #include "s2dm/model/eps_model.h"
 
@@ -33,11 +34,15 @@ struct DiffusionModel {
   std::vector<int64_t> image_shape;    // [C, H, W]
   torch::Device device = torch::kCPU;  // where `eps` takes its inputs
   ModelGrids grids;
+  // Where sampling starts from a standard-normal z: DDPM models at x_T = z (their prior N(0, I));
+  // EDM's networks as EDM's samplers do, at x̃ = σ_T z, that is x_T = √(1 - ᾱ_T) z.
+  bool edm_prior = false;
 
   // The model `config` describes (its noise schedule and image shape), around `eps` on `device`.
   static DiffusionModel of(const Config& config, EpsModel eps = {}, torch::Device device = torch::kCPU,
                            ModelGrids grids = {}) {
-    return {std::move(eps), NoiseSchedule(config.diffusion), s2dm::image_shape(config.data), device, std::move(grids)};
+    return {std::move(eps), noise_schedule_of(config), s2dm::image_shape(config.data), device, std::move(grids),
+            config.model.type != "ddpm"};
   }
 };
 

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "s2dm/core/config.h"
 #include "s2dm/diffusion/noise_schedule.h"
 #include "s2dm/model/eps_model.h"
 
@@ -32,6 +33,9 @@ class Preconditioning {
   static Preconditioning iddpm(double C_1 = 0.001, double C_2 = 0.008, int M = 1000);
   static Preconditioning edm(double sigma_data = 0.5, double sigma_min = 0,
                              double sigma_max = std::numeric_limits<double>::infinity());
+
+  // The preconditioning a model config names (model.edm.precond), with EDM's settings.
+  static Preconditioning of(const EdmModelConfig& config);
 
   const std::string& kind() const { return kind_; }  // vp | ve | iddpm | edm
   double sigma_min() const { return sigma_min_; }
@@ -63,5 +67,9 @@ class Preconditioning {
   int M_ = 1000;                      // vp, iddpm
   std::vector<double> u_;             // iddpm
 };
+
+// A model's noise process: the DDPM schedule of config.diffusion for model.type ddpm, the
+// preconditioning's (Preconditioning::schedule) for EDM's networks.
+NoiseSchedule noise_schedule_of(const Config& config);
 
 }  // namespace s2dm

@@ -6,6 +6,8 @@
 //
 // Two steps: resolve_model reads the files and the config (cheap, nothing on the device), so a
 // bad setting fails before any work; load_model then builds the network on its device.
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -15,6 +17,17 @@
 #include "s2dm/model/unet.h"
 
 namespace s2dm::model {
+
+// The network a config describes (model.type), with its initial weights: DDPM's UNet, an
+// ε-model of t, or one of EDM's (SongUNet, DhariwalUNet), F(x, c_noise) of its preconditioning.
+struct Network {
+  std::shared_ptr<torch::nn::Module> module;
+  // ε̂(x, t) or F(x, c_noise), the long skips scaled by `skip_scales` (empty: unscaled).
+  std::function<torch::Tensor(const torch::Tensor& x, const torch::Tensor& noise, const std::vector<double>& skip_scales)>
+      forward;
+  int num_skips = 0;
+};
+Network make_network(const Config& config);
 
 // Exactly one of checkpoint, weights or script.
 struct ModelRef {
@@ -70,6 +83,7 @@ class LoadedModel {
   Config config_;
   torch::Device device_;
   UNet unet_{nullptr};
+  Network edm_;  // (EDM's networks)
   EpsModel script_;
 };
 
