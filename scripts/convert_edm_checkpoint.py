@@ -47,6 +47,12 @@ class ConversionError(Exception):
     pass
 
 
+def fail(message):
+    """Bad input: the message, exit code 2, nothing written."""
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
+
 def network_settings(net):
     """The network's arguments, its defaults filled in (from the class EDM defines: a pickled
     network's class is EDM's persistence wrapper around it, whose __init__ takes *args, **kwargs)."""
@@ -143,21 +149,21 @@ def main():
     try:
         import torch  # noqa: F401  (the pickle holds torch modules)
     except ImportError:
-        sys.exit("convert_edm_checkpoint.py needs PyTorch (Debian: apt-get install python3-torch)")
+        fail("convert_edm_checkpoint.py needs PyTorch (Debian: apt-get install python3-torch)")
     try:
         with open(args.network, "rb") as f:
             snapshot = pickle.load(f)
     except (ModuleNotFoundError, ImportError) as e:
-        sys.exit(f"{args.network}: cannot unpickle ({e}); EDM's code must be importable: --edm-repo DIR")
+        fail(f"{args.network}: cannot unpickle ({e}); EDM's code must be importable: --edm-repo DIR")
     except (OSError, pickle.UnpicklingError, EOFError) as e:
-        sys.exit(f"{args.network}: cannot read ({e})")
+        fail(f"{args.network}: cannot read ({e})")
     net = snapshot.get(args.entry) if isinstance(snapshot, dict) else snapshot
     if net is None:
-        sys.exit(f"{args.network}: no '{args.entry}' entry (it holds {', '.join(map(str, snapshot))})")
+        fail(f"{args.network}: no '{args.entry}' entry (it holds {', '.join(map(str, snapshot))})")
     try:
         config = s2dm_config(net, args.network)
     except ConversionError as e:
-        sys.exit(str(e))
+        fail(str(e))
     content = safetensors_bytes(net.model.state_dict(), {"format": "pt", "converted_from": os.path.basename(args.network)})
     write_atomically(args.out + ".safetensors", content)
     write_atomically(args.out + ".yaml", yaml_text(config, os.path.basename(args.network)).encode())

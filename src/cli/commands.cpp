@@ -91,12 +91,34 @@ void write_float_npy(const std::string& path, const torch::Tensor& x) { save_npy
 
 }  // namespace
 
+namespace {
+
+// The network a config describes: its type, parameters, noise process and conditioning, and the
+// long skips Skip-Tuning scales.
+void describe_model(const Config& config) {
+  const auto& m = config.model;
+  const auto parameters = model::count_parameters(*model::make_network(config).module);
+  const std::string process =
+      m.type == "ddpm" ? "ε-prediction, " + config.diffusion.beta_schedule + " β, T = " + std::to_string(config.diffusion.num_timesteps)
+                       : "EDM's " + m.edm.precond + " preconditioning";
+  const std::string conditioning =
+      m.type != "ddpm" && m.edm.label_dim > 0 ? std::to_string(m.edm.label_dim) + " classes" : "unconditional";
+  std::printf("network:        %s, %ld parameters (%s; %s), %dx%dx%d images\n", m.type.c_str(), static_cast<long>(parameters),
+              process.c_str(), conditioning.c_str(), config.data.channels, config.data.image_size, config.data.image_size);
+  const auto skips = model::skip_channels(m);
+  std::printf("long skips:     %zu (Skip-Tuning index: 0 = deepest)\n", skips.size());
+  for (size_t i = 0; i < skips.size(); ++i) std::printf("  skip %2zu: %4ld channels\n", i, static_cast<long>(skips[i]));
+}
+
+}  // namespace
+
 int info(int argc, char** argv) {
   cxxopts::Options options("s2dm info", "Versions, CUDA availability, the chosen device and threads; with "
-                                        "--checkpoint, the model and its long skips.");
+                                        "--checkpoint or --config, the model and its long skips.");
   options.add_options()("device", "device to report (auto|cpu|cuda)", cxxopts::value<std::string>()->default_value("auto"))(
       "threads", "CPU threads (0 = all cores)", cxxopts::value<int>()->default_value("0"))(
-      "checkpoint", "describe this checkpoint's model", cxxopts::value<std::string>());
+      "checkpoint", "describe this checkpoint's model", cxxopts::value<std::string>())(
+      "config", "describe the model of this config (e.g. a converted EDM network's)", cxxopts::value<std::string>());
   auto r = parse_options(options, argc, argv);
   if (!r) return 0;
   set_cpu_threads(bounded(*r, "threads", 0, kMaxThreads));
@@ -109,16 +131,14 @@ int info(int argc, char** argv) {
     const auto path = (*r)["checkpoint"].as<std::string>();
     auto ckpt = load_checkpoint(path);
     auto config = parse_config(ckpt.config_yaml, path + " (config)");
-    const auto skips = model::skip_channels(config.model);
     const auto seconds = ckpt.extra.find("train_seconds");  // (absent in older checkpoints)
     char trained[64] = "";
     if (seconds != ckpt.extra.end())
       std::snprintf(trained, sizeof trained, ", %.1f min of training", std::stod(seconds->second) / 60);
-    const auto parameters = model::count_parameters(*model::make_network(config).module);
-    std::printf("checkpoint:     %s (step %ld%s)\nparameters:     %ld\nlong skips:     %zu (Skip-Tuning index: 0 = deepest)\n",
-                path.c_str(), static_cast<long>(ckpt.step), trained, static_cast<long>(parameters), skips.size());
-    for (size_t i = 0; i < skips.size(); ++i) std::printf("  skip %2zu: %4ld channels\n", i, static_cast<long>(skips[i]));
+    std::printf("checkpoint:     %s (step %ld%s)\n", path.c_str(), static_cast<long>(ckpt.step), trained);
+    describe_model(config);
   }
+  if (r->count("config")) describe_model(load_config((*r)["config"].as<std::string>()));
   return 0;
 }
 

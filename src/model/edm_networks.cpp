@@ -1,5 +1,6 @@
 #include "s2dm/model/edm_networks.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -28,6 +29,20 @@ torch::Tensor with_skip(const torch::Tensor& x, std::vector<torch::Tensor>& skip
   if (!scales.empty()) skip = skip * scales[index];
   ++index;
   return torch::cat({x, skip}, 1);
+}
+
+// A block of a network's shared settings with its own shape and role.
+UNetBlock unet_block(UNetBlockOptions o, int64_t in, int64_t out, bool up, bool down, bool attention) {
+  o.in_channels = in;
+  o.out_channels = out;
+  o.up = up;
+  o.down = down;
+  o.attention = attention;
+  return UNetBlock(o);
+}
+
+bool contains(const std::vector<int64_t>& values, int64_t value) {
+  return std::find(values.begin(), values.end(), value) != values.end();
 }
 
 void check_skip_scales(const std::vector<double>& scales, int num_skips) {
@@ -174,13 +189,7 @@ SongUNetImpl::SongUNetImpl(SongUNetOptions options) : o_(std::move(options)) {
   block.init_zero = init_zero;
   block.init_attn = init_attn;
   auto block_of = [&](int64_t in, int64_t out, bool up, bool down, bool attention) {
-    UNetBlockOptions b = block;
-    b.in_channels = in;
-    b.out_channels = out;
-    b.up = up;
-    b.down = down;
-    b.attention = attention;
-    return UNetBlock(b);
+    return unet_block(block, in, out, up, down, attention);
   };
   // Mapping.
   if (o.embedding_type == "fourier") {
@@ -222,8 +231,7 @@ SongUNetImpl::SongUNetImpl(SongUNetOptions options) : o_(std::move(options)) {
     for (int64_t idx = 0; idx < o.num_blocks; ++idx) {
       const int64_t cin = cout;
       cout = o.model_channels * o.channel_mult[level];
-      const bool attention = std::find(o.attn_resolutions.begin(), o.attn_resolutions.end(), res) != o.attn_resolutions.end();
-      add(enc, enc_, at + "_block" + std::to_string(idx), block_of(cin, cout, false, false, attention));
+      add(enc, enc_, at + "_block" + std::to_string(idx), block_of(cin, cout, false, false, contains(o.attn_resolutions, res)));
       skips.push_back(cout);
     }
   }
@@ -243,8 +251,7 @@ SongUNetImpl::SongUNetImpl(SongUNetOptions options) : o_(std::move(options)) {
       const int64_t cin = cout + skips.back();
       skips.pop_back();
       cout = o.model_channels * o.channel_mult[level];
-      const bool attention = idx == o.num_blocks &&
-                             std::find(o.attn_resolutions.begin(), o.attn_resolutions.end(), res) != o.attn_resolutions.end();
+      const bool attention = idx == o.num_blocks && contains(o.attn_resolutions, res);
       add(dec, dec_, at + "_block" + std::to_string(idx), block_of(cin, cout, false, false, attention));
     }
     if (o.decoder_type == "skip" || level == 0) {
@@ -326,16 +333,7 @@ DhariwalUNetImpl::DhariwalUNetImpl(DhariwalUNetOptions options) : o_(std::move(o
   block.init_zero = init_zero;
   block.init_attn = init;
   auto block_of = [&](int64_t in, int64_t out, bool up, bool down, bool attention) {
-    UNetBlockOptions b = block;
-    b.in_channels = in;
-    b.out_channels = out;
-    b.up = up;
-    b.down = down;
-    b.attention = attention;
-    return UNetBlock(b);
-  };
-  auto attends = [&](int64_t res) {
-    return std::find(o.attn_resolutions.begin(), o.attn_resolutions.end(), res) != o.attn_resolutions.end();
+    return unet_block(block, in, out, up, down, attention);
   };
   // Mapping.
   if (o.augment_dim) map_augment = register_module("map_augment", edm_linear(o.augment_dim, o.model_channels, init_zero, false));
@@ -363,7 +361,7 @@ DhariwalUNetImpl::DhariwalUNetImpl(DhariwalUNetOptions options) : o_(std::move(o
     for (int64_t idx = 0; idx < o.num_blocks; ++idx) {
       const int64_t cin = cout;
       cout = o.model_channels * o.channel_mult[level];
-      enc_.push_back(enc->register_module(at + "_block" + std::to_string(idx), block_of(cin, cout, false, false, attends(res))));
+      enc_.push_back(enc->register_module(at + "_block" + std::to_string(idx), block_of(cin, cout, false, false, contains(o.attn_resolutions, res))));
       skips.push_back(cout);
     }
   }
@@ -382,7 +380,7 @@ DhariwalUNetImpl::DhariwalUNetImpl(DhariwalUNetOptions options) : o_(std::move(o
       const int64_t cin = cout + skips.back();
       skips.pop_back();
       cout = o.model_channels * o.channel_mult[level];
-      dec_.push_back(dec->register_module(at + "_block" + std::to_string(idx), block_of(cin, cout, false, false, attends(res))));
+      dec_.push_back(dec->register_module(at + "_block" + std::to_string(idx), block_of(cin, cout, false, false, contains(o.attn_resolutions, res))));
     }
   }
   out_norm = register_module("out_norm", edm_group_norm(cout, 1e-5));

@@ -138,6 +138,21 @@ namespace {
 
 std::vector<int64_t> wide(const std::vector<int>& v) { return {v.begin(), v.end()}; }
 
+// What EDM's networks take from the config's shared keys and model.edm.
+void set_shared_options(EdmUNetOptions& o, const Config& config) {
+  const auto& m = config.model;
+  o.img_resolution = config.data.image_size;
+  o.in_channels = o.out_channels = config.data.channels;
+  o.label_dim = m.edm.label_dim;
+  o.augment_dim = m.edm.augment_dim;
+  o.model_channels = m.ch;
+  o.channel_mult = wide(m.ch_mult);
+  o.channel_mult_emb = m.edm.channel_mult_emb;
+  o.num_blocks = m.num_res_blocks;
+  o.attn_resolutions = wide(m.attn_resolutions);
+  o.dropout = m.dropout;
+}
+
 // EDM's network as an ε-model through its preconditioning, the skips scaled (Skip-Tuning) at
 // times in [t_min, t_max].
 EpsModel edm_eps_model(const Network& net, const Config& config, const torch::Device& device,
@@ -168,21 +183,11 @@ EpsModel edm_eps_model(const Network& net, const Config& config, const torch::De
 
 Network make_network(const Config& config) {
   const auto& m = config.model;
-  const int64_t channels = config.data.channels, resolution = config.data.image_size;
   Network n;
   n.num_skips = num_skips(m);
   if (m.type == "songunet") {
     model::SongUNetOptions o;
-    o.img_resolution = resolution;
-    o.in_channels = o.out_channels = channels;
-    o.label_dim = m.edm.label_dim;
-    o.augment_dim = m.edm.augment_dim;
-    o.model_channels = m.ch;
-    o.channel_mult = wide(m.ch_mult);
-    o.channel_mult_emb = m.edm.channel_mult_emb;
-    o.num_blocks = m.num_res_blocks;
-    o.attn_resolutions = wide(m.attn_resolutions);
-    o.dropout = m.dropout;
+    set_shared_options(o, config);
     o.embedding_type = m.edm.embedding_type;
     o.channel_mult_noise = m.edm.channel_mult_noise;
     o.encoder_type = m.edm.encoder_type;
@@ -195,25 +200,16 @@ Network make_network(const Config& config) {
     };
   } else if (m.type == "dhariwalunet") {
     model::DhariwalUNetOptions o;
-    o.img_resolution = resolution;
-    o.in_channels = o.out_channels = channels;
-    o.label_dim = m.edm.label_dim;
-    o.augment_dim = m.edm.augment_dim;
-    o.model_channels = m.ch;
-    o.channel_mult = wide(m.ch_mult);
-    o.channel_mult_emb = m.edm.channel_mult_emb;
-    o.num_blocks = m.num_res_blocks;
-    o.attn_resolutions = wide(m.attn_resolutions);
-    o.dropout = m.dropout;
+    set_shared_options(o, config);
     o.channels_per_head = m.edm.channels_per_head;
-    if (m.edm.precond == "iddpm") o.out_channels = 2 * channels;  // (iDDPM's network also predicts variances)
+    if (m.edm.precond == "iddpm") o.out_channels = 2 * o.in_channels;  // (iDDPM's network also predicts variances)
     DhariwalUNet net(o);
     n.module = net.ptr();
     n.forward = [net = net.ptr()](const torch::Tensor& x, const torch::Tensor& c, const std::vector<double>& s) {
       return net->forward(x, c, {}, {}, s);
     };
   } else {
-    UNet net(m, channels, resolution);
+    UNet net(m, config.data.channels, config.data.image_size);
     n.module = net.ptr();
     n.forward = [net = net.ptr()](const torch::Tensor& x, const torch::Tensor& t, const std::vector<double>& s) {
       return net->forward(x, t, s);

@@ -78,6 +78,27 @@ TEST_F(Cli, HelpAndInfo) {
   EXPECT_NE(r.output.find("cpu threads:"), std::string::npos);
 }
 
+TEST_F(Cli, ConvertedEdmNetworksAreDescribedAndSampledNotTrained) {
+  // A converted EDM network (tests/fixtures/make_edm_checkpoint_fixture.py): info describes it,
+  // sample samples it with any sampler and Skip-Tuning, train refuses it before any work.
+  const std::string fixture = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/edm_ckpt_adm";
+  const std::string model = "--weights " + fixture + ".safetensors --config " + fixture + ".yaml";
+  auto r = run("info --config " + fixture + ".yaml");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("network:        dhariwalunet"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("EDM's edm preconditioning; unconditional"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("long skips:     4"), std::string::npos) << r.output;
+  r = run("sample " + model + " --sampler dpmpp-2m --steps 4 --timesteps edm --num 2 --no-png --skip-tuning 0.9 --out " +
+          (dir / "edm"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("4 network evaluations"), std::string::npos) << r.output;
+  expect_user_error(run("train --config " + fixture + ".yaml --run-dir " + (dir / "run")),
+                    "model.type = 'dhariwalunet'");
+  EXPECT_FALSE(std::filesystem::exists(dir / "run"));
+  expect_user_error(run("sample " + model + " --set model.edm.label_dim=3 --out " + (dir / "cond")),
+                    "map_label.weight");
+}
+
 TEST_F(Cli, HelpNamesWhatTheRegistriesHold) {
   // The help texts are built from the registries: a new sampler, time grid, feature network or
   // labelled data set shows up without an edit there.

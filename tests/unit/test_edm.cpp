@@ -90,8 +90,7 @@ TEST(Edm, IddpmLevelsAndRoundingEqualEdmsOwn) {
 namespace {
 
 // A fixture's network setting (its metadata's `options`, EDM's keyword arguments).
-template <class Options>
-void read_common_options(const YAML::Node& n, Options& o) {
+void read_common_options(const YAML::Node& n, model::EdmUNetOptions& o) {
   o.img_resolution = n["img_resolution"].as<int64_t>();
   o.in_channels = n["in_channels"].as<int64_t>();
   o.out_channels = n["out_channels"].as<int64_t>();

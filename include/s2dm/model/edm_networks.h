@@ -14,7 +14,8 @@
 
 namespace s2dm::model {
 
-struct SongUNetOptions {
+// The arguments both networks take (EDM's names; SongUNet's defaults).
+struct EdmUNetOptions {
   int64_t img_resolution = 32, in_channels = 3, out_channels = 3;
   int64_t label_dim = 0;    // class labels (one-hot), 0 = unconditional
   int64_t augment_dim = 0;  // EDM's augmentation labels (zeros, or absent, at sampling)
@@ -24,6 +25,9 @@ struct SongUNetOptions {
   int64_t num_blocks = 4;
   std::vector<int64_t> attn_resolutions{16};
   double dropout = 0.10;
+};
+
+struct SongUNetOptions : EdmUNetOptions {
   std::string embedding_type = "positional";  // positional (DDPM++) | fourier (NCSN++)
   int64_t channel_mult_noise = 1;             // 1 (DDPM++) | 2 (NCSN++)
   std::string encoder_type = "standard";      // standard | skip | residual (NCSN++)
@@ -112,15 +116,14 @@ class SongUNetImpl : public torch::nn::Module {
 };
 TORCH_MODULE(SongUNet);
 
-struct DhariwalUNetOptions {
-  int64_t img_resolution = 64, in_channels = 3, out_channels = 3;
-  int64_t label_dim = 0, augment_dim = 0;
-  int64_t model_channels = 192;
-  std::vector<int64_t> channel_mult{1, 2, 3, 4};
-  int64_t channel_mult_emb = 4;
-  int64_t num_blocks = 3;
-  std::vector<int64_t> attn_resolutions{32, 16, 8};
-  double dropout = 0.10;
+struct DhariwalUNetOptions : EdmUNetOptions {
+  DhariwalUNetOptions() {  // (ADM's defaults)
+    img_resolution = 64;
+    model_channels = 192;
+    channel_mult = {1, 2, 3, 4};
+    num_blocks = 3;
+    attn_resolutions = {32, 16, 8};
+  }
   // Attention heads of out_channels / channels_per_head (EDM fixes 64; a smaller value lets small
   // test networks have attention).
   int64_t channels_per_head = 64;
