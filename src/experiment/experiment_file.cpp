@@ -28,6 +28,12 @@ namespace fs = std::filesystem;
 using schema::Any;
 using schema::Range;
 
+std::string ModelSpec::origin() const {
+  if (!checkpoint.empty()) return "checkpoint " + checkpoint;
+  if (!weights.empty()) return "weights " + weights + " (config " + weights_config + ")";
+  return "train config " + train_config;
+}
+
 std::string hash_key(const std::string& text) {
   uint64_t h = 1469598103934665603ull;
   for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
@@ -140,18 +146,21 @@ void read_models(const Reader& r, const YAML::Node& node, Experiment& e) {
   for (size_t i = 0; i < node.size(); ++i) {
     const YAML::Node m = node[i];
     const std::string where = "models[" + std::to_string(i) + "]";
-    r.check_keys(m, where, {"name", "train", "checkpoint", "set", "ema"});
+    r.check_keys(m, where, {"name", "train", "checkpoint", "weights", "config", "set", "ema"});
     ModelSpec spec;
     spec.line = r.line(m);
     if (!m["name"]) r.fail(m, where + ": needs a name");
     spec.name = r.scalar<std::string>(m["name"], where + ".name", "a string");
     if (!is_safe_name(spec.name)) r.fail(m["name"], where + ".name = '" + spec.name + "': use letters, digits, '_', '-', '.'");
     if (!names.insert(spec.name).second) r.fail(m["name"], where + ".name = '" + spec.name + "' is used twice");
-    if (bool(m["train"]) == bool(m["checkpoint"]))
-      r.fail(m, where + " ('" + spec.name + "'): give exactly one of train (a train config) or checkpoint");
+    if (bool(m["train"]) + bool(m["checkpoint"]) + bool(m["weights"]) != 1)
+      r.fail(m, where + " ('" + spec.name + "'): give exactly one of train (a train config), checkpoint, or weights (with "
+                        "config)");
+    if (bool(m["weights"]) != bool(m["config"]))
+      r.fail(m, where + " ('" + spec.name + "'): weights and config go together (safetensors weights and their config)");
     if (m["ema"]) spec.ema = r.scalar<bool>(m["ema"], where + ".ema", "true or false");
     if (const auto set = m["set"]) {
-      if (m["checkpoint"]) r.fail(set, where + ".set: overrides apply to train configs, not checkpoints");
+      if (m["checkpoint"]) r.fail(set, where + ".set: overrides apply to configs (train or with weights), not checkpoints");
       if (set.IsMap()) {
         for (const auto& kv : set) spec.set.push_back(r.key(kv.first, where + ".set") + "=" + Reader::flow(kv.second));
       } else if (set.IsSequence()) {
@@ -179,6 +188,19 @@ void read_models(const Reader& r, const YAML::Node& node, Experiment& e) {
       if (std::error_code ec; !fs::exists(data_path, ec))  // (a path it cannot look at: not there either)
         r.fail(m, where + " ('" + spec.name + "'): its data (" + data.dataset + ") is not at " + data_path +
                       " (data/README.md says how to get it)");
+    } else if (m["weights"]) {
+      for (const char* key : {"weights", "config"}) {
+        const std::string path = r.resolve(r.scalar<std::string>(m[key], where + "." + key, "a path"));
+        if (auto why = why_not_a_file(path); !why.empty()) r.fail(m[key], where + "." + key + ": " + path + " " + why);
+        (std::string(key) == "weights" ? spec.weights : spec.weights_config) = path;
+      }
+      try {
+        spec.config = load_config(spec.weights_config, spec.set);
+      } catch (const ConfigError& err) {
+        r.fail(m, where + " ('" + spec.name + "'): " + err.what());
+      }
+      spec.key = hash_key("weights\n" + file_identity(spec.weights) + "\n" + file_identity(spec.weights_config) + "\n" +
+                          config_identity(spec.config));
     } else {
       spec.checkpoint = r.resolve(r.scalar<std::string>(m["checkpoint"], where + ".checkpoint", "a path"));
       if (auto why = why_not_a_file(spec.checkpoint); !why.empty())

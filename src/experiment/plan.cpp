@@ -232,7 +232,7 @@ RunSummary show_plan(const Experiment& e, const ExperimentPlan& plan, const torc
       }
     summary.units_total += todo + done;
     summary.units_done_before += done;
-    std::string training = "checkpoint " + m.checkpoint;
+    std::string training = m.origin();
     int64_t train_steps = 0;
     if (!m.train_config.empty()) {
       const auto& state = plan.states.at(m.name);

@@ -242,7 +242,7 @@ int write_outputs(const Experiment& e, const std::vector<Unit>& units, ReportInp
       inputs.notes.push_back(m.name + ": " + m.train_config + with + " (loss " + m.config.loss.type + ", " +
                              std::to_string(m.config.train.steps) + " steps)");
     } else {
-      inputs.notes.push_back(m.name + ": checkpoint " + m.checkpoint + (m.ema ? " (EMA weights)" : " (raw weights)"));
+      inputs.notes.push_back(m.name + ": " + m.origin() + (m.checkpoint.empty() ? "" : m.ema ? " (EMA weights)" : " (raw weights)"));
     }
   }
   for (const auto& u : units) {
@@ -324,6 +324,8 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
     model::ModelRef ref;
     ref.checkpoint = m.checkpoint;
     ref.ema = m.ema;
+    ref.weights = m.weights;
+    ref.config = m.weights_config;
     if (!m.train_config.empty()) {
       const auto& state = plan.states.at(m.name);
       if (!ensure_trained(m, state, summary)) {
@@ -333,7 +335,8 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
       // (latest.ckpt, but for a finished run whose latest.ckpt was lost: its newest step file)
       ref.checkpoint = state.trained() ? state.checkpoint : train::latest_checkpoint(state.run_dir);
     }
-    const model::LoadedModel loaded(model::resolve_model(ref), device);
+    // (A train model's overrides are in its checkpoint's config; weights take theirs here.)
+    const model::LoadedModel loaded(model::resolve_model(ref, m.weights.empty() ? std::vector<std::string>{} : m.set), device);
     const auto files = grid_files(e, units);
 
     for (Unit* u : pending) {

@@ -165,6 +165,7 @@ EpsModel edm_eps_model(const Network& net, const Config& config, const torch::De
   auto with_scales = [&](std::vector<double> scales) {
     return precond.eps_model(
         [net, scales, device](const torch::Tensor& input, const torch::Tensor& c_noise) {
+          torch::NoGradGuard no_grad;
           return net.forward(input.to(device, torch::kFloat32), c_noise.to(device, torch::kFloat32), scales).to(input.dtype());
         },
         schedule);

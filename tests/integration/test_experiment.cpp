@@ -292,7 +292,12 @@ TEST_F(Experiment, BadFilesFailBeforeAnyWork) {
   expect_bad("steps: [2, 4]", "steps: [2, 4000]", "sample.steps = 4000 exceeds diffusion.num_timesteps = 1000");
   expect_bad("baseline: base", "baseline: nobody", "baseline = 'nobody' is not one of the models");
   expect_bad("train: " + kTiny + "\n    set: {loss", "checkpoint: missing.ckpt\n    set: {loss",
-             "overrides apply to train configs");
+             "overrides apply to configs (train or with weights), not checkpoints");
+  const std::string edm = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/edm_ckpt_fmnist";
+  expect_bad("train: " + kTiny + "\n    set: {loss", "weights: " + edm + ".safetensors\n    set: {loss",
+             "weights and config go together");
+  expect_bad("train: " + kTiny + "\n    set: {loss", "train: " + edm + ".yaml\n    set: {loss",
+             "model.type = 'songunet'");
   expect_bad("train: " + kTiny + "\n    set: {loss.type: simple, data.path: " + (dir / "data") + "}",
              "checkpoint: missing.ckpt", "missing.ckpt not found");
   expect_bad("train: " + kTiny + "\n    set: {loss", "train: nowhere.yaml\n    set: {loss", "nowhere.yaml not found");
@@ -394,6 +399,28 @@ TEST_F(Experiment, SweepsSkipTuningAndLearnedGrids) {
 
 // skip_tuning: tuned: ρ_bottom is searched once per setting (shared by the seeds) on the proxy,
 // the winner sampled and measured like any unit; the curve is drawn and the result noted.
+TEST_F(Experiment, ConvertedEdmNetworksAreSampledTunedAndReused) {
+  // A converted EDM network (tests/fixtures/make_edm_checkpoint_fixture.py, 32 x 32 x 1) as a
+  // model of weights and config: its samplers, the ρ search of Skip-Tuning on its skips, FD;
+  // run again, nothing is redone.
+  const std::string edm = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/edm_ckpt_fmnist";
+  const std::string path = dir / "exp.yaml";
+  write_bytes(path, "name: edm\nout: " + out() + "\ndevice: cpu\nthreads: 1\nmodels:\n  - name: edm\n    weights: " + edm +
+                        ".safetensors\n    config: " + edm + ".yaml\n    set: {data.path: " + (dir / "data") +
+                        "}\nsample: {steps: 2, batch: 8, timesteps: edm}\nsweep:\n  sampler: [heun, dpmpp-2m]\n"
+                        "  skip_tuning: [none, tuned]\ntune_skip: {range: [0.5, 1.0], points: 3, refine: 0, proxy_samples: 8}\n"
+                        "metric: {features: classifier, num_samples: 16, reference_num: 64, classifier_epochs: 1}\n");
+  auto r = run("run " + path);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(units_run(r.output), 4) << r.output;
+  EXPECT_EQ(csv_rows(out() + "/results.csv"), 4);
+  EXPECT_NE(r.output.find("weights " + edm + ".safetensors"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("searching ρ_bottom"), std::string::npos) << r.output;
+  r = run("run " + path);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(units_run(r.output), 0) << r.output;
+}
+
 TEST_F(Experiment, TunesSkipsOnTheProxyAndMeasuresTheWinner) {
   const std::string path =
       write_one_model("tune", "{sampler: ddim, steps: 3, batch: 8}", "  skip_tuning: [none, tuned]\n",

@@ -21,9 +21,14 @@ struct ModelSpec {
   std::vector<std::string> set;    // ... with these overrides ("section.key=value")
   std::string checkpoint;          // ... or a checkpoint to load
   bool ema = true;                 // sample with the EMA weights of a checkpoint
+  std::string weights;             // ... or safetensors weights (a converted EDM network, ...)
+  std::string weights_config;      //     with their config
   Config config;                   // the resolved config (training settings, shape, schedule)
   std::string key;                 // hash of what determines the weights
   int line = 0;                    // where it is declared
+
+  // Where the weights come from, for messages and the report: "checkpoint PATH", "weights PATH".
+  std::string origin() const;
 };
 
 // One point of the sweep: the sample settings that differ from the experiment's base, by key.
