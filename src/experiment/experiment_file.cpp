@@ -189,11 +189,13 @@ void read_models(const Reader& r, const YAML::Node& node, Experiment& e) {
         r.fail(m, where + " ('" + spec.name + "'): its data (" + data.dataset + ") is not at " + data_path +
                       " (data/README.md says how to get it)");
     } else if (m["weights"]) {
-      for (const char* key : {"weights", "config"}) {
+      auto file = [&](const char* key) {
         const std::string path = r.resolve(r.scalar<std::string>(m[key], where + "." + key, "a path"));
         if (auto why = why_not_a_file(path); !why.empty()) r.fail(m[key], where + "." + key + ": " + path + " " + why);
-        (std::string(key) == "weights" ? spec.weights : spec.weights_config) = path;
-      }
+        return path;
+      };
+      spec.weights = file("weights");
+      spec.weights_config = file("config");
       try {
         spec.config = load_config(spec.weights_config, spec.set);
       } catch (const ConfigError& err) {
