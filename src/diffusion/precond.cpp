@@ -32,15 +32,13 @@ Preconditioning Preconditioning::iddpm(double C_1, double C_2, int M) {
   Preconditioning p;
   p.kind_ = "iddpm";
   p.M_ = M;
-  // The cosine schedule's levels, from u_M = 0 up: u_{j-1} = √((u_j² + 1) / max(ᾱ_{j-1}/ᾱ_j, C_1) - 1),
-  // in float32 as EDM computes them (its checkpoints carry this table; in float64 the small levels
-  // differ by up to 5e-4 relative).
-  auto alpha_bar = [&](int64_t j) { return (torch::tensor(j) * (0.5 * M_PI) / M / (C_2 + 1)).sin().pow(2); };
-  auto u = torch::zeros({M + 1});
+  // The cosine schedule's levels, from u_M = 0 up: u_{j-1} = √((u_j² + 1) / max(ᾱ_{j-1}/ᾱ_j, C_1) - 1).
+  // (In float64: EDM computes them in float32, where the small levels come from differences of
+  // numbers near 1, so its table is exact only to ~1e-3 there and differs between PyTorch builds.)
+  auto alpha_bar = [&](int j) { return std::pow(std::sin(0.5 * M_PI * j / M / (C_2 + 1)), 2); };
+  p.u_.assign(M + 1, 0.0);
   for (int j = M; j > 0; --j)
-    u[j - 1] = ((u[j].pow(2) + 1) / (alpha_bar(j - 1) / alpha_bar(j)).clamp_min(C_1) - 1).sqrt();
-  const auto u64 = u.to(torch::kFloat64).contiguous();
-  p.u_.assign(u64.data_ptr<double>(), u64.data_ptr<double>() + M + 1);
+    p.u_[j - 1] = std::sqrt((p.u_[j] * p.u_[j] + 1) / std::max(alpha_bar(j - 1) / alpha_bar(j), C_1) - 1);
   p.sigma_min_ = p.u_[M - 1];
   p.sigma_max_ = p.u_[0];
   return p;

@@ -51,13 +51,15 @@ TEST(Edm, PreconditioningsEqualEdmsOwn) {
     const double error = ((d - expected[k]).abs() / scale).max().item<double>();
     s2dm::testing::print_margin(p.kind() + " preconditioning against EDM's, relative", error, "1e-5");
     EXPECT_LT(error, 1e-5) << p.kind();
-    // The σ range (VP's σ_min aside: EDM's, σ(1e-5) in float32, is 2.4% below the exact value).
+    // The σ range (EDM's in float32: VP's σ_min, σ(1e-5), is 2.4% below the exact value, iDDPM's
+    // smallest level ~1e-3 off; IddpmLevelsAndRoundingEqualEdmsOwn says why).
     const double lo = range[k][0].item<double>(), hi = range[k][1].item<double>();
-    EXPECT_NEAR(p.sigma_min(), lo, (p.kind() == "vp" ? 0.03 : 1e-6) * lo) << p.kind();
+    const double tolerance = p.kind() == "vp" ? 0.03 : p.kind() == "iddpm" ? 5e-3 : 1e-6;
+    EXPECT_NEAR(p.sigma_min(), lo, tolerance * lo) << p.kind();
     if (std::isinf(hi))
       EXPECT_TRUE(std::isinf(p.sigma_max()));
     else
-      EXPECT_NEAR(p.sigma_max(), hi, 1e-6 * hi) << p.kind();
+      EXPECT_NEAR(p.sigma_max(), hi, 1e-5 * hi) << p.kind();
   }
 }
 
@@ -66,9 +68,13 @@ TEST(Edm, IddpmLevelsAndRoundingEqualEdmsOwn) {
   const auto p = Preconditioning::iddpm();
   const auto ours = torch::tensor(p.iddpm_levels(), torch::kFloat64);
   ASSERT_EQ(ours.size(0), u.size(0));
-  // Computed in float32 as EDM does, the table is EDM's (bit for bit with the same LibTorch; 1e-5
-  // leaves room for another version's float32 sin; in float64 the small levels are 5e-4 off).
-  EXPECT_LT(((ours - u).abs() / u.clamp_min(1e-3)).max().item<double>(), 1e-5);
+  // EDM computes the table in float32, where u_{j-1}² = (u_j² + 1)/r - 1 takes the small levels
+  // from differences of numbers near 1: its rounding (and so its last digits, which differ
+  // between PyTorch builds' float32 sin) reaches ~1e-3 relative there. s2dm's, in float64, agrees
+  // to that; the large levels agree to float32 precision.
+  const auto relative = (ours - u).abs() / u.clamp_min(1e-3);
+  EXPECT_LT(relative.max().item<double>(), 5e-3);
+  EXPECT_LT(relative.slice(0, 0, 500).max().item<double>(), 1e-5);
   // round_sigma snaps to the nearest level; c_noise counts levels from the top, M - 1 - j.
   const auto sigma = torch::tensor({p.iddpm_levels()[10] * 1.0001, p.iddpm_levels()[500], 1e-9}, torch::kFloat64);
   const auto rounded = p.round_sigma(sigma);

@@ -3,9 +3,9 @@
 // iDDPMPrecond and EDMPrecond): the denoiser of a network F,
 //   D(x; σ) = c_skip(σ) x + c_out(σ) F(c_in(σ) x; c_noise(σ)),
 // x in the variance-exploding variables (x = y + σ n), with the σ range each one supports.
-// Computed in the inputs' type (EDM computes in float32) and the σ ranges in float64 (EDM's VP
-// σ_min, 9.77e-4, is σ(1e-5) rounded in float32; the exact value is 1.0005e-3), but for iDDPM's
-// level table, which is EDM's float32 one (its checkpoints carry it).
+// Computed in the inputs' type (EDM computes in float32) and the σ ranges and iDDPM's level table
+// in float64 (EDM's VP σ_min, 9.77e-4, is σ(1e-5) rounded in float32, the exact value 1.0005e-3;
+// its float32 iDDPM table is exact to ~1e-3 at the smallest levels).
 #include <torch/types.h>
 
 #include <functional>
