@@ -41,6 +41,9 @@ UNetBlock unet_block(UNetBlockOptions o, int64_t in, int64_t out, bool up, bool 
   return UNetBlock(o);
 }
 
+// EDM's names of a resolution's modules start with it: "16x16_block0".
+std::string level_name(int64_t res) { return std::to_string(res) + "x" + std::to_string(res); }
+
 bool contains(const std::vector<int64_t>& values, int64_t value) {
   return std::find(values.begin(), values.end(), value) != values.end();
 }
@@ -210,7 +213,7 @@ SongUNetImpl::SongUNetImpl(SongUNetOptions options) : o_(std::move(options)) {
   const auto levels = static_cast<int64_t>(o.channel_mult.size());
   for (int64_t level = 0; level < levels; ++level) {
     const int64_t res = o.img_resolution >> level;
-    const std::string at = std::to_string(res) + "x" + std::to_string(res);
+    const std::string at = level_name(res);
     if (level == 0) {
       const int64_t cin = cout;
       cout = o.model_channels;
@@ -240,7 +243,7 @@ SongUNetImpl::SongUNetImpl(SongUNetOptions options) : o_(std::move(options)) {
   auto dec = register_module("dec", std::make_shared<torch::nn::Module>());
   for (int64_t level = levels - 1; level >= 0; --level) {
     const int64_t res = o.img_resolution >> level;
-    const std::string at = std::to_string(res) + "x" + std::to_string(res);
+    const std::string at = level_name(res);
     if (level == levels - 1) {
       add(dec, dec_, at + "_in0", block_of(cout, cout, false, false, true));
       add(dec, dec_, at + "_in1", block_of(cout, cout, false, false, false));
@@ -349,7 +352,7 @@ DhariwalUNetImpl::DhariwalUNetImpl(DhariwalUNetOptions options) : o_(std::move(o
   const auto levels = static_cast<int64_t>(o.channel_mult.size());
   for (int64_t level = 0; level < levels; ++level) {
     const int64_t res = o.img_resolution >> level;
-    const std::string at = std::to_string(res) + "x" + std::to_string(res);
+    const std::string at = level_name(res);
     if (level == 0) {
       const int64_t cin = cout;
       cout = o.model_channels * o.channel_mult[level];
@@ -369,7 +372,7 @@ DhariwalUNetImpl::DhariwalUNetImpl(DhariwalUNetOptions options) : o_(std::move(o
   auto dec = register_module("dec", std::make_shared<torch::nn::Module>());
   for (int64_t level = levels - 1; level >= 0; --level) {
     const int64_t res = o.img_resolution >> level;
-    const std::string at = std::to_string(res) + "x" + std::to_string(res);
+    const std::string at = level_name(res);
     if (level == levels - 1) {
       dec_.push_back(dec->register_module(at + "_in0", block_of(cout, cout, false, false, true)));
       dec_.push_back(dec->register_module(at + "_in1", block_of(cout, cout, false, false, false)));
