@@ -71,6 +71,8 @@ void visit(V& v, LossConfig& c) {
   v("skip_k", c.skip_k, Range<int>{1, 100000});
   v("tau", c.tau, Range<double>{0.0, 1.0});
   v("noise", c.noise, OneOf{{"independent", "shared"}});
+  v("p_mean", c.p_mean, Added{Range<double>{-20.0, 20.0}});
+  v("p_std", c.p_std, Added{Range<double>{1e-6, 20.0}});
 }
 
 template <class V>

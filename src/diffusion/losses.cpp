@@ -59,7 +59,12 @@ const std::vector<LossInfo>& losses() {
 }  // namespace s2dm::diffusion
 
 namespace s2dm {
-std::vector<std::string> loss_names() { return names_of(diffusion::losses()); }
+// (and EDM's networks' loss, computed by DenoiserLoss rather than from an ε-model)
+std::vector<std::string> loss_names() {
+  auto names = names_of(diffusion::losses());
+  names.push_back("edm");
+  return names;
+}
 }  // namespace s2dm
 
 namespace s2dm::diffusion {
@@ -132,6 +137,48 @@ LossTerms DiffusionLoss::combine(const torch::Tensor& eps1, const torch::Tensor&
                                  const torch::Tensor& eps_hat, const torch::Tensor& t) const {
   return info_->compute(*this, {torch::zeros_like(eps1), t, eps1, eps2},
                         [&](const torch::Tensor&, const torch::Tensor&) { return eps_hat; });
+}
+
+}  // namespace s2dm::diffusion
+
+namespace s2dm::diffusion {
+
+DenoiserLoss::DenoiserLoss(Preconditioning precond, const LossConfig& config)
+    : precond_(std::move(precond)), p_mean_(config.p_mean), p_std_(config.p_std) {
+  if (precond_.kind() == "iddpm")  // (train::check_trainable tells the user)
+    throw std::invalid_argument("EDM defines no loss for iDDPM's preconditioning");
+}
+
+torch::Tensor DenoiserLoss::draw_sigmas(int64_t batch, const torch::Device& device) const {
+  const auto options = torch::TensorOptions().dtype(torch::kFloat32).device(device);
+  if (precond_.kind() == "edm") return (torch::randn({batch}, options) * p_std_ + p_mean_).exp();
+  const auto u = torch::rand({batch}, options);
+  if (precond_.kind() == "vp") return precond_.vp_sigma(1 + u * (precond_.epsilon_t() - 1));
+  return precond_.sigma_min() * torch::pow(precond_.sigma_max() / precond_.sigma_min(), u);
+}
+
+torch::Tensor DenoiserLoss::weights(const torch::Tensor& sigma) const {
+  if (precond_.kind() != "edm") return 1 / sigma.square();
+  const double d = precond_.sigma_data();
+  return (sigma.square() + d * d) / (sigma * d).square();
+}
+
+LossTerms DenoiserLoss::terms(const Preconditioning::Network& network, const torch::Tensor& y,
+                              const torch::Tensor& sigma, const torch::Tensor& n) const {
+  const auto s = sigma.reshape({-1, 1, 1, 1});
+  const auto denoised = precond_.denoise(network, y + n * s, sigma).to(y.scalar_type());  // (from autocast)
+  LossTerms out;
+  out.loss = (weights(sigma) * per_sample_mse(denoised, y)).mean();
+  return out;
+}
+
+LossTerms DenoiserLoss::operator()(const Preconditioning::Network& network, const torch::Tensor& y, Rows rows) const {
+  auto sigma = draw_sigmas(y.size(0), y.device());
+  auto n = torch::randn_like(y);
+  auto images = y;
+  if (rows.end >= 0)
+    for (auto* part : {&images, &sigma, &n}) *part = part->slice(0, rows.begin, rows.end);
+  return terms(network, images, sigma, n);
 }
 
 }  // namespace s2dm::diffusion

@@ -75,6 +75,10 @@ torch::Tensor nearest_level(const std::vector<double>& u, const torch::Tensor& s
 
 }  // namespace
 
+torch::Tensor Preconditioning::vp_sigma(const torch::Tensor& t) const {
+  return ((0.5 * beta_d_ * t.square() + beta_min_ * t).exp() - 1).sqrt();
+}
+
 torch::Tensor Preconditioning::round_sigma(const torch::Tensor& sigma) const {
   if (kind_ != "iddpm") return sigma;
   return torch::tensor(u_, torch::kFloat64).to(sigma.device()).index_select(0, nearest_level(u_, sigma)).to(sigma.dtype());

@@ -167,9 +167,12 @@ std::optional<Figure> loss_plot(const std::map<std::string, std::string>& metric
     std::vector<double> steps, losses;
     for (std::string line; std::getline(in, line);) {
       auto j = nlohmann::json::parse(line, nullptr, false);
-      if (j.is_discarded() || !j.contains("step") || !j.contains("loss_simple")) continue;
+      if (j.is_discarded() || !j.contains("step")) continue;
+      // (DDPM's L_simple, or the whole loss of EDM's networks, which log no terms of it)
+      const char* key = j.contains("loss_simple") ? "loss_simple" : "loss";
+      if (!j.contains(key)) continue;
       steps.push_back(j["step"].get<double>());
-      losses.push_back(j["loss_simple"].get<double>());
+      losses.push_back(j[key].get<double>());
     }
     if (steps.empty()) continue;
     Series s{steps, {}, palette()[i++ % palette().size()], false};

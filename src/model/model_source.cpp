@@ -267,28 +267,28 @@ LoadedModel::LoadedModel(const ModelSource& source, const torch::Device& device)
     script_ = load_torchscript_eps_model(source.script, device, {c.data.channels, c.data.image_size, c.data.image_size});
     return;
   }
-  auto network = make_network(c);
-  load_weights(*network.module, source.weights, source.origin);
-  network.module->to(device);
-  network.module->eval();
-  if (c.model.type == "ddpm")
-    unet_ = UNet(std::dynamic_pointer_cast<UNetImpl>(network.module));
-  else
-    edm_ = std::move(network);
+  network_ = make_network(c);
+  load_weights(*network_.module, source.weights, source.origin);
+  network_.module->to(device);
+  network_.module->eval();
+}
+
+EpsModel network_eps_model(const Network& network, const Config& config, const torch::Device& device, bool bf16,
+                           const SkipTuningConfig& skip_tuning, bool cuda_graphs) {
+  if (const auto unet = network.unet()) return unet_eps_model(unet, bf16, skip_tuning, cuda_graphs);
+  return edm_eps_model(network, config, device, skip_tuning);
 }
 
 EpsModel LoadedModel::eps(const SkipTuningConfig& skip_tuning, bool cuda_graphs) const {
   check_skip_tuning(config_.model, skip_tuning, bool(script_));
   if (script_) return script_;
-  if (edm_.module) return edm_eps_model(edm_, config_, device_, skip_tuning);
-  return unet_eps_model(unet_, bf16_autocast(config_, device_), skip_tuning, cuda_graphs);
+  return network_eps_model(network_, config_, device_, bf16_autocast(config_, device_), skip_tuning, cuda_graphs);
 }
 
 EpsModel LoadedModel::eps_fp32(const SkipTuningConfig& skip_tuning) const {
   check_skip_tuning(config_.model, skip_tuning, bool(script_));
   if (script_) return script_;
-  if (edm_.module) return edm_eps_model(edm_, config_, device_, skip_tuning);
-  return unet_eps_model(unet_, /*bf16=*/false, skip_tuning);
+  return network_eps_model(network_, config_, device_, /*bf16=*/false, skip_tuning);
 }
 
 }  // namespace s2dm::model

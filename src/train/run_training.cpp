@@ -16,10 +16,30 @@ namespace s2dm::train {
 namespace fs = std::filesystem;
 
 void check_trainable(const Config& config, const std::string& origin) {
-  if (config.model.type != "ddpm")
-    throw ConfigError(origin + ": model.type = '" + config.model.type +
-                      "': s2dm trains the DDPM UNet (model.type ddpm) only; EDM's networks are sampled from converted "
-                      "checkpoints (scripts/convert_edm_checkpoint.py)");
+  const auto& m = config.model;
+  const std::string loss = "loss.type = '" + config.loss.type + "'";
+  if (m.type == "ddpm") {
+    if (config.loss.type == "edm")
+      throw ConfigError(origin + ": " + loss + " trains EDM's networks (model.type songunet or dhariwalunet); the DDPM "
+                        "UNet trains with loss.type simple or s2dm");
+    return;
+  }
+  const std::string network = "model.type = '" + m.type + "'";
+  if (config.loss.type == "s2dm")
+    throw ConfigError(origin + ": " + loss + " with " + network + ": L_skip is defined on DDPM's discrete timesteps "
+                      "and s2dm does not derive it for EDM's preconditionings; train EDM's networks with loss.type edm");
+  if (config.loss.type != "edm")
+    throw ConfigError(origin + ": " + loss + " with " + network + ": EDM's networks train with loss.type edm, the "
+                      "preconditioning's own loss (EDM's VPLoss, VELoss or EDMLoss)");
+  if (m.edm.label_dim > 0)
+    throw ConfigError(origin + ": model.edm.label_dim = " + std::to_string(m.edm.label_dim) +
+                      ": s2dm trains unconditional EDM networks only (label_dim 0)");
+  if (m.edm.augment_dim > 0)
+    throw ConfigError(origin + ": model.edm.augment_dim = " + std::to_string(m.edm.augment_dim) +
+                      ": EDM's augmentation pipeline is not in s2dm; train with augment_dim 0");
+  if (m.edm.precond == "iddpm")
+    throw ConfigError(origin + ": model.edm.precond = 'iddpm': EDM defines no loss for iDDPM's preconditioning (it "
+                      "trains vp, ve and edm models); converted iDDPM models are sampled, not trained");
 }
 
 namespace {

@@ -82,7 +82,7 @@ Trainer::Trainer(Config config, std::string run_dir, bool resuming, parallel::Pr
       group_(group),
       writes_(group.rank() == 0),
       resuming_(resuming),
-      schedule_(config_.diffusion) {
+      schedule_(noise_schedule_of(config_)) {
   // Ranks on one machine share its cores.
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
   set_cpu_threads(config_.threads > 0 ? config_.threads : std::max(1, cores / group_.local_size()));
@@ -107,20 +107,20 @@ Trainer::Trainer(Config config, std::string run_dir, bool resuming, parallel::Pr
                dataset_.images.size(2), dataset_.images.size(3), dataset_.source);
   batcher_ = std::make_unique<data::Batcher>(dataset_, device_, tc_.batch_size, config_.seed, config_.data.random_flip);
 
-  unet_ = model::UNet(config_.model, config_.data.channels, config_.data.image_size);
-  ema_ = model::UNet(config_.model, config_.data.channels, config_.data.image_size);
-  for (auto* net : {&unet_, &ema_}) {
-    (*net)->to(device_);
-    (*net)->set_memory_format(model::preferred_memory_format(device_));
+  net_ = model::make_network(config_);
+  ema_ = model::make_network(config_);
+  for (auto* net : {&net_, &ema_}) {
+    net->module->to(device_);
+    if (auto unet = net->unet()) unet->set_memory_format(model::preferred_memory_format(device_));
   }
-  optim::copy_weights(*ema_, *unet_);
-  ema_->eval();
-  spdlog::info("model: {:.2f} M parameters, {} long skips", model::count_parameters(*unet_) / 1e6,
-               model::num_skips(config_.model));
+  optim::copy_weights(*ema_.module, *net_.module);
+  ema_.module->eval();
+  spdlog::info("model: {} network, {:.2f} M parameters, {} long skips", config_.model.type,
+               model::count_parameters(*net_.module) / 1e6, net_.num_skips);
 
-  params_ = unet_->parameters();
+  params_ = net_.module->parameters();
   NamedTensors params;
-  for (const auto& item : unet_->named_parameters()) params.emplace_back(item.key(), item.value());
+  for (const auto& item : net_.module->named_parameters()) params.emplace_back(item.key(), item.value());
   adam_ = std::make_unique<optim::Adam>(
       params, optim::AdamOptions{tc_.beta1, tc_.beta2, tc_.eps, tc_.weight_decay, tc_.optimizer == "adamw"});
   if (group_.launched())
@@ -144,12 +144,15 @@ Trainer::Trainer(Config config, std::string run_dir, bool resuming, parallel::Pr
                  ls.pairs, ls.batch, ls.every,
                  100.0 * 2 * ls.pairs * ls.batch / (3.0 * ls.every * tc_.batch_size * tc_.grad_accum));
   }
-  loss_ = std::make_unique<diffusion::DiffusionLoss>(config_.loss, schedule_, device_, tc_.antithetic);
+  if (config_.model.type == "ddpm")
+    loss_ = std::make_unique<diffusion::DiffusionLoss>(config_.loss, schedule_, device_, tc_.antithetic);
+  else
+    denoiser_loss_ = std::make_unique<diffusion::DenoiserLoss>(Preconditioning::of(config_.model.edm), config_.loss);
 }
 
 void Trainer::resume(Checkpoint ckpt) {
-  load_weights(*unet_, ckpt.model, "checkpoint model");
-  load_weights(*ema_, ckpt.ema, "checkpoint ema");
+  load_weights(*net_.module, ckpt.model, "checkpoint model");
+  load_weights(*ema_.module, ckpt.ema, "checkpoint ema");
   adam_->load_state(ckpt.optimizer);
   restore_rng(ckpt.rng, device_);
   batcher_->seek(std::stoll(ckpt.extra.at("data_epoch")), std::stoll(ckpt.extra.at("data_cursor")));
@@ -171,8 +174,8 @@ void Trainer::write_checkpoint() {
   Checkpoint ckpt;
   ckpt.step = step_;
   ckpt.config_yaml = to_yaml(config_);
-  ckpt.model = named_weights(*unet_);
-  ckpt.ema = named_weights(*ema_);
+  ckpt.model = named_weights(*net_.module);
+  ckpt.ema = named_weights(*ema_.module);
   ckpt.optimizer = adam_->state();
   ckpt.rng = rng_states(device_);
   ckpt.extra = {{"data_epoch", std::to_string(batcher_->epoch())},
@@ -195,8 +198,8 @@ sample::Generated Trainer::ema_samples(uint64_t seed, int64_t num) const {
   ModelGrids grids;
   if (online_ && online_->has_grid()) grids.state = online_->state();
   grids.uniform_until_ready = true;
-  const auto model =
-      DiffusionModel::of(config_, model::unet_eps_model(ema_, autocast_, config_.sample.skip_tuning), device_, grids);
+  const auto eps = model::network_eps_model(ema_, config_, device_, autocast_, config_.sample.skip_tuning);
+  const auto model = DiffusionModel::of(config_, eps, device_, grids);
   const auto plan = sample::plan_sampling(config_.sample, model);
   if (!plan.warning.empty()) spdlog::warn("{}", plan.warning);
   auto generate = [&](int64_t first, int64_t count) {
@@ -249,23 +252,36 @@ void Trainer::settle_owed() {
     evaluate();
     owed_.evaluation = false;
   }
-  unet_->train();
+  net_.module->train();
 }
 
-// The UNet on a micro-batch. Dropout draws from a stream of its own per (seed, step, micro-batch,
-// rank), one process being rank 0 of 1: the ranks' masks are independent, and the training stream
-// (flips, timesteps, noises of the whole batch) is the same for one process and any number of
-// ranks, so a run may resume on another world size.
-torch::Tensor Trainer::forward(const torch::Tensor& x, const torch::Tensor& t, int micro) {
-  if (config_.model.dropout == 0) return unet_->forward(x, t);
+// The network on a micro-batch, at its noise levels (t for the UNet, c_noise for EDM's networks).
+// Dropout draws from a stream of its own per (seed, step, micro-batch, rank), one process being
+// rank 0 of 1: the ranks' masks are independent, and the training stream (flips, noise levels,
+// noises of the whole batch) is the same for one process and any number of ranks, so a run may
+// resume on another world size.
+torch::Tensor Trainer::forward(const torch::Tensor& x, const torch::Tensor& noise, int micro) {
+  if (config_.model.dropout == 0) return net_.forward(x, noise, {});
   auto generator = compat::default_generator(device_);
   const auto training_stream = generator.get_state();
   const auto rank = static_cast<uint64_t>(group_.rank());
   generator.set_current_seed(config_.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step_ * 1024 + micro) * 4099 +
                              rank + 1);
-  auto out = unet_->forward(x, t);
+  auto out = net_.forward(x, noise, {});
   generator.set_state(training_stream);
   return out;
+}
+
+// The loss of a micro-batch: DDPM's of its timesteps, or EDM's of its noise levels (each draws them).
+diffusion::LossTerms Trainer::loss_terms(const torch::Tensor& x0, int micro) {
+  const auto network = [&](const torch::Tensor& x, const torch::Tensor& noise) { return forward(x, noise, micro); };
+  if (denoiser_loss_) {
+    compat::CudaAutocast guard(autocast_, torch::kBFloat16);
+    return (*denoiser_loss_)(network, x0, rows_);
+  }
+  auto t = loss_->draw_timesteps(tc_.batch_size);
+  compat::CudaAutocast guard(autocast_, torch::kBFloat16);
+  return (*loss_)(network, x0, t, rows_);
 }
 
 // grad_accum micro-batches of the loss, clipping, Adam (with warm-up) and the EMA.
@@ -274,13 +290,7 @@ void Trainer::optimiser_step() {
   for (int micro = 0; micro < tc_.grad_accum; ++micro) {
     auto x0 = batcher_->next();
     last_x0_ = x0;
-    auto t = loss_->draw_timesteps(tc_.batch_size);
-    diffusion::LossTerms terms;
-    {
-      compat::CudaAutocast guard(autocast_, torch::kBFloat16);
-      terms = (*loss_)([&](const torch::Tensor& x, const torch::Tensor& tt) { return forward(x, tt, micro); }, x0, t,
-                       rows_);
-    }
+    const auto terms = loss_terms(x0, micro);
     (terms.loss / tc_.grad_accum).backward();
     sums_->add_micro_batch(terms, tc_.grad_accum);
   }
@@ -292,7 +302,7 @@ void Trainer::optimiser_step() {
   lr_ = tc_.warmup > 0 ? tc_.lr * std::min(1.0, static_cast<double>(step_ + 1) / tc_.warmup) : tc_.lr;
   sums_->add_step(optim::clip_grad_norm(params_, tc_.grad_clip), allreduce_seconds);
   adam_->step(lr_);
-  optim::ema_update(*ema_, *unet_, tc_.ema_decay);
+  optim::ema_update(*ema_.module, *net_.module, tc_.ema_decay);
   ++step_;
 }
 
@@ -302,7 +312,7 @@ void Trainer::optimiser_step() {
 void Trainer::update_online_grid() {
   sums_->check_finite(step_, run_dir_);
   auto gen = at::detail::createCPUGenerator(config_.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step_));
-  auto ema_model = model::unet_eps_model(ema_, /*bf16=*/false, {}, /*cuda_graphs=*/false);
+  auto ema_model = model::network_eps_model(ema_, config_, device_, /*bf16=*/false, {}, /*cuda_graphs=*/false);
   const auto& ls = tc_.learned_schedule;
   if (online_->update(ema_model, last_x0_.slice(0, 0, ls.batch), ls.pairs, gen))
     metrics_line({{"step", step_}, {"schedule_timesteps", online_->timesteps()},
@@ -321,9 +331,9 @@ void Trainer::write_log_line() {
 // first step whatever each one built or read.
 void Trainer::synchronise_weights() {
   std::vector<torch::Tensor> tensors;
-  for (auto* net : {&unet_, &ema_}) {
-    for (auto& p : (*net)->parameters()) tensors.push_back(p.data());
-    for (auto& b : (*net)->buffers()) tensors.push_back(b);
+  for (auto* net : {&net_, &ema_}) {
+    for (auto& p : net->module->parameters()) tensors.push_back(p.data());
+    for (auto& b : net->module->buffers()) tensors.push_back(b);
   }
   torch::NoGradGuard no_grad;
   group_.broadcast(tensors);
@@ -360,7 +370,7 @@ std::vector<bool> Trainer::on_some_rank(std::vector<bool> flags) const {
 // parameter, compared over the ranks.
 void Trainer::check_weights_agree() {
   std::vector<torch::Tensor> sums;
-  for (const auto& p : unet_->parameters()) sums.push_back(p.detach().to(torch::kFloat64).sum());
+  for (const auto& p : net_.module->parameters()) sums.push_back(p.detach().to(torch::kFloat64).sum());
   const auto all = group_.all_gather(torch::stack(sums)).cpu();
   for (int r = 1; r < group_.size(); ++r)
     if (!torch::equal(all[r], all[0]))
@@ -386,7 +396,7 @@ TrainResult Trainer::run() {
   std::optional<Progress> progress;
   if (writes_) progress.emplace("train", tc_.steps - start_step, "step");
   if (progress && tc_.max_minutes > 0) progress->end_within(60 * tc_.max_minutes - seconds_before_);
-  unet_->train();
+  net_.module->train();
   auto every = [&](int64_t n) { return n > 0 && step_ % n == 0 && step_ != tc_.steps; };
 
   clock_start_ = std::chrono::steady_clock::now();

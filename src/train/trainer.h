@@ -20,7 +20,7 @@
 #include "s2dm/diffusion/losses.h"
 #include "s2dm/diffusion/noise_schedule.h"
 #include "s2dm/io/checkpoint.h"
-#include "s2dm/model/unet.h"
+#include "s2dm/model/model_source.h"
 #include "s2dm/parallel/process_group.h"
 #include "s2dm/sample/generate.h"
 #include "s2dm/sample/score_grid.h"
@@ -53,7 +53,8 @@ class Trainer {
   std::vector<bool> on_some_rank(std::vector<bool> flags) const;
   double training_seconds() const;
   void check_weights_agree();
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, int micro);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& noise, int micro);
+  diffusion::LossTerms loss_terms(const torch::Tensor& x0, int micro);
   void optimiser_step();
   void update_online_grid();
   void write_log_line();
@@ -84,12 +85,13 @@ class Trainer {
   bool autocast_ = false;
   data::ImageSet dataset_;
   std::unique_ptr<data::Batcher> batcher_;
-  model::UNet unet_{nullptr}, ema_{nullptr};
-  std::vector<torch::Tensor> params_;  // unet_'s, for clipping
+  model::Network net_, ema_;          // (model.type's network)
+  std::vector<torch::Tensor> params_;  // net_'s, for clipping
   std::unique_ptr<optim::Adam> adam_;
   NoiseSchedule schedule_;
   std::unique_ptr<sample::OnlineGridEstimator> online_;
-  std::unique_ptr<diffusion::DiffusionLoss> loss_;
+  std::unique_ptr<diffusion::DiffusionLoss> loss_;            // DDPM's UNet: L_simple or L_skip
+  std::unique_ptr<diffusion::DenoiserLoss> denoiser_loss_;    // EDM's networks
   std::optional<TrainingEvaluation> evaluation_;
   std::ofstream metrics_;
   std::unique_ptr<IntervalSums> sums_;

@@ -78,9 +78,10 @@ TEST_F(Cli, HelpAndInfo) {
   EXPECT_NE(r.output.find("cpu threads:"), std::string::npos);
 }
 
-TEST_F(Cli, ConvertedEdmNetworksAreDescribedAndSampledNotTrained) {
+TEST_F(Cli, ConvertedEdmNetworksAreDescribedAndSampled) {
   // A converted EDM network (tests/fixtures/make_edm_checkpoint_fixture.py): info describes it,
-  // sample samples it with any sampler and Skip-Tuning, train refuses it before any work.
+  // sample samples it with any sampler and Skip-Tuning, train refuses its (default) DDPM loss
+  // before any work.
   const std::string fixture = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/edm_ckpt_adm";
   const std::string model = "--weights " + fixture + ".safetensors --config " + fixture + ".yaml";
   auto r = run("info --config " + fixture + ".yaml");
@@ -93,10 +94,46 @@ TEST_F(Cli, ConvertedEdmNetworksAreDescribedAndSampledNotTrained) {
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("4 network evaluations"), std::string::npos) << r.output;
   expect_user_error(run("train --config " + fixture + ".yaml --run-dir " + (dir / "run")),
-                    "model.type = 'dhariwalunet'");
+                    "loss.type = 'simple' with model.type = 'dhariwalunet'");
   EXPECT_FALSE(std::filesystem::exists(dir / "run"));
   expect_user_error(run("sample " + model + " --set model.edm.label_dim=3 --out " + (dir / "cond")),
                     "map_label.weight");
+}
+
+TEST_F(Cli, EdmNetworksTrainWithEdmsLossesResumeAndSample) {
+  // A SongUNet with EDM's preconditioning and loss trains, resumes bit-identically (its noise
+  // levels and dropout come from the training stream) and samples from its checkpoint; VP's and
+  // VE's losses train too. What does not suit a network is refused before any work.
+  const std::string edm = std::string(S2DM_SOURCE_DIR) + "/tests/configs/tiny_edm.yaml";
+  const std::string straight = dir / "straight", split = dir / "split";
+  auto train_edm = [&](const std::string& run_dir, const std::string& extra) {
+    return run("train --config " + edm + " " + data + " --run-dir " + run_dir + " " + extra);
+  };
+  auto r = train_edm(straight, "");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("songunet network"), std::string::npos) << r.output;
+  ASSERT_EQ(train_edm(split, "--steps 3").code, 0);
+  r = run("train --resume --run-dir " + split + " --steps 6");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto a = load_checkpoint(straight + "/checkpoints/latest.ckpt"), b = load_checkpoint(split + "/checkpoints/latest.ckpt");
+  EXPECT_EQ(b.step, 6);
+  EXPECT_TRUE(same_tensors(a.model, b.model));
+  EXPECT_TRUE(same_tensors(a.ema, b.ema));
+  EXPECT_EQ(a.model[0].first, "map_layer0.weight");  // (EDM's names)
+  r = run("sample --checkpoint " + straight + "/checkpoints/latest.ckpt --sampler heun --steps 4 --num 2 --no-png --out " +
+          (dir / "heun"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("7 network evaluations"), std::string::npos) << r.output;
+  for (const char* precond : {"vp", "ve"}) {
+    r = train_edm(dir / precond, std::string("--steps 2 --set train.sample_num=0 --set model.edm.precond=") + precond);
+    EXPECT_EQ(r.code, 0) << precond << r.output;
+  }
+  expect_user_error(train_edm(dir / "skip", "--set loss.type=s2dm"), "L_skip is defined on DDPM's discrete timesteps");
+  expect_user_error(train_edm(dir / "iddpm", "--set model.edm.precond=iddpm"), "model.edm.precond = 'iddpm'");
+  expect_user_error(train_edm(dir / "labels", "--set model.edm.label_dim=10"), "model.edm.label_dim = 10");
+  expect_user_error(run("train --config " + kTiny + " " + data + " --run-dir " + (dir / "unet") + " --set loss.type=edm"),
+                    "loss.type = 'edm' trains EDM's networks");
+  for (const char* refused : {"skip", "iddpm", "labels", "unet"}) EXPECT_FALSE(std::filesystem::exists(dir / refused));
 }
 
 TEST_F(Cli, HelpNamesWhatTheRegistriesHold) {

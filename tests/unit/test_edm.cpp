@@ -1,6 +1,7 @@
 // EDM's preconditionings and networks against EDM's own code: tests/fixtures/make_edm_precond_fixture.py
 // ran NVlabs/edm's preconditionings around a stand-in network F with a closed form,
-// make_edm_network_fixture.py its networks with random weights on fixed inputs.
+// make_edm_network_fixture.py its networks with random weights on fixed inputs; diffusers' UNet2DModel
+// through scripts/convert_diffusers_unet.py (make_diffusers_unet_fixture.py).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -9,6 +10,7 @@
 #include "../test_util.h"
 #include <yaml-cpp/yaml.h>
 
+#include "s2dm/diffusion/losses.h"
 #include "s2dm/diffusion/precond.h"
 #include "s2dm/io/checkpoint.h"
 #include "s2dm/io/npy.h"
@@ -61,6 +63,42 @@ TEST(Edm, PreconditioningsEqualEdmsOwn) {
     else
       EXPECT_NEAR(p.sigma_max(), hi, 1e-5 * hi) << p.kind();
   }
+}
+
+TEST(Edm, LossesEqualEdmsOwn) {
+  // tests/fixtures/make_edm_loss_fixture.py: EDM's VPLoss, VELoss and EDMLoss around the stand-in
+  // network, each after manual_seed(1 + k), with the levels and noises they drew.
+  const auto y = fixture("edm_loss_y.npy"), sigma = fixture("edm_loss_sigma.npy"), noise = fixture("edm_loss_noise.npy"),
+             mean = fixture("edm_loss_mean.npy");
+  const std::vector<Preconditioning> preconds{Preconditioning::vp(), Preconditioning::ve(), Preconditioning::edm()};
+  for (size_t k = 0; k < preconds.size(); ++k) {
+    const auto& p = preconds[k];
+    const diffusion::DenoiserLoss loss(p, LossConfig{});
+    // The value on EDM's draws (EDM computes in float32).
+    const double value = loss.terms(stand_in(1), y, sigma[k], noise[k]).loss.item<double>();
+    s2dm::testing::print_margin(p.kind() + " loss against EDM's, relative", std::abs(value / mean[k].item<double>() - 1),
+                                "1e-5");
+    EXPECT_NEAR(value, mean[k].item<double>(), 1e-5 * mean[k].item<double>()) << p.kind();
+    // The draws themselves: the level, then the noise, from the default generator, as EDM draws.
+    torch::manual_seed(1 + k);
+    const auto drawn = loss.draw_sigmas(6, torch::kCPU).to(torch::kFloat64);
+    EXPECT_TRUE(torch::allclose(drawn, sigma[k], 1e-6, 0)) << p.kind() << drawn << sigma[k];
+    EXPECT_TRUE(torch::allclose(torch::randn_like(y.to(torch::kFloat32)).to(torch::kFloat64), noise[k], 1e-6, 0)) << p.kind();
+    // λ c_out² = 1: a unit-weight regression of the network's output.
+    const auto s = torch::logspace(-3, 2, 11, 10, torch::kFloat64);
+    EXPECT_TRUE(torch::allclose(loss.weights(s) * p.coefficients(s).out.flatten().square(), torch::ones_like(s), 1e-12, 0))
+        << p.kind();
+    // A rank's rows: the whole batch drawn as one process draws it, the loss of its rows.
+    torch::manual_seed(11);
+    const auto y32 = y.to(torch::kFloat32);
+    const double rows = loss(stand_in(1), y32, {2, 5}).loss.item<double>();
+    torch::manual_seed(11);
+    const auto levels = loss.draw_sigmas(6, torch::kCPU);
+    const auto n = torch::randn_like(y32);
+    const double expected = loss.terms(stand_in(1), y32.slice(0, 2, 5), levels.slice(0, 2, 5), n.slice(0, 2, 5)).loss.item<double>();
+    EXPECT_DOUBLE_EQ(rows, expected) << p.kind();
+  }
+  EXPECT_THROW(diffusion::DenoiserLoss(Preconditioning::iddpm(), LossConfig{}), std::invalid_argument);
 }
 
 TEST(Edm, IddpmLevelsAndRoundingEqualEdmsOwn) {

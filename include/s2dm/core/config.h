@@ -56,10 +56,11 @@ struct DiffusionConfig {
 };
 
 struct LossConfig {
-  std::string type = "simple";         // simple | s2dm (L_simple + L_skip)
+  std::string type = "simple";         // simple | s2dm (L_simple + L_skip) | edm (EDM's networks)
   int skip_k = 9;                      // the skip size k of L_skip
   double tau = 0.99;                   // weight of L_simple for t >= k
   std::string noise = "independent";   // independent | shared (ε₂ = ε₁)
+  double p_mean = -1.2, p_std = 1.2;   // EDM's ln σ ~ N(P_mean, P_std²) (loss edm, precond edm)
 };
 
 // The online schedule estimate of Williams et al. (their Algorithm 2) during training.

@@ -1,6 +1,6 @@
 #pragma once
 // Training losses: L_simple of DDPM and the skip-step loss L_skip of S²-DMs (docs/algorithms.md §2),
-// as the authors' released code computes it.
+// as the authors' released code computes it; EDM's losses for its networks (DenoiserLoss).
 #include <torch/types.h>
 
 #include <string>
@@ -9,6 +9,7 @@
 #include "s2dm/core/config.h"
 #include "s2dm/model/eps_model.h"
 #include "s2dm/diffusion/noise_schedule.h"
+#include "s2dm/diffusion/precond.h"
 
 namespace s2dm::diffusion {
 
@@ -102,6 +103,34 @@ class DiffusionLoss {
   bool antithetic_;
   torch::Device device_;
   torch::Tensor sqrt_ab_, sqrt_1m_ab_, skip_coef_, skip_coef64_;
+};
+
+// The loss of EDM's networks (loss.type edm): NVlabs/edm's VPLoss, VELoss or EDMLoss, as its
+// train.py pairs them with the preconditioning: E λ(σ) ‖D(y + σn; σ) - y‖², n ~ N(0, I), σ from
+// the loss's own distribution (docs/algorithms.md §1):
+//   vp:  σ = σ(t), t ~ U(ε_t, 1)          λ = 1/σ²
+//   ve:  ln σ ~ U(ln σ_min, ln σ_max)    λ = 1/σ²
+//   edm: ln σ ~ N(P_mean, P_std²)         λ = (σ² + σ_data²)/(σ σ_data)²
+// λ c_out² = 1 for each: a unit-weight regression of the network's output on its own target.
+// A mean over pixels and images, where EDM sums the pixels: a constant factor, which Adam's
+// update does not see (but for its ε and gradient clipping).
+class DenoiserLoss {
+ public:
+  // Throws std::invalid_argument for iDDPM's preconditioning, for which EDM defines no loss.
+  DenoiserLoss(Preconditioning precond, const LossConfig& config);
+  // The levels of a batch, [B] float32, from the default generator of `device`: one uniform or
+  // normal draw per image, as EDM draws them.
+  torch::Tensor draw_sigmas(int64_t batch, const torch::Device& device) const;
+  torch::Tensor weights(const torch::Tensor& sigma) const;  // λ(σ)
+  // The loss of images y at levels `sigma` [B] with the standard-normal noise n.
+  LossTerms terms(const Preconditioning::Network& network, const torch::Tensor& y, const torch::Tensor& sigma,
+                  const torch::Tensor& n) const;
+  // Draws σ, then n, for the whole batch (EDM's order) and computes the loss on `rows`.
+  LossTerms operator()(const Preconditioning::Network& network, const torch::Tensor& y, Rows rows = {}) const;
+
+ private:
+  Preconditioning precond_;
+  double p_mean_, p_std_;
 };
 
 }  // namespace s2dm::diffusion

@@ -40,9 +40,13 @@ class Preconditioning {
   const std::string& kind() const { return kind_; }  // vp | ve | iddpm | edm
   double sigma_min() const { return sigma_min_; }
   double sigma_max() const { return sigma_max_; }
+  double sigma_data() const { return sigma_data_; }  // (edm)
+  double epsilon_t() const { return epsilon_t_; }    // (vp)
   // Channels of F's output per image channel (iDDPM's network also predicts variances: 2).
   int output_factor() const { return kind_ == "iddpm" ? 2 : 1; }
 
+  // σ(t) = √(exp(β_d t²/2 + β_min t) - 1) of the VP-SDE (vp only), in t's type.
+  torch::Tensor vp_sigma(const torch::Tensor& t) const;
   // σ as the network can take it: iDDPM's nearest level u_j, the others' σ unchanged.
   torch::Tensor round_sigma(const torch::Tensor& sigma) const;
   Coefficients coefficients(const torch::Tensor& sigma) const;  // sigma: [B]

@@ -26,6 +26,8 @@ struct Network {
   std::function<torch::Tensor(const torch::Tensor& x, const torch::Tensor& noise, const std::vector<double>& skip_scales)>
       forward;
   int num_skips = 0;
+  // DDPM's UNet, when the network is one (null otherwise).
+  UNet unet() const { return UNet(std::dynamic_pointer_cast<UNetImpl>(module)); }
 };
 Network make_network(const Config& config);
 
@@ -64,10 +66,14 @@ void check_skip_tuning(const ModelConfig& model, const SkipTuningConfig& skip_tu
 // length); the network itself is left unchanged, so several ε-models may share it. On CUDA,
 // evaluations replay CUDA graphs unless `cuda_graphs` is false.
 EpsModel unet_eps_model(UNet unet, bool bf16, const SkipTuningConfig& skip_tuning = {}, bool cuda_graphs = true);
+// Any network of `config` as an ε-model: DDPM's UNet as unet_eps_model makes it, EDM's networks
+// through their preconditioning (Preconditioning::eps_model), without gradients, in float32.
+EpsModel network_eps_model(const Network& network, const Config& config, const torch::Device& device, bool bf16,
+                           const SkipTuningConfig& skip_tuning = {}, bool cuda_graphs = true);
 // CUDA graphs captured so far by this process's ε-models (for tests and logs).
 int64_t cuda_graphs_captured();
 
-// A model on its device: the UNet (null for TorchScript) and the ε-models over it.
+// A model on its device: its network (none for TorchScript) and the ε-models over it.
 class LoadedModel {
  public:
   LoadedModel(const ModelSource& source, const torch::Device& device);
@@ -77,13 +83,11 @@ class LoadedModel {
   // they compare ε at neighbouring noise levels, which differ by about 0.5 % per pixel at 1000
   // levels, bf16's resolution, so bf16 would flatten the cost they measure.
   EpsModel eps_fp32(const SkipTuningConfig& skip_tuning = {}) const;
-  const UNet& unet() const { return unet_; }
 
  private:
   Config config_;
   torch::Device device_;
-  UNet unet_{nullptr};
-  Network edm_;  // (EDM's networks)
+  Network network_;
   EpsModel script_;
 };
 

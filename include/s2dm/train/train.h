@@ -29,9 +29,9 @@ struct TrainResult {
 // `config` is ignored on resume (the run directory's checkpoint carries the config).
 TrainResult run_training(const Config& config, const TrainOptions& options);
 
-// Throws ConfigError, naming `origin`, for a config s2dm cannot train: EDM's networks
-// (model.type songunet, dhariwalunet) are sampled from converted checkpoints; their losses are
-// not in s2dm yet.
+// Throws ConfigError, naming `origin`, for a config s2dm cannot train: a loss that does not suit
+// the network (EDM's networks train with loss.type edm, the DDPM UNet with simple or s2dm),
+// iDDPM's preconditioning (EDM defines no loss for it), class labels or augmentation inputs.
 void check_trainable(const Config& config, const std::string& origin);
 
 }  // namespace s2dm::train
