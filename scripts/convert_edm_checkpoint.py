@@ -19,11 +19,11 @@ naming it; nothing is written then. Needs Python 3 with PyTorch (Debian: python3
 """
 import argparse
 import inspect
-import json
 import os
 import pickle
-import struct
 import sys
+
+from convert_common import ConversionError, fail, safetensors_bytes, write_atomically, yaml_text
 
 PRECONDS = {"VPPrecond": "vp", "VEPrecond": "ve", "iDDPMPrecond": "iddpm", "EDMPrecond": "edm"}
 NETWORKS = {"SongUNet": "songunet", "DhariwalUNet": "dhariwalunet"}
@@ -41,16 +41,6 @@ EDM_KEYS = {"label_dim": "label_dim", "augment_dim": "augment_dim", "channel_mul
             "embedding_type": "embedding_type", "channel_mult_noise": "channel_mult_noise",
             "encoder_type": "encoder_type", "decoder_type": "decoder_type", "resample_filter": "resample_filter"}
 IGNORED = {"img_resolution", "in_channels", "out_channels", "label_dropout"}
-
-
-class ConversionError(Exception):
-    pass
-
-
-def fail(message):
-    """Bad input: the message, exit code 2, nothing written."""
-    print(message, file=sys.stderr)
-    sys.exit(2)
 
 
 def network_settings(net):
@@ -103,40 +93,6 @@ def s2dm_config(precond, where):
     return {"data": data, "model": model}
 
 
-def yaml_text(config, origin):
-    lines = [f"# Converted from {origin} by scripts/convert_edm_checkpoint.py"]
-
-    def emit(mapping, indent):
-        for key, value in mapping.items():
-            if isinstance(value, dict):
-                lines.append(" " * indent + f"{key}:")
-                emit(value, indent + 2)
-            else:
-                lines.append(" " * indent + f"{key}: {json.dumps(value)}")
-
-    emit(config, 0)
-    return "\n".join(lines) + "\n"
-
-
-def safetensors_bytes(state, metadata):
-    header, data, offset = {"__metadata__": metadata}, b"", 0
-    for name, tensor in state.items():
-        raw = tensor.detach().cpu().float().contiguous().numpy().tobytes()
-        header[name] = {"dtype": "F32", "shape": list(tensor.shape), "data_offsets": [offset, offset + len(raw)]}
-        data += raw
-        offset += len(raw)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + data
-
-
-def write_atomically(path, content):
-    partial = path + ".partial"
-    with open(partial, "wb") as f:
-        f.write(content)
-    os.replace(partial, path)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("network", help="EDM's network pickle")
@@ -166,7 +122,7 @@ def main():
         fail(str(e))
     content = safetensors_bytes(net.model.state_dict(), {"format": "pt", "converted_from": os.path.basename(args.network)})
     write_atomically(args.out + ".safetensors", content)
-    write_atomically(args.out + ".yaml", yaml_text(config, os.path.basename(args.network)).encode())
+    write_atomically(args.out + ".yaml", yaml_text(config, os.path.basename(args.network), "convert_edm_checkpoint.py").encode())
     print(f"wrote {args.out}.safetensors ({len(net.model.state_dict())} tensors) and {args.out}.yaml "
           f"({config['model']['type']}, {config['model']['edm']['precond']} preconditioning)")
 

@@ -249,3 +249,35 @@ TEST(Edm, ConvertedCheckpointsSampleAsEdmsSampler) {
     EXPECT_LT(error, 1e-4);
   }
 }
+
+TEST(Diffusers, ConvertedUNet2DModelEqualsDiffusersOwn) {
+  // tests/fixtures/make_diffusers_unet_fixture.py built a small DDPM-style UNet2DModel with
+  // diffusers' own code, random weights, wrote it in diffusers' two layouts and converted both
+  // with scripts/convert_diffusers_unet.py. s2dm's UNet on the converted weights computes
+  // diffusers' ε, and the converted configs hold the schedulers' ᾱ.
+  const std::string dir = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/";
+  model::ModelRef ref;
+  ref.weights = dir + "diffusers_unet.safetensors";
+  ref.config = dir + "diffusers_unet.yaml";
+  const auto source = model::resolve_model(ref);
+  const model::LoadedModel loaded(source, torch::kCPU);
+  const auto x = fixture("diffusers_unet_x.npy").to(torch::kFloat32), t = fixture("diffusers_unet_t.npy");
+  const auto expected = fixture("diffusers_unet_out.npy");
+  const auto eps = loaded.eps()(x, t.to(torch::kFloat32)).to(torch::kFloat64);
+  const double error = ((eps - expected).abs().max() / expected.abs().max()).item<double>();
+  s2dm::testing::print_margin("converted UNet2DModel against diffusers', relative", error, "1e-5");
+  EXPECT_LT(error, 1e-5);
+
+  // The schedules: diffusers computes ᾱ in float32 (a cumulative product of 1000 factors).
+  const auto cosine = load_config(dir + "diffusers_unet_cosine.yaml");
+  const auto alphas = fixture("diffusers_alphas_cumprod.npy");
+  for (const auto& [k, diffusion] : {std::pair{0, source.config.diffusion}, std::pair{1, cosine.diffusion}}) {
+    const auto ours = torch::tensor(NoiseSchedule(diffusion).alphas_cumprod(), torch::kFloat64);
+    const double relative = ((ours - alphas[k]).abs() / alphas[k]).max().item<double>();
+    s2dm::testing::print_margin(diffusion.beta_schedule + " ᾱ against DDPMScheduler's, relative", relative, "1e-4");
+    EXPECT_LT(relative, 1e-4) << diffusion.beta_schedule;
+  }
+  EXPECT_EQ(cosine.diffusion.beta_schedule, "cosine");
+  EXPECT_TRUE(source.config.sample.clip_denoised);  // (the scheduler's clip_sample)
+  EXPECT_FALSE(cosine.sample.clip_denoised);
+}

@@ -1,0 +1,74 @@
+"""What s2dm's checkpoint converters share: an error for bad input, safetensors and an s2dm config
+written atomically (nothing half-written when a conversion fails)."""
+import json
+import os
+import struct
+import sys
+
+
+class ConversionError(Exception):
+    """A checkpoint setting s2dm cannot represent; the message names it."""
+
+
+def fail(message):
+    """Bad input: the message, exit code 2, nothing written."""
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
+
+def safetensors_bytes(state, metadata):
+    """A state_dict as safetensors bytes, in float32 (s2dm loads float32 weights)."""
+    header, data, offset = {"__metadata__": metadata}, b"", 0
+    for name, tensor in state.items():
+        raw = tensor.detach().cpu().float().contiguous().numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(tensor.shape), "data_offsets": [offset, offset + len(raw)]}
+        data += raw
+        offset += len(raw)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def read_safetensors(path):
+    """A safetensors file's tensors (needs only PyTorch, not the safetensors package)."""
+    import torch
+
+    dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+    with open(path, "rb") as f:
+        content = f.read()
+    (length,) = struct.unpack("<Q", content[:8])
+    header = json.loads(content[8:8 + length])
+    out = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if entry["dtype"] not in dtypes:
+            raise ConversionError(f"{path}: tensor {name} has dtype {entry['dtype']} (expected float weights)")
+        begin, end = entry["data_offsets"]
+        raw = bytearray(content[8 + length + begin:8 + length + end])
+        out[name] = torch.frombuffer(raw, dtype=dtypes[entry["dtype"]]).reshape(entry["shape"]) if raw else \
+            torch.zeros(entry["shape"], dtype=dtypes[entry["dtype"]])
+    return out
+
+
+def yaml_text(config, origin, converter):
+    """An s2dm config (nested dicts of plain values) as YAML, with a line naming its origin."""
+    lines = [f"# Converted from {origin} by scripts/{converter}"]
+
+    def emit(mapping, indent):
+        for key, value in mapping.items():
+            if isinstance(value, dict):
+                lines.append(" " * indent + f"{key}:")
+                emit(value, indent + 2)
+            else:
+                lines.append(" " * indent + f"{key}: {json.dumps(value)}")
+
+    emit(config, 0)
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(path, content):
+    partial = path + ".partial"
+    with open(partial, "wb") as f:
+        f.write(content)
+    os.replace(partial, path)
