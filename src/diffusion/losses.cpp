@@ -139,10 +139,6 @@ LossTerms DiffusionLoss::combine(const torch::Tensor& eps1, const torch::Tensor&
                         [&](const torch::Tensor&, const torch::Tensor&) { return eps_hat; });
 }
 
-}  // namespace s2dm::diffusion
-
-namespace s2dm::diffusion {
-
 DenoiserLoss::DenoiserLoss(Preconditioning precond, const LossConfig& config)
     : precond_(std::move(precond)), p_mean_(config.p_mean), p_std_(config.p_std) {
   if (precond_.kind() == "iddpm")  // (train::check_trainable tells the user)
