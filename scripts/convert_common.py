@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """What s2dm's checkpoint converters share: an error for bad input, safetensors and an s2dm config
 written atomically (nothing half-written when a conversion fails)."""
 import json
