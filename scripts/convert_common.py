@@ -17,24 +17,43 @@ def fail(message):
     sys.exit(2)
 
 
-def safetensors_bytes(state, metadata):
-    """A state_dict as safetensors bytes, in float32 (s2dm loads float32 weights)."""
-    header, data, offset = {"__metadata__": metadata}, b"", 0
+def safetensors_names():
+    """safetensors' dtype names of the tensor types the converters write and read."""
+    import torch
+
+    return {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+            torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8"}
+
+
+def safetensors_bytes(state, metadata, float32=True):
+    """A state_dict as safetensors bytes: in float32 (what s2dm computes in), or with
+    float32=False in each tensor's own type."""
+    import torch
+
+    names = safetensors_names()
+    header, blobs, offset = {"__metadata__": metadata}, [], 0
     for name, tensor in state.items():
-        raw = tensor.detach().cpu().float().contiguous().numpy().tobytes()
-        header[name] = {"dtype": "F32", "shape": list(tensor.shape), "data_offsets": [offset, offset + len(raw)]}
-        data += raw
+        tensor = tensor.detach().cpu().contiguous()
+        if float32:
+            tensor = tensor.float()
+        if tensor.dtype not in names:
+            raise ConversionError(f"tensor {name} has dtype {tensor.dtype}, which safetensors files here do not hold")
+        # Bytes through a uint8 view, which works for every type, bfloat16 included.
+        raw = tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        header[name] = {"dtype": names[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
         offset += len(raw)
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + data
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
 
 
 def read_safetensors(path):
     """A safetensors file's tensors (needs only PyTorch, not the safetensors package)."""
     import torch
 
-    dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+    dtypes = {name: dtype for dtype, name in safetensors_names().items() if dtype.is_floating_point}
     with open(path, "rb") as f:
         content = f.read()
     (length,) = struct.unpack("<Q", content[:8])

@@ -12,50 +12,27 @@ A `module.` prefix (DataParallel) is removed. Needs only PyTorch (no safetensors
 Usage: convert_ddim_checkpoint.py ckpt.pth out.safetensors [--ema]
 """
 import argparse
-import json
-import struct
-import sys
+import pickle
 
 import torch
 
-DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-          torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8"}
+from convert_common import ConversionError, fail, safetensors_bytes, write_atomically
 
 
 def pick_state_dict(obj, ema):
     if isinstance(obj, (list, tuple)):
         if ema:
             if len(obj) < 5:
-                sys.exit("error: this checkpoint holds no EMA weights (a list of %d entries)" % len(obj))
+                fail("error: this checkpoint holds no EMA weights (a list of %d entries)" % len(obj))
             return obj[-1]
         return obj[0]
     if isinstance(obj, dict) and "state_dict" in obj:
         return obj["state_dict"]
     if isinstance(obj, dict):
         if ema:
-            sys.exit("error: a plain state_dict has no separate EMA weights; drop --ema")
+            fail("error: a plain state_dict has no separate EMA weights; drop --ema")
         return obj
-    sys.exit("error: unrecognised checkpoint layout (%s)" % type(obj).__name__)
-
-
-def save_safetensors(tensors, path, metadata):
-    header, offset, blobs = {"__metadata__": metadata}, 0, []
-    for name, t in tensors.items():
-        t = t.detach().cpu().contiguous()
-        if t.dtype not in DTYPES:
-            sys.exit("error: tensor %s has unsupported dtype %s" % (name, t.dtype))
-        # Bytes through a uint8 view, which works for every dtype including bfloat16.
-        data = t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * ((8 - len(text) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for b in blobs:
-            f.write(b)
+    fail("error: unrecognised checkpoint layout (%s)" % type(obj).__name__)
 
 
 def main():
@@ -64,7 +41,10 @@ def main():
     p.add_argument("out")
     p.add_argument("--ema", action="store_true", help="take the EMA weights of a training checkpoint")
     a = p.parse_args()
-    obj = torch.load(a.checkpoint, map_location="cpu")
+    try:
+        obj = torch.load(a.checkpoint, map_location="cpu")
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        fail(f"error: {a.checkpoint}: cannot read ({e})")
     sd = pick_state_dict(obj, a.ema)
     out = {}
     for k, v in sd.items():
@@ -75,8 +55,12 @@ def main():
             continue
         out[name] = v
     if "conv_in.weight" not in out or "temb.dense.0.weight" not in out:
-        sys.exit("error: %s does not look like a DDPM/DDIM UNet (no conv_in / temb.dense weights)" % a.checkpoint)
-    save_safetensors(out, a.out, {"format": "pt", "source": a.checkpoint})
+        fail("error: %s does not look like a DDPM/DDIM UNet (no conv_in / temb.dense weights)" % a.checkpoint)
+    try:  # (in the checkpoint's own types)
+        content = safetensors_bytes(out, {"format": "pt", "source": a.checkpoint}, float32=False)
+    except ConversionError as e:
+        fail(f"error: {e}")
+    write_atomically(a.out, content)
     print("wrote %s: %d tensors, %d parameters" % (a.out, len(out), sum(v.numel() for v in out.values())))
 
 
