@@ -19,7 +19,7 @@ inline const NoiseSchedule& linear_schedule() {
 
 // `eps` on the CPU as a diffusion model of the linear schedule, for images of `image_shape`.
 inline DiffusionModel linear_model(EpsModel eps, std::vector<int64_t> image_shape = {1, 1, 1}, ModelGrids grids = {}) {
-  return {std::move(eps), linear_schedule(), std::move(image_shape), torch::kCPU, std::move(grids)};
+  return {{std::move(eps), {}}, linear_schedule(), std::move(image_shape), torch::kCPU, std::move(grids)};
 }
 
 // x₀ ~ Σ_k w_k N(μ_k, s_k² I): ε*(x, t) = √(1-a) Σ_k r_k(x) (x - √a μ_k)/(a s_k² + 1 - a), with

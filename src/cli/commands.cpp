@@ -212,6 +212,7 @@ void apply_sample_flags(const cxxopts::ParseResult& r, Config& config) {
   if (r.count("num")) s.num = r["num"].as<int64_t>();
   if (r.count("batch")) s.batch = r["batch"].as<int>();
   if (r.count("seed")) config.seed = r["seed"].as<uint64_t>();
+  if (r.count("class")) s.class_label = r["class"].as<int>();
   if (r.count("device")) config.device = r["device"].as<std::string>();
   // A flag its sampler does not read would be recorded in sample.yaml and change nothing. (An
   // order it does not read is check_options' error.)
@@ -302,6 +303,8 @@ int sample(int argc, char** argv) {
       "timesteps", "time grid: " + time_grid_forms(), cxxopts::value<std::string>())(
       "num", "number of images", cxxopts::value<int64_t>())("batch", "batch size", cxxopts::value<int>())(
       "seed", "random seed", cxxopts::value<uint64_t>())(
+      "class", "a class-conditional model's class for every image (default: each image's own, from its seed)",
+      cxxopts::value<int>())(
       "noise", "initial noise x_T as float32 NCHW .npy (sets the number of images)", cxxopts::value<std::string>())(
       "out", "output directory", cxxopts::value<std::string>())(
       "save-float", "also save the final samples as float32 NCHW .npy", cxxopts::value<std::string>())(

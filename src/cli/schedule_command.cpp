@@ -122,7 +122,7 @@ int schedule(int argc, char** argv) {
   const model::LoadedModel loaded(source, device);
   const int64_t n = std::min<int64_t>(samples, data.images.size(0));
   auto cost =
-      sample::make_score_grid_file(DiffusionModel::of(config, loaded.eps_fp32(), device), data.images, levels, n, seed, batch, steps, out);
+      sample::make_score_grid_file(DiffusionModel::of(config, loaded.eps_fp32(), device), data, levels, n, seed, batch, steps, out);
   std::cout << "wrote " << out << " (" << steps.size() << " grids, " << levels << " levels, " << n << " images, "
             << cost.nfe << " network evaluations) and " << plot << "\nuse: s2dm sample --timesteps learned:" << out
             << " --steps S\n";

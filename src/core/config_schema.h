@@ -151,6 +151,7 @@ void visit(V& v, SampleConfig& c) {
   v("batch", c.batch, Range<int>{1, kMaxBatch});
   v("clip_denoised", c.clip_denoised, Any{});
   v("final_alpha", c.final_alpha, OneOf{{"one", "first"}});
+  v("class_label", c.class_label, Added{Range<int>{-1, 100000}});
   v.section("skip_tuning", c.skip_tuning);
 }
 

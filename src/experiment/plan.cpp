@@ -86,9 +86,9 @@ double eval_seconds_per_image(const Config& config, int64_t batch, const torch::
   const int64_t b = std::clamp<int64_t>(batch, 1, 32);
   auto x = torch::randn({b, config.data.channels, config.data.image_size, config.data.image_size}).to(device);
   auto t = torch::full({b}, 500.0).to(device);
-  network.forward(x, t, {});
+  network.forward(x, t, {}, {});
   const auto start = std::chrono::steady_clock::now();
-  network.forward(x, t, {});
+  network.forward(x, t, {}, {});
   if (device.is_cuda()) torch::cuda::synchronize();
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / b;
 }

@@ -94,8 +94,8 @@ ModelGrids unit_grids(const Experiment& e, const Unit& u, const GridFile& file, 
   if (sample::uses_learned_grid(u.config)) {
     spdlog::info("{}: estimating the score-optimal grids ({} levels, {} images)", m.name, e.grid_search.levels,
                  e.grid_search.samples);
-    auto images = data::load_dataset(m.config.data).images;
-    sample::make_score_grid_file(DiffusionModel::of(m.config, loaded.eps_fp32(), device), images, e.grid_search.levels,
+    sample::make_score_grid_file(DiffusionModel::of(m.config, loaded.eps_fp32(), device),
+                                 data::load_dataset(m.config.data), e.grid_search.levels,
                                  e.grid_search.samples, e.grid_search.seed, e.grid_search.batch, file.steps, file.path);
   } else {
     spdlog::info("{}: searching the dp grids for {} ({} candidate levels, {} trajectories)", m.name, u.setting->label(),

@@ -154,30 +154,33 @@ void set_shared_options(EdmUNetOptions& o, const Config& config) {
 }
 
 // EDM's network as an ε-model through its preconditioning, the skips scaled (Skip-Tuning) at
-// times in [t_min, t_max].
-EpsModel edm_eps_model(const Network& net, const Config& config, const torch::Device& device,
+// times in [t_min, t_max]; a class-conditional network's for each batch's labels.
+ModelEps edm_eps_model(const Network& net, const Config& config, const torch::Device& device,
                        const SkipTuningConfig& skip_tuning) {
-  if (config.model.edm.label_dim > 0)
-    throw ConfigError("model.edm.label_dim = " + std::to_string(config.model.edm.label_dim) +
-                      ": class-conditional EDM models need class labels at sampling, which s2dm does not draw yet");
   const auto precond = Preconditioning::of(config.model.edm);
   const auto schedule = noise_schedule_of(config);
-  auto with_scales = [&](std::vector<double> scales) {
-    return precond.eps_model(
-        [net, scales, device](const torch::Tensor& input, const torch::Tensor& c_noise) {
-          torch::NoGradGuard no_grad;
-          return net.forward(input.to(device, torch::kFloat32), c_noise.to(device, torch::kFloat32), scales).to(input.dtype());
-        },
-        schedule);
-  };
-  const EpsModel plain = with_scales({});
-  if (!skip_tuning.active()) return plain;
-  const EpsModel tuned = with_scales(skip_tuning_scales(skip_tuning, net.num_skips));
+  const std::vector<double> tuned = skip_tuning.active() ? skip_tuning_scales(skip_tuning, net.num_skips) : std::vector<double>{};
   const double t_min = skip_tuning.t_min, t_max = skip_tuning.t_max;
-  return [=](const torch::Tensor& x, const torch::Tensor& t) {
-    const double time = t[0].item<double>();  // (samplers evaluate one time per batch)
-    return (time >= t_min && time <= t_max ? tuned : plain)(x, t);
+  auto given = [=](const torch::Tensor& labels) -> EpsModel {
+    auto with_scales = [&](std::vector<double> scales) {
+      return precond.eps_model(
+          [net, labels, scales, device](const torch::Tensor& input, const torch::Tensor& c_noise) {
+            torch::NoGradGuard no_grad;
+            return net.forward(input.to(device, torch::kFloat32), c_noise.to(device, torch::kFloat32), labels, scales)
+                .to(input.dtype());
+          },
+          schedule);
+    };
+    const EpsModel plain = with_scales({});
+    if (tuned.empty()) return plain;
+    const EpsModel scaled = with_scales(tuned);
+    return [=](const torch::Tensor& x, const torch::Tensor& t) {
+      const double time = t[0].item<double>();  // (samplers evaluate one time per batch)
+      return (time >= t_min && time <= t_max ? scaled : plain)(x, t);
+    };
   };
+  if (config.model.edm.label_dim > 0) return {{}, given};
+  return {given({}), {}};
 }
 
 }  // namespace
@@ -196,9 +199,8 @@ Network make_network(const Config& config) {
     o.resample_filter = m.edm.resample_filter;
     SongUNet net(o);
     n.module = net.ptr();
-    n.forward = [net = net.ptr()](const torch::Tensor& x, const torch::Tensor& c, const std::vector<double>& s) {
-      return net->forward(x, c, {}, {}, s);
-    };
+    n.forward = [net = net.ptr()](const torch::Tensor& x, const torch::Tensor& c, const torch::Tensor& labels,
+                                  const std::vector<double>& s) { return net->forward(x, c, labels, {}, s); };
   } else if (m.type == "dhariwalunet") {
     model::DhariwalUNetOptions o;
     set_shared_options(o, config);
@@ -206,15 +208,13 @@ Network make_network(const Config& config) {
     if (m.edm.precond == "iddpm") o.out_channels = 2 * o.in_channels;  // (iDDPM's network also predicts variances)
     DhariwalUNet net(o);
     n.module = net.ptr();
-    n.forward = [net = net.ptr()](const torch::Tensor& x, const torch::Tensor& c, const std::vector<double>& s) {
-      return net->forward(x, c, {}, {}, s);
-    };
+    n.forward = [net = net.ptr()](const torch::Tensor& x, const torch::Tensor& c, const torch::Tensor& labels,
+                                  const std::vector<double>& s) { return net->forward(x, c, labels, {}, s); };
   } else {
     UNet net(m, config.data.channels, config.data.image_size);
     n.module = net.ptr();
-    n.forward = [net = net.ptr()](const torch::Tensor& x, const torch::Tensor& t, const std::vector<double>& s) {
-      return net->forward(x, t, s);
-    };
+    n.forward = [net = net.ptr()](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor&,
+                                  const std::vector<double>& s) { return net->forward(x, t, s); };
   }
   return n;
 }
@@ -273,21 +273,21 @@ LoadedModel::LoadedModel(const ModelSource& source, const torch::Device& device)
   network_.module->eval();
 }
 
-EpsModel network_eps_model(const Network& network, const Config& config, const torch::Device& device, bool bf16,
+ModelEps network_eps_model(const Network& network, const Config& config, const torch::Device& device, bool bf16,
                            const SkipTuningConfig& skip_tuning, bool cuda_graphs) {
-  if (const auto unet = network.unet()) return unet_eps_model(unet, bf16, skip_tuning, cuda_graphs);
+  if (const auto unet = network.unet()) return {unet_eps_model(unet, bf16, skip_tuning, cuda_graphs), {}};
   return edm_eps_model(network, config, device, skip_tuning);
 }
 
-EpsModel LoadedModel::eps(const SkipTuningConfig& skip_tuning, bool cuda_graphs) const {
+ModelEps LoadedModel::eps(const SkipTuningConfig& skip_tuning, bool cuda_graphs) const {
   check_skip_tuning(config_.model, skip_tuning, bool(script_));
-  if (script_) return script_;
+  if (script_) return {script_, {}};
   return network_eps_model(network_, config_, device_, bf16_autocast(config_, device_), skip_tuning, cuda_graphs);
 }
 
-EpsModel LoadedModel::eps_fp32(const SkipTuningConfig& skip_tuning) const {
+ModelEps LoadedModel::eps_fp32(const SkipTuningConfig& skip_tuning) const {
   check_skip_tuning(config_.model, skip_tuning, bool(script_));
-  if (script_) return script_;
+  if (script_) return {script_, {}};
   return network_eps_model(network_, config_, device_, /*bf16=*/false, skip_tuning);
 }
 

@@ -9,11 +9,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "s2dm/core/errors.h"
 #include "s2dm/core/progress.h"
 #include "s2dm/core/yaml_reader.h"
+#include "s2dm/sample/draw.h"
 #include "s2dm/sample/samplers.h"
 #include "s2dm/sample/timesteps.h"
 
@@ -75,7 +77,10 @@ struct Reference {
   torch::Tensor states, eps, end;
 };
 
-Reference reference_trajectories(const EpsModel& model, const NoiseSchedule& schedule, const torch::Tensor& noise,
+// The ε-model of trajectories [first, first + count) (a class-conditional model's, for their classes).
+using BatchEps = std::function<EpsModel(int64_t first, int64_t count)>;
+
+Reference reference_trajectories(const BatchEps& batch_eps, const NoiseSchedule& schedule, const torch::Tensor& noise,
                                  const std::vector<double>& levels, const DpSearchOptions& o, const std::string& final_alpha,
                                  const torch::Device& device, int64_t& nfe) {
   const int n_levels = static_cast<int>(levels.size());
@@ -96,6 +101,7 @@ Reference reference_trajectories(const EpsModel& model, const NoiseSchedule& sch
     auto keep = [&](int k, const torch::Tensor& x) {
       ref.states[k].slice(0, first, first + count).copy_(x.reshape({count, dim}).to(torch::kCPU, torch::kFloat64));
     };
+    const EpsModel model = batch_eps(first, count);
     auto x = noise.slice(0, first, first + count).to(device);
     keep(n_levels - 1, x);
     auto run = run_sampler(*solver, model, x, grid, third_order, [&](const StepInfo& step) {
@@ -117,12 +123,18 @@ Reference reference_trajectories(const EpsModel& model, const NoiseSchedule& sch
 }
 
 // The search's noise: a stream of its own, so that no trajectory starts where image i of sampling
-// seed `seed` does (initial_noise seeds image i's generator by seed·1000003 + i).
-torch::Tensor search_noise(int64_t count, const std::vector<int64_t>& image_shape, uint64_t seed) {
+// seed `seed` does (initial_state seeds image i's generator by seed·1000003 + i). A
+// class-conditional model's trajectories have classes too: `class_label`, else drawn after the noise.
+InitialState search_draw(int64_t count, const std::vector<int64_t>& image_shape, uint64_t seed, int64_t label_dim,
+                         int class_label) {
   std::vector<int64_t> shape{count};
   shape.insert(shape.end(), image_shape.begin(), image_shape.end());
   auto gen = at::detail::createCPUGenerator(seed ^ 0xD1B54A32D192ED03ull);
-  return torch::randn(shape, gen, torch::kFloat32);
+  InitialState out{torch::randn(shape, gen, torch::kFloat32), {}};
+  if (label_dim > 0)
+    out.classes = class_label >= 0 ? torch::full({count}, class_label, torch::kLong)
+                                   : torch::randint(label_dim, {count}, gen, torch::kLong);
+  return out;
 }
 
 // One step of `sampler` from time `from` to `to`, from `x` whose ε there is `eps` (no network
@@ -177,17 +189,19 @@ std::map<std::string, std::string> dp_search_settings(const SampleConfig& sampli
   keys.push_back("final_alpha");
   for (const auto& key : keys) out[key] = YamlReader::flow(sample[key]);
   out["skip_tuning"] = sampling.skip_tuning.active() ? YamlReader::flow(sample["skip_tuning"]) : "off";
+  // (A class-conditional model's trajectories all of one class, when sampling fixes it.)
+  if (sampling.class_label >= 0) out["class_label"] = std::to_string(sampling.class_label);
   return out;
 }
 
 DpGrids search_dp_grids(const DiffusionModel& diffusion, const SampleConfig& sampling, const std::vector<int>& steps,
                         const DpSearchOptions& o) {
-  const EpsModel& model = diffusion.eps;
   const NoiseSchedule& schedule = diffusion.schedule;
   const torch::Device& device = diffusion.device;
   const SamplerInfo& sampler = find_sampler(sampling.sampler);
   const SamplerOptions options = sampler_options(sampling);
   check_options(sampler, options);
+  check_class_label(sampling.class_label, diffusion.label_dim);
   if (draws_noise(sampler, options))
     throw ConfigError("dp grids are searched for deterministic samplers; '" + sampler.name + "'" +
                       (options.eta != 0 ? " with eta = " + std::to_string(options.eta) : "") +
@@ -213,8 +227,14 @@ DpGrids search_dp_grids(const DiffusionModel& diffusion, const SampleConfig& sam
   // Trajectories [0, samples) for the costs (the first search_samples also for the search), then
   // the held-out ones.
   const int64_t holdout = std::max<int64_t>(o.holdout, 1);
-  auto noise = search_noise(o.samples + holdout, diffusion.image_shape, o.seed);
-  auto ref = reference_trajectories(model, schedule, noise, out.levels, o, sampling.final_alpha, device, out.nfe);
+  const auto drawn = search_draw(o.samples + holdout, diffusion.image_shape, o.seed, diffusion.label_dim, sampling.class_label);
+  // (Started where sampling starts: EDM's networks at σ_T z, generate() says why.)
+  const torch::Tensor noise =
+      diffusion.edm_prior ? drawn.noise * std::sqrt(1 - schedule.alpha_bar(out.levels.back())) : drawn.noise;
+  const BatchEps batch_eps = [&](int64_t first, int64_t count) {
+    return diffusion.eps_for(drawn.classes.defined() ? drawn.classes.slice(0, first, first + count) : drawn.classes);
+  };
+  auto ref = reference_trajectories(batch_eps, schedule, noise, out.levels, o, sampling.final_alpha, device, out.nfe);
   const Reference fitted{ref.states.slice(1, 0, o.samples), ref.eps.slice(1, 0, o.samples), ref.end.slice(0, 0, o.samples)};
   const auto cost = jump_costs(fitted, out.levels, schedule, sampler, options);
   for (size_t k = 0; k + 1 < out.levels.size(); ++k) out.step_error.push_back(cost[k + 1][k]);
@@ -228,7 +248,7 @@ DpGrids search_dp_grids(const DiffusionModel& diffusion, const SampleConfig& sam
     double sum = 0;
     for (int64_t first = first_trajectory; first < first_trajectory + trajectories; first += o.batch) {
       const int64_t count = std::min(o.batch, first_trajectory + trajectories - first);
-      auto run = run_sampler(sampler, model, noise.slice(0, first, first + count).to(device), grid, options);
+      auto run = run_sampler(sampler, batch_eps(first, count), noise.slice(0, first, first + count).to(device), grid, options);
       out.nfe += run.nfe * count;
       auto x = run.x.reshape({count, -1}).to(torch::kCPU, torch::kFloat64);
       sum += (x - ref.end.slice(0, first, first + count)).square().sum().item<double>();

@@ -42,6 +42,8 @@ SamplingPlan plan_sampling(const SampleConfig& c, const DiffusionModel& model) {
   plan.options = sampler_options(c);
   check_options(*plan.sampler, plan.options);
   plan.batch = c.batch;
+  check_class_label(c.class_label, model.label_dim);
+  plan.class_label = c.class_label;
   std::vector<double> timesteps;
   std::string file;  // the schedule file the grid comes from, if any (errors name it)
   if (uses_learned_grid(c) || uses_dp_grid(c)) {
@@ -81,22 +83,27 @@ Generated generate(const DiffusionModel& model, const SamplingPlan& plan, const 
     num = noise.size(0);
   }
   if (num < 1) throw ConfigError("no images to sample (" + std::to_string(num) + " asked for)");
-  // A stop request ends the sampling at the next network evaluation, not only between batches
-  // (a batch of a 1000-step sampler takes minutes).
   struct Stopped {};
-  const EpsModel checked = !stop ? model.eps : EpsModel([&](const torch::Tensor& x, const torch::Tensor& t) {
-    if (stop()) throw Stopped{};
-    return model.eps(x, t);
-  });
   Generated out;
   std::vector<torch::Tensor> parts;
   Progress progress("sampling " + plan.sampler->name + " (" + std::to_string(plan.grid.steps()) + " steps)", num, "img");
   auto start = std::chrono::steady_clock::now();
   for (int64_t first = 0; first < num; first += plan.batch) {
     int64_t count = std::min<int64_t>(plan.batch, num - first);
-    auto x = noise.defined() ? noise.slice(0, first, first + count)
-                             : initial_noise(draw.first + first, count, shape, draw.seed);
+    // (An image's class is drawn after its x_T from its generator, so it is the same with --noise.)
+    auto state = noise.defined() && model.label_dim == 0
+                     ? InitialState{}
+                     : initial_state(draw.first + first, count, shape, draw.seed, model.label_dim);
+    auto x = noise.defined() ? noise.slice(0, first, first + count) : state.noise;
     if (model.edm_prior) x = x * std::sqrt(1 - plan.grid.alpha_bar[0]);
+    if (plan.class_label >= 0) state.classes.fill_(plan.class_label);
+    const EpsModel eps = model.eps_for(state.classes);
+    // A stop request ends the sampling at the next network evaluation, not only between batches
+    // (a batch of a 1000-step sampler takes minutes).
+    const EpsModel checked = !stop ? eps : EpsModel([&](const torch::Tensor& x, const torch::Tensor& t) {
+      if (stop()) throw Stopped{};
+      return eps(x, t);
+    });
     SamplerOptions options = plan.options;
     options.noise_seed = draw.seed * 7919ull;
     options.first_image = draw.first + first;

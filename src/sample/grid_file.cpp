@@ -164,14 +164,23 @@ std::string grid_plot_path(const std::string& grid_file) {
   return (p.parent_path() / (p.stem().string() + ".png")).string();
 }
 
-ScoreGridCost make_score_grid_file(const DiffusionModel& model, const torch::Tensor& images, int num_levels, int64_t num,
+ScoreGridCost make_score_grid_file(const DiffusionModel& model, const data::ImageSet& data, int num_levels, int64_t num,
                                    uint64_t seed, int64_t batch, const std::vector<int>& steps, const std::string& out) {
   const NoiseSchedule& schedule = model.schedule;
   if (steps.empty()) throw ConfigError("make_score_grid_file: no step counts");
+  const auto& labels = data.labels;
+  if (model.label_dim > 0 && !labels.defined())
+    throw ConfigError("score grid: the model is class-conditional (" + std::to_string(model.label_dim) +
+                      " classes) and sees each image's class, but these images have no labels: use a labelled data set");
+  if (model.label_dim > 0 && labels.numel() > 0 && labels.max().item<int64_t>() >= model.label_dim)
+    throw ConfigError("score grid: the images have classes up to " + std::to_string(labels.max().item<int64_t>()) +
+                      ", the model " + std::to_string(model.label_dim));
   auto gen = at::detail::createCPUGenerator(seed);
-  num = std::min<int64_t>(num, images.size(0));
-  auto x0 = data::to_model_range(images.index_select(0, torch::randperm(images.size(0), gen, torch::kLong).slice(0, 0, num)));
-  auto cost = estimate_score_cost(model.eps, schedule, x0.to(model.device), num_levels, seed, batch);
+  num = std::min<int64_t>(num, data.images.size(0));
+  const auto chosen = torch::randperm(data.images.size(0), gen, torch::kLong).slice(0, 0, num);
+  auto x0 = data::to_model_range(data.images.index_select(0, chosen));
+  auto cost = estimate_score_cost(model, x0, model.label_dim > 0 ? labels.index_select(0, chosen) : torch::Tensor(),
+                                  num_levels, seed, batch);
   GridFile file;
   file.nfe = cost.nfe;
   file.levels = cost.levels;

@@ -75,8 +75,9 @@ std::vector<double> uniform_levels(int num_levels, int T) {
 
 }  // namespace
 
-ScoreGridCost estimate_score_cost(const EpsModel& model, const NoiseSchedule& schedule, const torch::Tensor& x0,
+ScoreGridCost estimate_score_cost(const DiffusionModel& model, const torch::Tensor& x0, const torch::Tensor& classes,
                                   int num_levels, uint64_t seed, int64_t batch, bool show_progress) {
+  const NoiseSchedule& schedule = model.schedule;
   const int T = schedule.num_timesteps();
   if (num_levels < 3 || num_levels > 100 * T)
     throw ConfigError("levels = " + std::to_string(num_levels) + " must be in [3, " + std::to_string(100 * T) + "]");
@@ -91,11 +92,13 @@ ScoreGridCost estimate_score_cost(const EpsModel& model, const NoiseSchedule& sc
   Progress progress("schedule cost", (num_levels - 1) * ((n + batch - 1) / batch), "pair");
   int64_t done = 0;
   for (int64_t start = 0; start < n; start += batch) {
-    auto data = x0.slice(0, start, std::min(n, start + batch)).to(torch::kFloat32);
+    const int64_t end = std::min(n, start + batch);
+    auto data = x0.slice(0, start, end).to(model.device, torch::kFloat32);
     auto eps = torch::randn(data.sizes(), gen, torch::kFloat32).to(data.device());  // common to every level
+    const EpsModel network = model.eps_for(classes.defined() ? classes.slice(0, start, end) : classes);
     const double count = static_cast<double>(data.size(0));
     for (int i = 0; i + 1 < num_levels; ++i) {
-      out.cost[i] += pair_cost(model, schedule, data, eps, out.levels[i], out.levels[i + 1]) / static_cast<double>(n);
+      out.cost[i] += pair_cost(network, schedule, data, eps, out.levels[i], out.levels[i + 1]) / static_cast<double>(n);
       out.nfe += 2 * static_cast<int64_t>(count);
       if (show_progress) progress.update(++done);
     }

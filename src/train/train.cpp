@@ -261,13 +261,13 @@ void Trainer::settle_owed() {
 // noises of the whole batch) is the same for one process and any number of ranks, so a run may
 // resume on another world size.
 torch::Tensor Trainer::forward(const torch::Tensor& x, const torch::Tensor& noise, int micro) {
-  if (config_.model.dropout == 0) return net_.forward(x, noise, {});
+  if (config_.model.dropout == 0) return net_.forward(x, noise, {}, {});
   auto generator = compat::default_generator(device_);
   const auto training_stream = generator.get_state();
   const auto rank = static_cast<uint64_t>(group_.rank());
   generator.set_current_seed(config_.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step_ * 1024 + micro) * 4099 +
                              rank + 1);
-  auto out = net_.forward(x, noise, {});
+  auto out = net_.forward(x, noise, {}, {});
   generator.set_state(training_stream);
   return out;
 }
@@ -312,7 +312,7 @@ void Trainer::optimiser_step() {
 void Trainer::update_online_grid() {
   sums_->check_finite(step_, run_dir_);
   auto gen = at::detail::createCPUGenerator(config_.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step_));
-  auto ema_model = model::network_eps_model(ema_, config_, device_, /*bf16=*/false, {}, /*cuda_graphs=*/false);
+  auto ema_model = model::network_eps_model(ema_, config_, device_, /*bf16=*/false, {}, /*cuda_graphs=*/false).eps;
   const auto& ls = tc_.learned_schedule;
   if (online_->update(ema_model, last_x0_.slice(0, 0, ls.batch), ls.pairs, gen))
     metrics_line({{"step", step_}, {"schedule_timesteps", online_->timesteps()},

@@ -98,6 +98,20 @@ TEST_F(Cli, ConvertedEdmNetworksAreDescribedAndSampled) {
   EXPECT_FALSE(std::filesystem::exists(dir / "run"));
   expect_user_error(run("sample " + model + " --set model.edm.label_dim=3 --out " + (dir / "cond")),
                     "map_label.weight");
+  expect_user_error(run("sample " + model + " --class 0 --out " + (dir / "class")), "the model is unconditional");
+
+  // A class-conditional one: each image's class from its seed, or one class for all (--class).
+  const std::string cond = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/edm_ckpt_cond";
+  const std::string conditional = "--weights " + cond + ".safetensors --config " + cond + ".yaml";
+  r = run("info --config " + cond + ".yaml");
+  EXPECT_NE(r.output.find("EDM's edm preconditioning; 3 classes"), std::string::npos) << r.output;
+  for (const std::string classes : {"", " --class 2"}) {
+    r = run("sample " + conditional + classes + " --sampler heun --steps 3 --num 2 --no-png --out " + (dir / "cond"));
+    ASSERT_EQ(r.code, 0) << r.output;
+  }
+  EXPECT_NE(s2dm::testing::read_bytes(dir / "cond/sample.yaml").find("class_label: 2"), std::string::npos);
+  expect_user_error(run("sample " + conditional + " --class 3 --out " + (dir / "class")), "sample.class_label = 3");
+  EXPECT_FALSE(std::filesystem::exists(dir / "class"));
 }
 
 TEST_F(Cli, EdmNetworksTrainWithEdmsLossesResumeAndSample) {

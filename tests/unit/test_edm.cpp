@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <filesystem>
 
 #include "../test_util.h"
 #include <yaml-cpp/yaml.h>
@@ -18,7 +19,10 @@
 #include "s2dm/io/safetensors.h"
 #include "s2dm/model/edm_networks.h"
 #include "s2dm/model/model_source.h"
+#include "s2dm/data/data.h"
+#include "s2dm/sample/dp_grid.h"
 #include "s2dm/sample/generate.h"
+#include "s2dm/sample/grid_file.h"
 
 using namespace s2dm;
 
@@ -26,6 +30,22 @@ namespace {
 
 torch::Tensor fixture(const std::string& name) {
   return to_tensor(load_npy(std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/" + name), name).to(torch::kFloat64);
+}
+
+// The source of a converted checkpoint of tests/fixtures (`edm_ckpt_<name>`, made by
+// make_edm_checkpoint_fixture.py), as `s2dm sample --weights --config` reads it.
+model::ModelSource converted_edm(const std::string& name) {
+  const std::string dir = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/";
+  model::ModelRef ref;
+  ref.weights = dir + "edm_ckpt_" + name + ".safetensors";
+  ref.config = dir + "edm_ckpt_" + name + ".yaml";
+  return model::resolve_model(ref);
+}
+
+// That checkpoint loaded on the CPU, as sampling takes it.
+DiffusionModel converted_edm_model(const std::string& name) {
+  const auto source = converted_edm(name);
+  return DiffusionModel::of(source.config, model::LoadedModel(source, torch::kCPU).eps(), torch::kCPU);
 }
 
 // The fixture's stand-in network: F(y, c) = sin(y)(1 + c/10) + c/20, and -F beside it where the
@@ -224,16 +244,10 @@ TEST(Edm, ConvertedCheckpointsSampleAsEdmsSampler) {
   // are, converted them with scripts/convert_edm_checkpoint.py, and ran EDM's edm_sampler (18
   // steps from σ = 80, ρ = 7) from fixed latents. s2dm loads the converted files as `s2dm sample
   // --weights --config` does and samples with heun on the edm grid, the latents as its noise.
-  const std::string dir = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/";
   const auto latents = fixture("edm_ckpt_latents.npy").to(torch::kFloat32);
   for (const std::string name : {"edm", "vp", "ve", "adm"}) {
     SCOPED_TRACE(name);
-    model::ModelRef ref;
-    ref.weights = dir + "edm_ckpt_" + name + ".safetensors";
-    ref.config = dir + "edm_ckpt_" + name + ".yaml";
-    const auto source = model::resolve_model(ref);
-    const model::LoadedModel loaded(source, torch::kCPU);
-    const auto diffusion = DiffusionModel::of(source.config, loaded.eps(), torch::kCPU);
+    const auto diffusion = converted_edm_model(name);
     SampleConfig settings;
     settings.sampler = "heun";
     settings.steps = 18;
@@ -250,6 +264,80 @@ TEST(Edm, ConvertedCheckpointsSampleAsEdmsSampler) {
   }
 }
 
+TEST(Edm, ClassConditionalCheckpointsSampleAsEdmsGenerate) {
+  // make_edm_checkpoint_fixture.py converted class-conditional networks (3 classes; SongUNet and
+  // DhariwalUNet) and sampled them as EDM's generate.py does for seeds 0-3 on the CPU: latents,
+  // then class labels, from each seed's generator, edm_sampler on them; and again with --class 2.
+  // s2dm with seed 0 draws the same latents and classes (image i's generator is seeded by i),
+  // whatever the batch.
+  const auto state = sample::initial_state(0, 4, {1, 8, 8}, 0, 3);
+  EXPECT_TRUE(torch::equal(state.classes, fixture("edm_ckpt_cond_classes.npy").to(torch::kLong)));
+  for (const std::string name : {"cond", "adm_cond"}) {
+    SCOPED_TRACE(name);
+    const auto diffusion = converted_edm_model(name);
+    ASSERT_EQ(diffusion.label_dim, 3);
+    SampleConfig settings;
+    settings.sampler = "heun";
+    settings.steps = 18;
+    settings.timesteps = "edm";
+    settings.batch = 3;  // (a batch of 3, then 1: each image keeps its class)
+    for (const int class_label : {-1, 2}) {
+      settings.class_label = class_label;
+      const auto generated = sample::generate(diffusion, sample::plan_sampling(settings, diffusion), {0, 0, 4, {}}, false);
+      const auto expected = fixture("edm_ckpt_" + name + (class_label < 0 ? "" : "_class2") + "_out.npy");
+      const double error =
+          ((generated.samples.to(torch::kFloat64) - expected).abs().max() / expected.abs().max()).item<double>();
+      s2dm::testing::print_margin("heun on conditional " + name + (class_label < 0 ? "" : ", class 2") +
+                                      " against generate.py, relative", error, "1e-4");
+      EXPECT_LT(error, 1e-4);
+    }
+    settings.class_label = 3;
+    EXPECT_THROW(sample::plan_sampling(settings, diffusion), ConfigError);
+  }
+  // An unconditional model has no class to fix.
+  SampleConfig settings;
+  settings.class_label = 0;
+  EXPECT_THROW(sample::plan_sampling(settings, DiffusionModel::of(converted_edm("edm").config)), ConfigError);
+}
+
+TEST(Edm, GridSearchesSeeTheClassesOfAConditionalModel) {
+  // The dp search's trajectories and the score grid's images have classes too: a class fixed by
+  // the sample settings changes the dp search's costs; the score grid takes the images' labels
+  // and refuses images without them.
+  const auto diffusion = converted_edm_model("cond");
+  sample::DpSearchOptions o;
+  o.levels = 8;
+  o.samples = 4;
+  o.search_samples = 2;
+  o.holdout = 2;
+  o.show_progress = false;
+  SampleConfig settings;
+  std::vector<std::vector<double>> costs;
+  for (const int class_label : {-1, 0, 2}) {
+    settings.class_label = class_label;
+    costs.push_back(sample::search_dp_grids(diffusion, settings, {3}, o).step_error);
+  }
+  EXPECT_NE(costs[0], costs[1]);
+  EXPECT_NE(costs[1], costs[2]);
+  EXPECT_EQ(sample::dp_search_settings(settings).at("class_label"), "2");
+  settings.class_label = 3;
+  EXPECT_THROW(sample::search_dp_grids(diffusion, settings, {3}, o), ConfigError);
+
+  const auto x0 = torch::rand({4, 1, 8, 8}, torch::kFloat64) * 2 - 1;
+  auto cost = [&](const torch::Tensor& classes) {
+    return sample::estimate_score_cost(diffusion, x0, classes, 4, 1, 4, false).cost;
+  };
+  EXPECT_NE(cost(torch::zeros({4}, torch::kLong)), cost(torch::full({4}, 2, torch::kLong)));
+  const auto same = cost(torch::tensor({0, 2, 2, 0}, torch::kLong));
+  EXPECT_EQ(same, cost(torch::tensor({0, 2, 2, 0}, torch::kLong)));
+  data::ImageSet images{data::to_uint8(x0.to(torch::kFloat32)), {}, "random images"};
+  const std::string out = (std::filesystem::temp_directory_path() / "s2dm_cond_schedule.yaml").string();
+  EXPECT_THROW(sample::make_score_grid_file(diffusion, images, 4, 4, 1, 4, {2}, out), ConfigError);
+  images.labels = torch::full({4}, 3, torch::kLong);
+  EXPECT_THROW(sample::make_score_grid_file(diffusion, images, 4, 4, 1, 4, {2}, out), ConfigError);
+  EXPECT_FALSE(std::filesystem::exists(out));
+}
+
 TEST(Diffusers, ConvertedUNet2DModelEqualsDiffusersOwn) {
   // tests/fixtures/make_diffusers_unet_fixture.py built a small DDPM-style UNet2DModel with
   // diffusers' own code, random weights, wrote it in diffusers' two layouts and converted both
@@ -263,7 +351,7 @@ TEST(Diffusers, ConvertedUNet2DModelEqualsDiffusersOwn) {
   const model::LoadedModel loaded(source, torch::kCPU);
   const auto x = fixture("diffusers_unet_x.npy").to(torch::kFloat32), t = fixture("diffusers_unet_t.npy");
   const auto expected = fixture("diffusers_unet_out.npy");
-  const auto eps = loaded.eps()(x, t.to(torch::kFloat32)).to(torch::kFloat64);
+  const auto eps = loaded.eps().eps(x, t.to(torch::kFloat32)).to(torch::kFloat64);
   const double error = ((eps - expected).abs().max() / expected.abs().max()).item<double>();
   s2dm::testing::print_margin("converted UNet2DModel against diffusers', relative", error, "1e-5");
   EXPECT_LT(error, 1e-5);

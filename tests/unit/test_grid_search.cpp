@@ -67,7 +67,7 @@ TEST(ScoreGrid, GaussianEstimateMatchesTheClosedForm) {
   s2dm::testing::Gaussian g{mu, s, &linear()};
   torch::manual_seed(s2dm::testing::test_seed(5));
   auto x0 = mu + s * torch::randn({1024, 1, 2, 2}, torch::kFloat64);
-  auto est = estimate_score_cost(g.model(), linear(), x0, 200, s2dm::testing::test_seed(1), 512, false);
+  auto est = estimate_score_cost(s2dm::testing::linear_model(g.model()), x0, {}, 200, s2dm::testing::test_seed(1), 512, false);
   EXPECT_EQ(est.nfe, 2 * 199 * 1024);
   auto exact = gaussian_cost(est.levels, s, 4);
   for (int S : {5, 10, 20}) {
@@ -91,8 +91,8 @@ TEST(ScoreGrid, MixtureEstimateConvergesWithSamples) {
                         0.6 + 0.25 * torch::randn({n, 1, 1, 1}, torch::kFloat64));
   };
   using s2dm::testing::test_seed;
-  auto reference = estimate_score_cost(mix.model(), linear(), draw(8192, test_seed(1)), 100, test_seed(1), 8192, false);
-  auto small = estimate_score_cost(mix.model(), linear(), draw(1024, test_seed(2)), 100, test_seed(2), 1024, false);
+  auto reference = estimate_score_cost(s2dm::testing::linear_model(mix.model()), draw(8192, test_seed(1)), {}, 100, test_seed(1), 8192, false);
+  auto small = estimate_score_cost(s2dm::testing::linear_model(mix.model()), draw(1024, test_seed(2)), {}, 100, test_seed(2), 1024, false);
   auto a = optimal_timesteps(small.levels, small.cost, 10), b = optimal_timesteps(reference.levels, reference.cost, 10);
   EXPECT_LT(max_gap(a, b), 30.0);
   s2dm::testing::print_margin("mixture score grid of 1024 samples, worst gap to 8192's", max_gap(a, b), "< 30");
@@ -210,7 +210,7 @@ TEST(ScoreGrid, OnlineEstimateConvergesToTheOfflineOne) {
   }
   ASSERT_TRUE(online.has_grid());
   EXPECT_GT(moves, 5);
-  auto offline = estimate_score_cost(model, linear(), data, 30, 1, 4096, false);
+  auto offline = estimate_score_cost(s2dm::testing::linear_model(model), data, {}, 30, 1, 4096, false);
   auto exact = gaussian_cost(offline.levels, 0.5, 4);
   auto mean = online.cost();  // the last update's: 16 or more estimates of 64 images per pair
   double rel = 0;

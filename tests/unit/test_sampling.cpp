@@ -572,8 +572,8 @@ TEST(ModelSource, ResolvesOneSourceAndLoadsIt) {
   const model::LoadedModel loaded(source, torch::kCPU);
   auto x = torch::randn({2, 1, 8, 8});
   auto t = torch::full({2}, 300.0);
-  EXPECT_TRUE(torch::equal(loaded.eps()(x, t), model::unet_eps_model(net, false)(x, t)));
-  EXPECT_TRUE(torch::equal(loaded.eps_fp32()(x, t), loaded.eps()(x, t)));  // the CPU computes in float32
+  EXPECT_TRUE(torch::equal(loaded.eps().eps(x, t), model::unet_eps_model(net, false)(x, t)));
+  EXPECT_TRUE(torch::equal(loaded.eps_fp32().eps(x, t), loaded.eps().eps(x, t)));  // the CPU computes in float32
   if (torch::cuda::is_available()) {
     // Schedule estimation and search run in float32 whatever train.precision says (bf16 here).
     ASSERT_EQ(source.config.train.precision, "bf16");
@@ -583,8 +583,8 @@ TEST(ModelSource, ResolvesOneSourceAndLoadsIt) {
     copy->to(torch::kCUDA);
     auto xg = x.to(torch::kCUDA), tg = t.to(torch::kCUDA);
     const auto fp32 = model::unet_eps_model(copy, false, {}, false)(xg, tg);
-    EXPECT_TRUE(torch::allclose(on_gpu.eps_fp32()(xg, tg), fp32, 1e-5, 1e-5));
-    EXPECT_FALSE(torch::allclose(on_gpu.eps()(xg, tg), fp32, 1e-5, 1e-5)) << "bf16 autocast left no trace";
+    EXPECT_TRUE(torch::allclose(on_gpu.eps_fp32().eps(xg, tg), fp32, 1e-5, 1e-5));
+    EXPECT_FALSE(torch::allclose(on_gpu.eps().eps(xg, tg), fp32, 1e-5, 1e-5)) << "bf16 autocast left no trace";
   }
   SkipTuningConfig st;
   st.rho = {1.0, 0.5};

@@ -147,6 +147,9 @@ struct SampleConfig : SamplerSettings {
   int64_t num = 64;
   int batch = 64;
   std::string final_alpha = "one";  // one | first
+  // A class-conditional model's class for every image (EDM's --class); -1: each image's own, drawn
+  // from its seed.
+  int class_label = -1;
   SkipTuningConfig skip_tuning;
 };
 

@@ -29,7 +29,7 @@ struct ModelGrids {
 inline std::vector<int64_t> image_shape(const DataConfig& data) { return {data.channels, data.image_size, data.image_size}; }
 
 struct DiffusionModel {
-  EpsModel eps;                        // ε̂(x, t), t in index units; empty while only settings are checked
+  ModelEps eps;                        // ε̂(x, t), t in index units; empty while only settings are checked
   NoiseSchedule schedule;              // the noise process: ᾱ(t)
   std::vector<int64_t> image_shape;    // [C, H, W]
   torch::Device device = torch::kCPU;  // where `eps` takes its inputs
@@ -37,12 +37,24 @@ struct DiffusionModel {
   // Where sampling starts from a standard-normal z: DDPM models at x_T = z (their prior N(0, I));
   // EDM's networks as EDM's samplers do, at x̃ = σ_T z, that is x_T = √(1 - ᾱ_T) z.
   bool edm_prior = false;
+  // Class-conditional models: the number of classes (0: unconditional). Each batch's images have
+  // their classes, which the network sees as one-hot labels (EDM's class_labels).
+  int64_t label_dim = 0;
 
-  // The model `config` describes (its noise schedule and image shape), around `eps` on `device`.
-  static DiffusionModel of(const Config& config, EpsModel eps = {}, torch::Device device = torch::kCPU,
+  // The ε-model of a batch of images of classes `classes` (int64 [B]; an unconditional model
+  // takes no classes, and they may be undefined).
+  EpsModel eps_for(const torch::Tensor& classes) const {
+    if (label_dim == 0) return eps.eps;
+    return eps.for_labels(torch::one_hot(classes.to(torch::kLong), label_dim).to(device, torch::kFloat32));
+  }
+
+  // The model `config` describes (its noise schedule, image shape and classes), around `eps` on
+  // `device`.
+  static DiffusionModel of(const Config& config, ModelEps eps = {}, torch::Device device = torch::kCPU,
                            ModelGrids grids = {}) {
-    return {std::move(eps), noise_schedule_of(config), s2dm::image_shape(config.data), device, std::move(grids),
-            config.model.type != "ddpm"};
+    const bool edm = config.model.type != "ddpm";
+    return {std::move(eps), noise_schedule_of(config), s2dm::image_shape(config.data), device, std::move(grids), edm,
+            edm ? config.model.edm.label_dim : 0};
   }
 };
 

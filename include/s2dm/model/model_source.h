@@ -22,8 +22,10 @@ namespace s2dm::model {
 // ε-model of t, or one of EDM's (SongUNet, DhariwalUNet), F(x, c_noise) of its preconditioning.
 struct Network {
   std::shared_ptr<torch::nn::Module> module;
-  // ε̂(x, t) or F(x, c_noise), the long skips scaled by `skip_scales` (empty: unscaled).
-  std::function<torch::Tensor(const torch::Tensor& x, const torch::Tensor& noise, const std::vector<double>& skip_scales)>
+  // ε̂(x, t) or F(x, c_noise[, class_labels]), the long skips scaled by `skip_scales` (empty:
+  // unscaled); `class_labels` (one-hot [B, label_dim]) for a class-conditional network, else undefined.
+  std::function<torch::Tensor(const torch::Tensor& x, const torch::Tensor& noise, const torch::Tensor& class_labels,
+                              const std::vector<double>& skip_scales)>
       forward;
   int num_skips = 0;
   // DDPM's UNet, when the network is one (null otherwise).
@@ -67,8 +69,9 @@ void check_skip_tuning(const ModelConfig& model, const SkipTuningConfig& skip_tu
 // evaluations replay CUDA graphs unless `cuda_graphs` is false.
 EpsModel unet_eps_model(UNet unet, bool bf16, const SkipTuningConfig& skip_tuning = {}, bool cuda_graphs = true);
 // Any network of `config` as an ε-model: DDPM's UNet as unet_eps_model makes it, EDM's networks
-// through their preconditioning (Preconditioning::eps_model), without gradients, in float32.
-EpsModel network_eps_model(const Network& network, const Config& config, const torch::Device& device, bool bf16,
+// through their preconditioning (Preconditioning::eps_model), without gradients, in float32; a
+// class-conditional one (model.edm.label_dim > 0) given each batch's labels.
+ModelEps network_eps_model(const Network& network, const Config& config, const torch::Device& device, bool bf16,
                            const SkipTuningConfig& skip_tuning = {}, bool cuda_graphs = true);
 // CUDA graphs captured so far by this process's ε-models (for tests and logs).
 int64_t cuda_graphs_captured();
@@ -78,11 +81,11 @@ class LoadedModel {
  public:
   LoadedModel(const ModelSource& source, const torch::Device& device);
   // The ε-model with the config's precision and the given Skip-Tuning.
-  EpsModel eps(const SkipTuningConfig& skip_tuning = {}, bool cuda_graphs = true) const;
+  ModelEps eps(const SkipTuningConfig& skip_tuning = {}, bool cuda_graphs = true) const;
   // The ε-model in float32 whatever the config's precision. Schedule estimation and search use it:
   // they compare ε at neighbouring noise levels, which differ by about 0.5 % per pixel at 1000
   // levels, bf16's resolution, so bf16 would flatten the cost they measure.
-  EpsModel eps_fp32(const SkipTuningConfig& skip_tuning = {}) const;
+  ModelEps eps_fp32(const SkipTuningConfig& skip_tuning = {}) const;
 
  private:
   Config config_;

@@ -28,9 +28,10 @@ struct SamplingPlan {
   SamplerOptions options;
   Grid grid;
   int64_t batch = 1;
+  int class_label = -1;  // a class-conditional model's class for every image; -1: each image's own
   std::string warning;  // e.g. a named grid whose steps repeat timesteps (fewer distinct steps)
 };
-// The plan of `config` for `model` (its noise schedule and its own grids; its network is not
+// The plan of `config` for `model` (its noise schedule, classes and own grids; its network is not
 // needed). Time grids: timesteps.h's, "learned" and "dp" (from model.grids) and "learned:FILE" (a
 // schedule file). The plan's grid refers to model.schedule: sample with the model it was made for.
 SamplingPlan plan_sampling(const SampleConfig& config, const DiffusionModel& model);
@@ -42,7 +43,8 @@ struct Generated {
   bool complete = true;   // false when `stop` ended it early (samples then holds fewer images)
 };
 
-// Samples `draw` from `model` as `plan` says. `stop`, when given, is asked before every network
+// Samples `draw` from `model` as `plan` says; a class-conditional model's images have their
+// classes from the draw (initial_state) or the plan's class_label. `stop`, when given, is asked before every network
 // evaluation whether to end early (the batch under way is dropped).
 Generated generate(const DiffusionModel& model, const SamplingPlan& plan, const Draw& draw, bool show_progress = true,
                    const std::function<bool()>& stop = {});

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "s2dm/data/data.h"
 #include "s2dm/diffusion/diffusion_model.h"
 #include "s2dm/sample/dp_grid.h"
 #include "s2dm/sample/score_grid.h"
@@ -44,10 +45,11 @@ void write_grid_file(const std::string& path, const GridFile& file, int num_time
 GridFile read_grid_file(const std::string& path, int num_timesteps);
 
 // What `s2dm schedule` does: the cost on `num_levels` levels, averaged over `num` images drawn
-// (by `seed`) from `images` (uint8 NCHW), the grids for each S in `steps`, written as `out`
-// (schedule.yaml) with a plot beside it (<stem>.png: the cost curve, then the learned grid of the
-// first S against the uniform and quadratic grids). Returns the cost.
-ScoreGridCost make_score_grid_file(const DiffusionModel& model, const torch::Tensor& images, int num_levels, int64_t num,
+// (by `seed`) from `data` (uint8 NCHW; a class-conditional model needs their labels, its classes),
+// the grids for each S in `steps`, written as `out` (schedule.yaml) with a plot beside it
+// (<stem>.png: the cost curve, then the learned grid of the first S against the uniform and
+// quadratic grids). Returns the cost.
+ScoreGridCost make_score_grid_file(const DiffusionModel& model, const data::ImageSet& data, int num_levels, int64_t num,
                                    uint64_t seed, int64_t batch, const std::vector<int>& steps, const std::string& out);
 // What `s2dm schedule --method dp` does: search_dp_grids for `sampling` (sampler, order, end point),
 // written as `out` with a plot beside it (the one-level jump error, then the dp grid of the first

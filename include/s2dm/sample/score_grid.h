@@ -9,8 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "s2dm/model/eps_model.h"
-#include "s2dm/diffusion/noise_schedule.h"
+#include "s2dm/diffusion/diffusion_model.h"
 
 namespace s2dm::sample {
 
@@ -31,9 +30,10 @@ struct ScoreGridCost {
   int64_t nfe = 0;             // network evaluations spent
 };
 
-// Estimates the cost on `num_levels` levels spread uniformly over [0, T-1], averaging over the
-// data x0 ([N, C, H, W] in [-1, 1]) with one noise draw per image, in batches of `batch`.
-ScoreGridCost estimate_score_cost(const EpsModel& model, const NoiseSchedule& schedule, const torch::Tensor& x0,
+// Estimates the cost of `model` on `num_levels` levels spread uniformly over [0, T-1], averaging
+// over the data x0 ([N, C, H, W] in [-1, 1]) with one noise draw per image, in batches of `batch`.
+// A class-conditional model sees each image's class, `classes` (int64 [N]; else undefined).
+ScoreGridCost estimate_score_cost(const DiffusionModel& model, const torch::Tensor& x0, const torch::Tensor& classes,
                                   int num_levels, uint64_t seed, int64_t batch, bool show_progress = true);
 
 // Their Algorithm 1: `intervals`+1 decreasing times from T-1 to 0 with equal Λ between neighbours.
