@@ -255,7 +255,7 @@ std::string samplers_reading(const std::string& option) {
 std::string time_grid_forms() {
   std::string forms;
   for (const auto& name : sample::timestep_grids()) forms += name + ", ";
-  return forms + "a list 999,500,0, file:PATH, learned or learned:FILE";
+  return "auto (the sampler's own), " + forms + "a list 999,500,0, file:PATH, learned or learned:FILE";
 }
 
 }  // namespace
@@ -278,7 +278,7 @@ int samplers(int argc, char** argv) {
               std::to_string(s.default_order) + "]";
     std::printf("%-12s %-34s", s.name.c_str(), opts.empty() ? "-" : opts.c_str());
     for (int n : steps) std::printf(" %6d", s.nfe(n));
-    std::printf("  %s\n", s.description.c_str());
+    std::printf("  %s (grid auto: %s)\n", s.description.c_str(), s.default_grid.c_str());
   }
   std::printf("\nNFE: network evaluations per image for S steps.\nTime grids (--timesteps): %s\n(karras: sample.karras_rho; "
               "learned: a checkpoint's online score grid; learned:FILE: s2dm schedule's score or dp grids);\n"

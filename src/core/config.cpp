@@ -296,6 +296,10 @@ std::string config_identity(const Config& config) {
   }();
   Writer writer(&defaults);
   Config copy = config;
+  // sample.timesteps' default was `uniform` before samplers had a grid of their own (`auto`): the
+  // text keeps `uniform`, so earlier work keeps its keys. (The driver names a unit by the grid
+  // `auto` resolves to, so a sampler whose own grid is another one gets keys of its own.)
+  if (copy.sample.timesteps == "auto") copy.sample.timesteps = "uniform";
   visit(writer, copy);
   return writer.text();
 }

@@ -95,9 +95,11 @@ double eval_seconds_per_image(const Config& config, int64_t batch, const torch::
 
 // The sample settings that can change a unit's samples. Options the sampler does not read are
 // reset (changing clip_denoised, which only DDIM and DDPM read, re-runs no DEIS unit), and so is
-// the batch, except for samplers that draw noise (DDPM, DDIM with η > 0, churn).
+// the batch, except for samplers that draw noise (DDPM, DDIM with η > 0, churn); `auto` names the
+// grid it stands for.
 SampleConfig effective_settings(SampleConfig c) {
   const auto& info = sample::find_sampler(c.sampler);
+  c.timesteps = sample::time_grid(c);
   std::vector<std::string> unread;
   for (const auto& key : sample::sampler_option_keys())
     if (std::find(info.options.begin(), info.options.end(), key) == info.options.end()) unread.push_back(key);
@@ -171,7 +173,7 @@ ExperimentPlan plan_units(const Experiment& e, const Measurer& measurer) {
       std::string settings_text = m.key + "\n" + config_identity(c);
       // (Where S does not divide T the uniform grid once took S + 1 or more points: such units
       // sample anew rather than reuse samples of the other grid.)
-      if (config.timesteps == "uniform" && m.config.diffusion.num_timesteps % config.steps != 0)
+      if (sample::time_grid(config) == "uniform" && m.config.diffusion.num_timesteps % config.steps != 0)
         settings_text += "uniform grid: floor(i T / S)\n";
       for (uint64_t seed : e.seeds) {
         Unit u;

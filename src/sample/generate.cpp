@@ -56,10 +56,11 @@ SamplingPlan plan_sampling(const SampleConfig& c, const DiffusionModel& model) {
     if (const auto mismatch = grid_file.settings_mismatch(c); !mismatch.empty())
       plan.warning = file + " holds grids searched for other sample settings: " + mismatch;
   } else {
-    timesteps = make_timesteps(c.timesteps, c.steps, schedule, c.karras_rho);
+    const std::string name = time_grid(c);
+    timesteps = make_timesteps(name, c.steps, schedule, c.karras_rho);
     const auto& named = timestep_grids();
-    if (std::find(named.begin(), named.end(), c.timesteps) != named.end() && static_cast<int>(timesteps.size()) < c.steps)
-      plan.warning = "time grid '" + c.timesteps + "' with " + std::to_string(c.steps) + " steps repeats timesteps; " +
+    if (std::find(named.begin(), named.end(), name) != named.end() && static_cast<int>(timesteps.size()) < c.steps)
+      plan.warning = "time grid '" + name + "' with " + std::to_string(c.steps) + " steps repeats timesteps; " +
                      std::to_string(timesteps.size()) + " distinct steps remain";
   }
   try {

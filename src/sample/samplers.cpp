@@ -72,9 +72,9 @@ const std::vector<SamplerInfo>& samplers() {
       {"lambda-ddim", "λ-DDIM, the conjugate integrator (Pandey et al. 2023); lambda 0 = DDIM", {"lambda"},
        sample_lambda_ddim, steps, false, -1, -1, -1, first},
       {"euler", "Euler in σ = √((1-ᾱ)/ᾱ) on x/√ᾱ (EDM, Karras et al. 2022); DDIM η = 0 up to rounding", churn,
-       sample_euler, steps, false, -1, -1, -1, first},
+       sample_euler, steps, false, -1, -1, -1, first, "edm"},
       {"heun", "Heun's 2nd-order method in σ, EDM's edm_sampler (churn optional); the last step is Euler", churn,
-       sample_heun, [](int s) { return 2 * s - 1; }, false, -1, -1, -1, second},
+       sample_heun, [](int s) { return 2 * s - 1; }, false, -1, -1, -1, second, "edm"},
   };
   return registry;
 }

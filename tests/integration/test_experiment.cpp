@@ -547,6 +547,17 @@ TEST_F(Experiment, OptionsASamplerIgnoresShareItsUnit) {
   EXPECT_EQ(results().size(), 3u);
 }
 
+TEST_F(Experiment, TheAutoGridIsTheSamplersOwnAndSharesItsUnit) {
+  // timesteps auto is each sampler's own grid (uniform for DDIM, edm for Heun): a setting that
+  // names that grid is the same unit.
+  const std::string path = write_one_model("auto", "{steps: 2, batch: 8}", "  sampler: [ddim, heun]\n  timesteps: [auto, uniform, edm]\n",
+                                           "{features: classifier, num_samples: 8, reference_num: 64, classifier_epochs: 1}");
+  auto r = run("run " + path);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(units_run(r.output), 4) << r.output;
+  EXPECT_EQ(csv_rows(out() + "/results.csv"), 6);
+}
+
 // The shipped experiments load (those on Fashion-MNIST fully; CIFAR10/CelebA need data and the
 // Inception weights, and must say which is missing).
 TEST(ShippedExperiments, LoadOrNameWhatIsMissing) {

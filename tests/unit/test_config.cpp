@@ -198,8 +198,14 @@ TEST(Config, IdentityLeavesOutAddedKeysAtTheirDefaults) {
   c.sample.s_max = 50;
   const std::string churned = s2dm::config_identity(c);
   EXPECT_NE(churned.find("  s_churn: 40.0\n  s_max: 50.0\n"), std::string::npos) << churned;  // (s_min: default)
+  // A changed default: sample.timesteps `auto` (the sampler's own grid, DDIM's uniform here) is
+  // written as `uniform`, the default before it.
+  EXPECT_EQ(c.sample.timesteps, "auto");
   const auto back = parse_config(churned, "identity.yaml");
+  c.sample.timesteps = "uniform";
   EXPECT_EQ(s2dm::to_yaml(back), s2dm::to_yaml(c));
+  EXPECT_EQ(s2dm::config_identity(s2dm::Config{}), identity);
+  EXPECT_EQ(s2dm::config_identity(c), churned);
 }
 
 TEST(Config, ShippedConfigsLoad) {

@@ -277,9 +277,8 @@ TEST(Edm, ClassConditionalCheckpointsSampleAsEdmsGenerate) {
     const auto diffusion = converted_edm_model(name);
     ASSERT_EQ(diffusion.label_dim, 3);
     SampleConfig settings;
-    settings.sampler = "heun";
+    settings.sampler = "heun";  // (on its own grid, timesteps auto: edm_sampler's)
     settings.steps = 18;
-    settings.timesteps = "edm";
     settings.batch = 3;  // (a batch of 3, then 1: each image keeps its class)
     for (const int class_label : {-1, 2}) {
       settings.class_label = class_label;

@@ -141,8 +141,9 @@ struct SampleConfig : SamplerSettings {
   SampleConfig() {}
   std::string sampler = "ddim";       // s2dm samplers lists them
   int steps = 50;
-  // uniform | quad | linspace | trailing | leading | logsnr | karras | a list "999,500,0" | file:PATH
-  std::string timesteps = "uniform";
+  // auto (the sampler's own: edm for euler and heun, as EDM's samplers, else uniform) | uniform |
+  // quad | linspace | trailing | leading | logsnr | karras | edm | a list "999,500,0" | file:PATH | ...
+  std::string timesteps = "auto";
   double karras_rho = 7.0;
   int64_t num = 64;
   int batch = 64;

@@ -14,6 +14,11 @@
 
 namespace s2dm::sample {
 
+// The time grid the settings name: sample.timesteps, or for `auto` the sampler's default grid.
+inline std::string time_grid(const SampleConfig& config) {
+  return config.timesteps == "auto" ? find_sampler(config.sampler).default_grid : config.timesteps;
+}
+
 // Whether the settings ask for the model's own score-optimal grid ("learned"), which its source
 // must provide (a checkpoint's state, an online estimate, or a schedule file the driver estimates).
 inline bool uses_learned_grid(const SampleConfig& config) { return config.timesteps == "learned"; }

@@ -65,6 +65,8 @@ struct SamplerInfo {
   // Deterministic samplers: the order of accuracy on the probability-flow ODE at a multistep
   // order (-1 for samplers without one); the convergence test checks every sampler against it.
   std::function<int(int order)> accuracy;
+  // The time grid it samples on when the settings name none (sample.timesteps auto).
+  std::string default_grid = "uniform";
 };
 const std::vector<SamplerInfo>& samplers();
 // Whether sampling with these settings draws noise (DDPM; DDIM with η > 0; EDM's churn).
