@@ -16,8 +16,16 @@
 #include <vector>
 
 #include "s2dm/core/config.h"
+#include "s2dm/core/device.h"
 
 namespace s2dm::testing {
+
+// The tests compute with the CPU convolutions every command uses (s2dm::set_cpu_threads).
+class CpuConvolutions : public ::testing::Environment {
+ public:
+  void SetUp() override { s2dm::choose_cpu_convolutions(); }
+};
+inline ::testing::Environment* const kCpuConvolutions = ::testing::AddGlobalTestEnvironment(new CpuConvolutions);
 
 // A UNet small enough to train a step or sample in well under a second on one core.
 inline s2dm::ModelConfig tiny_unet(std::vector<int> attn_resolutions = {8}) {

@@ -144,6 +144,12 @@ void set_cpu_threads(int threads) {
   using SetThreads = void (*)(int);
   if (auto set_openblas = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads")))
     set_openblas(1);
+  choose_cpu_convolutions();
+}
+
+void choose_cpu_convolutions() {
+  const char* onednn = std::getenv("S2DM_CPU_ONEDNN");
+  at::globalContext().setUserEnabledMkldnn(onednn ? std::string(onednn) != "0" : compat::kOneDnnConvolutionsAreRight);
 }
 
 std::string runtime_info(const torch::Device& device) {
@@ -165,6 +171,7 @@ std::string runtime_info(const torch::Device& device) {
   s += "fused adam:     " + std::string(compat::kHasFusedAdam ? "yes" : "no") + "\n";
   s += "cpu threads:    " + std::to_string(torch::get_num_threads()) + " (of " +
        std::to_string(std::thread::hardware_concurrency()) + " cores)\n";
+  s += "cpu convolution:" + std::string(at::globalContext().userEnabledMkldnn() ? " oneDNN" : " LibTorch's own") + "\n";
   return s;
 }
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../test_util.h"
+#include "s2dm/core/compat.h"
 #include "s2dm/io/checkpoint.h"
 #include "s2dm/io/image_io.h"
 #include "s2dm/eval/inception.h"
@@ -76,6 +77,11 @@ TEST_F(Cli, HelpAndInfo) {
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.output.find("libtorch:"), std::string::npos);
   EXPECT_NE(r.output.find("cpu threads:"), std::string::npos);
+  // LibTorch 2.x's oneDNN computes some convolutions wrongly (compat::kOneDnnConvolutionsAreRight).
+  EXPECT_NE(r.output.find(compat::kOneDnnConvolutionsAreRight ? "cpu convolution: oneDNN" : "cpu convolution: LibTorch's own"),
+            std::string::npos) << r.output;
+  r = run_shell("S2DM_CPU_ONEDNN=1 " + std::string(S2DM_BINARY) + " info --device cpu");
+  EXPECT_NE(r.output.find("cpu convolution: oneDNN"), std::string::npos) << r.output;
 }
 
 TEST_F(Cli, ConvertedEdmNetworksAreDescribedAndSampled) {

@@ -136,6 +136,36 @@ TEST(UNet, ChannelsLastComputesTheSameFunction) {
   for (size_t i = 0; i < before.size(); ++i) EXPECT_TRUE(torch::equal(after[i].second, before[i].second)) << before[i].first;
 }
 
+TEST(Convolutions, CpuFloat32EqualsFloat64ForEveryChannelCount) {
+  // s2dm's CPU convolutions (choose_cpu_convolutions, what every command sets): float32 forward
+  // and gradients equal float64's for the channel counts oneDNN 3.6 gets wrong (24, 40: NaN or
+  // O(1) errors there) and the usual ones, in both memory formats.
+  s2dm::choose_cpu_convolutions();
+  torch::manual_seed(0);
+  auto relative = [](const torch::Tensor& a, const torch::Tensor& reference) {
+    return ((a.to(torch::kFloat64) - reference).norm() / reference.norm()).item<double>();
+  };
+  for (const auto format : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast})
+    for (const int64_t in : {1, 16, 24, 32, 40})
+      for (const int64_t batch : {1, 4}) {
+        const auto x = torch::randn({batch, in, 16, 16}, torch::kFloat64), w = torch::randn({16, in, 3, 3}, torch::kFloat64),
+                   b = torch::randn({16}, torch::kFloat64), dy = torch::randn({batch, 16, 16, 16}, torch::kFloat64);
+        std::vector<torch::Tensor> results[2];
+        for (const auto dtype : {torch::kFloat64, torch::kFloat32}) {
+          const std::vector<torch::Tensor> inputs{x.to(dtype).contiguous(format).requires_grad_(),
+                                                  w.to(dtype).contiguous(format).requires_grad_(), b.to(dtype).requires_grad_()};
+          const auto y = torch::conv2d(inputs[0], inputs[1], inputs[2], 1, 1);
+          auto& r = results[dtype == torch::kFloat32];
+          r = torch::autograd::grad({y}, inputs, {dy.to(dtype)});
+          r.insert(r.begin(), y);
+        }
+        const char* names[] = {"y", "dx", "dw", "db"};
+        for (int i = 0; i < 4; ++i)
+          EXPECT_LT(relative(results[1][i], results[0][i]), 1e-5)
+              << names[i] << ": " << in << " channels, batch " << batch << ", channels-last " << (format != torch::MemoryFormat::Contiguous);
+      }
+}
+
 TEST(UNet, OutputShapeAndSkipChannels) {
   torch::manual_seed(0);
   model::UNet net(tiny_unet(), 3, 16);

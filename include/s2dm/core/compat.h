@@ -119,6 +119,14 @@ void classic_tcp_store(TCPStoreOptions& options) {
 #endif
 }
 
+// Whether LibTorch may run float32 CPU convolutions through oneDNN ("mkldnn"). Debian 13's
+// LibTorch 2.6 links oneDNN 3.6, which computes some of them wrongly: NaN or O(1) errors in the
+// forward pass for 24 or 40 input channels, and NaN input gradients for other shapes that come
+// and go with the stack's layout (a SongUNet training run failed in one launch of ~20, in most
+// launches with ONEDNN_MAX_CPU_ISA=AVX2). LibTorch's own convolution (im2col and BLAS) is right
+// on all of them; Debian 12's 1.13 links oneDNN 2.6, which is right, and keeps it.
+inline constexpr bool kOneDnnConvolutionsAreRight = TORCH_VERSION_MAJOR < 2;
+
 inline std::string torch_version() {
   return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
          std::to_string(TORCH_VERSION_PATCH);

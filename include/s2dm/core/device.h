@@ -45,8 +45,16 @@ void reset_peak_memory(const torch::Device& device);
 double peak_flops(const torch::Device& device, bool bf16);
 
 // Sets LibTorch's intra-op threads (0 = every core; Debian's LibTorch defaults to one), and
-// OpenBLAS, where it is loaded, to one thread inside each of them.
+// OpenBLAS, where it is loaded, to one thread inside each of them; and chooses the CPU
+// convolutions (below). Every command calls it before any work.
 void set_cpu_threads(int threads);
+
+// Runs CPU convolutions through oneDNN where it computes them right (compat::
+// kOneDnnConvolutionsAreRight: LibTorch 1.13), through LibTorch's own convolution elsewhere
+// (slower for training: 2.8-3.6x on LibTorch 2.6, 2 cores). S2DM_CPU_ONEDNN=1 or 0 overrides,
+// for a LibTorch 2.x whose oneDNN passes Convolutions.CpuFloat32EqualsFloat64ForEveryChannelCount.
+// Process-wide.
+void choose_cpu_convolutions();
 
 // One line per fact: LibTorch version, CUDA availability, devices, threads.
 std::string runtime_info(const torch::Device& device);
