@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "../fixture_tensor.h"
 #include "../test_util.h"
 #include <yaml-cpp/yaml.h>
 
@@ -28,9 +29,7 @@ using namespace s2dm;
 
 namespace {
 
-torch::Tensor fixture(const std::string& name) {
-  return to_tensor(load_npy(std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/" + name), name).to(torch::kFloat64);
-}
+torch::Tensor fixture(const std::string& name) { return s2dm::testing::fixture_tensor(name).to(torch::kFloat64); }
 
 // The source of a converted checkpoint of tests/fixtures (`edm_ckpt_<name>`, made by
 // make_edm_checkpoint_fixture.py), as `s2dm sample --weights --config` reads it.

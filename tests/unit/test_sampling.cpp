@@ -8,6 +8,7 @@
 #include <set>
 
 #include "../analytic_models.h"
+#include "../fixture_tensor.h"
 #include "../test_util.h"
 #include "s2dm/core/errors.h"
 #include "s2dm/io/checkpoint.h"
@@ -174,14 +175,12 @@ namespace {
 // heun against NVlabs/edm's edm_sampler, run by tests/fixtures/make_edm_sampler_fixture.py with its
 // defaults (18 noise levels from σ = 80, ρ = 7) on the exact denoiser of this mixture: heun on the
 // same levels, as times of the linear schedule, from the same latents gives edm_sampler's output.
-torch::Tensor edm_fixture(const std::string& name) {
-  return to_tensor(load_npy(std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/" + name), name);
-}
+using s2dm::testing::fixture_tensor;
 
 // The noise levels edm_sampler stepped through, as times of the linear schedule (the last
 // level, 0, is the end point ᾱ = 1).
 std::vector<double> edm_sampler_times() {
-  const auto sigmas = edm_fixture("edm_sampler_sigmas.npy");
+  const auto sigmas = fixture_tensor("edm_sampler_sigmas.npy");
   std::vector<double> ts;
   for (int64_t i = 0; i + 1 < sigmas.size(0); ++i) {
     const double sigma = sigmas[i].item<double>();
@@ -191,11 +190,11 @@ std::vector<double> edm_sampler_times() {
 }
 
 void expect_heun_equals_edm_sampler(const SamplerOptions& options, const std::string& expected_file) {
-  const auto latents = edm_fixture("edm_sampler_latents.npy"), expected = edm_fixture(expected_file);
+  const auto latents = fixture_tensor("edm_sampler_latents.npy"), expected = fixture_tensor(expected_file);
   const Grid grid = make_grid(edm_sampler_times(), linear(), "one");
   s2dm::testing::GaussianMixture mix{{0.3, 0.7}, {-1.5, 1.0}, {0.2, 0.3}, &linear()};
   // EDM's x_T = σ_0 · latents lives in x/√ᾱ; s2dm's state is x.
-  const auto xT = std::sqrt(grid.alpha_bar[0]) * edm_fixture("edm_sampler_sigmas.npy")[0].item<double>() * latents;
+  const auto xT = std::sqrt(grid.alpha_bar[0]) * fixture_tensor("edm_sampler_sigmas.npy")[0].item<double>() * latents;
   const auto run = run_sampler(find_sampler("heun"), mix.model(), xT, grid, options);
   EXPECT_EQ(run.nfe, 35);
   const double error = (run.x - expected).abs().max().item<double>();
@@ -220,7 +219,7 @@ TEST(Samplers, HeunWithChurnEqualsEdmsOwnSampler) {
   churn.s_noise = 1.003;
   expect_heun_equals_edm_sampler(churn, "edm_sampler_churn_out.npy");
   // (The churn changes the result: it is not compared with the deterministic output.)
-  EXPECT_GT((edm_fixture("edm_sampler_churn_out.npy") - edm_fixture("edm_sampler_out.npy")).abs().max().item<double>(), 0.1);
+  EXPECT_GT((fixture_tensor("edm_sampler_churn_out.npy") - fixture_tensor("edm_sampler_out.npy")).abs().max().item<double>(), 0.1);
 }
 
 TEST(Timesteps, EdmIsEdmSamplersOwnDiscretisation) {
