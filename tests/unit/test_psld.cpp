@@ -103,7 +103,7 @@ TEST(Psld, PerturbationScoreAndHsmLossEqualTheReleasedCode) {
 TEST(Psld, KernelSolvesTheSde) {
   // Independently of the released code: the mean map solves dP/dt = (β/2) F P, the covariance the
   // Lyapunov equation dΣ/dt = (β/2)(F Σ + Σ Fᵀ) + β diag(Γ, Mν) (central differences, numerical ε
-  // off), the prior diag(1, M) is stationary, and L Lᵀ = Σ, (-L⁻ᵀ) Lᵀ = -I.
+  // off), the prior diag(1, M) is stationary, and P⁻¹ P = I, L Lᵀ = Σ, (-L⁻ᵀ) Lᵀ = -I.
   PsldSettings settings{0.02, 4.02, 0.1, 20, 0.1, 0};
   const PsldProcess process(settings);
   const double m_inv = process.mass_inverse(), mass = process.mass();
@@ -124,6 +124,8 @@ TEST(Psld, KernelSolvesTheSde) {
     }
     const Mat2 l = process.noise_map(t), sigma = process.hsm_covariance(t), llt = l * l.transposed();
     for (auto [a, b] : Pairs{{llt.xx, sigma.xx}, {llt.xm, sigma.xm}, {llt.mm, sigma.mm}}) EXPECT_NEAR(a, b, 1e-12);
+    const Mat2 identity = process.mean_map(t).inverse() * process.mean_map(t);
+    for (auto [a, b] : Pairs{{identity.xx, 1.0}, {identity.xm, 0.0}, {identity.mx, 0.0}, {identity.mm, 1.0}}) EXPECT_NEAR(a, b, 1e-12);
     const Mat2 minus_identity = process.score_map(t) * l.transposed();
     for (auto [a, b] : Pairs{{minus_identity.xx, -1.0}, {minus_identity.xm, 0.0}, {minus_identity.mx, 0.0}, {minus_identity.mm, -1.0}})
       EXPECT_NEAR(a, b, 1e-12);

@@ -11,9 +11,6 @@
 // (main/models/sde/psld.py), coefficients in float64.
 #include <torch/types.h>
 
-#include <string>
-
-#include "s2dm/core/config.h"
 #include "s2dm/diffusion/losses.h"
 #include "s2dm/model/eps_model.h"
 
@@ -50,8 +47,9 @@ struct PsldSettings {
 
 class PsldProcess {
  public:
-  // Throws std::invalid_argument naming the setting where it is out of range: Γ, ν > 0 (Γ = 0 is
-  // CLD, whose network predicts ε_m alone), Γ ≠ ν (M⁻¹ > 0), 0 < β_min ≤ β_max... and κ > 0.
+  // Throws std::invalid_argument naming the setting that is out of range: Γ, ν > 0 (Γ = 0 is
+  // CLD, whose network predicts ε_m alone), Γ ≠ ν (M⁻¹ > 0), 0 < β_min ≤ β_max, κ > 0 and
+  // numerical_eps in [0, 10⁻³).
   explicit PsldProcess(const PsldSettings& settings = {});
 
   const PsldSettings& settings() const { return s_; }
