@@ -258,6 +258,12 @@ std::string time_grid_forms() {
   return "auto (the sampler's own), " + forms + "a list 999,500,0, file:PATH, learned or learned:FILE";
 }
 
+std::string psld_time_grid_forms() {
+  std::string forms;
+  for (const auto& name : sample::psld_time_grids()) forms += name + ", ";
+  return "auto, " + forms + "a list of times 1,0.5,0.001 or file:PATH";
+}
+
 }  // namespace
 
 int samplers(int argc, char** argv) {
@@ -282,7 +288,8 @@ int samplers(int argc, char** argv) {
   }
   std::printf("\nNFE: network evaluations per image for S steps.\nTime grids (--timesteps): %s\n(karras: sample.karras_rho; "
               "learned: a checkpoint's online score grid; learned:FILE: s2dm schedule's score or dp grids);\n"
-              "sample.final_alpha one|first.\n", time_grid_forms().c_str());
+              "sample.final_alpha one|first.\nPSLD models' time grids: %s.\n", time_grid_forms().c_str(),
+              psld_time_grid_forms().c_str());
   return 0;
 }
 
@@ -332,7 +339,7 @@ int sample(int argc, char** argv) {
   auto model = DiffusionModel::of(config, {}, torch::kCPU, {source.learned, "", false});
   const auto plan = sample::plan_sampling(config.sample, model);
   model::check_skip_tuning(config.model, config.sample.skip_tuning, !source.script.empty());
-  const std::vector<int64_t>& shape = model.image_shape;
+  const std::vector<int64_t> shape = model.state_shape();  // (a PSLD model's z = [x, m], standard normal)
   torch::Tensor noise;
   if (r->count("noise")) {  // (it sets the number of images)
     noise = read_noise((*r)["noise"].as<std::string>(), shape);

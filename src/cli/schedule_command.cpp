@@ -81,6 +81,9 @@ int schedule(int argc, char** argv) {
   const auto source = model::resolve_model(ref, overrides);
   const Config& config = source.config;
   const std::string& origin = source.origin;
+  if (config.diffusion.process == "psld")
+    throw ConfigError(origin + ": a PSLD model (diffusion.process psld): score and dp grids are searched on DDPM's "
+                      "timesteps; PSLD models sample on uniform, quad, logsnr, karras grids or a list of times");
   const std::vector<int64_t> shape = image_shape(config.data);
   const std::string out = (*r)["out"].as<std::string>();
   const std::string plot = sample::grid_plot_path(out);

@@ -164,11 +164,33 @@ void validate_whole(const Config& c, const std::string& origin) {
   if (c.sample.steps > c.diffusion.num_timesteps)
     fail("sample.steps = " + std::to_string(c.sample.steps) + " exceeds diffusion.num_timesteps = " +
          std::to_string(c.diffusion.num_timesteps));
+  if (c.diffusion.process == "psld") {
+    if (const std::string why = psld_violation(c.diffusion.psld); !why.empty()) fail("diffusion.psld." + why);
+    if (c.model.edm.label_dim > 0)
+      fail("model.edm.label_dim = " + std::to_string(c.model.edm.label_dim) + ": s2dm's PSLD models are unconditional");
+  } else if (c.loss.type == "hsm") {
+    fail("loss.type = 'hsm' is PSLD's loss (hybrid score matching): it needs diffusion.process psld");
+  }
   if (c.device != "auto" && c.device != "cpu" && c.device.rfind("cuda", 0) != 0)
     fail("device = '" + c.device + "' is not one of auto, cpu, cuda, cuda:N");
 }
 
 }  // namespace
+
+std::string psld_violation(const PsldConfig& p) {
+  const double m_inv = (p.gamma - p.nu) * (p.gamma - p.nu) / 4;
+  if (p.gamma <= 0)
+    return "gamma = " + show(p.gamma) + ": must be > 0 (gamma 0 is CLD, whose network predicts the momentum's noise alone)";
+  if (p.nu <= 0) return "nu = " + show(p.nu) + ": must be > 0";
+  if (p.gamma == p.nu)
+    return "nu = " + show(p.nu) + " equals gamma: critical damping sets the mass M^-1 = (gamma - nu)^2/4, which must be > 0";
+  if (p.m_inv != 0 && std::abs(p.m_inv - m_inv) > 1e-9 * m_inv)
+    return "m_inv = " + show(p.m_inv) + " is not critically damped: with gamma " + show(p.gamma) + " and nu " +
+           show(p.nu) + " it is (gamma - nu)^2/4 = " + show(m_inv) + " (or leave it 0)";
+  if (p.beta_max < p.beta_min)
+    return "beta_max = " + show(p.beta_max) + " is below beta_min = " + show(p.beta_min);
+  return "";
+}
 
 bool SkipTuningConfig::active() const {
   if (!rho.empty()) return std::any_of(rho.begin(), rho.end(), [](double r) { return r != 1.0; });

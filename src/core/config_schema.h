@@ -58,11 +58,26 @@ void visit(V& v, ModelConfig& c) {
 }
 
 template <class V>
+void visit(V& v, PsldConfig& c) {
+  v("gamma", c.gamma, Added{Range<double>{0.0, 1e3}});
+  v("nu", c.nu, Added{Range<double>{0.0, 1e3}});
+  v("m_inv", c.m_inv, Added{Range<double>{0.0, 1e6}});
+  v("beta_min", c.beta_min, Added{Range<double>{1e-6, 1e4}});
+  v("beta_max", c.beta_max, Added{Range<double>{1e-6, 1e4}});
+  v("kappa", c.kappa, Added{Range<double>{1e-9, 1e3}});
+  v("numerical_eps", c.numerical_eps, Added{Range<double>{0.0, 1e-4}});
+  v("t_min", c.t_min, Added{Range<double>{1e-9, 0.1}});
+  v("t_end", c.t_end, Added{Range<double>{1e-9, 0.5}});
+}
+
+template <class V>
 void visit(V& v, DiffusionConfig& c) {
+  v("process", c.process, Added{OneOf{{"vp", "psld"}}});
   v("beta_schedule", c.beta_schedule, OneOf{{"linear", "cosine"}});
   v("beta_start", c.beta_start, Range<double>{1e-12, 0.999});
   v("beta_end", c.beta_end, Range<double>{1e-12, 0.999});
   v("num_timesteps", c.num_timesteps, Range<int>{2, kMaxTimesteps});
+  v.section("psld", c.psld);
 }
 
 template <class V>
@@ -139,6 +154,7 @@ void visit(V& v, SampleConfig& c) {
   v("eta", c.eta, Range<double>{0.0, 10.0});
   v("order", c.order, Range<int>{-1, 8});
   v("lambda", c.lambda, Range<double>{-1e6, 1e6});
+  v("lambda_s", c.lambda_s, Added{Range<double>{0.0, 10.0}});
   v("lower_order_final", c.lower_order_final, Any{});
   v("variance", c.variance, OneOf{{"small", "large"}});
   v("s_churn", c.s_churn, Added{Range<double>{0.0, 1e6}});

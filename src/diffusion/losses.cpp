@@ -59,10 +59,12 @@ const std::vector<LossInfo>& losses() {
 }  // namespace s2dm::diffusion
 
 namespace s2dm {
-// (and EDM's networks' loss, computed by DenoiserLoss rather than from an ε-model)
+// (and EDM's networks' loss and PSLD's hybrid score matching, computed by DenoiserLoss and
+// HsmLoss rather than from DDPM's timesteps)
 std::vector<std::string> loss_names() {
   auto names = names_of(diffusion::losses());
   names.push_back("edm");
+  names.push_back("hsm");
   return names;
 }
 }  // namespace s2dm

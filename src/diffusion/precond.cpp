@@ -61,7 +61,8 @@ Preconditioning Preconditioning::of(const EdmModelConfig& c) {
 }
 
 NoiseSchedule noise_schedule_of(const Config& config) {
-  if (config.model.type == "ddpm") return NoiseSchedule(config.diffusion);
+  // (A PSLD model has no use for one; it keeps the DDPM schedule of its config.)
+  if (config.model.type == "ddpm" || config.diffusion.process == "psld") return NoiseSchedule(config.diffusion);
   return Preconditioning::of(config.model.edm).schedule();
 }
 

@@ -15,6 +15,17 @@ Mat2 Mat2::inverse() const {
   return {mm / d, -xm / d, -mx / d, xx / d};
 }
 
+Mat2 expm(const Mat2& a) {
+  // With τ = tr a and q² = τ²/4 - det a, (a - τ/2)² = q² I, so
+  // e^a = e^{τ/2} (cosh q I + sinh(q)/q (a - τ/2 I)), q imaginary: cos and sin.
+  const double half_trace = (a.xx + a.mm) / 2, q2 = half_trace * half_trace - a.det();
+  const double q = std::sqrt(std::abs(q2));
+  const double c = q2 >= 0 ? std::cosh(q) : std::cos(q);
+  const double s_over_q = q < 1e-8 ? 1 + q2 / 6 : (q2 >= 0 ? std::sinh(q) : std::sin(q)) / q;
+  const Mat2 shifted = a - Mat2{} * half_trace;
+  return (Mat2{} * c + shifted * s_over_q) * std::exp(half_trace);
+}
+
 torch::Tensor apply(const Mat2& a, const torch::Tensor& z) {
   const auto halves = z.chunk(2, 1);
   const auto &x = halves[0], &m = halves[1];
@@ -28,7 +39,7 @@ namespace {
 // N = F + cI, exp(B F / 2) = e^{-cB/2} (I + B N / 2); the covariance solves the Lyapunov equation
 // dΣ/dB = (F Σ + Σ Fᵀ)/2 + diag(Γ, Mν) from diag(var_x0, var_m0) (docs/algorithms.md §8).
 template <class S>
-S beta_integral_of(const PsldSettings& s, const S& t) {
+S beta_integral_of(const PsldConfig& s, const S& t) {
   return t * s.beta_min + t * t * (0.5 * (s.beta_max - s.beta_min));
 }
 
@@ -38,7 +49,7 @@ struct Sym2 {
 };
 
 template <class S>
-std::array<S, 4> mean_map_of(const PsldSettings& s, double m_inv, const S& b) {
+std::array<S, 4> mean_map_of(const PsldConfig& s, double m_inv, const S& b) {
   using std::exp;
   const double d = s.nu - s.gamma;
   const S scale = exp(b * (-(s.gamma + s.nu) / 4));
@@ -46,7 +57,7 @@ std::array<S, 4> mean_map_of(const PsldSettings& s, double m_inv, const S& b) {
 }
 
 template <class S>
-Sym2<S> covariance_of(const PsldSettings& s, double m_inv, const S& b, double var_x0, double var_m0) {
+Sym2<S> covariance_of(const PsldConfig& s, double m_inv, const S& b, double var_x0, double var_m0) {
   using std::exp;
   using std::expm1;
   const double c = (s.gamma + s.nu) / 2, d = s.nu - s.gamma, mass = 1 / m_inv;
@@ -73,11 +84,9 @@ void require(bool ok, const std::string& what) {
 
 }  // namespace
 
-PsldProcess::PsldProcess(const PsldSettings& settings) : s_(settings), m_inv_((s_.gamma - s_.nu) * (s_.gamma - s_.nu) / 4) {
-  require(s_.gamma > 0, "gamma must be > 0 (gamma = 0 is CLD, whose network predicts the momentum's noise alone)");
-  require(s_.nu > 0, "nu must be > 0");
-  require(s_.gamma != s_.nu, "gamma and nu must differ: critical damping sets M^-1 = (gamma - nu)^2 / 4");
-  require(s_.beta_min > 0 && s_.beta_max >= s_.beta_min, "beta_min must be > 0 and beta_max >= beta_min");
+PsldProcess::PsldProcess(const PsldConfig& settings) : s_(settings), m_inv_((s_.gamma - s_.nu) * (s_.gamma - s_.nu) / 4) {
+  if (const std::string why = psld_violation(s_); !why.empty()) throw std::invalid_argument(why);
+  require(s_.beta_min > 0, "beta_min must be > 0");
   require(s_.kappa > 0, "kappa must be > 0");
   require(s_.numerical_eps >= 0 && s_.numerical_eps < 1e-3, "numerical_eps must be in [0, 1e-3)");
 }
@@ -86,13 +95,19 @@ double PsldProcess::beta(double t) const { return s_.beta_min + t * (s_.beta_max
 
 double PsldProcess::beta_integral(double t) const { return beta_integral_of(s_, t); }
 
-Mat2 PsldProcess::mean_map(double t) const {
-  const auto p = mean_map_of(s_, m_inv_, beta_integral(t));
+Mat2 PsldProcess::mean_map(double t) const { return mean_map_over(beta_integral(t)); }
+
+Mat2 PsldProcess::mean_map_over(double b) const {
+  const auto p = mean_map_of(s_, m_inv_, b);
   return {p[0], p[1], p[2], p[3]};
 }
 
 Mat2 PsldProcess::covariance(double t, double var_x0, double var_m0) const {
-  const auto v = covariance_of(s_, m_inv_, beta_integral(t), var_x0, var_m0);
+  return covariance_over(beta_integral(t), var_x0, var_m0);
+}
+
+Mat2 PsldProcess::covariance_over(double b, double var_x0, double var_m0) const {
+  const auto v = covariance_of(s_, m_inv_, b, var_x0, var_m0);
   return {v.xx, v.xm, v.xm, v.mm};
 }
 
@@ -122,6 +137,10 @@ torch::Tensor PsldProcess::perturb(const torch::Tensor& x0, const torch::Tensor&
   return torch::cat({per_image(p[0]) * x0 + per_image(l[0]) * eps_x,
                      per_image(p[2]) * x0 + per_image(l[1]) * eps_x + per_image(l[2]) * eps_m},
                     1);
+}
+
+torch::Tensor PsldProcess::prior(const torch::Tensor& standard_normal) const {
+  return apply(Mat2{1, 0, 0, std::sqrt(mass())}, standard_normal);
 }
 
 torch::Tensor PsldProcess::score(const torch::Tensor& eps, double t) const { return apply(score_map(t), eps); }

@@ -142,7 +142,7 @@ std::vector<int64_t> wide(const std::vector<int>& v) { return {v.begin(), v.end(
 void set_shared_options(EdmUNetOptions& o, const Config& config) {
   const auto& m = config.model;
   o.img_resolution = config.data.image_size;
-  o.in_channels = o.out_channels = config.data.channels;
+  o.in_channels = o.out_channels = network_channels(config);
   o.label_dim = m.edm.label_dim;
   o.augment_dim = m.edm.augment_dim;
   o.model_channels = m.ch;
@@ -211,7 +211,7 @@ Network make_network(const Config& config) {
     n.forward = [net = net.ptr()](const torch::Tensor& x, const torch::Tensor& c, const torch::Tensor& labels,
                                   const std::vector<double>& s) { return net->forward(x, c, labels, {}, s); };
   } else {
-    UNet net(m, config.data.channels, config.data.image_size);
+    UNet net(m, network_channels(config), config.data.image_size);
     n.module = net.ptr();
     n.forward = [net = net.ptr()](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor&,
                                   const std::vector<double>& s) { return net->forward(x, t, s); };
@@ -233,6 +233,11 @@ ModelSource resolve_model(const ModelRef& ref, const std::vector<std::string>& o
     m.origin = ref.checkpoint;
     auto ckpt = load_checkpoint(m.origin);
     m.config = parse_config(ckpt.config_yaml, m.origin + " (config)", overrides);
+    // (The weights are a network of the trained process: no override turns them into another's.)
+    const std::string trained = parse_config(ckpt.config_yaml, m.origin + " (config)").diffusion.process;
+    if (m.config.diffusion.process != trained)
+      throw ConfigError(m.origin + ": diffusion.process = '" + m.config.diffusion.process + "': the checkpoint holds a " +
+                        trained + " model, which samples as one");
     m.weights = checkpoint_weights(ckpt, ref.ema);
     m.learned = std::move(ckpt.schedule);
     return m;
@@ -264,7 +269,7 @@ LoadedModel::LoadedModel(const ModelSource& source, const torch::Device& device)
     : config_(source.config), device_(device) {
   const auto& c = source.config;
   if (!source.script.empty()) {
-    script_ = load_torchscript_eps_model(source.script, device, {c.data.channels, c.data.image_size, c.data.image_size});
+    script_ = load_torchscript_eps_model(source.script, device, {network_channels(c), c.data.image_size, c.data.image_size});
     return;
   }
   network_ = make_network(c);
@@ -273,8 +278,43 @@ LoadedModel::LoadedModel(const ModelSource& source, const torch::Device& device)
   network_.module->eval();
 }
 
+int64_t network_channels(const Config& config) {
+  return config.diffusion.process == "psld" ? 2 * config.data.channels : config.data.channels;
+}
+
+torch::Tensor psld_noise_input(const Config& config, const torch::Tensor& t) {
+  const bool fourier = config.model.type == "songunet" && config.model.edm.embedding_type == "fourier";
+  return fourier ? t.log() : t * 999;
+}
+
+namespace {
+
+// A PSLD network's output is ε̂ itself (the released code does not precondition); the skips are
+// scaled (Skip-Tuning) at network times 999 t in [t_min, t_max].
+EpsModel psld_eps_model(const Network& net, const Config& config, const torch::Device& device, bool bf16,
+                        const SkipTuningConfig& skip_tuning, bool cuda_graphs) {
+  if (const auto unet = net.unet()) {
+    const EpsModel indexed = unet_eps_model(unet, bf16, skip_tuning, cuda_graphs);
+    return [indexed](const torch::Tensor& z, const torch::Tensor& t) { return indexed(z, t * 999); };
+  }
+  const std::vector<double> tuned =
+      skip_tuning.active() ? skip_tuning_scales(skip_tuning, net.num_skips) : std::vector<double>{}, none;
+  const double t_min = skip_tuning.t_min, t_max = skip_tuning.t_max;
+  return [=](const torch::Tensor& z, const torch::Tensor& t) {
+    torch::NoGradGuard no_grad;
+    const double time = t[0].item<double>() * 999;  // (samplers evaluate one time per batch)
+    const auto& scales = time >= t_min && time <= t_max ? tuned : none;
+    const auto noise = psld_noise_input(config, t.to(device, torch::kFloat32));
+    compat::CudaAutocast autocast(bf16, torch::kBFloat16);
+    return net.forward(z.to(device, torch::kFloat32), noise, {}, scales).to(z.dtype());
+  };
+}
+
+}  // namespace
+
 ModelEps network_eps_model(const Network& network, const Config& config, const torch::Device& device, bool bf16,
                            const SkipTuningConfig& skip_tuning, bool cuda_graphs) {
+  if (config.diffusion.process == "psld") return {psld_eps_model(network, config, device, bf16, skip_tuning, cuda_graphs), {}};
   if (const auto unet = network.unet()) return {unet_eps_model(unet, bf16, skip_tuning, cuda_graphs), {}};
   return edm_eps_model(network, config, device, skip_tuning);
 }

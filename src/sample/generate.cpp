@@ -38,12 +38,19 @@ SamplingPlan plan_sampling(const SampleConfig& c, const DiffusionModel& model) {
   const NoiseSchedule& schedule = model.schedule;
   if (c.batch < 1) throw ConfigError("sample.batch = " + std::to_string(c.batch) + " must be at least 1");
   SamplingPlan plan;
-  plan.sampler = &find_sampler(c.sampler);
+  plan.sampler = &find_sampler(c.sampler, model.psld ? "psld" : "vp");
   plan.options = sampler_options(c);
   check_options(*plan.sampler, plan.options);
   plan.batch = c.batch;
   check_class_label(c.class_label, model.label_dim);
   plan.class_label = c.class_label;
+  if (model.psld) {
+    if (uses_learned_grid(c) || uses_dp_grid(c) || c.timesteps.rfind("learned:", 0) == 0)
+      throw ConfigError("timesteps = '" + c.timesteps + "': learned and dp grids are searched on DDPM's timesteps; a PSLD "
+                        "model samples on uniform, quad, logsnr, karras, a list of times or file:PATH");
+    plan.grid = make_psld_grid(time_grid(c), c.steps, *model.psld, c.karras_rho);
+    return plan;
+  }
   std::vector<double> timesteps;
   std::string file;  // the schedule file the grid comes from, if any (errors name it)
   if (uses_learned_grid(c) || uses_dp_grid(c)) {
@@ -75,7 +82,7 @@ SamplingPlan plan_sampling(const SampleConfig& c, const DiffusionModel& model) {
 Generated generate(const DiffusionModel& model, const SamplingPlan& plan, const Draw& draw, bool show_progress,
                    const std::function<bool()>& stop) {
   const torch::Tensor& noise = draw.noise;
-  const auto& shape = model.image_shape;
+  const auto shape = model.state_shape();
   int64_t num = draw.num;
   if (noise.defined()) {
     if (noise.dim() != 4 || noise.sizes().slice(1).vec() != shape)
@@ -97,6 +104,7 @@ Generated generate(const DiffusionModel& model, const SamplingPlan& plan, const 
                      : initial_state(draw.first + first, count, shape, draw.seed, model.label_dim);
     auto x = noise.defined() ? noise.slice(0, first, first + count) : state.noise;
     if (model.edm_prior) x = x * std::sqrt(1 - plan.grid.alpha_bar[0]);
+    if (model.psld) x = model.psld->prior(x);
     if (plan.class_label >= 0) state.classes.fill_(plan.class_label);
     const EpsModel eps = model.eps_for(state.classes);
     // A stop request ends the sampling at the next network evaluation, not only between batches
@@ -116,7 +124,7 @@ Generated generate(const DiffusionModel& model, const SamplingPlan& plan, const 
       break;
     }
     out.nfe = run.nfe;
-    parts.push_back(run.x.to(torch::kCPU));
+    parts.push_back(model.images(run.x).to(torch::kCPU));
     if (show_progress) progress.update(first + count);
   }
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -39,6 +39,19 @@ torch::Tensor sample_dpmpp_2m(const EpsModel&, torch::Tensor, const Grid&, const
 torch::Tensor sample_lambda_ddim(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
 torch::Tensor sample_euler(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
 torch::Tensor sample_heun(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+// PSLD's (samplers/psld.cpp)
+torch::Tensor sample_psld_em(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_psld_pf_euler(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_psld_sscs(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_psld_ddim(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_psld_ddim_ones(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_psld_nse(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_psld_rse(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_psld_nvv(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_psld_rvv(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_psld_csps(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_psld_noba(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_psld_roba(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
 
 const std::vector<SamplerInfo>& samplers() {
   auto steps = [](int s) { return s; };
@@ -75,6 +88,31 @@ const std::vector<SamplerInfo>& samplers() {
        sample_euler, steps, false, -1, -1, -1, first, "edm"},
       {"heun", "Heun's 2nd-order method in σ, EDM's edm_sampler (churn optional); the last step is Euler", churn,
        sample_heun, [](int s) { return 2 * s - 1; }, false, -1, -1, -1, second, "edm"},
+      // PSLD's: S - 1 integration steps from t = 1 to t_end, then 1 denoising step.
+      {"em", "PSLD: Euler-Maruyama on the reverse SDE (the released PSLD code's)", {}, sample_psld_em, steps, true,
+       -1, -1, -1, none, "uniform", "psld"},
+      {"pf-euler", "PSLD: Euler on the probability-flow ODE", {}, sample_psld_pf_euler, steps, false, -1, -1, -1, first,
+       "uniform", "psld"},
+      {"sscs", "PSLD: symmetric splitting (SSCS, the released PSLD code's): exact linear half steps, Euler on the score",
+       {}, sample_psld_sscs, steps, true, -1, -1, -1, none, "uniform", "psld"},
+      {"psld-ddim", "PSLD: λ-DDIM, the conjugate integrator with B = λI; lambda 0 = the exponential integrator",
+       {"lambda"}, sample_psld_ddim, steps, false, -1, -1, -1, first, "uniform", "psld"},
+      {"psld-ddim-ones", "PSLD: the conjugate integrator with B = λ·(all-ones 2x2)", {"lambda"}, sample_psld_ddim_ones,
+       steps, false, -1, -1, -1, first, "uniform", "psld"},
+      {"nse", "PSLD: naive symplectic Euler (momentum, then position), 2 evaluations a step", {}, sample_psld_nse,
+       [](int s) { return 2 * s - 1; }, false, -1, -1, -1, first, "uniform", "psld"},
+      {"rse", "PSLD: reduced symplectic Euler, one evaluation a step", {}, sample_psld_rse, steps, false, -1, -1, -1,
+       first, "uniform", "psld"},
+      {"nvv", "PSLD: naive velocity Verlet, 3 evaluations a step", {}, sample_psld_nvv, [](int s) { return 3 * s - 2; },
+       false, -1, -1, -1, first, "uniform", "psld"},
+      {"rvv", "PSLD: reduced velocity Verlet, one evaluation a step", {}, sample_psld_rvv, steps, false, -1, -1, -1, first,
+       "uniform", "psld"},
+      {"csps", "PSLD: conjugate symplectic Euler (each split flow solved exactly with ε held), one evaluation a step",
+       {}, sample_psld_csps, steps, false, -1, -1, -1, first, "uniform", "psld"},
+      {"noba", "PSLD: naive OBA splitting of the reverse SDE, 2 evaluations a step", {"lambda_s"}, sample_psld_noba,
+       [](int s) { return 2 * s - 1; }, true, -1, -1, -1, none, "uniform", "psld"},
+      {"roba", "PSLD: reduced OBA splitting of the reverse SDE (lambda_s: the position's noise), one evaluation a step",
+       {"lambda_s"}, sample_psld_roba, steps, true, -1, -1, -1, none, "uniform", "psld"},
   };
   return registry;
 }
@@ -111,6 +149,17 @@ SamplerOptions sampler_options(const SampleConfig& c) {
 
 const SamplerInfo& find_sampler(const std::string& name) {
   return find_by_name(samplers(), name, "sampler", "samplers");
+}
+
+const SamplerInfo& find_sampler(const std::string& name, const std::string& process) {
+  const SamplerInfo& sampler = find_sampler(name);
+  if (sampler.process == process) return sampler;
+  std::string own;
+  for (const auto& s : samplers())
+    if (s.process == process) own += (own.empty() ? "" : ", ") + s.name;
+  auto kind = [](const std::string& p) { return p == "psld" ? std::string("PSLD models") : "VP models (DDPM's and EDM's)"; };
+  throw ConfigError("sampler '" + name + "' samples " + kind(sampler.process) + ", and this is one of the " +
+                    kind(process) + " (diffusion.process " + process + "), whose samplers are " + own);
 }
 
 void check_options(const SamplerInfo& sampler, const SamplerOptions& options) {

@@ -18,6 +18,15 @@ namespace fs = std::filesystem;
 void check_trainable(const Config& config, const std::string& origin) {
   const auto& m = config.model;
   const std::string loss = "loss.type = '" + config.loss.type + "'";
+  if (config.diffusion.process == "psld") {
+    if (config.loss.type != "hsm")
+      throw ConfigError(origin + ": " + loss + " with diffusion.process psld: PSLD models train with loss.type hsm "
+                        "(hybrid score matching)");
+    if (config.train.learned_schedule.every > 0)
+      throw ConfigError(origin + ": train.learned_schedule.every = " + std::to_string(config.train.learned_schedule.every) +
+                        ": the online schedule estimate is DDPM's; PSLD models sample on their own time grids");
+    return;
+  }
   if (m.type == "ddpm") {
     if (config.loss.type == "edm")
       throw ConfigError(origin + ": " + loss + " trains EDM's networks (model.type songunet or dhariwalunet); the DDPM "

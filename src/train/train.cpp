@@ -144,7 +144,9 @@ Trainer::Trainer(Config config, std::string run_dir, bool resuming, parallel::Pr
                  ls.pairs, ls.batch, ls.every,
                  100.0 * 2 * ls.pairs * ls.batch / (3.0 * ls.every * tc_.batch_size * tc_.grad_accum));
   }
-  if (config_.model.type == "ddpm")
+  if (config_.diffusion.process == "psld")
+    hsm_loss_ = std::make_unique<HsmLoss>(PsldProcess(config_.diffusion.psld), config_.diffusion.psld.t_min);
+  else if (config_.model.type == "ddpm")
     loss_ = std::make_unique<diffusion::DiffusionLoss>(config_.loss, schedule_, device_, tc_.antithetic);
   else
     denoiser_loss_ = std::make_unique<diffusion::DenoiserLoss>(Preconditioning::of(config_.model.edm), config_.loss);
@@ -272,9 +274,16 @@ torch::Tensor Trainer::forward(const torch::Tensor& x, const torch::Tensor& nois
   return out;
 }
 
-// The loss of a micro-batch: DDPM's of its timesteps, or EDM's of its noise levels (each draws them).
+// The loss of a micro-batch: DDPM's of its timesteps, EDM's of its noise levels, or PSLD's of its
+// continuous times (each draws them).
 diffusion::LossTerms Trainer::loss_terms(const torch::Tensor& x0, int micro) {
   const auto network = [&](const torch::Tensor& x, const torch::Tensor& noise) { return forward(x, noise, micro); };
+  if (hsm_loss_) {
+    compat::CudaAutocast guard(autocast_, torch::kBFloat16);
+    return (*hsm_loss_)(
+        [&](const torch::Tensor& z, const torch::Tensor& t) { return network(z, model::psld_noise_input(config_, t)); },
+        x0, rows_);
+  }
   if (denoiser_loss_) {
     compat::CudaAutocast guard(autocast_, torch::kBFloat16);
     return (*denoiser_loss_)(network, x0, rows_);

@@ -19,6 +19,7 @@
 #include "s2dm/data/data.h"
 #include "s2dm/diffusion/losses.h"
 #include "s2dm/diffusion/noise_schedule.h"
+#include "s2dm/diffusion/psld.h"
 #include "s2dm/io/checkpoint.h"
 #include "s2dm/model/model_source.h"
 #include "s2dm/parallel/process_group.h"
@@ -92,6 +93,7 @@ class Trainer {
   std::unique_ptr<sample::OnlineGridEstimator> online_;
   std::unique_ptr<diffusion::DiffusionLoss> loss_;            // DDPM's UNet: L_simple or L_skip
   std::unique_ptr<diffusion::DenoiserLoss> denoiser_loss_;    // EDM's networks
+  std::unique_ptr<HsmLoss> hsm_loss_;                         // PSLD
   std::optional<TrainingEvaluation> evaluation_;
   std::ofstream metrics_;
   std::unique_ptr<IntervalSums> sums_;

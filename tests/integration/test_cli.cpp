@@ -156,6 +156,49 @@ TEST_F(Cli, EdmNetworksTrainWithEdmsLossesResumeAndSample) {
   for (const char* refused : {"skip", "iddpm", "labels", "unet"}) EXPECT_FALSE(std::filesystem::exists(dir / refused));
 }
 
+TEST_F(Cli, PsldTrainsResumesAndSamplesWithItsOwnSamplers) {
+  // A PSLD model (z = [x, m], hybrid score matching) trains, resumes bit-identically and samples
+  // images (the x half) with its samplers, NFE as documented; a VP sampler, a DDPM-only grid,
+  // another process or loss, and a schedule search are refused before any work.
+  const std::string psld = std::string(S2DM_SOURCE_DIR) + "/tests/configs/tiny_psld.yaml";
+  const std::string straight = dir / "straight", split = dir / "split";
+  auto train_psld = [&](const std::string& run_dir, const std::string& extra) {
+    return run("train --config " + psld + " " + data + " --run-dir " + run_dir + " " + extra);
+  };
+  auto r = train_psld(straight, "");
+  ASSERT_EQ(r.code, 0) << r.output;
+  ASSERT_EQ(train_psld(split, "--steps 3").code, 0);
+  r = run("train --resume --run-dir " + split + " --steps 6");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto a = load_checkpoint(straight + "/checkpoints/latest.ckpt"), b = load_checkpoint(split + "/checkpoints/latest.ckpt");
+  EXPECT_TRUE(same_tensors(a.model, b.model));
+  EXPECT_TRUE(same_tensors(a.ema, b.ema));
+  const std::string ckpt = straight + "/checkpoints/latest.ckpt";
+  for (const auto& [sampler, nfe] : {std::pair<std::string, std::string>{"csps", "4"}, {"nse", "7"}, {"roba", "4"}}) {
+    r = run("sample --checkpoint " + ckpt + " --sampler " + sampler + " --steps 4 --timesteps quad --num 2 --no-png --out " +
+            (dir / sampler));
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_NE(r.output.find("(" + nfe + " network evaluations"), std::string::npos) << sampler << r.output;
+    EXPECT_EQ(s2dm::sample::read_samples_npz((dir / sampler) + "/samples.npz").sizes().vec(), (std::vector<int64_t>{2, 1, 32, 32}));
+  }
+  const std::string sample = "sample --checkpoint " + ckpt + " --num 2 --no-png --out " + (dir / "refused") + " ";
+  expect_user_error(run(sample + "--sampler ddim"), "samples VP models (DDPM's and EDM's), and this is one of the PSLD models");
+  expect_user_error(run(sample + "--timesteps learned"), "a PSLD model samples on uniform, quad");
+  expect_user_error(run(sample + "--set diffusion.process=vp --set loss.type=simple"), "the checkpoint holds a psld model");
+  expect_user_error(run("schedule --checkpoint " + ckpt + " --data " + psld + " --steps 4 --out " + (dir / "refused.yaml")),
+                    "a PSLD model");
+  expect_user_error(train_psld(dir / "simple", "--set loss.type=simple"), "PSLD models train with loss.type hsm");
+  expect_user_error(run("sample --checkpoint " + std::string(dir / "straight") + "/checkpoints/latest.ckpt --set "
+                        "diffusion.psld.m_inv=3 --num 1 --out " + (dir / "refused")),
+                    "diffusion.psld.m_inv = 3 is not critically damped");
+  for (const char* refused : {"refused", "refused.yaml", "simple"}) EXPECT_FALSE(std::filesystem::exists(dir / refused));
+  // EDM's SongUNet as a PSLD network, its Fourier embedding on log t (the released code's NCSN++).
+  r = run("train --config " + std::string(S2DM_SOURCE_DIR) + "/tests/configs/tiny_edm.yaml " + data + " --run-dir " +
+          (dir / "song") + " --steps 2 --set diffusion.process=psld --set loss.type=hsm --set model.edm.embedding_type=fourier "
+          "--set sample.sampler=psld-ddim --set sample.timesteps=logsnr");
+  ASSERT_EQ(r.code, 0) << r.output;
+}
+
 TEST_F(Cli, HelpNamesWhatTheRegistriesHold) {
   // The help texts are built from the registries: a new sampler, time grid, feature network or
   // labelled data set shows up without an edit there.

@@ -209,10 +209,14 @@ TEST(Config, IdentityLeavesOutAddedKeysAtTheirDefaults) {
 }
 
 TEST(Config, ShippedConfigsLoad) {
-  for (const char* name : {"cifar10_ddpm", "cifar10_s2dm", "celeba64_ddpm", "celeba64_s2dm", "fmnist"}) {
+  for (const char* name : {"cifar10_ddpm", "cifar10_s2dm", "celeba64_ddpm", "celeba64_s2dm", "fmnist", "fmnist_psld",
+                           "cifar10_psld", "celeba64_psld"}) {
     std::string path = std::string(S2DM_SOURCE_DIR) + "/configs/train/" + name + ".yaml";
     EXPECT_NO_THROW(s2dm::load_config(path)) << path;
   }
+  const auto psld = s2dm::load_config(std::string(S2DM_SOURCE_DIR) + "/configs/train/cifar10_psld.yaml");
+  EXPECT_EQ(psld.diffusion.process, "psld");
+  EXPECT_DOUBLE_EQ(psld.diffusion.psld.nu, 4.01);
   auto s2dm_cfg = s2dm::load_config(std::string(S2DM_SOURCE_DIR) + "/configs/train/cifar10_s2dm.yaml");
   EXPECT_EQ(s2dm_cfg.loss.type, "s2dm");
   EXPECT_EQ(s2dm_cfg.loss.skip_k, 9);
@@ -282,4 +286,21 @@ TEST(Device, EachRankTakesAGpuItSees) {
   EXPECT_EQ(s2dm::rank_device(cuda, 5, 4), torch::Device(torch::kCUDA, 1));
   EXPECT_EQ(s2dm::rank_device(cpu, 3, 0), cpu);
   EXPECT_NO_THROW(s2dm::make_current(cpu));
+}
+
+TEST(Config, PsldSettingsAreChecked) {
+  // PSLD's settings name the key and value; its loss belongs to it alone.
+  const std::string psld = "diffusion:\n  process: psld\n  psld:\n";
+  EXPECT_NE(error_of(psld + "    gamma: 2\n    nu: 2\n").find("diffusion.psld.nu = 2 equals gamma"), std::string::npos)
+      << error_of(psld + "    gamma: 2\n    nu: 2\n");
+  EXPECT_NE(error_of(psld + "    m_inv: 3\n").find("diffusion.psld.m_inv = 3 is not critically damped"), std::string::npos)
+      << error_of(psld + "    m_inv: 3\n");
+  EXPECT_NE(error_of(psld + "    gamma: 0\n").find("diffusion.psld.gamma = 0"), std::string::npos);
+  EXPECT_NE(error_of(psld + "    beta_min: 9\n").find("beta_max = 8 is below beta_min = 9"), std::string::npos);
+  EXPECT_NE(error_of(psld + "    t_end: 0.7\n").find("t_end"), std::string::npos);
+  EXPECT_NE(error_of("diffusion:\n  process: sde\n").find("process"), std::string::npos);
+  EXPECT_NE(error_of("loss:\n  type: hsm\n").find("needs diffusion.process psld"), std::string::npos);
+  EXPECT_NO_THROW(parse_config(psld + "    m_inv: 4\nloss:\n  type: hsm\n", "x.yaml"));
+  // (Added keys: a VP config's identity does not change.)
+  EXPECT_EQ(s2dm::config_identity(parse_config("{}", "x.yaml")).find("psld"), std::string::npos);
 }

@@ -16,10 +16,22 @@ using s2dm::testing::fixture_tensor;
 
 namespace {
 
-PsldSettings settings_of(const torch::Tensor& row) {
+PsldConfig settings(double gamma, double nu, double beta_min = 8, double beta_max = 8, double kappa = 0.04,
+                    double numerical_eps = 1e-9) {
+  PsldConfig s;
+  s.gamma = gamma;
+  s.nu = nu;
+  s.beta_min = beta_min;
+  s.beta_max = beta_max;
+  s.kappa = kappa;
+  s.numerical_eps = numerical_eps;
+  return s;
+}
+
+PsldConfig settings_of(const torch::Tensor& row) {
   const auto p = row.to(torch::kFloat64).contiguous();
   const double* v = p.data_ptr<double>();
-  return {v[0], v[1], v[2], v[3], v[4], v[5]};
+  return settings(v[0], v[1], v[2], v[3], v[4], v[5]);
 }
 
 double relative(const torch::Tensor& a, const torch::Tensor& reference) {
@@ -104,11 +116,11 @@ TEST(Psld, KernelSolvesTheSde) {
   // Independently of the released code: the mean map solves dP/dt = (β/2) F P, the covariance the
   // Lyapunov equation dΣ/dt = (β/2)(F Σ + Σ Fᵀ) + β diag(Γ, Mν) (central differences, numerical ε
   // off), the prior diag(1, M) is stationary, and P⁻¹ P = I, L Lᵀ = Σ, (-L⁻ᵀ) Lᵀ = -I.
-  PsldSettings settings{0.02, 4.02, 0.1, 20, 0.1, 0};
-  const PsldProcess process(settings);
+  const PsldProcess process(settings(0.02, 4.02, 0.1, 20, 0.1, 0));
+  const PsldConfig& s = process.settings();
   const double m_inv = process.mass_inverse(), mass = process.mass();
   EXPECT_DOUBLE_EQ(m_inv, 4.0);
-  const Mat2 f{-settings.gamma, m_inv, -1, -settings.nu};
+  const Mat2 f{-s.gamma, m_inv, -1, -s.nu};
   for (double t : {0.01, 0.2, 0.7}) {
     const double h = 1e-5, beta = process.beta(t);
     const Mat2 dp = (process.mean_map(t + h) - process.mean_map(t - h)) * (1 / (2 * h));
@@ -118,7 +130,7 @@ TEST(Psld, KernelSolvesTheSde) {
     for (auto [vx, vm] : Pairs{{0.0, 0.01}, {0.3, 0.02}}) {
       const Mat2 ds = (process.covariance(t + h, vx, vm) - process.covariance(t - h, vx, vm)) * (1 / (2 * h));
       const Mat2 sigma = process.covariance(t, vx, vm);
-      const Mat2 expected = (f * sigma + sigma * f.transposed()) * (beta / 2) + Mat2{beta * settings.gamma, 0, 0, beta * mass * settings.nu};
+      const Mat2 expected = (f * sigma + sigma * f.transposed()) * (beta / 2) + Mat2{beta * s.gamma, 0, 0, beta * mass * s.nu};
       for (auto [a, b] : Pairs{{ds.xx, expected.xx}, {ds.xm, expected.xm}, {ds.mm, expected.mm}})
         EXPECT_NEAR(a, b, 1e-5 * (1 + std::abs(b))) << "t " << t;
     }
@@ -141,7 +153,7 @@ TEST(Psld, KernelSolvesTheSde) {
 }
 
 TEST(Psld, BadSettingsAreRefused) {
-  auto refused = [](PsldSettings s, const std::string& name) {
+  auto refused = [](PsldConfig s, const std::string& name) {
     try {
       PsldProcess process(s);
       ADD_FAILURE() << name << " was accepted";
@@ -149,9 +161,14 @@ TEST(Psld, BadSettingsAreRefused) {
       EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
     }
   };
-  refused({0, 4}, "gamma");
-  refused({0.01, 0}, "nu");
-  refused({2, 2}, "gamma and nu must differ");
-  refused({0.01, 4.01, 8, 4}, "beta_max");
-  refused({0.01, 4.01, 8, 8, 0}, "kappa");
+  refused(settings(0, 4), "gamma = 0");
+  refused(settings(0.01, 0), "nu = 0");
+  refused(settings(2, 2), "nu = 2 equals gamma");
+  refused(settings(0.01, 4.01, 8, 4), "beta_max = 4");
+  refused(settings(0.01, 4.01, 8, 8, 0), "kappa");
+  auto off_critical = settings(0.01, 4.01);
+  off_critical.m_inv = 3;
+  refused(off_critical, "m_inv = 3 is not critically damped");
+  off_critical.m_inv = 4;  // (Γ - ν)²/4
+  EXPECT_NO_THROW(PsldProcess{off_critical});
 }

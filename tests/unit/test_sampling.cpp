@@ -160,6 +160,7 @@ TEST(Samplers, NfeMatchesTheDocumentedCount) {
   auto x = torch::randn({2, 1, 1, 1}, torch::kFloat64);
   for (const auto& s : samplers())
     for (int S : {1, 2, 3, 4, 7, 12}) {
+      if (s.process != "vp") continue;  // (test_psld_sampling.cpp)
       auto run = run_sampler(s, model, x, uniform_grid(S), {});
       EXPECT_EQ(run.nfe, s.nfe(S)) << s.name << " S=" << S;
       EXPECT_TRUE(torch::isfinite(run.x).all().item<bool>()) << s.name;
@@ -252,7 +253,7 @@ void expect_convergence_orders(const EpsModel& model, const NoiseSchedule& sched
   std::vector<Case> cases;
   const SamplerOptions defaults;
   for (const auto& s : samplers()) {
-    if (s.stochastic) continue;
+    if (s.stochastic || s.process != "vp") continue;
     if (s.max_order < 0) cases.push_back({s.name, defaults, static_cast<double>(s.accuracy(-1))});
     for (int order = std::max(s.min_order, 0); order <= s.max_order; ++order)
       cases.push_back({s.name, with_order(order), static_cast<double>(s.accuracy(order))});
@@ -351,7 +352,7 @@ TEST(Samplers, EndingAtAlphaOneConverges) {
   auto xT = torch::randn({32, 1, 1, 1}, torch::kFloat64);
   auto exact = g.endpoint(xT, linear().alpha_bar(999));
   for (const auto& s : samplers()) {
-    if (s.stochastic) continue;
+    if (s.stochastic || s.process != "vp") continue;
     double e20 = (run_sampler(s, model, xT, uniform_grid(20), {}).x - exact).abs().max().item<double>();
     double e160 = (run_sampler(s, model, xT, uniform_grid(160), {}).x - exact).abs().max().item<double>();
     // (The PNDM family converges slowly here: its last step extrapolates ε ∝ ρ ∝ √(t+1).)
@@ -370,6 +371,7 @@ TEST(Samplers, MixtureSamplesMatchMeansAndWeights) {
   const double share_tol = 4 * std::sqrt(0.3 * 0.7 / n);
   double worst = 0;  // the largest deviation, in units of its tolerance
   for (const auto& s : samplers()) {
+    if (s.process != "vp") continue;
     auto x = run_sampler(s, model, xT, uniform_grid(100), {}).x.flatten();
     auto left = x < -0.25;
     double share = left.to(torch::kFloat64).mean().item<double>();

@@ -48,15 +48,33 @@ struct ModelConfig {
   EdmModelConfig edm;
 };
 
+// Phase-space Langevin diffusion (diffusion.process psld; diffusion/psld.h, docs/algorithms.md §8),
+// under the released PSLD code's names.
+struct PsldConfig {
+  double gamma = 0.01;  // Γ, the data's friction (> 0)
+  double nu = 4.01;     // ν, the momentum's friction
+  // M⁻¹: critical damping fixes it at (Γ - ν)²/4; 0 derives it, a value must equal it.
+  double m_inv = 0;
+  double beta_min = 8, beta_max = 8;  // β(t), linear on t ∈ [0, 1]
+  double kappa = 0.04;                // the initial momentum m_0 ~ N(0, κM) of hybrid score matching
+  double numerical_eps = 1e-9;        // added to the kernel's variances (as the released code does)
+  double t_min = 1e-5;                // training draws t ~ U[t_min, 1]
+  double t_end = 1e-3;                // sampling integrates from t = 1 to t_end, then denoises to 0
+};
+
 struct DiffusionConfig {
+  // vp: DDPM's discrete-time process (or EDM's, model.type songunet | dhariwalunet) | psld
+  std::string process = "vp";
   std::string beta_schedule = "linear";  // linear | cosine
   double beta_start = 1e-4;
   double beta_end = 0.02;
   int num_timesteps = 1000;
+  PsldConfig psld;
 };
 
 struct LossConfig {
-  std::string type = "simple";         // simple | s2dm (L_simple + L_skip) | edm (EDM's networks)
+  // simple | s2dm (L_simple + L_skip) | edm (EDM's networks) | hsm (PSLD's hybrid score matching)
+  std::string type = "simple";
   int skip_k = 9;                      // the skip size k of L_skip
   double tau = 0.99;                   // weight of L_simple for t >= k
   std::string noise = "independent";   // independent | shared (ε₂ = ε₁)
@@ -126,7 +144,8 @@ struct SamplerSettings {
   double eta = 0.0;                // DDIM stochasticity (0 deterministic, 1 = DDPM ancestral)
   bool clip_denoised = false;      // clip x̂₀ to [-1, 1] (DDIM/DDPM, DPM-Solver++)
   int order = -1;                  // multistep order (-1 = the sampler's default)
-  double lambda = 0.0;             // λ of λ-DDIM
+  double lambda = 0.0;             // λ of λ-DDIM (and of PSLD's conjugate integrators)
+  double lambda_s = 1.0;           // PSLD's OBA samplers: the scale of the position's noise (1: the SDE's)
   bool lower_order_final = true;   // DEIS log-ρ / DPM-Solver++: first order on the last step(s)
   std::string variance = "small";  // DDPM: small (β̃, = DDIM η = 1) | large (σ̂ = √(1 - a/a'))
   // EDM's stochastic churn (euler, heun): a step from σ in [s_min, s_max] first raises σ by
@@ -197,6 +216,9 @@ std::string config_identity(const Config& config);
 std::vector<std::string> sample_config_keys();
 // Sets the named keys of a sample section back to their defaults.
 void reset_sample_keys(SampleConfig& config, const std::vector<std::string>& keys);
+
+// Why PSLD's settings do not describe a critically damped process ("key = value: why"), or "".
+std::string psld_violation(const PsldConfig& psld);
 
 // "did you mean" helper, shared by the CLI: the closest candidate within a small edit distance.
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);

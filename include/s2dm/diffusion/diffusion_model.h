@@ -1,10 +1,11 @@
 #pragma once
 // One diffusion model as sampling and the grid searches take it, whole: the ε-network, its noise
-// process, the image shape, the device the network runs on, and where the model's own time grids
-// come from. Commands and the driver build it from a loaded model, the trainer from its EMA
-// network; nothing downstream assembles these pieces again.
+// process (DDPM's or EDM's, or PSLD's), the image shape, the device the network runs on, and where
+// the model's own time grids come from. Commands and the driver build it from a loaded model, the
+// trainer from its EMA network; nothing downstream assembles these pieces again.
 #include <torch/types.h>
 
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "s2dm/core/config.h"
 #include "s2dm/diffusion/noise_schedule.h"
 #include "s2dm/diffusion/precond.h"
+#include "s2dm/diffusion/psld.h"
 #include "s2dm/io/safetensors.h"
 #include "s2dm/model/eps_model.h"
 
@@ -40,6 +42,18 @@ struct DiffusionModel {
   // Class-conditional models: the number of classes (0: unconditional). Each batch's images have
   // their classes, which the network sees as one-hot labels (EDM's class_labels).
   int64_t label_dim = 0;
+  // A PSLD model's process (null for the others): its network takes z = [x, m] (twice the images'
+  // channels) at continuous times t ∈ (0, 1], and sampling starts from PSLD's prior.
+  std::shared_ptr<const PsldProcess> psld = nullptr;
+
+  // The shape of the state a sampler integrates: an image, or a PSLD model's [x, m].
+  std::vector<int64_t> state_shape() const {
+    auto shape = image_shape;
+    if (psld) shape[0] *= 2;
+    return shape;
+  }
+  // The images of sampled states.
+  torch::Tensor images(const torch::Tensor& states) const { return psld ? states.chunk(2, 1)[0] : states; }
 
   // The ε-model of a batch of images of classes `classes` (int64 [B]; an unconditional model
   // takes no classes, and they may be undefined).
@@ -52,9 +66,10 @@ struct DiffusionModel {
   // `device`.
   static DiffusionModel of(const Config& config, ModelEps eps = {}, torch::Device device = torch::kCPU,
                            ModelGrids grids = {}) {
-    const bool edm = config.model.type != "ddpm";
+    const bool psld = config.diffusion.process == "psld";
+    const bool edm = config.model.type != "ddpm" && !psld;
     return {std::move(eps), noise_schedule_of(config), s2dm::image_shape(config.data), device, std::move(grids), edm,
-            edm ? config.model.edm.label_dim : 0};
+            edm ? config.model.edm.label_dim : 0, psld ? std::make_shared<const PsldProcess>(config.diffusion.psld) : nullptr};
   }
 };
 

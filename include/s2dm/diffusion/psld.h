@@ -11,6 +11,7 @@
 // (main/models/sde/psld.py), coefficients in float64.
 #include <torch/types.h>
 
+#include "s2dm/core/config.h"
 #include "s2dm/diffusion/losses.h"
 #include "s2dm/model/eps_model.h"
 
@@ -31,28 +32,22 @@ struct Mat2 {
   Mat2 inverse() const;  // throws std::domain_error when singular
 };
 
+// The matrix exponential e^a.
+Mat2 expm(const Mat2& a);
+
 // z = [x, m] → [a.xx x + a.xm m, a.mx x + a.mm m], on the channel halves of z (any batch shape with
 // the channels at dimension 1), in z's type.
 torch::Tensor apply(const Mat2& a, const torch::Tensor& z);
 
-// The process's settings (diffusion.psld.*, when diffusion.process is psld). The released code's
-// names: gamma Γ, nu ν, beta_min/beta_max, kappa κ (m_0 ~ N(0, κM)), numerical_eps (added to the
-// kernel's diagonal variances, as the released code does).
-struct PsldSettings {
-  double gamma = 0.01, nu = 4.01;
-  double beta_min = 8, beta_max = 8;
-  double kappa = 0.04;
-  double numerical_eps = 1e-9;
-};
-
 class PsldProcess {
  public:
-  // Throws std::invalid_argument naming the setting that is out of range: Γ, ν > 0 (Γ = 0 is
-  // CLD, whose network predicts ε_m alone), Γ ≠ ν (M⁻¹ > 0), 0 < β_min ≤ β_max, κ > 0 and
-  // numerical_eps in [0, 10⁻³).
-  explicit PsldProcess(const PsldSettings& settings = {});
+  // The settings of diffusion.psld (core/config.h; the released code's names). Throws
+  // std::invalid_argument naming the setting that is out of range: Γ, ν > 0 (Γ = 0 is CLD, whose
+  // network predicts ε_m alone), Γ ≠ ν (M⁻¹ > 0), m_inv 0 or critically damped, 0 < β_min ≤ β_max,
+  // κ > 0 and numerical_eps in [0, 10⁻³).
+  explicit PsldProcess(const PsldConfig& settings = {});
 
-  const PsldSettings& settings() const { return s_; }
+  const PsldConfig& settings() const { return s_; }
   double mass_inverse() const { return m_inv_; }  // M⁻¹ = (Γ - ν)²/4
   double mass() const { return 1 / m_inv_; }      // M, the prior's momentum variance
   double beta(double t) const;                    // β(t)
@@ -60,6 +55,10 @@ class PsldProcess {
 
   // E[z_t | z_0] = mean_map(t) z_0.
   Mat2 mean_map(double t) const;
+  // The same after the process has run for B(t) = b (mean_map(t) = mean_map_over(B(t))), and the
+  // covariance below.
+  Mat2 mean_map_over(double b) const;
+  Mat2 covariance_over(double b, double var_x0, double var_m0) const;
   // Cov[z_t | z_0 ~ N(z_0, diag(var_x0, var_m0))], numerical_eps on the diagonal (symmetric: mx = xm).
   Mat2 covariance(double t, double var_x0, double var_m0) const;
   // Hybrid score matching's kernel, p(z_t | x_0): covariance(t, 0, κM). Training perturbs with it
@@ -73,11 +72,13 @@ class PsldProcess {
   // The same for a batch of times t [B] (float64, on any device; no host sync): z_t of images x_0
   // [B, C, ...] with m_0 = 0 and the noise ε [B, 2C, ...], in x_0's type.
   torch::Tensor perturb(const torch::Tensor& x0, const torch::Tensor& t, const torch::Tensor& eps) const;
+  // A draw of the prior N(0, diag(1, M)) from a standard-normal z [B, 2C, ...].
+  torch::Tensor prior(const torch::Tensor& standard_normal) const;
   // The score -L_t⁻ᵀ ε̂ at one time.
   torch::Tensor score(const torch::Tensor& eps, double t) const;
 
  private:
-  PsldSettings s_;
+  PsldConfig s_;
   double m_inv_;
 };
 

@@ -32,6 +32,11 @@ struct Network {
   UNet unet() const { return UNet(std::dynamic_pointer_cast<UNetImpl>(module)); }
 };
 Network make_network(const Config& config);
+// The channels a network of `config` takes and returns: the images', twice that for PSLD (z = [x, m]).
+int64_t network_channels(const Config& config);
+// What a PSLD network sees of the continuous time t ∈ (0, 1]: DDPM's timestep 999 t, or log t for a
+// SongUNet with Fourier embedding (the released code's NCSN++).
+torch::Tensor psld_noise_input(const Config& config, const torch::Tensor& t);
 
 // Exactly one of checkpoint, weights or script.
 struct ModelRef {
@@ -70,7 +75,8 @@ void check_skip_tuning(const ModelConfig& model, const SkipTuningConfig& skip_tu
 EpsModel unet_eps_model(UNet unet, bool bf16, const SkipTuningConfig& skip_tuning = {}, bool cuda_graphs = true);
 // Any network of `config` as an ε-model: DDPM's UNet as unet_eps_model makes it, EDM's networks
 // through their preconditioning (Preconditioning::eps_model), without gradients, in float32; a
-// class-conditional one (model.edm.label_dim > 0) given each batch's labels.
+// class-conditional one (model.edm.label_dim > 0) given each batch's labels; a PSLD network as the
+// ε-model of z_t at continuous times t (psld_noise_input).
 ModelEps network_eps_model(const Network& network, const Config& config, const torch::Device& device, bool bf16,
                            const SkipTuningConfig& skip_tuning = {}, bool cuda_graphs = true);
 // CUDA graphs captured so far by this process's ε-models (for tests and logs).

@@ -67,6 +67,9 @@ struct SamplerInfo {
   std::function<int(int order)> accuracy;
   // The time grid it samples on when the settings name none (sample.timesteps auto).
   std::string default_grid = "uniform";
+  // The models it samples: "vp" (DDPM's and EDM's ε-models; SamplerFn's grid has ᾱ) or "psld"
+  // (PSLD's, on z = [x, m]; the grid is a PSLD grid, timesteps.h).
+  std::string process = "vp";
 };
 const std::vector<SamplerInfo>& samplers();
 // Whether sampling with these settings draws noise (DDPM; DDIM with η > 0; EDM's churn).
@@ -75,6 +78,9 @@ bool draws_noise(const SamplerInfo& sampler, const SamplerSettings& settings);
 std::vector<std::string> sampler_option_keys();
 // Throws ConfigError (with a "did you mean") for an unknown name.
 const SamplerInfo& find_sampler(const std::string& name);
+// The sampler of that name for a model of `process` (vp | psld): throws ConfigError naming the
+// samplers of that process when the sampler is another's.
+const SamplerInfo& find_sampler(const std::string& name, const std::string& process);
 // The sampler options of the sample settings (noise_seed aside, which is per batch).
 SamplerOptions sampler_options(const SampleConfig& config);
 // Checks the options against the sampler (order range, ...); throws ConfigError.

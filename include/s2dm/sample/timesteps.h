@@ -7,6 +7,10 @@
 
 #include "s2dm/diffusion/noise_schedule.h"
 
+namespace s2dm {
+class PsldProcess;
+}
+
 namespace s2dm::sample {
 
 // `spec` is one of
@@ -30,9 +34,20 @@ struct Grid {
   std::vector<double> t;
   std::vector<double> alpha_bar;
   const NoiseSchedule* schedule = nullptr;
+  // A PSLD grid's process (null for a VP grid): t are continuous times, 1 = t[0] > ... > t[S-1] =
+  // t_end, and t[S] = 0, the denoising step's end; alpha_bar is empty.
+  const PsldProcess* psld = nullptr;
   int steps() const { return static_cast<int>(t.size()) - 1; }
 };
 Grid make_grid(const std::vector<double>& timesteps, const NoiseSchedule& schedule, const std::string& final_alpha);
+
+// A PSLD model's grid for `steps` steps, the released code's convention: steps - 1 integration
+// steps from t = 1 down to t_end (diffusion.psld.t_end), then one denoising step to 0. `spec`:
+// uniform | quad (t_end + (1 - t_end)(1 - i/n)², dense near the data) | logsnr | karras (spaced
+// in the x coordinate's noise-to-signal ratio √Σxx / P_xx as for VP models) | a decreasing list of
+// times in (0, 1] (its last is where the denoising step starts) | file:PATH. Throws ConfigError.
+Grid make_psld_grid(const std::string& spec, int steps, const PsldProcess& process, double karras_rho = 7.0);
+const std::vector<std::string>& psld_time_grids();
 
 // Inverse of the schedule's ᾱ(t) on [-1, T-1] (bisection on the continuous interpolation).
 double time_of_alpha_bar(const NoiseSchedule& schedule, double alpha_bar);
