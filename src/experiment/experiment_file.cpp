@@ -248,12 +248,25 @@ void read_sweep(const Reader& r, const YAML::Node& node, Experiment& e, int& swe
   else if (node.IsSequence()) for (const auto& b : node) blocks.push_back(b);
   else r.fail(node, "sweep: expected a mapping of sample keys to lists of values (or a list of such mappings)");
   if (blocks.empty()) r.fail(node, "sweep: an empty list (no settings to run)");
-  std::set<std::map<std::string, std::string>> seen;
+  std::map<std::map<std::string, std::string>, size_t> seen;  // values -> their setting
+  std::vector<std::string> block_keys = allowed;
+  block_keys.push_back("models");
   for (const auto& block : blocks) {
-    r.check_keys(block, "sweep", allowed);
+    r.check_keys(block, "sweep", block_keys);
     std::vector<std::pair<std::string, std::vector<std::string>>> axes;
+    std::vector<std::string> models;  // (the block's `models`: the models its settings sample)
     for (const auto& kv : block) {
       const auto key = r.key(kv.first, "sweep");
+      if (key == "models") {
+        if (!kv.second.IsSequence() || kv.second.size() == 0) r.fail(kv.second, "sweep.models: expected a list of model names");
+        for (const auto& name : kv.second) {
+          const auto model = name.as<std::string>();
+          if (std::none_of(e.models.begin(), e.models.end(), [&](const auto& m) { return m.name == model; }))
+            r.fail(name, "sweep.models: no model is named '" + model + "'");
+          models.push_back(model);
+        }
+        continue;
+      }
       std::vector<std::string> values;
       // A list holds the axis' values; anything else is its one value (a ρ list is a mapping's member).
       if (kv.second.IsSequence()) {
@@ -278,7 +291,18 @@ void read_sweep(const Reader& r, const YAML::Node& node, Experiment& e, int& swe
     for (bool more = true; more;) {
       Setting s;
       for (size_t a = 0; a < axes.size(); ++a) s.values[axes[a].first] = axes[a].second[index[a]];
-      if (seen.insert(s.values).second) e.settings.push_back(s);
+      s.models = models;
+      if (const auto [at, added] = seen.emplace(s.values, e.settings.size()); added) {
+        e.settings.push_back(s);
+      } else {  // (the same values again: one setting, for the models of both blocks)
+        Setting& earlier = e.settings[at->second];
+        if (earlier.models.empty() || models.empty()) {
+          earlier.models.clear();
+        } else {
+          for (const auto& m : models)
+            if (!earlier.applies_to(m)) earlier.models.push_back(m);
+        }
+      }
       more = false;
       for (size_t a = axes.size(); a-- > 0;) {
         if (++index[a] < axes[a].second.size()) {
@@ -333,6 +357,7 @@ void check_settings(const Reader& r, const Experiment& e, int sweep_line) {
     // (Learned and dp grids are found when the model runs: the uniform grid stands in.)
     const auto model = DiffusionModel::of(m.config, {}, torch::kCPU, {{}, "", /*uniform_until_ready=*/true});
     for (const auto& s : e.settings) {
+      if (!s.applies_to(m.name)) continue;
       const std::string where = r.path() + (sweep_line ? ":" + std::to_string(sweep_line) : "") + ": model '" + m.name + "', " +
                                 s.label() + ": ";
       const SampleConfig c = sample_config(e, m, s);

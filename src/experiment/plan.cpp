@@ -84,7 +84,7 @@ double eval_seconds_per_image(const Config& config, int64_t batch, const torch::
   network.module->eval();
   network.module->to(device);
   const int64_t b = std::clamp<int64_t>(batch, 1, 32);
-  auto x = torch::randn({b, config.data.channels, config.data.image_size, config.data.image_size}).to(device);
+  auto x = torch::randn({b, model::network_channels(config), config.data.image_size, config.data.image_size}).to(device);
   auto t = torch::full({b}, 500.0).to(device);
   network.forward(x, t, {}, {});
   const auto start = std::chrono::steady_clock::now();
@@ -167,6 +167,7 @@ ExperimentPlan plan_units(const Experiment& e, const Measurer& measurer) {
   };
   for (const auto& m : e.models)
     for (const auto& s : e.settings) {
+      if (!s.applies_to(m.name)) continue;
       const SampleConfig config = sample_config(e, m, s);
       Config c;
       c.sample = effective_settings(config);
@@ -253,7 +254,8 @@ RunSummary show_plan(const Experiment& e, const ExperimentPlan& plan, const torc
     }
     double seconds = 0;
     if (selected(m) && todo > 0) {
-      const double per_image = eval_seconds_per_image(m.config, sample_config(e, m, e.settings.front()).batch, device);
+      const auto setting = std::find_if(e.settings.begin(), e.settings.end(), [&](const auto& s) { return s.applies_to(m.name); });
+      const double per_image = eval_seconds_per_image(m.config, sample_config(e, m, *setting).batch, device);
       // A training step costs about three evaluations per image (forward, and a backward of about
       // twice its cost); every loss evaluates the network once (L_skip reuses the prediction).
       const double per_step = per_image * m.config.train.batch_size * 3.0;

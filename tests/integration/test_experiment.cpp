@@ -558,15 +558,42 @@ TEST_F(Experiment, TheAutoGridIsTheSamplersOwnAndSharesItsUnit) {
   EXPECT_EQ(csv_rows(out() + "/results.csv"), 6);
 }
 
+TEST_F(Experiment, SweepBlocksNameTheirModels) {
+  // A PSLD model beside a VP one: each sweep block samples the models it names (its samplers are
+  // that process's); a block without `models` samples all, which here is refused for the VP model.
+  const std::string psld = std::string(S2DM_SOURCE_DIR) + "/tests/configs/tiny_psld.yaml";
+  auto experiment = [&](const std::string& sweep) {
+    const std::string path = dir / "exp.yaml";
+    write_bytes(path, "name: two\nout: " + out() + "\ndevice: cpu\nthreads: 1\nmodels:\n  - name: v\n    train: " + kTiny +
+                          "\n    set: {data.path: " + (dir / "data") + "}\n  - name: p\n    train: " + psld +
+                          "\n    set: {data.path: " + (dir / "data") + "}\nbaseline: v\nsample: {batch: 8}\nsweep:\n" + sweep +
+                          "metric: {features: classifier, num_samples: 8, reference_num: 64, classifier_epochs: 1}\n");
+    return path;
+  };
+  auto r = run("run " + experiment("  - {models: [p], sampler: [rse, em], steps: [3]}\n"
+                                   "  - {models: [v], sampler: [ddim], steps: [3]}\n"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(units_run(r.output), 3) << r.output;
+  EXPECT_EQ(csv_rows(out() + "/results.csv"), 3);
+  s2dm::testing::expect_user_error(run("run " + experiment("  sampler: [rse]\n  steps: [3]\n")),
+                                   "model 'v', sampler=rse steps=3: sampler 'rse' samples PSLD models");
+  s2dm::testing::expect_user_error(run("run " + experiment("  - {models: [q], sampler: [rse], steps: [3]}\n")),
+                                   "sweep.models: no model is named 'q'");
+}
+
 // The shipped experiments load (those on Fashion-MNIST fully; CIFAR10/CelebA need data and the
 // Inception weights, and must say which is missing).
 TEST(ShippedExperiments, LoadOrNameWhatIsMissing) {
   const std::string dir = std::string(S2DM_SOURCE_DIR) + "/configs/experiments/";
   if (!fs::exists("/usr/share/datasets/fashion-mnist")) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
-  for (const char* name : {"fmnist_s2dm.yaml", "skip_tuning_sweep.yaml", "learned_schedule.yaml"}) {
+  for (const char* name : {"fmnist_s2dm.yaml", "skip_tuning_sweep.yaml", "learned_schedule.yaml", "psld_integrators.yaml"}) {
     const auto e = s2dm::experiment::load_experiment(dir + name);
     EXPECT_FALSE(e.settings.empty()) << name;
   }
+  const auto psld = s2dm::experiment::load_experiment(dir + "psld_integrators.yaml");
+  int psld_settings = 0;
+  for (const auto& s : psld.settings) psld_settings += s.applies_to("psld") && !s.applies_to("vp");
+  EXPECT_EQ(psld_settings, 44);  // 11 samplers at 4 budgets (and 8 settings of the VP model's)
   for (const char* name : {"cifar10_s2dm.yaml", "celeba64_s2dm.yaml"}) {
     try {
       s2dm::experiment::load_experiment(dir + name);

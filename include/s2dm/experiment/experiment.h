@@ -6,6 +6,7 @@
 // results.md, plots and report/index.html (report.h).
 #include <cstdint>
 #include <functional>
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -34,7 +35,13 @@ struct ModelSpec {
 // One point of the sweep: the sample settings that differ from the experiment's base, by key.
 struct Setting {
   std::map<std::string, std::string> values;  // "sampler" -> "ddim", "steps" -> "10", ...
+  // The models it samples (its sweep block's `models`; empty: every model), e.g. a PSLD sampler's
+  // setting for the PSLD models of an experiment that compares them with VP ones.
+  std::vector<std::string> models;
   std::string label() const;                  // "sampler=ddim steps=10"
+  bool applies_to(const std::string& model) const {
+    return models.empty() || std::find(models.begin(), models.end(), model) != models.end();
+  }
 };
 
 struct MetricSpec {
