@@ -260,7 +260,7 @@ void read_sweep(const Reader& r, const YAML::Node& node, Experiment& e, int& swe
       if (key == "models") {
         if (!kv.second.IsSequence() || kv.second.size() == 0) r.fail(kv.second, "sweep.models: expected a list of model names");
         for (const auto& name : kv.second) {
-          const auto model = name.as<std::string>();
+          const auto model = r.scalar<std::string>(name, "sweep.models", "a model's name");
           if (std::none_of(e.models.begin(), e.models.end(), [&](const auto& m) { return m.name == model; }))
             r.fail(name, "sweep.models: no model is named '" + model + "'");
           models.push_back(model);

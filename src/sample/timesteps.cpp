@@ -190,7 +190,11 @@ Grid make_psld_grid(const std::string& spec, int steps, const PsldProcess& proce
       throw ConfigError("steps = " + std::to_string(steps) + ": a PSLD sampler takes at least 2 (the last denoises)");
     const int n = steps - 1;  // integration steps from t = 1 to t_end
     // σ(t) = √Σxx / P_xx, the noise-to-signal ratio of the data coordinate under the HSM kernel,
-    // which falls monotonically as t does: logsnr and karras space it as for VP models.
+    // which falls as t does: logsnr and karras space it as for VP models. (Where Γ > ν, P_xx =
+    // e^{-cB/2}(1 + (ν - Γ)B/4) reaches 0 at some t and σ is no time's measure.)
+    if ((spec == "logsnr" || spec == "karras") && process.settings().gamma > process.settings().nu)
+      throw ConfigError("time grid '" + spec + "' spaces PSLD's σ(t) = √Σxx / P_xx, which needs nu >= gamma (P_xx > 0); "
+                        "use uniform or quad");
     auto sigma = [&](double t) { return std::sqrt(process.hsm_covariance(t).xx) / process.mean_map(t).xx; };
     for (int i = 0; i <= n; ++i) {
       const double f = static_cast<double>(i) / n;

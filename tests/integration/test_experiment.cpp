@@ -579,6 +579,8 @@ TEST_F(Experiment, SweepBlocksNameTheirModels) {
                                    "model 'v', sampler=rse steps=3: sampler 'rse' samples PSLD models");
   s2dm::testing::expect_user_error(run("run " + experiment("  - {models: [q], sampler: [rse], steps: [3]}\n")),
                                    "sweep.models: no model is named 'q'");
+  s2dm::testing::expect_user_error(run("run " + experiment("  - {models: [[p]], sampler: [rse], steps: [3]}\n")),
+                                   "sweep.models: expected a model's name");
 }
 
 // The shipped experiments load (those on Fashion-MNIST fully; CIFAR10/CelebA need data and the

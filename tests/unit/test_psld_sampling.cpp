@@ -129,6 +129,11 @@ TEST(PsldGrids, FollowTheReleasedCodeAndEndWithTheDenoisingStep) {
   EXPECT_EQ(list.t, (std::vector<double>{1, 0.3, 0.002, 0}));
   for (const std::string bad : {"ddim", "1,0.3,0.5", "1.5,0.1", "0.5,0"}) EXPECT_THROW(grid(bad, 10), ConfigError) << bad;
   EXPECT_THROW(grid("uniform", 1), ConfigError);
+  PsldConfig heavy_data;  // Γ > ν: P_xx crosses 0, σ(t) measures no time
+  heavy_data.gamma = 4.01;
+  heavy_data.nu = 0.01;
+  EXPECT_THROW(make_psld_grid("logsnr", 10, PsldProcess(heavy_data)), ConfigError);
+  EXPECT_NO_THROW(make_psld_grid("quad", 10, PsldProcess(heavy_data)));
 }
 
 TEST(PsldSamplers, NfeMatchesTheDocumentedCount) {
