@@ -259,7 +259,10 @@ RunSummary show_plan(const Experiment& e, const ExperimentPlan& plan, const torc
       // A training step costs about three evaluations per image (forward, and a backward of about
       // twice its cost); every loss evaluates the network once (L_skip reuses the prediction).
       const double per_step = per_image * m.config.train.batch_size * 3.0;
-      seconds = per_image * static_cast<double>(nfe_images) + per_step * static_cast<double>(train_steps);
+      double train_seconds = per_step * static_cast<double>(train_steps);
+      if (train_steps > 0 && m.config.train.max_minutes > 0)  // (the budget ends it first; at most the whole budget)
+        train_seconds = std::min(train_seconds, m.config.train.max_minutes * 60);
+      seconds = per_image * static_cast<double>(nfe_images) + train_seconds;
       total_seconds += seconds;
     }
     std::printf("  %-14s %-44s units: %d done, %d to run (%d to sample)%s%s\n", m.name.c_str(), training.c_str(), done, todo,
