@@ -143,6 +143,79 @@ torch::Tensor run_grid(torch::Tensor z, const Grid& grid, const Callback& callba
   return z;
 }
 
+// The conjugate integrators for PSLD (λ-DDIM; docs/algorithms.md §8): with A_t solving
+// dA/dt = A (B - F_t), A_0 = I, ẑ = A z follows dẑ/dt = A B A⁻¹ ẑ + dΦ/dt ε̂, dΦ/dt = -(β/2) A D S;
+// an Euler step of ẑ with ε̂ held, mapped back, is
+//   z' = A_{t'}⁻¹ A_t (I - hB) z + A_{t'}⁻¹ (Φ_{t'} - Φ_t) ε̂,
+// where A_{t'}⁻¹ A_t and A_{t'}⁻¹ (Φ_{t'} - Φ_t) are the propagator and the ε̂ weight of the exact step
+// of dz/dτ = (B - F) z + (β/2) D S ε̂ (exact_step). B = λI (psld-ddim) or λ𝟙 (psld-ddim-ones, the
+// all-ones matrix); B = 0 is the exponential integrator, exact in the linear part.
+torch::Tensor sample_psld_conjugate(const EpsModel& model, torch::Tensor z, const Grid& grid, const Mat2& b,
+                                    const Callback& callback) {
+  const Flows flows(*grid.psld);
+  const LinearFlow conjugate{[&](double s) { return b + flows.minus_f(s); }, [&](double s) { return flows.ode_eps(s); }};
+  return run_grid(std::move(z), grid, callback, model, flows.ode(), [&](int, const torch::Tensor& z, double t, double t_next) {
+    const auto step = exact_step(conjugate, t, t_next);
+    return apply(step.state * (Mat2{} - b * (t - t_next)), z) + apply(step.eps, eval_eps(model, z, t));
+  });
+}
+
+// Symplectic Euler: the momentum flow ℬ, then the position flow 𝒜 with the new momentum, each an
+// Euler step at the step's start time. Naive (nse): ε̂ afresh for each (2 evaluations a step);
+// reduced (rse): the first ε̂ serves both.
+torch::Tensor symplectic_euler(const EpsModel& model, torch::Tensor z, const Grid& grid, bool reduced,
+                               const Callback& callback) {
+  const Flows flows(*grid.psld);
+  const auto kick = flows.momentum(), drift = flows.position();
+  return run_grid(std::move(z), grid, callback, model, flows.ode(), [&](int, torch::Tensor z, double t, double t_next) {
+    const double h = t - t_next;
+    const auto eps = eval_eps(model, z, t);
+    z = kick.euler(z, eps, t, h);
+    return drift.euler(z, reduced ? eps : eval_eps(model, z, t), t, h);
+  });
+}
+
+// Velocity Verlet: ℬ over half the step at its start, 𝒜 over the whole step at its middle, ℬ over
+// the other half at its end. Naive (nvv): ε̂ afresh at each (3 evaluations a step); reduced (rvv):
+// the first ε̂ serves all three, the coefficients (β, S) taken at each part's own time.
+torch::Tensor velocity_verlet(const EpsModel& model, torch::Tensor z, const Grid& grid, bool reduced,
+                              const Callback& callback) {
+  const Flows flows(*grid.psld);
+  const auto kick = flows.momentum(), drift = flows.position();
+  return run_grid(std::move(z), grid, callback, model, flows.ode(), [&](int, torch::Tensor z, double t, double t_next) {
+    const double h = t - t_next, mid = 0.5 * (t + t_next);
+    const auto eps = eval_eps(model, z, t);
+    z = kick.euler(z, eps, t, h / 2);
+    z = drift.euler(z, reduced ? eps : eval_eps(model, z, mid), mid, h);
+    return kick.euler(z, reduced ? eps : eval_eps(model, z, t_next), t_next, h / 2);
+  });
+}
+
+// The OBA splitting of the reverse SDE: O, the friction and all the noise, an exact
+// Ornstein–Uhlenbeck flow over ΔB = ∫β,
+//   x ← e^{-ΓΔB/2} x + λ_s √(1 - e^{-ΓΔB}) ξ_x,   m ← e^{-νΔB/2} m + √(M (1 - e^{-νΔB})) ξ_m,
+// (λ_s = sample.lambda_s scales the position's noise; 1 is the SDE's); then B, the momentum kick
+// dm/dτ = (β/2) x + βν (m + M s_m), and A, the position drift dx/dτ = -(β/2) M⁻¹ m + βΓ (x + s_x),
+// Euler steps at the step's start time. Naive (noba): ε̂ afresh for B and A; reduced (roba): one.
+
+torch::Tensor oba(const EpsModel& model, torch::Tensor z, const Grid& grid, const SamplerOptions& options, bool reduced,
+                  const Callback& callback) {
+  const PsldProcess& p = *grid.psld;
+  const Flows flows(p);
+  const auto kick = flows.kick(), drift = flows.drift();
+  ImageNoise noise(options, z);
+  return run_grid(std::move(z), grid, callback, model, flows.sde(), [&](int, torch::Tensor z, double t, double t_next) {
+    const double h = t - t_next, b = p.beta_integral(t) - p.beta_integral(t_next);
+    const double gamma = p.settings().gamma, nu = p.settings().nu;
+    z = apply(diag(std::exp(-gamma * b / 2), std::exp(-nu * b / 2)), z) +
+        apply(diag(options.lambda_s * std::sqrt(-std::expm1(-gamma * b)), std::sqrt(-p.mass() * std::expm1(-nu * b))),
+              noise());
+    const auto eps = eval_eps(model, z, t);
+    z = kick.euler(z, eps, t, h);
+    return drift.euler(z, reduced ? eps : eval_eps(model, z, t), t, h);
+  });
+}
+
 }  // namespace
 
 // Euler–Maruyama on the reverse SDE (the released code's EulerMaruyamaSampler).
@@ -194,26 +267,6 @@ torch::Tensor sample_psld_sscs(const EpsModel& model, torch::Tensor z, const Gri
   });
 }
 
-// The conjugate integrators for PSLD (λ-DDIM; docs/algorithms.md §8): with A_t solving
-// dA/dt = A (B - F_t), A_0 = I, ẑ = A z follows dẑ/dt = A B A⁻¹ ẑ + dΦ/dt ε̂, dΦ/dt = -(β/2) A D S;
-// an Euler step of ẑ with ε̂ held, mapped back, is
-//   z' = A_{t'}⁻¹ A_t (I - hB) z + A_{t'}⁻¹ (Φ_{t'} - Φ_t) ε̂,
-// the exact step of the flow (B - F) z + (β/2) D S ε̂ times (I - hB). B = λI (psld-ddim) or λ𝟙
-// (psld-ddim-ones, the all-ones matrix); B = 0 is the exponential integrator, exact in the linear part.
-namespace {
-
-torch::Tensor sample_psld_conjugate(const EpsModel& model, torch::Tensor z, const Grid& grid, const Mat2& b,
-                                    const Callback& callback) {
-  const Flows flows(*grid.psld);
-  const LinearFlow conjugate{[&](double s) { return b + flows.minus_f(s); }, [&](double s) { return flows.ode_eps(s); }};
-  return run_grid(std::move(z), grid, callback, model, flows.ode(), [&](int, const torch::Tensor& z, double t, double t_next) {
-    const auto step = exact_step(conjugate, t, t_next);
-    return apply(step.state * (Mat2{} - b * (t - t_next)), z) + apply(step.eps, eval_eps(model, z, t));
-  });
-}
-
-}  // namespace
-
 torch::Tensor sample_psld_ddim(const EpsModel& model, torch::Tensor z, const Grid& grid, const SamplerOptions& options,
                                const Callback& callback) {
   return sample_psld_conjugate(model, std::move(z), grid, Mat2{} * options.lambda, callback);
@@ -224,25 +277,6 @@ torch::Tensor sample_psld_ddim_ones(const EpsModel& model, torch::Tensor z, cons
   return sample_psld_conjugate(model, std::move(z), grid, Mat2{1, 1, 1, 1} * options.lambda, callback);
 }
 
-// Symplectic Euler: the momentum flow ℬ, then the position flow 𝒜 with the new momentum, each an
-// Euler step at the step's start time. Naive (nse): ε̂ afresh for each (2 evaluations a step);
-// reduced (rse): the first ε̂ serves both.
-namespace {
-
-torch::Tensor symplectic_euler(const EpsModel& model, torch::Tensor z, const Grid& grid, bool reduced,
-                               const Callback& callback) {
-  const Flows flows(*grid.psld);
-  const auto kick = flows.momentum(), drift = flows.position();
-  return run_grid(std::move(z), grid, callback, model, flows.ode(), [&](int, torch::Tensor z, double t, double t_next) {
-    const double h = t - t_next;
-    const auto eps = eval_eps(model, z, t);
-    z = kick.euler(z, eps, t, h);
-    return drift.euler(z, reduced ? eps : eval_eps(model, z, t), t, h);
-  });
-}
-
-}  // namespace
-
 torch::Tensor sample_psld_nse(const EpsModel& model, torch::Tensor z, const Grid& grid, const SamplerOptions&,
                               const Callback& callback) {
   return symplectic_euler(model, std::move(z), grid, false, callback);
@@ -252,26 +286,6 @@ torch::Tensor sample_psld_rse(const EpsModel& model, torch::Tensor z, const Grid
                               const Callback& callback) {
   return symplectic_euler(model, std::move(z), grid, true, callback);
 }
-
-// Velocity Verlet: ℬ over half the step at its start, 𝒜 over the whole step at its middle, ℬ over
-// the other half at its end. Naive (nvv): ε̂ afresh at each (3 evaluations a step); reduced (rvv):
-// the first ε̂ serves all three, the coefficients (β, S) taken at each part's own time.
-namespace {
-
-torch::Tensor velocity_verlet(const EpsModel& model, torch::Tensor z, const Grid& grid, bool reduced,
-                              const Callback& callback) {
-  const Flows flows(*grid.psld);
-  const auto kick = flows.momentum(), drift = flows.position();
-  return run_grid(std::move(z), grid, callback, model, flows.ode(), [&](int, torch::Tensor z, double t, double t_next) {
-    const double h = t - t_next, mid = 0.5 * (t + t_next);
-    const auto eps = eval_eps(model, z, t);
-    z = kick.euler(z, eps, t, h / 2);
-    z = drift.euler(z, reduced ? eps : eval_eps(model, z, mid), mid, h);
-    return kick.euler(z, reduced ? eps : eval_eps(model, z, t_next), t_next, h / 2);
-  });
-}
-
-}  // namespace
 
 torch::Tensor sample_psld_nvv(const EpsModel& model, torch::Tensor z, const Grid& grid, const SamplerOptions&,
                               const Callback& callback) {
@@ -296,34 +310,6 @@ torch::Tensor sample_psld_csps(const EpsModel& model, torch::Tensor z, const Gri
     return apply(x_step.state, z) + apply(x_step.eps, eps);
   });
 }
-
-// The OBA splitting of the reverse SDE: O, the friction and all the noise, an exact
-// Ornstein–Uhlenbeck flow over ΔB = ∫β,
-//   x ← e^{-ΓΔB/2} x + λ_s √(1 - e^{-ΓΔB}) ξ_x,   m ← e^{-νΔB/2} m + √(M (1 - e^{-νΔB})) ξ_m,
-// (λ_s = sample.lambda_s scales the position's noise; 1 is the SDE's); then B, the momentum kick
-// dm/dτ = (β/2) x + βν (m + M s_m), and A, the position drift dx/dτ = -(β/2) M⁻¹ m + βΓ (x + s_x),
-// Euler steps at the step's start time. Naive (noba): ε̂ afresh for B and A; reduced (roba): one.
-namespace {
-
-torch::Tensor oba(const EpsModel& model, torch::Tensor z, const Grid& grid, const SamplerOptions& options, bool reduced,
-                  const Callback& callback) {
-  const PsldProcess& p = *grid.psld;
-  const Flows flows(p);
-  const auto kick = flows.kick(), drift = flows.drift();
-  ImageNoise noise(options, z);
-  return run_grid(std::move(z), grid, callback, model, flows.sde(), [&](int, torch::Tensor z, double t, double t_next) {
-    const double h = t - t_next, b = p.beta_integral(t) - p.beta_integral(t_next);
-    const double gamma = p.settings().gamma, nu = p.settings().nu;
-    z = apply(diag(std::exp(-gamma * b / 2), std::exp(-nu * b / 2)), z) +
-        apply(diag(options.lambda_s * std::sqrt(-std::expm1(-gamma * b)), std::sqrt(-p.mass() * std::expm1(-nu * b))),
-              noise());
-    const auto eps = eval_eps(model, z, t);
-    z = kick.euler(z, eps, t, h);
-    return drift.euler(z, reduced ? eps : eval_eps(model, z, t), t, h);
-  });
-}
-
-}  // namespace
 
 torch::Tensor sample_psld_noba(const EpsModel& model, torch::Tensor z, const Grid& grid, const SamplerOptions& options,
                                const Callback& callback) {
