@@ -4,6 +4,7 @@
 #include <cctype>
 #include <cmath>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "s2dm/core/config.h"
@@ -56,6 +57,26 @@ std::vector<double> parse_numbers(const std::string& text, const std::string& or
   return out;
 }
 
+// The times a spec lists itself, "999,500,0" or "[...]", or in a file "file:PATH", with the name
+// that errors give them (origin); nothing for a named grid.
+struct Listed {
+  std::string origin;
+  std::vector<double> times;
+};
+std::optional<Listed> listed_times(const std::string& spec) {
+  if (spec.rfind("file:", 0) == 0) {
+    const std::string path = spec.substr(5);
+    std::ifstream in(path);
+    if (!in) throw ConfigError(path + ": cannot open time-grid file");
+    std::stringstream text;
+    text << in.rdbuf();
+    return Listed{path, parse_numbers(text.str(), path)};
+  }
+  if (!spec.empty() && (std::isdigit(static_cast<unsigned char>(spec[0])) || spec[0] == '['))
+    return Listed{"timesteps '" + spec + "'", parse_numbers(spec, "timesteps '" + spec + "'")};
+  return std::nullopt;
+}
+
 std::vector<double> checked_list(std::vector<double> ts, int T, const std::string& origin) {
   for (size_t i = 0; i < ts.size(); ++i) {
     if (!(ts[i] >= 0 && ts[i] <= T - 1))
@@ -84,16 +105,7 @@ double time_of_alpha_bar(const NoiseSchedule& schedule, double alpha_bar) {
 
 std::vector<double> make_timesteps(const std::string& spec, int S, const NoiseSchedule& schedule, double karras_rho) {
   const int T = schedule.num_timesteps();
-  if (spec.rfind("file:", 0) == 0) {
-    std::string path = spec.substr(5);
-    std::ifstream in(path);
-    if (!in) throw ConfigError(path + ": cannot open time-grid file");
-    std::stringstream s;
-    s << in.rdbuf();
-    return checked_list(parse_numbers(s.str(), path), T, path);
-  }
-  if (!spec.empty() && (std::isdigit(static_cast<unsigned char>(spec[0])) || spec[0] == '['))
-    return checked_list(parse_numbers(spec, "timesteps '" + spec + "'"), T, "timesteps '" + spec + "'");
+  if (auto listed = listed_times(spec)) return checked_list(std::move(listed->times), T, listed->origin);
 
   if (S < 1 || S > T)
     throw ConfigError("steps = " + std::to_string(S) + " must be in [1, " + std::to_string(T) + "] (T = " +
@@ -167,23 +179,13 @@ Grid make_psld_grid(const std::string& spec, int steps, const PsldProcess& proce
   const double t_end = process.settings().t_end;
   Grid g;
   g.psld = &process;
-  const bool list = spec.rfind("file:", 0) == 0 || (!spec.empty() && (std::isdigit(static_cast<unsigned char>(spec[0])) || spec[0] == '['));
-  if (list) {
-    const std::string origin = spec.rfind("file:", 0) == 0 ? spec.substr(5) : "timesteps '" + spec + "'";
-    std::string text = spec;
-    if (spec.rfind("file:", 0) == 0) {
-      std::ifstream in(origin);
-      if (!in) throw ConfigError(origin + ": cannot open time-grid file");
-      std::stringstream whole;
-      whole << in.rdbuf();
-      text = whole.str();
-    }
-    g.t = parse_numbers(text, origin);
+  if (auto listed = listed_times(spec)) {
+    g.t = std::move(listed->times);
     for (size_t i = 0; i < g.t.size(); ++i) {
       if (!(g.t[i] > 0 && g.t[i] <= 1))
-        throw ConfigError(origin + ": PSLD time " + std::to_string(g.t[i]) + " outside (0, 1]");
+        throw ConfigError(listed->origin + ": PSLD time " + std::to_string(g.t[i]) + " outside (0, 1]");
       if (i > 0 && !(g.t[i] < g.t[i - 1]))
-        throw ConfigError(origin + ": times must be strictly decreasing (position " + std::to_string(i) + ")");
+        throw ConfigError(listed->origin + ": times must be strictly decreasing (position " + std::to_string(i) + ")");
     }
   } else {
     if (steps < 2 || steps > kMaxTimesteps)
