@@ -3,9 +3,11 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <nlohmann/json.hpp>
 
@@ -312,15 +314,12 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
       if (fs::exists(u.metric_file())) inputs.rows.push_back(result_row(u, read_json(u.metric_file())));
   };
 
+  // Every selected model's weights first (trained or resumed here, or the given checkpoint)...
+  std::map<const ModelSpec*, model::ModelRef> refs;
   for (const auto& m : e.models) {
-    if (!selected(m)) continue;
-    std::vector<Unit*> pending;
-    for (auto& u : units)
-      if (u.model == &m && !u.has_metric) pending.push_back(&u);
-    if (pending.empty()) continue;
+    const bool pending = std::any_of(units.begin(), units.end(), [&](const Unit& u) { return u.model == &m && !u.has_metric; });
+    if (!selected(m) || !pending) continue;
     if (stop.requested()) break;
-
-    // The weights: trained (or resumed) here, or the given checkpoint.
     model::ModelRef ref;
     ref.checkpoint = m.checkpoint;
     ref.ema = m.ema;
@@ -335,29 +334,42 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
       // (latest.ckpt, but for a finished run whose latest.ckpt was lost: its newest step file)
       ref.checkpoint = state.trained() ? state.checkpoint : train::latest_checkpoint(state.run_dir);
     }
-    // (A train model's overrides are in its checkpoint's config; weights take theirs here.)
-    const model::LoadedModel loaded(model::resolve_model(ref, m.weights.empty() ? std::vector<std::string>{} : m.set), device);
-    const auto files = grid_files(e, units);
+    refs[&m] = ref;
+  }
 
-    for (Unit* u : pending) {
-      if (stop.requested()) break;
-      if (fs::exists(u->metric_file())) {  // a setting that differs only in what this sampler ignores
-        u->has_metric = true;
-        continue;
-      }
-      auto model = DiffusionModel::of(m.config, {}, device, unit_grids(e, *u, files[u - units.data()], loaded, device));
-      if (!u->tuning_file.empty()) {
-        const auto tuned = tuned_skips(e, *u, loaded, model, measurer, stop);
-        if (!tuned) break;
-        u->config.skip_tuning = *tuned;
-      }
-      model.eps = loaded.eps(u->config.skip_tuning);
-      if (!run_unit(e, *u, model, measurer, stop)) break;
-      ++summary.units_run;
-      collect();
-      write_file_atomic(e.out + "/results.csv", results_csv(inputs.rows));
-    }
+  // ...then the units, the fewest evaluations first whatever the model: a run stopped early has
+  // whole low-NFE columns, every model and seed, rather than one model's every budget.
+  std::vector<Unit*> pending;
+  if (!summary.interrupted)
+    for (auto& u : units)
+      if (refs.count(u.model) && !u.has_metric) pending.push_back(&u);
+  std::stable_sort(pending.begin(), pending.end(), [](const Unit* a, const Unit* b) { return a->nfe < b->nfe; });
+  const auto files = grid_files(e, units);
+  std::optional<model::LoadedModel> loaded;
+  const ModelSpec* loaded_for = nullptr;
+  for (Unit* u : pending) {
     if (stop.requested()) break;
+    if (fs::exists(u->metric_file())) {  // a setting that differs only in what this sampler ignores
+      u->has_metric = true;
+      continue;
+    }
+    const ModelSpec& m = *u->model;
+    if (loaded_for != &m) {  // (a train model's overrides are in its checkpoint's config; weights take theirs here)
+      loaded.reset();
+      loaded.emplace(model::resolve_model(refs.at(&m), m.weights.empty() ? std::vector<std::string>{} : m.set), device);
+      loaded_for = &m;
+    }
+    auto model = DiffusionModel::of(m.config, {}, device, unit_grids(e, *u, files[u - units.data()], *loaded, device));
+    if (!u->tuning_file.empty()) {
+      const auto tuned = tuned_skips(e, *u, *loaded, model, measurer, stop);
+      if (!tuned) break;
+      u->config.skip_tuning = *tuned;
+    }
+    model.eps = loaded->eps(u->config.skip_tuning);
+    if (!run_unit(e, *u, model, measurer, stop)) break;
+    ++summary.units_run;
+    collect();
+    write_file_atomic(e.out + "/results.csv", results_csv(inputs.rows));
   }
   summary.interrupted = summary.interrupted || stop.requested();
 

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -571,10 +572,18 @@ TEST_F(Experiment, SweepBlocksNameTheirModels) {
     return path;
   };
   auto r = run("run " + experiment("  - {models: [p], sampler: [rse, em], steps: [3]}\n"
-                                   "  - {models: [v], sampler: [ddim], steps: [3]}\n"));
+                                   "  - {models: [v], sampler: [ddim], steps: [4, 2]}\n"));
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_EQ(units_run(r.output), 3) << r.output;
-  EXPECT_EQ(csv_rows(out() + "/results.csv"), 3);
+  EXPECT_EQ(units_run(r.output), 4) << r.output;
+  EXPECT_EQ(csv_rows(out() + "/results.csv"), 4);
+  // Both models trained, then the units by NFE whatever the model (a run stopped early has whole columns).
+  std::vector<size_t> at;
+  for (const char* unit : {"v | sampler=ddim steps=2 | seed", "p | sampler=rse steps=3 | seed",
+                           "p | sampler=em steps=3 | seed", "v | sampler=ddim steps=4 | seed"})
+    at.push_back(r.output.find(unit));
+  EXPECT_NE(at[0], std::string::npos) << r.output;
+  EXPECT_TRUE(std::is_sorted(at.begin(), at.end())) << r.output;
+  EXPECT_LT(r.output.rfind("checkpoint " + out() + "/models/"), at[0]) << r.output;
   s2dm::testing::expect_user_error(run("run " + experiment("  sampler: [rse]\n  steps: [3]\n")),
                                    "model 'v', sampler=rse steps=3: sampler 'rse' samples PSLD models");
   s2dm::testing::expect_user_error(run("run " + experiment("  - {models: [q], sampler: [rse], steps: [3]}\n")),
