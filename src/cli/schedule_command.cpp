@@ -38,7 +38,7 @@ int schedule(int argc, char** argv) {
       cxxopts::value<int>())(
       "samples", "score: data images averaged over (256); dp: reference trajectories (" + std::to_string(kDp.samples) + ")",
       cxxopts::value<int64_t>())(
-      "sweeps", "dp: coordinate-search rounds with the full sampler (default: 2 for multistep samplers, else 0)",
+      "sweeps", "dp: coordinate-search rounds with the full sampler (default: 2 for multistep and PSLD samplers, else 0)",
       cxxopts::value<int>())(
       "batch", "batch size", cxxopts::value<int64_t>()->default_value("64"))(
       "seed", "random seed (score: data subset and noise; dp: the reference noise)",
@@ -81,9 +81,9 @@ int schedule(int argc, char** argv) {
   const auto source = model::resolve_model(ref, overrides);
   const Config& config = source.config;
   const std::string& origin = source.origin;
-  if (config.diffusion.process == "psld")
-    throw ConfigError(origin + ": a PSLD model (diffusion.process psld): score and dp grids are searched on DDPM's "
-                      "timesteps; PSLD models sample on uniform, quad, logsnr, karras grids or a list of times");
+  if (config.diffusion.process == "psld" && !dp)
+    throw ConfigError(origin + ": a PSLD model (diffusion.process psld): the score-optimal grid is searched on DDPM's "
+                      "timesteps; use --method dp, or sample on uniform, quad, logsnr, karras grids or a list of times");
   const std::vector<int64_t> shape = image_shape(config.data);
   const std::string out = (*r)["out"].as<std::string>();
   const std::string plot = sample::grid_plot_path(out);

@@ -365,7 +365,7 @@ void check_settings(const Reader& r, const Experiment& e, int sweep_line) {
         throw ConfigError(where + "timesteps learned with " + std::to_string(c.steps) + " steps needs schedule.levels > " +
                           std::to_string(c.steps));
       if (sample::uses_dp_grid(c)) {
-        if (const int max_steps = sample::dp_max_steps(model.schedule, e.grid_search.dp.levels); c.steps > max_steps)
+        if (const int max_steps = sample::dp_max_steps(model, e.grid_search.dp.levels); c.steps > max_steps)
           throw ConfigError(where + "timesteps dp with " + std::to_string(c.steps) +
                             " steps needs as many candidate times; schedule.dp.levels = " +
                             std::to_string(e.grid_search.dp.levels) + " keeps " + std::to_string(max_steps) + " (raise it)");

@@ -41,8 +41,30 @@ std::vector<double> dp_candidate_levels(const NoiseSchedule& schedule, int count
   return levels;
 }
 
-int dp_max_steps(const NoiseSchedule& schedule, int levels) {
-  return static_cast<int>(dp_candidate_levels(schedule, levels).size());
+std::vector<double> dp_candidate_levels(const DiffusionModel& model, int count) {
+  if (!model.psld) return dp_candidate_levels(model.schedule, count);
+  if (count < 2) throw ConfigError("dp: levels = " + std::to_string(count) + " must be at least 2");
+  // Half uniform in t from t_end to 1, half spaced as the logsnr grid (the quadratic one where
+  // logsnr does not exist), merged; near-duplicates dropped.
+  const PsldProcess& p = *model.psld;
+  const double t_end = p.settings().t_end;
+  const int in_t = count - count / 2, in_sigma = count / 2;
+  std::vector<double> all{t_end, 1.0};
+  for (int i = 1; i + 1 < in_t; ++i) all.push_back(t_end + (1 - t_end) * i / (in_t - 1));
+  if (in_sigma >= 2) {
+    const auto spaced = make_psld_grid(p.settings().nu >= p.settings().gamma ? "logsnr" : "quad", in_sigma, p).t;
+    all.insert(all.end(), spaced.begin(), spaced.end() - 1);  // (without the denoising step's 0)
+  }
+  std::sort(all.begin(), all.end());
+  std::vector<double> levels{t_end};
+  for (double t : all)
+    if (t - levels.back() >= 1e-6 && 1 - t >= 1e-6) levels.push_back(t);
+  levels.push_back(1.0);
+  return levels;
+}
+
+int dp_max_steps(const DiffusionModel& model, int levels) {
+  return static_cast<int>(dp_candidate_levels(model, levels).size());
 }
 
 std::vector<int> cheapest_path(const std::vector<std::vector<double>>& cost, int jumps) {
@@ -71,6 +93,33 @@ std::vector<int> cheapest_path(const std::vector<std::vector<double>>& cost, int
 
 namespace {
 
+// The time the search works in: a VP model's timestep indices (T-1 ... 0, then the end point
+// final_alpha names) or a PSLD model's times (1 ... t_end, then the denoising step to 0).
+struct TimeAxis {
+  const DiffusionModel& model;
+  std::string final_alpha;
+
+  // A sampler's grid through candidate times (decreasing).
+  Grid grid(const std::vector<double>& times) const {
+    return model.psld ? psld_grid(times, *model.psld, "dp grid") : make_grid(times, model.schedule, final_alpha);
+  }
+  // A grid whose first step is the jump `from` → `to` (a PSLD grid's second is the denoising step,
+  // which a jump's cost ignores).
+  Grid jump(double from, double to) const {
+    if (model.psld) return psld_grid({from, to}, *model.psld, "dp jump");
+    return {{from, to}, {model.schedule.alpha_bar(from), model.schedule.alpha_bar(to)}, &model.schedule};
+  }
+  // The reference solver on the fine grid: DEIS of order 3 for VP models; for PSLD the exponential
+  // integrator (psld-ddim, λ = 0; its samplers are first order, so it takes 4x the substeps).
+  const SamplerInfo& reference() const { return find_sampler(model.psld ? "psld-ddim" : "deis"); }
+  SamplerOptions reference_options() const {
+    SamplerOptions o;
+    if (!model.psld) o.order = 3;
+    return o;
+  }
+  int substeps(const DpSearchOptions& o) const { return model.psld ? 4 * o.substeps : o.substeps; }
+};
+
 // The states of the reference trajectories at every candidate level ([levels, n, D], float64,
 // CPU; index k is levels[k]) and at the end point ([n, D]).
 struct Reference {
@@ -80,21 +129,21 @@ struct Reference {
 // The ε-model of trajectories [first, first + count) (a class-conditional model's, for their classes).
 using BatchEps = std::function<EpsModel(int64_t first, int64_t count)>;
 
-Reference reference_trajectories(const BatchEps& batch_eps, const NoiseSchedule& schedule, const torch::Tensor& noise,
-                                 const std::vector<double>& levels, const DpSearchOptions& o, const std::string& final_alpha,
-                                 const torch::Device& device, int64_t& nfe) {
-  const int n_levels = static_cast<int>(levels.size());
+Reference reference_trajectories(const BatchEps& batch_eps, const TimeAxis& axis, const torch::Tensor& noise,
+                                 const std::vector<double>& levels, const DpSearchOptions& o, const torch::Device& device,
+                                 int64_t& nfe) {
+  const int n_levels = static_cast<int>(levels.size()), substeps = axis.substeps(o);
   std::vector<double> fine;  // decreasing, candidate k at index (n_levels - 1 - k) * substeps
   for (int k = n_levels - 1; k > 0; --k)
-    for (int s = 0; s < o.substeps; ++s) fine.push_back(levels[k] + (levels[k - 1] - levels[k]) * s / o.substeps);
-  fine.push_back(0.0);
-  const Grid grid = make_grid(fine, schedule, final_alpha);
-  const SamplerInfo* solver = &find_sampler("deis");  // (a pointer: GCC 14 warns on a reference here)
-  SamplerOptions third_order;
-  third_order.order = 3;
+    for (int s = 0; s < substeps; ++s) fine.push_back(levels[k] + (levels[k - 1] - levels[k]) * s / substeps);
+  fine.push_back(levels[0]);
+  const Grid grid = axis.grid(fine);
+  const SamplerInfo* solver = &axis.reference();  // (a pointer: GCC 14 warns on a reference here)
+  const SamplerOptions solver_options = axis.reference_options();
   const int64_t n = noise.size(0), dim = noise[0].numel();
+  const int64_t image_dim = axis.model.images(noise.slice(0, 0, 1)).numel();
   Reference ref{torch::empty({n_levels, n, dim}, torch::kFloat64), torch::empty({n_levels, n, dim}, torch::kFloat64),
-                torch::empty({n, dim}, torch::kFloat64)};
+                torch::empty({n, image_dim}, torch::kFloat64)};
   Progress progress("dp reference", n, "trajectory");
   for (int64_t first = 0; first < n; first += o.batch) {
     const int64_t count = std::min(o.batch, n - first);
@@ -104,11 +153,12 @@ Reference reference_trajectories(const BatchEps& batch_eps, const NoiseSchedule&
     const EpsModel model = batch_eps(first, count);
     auto x = noise.slice(0, first, first + count).to(device);
     keep(n_levels - 1, x);
-    auto run = run_sampler(*solver, model, x, grid, third_order, [&](const StepInfo& step) {
+    auto run = run_sampler(*solver, model, x, grid, solver_options, [&](const StepInfo& step) {
       const int f = step.index + 1;
-      if (f % o.substeps == 0 && f / o.substeps < n_levels) keep(n_levels - 1 - f / o.substeps, step.x);
+      if (f % substeps == 0 && f / substeps < n_levels) keep(n_levels - 1 - f / substeps, step.x);
     });
-    ref.end.slice(0, first, first + count).copy_(run.x.reshape({count, dim}).to(torch::kCPU, torch::kFloat64));
+    ref.end.slice(0, first, first + count)
+        .copy_(axis.model.images(run.x).reshape({count, image_dim}).to(torch::kCPU, torch::kFloat64));
     nfe += run.nfe * count;
     for (int k = 0; k < n_levels; ++k) {  // ε at each candidate's reference state
       auto xk = ref.states[k].slice(0, first, first + count).reshape(noise.slice(0, 0, count).sizes());
@@ -140,36 +190,52 @@ InitialState search_draw(int64_t count, const std::vector<int64_t>& image_shape,
 // One step of `sampler` from time `from` to `to`, from `x` whose ε there is `eps` (no network
 // evaluation). `elsewhere`, when given, tells whether the step asked for ε anywhere else (PNDM's
 // Runge-Kutta start does): its result then means nothing.
-torch::Tensor sampler_step(const SamplerInfo& sampler, const SamplerOptions& options, const NoiseSchedule& schedule,
-                           double from, double to, const torch::Tensor& x, const torch::Tensor& eps,
-                           bool* elsewhere = nullptr) {
-  const Grid grid{{from, to}, {schedule.alpha_bar(from), schedule.alpha_bar(to)}, &schedule};
+torch::Tensor sampler_step(const SamplerInfo& sampler, const SamplerOptions& options, const TimeAxis& axis, double from,
+                           double to, const torch::Tensor& x, const torch::Tensor& eps, bool* elsewhere = nullptr) {
+  torch::Tensor stepped;  // the state after the first step (the rest of a PSLD grid is its denoising step)
   int calls = 0;
   const EpsModel known = [&](const torch::Tensor& at, const torch::Tensor& t) {
-    if (elsewhere) *elsewhere |= ++calls > 1 || t.flatten()[0].item<double>() != from || !torch::equal(at, x);
+    if (elsewhere && !stepped.defined())
+      *elsewhere |= ++calls > 1 || t.flatten()[0].item<double>() != from || !torch::equal(at, x);
     return eps;
   };
-  return sampler.fn(known, x, grid, options, {});
+  sampler.fn(known, x, axis.jump(from, to), options, [&](const StepInfo& step) {
+    if (!stepped.defined()) stepped = step.x;
+  });
+  return stepped;
 }
 
-// cost[i][j], i > j: the RMS error of the sampler's step (else DDIM's) from the reference state at
-// level i to level j, against the reference state at j.
-std::vector<std::vector<double>> jump_costs(const Reference& ref, const std::vector<double>& levels,
-                                            const NoiseSchedule& schedule, const SamplerInfo& sampler,
-                                            const SamplerOptions& options) {
+// The step that costs the jumps of a sampler which evaluates the network between grid points:
+// DDIM's for VP models, PSLD's exponential integrator for PSLD models.
+torch::Tensor plain_step(const TimeAxis& axis, double from, double to, const torch::Tensor& x, const torch::Tensor& eps) {
+  if (axis.model.psld) return sampler_step(find_sampler("psld-ddim"), {}, axis, from, to, x, eps);
+  return transfer(x, eps, axis.model.schedule.alpha_bar(from), axis.model.schedule.alpha_bar(to));
+}
+
+// cost[i][j], i > j: the RMS error of the sampler's step (else plain_step's) from the reference
+// state at level i to level j, against the reference state at j.
+std::vector<std::vector<double>> jump_costs(const Reference& ref, const std::vector<double>& levels, const TimeAxis& axis,
+                                            const SamplerInfo& sampler, const SamplerOptions& options) {
   const int n_levels = static_cast<int>(levels.size());
   const double n = static_cast<double>(ref.states.size(1));
+  // (The states are flat [n, D]; a sampler's step needs the model's [n, C, H, W].)
+  std::vector<int64_t> shape{ref.states.size(1)};
+  const auto state = axis.model.state_shape();
+  shape.insert(shape.end(), state.begin(), state.end());
+  auto at = [&](const torch::Tensor& flat) { return flat.reshape(shape); };
   bool elsewhere = false;
-  sampler_step(sampler, options, schedule, levels[1], levels[0], ref.states[1], ref.eps[1], &elsewhere);
+  sampler_step(sampler, options, axis, levels[1], levels[0], at(ref.states[1]), at(ref.eps[1]), &elsewhere);
   const bool own_step = !elsewhere;
-  if (!own_step) spdlog::info("dp: {}'s step evaluates the network between grid points; jumps are costed by DDIM's", sampler.name);
+  if (!own_step)
+    spdlog::info("dp: {}'s step evaluates the network between grid points; jumps are costed by {}'s", sampler.name,
+                 axis.model.psld ? "the exponential integrator" : "DDIM");
   std::vector<std::vector<double>> cost(n_levels, std::vector<double>(n_levels, 0.0));
   for (int i = 1; i < n_levels; ++i) {
-    const double a = schedule.alpha_bar(levels[i]);
+    const auto x = at(ref.states[i]), eps = at(ref.eps[i]);
     for (int j = 0; j < i; ++j) {
-      const auto step = own_step ? sampler_step(sampler, options, schedule, levels[i], levels[j], ref.states[i], ref.eps[i])
-                                 : transfer(ref.states[i], ref.eps[i], a, schedule.alpha_bar(levels[j]));
-      cost[i][j] = std::sqrt((step - ref.states[j]).square().sum().item<double>() / n);
+      const auto step = own_step ? sampler_step(sampler, options, axis, levels[i], levels[j], x, eps)
+                                 : plain_step(axis, levels[i], levels[j], x, eps);
+      cost[i][j] = std::sqrt((step.reshape(ref.states[j].sizes()) - ref.states[j]).square().sum().item<double>() / n);
     }
   }
   return cost;
@@ -198,7 +264,9 @@ DpGrids search_dp_grids(const DiffusionModel& diffusion, const SampleConfig& sam
                         const DpSearchOptions& o) {
   const NoiseSchedule& schedule = diffusion.schedule;
   const torch::Device& device = diffusion.device;
-  const SamplerInfo& sampler = find_sampler(sampling.sampler);
+  const TimeAxis axis{diffusion, sampling.final_alpha};
+  const std::string process = diffusion.psld ? "psld" : "vp";
+  const SamplerInfo& sampler = find_sampler(sampling.sampler, process);
   const SamplerOptions options = sampler_options(sampling);
   check_options(sampler, options);
   check_class_label(sampling.class_label, diffusion.label_dim);
@@ -208,11 +276,14 @@ DpGrids search_dp_grids(const DiffusionModel& diffusion, const SampleConfig& sam
                       (options.s_churn != 0 ? " with s_churn = " + std::to_string(options.s_churn) : "") + " is stochastic");
   if (o.substeps < 1 || o.samples < 1 || o.batch < 1 || o.search_samples < 1)
     throw ConfigError("dp: substeps, samples, search samples and batch must be positive");
-  const int max_steps = dp_max_steps(schedule, o.levels);
-  for (int s : steps)
+  const int max_steps = dp_max_steps(diffusion, o.levels);
+  for (int s : steps) {
+    if (diffusion.psld && s < 2)
+      throw ConfigError("dp: " + std::to_string(s) + " steps: a PSLD sampler takes at least 2 (the last denoises)");
     if (s < 1 || s > max_steps)
       throw ConfigError("dp: " + std::to_string(s) + " steps need as many candidate times; levels = " +
                         std::to_string(o.levels) + " keeps " + std::to_string(max_steps) + " (raise levels)");
+  }
   const auto& read = sampler.options;
   if (options.clip_denoised && std::find(read.begin(), read.end(), "clip_denoised") != read.end())
     spdlog::warn("dp: the reference is the probability-flow ODE, which {} with clip_denoised does not follow: the "
@@ -220,23 +291,27 @@ DpGrids search_dp_grids(const DiffusionModel& diffusion, const SampleConfig& sam
                  "than the hand-made grids); search dp for the unclipped sampler",
                  sampler.name);
   const int order = options.order >= 0 ? options.order : sampler.default_order;
-  const int sweeps = o.sweeps >= 0 ? o.sweeps : sampler.accuracy(order) > 1 ? 2 : 0;
+  // (PSLD's one-step samplers search too: a step's error rotates on through PSLD's dynamics, which
+  // a sum of pairwise costs misses; on the Gaussian oracle the cheapest path alone loses to the
+  // quadratic grid.)
+  const int sweeps = o.sweeps >= 0 ? o.sweeps : diffusion.psld || sampler.accuracy(order) > 1 ? 2 : 0;
 
   DpGrids out;
-  out.levels = dp_candidate_levels(schedule, o.levels);
+  out.levels = dp_candidate_levels(diffusion, o.levels);
   // Trajectories [0, samples) for the costs (the first search_samples also for the search), then
   // the held-out ones.
   const int64_t holdout = std::max<int64_t>(o.holdout, 1);
-  const auto drawn = search_draw(o.samples + holdout, diffusion.image_shape, o.seed, diffusion.label_dim, sampling.class_label);
-  // (Started where sampling starts: EDM's networks at σ_T z, generate() says why.)
-  const torch::Tensor noise =
-      diffusion.edm_prior ? drawn.noise * std::sqrt(1 - schedule.alpha_bar(out.levels.back())) : drawn.noise;
+  const auto drawn = search_draw(o.samples + holdout, diffusion.state_shape(), o.seed, diffusion.label_dim, sampling.class_label);
+  // (Started where sampling starts: EDM's networks at σ_T z, generate() says why; PSLD's at its prior.)
+  const torch::Tensor noise = diffusion.edm_prior ? drawn.noise * std::sqrt(1 - schedule.alpha_bar(out.levels.back()))
+                              : diffusion.psld    ? diffusion.psld->prior(drawn.noise)
+                                                  : drawn.noise;
   const BatchEps batch_eps = [&](int64_t first, int64_t count) {
     return diffusion.eps_for(drawn.classes.defined() ? drawn.classes.slice(0, first, first + count) : drawn.classes);
   };
-  auto ref = reference_trajectories(batch_eps, schedule, noise, out.levels, o, sampling.final_alpha, device, out.nfe);
+  auto ref = reference_trajectories(batch_eps, axis, noise, out.levels, o, device, out.nfe);
   const Reference fitted{ref.states.slice(1, 0, o.samples), ref.eps.slice(1, 0, o.samples), ref.end.slice(0, 0, o.samples)};
-  const auto cost = jump_costs(fitted, out.levels, schedule, sampler, options);
+  const auto cost = jump_costs(fitted, out.levels, axis, sampler, options);
   for (size_t k = 0; k + 1 < out.levels.size(); ++k) out.step_error.push_back(cost[k + 1][k]);
 
   // The full sampler's RMS end-point error on a grid of candidate indices (decreasing), over the
@@ -244,13 +319,13 @@ DpGrids search_dp_grids(const DiffusionModel& diffusion, const SampleConfig& sam
   auto end_error = [&](const std::vector<int>& path, int64_t first_trajectory, int64_t trajectories) {
     std::vector<double> ts;
     for (int k : path) ts.push_back(out.levels[k]);
-    const Grid grid = make_grid(ts, schedule, sampling.final_alpha);
+    const Grid grid = axis.grid(ts);
     double sum = 0;
     for (int64_t first = first_trajectory; first < first_trajectory + trajectories; first += o.batch) {
       const int64_t count = std::min(o.batch, first_trajectory + trajectories - first);
       auto run = run_sampler(sampler, batch_eps(first, count), noise.slice(0, first, first + count).to(device), grid, options);
       out.nfe += run.nfe * count;
-      auto x = run.x.reshape({count, -1}).to(torch::kCPU, torch::kFloat64);
+      auto x = diffusion.images(run.x).reshape({count, -1}).to(torch::kCPU, torch::kFloat64);
       sum += (x - ref.end.slice(0, first, first + count)).square().sum().item<double>();
     }
     return std::sqrt(sum / static_cast<double>(trajectories));

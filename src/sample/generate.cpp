@@ -23,12 +23,25 @@ namespace s2dm::sample {
 
 namespace {
 
+// The grids of a schedule file, checked against the model; `warning` names settings the file's
+// dp grids were not searched for.
+GridFile model_grid_file(const std::string& path, const DiffusionModel& model, const SampleConfig& c, std::string& warning) {
+  auto file = read_grid_file(path, model.schedule.num_timesteps());
+  file.check_model(model);
+  if (const auto mismatch = file.settings_mismatch(c); !mismatch.empty())
+    warning = path + " holds grids searched for other sample settings: " + mismatch;
+  return file;
+}
+
+[[noreturn]] void dp_needs_a_file(const SampleConfig& c) {
+  throw ConfigError("timesteps dp: the experiment driver searches dp grids; elsewhere make them with s2dm schedule "
+                    "--method dp --sampler " + c.sampler + " and sample with --timesteps learned:FILE");
+}
+
 std::vector<double> own_grid(const ModelGrids& grids, const SampleConfig& c, const NoiseSchedule& schedule) {
   if (!grids.file.empty()) return read_grid_file(grids.file, schedule.num_timesteps()).grid(c.steps);
   if (grids.state.empty() && grids.uniform_until_ready) return make_timesteps("uniform", c.steps, schedule);
-  if (uses_dp_grid(c))
-    throw ConfigError("timesteps dp: the experiment driver searches dp grids; elsewhere make them with s2dm schedule "
-                      "--method dp --sampler " + c.sampler + " and sample with --timesteps learned:FILE");
+  if (uses_dp_grid(c)) dp_needs_a_file(c);
   return timesteps_from_state(grids.state, c.steps);
 }
 
@@ -45,10 +58,17 @@ SamplingPlan plan_sampling(const SampleConfig& c, const DiffusionModel& model) {
   check_class_label(c.class_label, model.label_dim);
   plan.class_label = c.class_label;
   if (model.psld) {
-    if (uses_learned_grid(c) || uses_dp_grid(c) || c.timesteps.rfind("learned:", 0) == 0)
-      throw ConfigError("timesteps = '" + c.timesteps + "': learned and dp grids are searched on DDPM's timesteps; a PSLD "
-                        "model samples on uniform, quad, logsnr, karras, a list of times or file:PATH");
-    plan.grid = make_psld_grid(time_grid(c), c.steps, *model.psld, c.karras_rho);
+    if (uses_learned_grid(c))
+      throw ConfigError("timesteps = learned: the score-optimal grid is searched on DDPM's timesteps; a PSLD model samples "
+                        "on uniform, quad, logsnr, karras, dp, a list of times, file:PATH or learned:FILE (a dp file)");
+    std::string file = c.timesteps.rfind("learned:", 0) == 0 ? c.timesteps.substr(8) : "";
+    if (uses_dp_grid(c)) {
+      file = model.grids.file;
+      if (file.empty() && !model.grids.uniform_until_ready) dp_needs_a_file(c);
+    }
+    // (dp without its file yet: the uniform grid stands in while the driver checks the settings)
+    plan.grid = !file.empty() ? psld_grid(model_grid_file(file, model, c, plan.warning).grid(c.steps), *model.psld, file)
+                              : make_psld_grid(uses_dp_grid(c) ? "uniform" : time_grid(c), c.steps, *model.psld, c.karras_rho);
     return plan;
   }
   std::vector<double> timesteps;
@@ -58,10 +78,7 @@ SamplingPlan plan_sampling(const SampleConfig& c, const DiffusionModel& model) {
     file = model.grids.file;
   } else if (c.timesteps.rfind("learned:", 0) == 0) {
     file = c.timesteps.substr(8);
-    const auto grid_file = read_grid_file(file, schedule.num_timesteps());
-    timesteps = grid_file.grid(c.steps);
-    if (const auto mismatch = grid_file.settings_mismatch(c); !mismatch.empty())
-      plan.warning = file + " holds grids searched for other sample settings: " + mismatch;
+    timesteps = model_grid_file(file, model, c, plan.warning).grid(c.steps);
   } else {
     const std::string name = time_grid(c);
     timesteps = make_timesteps(name, c.steps, schedule, c.karras_rho);

@@ -32,9 +32,11 @@ void write_list(std::ostringstream& out, const std::vector<double>& v) {
 void write_grid_file(const std::string& path, const GridFile& f, int num_timesteps) {
   std::ostringstream out;
   out.precision(17);  // round-trips doubles
-  out << "# s2dm time grids (" << f.description() << "): S network evaluations per S, from T-1 down to 0;\n"
+  out << "# s2dm time grids (" << f.description() << "): S network evaluations per S, from "
+      << (f.process == "psld" ? "t = 1 down to t_end" : "T-1 down to 0") << ";\n"
       << "# the sampler's end step follows, as on every grid\n";
   out << "format: 2\nmethod: " << f.method << "\n";
+  if (f.process != "vp") out << "process: " << f.process << "\n";
   if (!f.sampler.empty()) out << "sampler: " << f.sampler << "\n";
   if (f.order >= 0) out << "order: " << f.order << "\n";
   out << "num_timesteps: " << num_timesteps << "\nnfe: " << f.nfe << "\ntimesteps:\n";
@@ -79,6 +81,7 @@ GridFile read_grid_file(const std::string& path, int num_timesteps) {
       throw ConfigError(path + ": made for T = " + root["num_timesteps"].as<std::string>() + ", the model has T = " +
                         std::to_string(num_timesteps));
     f.method = root["method"] ? root["method"].as<std::string>() : "score";
+    if (root["process"]) f.process = root["process"].as<std::string>();
     if (root["sampler"]) f.sampler = root["sampler"].as<std::string>();
     if (root["order"]) f.order = root["order"].as<int>();
     if (root["nfe"]) f.nfe = root["nfe"].as<int64_t>();
@@ -110,6 +113,13 @@ std::vector<double> GridFile::grid(int steps) const {
   return it->second;
 }
 
+void GridFile::check_model(const DiffusionModel& model) const {
+  const std::string here = model.psld ? "psld" : "vp";
+  if (process != here)
+    throw ConfigError(origin + ": grids of a " + (process == "psld" ? "PSLD" : "VP") + " model's time, this is a " +
+                      (model.psld ? "PSLD" : "VP") + " model");
+}
+
 std::string GridFile::settings_mismatch(const SampleConfig& sampling) const {
   if (method != "dp") return "";
   auto recorded = settings;
@@ -136,18 +146,24 @@ namespace {
 
 // The file's curve (log scale, top) and, below it, its grid for the first S (black) against the
 // uniform (grey) and quadratic (blue) grids, one row of markers each.
-void write_grid_plot(const std::string& path, const GridFile& file, const NoiseSchedule& schedule) {
+void write_grid_plot(const std::string& path, const GridFile& file, const DiffusionModel& model) {
   std::vector<double> mid;
   for (size_t i = 0; i + 1 < file.levels.size(); ++i) mid.push_back(0.5 * (file.levels[i] + file.levels[i + 1]));
   auto curve = line_plot({{mid, file.cost, {200, 30, 30}, false}}, 640, 300, true);
   const auto& [steps, learned] = *file.timesteps.begin();
   auto row = [&](const std::vector<double>& ts, std::array<uint8_t, 3> color) {
-    // A fixed x range [0, T-1] via two invisible anchors.
+    // A fixed x range, [0, T-1] (PSLD: [0, 1]), via two invisible anchors.
     Series s{ts, std::vector<double>(ts.size(), 0.0), color, true};
-    Series anchors{{0.0, schedule.num_timesteps() - 1.0}, {-1.0, 1.0}, {255, 255, 255}, true};
+    Series anchors{{0.0, model.psld ? 1.0 : model.schedule.num_timesteps() - 1.0}, {-1.0, 1.0}, {255, 255, 255}, true};
     return line_plot({anchors, s}, 640, 40, false);
   };
-  auto uniform = sample::make_timesteps("uniform", steps, schedule), quad = sample::make_timesteps("quad", steps, schedule);
+  auto hand_made = [&](const std::string& name) {
+    if (!model.psld) return make_timesteps(name, steps, model.schedule);
+    auto ts = make_psld_grid(name, steps, *model.psld).t;
+    ts.pop_back();  // (the denoising step's end)
+    return ts;
+  };
+  const auto uniform = hand_made("uniform"), quad = hand_made("quad");
   std::vector<Image> parts{curve, row(learned, {0, 0, 0}), row(uniform, {140, 140, 140}), row(quad, {40, 80, 200})};
   Image out{640, 0, 3, {}};
   for (const auto& p : parts) {
@@ -187,17 +203,17 @@ ScoreGridCost make_score_grid_file(const DiffusionModel& model, const data::Imag
   file.cost = cost.cost;
   for (int s : steps) file.timesteps[s] = score_grid(cost.levels, cost.cost, s);
   write_grid_file(out, file, schedule.num_timesteps());
-  write_grid_plot(grid_plot_path(out), file, schedule);
+  write_grid_plot(grid_plot_path(out), file, model);
   return cost;
 }
 
 GridFile make_dp_grid_file(const DiffusionModel& model, const SampleConfig& sampling, const std::vector<int>& steps,
                            const DpSearchOptions& options, const std::string& out) {
   if (steps.empty()) throw ConfigError("dp schedule: no step counts");
-  const NoiseSchedule& schedule = model.schedule;
   const auto dp = search_dp_grids(model, sampling, steps, options);
   GridFile file;
   file.method = "dp";
+  file.process = model.psld ? "psld" : "vp";
   file.sampler = sampling.sampler;
   file.settings = dp_search_settings(sampling);
   if (const auto order = file.settings.find("order"); order != file.settings.end()) file.order = std::stoi(order->second);
@@ -206,8 +222,8 @@ GridFile make_dp_grid_file(const DiffusionModel& model, const SampleConfig& samp
   file.levels = dp.levels;
   file.cost = dp.step_error;
   file.end_error = dp.end_error;
-  write_grid_file(out, file, schedule.num_timesteps());
-  write_grid_plot(grid_plot_path(out), file, schedule);
+  write_grid_file(out, file, model.schedule.num_timesteps());
+  write_grid_plot(grid_plot_path(out), file, model);
   return file;
 }
 

@@ -175,54 +175,58 @@ const std::vector<std::string>& psld_time_grids() {
   return names;
 }
 
-Grid make_psld_grid(const std::string& spec, int steps, const PsldProcess& process, double karras_rho) {
-  const double t_end = process.settings().t_end;
+Grid psld_grid(std::vector<double> times, const PsldProcess& process, const std::string& origin) {
+  if (times.empty()) throw ConfigError(origin + ": empty time grid");
+  for (size_t i = 0; i < times.size(); ++i) {
+    if (!(times[i] > 0 && times[i] <= 1))
+      throw ConfigError(origin + ": PSLD time " + std::to_string(times[i]) + " outside (0, 1]");
+    if (i > 0 && !(times[i] < times[i - 1]))
+      throw ConfigError(origin + ": times must be strictly decreasing (position " + std::to_string(i) + ")");
+  }
   Grid g;
   g.psld = &process;
-  if (auto listed = listed_times(spec)) {
-    g.t = std::move(listed->times);
-    for (size_t i = 0; i < g.t.size(); ++i) {
-      if (!(g.t[i] > 0 && g.t[i] <= 1))
-        throw ConfigError(listed->origin + ": PSLD time " + std::to_string(g.t[i]) + " outside (0, 1]");
-      if (i > 0 && !(g.t[i] < g.t[i - 1]))
-        throw ConfigError(listed->origin + ": times must be strictly decreasing (position " + std::to_string(i) + ")");
-    }
-  } else {
-    if (steps < 2 || steps > kMaxTimesteps)
-      throw ConfigError("steps = " + std::to_string(steps) + ": a PSLD sampler takes at least 2 (the last denoises)");
-    const int n = steps - 1;  // integration steps from t = 1 to t_end
-    // σ(t) = √Σxx / P_xx, the noise-to-signal ratio of the data coordinate under the HSM kernel,
-    // which falls as t does: logsnr and karras space it as for VP models. (Where Γ > ν, P_xx =
-    // e^{-cB/2}(1 + (ν - Γ)B/4) reaches 0 at some t and σ is no time's measure.)
-    if ((spec == "logsnr" || spec == "karras") && process.settings().gamma > process.settings().nu)
-      throw ConfigError("time grid '" + spec + "' spaces PSLD's σ(t) = √Σxx / P_xx, which needs nu >= gamma (P_xx > 0); "
-                        "use uniform or quad");
-    auto sigma = [&](double t) { return std::sqrt(process.hsm_covariance(t).xx) / process.mean_map(t).xx; };
-    for (int i = 0; i <= n; ++i) {
-      const double f = static_cast<double>(i) / n;
-      if (spec == "uniform") {
-        g.t.push_back(1 - (1 - t_end) * f);
-      } else if (spec == "quad") {  // the released code's "quadratic": dense near the data
-        g.t.push_back(t_end + (1 - t_end) * (1 - f) * (1 - f));
-      } else if (spec == "logsnr" || spec == "karras") {
-        const double hi = sigma(1.0), lo = sigma(t_end), rho = karras_rho;
-        const double target = spec == "logsnr"
-                                  ? std::exp(std::log(hi) + f * (std::log(lo) - std::log(hi)))
-                                  : std::pow(std::pow(hi, 1 / rho) + f * (std::pow(lo, 1 / rho) - std::pow(hi, 1 / rho)), rho);
-        double a = t_end, b = 1.0;  // σ increases in t
-        for (int k = 0; k < 200 && b - a > 1e-15; ++k) (sigma(0.5 * (a + b)) < target ? a : b) = 0.5 * (a + b);
-        g.t.push_back(i == 0 ? 1.0 : i == n ? t_end : 0.5 * (a + b));
-      } else {
-        std::string msg = "unknown PSLD time grid '" + spec + "' (";
-        for (const auto& name : psld_time_grids()) msg += name + ", ";
-        msg += "a list of times like 1,0.5,0.001, or file:PATH)";
-        if (const auto near = closest_match(spec, psld_time_grids()); !near.empty()) msg += "; did you mean '" + near + "'?";
-        throw ConfigError(msg);
-      }
-    }
-  }
+  g.t = std::move(times);
   g.t.push_back(0.0);
   return g;
+}
+
+Grid make_psld_grid(const std::string& spec, int steps, const PsldProcess& process, double karras_rho) {
+  const double t_end = process.settings().t_end;
+  if (auto listed = listed_times(spec)) return psld_grid(std::move(listed->times), process, listed->origin);
+  if (steps < 2 || steps > kMaxTimesteps)
+    throw ConfigError("steps = " + std::to_string(steps) + ": a PSLD sampler takes at least 2 (the last denoises)");
+  const int n = steps - 1;  // integration steps from t = 1 to t_end
+  // σ(t) = √Σxx / P_xx, the noise-to-signal ratio of the data coordinate under the HSM kernel,
+  // which falls as t does: logsnr and karras space it as for VP models. (Where Γ > ν, P_xx =
+  // e^{-cB/2}(1 + (ν - Γ)B/4) reaches 0 at some t and σ is no time's measure.)
+  if ((spec == "logsnr" || spec == "karras") && process.settings().gamma > process.settings().nu)
+    throw ConfigError("time grid '" + spec + "' spaces PSLD's σ(t) = √Σxx / P_xx, which needs nu >= gamma (P_xx > 0); "
+                      "use uniform or quad");
+  auto sigma = [&](double t) { return std::sqrt(process.hsm_covariance(t).xx) / process.mean_map(t).xx; };
+  std::vector<double> ts;
+  for (int i = 0; i <= n; ++i) {
+    const double f = static_cast<double>(i) / n;
+    if (spec == "uniform") {
+      ts.push_back(1 - (1 - t_end) * f);
+    } else if (spec == "quad") {  // the released code's "quadratic": dense near the data
+      ts.push_back(t_end + (1 - t_end) * (1 - f) * (1 - f));
+    } else if (spec == "logsnr" || spec == "karras") {
+      const double hi = sigma(1.0), lo = sigma(t_end), rho = karras_rho;
+      const double target = spec == "logsnr"
+                                ? std::exp(std::log(hi) + f * (std::log(lo) - std::log(hi)))
+                                : std::pow(std::pow(hi, 1 / rho) + f * (std::pow(lo, 1 / rho) - std::pow(hi, 1 / rho)), rho);
+      double a = t_end, b = 1.0;  // σ increases in t
+      for (int k = 0; k < 200 && b - a > 1e-15; ++k) (sigma(0.5 * (a + b)) < target ? a : b) = 0.5 * (a + b);
+      ts.push_back(i == 0 ? 1.0 : i == n ? t_end : 0.5 * (a + b));
+    } else {
+      std::string msg = "unknown PSLD time grid '" + spec + "' (";
+      for (const auto& name : psld_time_grids()) msg += name + ", ";
+      msg += "a list of times like 1,0.5,0.001, or file:PATH)";
+      if (const auto near = closest_match(spec, psld_time_grids()); !near.empty()) msg += "; did you mean '" + near + "'?";
+      throw ConfigError(msg);
+    }
+  }
+  return psld_grid(std::move(ts), process, "time grid '" + spec + "'");
 }
 
 }  // namespace s2dm::sample

@@ -158,8 +158,8 @@ TEST_F(Cli, EdmNetworksTrainWithEdmsLossesResumeAndSample) {
 
 TEST_F(Cli, PsldTrainsResumesAndSamplesWithItsOwnSamplers) {
   // A PSLD model (z = [x, m], hybrid score matching) trains, resumes bit-identically and samples
-  // images (the x half) with its samplers, NFE as documented; a VP sampler, a DDPM-only grid,
-  // another process or loss, and a schedule search are refused before any work.
+  // images (the x half) with its samplers, NFE as documented, also on its dp grids; a VP sampler,
+  // a DDPM-only grid, another process or loss, and a score-grid search are refused before any work.
   const std::string psld = std::string(S2DM_SOURCE_DIR) + "/tests/configs/tiny_psld.yaml";
   const std::string straight = dir / "straight", split = dir / "split";
   auto train_psld = [&](const std::string& run_dir, const std::string& extra) {
@@ -192,6 +192,14 @@ TEST_F(Cli, PsldTrainsResumesAndSamplesWithItsOwnSamplers) {
                         "diffusion.psld.m_inv=3 --num 1 --out " + (dir / "refused")),
                     "diffusion.psld.m_inv = 3 is not critically damped");
   for (const char* refused : {"refused", "refused.yaml", "simple"}) EXPECT_FALSE(std::filesystem::exists(dir / refused));
+  // Its dp grids for a sampler, searched and sampled with.
+  r = run("schedule --checkpoint " + ckpt + " --method dp --sampler rse --steps 3 --levels 8 --samples 2 --out " +
+          (dir / "dp.yaml"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run("sample --checkpoint " + ckpt + " --sampler rse --steps 3 --timesteps learned:" + (dir / "dp.yaml") +
+          " --num 2 --no-png --out " + (dir / "dp"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("(3 network evaluations"), std::string::npos) << r.output;
   // EDM's SongUNet as a PSLD network, its Fourier embedding on log t (the released code's NCSN++).
   r = run("train --config " + std::string(S2DM_SOURCE_DIR) + "/tests/configs/tiny_edm.yaml " + data + " --run-dir " +
           (dir / "song") + " --steps 2 --set diffusion.process=psld --set loss.type=hsm --set model.edm.embedding_type=fourier "

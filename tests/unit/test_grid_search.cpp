@@ -360,7 +360,7 @@ TEST(DpGrids, StepCountsAreCheckedAgainstTheCandidatesKeptBeforeAnyWork) {
   o.samples = 2;
   o.search_samples = 2;
   o.show_progress = false;
-  const int max_steps = dp_max_steps(linear(), o.levels);
+  const int max_steps = dp_max_steps(s2dm::testing::linear_model(counted, {1, 2, 2}), o.levels);
   EXPECT_EQ(max_steps, static_cast<int>(dp_candidate_levels(linear(), o.levels).size()));
   EXPECT_EQ(max_steps, o.levels - 2);
   SampleConfig config;

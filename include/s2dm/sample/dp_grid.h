@@ -6,15 +6,17 @@
 //  1. Reference trajectories: x_T ~ N(0, I), from a noise stream of the search's own (not the
 //     images that sampling with the same seed draws, on which the grid is later measured),
 //     integrated from T-1 to the end point by a third-order multistep solver on a fine grid that
-//     contains every candidate level, keeping the state at each candidate.
+//     contains every candidate level, keeping the state at each candidate. (PSLD models: z from
+//     the prior, times from 1 to t_end, then the denoising step; the exponential integrator with
+//     4x the substeps, PSLD's samplers being first order.)
 //  2. The cost of a jump i → j between candidates: the RMS error of the sampler's own step from
 //     the reference state at i (its first step: for λ-DDIM λ-DDIM's, for multistep samplers
 //     their first-order start; DDIM's for samplers whose step evaluates the network elsewhere)
 //     against the reference state at j.
 //  3. Dynamic programming: the path of S-1 jumps from T-1 to 0 with the least total cost; the
 //     sampler's end step from t = 0 follows, as on every grid.
-//  4. Multistep samplers use ε from earlier grid points, which a pairwise cost cannot see:
-//     `sweeps` rounds of coordinate search then move single grid points among the candidates,
+//  4. Multistep samplers use ε from earlier grid points, and PSLD's dynamics carry a step's error
+//     on and turn it, which a pairwise cost cannot see: `sweeps` rounds of coordinate search then move single grid points among the candidates,
 //     keeping a move when the full sampler's end-point error against the reference falls (real
 //     network evaluations on `search_samples` trajectories).
 //  5. The end-point error reported for each grid is measured on `holdout` further trajectories
@@ -36,16 +38,16 @@ struct DpSearchOptions {
   int64_t samples = 64;         // reference trajectories for the jump costs
   int64_t search_samples = 32;  // of them, the ones the coordinate search runs the sampler on
   int64_t holdout = 16;         // further trajectories, for the end-point error reported
-  int sweeps = -1;              // coordinate-search rounds; -1: 2 for multistep samplers, 0 for one-step ones
+  int sweeps = -1;              // coordinate-search rounds; -1: 2 for multistep and PSLD samplers, 0 for the others
   int64_t batch = 64;           // network batch
   uint64_t seed = 0;            // the reference noise's stream
   bool show_progress = true;
 };
 
 struct DpGrids {
-  std::vector<double> levels;          // the candidates, increasing from 0 to T-1
+  std::vector<double> levels;          // the candidates, increasing from 0 to T-1 (PSLD: from t_end to 1)
   std::vector<double> step_error;      // the cost of each one-level jump (levels - 1 values)
-  std::map<int, std::vector<double>> grids;        // S → S evaluation times, T-1 ... 0
+  std::map<int, std::vector<double>> grids;        // S → S evaluation times, T-1 ... 0 (PSLD: 1 ... t_end)
   std::map<int, double> end_error;     // S → the sampler's RMS end-point error on the grid (held-out trajectories)
   int64_t nfe = 0;                     // network evaluations spent
 };
@@ -54,10 +56,13 @@ struct DpGrids {
 // half uniform in log-SNR (dense where the noise is small; the two halves share both ends),
 // merged and kept at least 0.25 apart.
 std::vector<double> dp_candidate_levels(const NoiseSchedule& schedule, int count);
+// A model's candidates: a VP model's as above; a PSLD model's from t_end to 1, half uniform in t
+// and half spaced as its logsnr grid.
+std::vector<double> dp_candidate_levels(const DiffusionModel& model, int count);
 
 // The most steps a dp grid over `levels` requested candidates can have: one evaluation per
 // candidate kept. Check a step count against it before any work.
-int dp_max_steps(const NoiseSchedule& schedule, int levels);
+int dp_max_steps(const DiffusionModel& model, int levels);
 
 // The cheapest path of `jumps` jumps from the last candidate to the first, where cost[i][j]
 // (i > j) is the cost of jumping from candidate i to candidate j. Returns candidate indices,

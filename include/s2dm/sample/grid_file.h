@@ -15,10 +15,11 @@
 
 namespace s2dm::sample {
 
-// A grid file's contents. Every grid holds S evaluation times from T-1 down to 0; the
-// sampler's end step follows, as on every other grid.
+// A grid file's contents. Every grid holds S evaluation times from T-1 down to 0 (a PSLD
+// model's: times from 1 down to t_end); the sampler's end step follows, as on every other grid.
 struct GridFile {
   std::string method = "score";                  // score (Williams et al.) | dp (solver-aware)
+  std::string process = "vp";                    // the model's: vp (timestep indices) | psld (times)
   std::string sampler;                           // dp: the sampler the grids were searched for,
   int order = -1;                                //     and its order (-1: the sampler's default)
   int64_t nfe = 0;                               // network evaluations spent
@@ -34,6 +35,8 @@ struct GridFile {
 
   // The grid for S steps. Throws ConfigError naming the file when it holds none.
   std::vector<double> grid(int steps) const;
+  // Throws ConfigError unless the grids are in `model`'s time (a VP model's or a PSLD model's).
+  void check_model(const DiffusionModel& model) const;
   // "score" or e.g. "dp for deis (order 3)", for messages.
   std::string description() const;
 };

@@ -47,6 +47,9 @@ Grid make_grid(const std::vector<double>& timesteps, const NoiseSchedule& schedu
 // in the x coordinate's noise-to-signal ratio √Σxx / P_xx as for VP models) | a decreasing list of
 // times in (0, 1] (its last is where the denoising step starts) | file:PATH. Throws ConfigError.
 Grid make_psld_grid(const std::string& spec, int steps, const PsldProcess& process, double karras_rho = 7.0);
+// The PSLD grid through `times` (strictly decreasing, in (0, 1]; the last is where the denoising
+// step starts); throws ConfigError naming `origin`.
+Grid psld_grid(std::vector<double> times, const PsldProcess& process, const std::string& origin);
 const std::vector<std::string>& psld_time_grids();
 
 // Inverse of the schedule's ᾱ(t) on [-1, T-1] (bisection on the continuous interpolation).
