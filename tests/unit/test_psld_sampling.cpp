@@ -315,9 +315,9 @@ TEST(PsldSamplers, DpGridsFollowTheExactFlowCloserThanTheHandMadeOnes) {
   // The dp search on a PSLD model (Gaussian data, exact ε): its grids run from 1 to t_end, and take
   // the one-step samplers (and nvv, its jumps costed by the exponential integrator) closer to the
   // exact probability-flow map's image than the quadratic and uniform grids of the same NFE. (Not
-  // so pf-euler, which diverges at these NFE on every grid, nor grids nearly as dense as the
-  // candidates: at 64 of 100 the hand-made grids' freedom wins.) A grid file round-trips into a
-  // sampling plan; a VP model refuses it, and stochastic samplers are refused.
+  // so pf-euler, whose error exceeds the map's size at these NFE on every grid, nor grids nearly
+  // as dense as the candidates: at 64 of 100 the hand-made grids' freedom wins.) A grid file
+  // round-trips into a sampling plan; a VP model refuses it, and stochastic samplers are refused.
   const Mixture gaussian{{1}, {0}, {0.25}};
   Config config;
   config.diffusion.process = "psld";
