@@ -150,7 +150,9 @@ void write_grid_plot(const std::string& path, const GridFile& file, const Diffus
   std::vector<double> mid;
   for (size_t i = 0; i + 1 < file.levels.size(); ++i) mid.push_back(0.5 * (file.levels[i] + file.levels[i + 1]));
   auto curve = line_plot({{mid, file.cost, {200, 30, 30}, false}}, 640, 300, true);
-  const auto& [steps, learned] = *file.timesteps.begin();
+  // (Named references, not a structured binding: C++17 lambdas cannot capture those.)
+  const int steps = file.timesteps.begin()->first;
+  const auto& learned = file.timesteps.begin()->second;
   auto row = [&](const std::vector<double>& ts, std::array<uint8_t, 3> color) {
     // A fixed x range, [0, T-1] (PSLD: [0, 1]), via two invisible anchors.
     Series s{ts, std::vector<double>(ts.size(), 0.0), color, true};
