@@ -12,6 +12,7 @@
 #include "s2dm/core/config.h"
 #include "s2dm/core/device.h"
 #include "s2dm/core/errors.h"
+#include "s2dm/core/schema.h"
 #include "s2dm/io/file_io.h"
 #include "s2dm/sample/generate.h"
 #include "s2dm/io/npy_tensor.h"
@@ -273,16 +274,19 @@ int samplers(int argc, char** argv) {
   auto r = parse_options(options, argc, argv);
   if (!r) return 0;
   const auto steps = bounded_list(*r, "steps", 1, kMaxTimesteps);
-  std::printf("%-12s %-34s", "sampler", "options");
+  std::printf("%-14s %-48s", "sampler", "options");
   for (int s : steps) std::printf(" %6s", ("S=" + std::to_string(s)).c_str());
   std::printf("  description\n");
   for (const auto& s : sample::samplers()) {
     std::string opts;
-    for (const auto& o : s.options) opts += (opts.empty() ? "" : ", ") + o;
+    for (const auto& o : s.options) {
+      opts += (opts.empty() ? "" : ", ") + o;
+      if (o == "solver_type") opts += " (" + schema::join(s.solver_types, "|") + ")";
+    }
     if (s.max_order >= 0)
       opts += " [" + std::to_string(s.min_order) + "-" + std::to_string(s.max_order) + ", default " +
               std::to_string(s.default_order) + "]";
-    std::printf("%-12s %-34s", s.name.c_str(), opts.empty() ? "-" : opts.c_str());
+    std::printf("%-14s %-48s", s.name.c_str(), opts.empty() ? "-" : opts.c_str());
     for (int n : steps) std::printf(" %6d", s.nfe(n));
     std::printf("  %s (grid auto: %s)\n", s.description.c_str(), s.default_grid.c_str());
   }

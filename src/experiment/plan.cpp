@@ -182,7 +182,7 @@ ExperimentPlan plan_units(const Experiment& e, const Measurer& measurer) {
         u.setting = &s;
         u.seed = seed;
         u.config = config;
-        u.nfe = sample::find_sampler(config.sampler).nfe(config.steps);
+        u.nfe = sample::network_evaluations(sample::find_sampler(config.sampler), config, config.steps);
         place(u, hash_key(settings_text + "seed " + std::to_string(seed)));
         units.push_back(std::move(u));
       }

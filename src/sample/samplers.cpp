@@ -5,10 +5,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "s2dm/core/config.h"
 #include "s2dm/core/errors.h"
 #include "s2dm/core/registry.h"
+#include "s2dm/core/schema.h"
 
 namespace s2dm::sample {
 
@@ -36,6 +38,12 @@ torch::Tensor sample_deis(const EpsModel&, torch::Tensor, const Grid&, const Sam
 torch::Tensor sample_deis_rho(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
 torch::Tensor sample_deis_logrho(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
 torch::Tensor sample_dpmpp_2m(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_dpmpp_3m(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_dpmpp_2m_sde(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_dpmpp_3m_sde(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_ipndm(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_ipndm_v(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
+torch::Tensor sample_unipc(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
 torch::Tensor sample_lambda_ddim(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
 torch::Tensor sample_euler(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
 torch::Tensor sample_heun(const EpsModel&, torch::Tensor, const Grid&, const SamplerOptions&, const Callback&);
@@ -62,6 +70,11 @@ const std::vector<SamplerInfo>& samplers() {
   // A multistep method whose ε extrapolation is exact for polynomials of degree r is of order
   // r + 1; the PNDM family is second order on grids not uniform in ρ.
   auto multistep = [](int r) { return r + 1; };
+  // iPNDM's fixed weights assume equal steps in ρ: on other grids its orders above 1 are second.
+  // DPM-Solver++(3M) as published weights its second difference by half (docs/algorithms.md §3):
+  // second order too.
+  auto ipndm_accuracy = [](int points) { return std::min(points, 2); };
+  const std::vector<std::string> dpm_solver_types{"midpoint", "heun"};
   const std::vector<std::string> churn{"s_churn", "s_min", "s_max", "s_noise"};
   static const std::vector<SamplerInfo> registry{
       {"ddim", "DDIM (Song et al. 2021); eta 0 is the probability-flow ODE", {"eta", "clip_denoised"}, sample_ddim, steps,
@@ -74,14 +87,31 @@ const std::vector<SamplerInfo>& samplers() {
        plus_one, false, -1, -1, -1, second},
       {"plms", "PLMS (LDM / diffusers skip_prk_steps): Euler restart, then Adams-Bashforth 2, 3, 4", {}, sample_plms,
        plus_one, false, -1, -1, -1, second},
-      {"deis", "DEIS tAB: exponential integrator, Lagrange extrapolation of ε in t (order 0 = DDIM)", {"order"},
+      {"ipndm", "iPNDM: Adams-Bashforth in ρ = σ/α with fixed weights, order 1-4 in points, Euler first step",
+       {"order", "afs"}, sample_ipndm, steps, false, 1, 4, 4, ipndm_accuracy},
+      {"ipndm-v", "iPNDM with variable-step weights, order 1-4 in points (= deis-rho of order - 1)", {"order", "afs"},
+       sample_ipndm_v, steps, false, 1, 4, 4, [](int points) { return points; }},
+      {"deis", "DEIS tAB: exponential integrator, Lagrange extrapolation of ε in t (order 0 = DDIM)", {"order", "afs"},
        sample_deis, steps, false, 0, 3, 3, multistep},
-      {"deis-rho", "DEIS ρAB: Adams-Bashforth in ρ = σ/α with exact polynomial integrals", {"order"}, sample_deis_rho,
-       steps, false, 1, 3, 3, multistep},
-      {"deis-logrho", "DEIS multistep with ε polynomial in log ρ (diffusers' DEIS)", {"order", "lower_order_final"},
-       sample_deis_logrho, steps, false, 1, 3, 3, multistep},
-      {"dpmpp-2m", "DPM-Solver++(2M): 2nd-order multistep on x̂₀ in λ = log(α/σ)", {"lower_order_final", "clip_denoised"},
-       sample_dpmpp_2m, steps, false, -1, -1, -1, second},
+      {"deis-rho", "DEIS ρAB: Adams-Bashforth in ρ = σ/α with exact polynomial integrals", {"order", "afs"},
+       sample_deis_rho, steps, false, 1, 3, 3, multistep},
+      {"deis-logrho", "DEIS multistep with ε polynomial in log ρ (diffusers' DEIS)",
+       {"order", "lower_order_final", "afs"}, sample_deis_logrho, steps, false, 1, 3, 3, multistep},
+      {"dpmpp-2m", "DPM-Solver++(2M): 2nd-order multistep on x̂₀ in λ = log(α/σ)",
+       {"lower_order_final", "clip_denoised", "solver_type", "afs"}, sample_dpmpp_2m, steps, false, -1, -1, -1, second,
+       "uniform", "vp", dpm_solver_types},
+      {"dpmpp-3m", "DPM-Solver++(3M): multistep on x̂₀ in λ with a second difference (second order as published)",
+       {"lower_order_final", "clip_denoised", "solver_type", "afs"}, sample_dpmpp_3m, steps, false, -1, -1, -1,
+       second, "uniform", "vp", dpm_solver_types},
+      {"dpmpp-2m-sde", "DPM-Solver++(2M) SDE: the reverse SDE, 2nd-order multistep on x̂₀ in λ, noise at every step",
+       {"lower_order_final", "clip_denoised", "solver_type", "afs"}, sample_dpmpp_2m_sde, steps, true, -1, -1, -1, none,
+       "uniform", "vp", dpm_solver_types},
+      {"dpmpp-3m-sde", "DPM-Solver++(3M) SDE: the reverse SDE, (3M)'s multistep on x̂₀ in λ, noise at every step",
+       {"lower_order_final", "clip_denoised", "solver_type", "afs"}, sample_dpmpp_3m_sde, steps, true, -1, -1, -1, none,
+       "uniform", "vp", dpm_solver_types},
+      {"unipc", "UniPC: predictor UniP of order 1-3 on x̂₀ in λ, corrector UniC (order + 1) at no extra evaluation",
+       {"order", "solver_type", "corrector", "lower_order_final", "clip_denoised", "afs"}, sample_unipc, steps, false,
+       1, 3, 3, multistep, "uniform", "vp", {"bh2", "bh1"}},
       {"lambda-ddim", "λ-DDIM, the conjugate integrator (Pandey et al. 2023); lambda 0 = DDIM", {"lambda"},
        sample_lambda_ddim, steps, false, -1, -1, -1, first},
       {"euler", "Euler in σ = √((1-ᾱ)/ᾱ) on x/√ᾱ (EDM, Karras et al. 2022); DDIM η = 0 up to rounding", churn,
@@ -133,6 +163,19 @@ torch::Tensor ImageNoise::operator()() {
   return torch::stack(rows).to(like_.device());
 }
 
+namespace {
+
+// The names of the samplers that `keep`, comma-separated.
+template <class Keep>
+std::string join_names(const std::vector<SamplerInfo>& all, Keep keep) {
+  std::string out;
+  for (const auto& s : all)
+    if (keep(s)) out += (out.empty() ? "" : ", ") + s.name;
+  return out;
+}
+
+}  // namespace
+
 std::vector<std::string> sampler_option_keys() {
   std::vector<std::string> keys;
   for (const auto& s : samplers())
@@ -154,9 +197,7 @@ const SamplerInfo& find_sampler(const std::string& name) {
 const SamplerInfo& find_sampler(const std::string& name, const std::string& process) {
   const SamplerInfo& sampler = find_sampler(name);
   if (sampler.process == process) return sampler;
-  std::string own;
-  for (const auto& s : samplers())
-    if (s.process == process) own += (own.empty() ? "" : ", ") + s.name;
+  const std::string own = join_names(samplers(), [&](const SamplerInfo& s) { return s.process == process; });
   auto kind = [](const std::string& p) { return p == "psld" ? std::string("PSLD models") : "VP models (DDPM's and EDM's)"; };
   throw ConfigError("sampler '" + name + "' samples " + kind(sampler.process) + ", and this is one of the " +
                     kind(process) + " (diffusion.process " + process + "), whose samplers are " + own);
@@ -173,13 +214,29 @@ void check_options(const SamplerInfo& sampler, const SamplerOptions& options) {
   if (options.variance != "small" && options.variance != "large")
     throw ConfigError("variance = '" + options.variance + "' is not one of small, large");
   if (!std::isfinite(options.lambda)) throw ConfigError("lambda must be finite");
+  const auto& types = sampler.solver_types;
+  if (options.solver_type != "auto" && std::find(types.begin(), types.end(), options.solver_type) == types.end())
+    throw ConfigError("solver_type = '" + options.solver_type + "' is not one of '" + sampler.name + "''s: auto" +
+                      (types.empty() ? std::string(" (it has no variants)") : ", " + schema::join(types)));
+  if (options.afs && std::find(sampler.options.begin(), sampler.options.end(), "afs") == sampler.options.end())
+    throw ConfigError("sampler '" + sampler.name + "' has no analytical first step (afs = true); these have: " +
+                      join_names(samplers(), [](const SamplerInfo& s) {
+                        return std::find(s.options.begin(), s.options.end(), "afs") != s.options.end();
+                      }));
+}
+
+int network_evaluations(const SamplerInfo& sampler, const SamplerSettings& settings, int steps) {
+  return sampler.nfe(steps) - (settings.afs ? 1 : 0);
 }
 
 SampleRun run_sampler(const SamplerInfo& sampler, const EpsModel& model, torch::Tensor x, const Grid& grid,
                       const SamplerOptions& options, const Callback& callback) {
   check_options(sampler, options);
   SampleRun run;
+  bool first = true;
   EpsModel counted = [&](const torch::Tensor& xt, const torch::Tensor& t) {
+    // The analytical first step: at ᾱ ≈ 0 the state is all noise and ε̂(x_T) = x_T.
+    if (std::exchange(first, false) && options.afs) return xt;
     ++run.nfe;
     return model(xt, t);
   };

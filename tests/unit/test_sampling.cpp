@@ -169,6 +169,10 @@ TEST(Samplers, NfeMatchesTheDocumentedCount) {
   EXPECT_EQ(find_sampler("spndm").nfe(10), 11);
   EXPECT_EQ(find_sampler("plms").nfe(10), 11);
   EXPECT_EQ(find_sampler("heun").nfe(18), 35);  // EDM's CIFAR10 setting
+  SamplerOptions afs;
+  afs.afs = true;
+  EXPECT_EQ(network_evaluations(find_sampler("ipndm"), afs, 5), 4);
+  EXPECT_EQ(run_sampler(find_sampler("dpmpp-3m"), model, x, uniform_grid(5), afs).nfe, 4);
 }
 
 namespace {
@@ -190,16 +194,25 @@ std::vector<double> edm_sampler_times() {
   return ts;
 }
 
-void expect_heun_equals_edm_sampler(const SamplerOptions& options, const std::string& expected_file) {
-  const auto latents = fixture_tensor("edm_sampler_latents.npy"), expected = fixture_tensor(expected_file);
+// `sampler` from edm_sampler's latents down its levels, as times of the linear schedule, on the
+// mixture's exact ε-model: what every reference fixture ran.
+SampleRun run_on_reference_levels(const std::string& sampler, const SamplerOptions& options) {
   const Grid grid = make_grid(edm_sampler_times(), linear(), "one");
   s2dm::testing::GaussianMixture mix{{0.3, 0.7}, {-1.5, 1.0}, {0.2, 0.3}, &linear()};
-  // EDM's x_T = σ_0 · latents lives in x/√ᾱ; s2dm's state is x.
-  const auto xT = std::sqrt(grid.alpha_bar[0]) * fixture_tensor("edm_sampler_sigmas.npy")[0].item<double>() * latents;
-  const auto run = run_sampler(find_sampler("heun"), mix.model(), xT, grid, options);
-  EXPECT_EQ(run.nfe, 35);
+  // The references' x_T = σ_0 · latents lives in x/√ᾱ; s2dm's state is x.
+  const double sigma_0 = fixture_tensor("edm_sampler_sigmas.npy")[0].item<double>();
+  const auto xT = std::sqrt(grid.alpha_bar[0]) * sigma_0 * fixture_tensor("edm_sampler_latents.npy");
+  return run_sampler(find_sampler(sampler), mix.model(), xT, grid, options);
+}
+
+// ... equals a reference implementation's output there.
+void expect_equals_reference(const std::string& sampler, const SamplerOptions& options, const std::string& expected_file,
+                             int nfe) {
+  const auto expected = fixture_tensor(expected_file);
+  const auto run = run_on_reference_levels(sampler, options);
+  EXPECT_EQ(run.nfe, nfe) << sampler;
   const double error = (run.x - expected).abs().max().item<double>();
-  s2dm::testing::print_margin("heun against edm_sampler (" + expected_file + "), largest difference", error, "1e-8");
+  s2dm::testing::print_margin(sampler + " against " + expected_file + ", largest difference", error, "1e-8");
   EXPECT_LT(error, 1e-8);
   // (Both modes are reached: the comparison is not of a trivial map.)
   EXPECT_GT((expected < -0.25).sum().item<int64_t>(), 10);
@@ -208,7 +221,7 @@ void expect_heun_equals_edm_sampler(const SamplerOptions& options, const std::st
 
 }  // namespace
 
-TEST(Samplers, HeunEqualsEdmsOwnSampler) { expect_heun_equals_edm_sampler({}, "edm_sampler_out.npy"); }
+TEST(Samplers, HeunEqualsEdmsOwnSampler) { expect_equals_reference("heun", {}, "edm_sampler_out.npy", 35); }
 
 TEST(Samplers, HeunWithChurnEqualsEdmsOwnSampler) {
   // EDM's ImageNet-64 churn; edm_sampler's randn_like drew as s2dm does (image j's generator
@@ -218,9 +231,92 @@ TEST(Samplers, HeunWithChurnEqualsEdmsOwnSampler) {
   churn.s_min = 0.05;
   churn.s_max = 50;
   churn.s_noise = 1.003;
-  expect_heun_equals_edm_sampler(churn, "edm_sampler_churn_out.npy");
+  expect_equals_reference("heun", churn, "edm_sampler_churn_out.npy", 35);
   // (The churn changes the result: it is not compared with the deterministic output.)
   EXPECT_GT((fixture_tensor("edm_sampler_churn_out.npy") - fixture_tensor("edm_sampler_out.npy")).abs().max().item<double>(), 0.1);
+}
+
+// The few-step samplers against their references (tests/fixtures/make_few_step_fixture.py):
+// zju-pi/diff-sampler's ipndm_sampler and ipndm_v_sampler, k-diffusion's sample_dpmpp_3m_sde at eta 0.
+TEST(Samplers, IpndmEqualsDiffSamplersOwn) {
+  expect_equals_reference("ipndm", {}, "ipndm_out.npy", 18);
+  expect_equals_reference("ipndm", with_order(2), "ipndm_order2_out.npy", 18);
+  // diff-sampler's ipndm_v_sampler misplaces a parenthesis in its order-3 weights (right on equal
+  // steps only) and its order-4 weights are not Adams–Bashforth's at all (see the fixture script):
+  // ipndm-v equals it at order 2, and at order 3 with the parenthesis mended, which gives the
+  // Adams–Bashforth polynomial's weights on any grid. Its order 4 (the default, as diff-sampler's)
+  // converges at fourth order (DeterministicSamplersConvergeAtTheirOrder); diff-sampler's does not.
+  expect_equals_reference("ipndm-v", with_order(2), "ipndm_v_order2_out.npy", 18);
+  expect_equals_reference("ipndm-v", with_order(3), "ipndm_v_order3_corrected_out.npy", 18);
+  EXPECT_GT((run_on_reference_levels("ipndm-v", {}).x - fixture_tensor("ipndm_v_out.npy")).abs().max().item<double>(), 1e-3);
+  SamplerOptions afs;
+  afs.afs = true;
+  expect_equals_reference("ipndm", afs, "ipndm_afs_out.npy", 17);
+  // (The fixtures differ from one another by far more than the bound: each option is seen.)
+  for (const char* other : {"ipndm_order2_out.npy", "ipndm_v_order3_corrected_out.npy", "ipndm_afs_out.npy"})
+    EXPECT_GT((fixture_tensor(other) - fixture_tensor("ipndm_out.npy")).abs().max().item<double>(), 1e-5) << other;
+}
+
+TEST(Samplers, DpmSolverPlusPlus3mEqualsKDiffusionsOwn) {
+  // k-diffusion's second step is the "heun" form of the 2nd-order update and it keeps third order
+  // to the end (18 steps: diffusers' lower_order_final would not act either).
+  SamplerOptions k_diffusion;
+  k_diffusion.solver_type = "heun";
+  k_diffusion.lower_order_final = false;
+  expect_equals_reference("dpmpp-3m", k_diffusion, "dpmpp_3m_out.npy", 18);
+  // The midpoint form (diffusers' default) differs only at that second step, by far more than the bound.
+  SamplerOptions midpoint = k_diffusion;
+  midpoint.solver_type = "midpoint";
+  const auto other = run_on_reference_levels("dpmpp-3m", midpoint).x;
+  EXPECT_GT((other - fixture_tensor("dpmpp_3m_out.npy")).abs().max().item<double>(), 1e-6);
+}
+
+TEST(Samplers, DpmSolverPlusPlusSdeEqualsKDiffusionsOwn) {
+  // k-diffusion's sample_dpmpp_2m_sde (midpoint) and sample_dpmpp_3m_sde (its second step the heun
+  // form) at eta 1, their noise drawn as s2dm's at noise seed 0 (image j from a generator seeded j).
+  expect_equals_reference("dpmpp-2m-sde", {}, "dpmpp_2m_sde_out.npy", 18);
+  SamplerOptions k_diffusion;
+  k_diffusion.solver_type = "heun";
+  expect_equals_reference("dpmpp-3m-sde", k_diffusion, "dpmpp_3m_sde_out.npy", 18);
+  // (The noise matters: the SDE's end points are not the ODE's.)
+  EXPECT_GT((fixture_tensor("dpmpp_3m_sde_out.npy") - fixture_tensor("dpmpp_3m_out.npy")).abs().max().item<double>(), 0.1);
+}
+
+TEST(Samplers, DpmSolverPlusPlusAndUniPcEqualDiffusersOwn) {
+  // diffusers' DPMSolverMultistepScheduler and UniPCMultistepScheduler (lower_order_final: at 10
+  // steps their last step is first order and the one before at most second), on their own 10
+  // timesteps of the linear schedule, from x_T = the latents; the SDE's noise drawn as s2dm's at
+  // noise seed 0. Their steps compute in float32: 1e-5.
+  std::vector<double> ts;
+  const auto timesteps = fixture_tensor("diffusers_timesteps.npy");
+  for (int64_t i = 0; i < timesteps.size(0); ++i) ts.push_back(timesteps[i].item<double>());
+  s2dm::testing::GaussianMixture mix{{0.3, 0.7}, {-1.5, 1.0}, {0.2, 0.3}, &linear()};
+  const SamplerOptions defaults;
+  SamplerOptions bh1 = with_order(2), no_corrector;
+  bh1.solver_type = "bh1";
+  no_corrector.corrector = false;
+  struct Case {
+    std::string sampler, file;
+    const SamplerOptions& options;
+    std::string end;
+  };
+  for (const auto& c : std::vector<Case>{{"dpmpp-3m", "diffusers_dpmpp_3m_out.npy", defaults, "one"},
+                                         {"dpmpp-2m", "diffusers_dpmpp_2m_out.npy", defaults, "one"},
+                                         {"unipc", "diffusers_unipc_out.npy", defaults, "one"},
+                                         {"unipc", "diffusers_unipc_bh1_order2_out.npy", bh1, "first"},
+                                         {"unipc", "diffusers_unipc_no_corrector_out.npy", no_corrector, "one"},
+                                         {"dpmpp-2m-sde", "diffusers_dpmpp_2m_sde_out.npy", defaults, "one"}}) {
+    const auto run = run_sampler(find_sampler(c.sampler), mix.model(), fixture_tensor("edm_sampler_latents.npy"),
+                                 make_grid(ts, linear(), c.end), c.options);
+    EXPECT_EQ(run.nfe, 10);
+    const double error = (run.x - fixture_tensor(c.file)).abs().max().item<double>();
+    s2dm::testing::print_margin(c.sampler + " against " + c.file + ", largest difference", error, "1e-5");
+    EXPECT_LT(error, 1e-5) << c.file;
+    // (Each differs from the default UniPC's by far more than the bound: every option is seen.)
+    if (c.file != "diffusers_unipc_out.npy") {
+      EXPECT_GT((fixture_tensor(c.file) - fixture_tensor("diffusers_unipc_out.npy")).abs().max().item<double>(), 1e-3);
+    }
+  }
 }
 
 TEST(Timesteps, EdmIsEdmSamplersOwnDiscretisation) {
@@ -238,12 +334,14 @@ namespace {
 
 // Every deterministic sampler at every multistep order converges on `model` (the Gaussian g's
 // ε-model on `schedule`) at the order it declares. Error against the exact PF-ODE solution at
-// S = 10, 20, 40, 80 on a log-SNR grid; observed order log2(e_S / e_2S): for first-order methods
-// at every refinement, for the others at the last one (40 -> 80), once the warm-up steps no longer
-// dominate. Theory: DDIM, λ-DDIM and DEIS of order 0 are first order; a multistep method whose ε
-// extrapolation is exact for polynomials of degree r is of order r + 1 (DEIS of order r); the PNDM
-// family, S-PNDM, PLMS and DPM-Solver++(2M) are second order here (PNDM's multistep weights assume
-// steps uniform in ρ, which costs the higher orders on any other grid).
+// S = 10, 20, 40, 80, 160 on a log-SNR grid; observed order log2(e_S / e_2S): for first-order
+// methods at every refinement, for the others at the last one (80 -> 160), once the warm-up steps
+// no longer dominate (UniPC-3 reaches its order only there). Theory: DDIM, λ-DDIM and DEIS of
+// order 0 are first order; a multistep method whose ε extrapolation is exact for polynomials of
+// degree r is of order r + 1 (DEIS of order r, iPNDM-v of r + 1 points); UniPC's corrector adds one
+// to its predictor's order; the PNDM family, iPNDM, S-PNDM, PLMS and DPM-Solver++(2M) are second
+// order here (PNDM's multistep weights assume steps uniform in ρ, which costs the higher orders on
+// any other grid), and so is DPM-Solver++(3M) as published (its second difference at half weight).
 void expect_convergence_orders(const EpsModel& model, const NoiseSchedule& schedule, const s2dm::testing::Gaussian& g) {
   struct Case {
     std::string sampler;
@@ -251,17 +349,34 @@ void expect_convergence_orders(const EpsModel& model, const NoiseSchedule& sched
     double order;  // the theoretical order
   };
   std::vector<Case> cases;
-  const SamplerOptions defaults;
+  // (lower_order_final off: UniPC's, as its references', ends on a first-order step at every S,
+  // which would cap its observed order at 2.)
+  SamplerOptions defaults;
+  defaults.lower_order_final = false;
   for (const auto& s : samplers()) {
     if (s.stochastic || s.process != "vp") continue;
     if (s.max_order < 0) cases.push_back({s.name, defaults, static_cast<double>(s.accuracy(-1))});
-    for (int order = std::max(s.min_order, 0); order <= s.max_order; ++order)
-      cases.push_back({s.name, with_order(order), static_cast<double>(s.accuracy(order))});
+    for (int order = std::max(s.min_order, 0); order <= s.max_order; ++order) {
+      SamplerOptions o = defaults;
+      o.order = order;
+      cases.push_back({s.name, o, static_cast<double>(s.accuracy(order))});
+    }
   }
-  SamplerOptions lam;
+  SamplerOptions lam = defaults;
   lam.lambda = 0.5;
   cases.push_back({"lambda-ddim", lam, 1});
+  // UniPC's predictor alone is of its order; the corrector adds one.
+  for (int order : {2, 3}) {
+    SamplerOptions predictor = defaults;
+    predictor.order = order;
+    predictor.corrector = false;
+    cases.push_back({"unipc", predictor, static_cast<double>(order)});
+  }
   torch::manual_seed(0);
+  auto case_label = [](const Case& c) {
+    return c.sampler + " order " + std::to_string(c.options.order) + (c.options.lambda ? " lambda" : "") +
+           (c.options.corrector ? "" : " predictor");
+  };
   auto xT = torch::randn({32, 1, 1, 1}, torch::kFloat64);
   const int T = schedule.num_timesteps();
   auto exact = g.solution(xT, schedule.alpha_bar(T - 1), schedule.alpha_bar(0));
@@ -275,11 +390,10 @@ void expect_convergence_orders(const EpsModel& model, const NoiseSchedule& sched
   std::map<std::string, double> final_error;
   for (const auto& c : cases) {
     std::vector<double> errors;
-    for (int S : {10, 20, 40, 80})
+    for (int S : {10, 20, 40, 80, 160})
       errors.push_back((run_sampler(find_sampler(c.sampler), model, xT, grid(S), c.options).x - exact).abs().max().item<double>());
-    const std::string label =
-        c.sampler + " order " + std::to_string(c.options.order) + (c.options.lambda ? " lambda" : "");
-    for (size_t i = c.order == 1 ? 1 : 3; i < errors.size(); ++i) {
+    const std::string label = case_label(c);
+    for (size_t i = c.order == 1 ? 1 : 4; i < errors.size(); ++i) {
       const double observed = std::log2(errors[i - 1] / errors[i]);
       const std::string where = label + " S=" + std::to_string(10 << i) + ": " + std::to_string(errors[i - 1]) +
                                 " -> " + std::to_string(errors[i]);
@@ -292,10 +406,9 @@ void expect_convergence_orders(const EpsModel& model, const NoiseSchedule& sched
     }
     final_error[label] = errors.back();
   }
-  // Higher order pays: at 80 steps every multistep method beats DDIM by a wide margin.
+  // Higher order pays: at 160 steps every multistep method beats DDIM by a wide margin.
   for (const auto& c : cases) {
-    const std::string label =
-        c.sampler + " order " + std::to_string(c.options.order) + (c.options.lambda ? " lambda" : "");
+    const std::string label = case_label(c);
     if (c.order > 1) {
       EXPECT_LT(final_error[label], final_error["ddim order -1"] / 5) << label;
     }
@@ -396,6 +509,15 @@ TEST(Samplers, IdentitiesHoldToRounding) {
   // DEIS of order 0 is DDIM; λ-DDIM with λ = 0 is DDIM.
   EXPECT_TRUE(torch::allclose(run_sampler(find_sampler("deis"), model, xT, grid, with_order(0)).x, ddim, 1e-10, 1e-10));
   EXPECT_TRUE(torch::allclose(run_sampler(find_sampler("lambda-ddim"), model, xT, grid, {}).x, ddim, 1e-10, 1e-10));
+  // iPNDM of order 1 is Euler in σ, which is DDIM; so is UniPC's predictor of order 1 (the
+  // first-order exponential integrator on x̂₀). iPNDM with variable-step weights is DEIS ρAB.
+  EXPECT_TRUE(torch::allclose(run_sampler(find_sampler("ipndm"), model, xT, grid, with_order(1)).x, ddim, 1e-10, 1e-10));
+  SamplerOptions predictor = with_order(1);
+  predictor.corrector = false;
+  EXPECT_TRUE(torch::allclose(run_sampler(find_sampler("unipc"), model, xT, grid, predictor).x, ddim, 1e-10, 1e-10));
+  for (int points : {2, 3, 4})
+    EXPECT_TRUE(torch::equal(run_sampler(find_sampler("ipndm-v"), model, xT, grid, with_order(points)).x,
+                             run_sampler(find_sampler("deis-rho"), model, xT, grid, with_order(points - 1)).x));
   // EDM's Euler in σ on x/√ᾱ is DDIM η = 0 in other variables.
   EXPECT_TRUE(torch::allclose(run_sampler(find_sampler("euler"), model, xT, grid, {}).x, ddim, 1e-10, 1e-10));
   // PNDM's transfer is the DDIM η = 0 step.
@@ -462,6 +584,26 @@ TEST(Samplers, BadOptionsRejected) {
   SamplerOptions v;
   v.variance = "huge";
   EXPECT_THROW(check_options(find_sampler("ddpm"), v), ConfigError);
+  EXPECT_THROW(check_options(find_sampler("ipndm"), with_order(5)), ConfigError);
+  SamplerOptions solver;
+  for (const char* sampler : {"dpmpp-3m", "unipc", "ddim"})
+    for (const char* type : {"rk4", "bh1", "heun"}) {
+      solver.solver_type = type;
+      const auto& own = find_sampler(sampler).solver_types;
+      if (std::find(own.begin(), own.end(), type) == own.end())
+        EXPECT_THROW(check_options(find_sampler(sampler), solver), ConfigError) << sampler << " " << type;
+      else
+        EXPECT_NO_THROW(check_options(find_sampler(sampler), solver)) << sampler << " " << type;
+    }
+  SamplerOptions afs;
+  afs.afs = true;
+  EXPECT_NO_THROW(check_options(find_sampler("ipndm"), afs));
+  try {  // (DDPM's first step draws noise on an evaluated ε̂: it has no analytical first step)
+    check_options(find_sampler("ddpm"), afs);
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("ipndm"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Generate, SeededNoiseIndependentOfBatching) {

@@ -147,6 +147,13 @@ struct SamplerSettings {
   double lambda = 0.0;             // λ of λ-DDIM (and of PSLD's conjugate integrators)
   double lambda_s = 1.0;           // PSLD's OBA samplers: the scale of the position's noise (1: the SDE's)
   bool lower_order_final = true;   // DEIS log-ρ / DPM-Solver++: first order on the last step(s)
+  // The variant of a solver's step (auto: the sampler's default): DPM-Solver++'s second-order step
+  // midpoint (default) | heun; UniPC's B(h) bh1 | bh2 (default).
+  std::string solver_type = "auto";
+  bool corrector = true;  // UniPC: the UniC corrector
+  // The analytical first step (AMED, Zhou et al. 2024): ε̂(x_T) taken as x_T, the ε-prediction of
+  // pure noise, instead of a network evaluation; one evaluation saved.
+  bool afs = false;
   std::string variance = "small";  // DDPM: small (β̃, = DDIM η = 1) | large (σ̂ = √(1 - a/a'))
   // EDM's stochastic churn (euler, heun): a step from σ in [s_min, s_max] first raises σ by
   // γσ, γ = min(s_churn / S, √2 - 1), with fresh noise of s_noise times the missing variance.

@@ -70,6 +70,8 @@ struct SamplerInfo {
   // The models it samples: "vp" (DDPM's and EDM's ε-models; SamplerFn's grid has ᾱ) or "psld"
   // (PSLD's, on z = [x, m]; the grid is a PSLD grid, timesteps.h).
   std::string process = "vp";
+  // The values of sample.solver_type it takes besides auto (its default first).
+  std::vector<std::string> solver_types = {};
 };
 const std::vector<SamplerInfo>& samplers();
 // Whether sampling with these settings draws noise (DDPM; DDIM with η > 0; EDM's churn).
@@ -85,6 +87,8 @@ const SamplerInfo& find_sampler(const std::string& name, const std::string& proc
 SamplerOptions sampler_options(const SampleConfig& config);
 // Checks the options against the sampler (order range, ...); throws ConfigError.
 void check_options(const SamplerInfo& sampler, const SamplerOptions& options);
+// Network evaluations for S steps with these settings (the analytical first step saves one).
+int network_evaluations(const SamplerInfo& sampler, const SamplerSettings& settings, int steps);
 
 // Runs a sampler without gradients and counts the network evaluations it spent.
 struct SampleRun {

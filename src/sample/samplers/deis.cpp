@@ -2,7 +2,8 @@
 // integrators whose ε is extrapolated by a Lagrange polynomial through the last r+1 values.
 // All three variants write x_{i+1} = (α_{i+1}/α_i) x_i + α_{i+1} Σ_j c_ij ε_{i-j}, with
 // c_ij = ∫ ℓ_j dρ over the step (ρ = σ/α) and ℓ_j the Lagrange basis in t, ρ or log ρ; the
-// coefficients depend only on the grid and are computed once per call.
+// coefficients depend only on the grid and are computed once per call. ρAB is also iPNDM with
+// variable-step weights (ipndm-v).
 #include <torch/torch.h>
 
 #include <array>
@@ -113,6 +114,15 @@ torch::Tensor sample_deis_rho(const EpsModel& model, torch::Tensor x, const Grid
 torch::Tensor sample_deis_logrho(const EpsModel& model, torch::Tensor x, const Grid& grid,
                                  const SamplerOptions& options, const Callback& callback) {
   return deis_steps(model, std::move(x), grid, options, callback, Variable::kLogRho, 3);
+}
+
+torch::Tensor sample_ipndm_v(const EpsModel& model, torch::Tensor x, const Grid& grid, const SamplerOptions& options,
+                             const Callback& callback) {
+  // iPNDM with variable-step weights (diff-sampler's ipndm_v_sampler) is Adams–Bashforth in ρ with
+  // the weights of the step sizes at hand, ρAB; its order counts points, DEIS's the degree.
+  SamplerOptions rho = options;
+  rho.order = (options.order < 0 ? 4 : options.order) - 1;
+  return deis_steps(model, std::move(x), grid, rho, callback, Variable::kRho, 3);
 }
 
 }  // namespace s2dm::sample

@@ -1,5 +1,7 @@
 // Pseudo numerical methods (Liu et al. 2022, luping-liu/PNDM; diffusers' PNDM scheduler): the
-// DDIM transfer φ driven by a combined ε from Runge–Kutta or linear-multistep rules.
+// DDIM transfer φ driven by a combined ε from Runge–Kutta or linear-multistep rules. The transfer
+// with ε held is Euler's step in σ = √((1-ᾱ)/ᾱ) on x/√ᾱ, so the family without its warm-up is
+// iPNDM (Zhang & Chen 2022; zju-pi/diff-sampler's ipndm_sampler).
 #include <torch/torch.h>
 
 #include <cmath>
@@ -38,7 +40,7 @@ double alpha_at(const Grid& grid, double t) { return grid.schedule->alpha_bar(t)
 
 // The pseudo linear multistep loop shared by the family: `warmup_steps` starting steps of the
 // given kind (each storing the ε at its start), then Adams–Bashforth of the highest order the
-// history allows, up to `max_order`.
+// history allows, up to `max_order` (with no warm-up, the first step is Euler's).
 enum class Warmup { kImprovedEuler, kRungeKutta };
 
 torch::Tensor pseudo_multistep(const EpsModel& model, torch::Tensor x, const Grid& grid, const Callback& callback,
@@ -89,6 +91,13 @@ torch::Tensor sample_plms(const EpsModel& model, torch::Tensor x, const Grid& gr
   // diffusers' PNDM with skip_prk_steps: the Euler step restarted with the averaged ε, then
   // Adams–Bashforth of order 2, 3, 4.
   return pseudo_multistep(model, std::move(x), grid, callback, Warmup::kImprovedEuler, 1, 4);
+}
+
+torch::Tensor sample_ipndm(const EpsModel& model, torch::Tensor x, const Grid& grid, const SamplerOptions& options,
+                           const Callback& callback) {
+  // Adams–Bashforth with the fixed (uniform-step) weights from the first step on.
+  return pseudo_multistep(model, std::move(x), grid, callback, Warmup::kImprovedEuler, 0,
+                          options.order < 0 ? 4 : options.order);
 }
 
 }  // namespace s2dm::sample
