@@ -156,7 +156,7 @@ void visit(V& v, SampleConfig& c) {
   v("lambda", c.lambda, Range<double>{-1e6, 1e6});
   v("lambda_s", c.lambda_s, Added{Range<double>{0.0, 10.0}});
   v("lower_order_final", c.lower_order_final, Any{});
-  v("solver_type", c.solver_type, Added{OneOf{{"auto", "midpoint", "heun", "bh1", "bh2"}}});
+  v("solver_type", c.solver_type, Added{OneOf{{"auto", "midpoint", "heun", "taylor", "bh1", "bh2"}}});
   v("corrector", c.corrector, Added{Any{}});
   v("afs", c.afs, Added{Any{}});
   v("variance", c.variance, OneOf{{"small", "large"}});

@@ -72,9 +72,9 @@ const std::vector<SamplerInfo>& samplers() {
   auto multistep = [](int r) { return r + 1; };
   // iPNDM's fixed weights assume equal steps in ρ: on other grids its orders above 1 are second.
   // DPM-Solver++(3M) as published weights its second difference by half (docs/algorithms.md §3):
-  // second order too.
+  // second order too; its solver_type taylor is third order.
   auto ipndm_accuracy = [](int points) { return std::min(points, 2); };
-  const std::vector<std::string> dpm_solver_types{"midpoint", "heun"};
+  const std::vector<std::string> dpm_solver_types{"midpoint", "heun", "taylor"};
   const std::vector<std::string> churn{"s_churn", "s_min", "s_max", "s_noise"};
   static const std::vector<SamplerInfo> registry{
       {"ddim", "DDIM (Song et al. 2021); eta 0 is the probability-flow ODE", {"eta", "clip_denoised"}, sample_ddim, steps,

@@ -341,7 +341,8 @@ namespace {
 // degree r is of order r + 1 (DEIS of order r, iPNDM-v of r + 1 points); UniPC's corrector adds one
 // to its predictor's order; the PNDM family, iPNDM, S-PNDM, PLMS and DPM-Solver++(2M) are second
 // order here (PNDM's multistep weights assume steps uniform in ρ, which costs the higher orders on
-// any other grid), and so is DPM-Solver++(3M) as published (its second difference at half weight).
+// any other grid), and so is DPM-Solver++(3M) as published (its second difference at half weight;
+// solver_type taylor, at full weight, is third order).
 void expect_convergence_orders(const EpsModel& model, const NoiseSchedule& schedule, const s2dm::testing::Gaussian& g) {
   struct Case {
     std::string sampler;
@@ -365,6 +366,10 @@ void expect_convergence_orders(const EpsModel& model, const NoiseSchedule& sched
   SamplerOptions lam = defaults;
   lam.lambda = 0.5;
   cases.push_back({"lambda-ddim", lam, 1});
+  // DPM-Solver++(3M) with its second difference at the weight its integral asks for is third order.
+  SamplerOptions taylor = defaults;
+  taylor.solver_type = "taylor";
+  cases.push_back({"dpmpp-3m", taylor, 3});
   // UniPC's predictor alone is of its order; the corrector adds one.
   for (int order : {2, 3}) {
     SamplerOptions predictor = defaults;
@@ -375,7 +380,7 @@ void expect_convergence_orders(const EpsModel& model, const NoiseSchedule& sched
   torch::manual_seed(0);
   auto case_label = [](const Case& c) {
     return c.sampler + " order " + std::to_string(c.options.order) + (c.options.lambda ? " lambda" : "") +
-           (c.options.corrector ? "" : " predictor");
+           (c.options.corrector ? "" : " predictor") + (c.options.solver_type == "auto" ? "" : " " + c.options.solver_type);
   };
   auto xT = torch::randn({32, 1, 1, 1}, torch::kFloat64);
   const int T = schedule.num_timesteps();

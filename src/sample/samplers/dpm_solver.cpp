@@ -45,17 +45,22 @@ torch::Tensor dpmpp_multistep(const EpsModel& model, torch::Tensor x, const Grid
       const double hh = sde ? 2 * h : h;     // the rate of the linear part, in λ
       const double phi_1 = std::expm1(-hh);  // e^{-ĥ} - 1
       x = (sigma_next / sigma) * std::exp(h - hh) * x - alpha_next * phi_1 * d0;
+      // taylor: every term the exact integral of D's Taylor extrapolation (heun's second step, and
+      // the second difference at the full weight its integral asks for).
+      const bool taylor = options.solver_type == "taylor";
       if (order == 2) {
         const auto d1 = (d0 - denoised[1]) * (h / h_before[0]);
         // midpoint: D extrapolated to the step's middle in λ; heun: the exact integral of the
         // linear extrapolation (the two agree to second order).
-        x = x + (options.solver_type == "heun" ? alpha_next * (phi_1 / hh + 1) : -0.5 * alpha_next * phi_1) * d1;
+        const bool heun = taylor || options.solver_type == "heun";
+        x = x + (heun ? alpha_next * (phi_1 / hh + 1) : -0.5 * alpha_next * phi_1) * d1;
       } else if (order == 3) {
         const double r0 = h_before[0] / h, r1 = h_before[1] / h;
         const auto d1_0 = (d0 - denoised[1]) / r0, d1_1 = (denoised[1] - denoised[2]) / r1;
         const auto d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1));
+        // ≈ h²D″/2: the published (3M) weighs it as if it were h²D″, which leaves it second order.
         const auto d2 = (d1_0 - d1_1) / (r0 + r1);
-        x = x + alpha_next * (phi_1 / hh + 1) * d1 - alpha_next * ((phi_1 + hh) / (hh * hh) - 0.5) * d2;
+        x = x + alpha_next * (phi_1 / hh + 1) * d1 - (taylor ? 2 : 1) * alpha_next * ((phi_1 + hh) / (hh * hh) - 0.5) * d2;
       }
       if (sde) x = x + sigma_next * std::sqrt(-std::expm1(-2 * h)) * (*noise)();
       h_before.push_front(h);
