@@ -11,6 +11,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <optional>
 
 #include "s2dm/core/errors.h"
 #include "s2dm/core/progress.h"
@@ -231,7 +232,9 @@ std::vector<std::vector<double>> jump_costs(const Reference& ref, const std::vec
                  axis.model.psld ? "the exponential integrator" : "DDIM");
   std::vector<std::vector<double>> cost(n_levels, std::vector<double>(n_levels, 0.0));
   for (int i = 1; i < n_levels; ++i) {
-    const auto x = at(ref.states[i]), eps = at(ref.eps[i]);
+    // (With the analytical first step, the jumps from the top level take x_T itself for ε, as
+    // run_sampler does.)
+    const auto x = at(ref.states[i]), eps = options.afs && i == n_levels - 1 ? x : at(ref.eps[i]);
     for (int j = 0; j < i; ++j) {
       const auto step = own_step ? sampler_step(sampler, options, axis, levels[i], levels[j], x, eps)
                                  : plain_step(axis, levels[i], levels[j], x, eps);
@@ -333,9 +336,38 @@ DpGrids search_dp_grids(const DiffusionModel& diffusion, const SampleConfig& sam
   const int64_t m = std::min(o.search_samples, o.samples);
 
   const int top = static_cast<int>(out.levels.size()) - 1;
+  // A named grid of S steps on the candidates (each time to the nearest, the ends to the ends), or
+  // nothing where two times fall on one candidate.
+  auto snapped = [&](const std::string& name, int S) -> std::optional<std::vector<int>> {
+    std::vector<double> times;
+    try {
+      times = diffusion.psld ? make_psld_grid(name, S, *diffusion.psld).t : make_timesteps(name, S, schedule);
+    } catch (const ConfigError&) {  // (a grid this process does not have)
+      return std::nullopt;
+    }
+    if (static_cast<int>(times.size()) < S) return std::nullopt;
+    std::vector<int> path;
+    for (int k = 0; k < S; ++k) {
+      const auto& c = out.levels;
+      const auto above = std::lower_bound(c.begin(), c.end(), times[k]);
+      int index = static_cast<int>(above - c.begin());
+      if (index == static_cast<int>(c.size()) || (index > 0 && times[k] - c[index - 1] < c[index] - times[k])) --index;
+      path.push_back(k == 0 ? top : k + 1 == S ? 0 : index);
+      if (k > 0 && path[k] >= path[k - 1]) return std::nullopt;
+    }
+    return path;
+  };
   for (int S : steps) {
     std::vector<int> path = S == 1 ? std::vector<int>{top} : cheapest_path(cost, S - 1);
     double error = end_error(path, 0, m);
+    // The coordinate search moves times a few candidates at a time, so it starts from the best of
+    // the cheapest path and the hand-made grids: one-step costs misjudge a multistep sampler's
+    // steps (DPM-Solver++(3M)'s long last steps, stable on Karras' grid, are not on that path).
+    for (const char* name : {"logsnr", "karras", "quad", "uniform"}) {
+      const auto start = sweeps > 0 && S > 2 ? snapped(name, S) : std::nullopt;
+      if (!start) continue;
+      if (const double e = end_error(*start, 0, m); e < error) path = *start, error = e;
+    }
     Progress progress("dp search, " + std::to_string(S) + " steps", sweeps, "sweep");
     for (int sweep = 0; sweep < sweeps; ++sweep) {
       for (int delta : {4, 2, 1})

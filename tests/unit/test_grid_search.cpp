@@ -377,8 +377,9 @@ TEST(DpGrids, BeatsEveryHandMadeGridOnTheGaussianOracle) {
   // Gaussian data, exact ε: the probability-flow ODE's end point is known in closed form. The dp
   // grid, found from the model's own trajectories, must end nearer to it than the uniform,
   // quadratic, log-SNR, Karras and score-optimal grids of the same S (S evaluations each, then
-  // the end step to ᾱ = 1): for DDIM from the cheapest path alone, for the multistep DEIS and
-  // DPM-Solver++(2M) after the coordinate search with the full sampler (their default).
+  // the end step to ᾱ = 1; S - 1 with the analytical first step): for DDIM from the cheapest path
+  // alone, for the multistep samplers after the coordinate search with the full sampler (their
+  // default).
   const double mu = 0.3, s = 0.5;
   s2dm::testing::Gaussian g{mu, s, &linear()};
   const std::vector<int64_t> shape{1, 4, 4};
@@ -388,9 +389,11 @@ TEST(DpGrids, BeatsEveryHandMadeGridOnTheGaussianOracle) {
   // Fresh noise, not the trajectories the grids were found on.
   const auto xT = initial_noise(0, 512, shape, s2dm::testing::test_seed(99)).to(torch::kFloat64);
   const auto exact = g.endpoint(xT, linear().alpha_bar(999));
-  for (const std::string sampler : {"ddim", "deis", "dpmpp-2m"}) {
+  for (const std::string recipe : {"ddim", "deis", "dpmpp-2m", "ipndm", "ipndm afs", "dpmpp-3m", "unipc", "unipc afs"}) {
+    const std::string sampler = recipe.substr(0, recipe.find(' '));
     SampleConfig config;
     config.sampler = sampler;
+    config.afs = recipe.find(" afs") != std::string::npos;
     DpSearchOptions o;
     o.show_progress = false;
     o.seed = s2dm::testing::test_seed(o.seed);
@@ -409,10 +412,10 @@ TEST(DpGrids, BeatsEveryHandMadeGridOnTheGaussianOracle) {
       for (const std::string name : {"uniform", "quad", "logsnr", "karras", "score"}) {
         const auto ts = name == "score" ? score_grid(levels, cost, S) : make_timesteps(name, S, linear());
         const double other = end_error(ts);
-        EXPECT_LT(mine, other) << sampler << " against " << name << ", S = " << S;
+        EXPECT_LT(mine, other) << recipe << " against " << name << ", S = " << S;
         best_other = std::min(best_other, other);
       }
-      s2dm::testing::print_margin("dp end error / best hand-made grid's, " + sampler + " S=" + std::to_string(S),
+      s2dm::testing::print_margin("dp end error / best hand-made grid's, " + recipe + " S=" + std::to_string(S),
                                   mine / best_other, "< 1");
     }
   }
