@@ -60,6 +60,14 @@ constexpr int64_t kMaxSamples = std::numeric_limits<int64_t>::max();  // (image 
 // relate keys, files or sections follow in load_experiment. (Outside the unnamed namespace: the
 // visitors find these by argument-dependent lookup.)
 template <class V>
+void visit(V& v, ReferenceErrorSpec& r) {
+  v("samples", r.samples, Range<int64_t>{0, kMaxSamples});  // (at most metric.num_samples, checked in load_experiment)
+  v("sampler", r.sampler, Any{});                           // (checked per model by check_reference_error)
+  v("steps", r.steps, Range<int>{1, kMaxTimesteps});
+  v("timesteps", r.timesteps, Any{});
+}
+
+template <class V>
 void visit(V& v, MetricSpec& m) {
   v("features", m.features, Any{});  // (checked with its weights by check_metric)
   v("num_samples", m.num_samples, Range<int64_t>{2, kMaxSamples});
@@ -68,6 +76,7 @@ void visit(V& v, MetricSpec& m) {
   v("kid", m.kid, Any{});
   v("batch", m.batch, Range<int64_t>{1, kMaxBatch});
   v("classifier_epochs", m.classifier_epochs, Range<int>{1, 100000});
+  v.section("reference_error", m.reference_error);
 }
 
 template <class V>
@@ -382,7 +391,45 @@ void check_settings(const Reader& r, const Experiment& e, int sweep_line) {
   }
 }
 
+// The reference solution must be a deterministic sampler of each model's process on a named grid,
+// and its images must be among every unit's.
+void check_reference_error(const Reader& r, const YAML::Node& metric, const Experiment& e) {
+  const auto& spec = e.metric.reference_error;
+  if (!spec.enabled()) return;
+  const YAML::Node node = metric["reference_error"];
+  if (spec.samples > e.metric.num_samples)
+    r.fail(node["samples"], "metric.reference_error.samples = " + std::to_string(spec.samples) +
+                                " exceeds metric.num_samples = " + std::to_string(e.metric.num_samples) +
+                                " (the error is measured on a unit's first images)");
+  for (const auto& m : e.models) {
+    const auto model = DiffusionModel::of(m.config, {}, torch::kCPU);
+    const SampleConfig c = reference_solution_config(e, m);
+    const std::string where = "metric.reference_error (model '" + m.name + "', sampler " + c.sampler + "): ";
+    if (sample::uses_learned_grid(c) || sample::uses_dp_grid(c) || c.timesteps.rfind("learned:", 0) == 0)
+      r.fail(node["timesteps"], where + "timesteps = " + c.timesteps + ": the reference takes a named grid");
+    const sample::SamplerInfo* info = nullptr;
+    try {
+      info = &sample::find_sampler(c.sampler, m.config.diffusion.process);
+      sample::plan_sampling(c, model);
+    } catch (const ConfigError& err) {
+      r.fail(node["sampler"], where + err.what());
+    }
+    if (sample::draws_noise(*info, c)) r.fail(node["sampler"], where + "a reference solution needs a deterministic sampler");
+  }
+}
+
 }  // namespace
+
+SampleConfig reference_solution_config(const Experiment& e, const ModelSpec& m) {
+  const auto& spec = e.metric.reference_error;
+  SampleConfig c = sample_config(e, m, Setting{});
+  reset_sample_keys(c, sample::sampler_option_keys());
+  c.skip_tuning = SkipTuningConfig{};
+  c.sampler = spec.sampler != "auto" ? spec.sampler : m.config.diffusion.process == "psld" ? "rse" : "dpmpp-2m";
+  c.steps = spec.steps;
+  c.timesteps = spec.timesteps;
+  return c;
+}
 
 bool tunes_skips(const Experiment& e, const Setting& s) {
   auto is_tuned = [](const std::map<std::string, std::string>& values) {
@@ -477,6 +524,7 @@ Experiment load_experiment(const std::string& path) {
   if (const auto& t = e.tune_skip; !(t.range.size() == 2 && 0 <= t.lo() && t.lo() < t.hi() && std::isfinite(t.hi())))
     r.fail(root["tune_skip"]["range"], "tune_skip.range: expected [lo, hi] with 0 <= lo < hi");
   check_settings(r, e, sweep_line);
+  check_reference_error(r, root["metric"], e);
   try {
     resolve_device(e.device);
   } catch (const ConfigError& err) {

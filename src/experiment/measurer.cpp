@@ -1,4 +1,5 @@
-// The experiment's metric: its feature space and reference statistics, loaded when first needed.
+// The experiment's metric: its feature space and reference statistics, loaded when first needed,
+// and the error against each model's reference solutions.
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
@@ -7,7 +8,9 @@
 #include "plan.h"
 #include "s2dm/data/data.h"
 #include "s2dm/eval/classifier.h"
+#include "s2dm/io/npy.h"
 #include "s2dm/io/npy_tensor.h"
+#include "s2dm/sample/generate.h"
 
 namespace s2dm::experiment {
 namespace fs = std::filesystem;
@@ -80,6 +83,44 @@ const eval::FeatureSet& Measurer::reference(const ModelSpec& m) {
     }
   }
   return references_.emplace(key, std::move(ref)).first->second;
+}
+
+std::string ReferenceErrors::identity(const ModelSpec& m) const {
+  const auto& spec = e_.metric.reference_error;
+  if (!spec.enabled()) return "";
+  Config c;
+  c.sample = reference_solution_config(e_, m);
+  c.sample.num = 0;
+  return "reference error " + std::to_string(spec.samples) + "\n" + config_identity(c);
+}
+
+bool ReferenceErrors::measures(const Unit& u) const {
+  return e_.metric.reference_error.enabled() && !sample::draws_noise(sample::find_sampler(u.config.sampler), u.config);
+}
+
+std::optional<double> ReferenceErrors::rms(const Unit& u, const torch::Tensor& head, const DiffusionModel& model,
+                                           const model::LoadedModel& loaded, const std::function<bool()>& stop) const {
+  const ModelSpec& m = *u.model;
+  const int64_t n = e_.metric.reference_error.samples;
+  const std::string path = e_.out + "/reference_solutions/" + m.name + "-" +
+                           hash_key(m.key + "\n" + identity(m) + "seed " + std::to_string(u.seed)) + ".npy";
+  torch::Tensor reference;
+  if (fs::exists(path)) {
+    reference = to_tensor(load_npy(path), path);
+  } else {
+    const SampleConfig c = reference_solution_config(e_, m);
+    spdlog::info("{}: the reference solution of seed {} ({} images, {} with {} steps on the {} grid)", m.name, u.seed, n,
+                 c.sampler, c.steps, sample::time_grid(c));
+    DiffusionModel untuned = model;
+    untuned.eps = loaded.eps_fp32();
+    const auto generated = sample::generate(untuned, sample::plan_sampling(c, untuned), {u.seed, 0, n, {}}, true, stop);
+    if (!generated.complete) return std::nullopt;
+    reference = generated.samples;
+    fs::create_directories(fs::path(path).parent_path());
+    save_npy(path, to_npy_array(reference.to(torch::kFloat32).contiguous()));
+  }
+  const auto diff = head.slice(0, 0, n).to(torch::kFloat64).clamp(-1, 1) - reference.to(torch::kFloat64).clamp(-1, 1);
+  return diff.square().mean().sqrt().item<double>();
 }
 
 }  // namespace s2dm::experiment

@@ -153,7 +153,7 @@ std::vector<GridFile> grid_files(const Experiment& e, const std::vector<Unit>& u
   return out;
 }
 
-ExperimentPlan plan_units(const Experiment& e, const Measurer& measurer) {
+ExperimentPlan plan_units(const Experiment& e, const Measurer& measurer, const ReferenceErrors& errors) {
   ExperimentPlan plan;
   auto& units = plan.units;
   // A unit's folder and metric file follow from its key; what exists there is what an earlier
@@ -161,7 +161,9 @@ ExperimentPlan plan_units(const Experiment& e, const Measurer& measurer) {
   auto place = [&](Unit& u, const std::string& key) {
     u.key = key;
     u.dir = e.out + "/units/" + u.model->name + "/" + u.key;
-    u.metric_key = hash_key(u.key + "\n" + measurer.identity() + "\n" + measurer.reference_identity(*u.model));
+    std::string metric = u.key + "\n" + measurer.identity() + "\n" + measurer.reference_identity(*u.model);
+    if (errors.measures(u)) metric += "\n" + errors.identity(*u.model);
+    u.metric_key = hash_key(metric);
     u.has_samples = fs::exists(u.dir + "/samples.npz") && fs::exists(u.dir + "/sample.json");
     u.has_metric = fs::exists(u.metric_file());
   };
@@ -233,6 +235,11 @@ RunSummary show_plan(const Experiment& e, const ExperimentPlan& plan, const torc
           if (!u.has_samples) ++to_sample, nfe_images += u.nfe * e.metric.num_samples;
         }
       }
+    if (const auto& spec = e.metric.reference_error; spec.enabled() && todo > 0) {  // (at most: some may be kept)
+      const SampleConfig c = reference_solution_config(e, m);
+      nfe_images += static_cast<int64_t>(e.seeds.size()) * spec.samples *
+                    sample::network_evaluations(sample::find_sampler(c.sampler), c, c.steps);
+    }
     summary.units_total += todo + done;
     summary.units_done_before += done;
     std::string training = m.origin();

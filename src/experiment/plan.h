@@ -6,11 +6,14 @@
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "s2dm/diffusion/diffusion_model.h"
 #include "s2dm/eval/fid.h"
 #include "s2dm/experiment/experiment.h"
+#include "s2dm/model/model_source.h"
 
 namespace s2dm::experiment {
 
@@ -72,13 +75,32 @@ class Measurer {
   std::map<std::string, eval::FeatureSet> references_;
 };
 
+// metric.reference_error: each model's reference solutions (the first images of a seed, sampled
+// once and kept under reference_solutions/) and a unit's error against them.
+class ReferenceErrors {
+ public:
+  explicit ReferenceErrors(const Experiment& e) : e_(e) {}
+  // What a unit's error depends on besides its samples ("" when it is off).
+  std::string identity(const ModelSpec& m) const;
+  // Whether the unit has an error to measure: it is on, and the unit's sampler is deterministic.
+  bool measures(const Unit& u) const;
+  // The RMS per pixel, both clipped to [-1, 1], between `head` (the unit's first images, float) and
+  // the reference solution from the same noise, sampled when it is missing by the unit's `model`
+  // with `loaded`'s float32 ε-model without Skip-Tuning. Nothing when `stop` ended that sampling.
+  std::optional<double> rms(const Unit& u, const torch::Tensor& head, const DiffusionModel& model,
+                            const model::LoadedModel& loaded, const std::function<bool()>& stop) const;
+
+ private:
+  const Experiment& e_;
+};
+
 struct ExperimentPlan {
   std::vector<Unit> units;
   std::map<std::string, TrainState> states;  // by model name, for the models to train
 };
 // Every unit of the experiment, keyed, with what an earlier run left of it, and the state of each
-// train model's run.
-ExperimentPlan plan_units(const Experiment& e, const Measurer& measurer);
+// train model's run. (A unit's metric key names the reference error only where it measures one.)
+ExperimentPlan plan_units(const Experiment& e, const Measurer& measurer, const ReferenceErrors& errors);
 // Prints the plan and a rough time estimate (one timed network evaluation per model).
 // `selected` says which models run (--only).
 RunSummary show_plan(const Experiment& e, const ExperimentPlan& plan, const torch::Device& device,

@@ -222,7 +222,7 @@ std::string results_csv(const std::vector<ResultRow>& rows) {
   std::ostringstream out;
   out << "model,sampler,steps";
   for (const auto& k : keys) out << "," << quote(k);
-  out << ",seed,nfe,metric,value,kid_mean,kid_std,num_samples,sample_seconds,metric_seconds,key\n";
+  out << ",seed,nfe,metric,value,kid_mean,kid_std,num_samples,sample_seconds,metric_seconds,reference_rms,key\n";
   out.precision(8);
   for (const auto& r : rows) {
     out << quote(r.model) << "," << quote(r.sampler) << "," << r.steps;
@@ -234,7 +234,9 @@ std::string results_csv(const std::vector<ResultRow>& rows) {
     if (r.kid_mean >= 0) out << r.kid_mean << "," << r.kid_std;
     else out << ",";
     out << "," << r.num_samples << "," << format_number(r.sample_seconds, 3) << "," << format_number(r.metric_seconds, 3)
-        << "," << r.key << "\n";
+        << ",";
+    if (r.reference_rms >= 0) out << r.reference_rms;
+    out << "," << r.key << "\n";
   }
   return out.str();
 }

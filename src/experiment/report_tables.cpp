@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <set>
 
 namespace s2dm::experiment {
@@ -70,15 +71,20 @@ Arranged arrange(const std::vector<ResultRow>& rows, const std::string& rows_key
 
 namespace {
 
-// Decimals for a table: about four significant digits for its smallest value, two at least.
+// Decimals that show about four significant digits of `smallest` (0: none), two at least.
+int decimals_for(double smallest) {
+  const double magnitude = smallest > 0 ? std::floor(std::log10(smallest)) : 0.0;
+  return static_cast<int>(std::clamp(3.0 - magnitude, 2.0, 8.0));
+}
+
+// Decimals for a table: those of its smallest value.
 int table_decimals(const ResultGrid& g) {
   double smallest = 0;
   for (const auto& [cell, values] : g.values) {
     const double m = std::abs(spread(values).mean);
     if (m > 0 && (smallest == 0 || m < smallest)) smallest = m;
   }
-  const double magnitude = smallest > 0 ? std::floor(std::log10(smallest)) : 0.0;
-  return static_cast<int>(std::clamp(3.0 - magnitude, 2.0, 8.0));
+  return decimals_for(smallest);
 }
 
 // Mean ± sample standard deviation over seeds (the mean alone for one seed).
@@ -180,6 +186,68 @@ Table paired_table(const ReportSpec& e, const std::string& title, const std::str
   return p;
 }
 
+// A unit's recipe: its sampler and swept values but the step count.
+std::string recipe_of(const ResultRow& r) {
+  std::string label = r.setting.count("sampler") ? "" : "sampler=" + r.sampler;
+  for (const auto& [k, v] : r.setting)
+    if (k != "steps") label += (label.empty() ? "" : " ") + k + "=" + v;
+  return label;
+}
+
+// A model's leaderboard: per NFE the recipe of lowest mean metric, with its error against the
+// reference solution, and the best recipe of another sampler, marked † where the two are within
+// the spread across seeds. Nothing unless some NFE has two recipes.
+std::optional<Table> leaderboard_table(const std::string& model, const std::vector<ResultRow>& rows) {
+  struct Cell {
+    std::string sampler;
+    std::vector<double> values, errors;
+  };
+  std::map<int64_t, std::map<std::string, Cell>> by_nfe;
+  std::string metric;
+  for (const auto& r : rows) {
+    if (r.model != model) continue;
+    auto& cell = by_nfe[r.nfe][recipe_of(r)];
+    cell.sampler = r.sampler;
+    cell.values.push_back(r.value);
+    if (r.reference_rms >= 0) cell.errors.push_back(r.reference_rms);
+    metric = r.metric;
+  }
+  if (std::none_of(by_nfe.begin(), by_nfe.end(), [](const auto& n) { return n.second.size() > 1; })) return std::nullopt;
+  Table t;
+  t.title = model + ": the best recipe per NFE";
+  t.header = {"NFE", "best recipe", metric + " ↓", "RMS vs reference ↓", "best of another sampler", metric + " ↓",
+              "RMS vs reference ↓"};
+  bool any_within = false;
+  for (const auto& [nfe, recipes] : by_nfe) {
+    std::vector<std::pair<Spread, const std::pair<const std::string, Cell>*>> ranked;
+    for (const auto& entry : recipes) ranked.push_back({spread(entry.second.values), &entry});
+    std::sort(ranked.begin(), ranked.end(), [](const auto& a, const auto& b) { return a.first.mean < b.first.mean; });
+    const Spread best_spread = ranked.front().first;
+    const auto* best = ranked.front().second;
+    const int decimals = decimals_for(std::abs(best_spread.mean));
+    auto error_text = [](const std::vector<double>& errors) {
+      return cell_text(errors, errors.empty() ? 2 : decimals_for(spread(errors).mean));
+    };
+    std::vector<std::string> row{std::to_string(nfe), best->first, cell_text(best->second.values, decimals),
+                                 error_text(best->second.errors), "–", "–", "–"};
+    const auto other = std::find_if(ranked.begin(), ranked.end(),
+                                    [&](const auto& r) { return r.second->second.sampler != best->second.sampler; });
+    if (other != ranked.end()) {
+      row[4] = other->second->first;
+      row[5] = cell_text(other->second->second.values, decimals);
+      row[6] = error_text(other->second->second.errors);
+      if (other->first.mean - best_spread.mean <= std::max(best_spread.std, other->first.std) && best_spread.n > 1) {
+        row[5] += " †";
+        any_within = true;
+      }
+    }
+    t.rows.push_back(row);
+  }
+  t.note = "Mean ± standard deviation over seeds." +
+           std::string(any_within ? " † the two are within the spread across seeds (|Δ| ≤ the larger standard deviation)." : "");
+  return t;
+}
+
 }  // namespace
 
 std::vector<Table> build_tables(const ReportSpec& e, const std::vector<ResultRow>& rows) {
@@ -187,11 +255,24 @@ std::vector<Table> build_tables(const ReportSpec& e, const std::vector<ResultRow
   std::vector<Table> tables;
   const std::string seeds =
       e.num_seeds > 1 ? " (mean ± standard deviation over " + std::to_string(e.num_seeds) + " seeds)" : "";
+  // The errors against the reference solutions, arranged as the metric is.
+  std::vector<ResultRow> error_rows;
+  for (auto r : rows)
+    if (r.reference_rms >= 0) {
+      r.value = r.reference_rms;
+      r.metric = "RMS vs reference";
+      error_rows.push_back(std::move(r));
+    }
+  const Arranged errors = arrange(error_rows, e.table_rows);
   for (const auto& group : a.groups) {
     const std::string in_group = group.empty() ? "" : " — " + group;
-    for (const auto& model : a.models)
+    for (const auto& model : a.models) {
       if (auto it = a.grids.find({model, group}); it != a.grids.end())
         tables.push_back(values_table(a, model + in_group, it->second, seeds));
+      if (auto it = errors.grids.find({model, group}); it != errors.grids.end())
+        tables.push_back(values_table(errors, model + in_group + ": error against the reference solution", it->second,
+                                      seeds));
+    }
     auto base = a.grids.find({e.baseline, group});
     if (e.baseline.empty() || base == a.grids.end()) continue;
     for (const auto& model : a.models) {
@@ -202,6 +283,8 @@ std::vector<Table> build_tables(const ReportSpec& e, const std::vector<ResultRow
       if (e.num_seeds > 1) tables.push_back(paired_table(e, title, model, it->second, base->second));
     }
   }
+  for (const auto& model : a.models)
+    if (auto board = leaderboard_table(model, rows)) tables.push_back(std::move(*board));
   return tables;
 }
 

@@ -43,6 +43,7 @@ ResultRow result_row(const Unit& u, const json& metric) {
   row.metric = metric.at("metric").get<std::string>();
   row.value = metric.at("value").get<double>();
   if (metric.contains("kid_mean")) row.kid_mean = metric["kid_mean"], row.kid_std = metric["kid_std"];
+  row.reference_rms = metric.value("reference_rms", -1.0);
   row.num_samples = metric.value("num_samples", int64_t{0});
   row.sample_seconds = metric.value("sample_seconds", 0.0);
   row.metric_seconds = metric.value("metric_seconds", 0.0);
@@ -171,17 +172,21 @@ std::optional<SkipTuningConfig> tuned_skips(const Experiment& e, const Unit& u, 
 
 // Samples a unit (unless an earlier run did) from `model`, which has the unit's Skip-Tuning and
 // grids, and measures it into its metric file. Returns false when `stop` ended the sampling early.
-bool run_unit(const Experiment& e, Unit& u, const DiffusionModel& model, Measurer& measurer, const StopSignals& stop) {
+bool run_unit(const Experiment& e, Unit& u, const DiffusionModel& model, const model::LoadedModel& loaded,
+              Measurer& measurer, const ReferenceErrors& errors, const StopSignals& stop) {
   const ModelSpec& m = *u.model;
   spdlog::info("{} | {} | seed {}", m.name, u.setting->label(), u.seed);
   fs::create_directories(u.dir);
+  const auto stopped = [&] { return stop.requested(); };
+  const auto plan = sample::plan_sampling(u.config, model);
+  const int64_t head_size = e.metric.reference_error.samples;
+  torch::Tensor head;  // the first images, unclipped, for the reference error
   json sample_info;
   if (!u.has_samples) {
-    const auto plan = sample::plan_sampling(u.config, model);
     if (!plan.warning.empty()) spdlog::warn("{}", plan.warning);
-    auto generated = sample::generate(model, plan, {u.seed, 0, e.metric.num_samples, {}}, true,
-                                      [&] { return stop.requested(); });
+    auto generated = sample::generate(model, plan, {u.seed, 0, e.metric.num_samples, {}}, true, stopped);
     if (!generated.complete) return false;
+    if (errors.measures(u)) head = generated.samples.slice(0, 0, head_size);
     sample::write_samples(u.dir, generated.samples, false);
     sample_info = {{"model", m.name},     {"setting", u.setting->label()}, {"seed", u.seed},
                    {"nfe", generated.nfe}, {"num_samples", e.metric.num_samples},
@@ -194,6 +199,16 @@ bool run_unit(const Experiment& e, Unit& u, const DiffusionModel& model, Measure
     sample_info = read_json(u.dir + "/sample.json");
   }
   const auto images = sample::read_samples_npz(u.dir + "/samples.npz");
+  std::optional<double> reference_rms;
+  if (errors.measures(u)) {
+    if (!head.defined()) {  // (samples of an earlier run, kept as uint8: the same first images again)
+      const auto again = sample::generate(model, plan, {u.seed, 0, head_size, {}}, false, stopped);
+      if (!again.complete) return false;
+      head = again.samples;
+    }
+    reference_rms = errors.rms(u, head, model, loaded, stopped);
+    if (!reference_rms) return false;
+  }
 
   const auto start = std::chrono::steady_clock::now();
   const auto& extractor = measurer.extractor();
@@ -204,13 +219,15 @@ bool run_unit(const Experiment& e, Unit& u, const DiffusionModel& model, Measure
     metric["kid_mean"] = d.kid->mean;
     metric["kid_std"] = d.kid->std;
   }
+  if (reference_rms) metric["reference_rms"] = *reference_rms;
   metric["nfe"] = sample_info.value("nfe", u.nfe);
   metric["num_samples"] = images.size(0);
   metric["sample_seconds"] = sample_info.value("seconds", 0.0);
   metric["metric_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   write_file_atomic(u.metric_file(), metric.dump(2) + "\n");
   u.has_metric = true;
-  spdlog::info("{} | {} | seed {}: {} = {:.4f}", m.name, u.setting->label(), u.seed, extractor.distance_label(), d.fd);
+  spdlog::info("{} | {} | seed {}: {} = {:.4f}{}", m.name, u.setting->label(), u.seed, extractor.distance_label(), d.fd,
+               reference_rms ? fmt::format(", RMS against the reference solution {:.4g}", *reference_rms) : "");
   return true;
 }
 
@@ -296,7 +313,8 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
 
   check_output_folder(e);
   Measurer measurer(e, device);
-  ExperimentPlan plan = plan_units(e, measurer);
+  const ReferenceErrors errors(e);
+  ExperimentPlan plan = plan_units(e, measurer, errors);
   auto& units = plan.units;
   RunSummary summary = show_plan(e, plan, device, selected);
   if (options.dry_run) return summary;
@@ -366,7 +384,7 @@ RunSummary run_experiment(const Experiment& e, const RunOptions& options) {
       u->config.skip_tuning = *tuned;
     }
     model.eps = loaded->eps(u->config.skip_tuning);
-    if (!run_unit(e, *u, model, measurer, stop)) break;
+    if (!run_unit(e, *u, model, *loaded, measurer, errors, stop)) break;
     ++summary.units_run;
     collect();
     write_file_atomic(e.out + "/results.csv", results_csv(inputs.rows));

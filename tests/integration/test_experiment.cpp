@@ -14,6 +14,7 @@
 #include <map>
 #include <regex>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -292,6 +293,14 @@ TEST_F(Experiment, BadFilesFailBeforeAnyWork) {
   expect_bad("sampler: [ddim, deis]", "sampler: [ddim, dies]", "unknown sampler 'dies'");
   expect_bad("steps: [2, 4]", "steps: [2, 4000]", "sample.steps = 4000 exceeds diffusion.num_timesteps = 1000");
   expect_bad("baseline: base", "baseline: nobody", "baseline = 'nobody' is not one of the models");
+  auto reference = [](const std::string& spec) { return "  classifier_epochs: 1\n  reference_error: " + spec + "\n"; };
+  expect_bad("  classifier_epochs: 1\n", reference("{samples: 4, sampler: ddpm}"),
+             "metric.reference_error (model 'base', sampler ddpm): a reference solution needs a deterministic sampler");
+  expect_bad("  classifier_epochs: 1\n", reference("{samples: 4, sampler: rse}"), "sampler 'rse' samples PSLD models");
+  expect_bad("  classifier_epochs: 1\n", reference("{samples: 4, timesteps: dp}"),
+             "timesteps = dp: the reference takes a named grid");
+  expect_bad("  classifier_epochs: 1\n", reference("{samples: 17}"),
+             "metric.reference_error.samples = 17 exceeds metric.num_samples = 16");
   expect_bad("train: " + kTiny + "\n    set: {loss", "checkpoint: missing.ckpt\n    set: {loss",
              "overrides apply to configs (train or with weights), not checkpoints");
   const std::string edm = std::string(S2DM_SOURCE_DIR) + "/tests/fixtures/edm_ckpt_fmnist";
@@ -535,6 +544,87 @@ TEST(ExperimentReport, TablesAverageSeedsAndCompareWithTheBaseline) {
   EXPECT_NE(md.find("| ddim | 2.800 ± 1.131 (2/2) | 0.200 ± 0.990 (1/2) |"), std::string::npos) << md;
   const std::string csv = s2dm::experiment::results_csv(rows);
   EXPECT_NE(csv.find("\nnew,ddim,20,1,21,FD[x],6.1,,,"), std::string::npos) << csv;
+}
+
+// metric.reference_error: each deterministic unit's RMS against its model's reference solution from
+// the same initial noise. The unit that samples with the reference's own recipe is that solution
+// (error exactly 0, also when its samples come from an earlier run and its first images are drawn
+// again); more steps of a convergent sampler come closer; a stochastic sampler has no error.
+TEST_F(Experiment, ReferenceErrorsCompareEachRecipeWithTheSameNoisesSolution) {
+  const std::string sweep = "  - {sampler: [dpmpp-2m], timesteps: [logsnr], steps: [2, 16, 64]}\n"
+                            "  - {sampler: [ddpm], steps: [2]}\n";
+  const std::string metric = "{features: classifier, num_samples: 8, reference_num: 64, classifier_epochs: 1";
+  const std::string with_errors = metric + ", reference_error: {samples: 6, steps: 64, timesteps: logsnr}}";
+  auto r = run("run " + write_one_model("errors", "{batch: 8}", sweep, metric + "}"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(units_run(r.output), 4) << r.output;
+  r = run("run " + write_one_model("errors", "{batch: 8}", sweep, with_errors));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(units_run(r.output), 3) << r.output;  // (ddpm's metric stands: it has no error to add)
+  EXPECT_EQ(fs::exists(out() + "/reference_solutions") ? std::distance(fs::directory_iterator(out() + "/reference_solutions"),
+                                                                       fs::directory_iterator{})
+                                                       : 0,
+            1);
+  std::map<std::string, std::string> error_of;  // "sampler steps" -> the reference_rms column
+  std::istringstream csv(read_bytes(out() + "/results.csv"));
+  std::string line;
+  std::getline(csv, line);
+  ASSERT_NE(line.find(",metric_seconds,reference_rms,key"), std::string::npos) << line;
+  while (std::getline(csv, line)) {
+    std::vector<std::string> cells;
+    std::stringstream fields(line);
+    for (std::string cell; std::getline(fields, cell, ',');) cells.push_back(cell);
+    ASSERT_GE(cells.size(), 3u) << line;
+    error_of[cells[1] + " " + cells[2]] = cells[cells.size() - 2];
+  }
+  ASSERT_EQ(error_of.size(), 4u);
+  EXPECT_EQ(error_of.at("ddpm 2"), "");
+  EXPECT_EQ(error_of.at("dpmpp-2m 64"), "0");
+  // (The barely trained model's ODE is stiff: the error falls slowly up to ~8 steps, measured 0.42
+  // at 2 and 0.08 at 16 against 256 steps; the bound leaves 2.5× of that.)
+  const double at2 = std::stod(error_of.at("dpmpp-2m 2")), at16 = std::stod(error_of.at("dpmpp-2m 16"));
+  EXPECT_GT(at2, 0);
+  EXPECT_LT(at16, at2 / 2) << "dpmpp-2m at 16 steps is not closer to the 64-step solution than at 2";
+  const std::string md = read_bytes(out() + "/results.md");
+  EXPECT_NE(md.find("### m — timesteps=logsnr: error against the reference solution"), std::string::npos) << md;
+  EXPECT_NE(md.find("### m: the best recipe per NFE"), std::string::npos) << md;
+  r = run("run " + write_one_model("errors", "{batch: 8}", sweep, with_errors));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(units_run(r.output), 0) << r.output;
+}
+
+// The leaderboard: per NFE the recipe of lowest mean metric with its error against the reference
+// solution, and the best recipe of another sampler, † where the two are within the spread.
+TEST(ExperimentReport, TheBestRecipePerNfeFacesAnotherSamplersBest) {
+  s2dm::experiment::ReportSpec e;
+  e.name = "t";
+  e.num_seeds = 2;
+  std::vector<s2dm::experiment::ResultRow> rows;
+  auto add = [&](const std::string& sampler, const std::string& grid, int nfe, const std::vector<double>& values,
+                 const std::vector<double>& errors) {
+    for (size_t seed = 0; seed < values.size(); ++seed) {
+      s2dm::experiment::ResultRow r;
+      r.model = "m", r.sampler = sampler, r.steps = nfe, r.seed = seed, r.nfe = nfe, r.metric = "FD[x]";
+      r.value = values[seed], r.reference_rms = errors.empty() ? -1 : errors[seed];
+      r.setting = {{"sampler", sampler}, {"steps", std::to_string(nfe)}, {"timesteps", grid}};
+      rows.push_back(r);
+    }
+  };
+  add("deis", "logsnr", 5, {4.0, 4.2}, {0.05, 0.07});
+  add("deis", "karras", 5, {4.5, 4.7}, {0.04, 0.04});
+  add("ddim", "logsnr", 5, {5.0, 6.0}, {0.10, 0.12});
+  add("ddpm", "logsnr", 5, {4.0, 4.6}, {});  // another sampler within the spread, stochastic
+  add("ddim", "logsnr", 10, {3.0, 3.0}, {0.01, 0.01});
+  const std::string md = s2dm::experiment::results_markdown(e, rows);
+  EXPECT_NE(md.find("### m: the best recipe per NFE"), std::string::npos) << md;
+  EXPECT_NE(md.find("| 5 | sampler=deis timesteps=logsnr | 4.100 ± 0.141 | 0.06000 ± 0.01414 | sampler=ddpm "
+                    "timesteps=logsnr | 4.300 ± 0.424 † | – |"),
+            std::string::npos)
+      << md;
+  EXPECT_NE(md.find("| 10 | sampler=ddim timesteps=logsnr | 3.000 ± 0.000 | 0.01000 ± 0.00000 | – | – | – |"),
+            std::string::npos)
+      << md;
+  EXPECT_NE(md.find("### m — timesteps=logsnr: error against the reference solution"), std::string::npos) << md;
 }
 
 // Settings that differ only in options a sampler ignores are one unit: DEIS reads no clip_denoised.

@@ -44,6 +44,18 @@ struct Setting {
   }
 };
 
+// Beside the metric, each unit's error against a high-accuracy solution of its model's
+// probability-flow ODE from the same initial noise: the RMS per pixel (data scale [-1, 1], both
+// clipped to it) of the unit's first `samples` images. It measures the sampler and grid alone,
+// blind to what a feature space does not see; stochastic samplers have none. 0 samples: off.
+struct ReferenceErrorSpec {
+  int64_t samples = 0;
+  std::string sampler = "auto";    // auto: dpmpp-2m for VP models, rse for PSLD's
+  int steps = 500;
+  std::string timesteps = "auto";  // a named grid (auto: the sampler's own)
+  bool enabled() const { return samples > 0; }
+};
+
 struct MetricSpec {
   std::string features = "inception";  // inception[:W] | classifier | classifier:PATH
   int64_t num_samples = 10000;
@@ -52,6 +64,7 @@ struct MetricSpec {
   bool kid = false;
   int64_t batch = 100;                 // feature-extraction batch
   int classifier_epochs = 2;           // for features: classifier (trained on the data)
+  ReferenceErrorSpec reference_error;
 };
 
 // The time-grid searches run on each model (the experiment file's `schedule` section, s2dm
@@ -113,6 +126,11 @@ Experiment load_experiment(const std::string& path);
 // The sample config of `model` at `setting`: the model's config, the experiment's fixed sample
 // settings, then the setting's values. Throws ConfigError naming the experiment file.
 SampleConfig sample_config(const Experiment& experiment, const ModelSpec& model, const Setting& setting);
+
+// The sample config of `model`'s reference solution (metric.reference_error): the experiment's
+// fixed settings for the batch and class, the reference's sampler, steps and grid with its default
+// options, and no Skip-Tuning (the error is measured against the model's own ODE).
+SampleConfig reference_solution_config(const Experiment& experiment, const ModelSpec& model);
 
 // Whether a setting asks for the Skip-Tuning search (skip_tuning: tuned, swept or fixed).
 bool tunes_skips(const Experiment& experiment, const Setting& setting);

@@ -32,6 +32,7 @@ struct ResultRow {
   std::string metric;                 // "FD[fmnist-cnn]", "FID[inception]"
   double value = 0;
   double kid_mean = -1, kid_std = -1; // -1 = not measured
+  double reference_rms = -1;          // RMS against the reference solution (metric.reference_error); -1 = none
   int64_t num_samples = 0;
   double sample_seconds = 0, metric_seconds = 0;
   std::string key;                    // the sample unit's key
