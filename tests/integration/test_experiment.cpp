@@ -687,7 +687,8 @@ TEST_F(Experiment, SweepBlocksNameTheirModels) {
 TEST(ShippedExperiments, LoadOrNameWhatIsMissing) {
   const std::string dir = std::string(S2DM_SOURCE_DIR) + "/configs/experiments/";
   if (!fs::exists("/usr/share/datasets/fashion-mnist")) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
-  for (const char* name : {"fmnist_s2dm.yaml", "skip_tuning_sweep.yaml", "learned_schedule.yaml", "psld_integrators.yaml"}) {
+  for (const char* name : {"fmnist_s2dm.yaml", "skip_tuning_sweep.yaml", "learned_schedule.yaml", "psld_integrators.yaml",
+                           "few_step.yaml"}) {
     const auto e = s2dm::experiment::load_experiment(dir + name);
     EXPECT_FALSE(e.settings.empty()) << name;
   }
