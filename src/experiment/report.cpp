@@ -9,6 +9,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
@@ -155,6 +157,54 @@ std::vector<Figure> metric_plots(const ReportSpec& e, const std::vector<ResultRo
   return figures;
 }
 
+// Per model, the metric and the error against the reference solution against NFE, one line per
+// sampler through its best recipe at each NFE (the grid and options a user would pick); only where
+// some sampler has several recipes at one NFE (else metric_plots draws the same).
+std::vector<Figure> best_recipe_plots(const ReportSpec& e, const std::vector<ResultRow>& rows, const std::string& dir) {
+  std::vector<std::string> models;
+  for (const auto& r : rows) add_unique(models, r.model);
+  std::vector<Figure> figures;
+  for (const auto& model : models)
+    for (const bool errors : {false, true}) {
+      std::vector<std::string> samplers;
+      std::map<std::string, std::map<int64_t, std::map<std::string, std::vector<double>>>> values;  // sampler, NFE, recipe
+      std::string metric;
+      for (const auto& r : rows) {
+        if (r.model != model || (errors && r.reference_rms < 0)) continue;
+        add_unique(samplers, r.sampler);
+        values[r.sampler][r.nfe][recipe_of(r)].push_back(errors ? r.reference_rms : r.value);
+        metric = errors ? "RMS against the reference solution" : r.metric;
+      }
+      bool choices = false;
+      for (const auto& [sampler, by_nfe] : values)
+        for (const auto& [nfe, recipes] : by_nfe) choices = choices || recipes.size() > 1;
+      if (!choices) continue;
+      Figure f;
+      std::vector<Series> series;
+      for (size_t i = 0; i < samplers.size(); ++i) {
+        const Color color = palette()[i % palette().size()];
+        Series line{{}, {}, color, false};
+        for (const auto& [nfe, recipes] : values[samplers[i]]) {
+          double best = std::numeric_limits<double>::infinity();
+          for (const auto& [recipe, v] : recipes) best = std::min(best, spread(v).mean);
+          line.x.push_back(static_cast<double>(nfe));
+          line.y.push_back(best);
+        }
+        Series dots = line;
+        dots.markers = true;
+        series.push_back(line), series.push_back(dots);
+        f.legend.push_back({samplers[i], color});
+      }
+      f.title = model + ": each sampler's best recipe" + (errors ? ", error against the reference solution" : "");
+      f.png = dir + "/" + slug(e.name + "_" + model) + (errors ? "_best_error_vs_nfe.png" : "_best_metric_vs_nfe.png");
+      f.caption = metric + " (log scale, vertical) against NFE (horizontal): at each NFE the lowest mean over seeds of "
+                  "the sampler's recipes (grids, options).";
+      write_png(f.png, line_plot(series, 560, 320, true));
+      figures.push_back(f);
+    }
+  return figures;
+}
+
 // L_simple during training (a moving average over 5 logged points), one line per trained model.
 std::optional<Figure> loss_plot(const std::map<std::string, std::string>& metrics, const std::string& dir,
                                 const std::string& name) {
@@ -278,6 +328,7 @@ void write_report(const ReportSpec& e, const ReportInputs& in) {
   if (!in.rows.empty()) {
     h << "<h2>Metric against network evaluations</h2>\n";
     for (const auto& f : metric_plots(e, in.rows, plots)) h << figure_html(f);
+    for (const auto& f : best_recipe_plots(e, in.rows, plots)) h << figure_html(f);
   }
   if (auto f = loss_plot(in.training_metrics, plots, e.name)) h << "<h2>Training</h2>\n" << figure_html(*f);
   if (!in.grid_plots.empty()) {

@@ -69,6 +69,13 @@ Arranged arrange(const std::vector<ResultRow>& rows, const std::string& rows_key
   return a;
 }
 
+std::string recipe_of(const ResultRow& r) {
+  std::string label = r.setting.count("sampler") ? "" : "sampler=" + r.sampler;
+  for (const auto& [k, v] : r.setting)
+    if (k != "steps") label += (label.empty() ? "" : " ") + k + "=" + v;
+  return label;
+}
+
 namespace {
 
 // Decimals that show about four significant digits of `smallest` (0: none), two at least.
@@ -184,14 +191,6 @@ Table paired_table(const ReportSpec& e, const std::string& title, const std::str
   p.note = "Δ = " + e.baseline + " − " + model + " per seed (the same initial noise for both), mean ± standard "
            "deviation over seeds; in brackets the seeds where " + model + " is better.";
   return p;
-}
-
-// A unit's recipe: its sampler and swept values but the step count.
-std::string recipe_of(const ResultRow& r) {
-  std::string label = r.setting.count("sampler") ? "" : "sampler=" + r.sampler;
-  for (const auto& [k, v] : r.setting)
-    if (k != "steps") label += (label.empty() ? "" : " ") + k + "=" + v;
-  return label;
 }
 
 // A model's leaderboard: per NFE the recipe of lowest mean metric, with its error against the

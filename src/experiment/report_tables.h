@@ -42,6 +42,9 @@ struct Arranged {
 // The rows arranged by model and group; rows_key: the sampler or a swept key.
 Arranged arrange(const std::vector<ResultRow>& rows, const std::string& rows_key);
 
+// A unit's recipe: its sampler and swept values but the step count ("sampler=ipndm timesteps=dp").
+std::string recipe_of(const ResultRow& r);
+
 struct Table {
   std::string title;
   std::vector<std::string> header;

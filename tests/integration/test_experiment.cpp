@@ -552,20 +552,21 @@ TEST(ExperimentReport, TablesAverageSeedsAndCompareWithTheBaseline) {
 // again); more steps of a convergent sampler come closer; a stochastic sampler has no error.
 TEST_F(Experiment, ReferenceErrorsCompareEachRecipeWithTheSameNoisesSolution) {
   const std::string sweep = "  - {sampler: [dpmpp-2m], timesteps: [logsnr], steps: [2, 16, 64]}\n"
+                            "  - {sampler: [dpmpp-2m], timesteps: [karras], steps: [2]}\n"
                             "  - {sampler: [ddpm], steps: [2]}\n";
   const std::string metric = "{features: classifier, num_samples: 8, reference_num: 64, classifier_epochs: 1";
   const std::string with_errors = metric + ", reference_error: {samples: 6, steps: 64, timesteps: logsnr}}";
   auto r = run("run " + write_one_model("errors", "{batch: 8}", sweep, metric + "}"));
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_EQ(units_run(r.output), 4) << r.output;
+  EXPECT_EQ(units_run(r.output), 5) << r.output;
   r = run("run " + write_one_model("errors", "{batch: 8}", sweep, with_errors));
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_EQ(units_run(r.output), 3) << r.output;  // (ddpm's metric stands: it has no error to add)
+  EXPECT_EQ(units_run(r.output), 4) << r.output;  // (ddpm's metric stands: it has no error to add)
   EXPECT_EQ(fs::exists(out() + "/reference_solutions") ? std::distance(fs::directory_iterator(out() + "/reference_solutions"),
                                                                        fs::directory_iterator{})
                                                        : 0,
             1);
-  std::map<std::string, std::string> error_of;  // "sampler steps" -> the reference_rms column
+  std::map<std::string, std::string> error_of;  // "sampler steps timesteps" -> the reference_rms column
   std::istringstream csv(read_bytes(out() + "/results.csv"));
   std::string line;
   std::getline(csv, line);
@@ -574,20 +575,23 @@ TEST_F(Experiment, ReferenceErrorsCompareEachRecipeWithTheSameNoisesSolution) {
     std::vector<std::string> cells;
     std::stringstream fields(line);
     for (std::string cell; std::getline(fields, cell, ',');) cells.push_back(cell);
-    ASSERT_GE(cells.size(), 3u) << line;
-    error_of[cells[1] + " " + cells[2]] = cells[cells.size() - 2];
+    ASSERT_GE(cells.size(), 4u) << line;  // (model, sampler, steps, timesteps, ...)
+    error_of[cells[1] + " " + cells[2] + " " + cells[3]] = cells[cells.size() - 2];
   }
-  ASSERT_EQ(error_of.size(), 4u);
-  EXPECT_EQ(error_of.at("ddpm 2"), "");
-  EXPECT_EQ(error_of.at("dpmpp-2m 64"), "0");
+  ASSERT_EQ(error_of.size(), 5u);
+  EXPECT_EQ(error_of.at("ddpm 2 "), "");
+  EXPECT_EQ(error_of.at("dpmpp-2m 64 logsnr"), "0");
+  EXPECT_NE(error_of.at("dpmpp-2m 2 karras"), "");
   // (The barely trained model's ODE is stiff: the error falls slowly up to ~8 steps, measured 0.42
   // at 2 and 0.08 at 16 against 256 steps; the bound leaves 2.5× of that.)
-  const double at2 = std::stod(error_of.at("dpmpp-2m 2")), at16 = std::stod(error_of.at("dpmpp-2m 16"));
+  const double at2 = std::stod(error_of.at("dpmpp-2m 2 logsnr")), at16 = std::stod(error_of.at("dpmpp-2m 16 logsnr"));
   EXPECT_GT(at2, 0);
   EXPECT_LT(at16, at2 / 2) << "dpmpp-2m at 16 steps is not closer to the 64-step solution than at 2";
   const std::string md = read_bytes(out() + "/results.md");
   EXPECT_NE(md.find("### m — timesteps=logsnr: error against the reference solution"), std::string::npos) << md;
   EXPECT_NE(md.find("### m: the best recipe per NFE"), std::string::npos) << md;
+  for (const char* png : {"plots/errors_m_best_metric_vs_nfe.png", "plots/errors_m_best_error_vs_nfe.png"})
+    EXPECT_GT(s2dm::read_image(out() + "/" + png, 3).width, 100) << png;
   r = run("run " + write_one_model("errors", "{batch: 8}", sweep, with_errors));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(units_run(r.output), 0) << r.output;
