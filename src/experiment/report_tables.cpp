@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <iterator>
 #include <optional>
 #include <set>
 
@@ -193,13 +194,16 @@ Table paired_table(const ReportSpec& e, const std::string& title, const std::str
   return p;
 }
 
-// A model's leaderboard: per NFE the recipe of lowest mean metric, with its error against the
-// reference solution, and the best recipe of another sampler, marked † where the two are within
-// the spread across seeds. Nothing unless some NFE has two recipes.
-std::optional<Table> leaderboard_table(const std::string& model, const std::vector<ResultRow>& rows) {
+// A model's leaderboard: per NFE the recipe ranked first, by the mean metric or by the mean error
+// against the reference solution (the other beside it), and the best recipe of another sampler,
+// marked † where the two are within the spread across seeds. Nothing unless some NFE has two
+// ranked recipes.
+enum class RankBy { metric, error };
+std::optional<Table> leaderboard_table(const std::string& model, const std::vector<ResultRow>& rows, RankBy rank_by) {
   struct Cell {
     std::string sampler;
     std::vector<double> values, errors;
+    const std::vector<double>& ranked(RankBy by) const { return by == RankBy::metric ? values : errors; }
   };
   std::map<int64_t, std::map<std::string, Cell>> by_nfe;
   std::string metric;
@@ -211,19 +215,25 @@ std::optional<Table> leaderboard_table(const std::string& model, const std::vect
     if (r.reference_rms >= 0) cell.errors.push_back(r.reference_rms);
     metric = r.metric;
   }
+  // Stochastic samplers have no error: they take no part in the ranking by it.
+  for (auto& entry : by_nfe)
+    for (auto it = entry.second.begin(); it != entry.second.end();)
+      it = it->second.ranked(rank_by).empty() ? entry.second.erase(it) : std::next(it);
   if (std::none_of(by_nfe.begin(), by_nfe.end(), [](const auto& n) { return n.second.size() > 1; })) return std::nullopt;
   Table t;
-  t.title = model + ": the best recipe per NFE";
+  t.title = model + ": the best recipe per NFE" + (rank_by == RankBy::error ? " by the error against the reference solution" : "");
   t.header = {"NFE", "best recipe", metric + " ↓", "RMS vs reference ↓", "best of another sampler", metric + " ↓",
               "RMS vs reference ↓"};
+  const size_t ranked_column = rank_by == RankBy::metric ? 2 : 3;  // + 3 for another sampler's
   bool any_within = false;
   for (const auto& [nfe, recipes] : by_nfe) {
+    if (recipes.empty()) continue;
     std::vector<std::pair<Spread, const std::pair<const std::string, Cell>*>> ranked;
-    for (const auto& entry : recipes) ranked.push_back({spread(entry.second.values), &entry});
+    for (const auto& entry : recipes) ranked.push_back({spread(entry.second.ranked(rank_by)), &entry});
     std::sort(ranked.begin(), ranked.end(), [](const auto& a, const auto& b) { return a.first.mean < b.first.mean; });
     const Spread best_spread = ranked.front().first;
     const auto* best = ranked.front().second;
-    const int decimals = decimals_for(std::abs(best_spread.mean));
+    const int decimals = decimals_for(std::abs(spread(best->second.values).mean));
     auto error_text = [](const std::vector<double>& errors) {
       return cell_text(errors, errors.empty() ? 2 : decimals_for(spread(errors).mean));
     };
@@ -236,7 +246,7 @@ std::optional<Table> leaderboard_table(const std::string& model, const std::vect
       row[5] = cell_text(other->second->second.values, decimals);
       row[6] = error_text(other->second->second.errors);
       if (other->first.mean - best_spread.mean <= std::max(best_spread.std, other->first.std) && best_spread.n > 1) {
-        row[5] += " †";
+        row[ranked_column + 3] += " †";
         any_within = true;
       }
     }
@@ -283,7 +293,8 @@ std::vector<Table> build_tables(const ReportSpec& e, const std::vector<ResultRow
     }
   }
   for (const auto& model : a.models)
-    if (auto board = leaderboard_table(model, rows)) tables.push_back(std::move(*board));
+    for (const RankBy by : {RankBy::metric, RankBy::error})
+      if (auto board = leaderboard_table(model, rows, by)) tables.push_back(std::move(*board));
   return tables;
 }
 

@@ -618,6 +618,7 @@ TEST(ExperimentReport, TheBestRecipePerNfeFacesAnotherSamplersBest) {
   add("deis", "karras", 5, {4.5, 4.7}, {0.04, 0.04});
   add("ddim", "logsnr", 5, {5.0, 6.0}, {0.10, 0.12});
   add("ddpm", "logsnr", 5, {4.0, 4.6}, {});  // another sampler within the spread, stochastic
+  add("dpmpp-2m", "karras", 5, {5.5, 5.5}, {0.03, 0.06});  // by the error within deis karras' spread
   add("ddim", "logsnr", 10, {3.0, 3.0}, {0.01, 0.01});
   const std::string md = s2dm::experiment::results_markdown(e, rows);
   EXPECT_NE(md.find("### m: the best recipe per NFE"), std::string::npos) << md;
@@ -629,6 +630,15 @@ TEST(ExperimentReport, TheBestRecipePerNfeFacesAnotherSamplersBest) {
             std::string::npos)
       << md;
   EXPECT_NE(md.find("### m — timesteps=logsnr: error against the reference solution"), std::string::npos) << md;
+  // Ranked by the error, the stochastic ddpm takes no part.
+  const size_t by_error = md.find("### m: the best recipe per NFE by the error against the reference solution");
+  ASSERT_NE(by_error, std::string::npos) << md;
+  EXPECT_NE(md.find("| 5 | sampler=deis timesteps=karras | 4.600 ± 0.141 | 0.04000 ± 0.00000 | sampler=dpmpp-2m "
+                    "timesteps=karras | 5.500 ± 0.000 | 0.04500 ± 0.02121 † |",
+                    by_error),
+            std::string::npos)
+      << md;
+  EXPECT_EQ(md.find("sampler=ddpm", by_error), std::string::npos) << md;
 }
 
 // Settings that differ only in options a sampler ignores are one unit: DEIS reads no clip_denoised.
