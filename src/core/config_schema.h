@@ -159,6 +159,7 @@ void visit(V& v, SampleConfig& c) {
   v("solver_type", c.solver_type, Added{OneOf{{"auto", "midpoint", "heun", "taylor", "bh1", "bh2"}}});
   v("corrector", c.corrector, Added{Any{}});
   v("afs", c.afs, Added{Any{}});
+  v("afs_restart", c.afs_restart, Added{Any{}});
   v("variance", c.variance, OneOf{{"small", "large"}});
   v("s_churn", c.s_churn, Added{Range<double>{0.0, 1e6}});
   v("s_min", c.s_min, Added{Range<double>{0.0, 1e9}});

@@ -88,20 +88,20 @@ const std::vector<SamplerInfo>& samplers() {
       {"plms", "PLMS (LDM / diffusers skip_prk_steps): Euler restart, then Adams-Bashforth 2, 3, 4", {}, sample_plms,
        plus_one, false, -1, -1, -1, second},
       {"ipndm", "iPNDM: Adams-Bashforth in ρ = σ/α with fixed weights, order 1-4 in points, Euler first step",
-       {"order", "afs"}, sample_ipndm, steps, false, 1, 4, 4, ipndm_accuracy},
-      {"ipndm-v", "iPNDM with variable-step weights, order 1-4 in points (= deis-rho of order - 1)", {"order", "afs"},
+       {"order", "afs", "afs_restart"}, sample_ipndm, steps, false, 1, 4, 4, ipndm_accuracy},
+      {"ipndm-v", "iPNDM with variable-step weights, order 1-4 in points (= deis-rho of order - 1)", {"order", "afs", "afs_restart"},
        sample_ipndm_v, steps, false, 1, 4, 4, [](int points) { return points; }},
-      {"deis", "DEIS tAB: exponential integrator, Lagrange extrapolation of ε in t (order 0 = DDIM)", {"order", "afs"},
+      {"deis", "DEIS tAB: exponential integrator, Lagrange extrapolation of ε in t (order 0 = DDIM)", {"order", "afs", "afs_restart"},
        sample_deis, steps, false, 0, 3, 3, multistep},
-      {"deis-rho", "DEIS ρAB: Adams-Bashforth in ρ = σ/α with exact polynomial integrals", {"order", "afs"},
+      {"deis-rho", "DEIS ρAB: Adams-Bashforth in ρ = σ/α with exact polynomial integrals", {"order", "afs", "afs_restart"},
        sample_deis_rho, steps, false, 1, 3, 3, multistep},
       {"deis-logrho", "DEIS multistep with ε polynomial in log ρ (diffusers' DEIS)",
-       {"order", "lower_order_final", "afs"}, sample_deis_logrho, steps, false, 1, 3, 3, multistep},
+       {"order", "lower_order_final", "afs", "afs_restart"}, sample_deis_logrho, steps, false, 1, 3, 3, multistep},
       {"dpmpp-2m", "DPM-Solver++(2M): 2nd-order multistep on x̂₀ in λ = log(α/σ)",
-       {"lower_order_final", "clip_denoised", "solver_type", "afs"}, sample_dpmpp_2m, steps, false, -1, -1, -1, second,
+       {"lower_order_final", "clip_denoised", "solver_type", "afs", "afs_restart"}, sample_dpmpp_2m, steps, false, -1, -1, -1, second,
        "uniform", "vp", dpm_solver_types},
       {"dpmpp-3m", "DPM-Solver++(3M): multistep on x̂₀ in λ with a second difference (second order as published)",
-       {"lower_order_final", "clip_denoised", "solver_type", "afs"}, sample_dpmpp_3m, steps, false, -1, -1, -1,
+       {"lower_order_final", "clip_denoised", "solver_type", "afs", "afs_restart"}, sample_dpmpp_3m, steps, false, -1, -1, -1,
        second, "uniform", "vp", dpm_solver_types},
       {"dpmpp-2m-sde", "DPM-Solver++(2M) SDE: the reverse SDE, 2nd-order multistep on x̂₀ in λ, noise at every step",
        {"lower_order_final", "clip_denoised", "solver_type", "afs"}, sample_dpmpp_2m_sde, steps, true, -1, -1, -1, none,
@@ -110,7 +110,7 @@ const std::vector<SamplerInfo>& samplers() {
        {"lower_order_final", "clip_denoised", "solver_type", "afs"}, sample_dpmpp_3m_sde, steps, true, -1, -1, -1, none,
        "uniform", "vp", dpm_solver_types},
       {"unipc", "UniPC: predictor UniP of order 1-3 on x̂₀ in λ, corrector UniC (order + 1) at no extra evaluation",
-       {"order", "solver_type", "corrector", "lower_order_final", "clip_denoised", "afs"}, sample_unipc, steps, false,
+       {"order", "solver_type", "corrector", "lower_order_final", "clip_denoised", "afs", "afs_restart"}, sample_unipc, steps, false,
        1, 3, 3, multistep, "uniform", "vp", {"bh2", "bh1"}},
       {"lambda-ddim", "λ-DDIM, the conjugate integrator (Pandey et al. 2023); lambda 0 = DDIM", {"lambda"},
        sample_lambda_ddim, steps, false, -1, -1, -1, first},
@@ -218,16 +218,34 @@ void check_options(const SamplerInfo& sampler, const SamplerOptions& options) {
   if (options.solver_type != "auto" && std::find(types.begin(), types.end(), options.solver_type) == types.end())
     throw ConfigError("solver_type = '" + options.solver_type + "' is not one of '" + sampler.name + "''s: auto" +
                       (types.empty() ? std::string(" (it has no variants)") : ", " + schema::join(types)));
-  if (options.afs && std::find(sampler.options.begin(), sampler.options.end(), "afs") == sampler.options.end())
+  auto reads = [](const SamplerInfo& s, const char* key) {
+    return std::find(s.options.begin(), s.options.end(), key) != s.options.end();
+  };
+  if (options.afs && !reads(sampler, "afs"))
     throw ConfigError("sampler '" + sampler.name + "' has no analytical first step (afs = true); these have: " +
-                      join_names(samplers(), [](const SamplerInfo& s) {
-                        return std::find(s.options.begin(), s.options.end(), "afs") != s.options.end();
-                      }));
+                      join_names(samplers(), [&](const SamplerInfo& s) { return reads(s, "afs"); }));
+  if (options.afs_restart && !options.afs)
+    throw ConfigError("afs_restart = true restarts after the analytical first step: set afs = true");
+  if (options.afs_restart && !reads(sampler, "afs_restart"))
+    throw ConfigError("sampler '" + sampler.name + "' draws noise: afs_restart is for the deterministic samplers " +
+                      join_names(samplers(), [&](const SamplerInfo& s) { return reads(s, "afs_restart"); }));
 }
 
 int network_evaluations(const SamplerInfo& sampler, const SamplerSettings& settings, int steps) {
   return sampler.nfe(steps) - (settings.afs ? 1 : 0);
 }
+
+namespace {
+
+// Steps [from, to) of a grid.
+Grid steps_of(const Grid& grid, int from, int to) {
+  Grid part = grid;
+  part.t.assign(grid.t.begin() + from, grid.t.begin() + to + 1);
+  part.alpha_bar.assign(grid.alpha_bar.begin() + from, grid.alpha_bar.begin() + to + 1);
+  return part;
+}
+
+}  // namespace
 
 SampleRun run_sampler(const SamplerInfo& sampler, const EpsModel& model, torch::Tensor x, const Grid& grid,
                       const SamplerOptions& options, const Callback& callback) {
@@ -241,7 +259,21 @@ SampleRun run_sampler(const SamplerInfo& sampler, const EpsModel& model, torch::
     return model(xt, t);
   };
   torch::NoGradGuard no_grad;
-  run.x = sampler.fn(counted, std::move(x), grid, options, callback);
+  const int steps = grid.steps();
+  if (!options.afs_restart || steps < 2) {
+    run.x = sampler.fn(counted, std::move(x), grid, options, callback);
+    return run;
+  }
+  // The sampler's own first step on the analytical value alone, then the sampler afresh on the
+  // rest of the grid, its history holding network evaluations only.
+  auto offset_by = [&](int offset) -> Callback {
+    if (!callback) return {};
+    return [&callback, offset, steps](const StepInfo& s) { callback({s.index + offset, steps, s.t, s.x}); };
+  };
+  SamplerOptions rest = options;
+  rest.afs = rest.afs_restart = false;
+  x = sampler.fn(counted, std::move(x), steps_of(grid, 0, 1), options, offset_by(0));
+  run.x = sampler.fn(counted, std::move(x), steps_of(grid, 1, steps), rest, offset_by(1));
   return run;
 }
 

@@ -154,6 +154,10 @@ struct SamplerSettings {
   // The analytical first step (AMED, Zhou et al. 2024): ε̂(x_T) taken as x_T, the ε-prediction of
   // pure noise, instead of a network evaluation; one evaluation saved.
   bool afs = false;
+  // With afs: the analytical value serves the first step only (a DDIM step), and the sampler starts
+  // afresh from there, its multistep history holding network evaluations alone. Off, as AMED's
+  // code: the value stays in the history, where a multistep solver extrapolates from it.
+  bool afs_restart = false;
   std::string variance = "small";  // DDPM: small (β̃, = DDIM η = 1) | large (σ̂ = √(1 - a/a'))
   // EDM's stochastic churn (euler, heun): a step from σ in [s_min, s_max] first raises σ by
   // γσ, γ = min(s_churn / S, √2 - 1), with fresh noise of s_noise times the missing variance.
