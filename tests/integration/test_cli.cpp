@@ -5,6 +5,7 @@
 #include <unistd.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -22,6 +23,7 @@
 #include "s2dm/io/image_io.h"
 #include "s2dm/eval/inception.h"
 #include "s2dm/io/npy.h"
+#include "s2dm/io/npy_tensor.h"
 #include "s2dm/io/safetensors.h"
 #include "s2dm/sample/generate.h"
 #include "s2dm/sample/samplers.h"
@@ -290,10 +292,21 @@ TEST_F(Cli, SampleExportAndReload) {
   auto floats = load_npy(dir / "s1.npy");
   EXPECT_EQ(floats.dtype, "<f4");
   EXPECT_EQ(floats.shape, (std::vector<int64_t>{3, 1, 32, 32}));
-  // Same seed, other batch size: the same images.
-  r = run("sample --checkpoint " + ckpt + " --num 3 --batch 3 --steps 4 --seed 5 --no-png --out " + (dir / "s2"));
+  // Same seed, other batch size: the same images, each drawn from its own noise stream. Only the
+  // network's rounding may differ with the batch (oneDNN picks its kernels by shape; on AVX-512
+  // CPUs it does here), so the floats agree to 1e-4 and a pixel on a rounding boundary may move one
+  // level of 255, where a noise that depended on the batch would move most pixels by many.
+  r = run("sample --checkpoint " + ckpt + " --num 3 --batch 3 --steps 4 --seed 5 --no-png --out " + (dir / "s2") +
+          " --save-float " + (dir / "s2.npy"));
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_EQ(load_npz(dir / "s2/samples.npz").at("arr_0").data, npz.at("arr_0").data);
+  const std::string a = npz.at("arr_0").data, b = load_npz(dir / "s2/samples.npz").at("arr_0").data;
+  ASSERT_EQ(a.size(), b.size());
+  int max_level_change = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    max_level_change = std::max(max_level_change, std::abs(int{static_cast<uint8_t>(a[i])} - int{static_cast<uint8_t>(b[i])}));
+  EXPECT_LE(max_level_change, 1);
+  const std::string s1_path = dir / "s1.npy", s2_path = dir / "s2.npy";
+  EXPECT_LT((s2dm::to_tensor(floats, s1_path) - s2dm::to_tensor(load_npy(s2_path), s2_path)).abs().max().item<double>(), 1e-4);
 
   // Exported raw weights sampled through --weights equal the checkpoint's raw weights.
   r = run("export --checkpoint " + ckpt + " --out " + (dir / "w.safetensors"));
